@@ -1,0 +1,292 @@
+//! Mesh mTLS for rustls: one identity, one trust bundle, TLS 1.3 only, ring only.
+//!
+//! The server side requires a client certificate chaining to the bundle and carrying exactly
+//! one SPIFFE id of our trust domain. The client side checks the chain the same way; whether
+//! the server is *the* identity expected for that endpoint is decided by the caller after the
+//! handshake ([`peer_spiffe_id`]) so that a mismatch is reported with both ids, before any
+//! request is sent.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::certs::{self, CertError};
+use crate::spiffe::SpiffeId;
+
+/// Why an identity or trust bundle could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Cert { what: String, source: CertError },
+    #[error("{0}: no private key (PKCS#8, SEC1 or PKCS#1 PEM) found")]
+    NoKey(String),
+    #[error("trust bundle holds a certificate rustls refuses as a root: {0}")]
+    BadRoot(String),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(String),
+}
+
+/// The process-wide crypto provider: ring, passed explicitly so that another provider in the
+/// dependency graph can never make rustls' implicit builders panic.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// This proxy's SVID, its key and the mesh trust bundle.
+pub struct MeshIdentity {
+    pub spiffe_id: SpiffeId,
+    pub chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    pub bundle: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for MeshIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshIdentity")
+            .field("spiffe_id", &self.spiffe_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshIdentity {
+    /// Build from PEM strings (cert chain, private key, trust bundle).
+    pub fn from_pem(chain: &str, key: &str, bundle: &str) -> Result<Self, IdentityError> {
+        let chain = certs::certs_from_pem(chain).map_err(|source| IdentityError::Cert {
+            what: "certificate chain".into(),
+            source,
+        })?;
+        let spiffe_id = certs::spiffe_id_of(&chain[0]).map_err(|source| IdentityError::Cert {
+            what: "certificate chain".into(),
+            source,
+        })?;
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|_| IdentityError::NoKey("private key".into()))?;
+        let bundle = certs::certs_from_pem(bundle).map_err(|source| IdentityError::Cert {
+            what: "trust bundle".into(),
+            source,
+        })?;
+        Ok(Self {
+            spiffe_id,
+            chain,
+            key,
+            bundle,
+        })
+    }
+
+    /// Load from PEM files.
+    pub fn from_files(chain: &Path, key: &Path, bundle: &Path) -> Result<Self, IdentityError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| IdentityError::Read {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let (c, k, b) = (read(chain)?, read(key)?, read(bundle)?);
+        Self::from_pem(&c, &k, &b).map_err(|e| match e {
+            IdentityError::NoKey(_) => IdentityError::NoKey(key.display().to_string()),
+            other => other,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        self.spiffe_id.trust_domain()
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>, IdentityError> {
+        let mut roots = RootCertStore::empty();
+        for c in &self.bundle {
+            roots
+                .add(c.clone())
+                .map_err(|e| IdentityError::BadRoot(e.to_string()))?;
+        }
+        Ok(Arc::new(roots))
+    }
+
+    /// TLS 1.3 server config requiring a mesh client certificate.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, IdentityError> {
+        let provider = provider();
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
+            .build()
+            .map_err(|e| IdentityError::Verifier(e.to_string()))?;
+        let verifier = Arc::new(SpiffeClientVerifier {
+            inner,
+            trust_domain: self.trust_domain().to_string(),
+        });
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(cfg)
+    }
+
+    /// TLS 1.3 client config presenting our SVID and accepting servers whose chain reaches the
+    /// bundle and whose certificate carries one SPIFFE id of our trust domain.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, IdentityError> {
+        let provider = provider();
+        let verifier = Arc::new(SpiffeServerVerifier {
+            roots: self.roots()?,
+            algs: provider.signature_verification_algorithms,
+            trust_domain: self.trust_domain().to_string(),
+        });
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(cfg)
+    }
+}
+
+/// The SPIFFE id of a verified peer, from the chain rustls (or quinn's `peer_identity`) hands
+/// back after the handshake.
+pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, CertError> {
+    let leaf = chain.first().ok_or(CertError::NoSpiffeId)?;
+    certs::spiffe_id_of(leaf)
+}
+
+/// Refusal raised inside the verifiers so the alert carries a reason in logs.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct SvidRefused(String);
+
+fn check_svid(end_entity: &CertificateDer<'_>, trust_domain: &str) -> Result<(), rustls::Error> {
+    let refuse = |msg: String| {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+            SvidRefused(msg),
+        ))))
+    };
+    match certs::spiffe_id_of(end_entity) {
+        Ok(id) if id.trust_domain() == trust_domain => Ok(()),
+        Ok(id) => Err(refuse(format!(
+            "peer {id} is not in trust domain {trust_domain}"
+        ))),
+        Err(e) => Err(refuse(format!("peer certificate is not an SVID: {e}"))),
+    }
+}
+
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    algs: WebPkiSupportedAlgorithms,
+    trust_domain: String,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // SVIDs carry no DNS names, so the webpki name check is replaced by the SPIFFE check.
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        check_svid(end_entity, &self.trust_domain)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The configs are TLS 1.3 only; a TLS 1.2 signature is never legitimate here.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct SpiffeClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_svid(end_entity, &self.trust_domain)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests;

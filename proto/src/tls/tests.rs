@@ -1,0 +1,162 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::certs::CertificateAuthority;
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+#[test]
+fn issued_svid_carries_exactly_the_entitled_id_and_verifies() {
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let leaf = ca
+        .issue(
+            &id("spiffe://mesh.local/ns/default/sa/a"),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let ident = MeshIdentity::from_pem(&leaf.chain_pem, &leaf.key_pem, ca.cert_pem()).unwrap();
+    assert_eq!(
+        ident.spiffe_id.as_str(),
+        "spiffe://mesh.local/ns/default/sa/a"
+    );
+    let na = certs::not_after(&ident.chain[0]).unwrap();
+    let want = SystemTime::now() + Duration::from_secs(600);
+    let diff = want.duration_since(na).unwrap_or_else(|e| e.duration());
+    assert!(diff < Duration::from_secs(5), "not_after off by {diff:?}");
+    // Both configs build: the key matches the certificate and the bundle parses.
+    ident.server_config(&[b"h3"]).unwrap();
+    ident.client_config(&[b"h3"]).unwrap();
+
+    let verifier = SpiffeServerVerifier {
+        roots: ident.roots().unwrap(),
+        algs: provider().signature_verification_algorithms,
+        trust_domain: "mesh.local".into(),
+    };
+    let name = ServerName::try_from("a.mesh").unwrap();
+    verifier
+        .verify_server_cert(&ident.chain[0], &[], &name, &[], UnixTime::now())
+        .unwrap();
+
+    // A leaf from another CA does not chain to this bundle.
+    let other = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let foreign = other
+        .issue(
+            &id("spiffe://mesh.local/ns/default/sa/a"),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let foreign = certs::certs_from_pem(&foreign.chain_pem).unwrap();
+    assert!(
+        verifier
+            .verify_server_cert(&foreign[0], &[], &name, &[], UnixTime::now())
+            .is_err()
+    );
+
+    // A leaf of this CA for another trust domain is refused too.
+    let td = ca
+        .issue(
+            &id("spiffe://other.td/ns/default/sa/a"),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let td = certs::certs_from_pem(&td.chain_pem).unwrap();
+    let err = verifier
+        .verify_server_cert(&td[0], &[], &name, &[], UnixTime::now())
+        .unwrap_err();
+    assert!(err.to_string().contains("trust domain"), "{err}");
+
+    // An expired leaf is refused.
+    let now = SystemTime::now();
+    let old = ca
+        .issue_between(
+            &id("spiffe://mesh.local/ns/default/sa/a"),
+            now - Duration::from_secs(7200),
+            now - Duration::from_secs(3600),
+        )
+        .unwrap();
+    let old = certs::certs_from_pem(&old.chain_pem).unwrap();
+    let err = verifier
+        .verify_server_cert(&old[0], &[], &name, &[], UnixTime::now())
+        .unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("expired"), "{err}");
+}
+
+#[test]
+fn csr_signing_takes_only_the_public_key() {
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let (key_pem, csr) = certs::new_key_and_csr().unwrap();
+    let chain = ca
+        .sign_csr(
+            &csr,
+            &id("spiffe://mesh.local/ns/prod/sa/web"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let ident = MeshIdentity::from_pem(&chain, &key_pem, ca.cert_pem()).unwrap();
+    assert_eq!(ident.spiffe_id.workload_parts(), Some(("prod", "web")));
+    ident.server_config(&[b"h3"]).unwrap();
+}
+
+#[test]
+fn intermediate_ca_appends_itself_to_issued_chains() {
+    let root = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    // An operator intermediate: a CA leaf signed by the root. rcgen builds it for the test.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "intermediate");
+    let root_issuer = rcgen::Issuer::from_ca_cert_pem(
+        root.cert_pem(),
+        rcgen::KeyPair::from_pem(root.key_pem()).unwrap(),
+    )
+    .unwrap();
+    let inter_cert = params.signed_by(&key, &root_issuer).unwrap();
+    let inter = CertificateAuthority::from_pem(&inter_cert.pem(), &key.serialize_pem()).unwrap();
+    let leaf = inter
+        .issue(
+            &id("spiffe://mesh.local/ns/a/sa/b"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let ident = MeshIdentity::from_pem(&leaf.chain_pem, &leaf.key_pem, root.cert_pem()).unwrap();
+    assert_eq!(ident.chain.len(), 2);
+    let verifier = SpiffeServerVerifier {
+        roots: ident.roots().unwrap(),
+        algs: provider().signature_verification_algorithms,
+        trust_domain: "mesh.local".into(),
+    };
+    verifier
+        .verify_server_cert(
+            &ident.chain[0],
+            &ident.chain[1..],
+            &ServerName::try_from("x").unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .unwrap();
+}
+
+#[test]
+fn refuses_a_non_ca_as_ca_and_non_svid_leaves() {
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let leaf = ca
+        .issue(
+            &id("spiffe://mesh.local/ns/a/sa/b"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(matches!(
+        CertificateAuthority::from_pem(&leaf.chain_pem, &leaf.key_pem),
+        Err(CertError::NotCa)
+    ));
+    let dns = rcgen::generate_simple_self_signed(vec!["example.com".into()]).unwrap();
+    assert!(matches!(
+        certs::spiffe_id_of(dns.cert.der()),
+        Err(CertError::NoSpiffeId)
+    ));
+}
