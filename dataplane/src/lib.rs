@@ -1,1 +1,228 @@
+//! quiver-proxy: the sidecar. Apps speak plain HTTP/1.1, h2c, gRPC or TCP to it on localhost;
+//! it carries everything to peer proxies over mutually authenticated HTTP/3.
+//!
+//! Where things live: [`config`] parses the static file into a [`snapshot::Snapshot`];
+//! [`snapshot`] holds every routing decision as pure functions; [`outbound`] is app -> mesh,
+//! [`inbound`] is mesh -> app; [`transport`] owns QUIC, the peer pool and h3; [`admin`]
+//! serves metrics, health and the running config; [`drain`] coordinates shutdown.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod drain;
+pub mod errors;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod snapshot;
+pub mod transport;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use quiver_api::tls::MeshIdentity;
+use tokio::net::TcpListener;
+
+use crate::config::{ProxyConfig, Tuning};
+use crate::drain::Drain;
+use crate::metrics::Metrics;
+use crate::snapshot::{Snapshot, Target};
+use crate::transport::Transport;
+
+/// Everything the data path shares, passed as one `Arc`.
+pub struct Inputs {
+    snapshot: RwLock<Arc<Snapshot>>,
+    pub transport: Transport,
+    pub metrics: Arc<Metrics>,
+    pub drain: Drain,
+    pub tuning: Tuning,
+    pub apps: inbound::AppClients,
+    turn: AtomicUsize,
+}
+
+impl Inputs {
+    /// The current snapshot (cheap: an `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the snapshot; requests already decided keep the one they started with.
+    pub fn set_snapshot(&self, s: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    }
+
+    fn next_turn(&self) -> usize {
+        self.turn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The addresses a started proxy actually bound (ports may have been 0 in the config).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub quic: SocketAddr,
+    pub admin: SocketAddr,
+    pub http_proxy: Option<SocketAddr>,
+    /// One per `outbound` listener, in config order.
+    pub outbound: Vec<SocketAddr>,
+}
+
+/// A proxy whose sockets are bound, ready to [`Proxy::run`].
+pub struct Proxy {
+    inputs: Arc<Inputs>,
+    admin: Arc<admin::Admin>,
+    admin_listener: TcpListener,
+    http_proxy: Option<TcpListener>,
+    outbound: Vec<(TcpListener, outbound::Entry, snapshot::Protocol)>,
+    drain_timeout: std::time::Duration,
+    bound: Bound,
+}
+
+impl Proxy {
+    /// Load the identity and bind every socket. Fails (with context) if a port is taken.
+    pub async fn bind(config: ProxyConfig) -> anyhow::Result<Self> {
+        let b = &config.bootstrap;
+        let identity =
+            MeshIdentity::from_files(&b.identity.cert, &b.identity.key, &b.identity.trust_bundle)
+                .context("loading identity")?;
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let transport = Transport::bind(b.quic_listen, &identity, &b.tuning, metrics.clone())
+            .context("starting QUIC")?;
+        let quic = transport.local_addr().context("QUIC local address")?;
+        let admin_listener = TcpListener::bind(b.admin_listen)
+            .await
+            .with_context(|| format!("binding admin {}", b.admin_listen))?;
+        let http_proxy = match b.http_proxy_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding http_proxy {a}"))?,
+            ),
+            None => None,
+        };
+        let mut outbound = Vec::new();
+        for o in &b.outbound {
+            let l = TcpListener::bind(o.listen)
+                .await
+                .with_context(|| format!("binding outbound listener {}", o.listen))?;
+            let entry = outbound::Entry::Fixed(Target {
+                service: o.service.clone(),
+                port: o.port,
+            });
+            outbound.push((l, entry, o.protocol));
+        }
+        let bound = Bound {
+            quic,
+            admin: admin_listener.local_addr()?,
+            http_proxy: http_proxy.as_ref().map(|l| l.local_addr()).transpose()?,
+            outbound: outbound
+                .iter()
+                .map(|(l, _, _)| l.local_addr())
+                .collect::<Result<_, _>>()?,
+        };
+        let cert_not_after = quiver_api::certs::not_after(&identity.chain[0])
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        let config_json = serde_json::to_string_pretty(&serde_json::json!({
+            "identity": {
+                "spiffe_id": identity.spiffe_id.as_str(),
+                "cert_not_after_unix": cert_not_after,
+                "files": b.identity,
+                "private_key": "<redacted>",
+            },
+            "bound": {
+                "quic": quic.to_string(),
+                "admin": bound.admin.to_string(),
+                "http_proxy": bound.http_proxy.map(|a| a.to_string()),
+                "outbound": bound.outbound.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            },
+            "config": &config,
+        }))
+        .context("rendering /config")?;
+        let inputs = Arc::new(Inputs {
+            snapshot: RwLock::new(Arc::new(config.snapshot.clone())),
+            transport,
+            metrics,
+            drain: Drain::new(),
+            tuning: b.tuning.clone(),
+            apps: inbound::AppClients::default(),
+            turn: AtomicUsize::new(0),
+        });
+        let admin = Arc::new(admin::Admin {
+            inputs: inputs.clone(),
+            registry,
+            config_json,
+        });
+        Ok(Self {
+            inputs,
+            admin,
+            admin_listener,
+            http_proxy,
+            outbound,
+            drain_timeout: b.drain_timeout,
+            bound,
+        })
+    }
+
+    pub fn bound(&self) -> &Bound {
+        &self.bound
+    }
+
+    pub fn inputs(&self) -> &Arc<Inputs> {
+        &self.inputs
+    }
+
+    /// Serve until `shutdown` resolves, then drain: stop accepting, let in-flight requests
+    /// finish (up to the drain timeout), and close peer connections with an application code.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let inputs = self.inputs;
+        let admin = tokio::spawn(admin::serve(self.admin, self.admin_listener));
+        let mut tasks = vec![tokio::spawn(inbound::serve(inputs.clone()))];
+        if let Some(l) = self.http_proxy {
+            tasks.push(tokio::spawn(outbound::serve(
+                inputs.clone(),
+                l,
+                outbound::Entry::HttpProxy,
+                snapshot::Protocol::Http1,
+            )));
+        }
+        for (l, entry, protocol) in self.outbound {
+            tasks.push(tokio::spawn(outbound::serve(
+                inputs.clone(),
+                l,
+                entry,
+                protocol,
+            )));
+        }
+        tracing::info!(
+            quic = %self.bound.quic,
+            admin = %self.bound.admin,
+            "proxy ready"
+        );
+        shutdown.await;
+        tracing::info!(inflight = inputs.drain.inflight(), timeout = ?self.drain_timeout, "draining");
+        let left = inputs.drain.drain(self.drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(left, "drain timeout: aborting requests still in flight");
+        }
+        for t in tasks {
+            t.abort();
+        }
+        inputs
+            .transport
+            .close(std::time::Duration::from_secs(1))
+            .await;
+        admin.abort();
+        tracing::info!("proxy stopped");
+    }
+}

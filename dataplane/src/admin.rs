@@ -1,0 +1,102 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/config`.
+//! Loopback by default; it serves no secrets (the key file's contents never enter the config).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::Inputs;
+use crate::body::{self, ProxyBody};
+
+/// What the admin endpoints read.
+pub struct Admin {
+    pub inputs: Arc<Inputs>,
+    pub registry: Registry,
+    /// The effective config and identity, rendered once at start.
+    pub config_json: String,
+}
+
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            // The admin port stays up while draining so /readyz can report it; it closes
+            // with the process.
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut out = String::new();
+            if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"));
+            }
+            let mut r = Response::new(body::full(out));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if admin.inputs.drain.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        "/config" => {
+            let mut r = Response::new(body::full(admin.config_json.clone()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics /healthz /readyz /config\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, s: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(body::full(s.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,251 @@
+//! Moving HTTP bodies between hyper and HTTP/3 streams without buffering them whole.
+//!
+//! [`H3Body`] turns the receiving half of an h3 stream into an `http_body::Body` (data frames,
+//! then trailers) that hyper can send on; [`send_body`] drives any body into the sending half.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+/// Errors while streaming a body; hyper and h3 both want a boxed error here.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type every proxied response and request is carried in.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BodyError>;
+
+/// The receiving half of an h3 stream (client or server side).
+pub trait RecvHalf: Send + Unpin + 'static {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BodyError>>;
+    fn poll_trailers(&mut self, cx: &mut Context<'_>)
+    -> Poll<Result<Option<HeaderMap>, BodyError>>;
+}
+
+/// The sending half of an h3 stream (client or server side).
+pub trait SendHalf: Send + 'static {
+    fn send_data(&mut self, b: Bytes) -> impl Future<Output = Result<(), BodyError>> + Send;
+    fn send_trailers(&mut self, t: HeaderMap)
+    -> impl Future<Output = Result<(), BodyError>> + Send;
+    fn finish(&mut self) -> impl Future<Output = Result<(), BodyError>> + Send;
+    /// Abort the sending side (RESET_STREAM), so the peer never mistakes a failure for an end.
+    fn reset(&mut self);
+}
+
+macro_rules! h3_halves {
+    ($recv:ty, $send:ty) => {
+        impl RecvHalf for $recv {
+            fn poll_data(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Option<Bytes>, BodyError>> {
+                self.poll_recv_data(cx).map(|r| match r {
+                    Ok(Some(mut buf)) => Ok(Some(buf.copy_to_bytes(buf.remaining()))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e.into()),
+                })
+            }
+            fn poll_trailers(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Option<HeaderMap>, BodyError>> {
+                self.poll_recv_trailers(cx).map_err(Into::into)
+            }
+        }
+        impl SendHalf for $send {
+            async fn send_data(&mut self, b: Bytes) -> Result<(), BodyError> {
+                <$send>::send_data(self, b).await.map_err(Into::into)
+            }
+            async fn send_trailers(&mut self, t: HeaderMap) -> Result<(), BodyError> {
+                <$send>::send_trailers(self, t).await.map_err(Into::into)
+            }
+            async fn finish(&mut self) -> Result<(), BodyError> {
+                <$send>::finish(self).await.map_err(Into::into)
+            }
+            fn reset(&mut self) {
+                self.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            }
+        }
+    };
+}
+
+h3_halves!(
+    h3::client::RequestStream<h3_quinn::RecvStream, Bytes>,
+    h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>
+);
+h3_halves!(
+    h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+    h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>
+);
+
+enum State {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// An h3 receive half as an `http_body::Body`.
+pub struct H3Body<R> {
+    recv: R,
+    state: State,
+    /// A data frame read ahead by [`H3Body::peek_end`].
+    ahead: Option<Bytes>,
+    /// Exact length when the sender declared `content-length`.
+    length: Option<u64>,
+}
+
+impl<R: RecvHalf> H3Body<R> {
+    pub fn new(recv: R, length: Option<u64>) -> Self {
+        Self {
+            recv,
+            state: State::Data,
+            ahead: None,
+            length,
+        }
+    }
+
+    /// Look, without waiting, whether the peer already ended the body. A GET usually arrives
+    /// with its FIN in the same packet as its headers; knowing that lets hyper send it to the
+    /// app without `transfer-encoding: chunked`.
+    pub fn peek_end(&mut self) {
+        if self.length.is_some() || !matches!(self.state, State::Data) || self.ahead.is_some() {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.recv.poll_data(&mut cx) {
+            Poll::Ready(Ok(None)) => {
+                // Trailers may still follow in theory; an ended stream with none is the norm.
+                self.state = State::Trailers;
+                if let Poll::Ready(Ok(None)) = self.recv.poll_trailers(&mut cx) {
+                    self.state = State::Done;
+                    self.length = Some(0);
+                }
+            }
+            Poll::Ready(Ok(Some(b))) => self.ahead = Some(b),
+            // Errors surface on the first real poll; Pending means the body is still coming.
+            Poll::Ready(Err(_)) | Poll::Pending => {}
+        }
+    }
+
+    pub fn boxed(self) -> ProxyBody {
+        UnsyncBoxBody::new(self)
+    }
+}
+
+impl<R: RecvHalf> Body for H3Body<R> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if let Some(b) = this.ahead.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        loop {
+            match this.state {
+                State::Data => match this.recv.poll_data(cx) {
+                    Poll::Ready(Ok(Some(b))) => {
+                        if b.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                    }
+                    Poll::Ready(Ok(None)) => this.state = State::Trailers,
+                    Poll::Ready(Err(e)) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                State::Trailers => {
+                    let r = this.recv.poll_trailers(cx);
+                    if r.is_ready() {
+                        this.state = State::Done;
+                    }
+                    return match r {
+                        Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                        Poll::Ready(Ok(None)) => Poll::Ready(None),
+                        Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                State::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) && self.ahead.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Drive `body` into `send`: data frames, then trailers if any, then FIN. On failure the
+/// stream is reset. Returns the number of body bytes sent.
+pub async fn send_body<B, S>(body: B, send: &mut S) -> Result<u64, BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+    S: SendHalf,
+{
+    let r = send_body_inner(body, send).await;
+    if r.is_err() {
+        send.reset();
+    }
+    r
+}
+
+async fn send_body_inner<B, S>(mut body: B, send: &mut S) -> Result<u64, BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+    S: SendHalf,
+{
+    let mut sent = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Into::into)?;
+        match frame.into_data() {
+            Ok(data) => {
+                if !data.is_empty() {
+                    sent += data.len() as u64;
+                    send.send_data(data).await?;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    // Trailers end the message; h3 does not finish the stream by itself.
+                    send.send_trailers(trailers).await?;
+                    send.finish().await?;
+                    return Ok(sent);
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(sent)
+}
+
+/// A body holding one complete chunk (proxy-generated responses).
+pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

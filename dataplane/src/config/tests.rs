@@ -1,0 +1,156 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quiver_api::certs::CertificateAuthority;
+
+use super::*;
+
+/// A temp dir with a CA-issued identity for sa/a in mesh.local.
+fn identity_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "quiver-config-test-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let leaf = ca
+        .issue(
+            &SpiffeId::parse("spiffe://mesh.local/ns/default/sa/a").unwrap(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    std::fs::write(dir.join("cert.pem"), &leaf.chain_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &leaf.key_pem).unwrap();
+    std::fs::write(dir.join("bundle.pem"), ca.cert_pem()).unwrap();
+    dir
+}
+
+const GOOD: &str = r#"
+identity: {cert: cert.pem, key: key.pem, trust_bundle: bundle.pem}
+listen: {quic: "127.0.0.1:0", admin: "127.0.0.1:0", http_proxy: "127.0.0.1:15001"}
+drain_timeout: 5s
+inbound:
+  - {service: web, port: 8080, protocol: http1, app: "127.0.0.1:8080"}
+outbound:
+  - {listen: "127.0.0.1:7000", service: reviews, protocol: tcp}
+services:
+  - name: reviews
+    endpoints:
+      - {address: "127.0.0.1:15444", identity: "spiffe://mesh.local/ns/default/sa/reviews"}
+"#;
+
+fn errors(yaml: &str, dir: &Path) -> Vec<FieldError> {
+    ProxyConfig::parse(yaml, dir).unwrap_err().0
+}
+
+fn has(errs: &[FieldError], field: &str, reason_part: &str) -> bool {
+    errs.iter()
+        .any(|e| e.field == field && e.reason.contains(reason_part))
+}
+
+#[test]
+fn a_good_file_parses_into_bootstrap_and_snapshot() {
+    let dir = identity_dir();
+    let c = ProxyConfig::parse(GOOD, &dir).unwrap();
+    assert_eq!(c.bootstrap.identity.cert, dir.join("cert.pem"));
+    assert_eq!(c.bootstrap.drain_timeout, Duration::from_secs(5));
+    assert_eq!(c.snapshot.inbound[0].protocol, Protocol::Http1);
+    assert_eq!(c.snapshot.services["reviews"].endpoints.len(), 1);
+    assert_eq!(c.bootstrap.outbound[0].protocol, Protocol::Tcp);
+    // The effective config serialises (served on /config) and carries no key material.
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(!json.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn unknown_fields_and_bad_types_name_the_place() {
+    let dir = identity_dir();
+    let e = errors(&GOOD.replace("drain_timeout: 5s", "drain_timout: 5s"), &dir);
+    assert!(
+        e[0].reason.contains("unknown field `drain_timout`"),
+        "{e:?}"
+    );
+    let e = errors(&GOOD.replace("protocol: http1", "protocol: http9"), &dir);
+    assert!(e[0].reason.contains("inbound[0].protocol"), "{e:?}");
+    assert!(e[0].reason.contains("http9"), "{e:?}");
+    let e = errors(&GOOD.replace("\"127.0.0.1:8080\"", "\"nowhere\""), &dir);
+    assert!(e[0].reason.contains("inbound[0].app"), "{e:?}");
+    let e = errors(&GOOD.replace("drain_timeout: 5s", "drain_timeout: 5"), &dir);
+    assert!(e[0].reason.contains("missing unit"), "{e:?}");
+    let e = errors("identity: [", &dir);
+    assert!(e[0].field.starts_with("line"), "{e:?}");
+}
+
+#[test]
+fn semantic_mistakes_are_all_reported_at_once() {
+    let dir = identity_dir();
+    let yaml = r#"
+identity: {cert: missing.pem, key: key.pem, trust_bundle: bundle.pem}
+listen: {admin: "127.0.0.1:7000"}
+inbound:
+  - {service: Web, port: 0, protocol: http1, app: "127.0.0.1:0"}
+  - {service: db, port: 5432, protocol: tcp, app: "127.0.0.1:5432"}
+  - {service: db, port: 5432, protocol: tcp, app: "127.0.0.1:5433"}
+outbound:
+  - {listen: "127.0.0.1:7000", service: ghost, protocol: http1}
+services:
+  - name: reviews
+    endpoints:
+      - {address: "0.0.0.0:15443", identity: "spiffe://mesh.local/ns/default/sa/r"}
+      - {address: "127.0.0.1:1", identity: "not-a-spiffe-id"}
+  - name: reviews
+tuning: {max_header_bytes: 10, keep_alive: 1m, idle_timeout: 30s}
+"#;
+    let e = errors(yaml, &dir);
+    assert!(has(&e, "identity.cert", "missing.pem"), "{e:#?}");
+    assert!(
+        has(&e, "outbound[0].listen", "already used by listen.admin"),
+        "{e:#?}"
+    );
+    assert!(has(&e, "inbound[0].service", "not a DNS label"), "{e:#?}");
+    assert!(has(&e, "inbound[0].port", "1-65535"), "{e:#?}");
+    assert!(has(&e, "inbound[0].app", "needs a port"), "{e:#?}");
+    assert!(has(&e, "inbound[2].port", "listed twice"), "{e:#?}");
+    assert!(has(&e, "outbound[0].service", "not in services"), "{e:#?}");
+    assert!(
+        has(&e, "services[0].endpoints[0].address", "concrete IP"),
+        "{e:#?}"
+    );
+    assert!(
+        has(&e, "services[0].endpoints[1].identity", "spiffe://"),
+        "{e:#?}"
+    );
+    assert!(has(&e, "services[1].name", "listed twice"), "{e:#?}");
+    assert!(
+        has(&e, "tuning.max_header_bytes", "at least 1024"),
+        "{e:#?}"
+    );
+    assert!(has(&e, "tuning.keep_alive", "shorter than"), "{e:#?}");
+}
+
+#[test]
+fn identity_problems_are_config_errors() {
+    let dir = identity_dir();
+    // A key that does not belong to the certificate.
+    let other = CertificateAuthority::generate("mesh.local", Duration::from_secs(60)).unwrap();
+    std::fs::write(dir.join("other.key"), other.key_pem()).unwrap();
+    let e = errors(&GOOD.replace("key: key.pem", "key: other.key"), &dir);
+    assert!(has(&e, "identity.key", "does not match"), "{e:#?}");
+    // An endpoint identity from another trust domain could never be accepted.
+    let e = errors(
+        &GOOD.replace(
+            "spiffe://mesh.local/ns/default/sa/reviews",
+            "spiffe://other/ns/default/sa/reviews",
+        ),
+        &dir,
+    );
+    assert!(
+        has(&e, "services[0].endpoints[0].identity", "trust domain"),
+        "{e:#?}"
+    );
+    // A file that is not a certificate.
+    std::fs::write(dir.join("junk.pem"), "hello").unwrap();
+    let e = errors(&GOOD.replace("cert: cert.pem", "cert: junk.pem"), &dir);
+    assert!(has(&e, "identity", "CERTIFICATE"), "{e:#?}");
+}

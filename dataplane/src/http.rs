@@ -1,0 +1,242 @@
+//! HTTP message hygiene shared by both directions: hop-by-hop headers, header-size limits,
+//! the proxy's own error responses, and per-request accounting.
+
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::{self, ProxyBody};
+use crate::drain::InflightGuard;
+use crate::errors::{ERROR_HEADER, ProxyError};
+use crate::metrics::{DurationLabels, Metrics, RequestLabels, status_class};
+
+/// Mesh-internal header naming the destination `service[:port]` on the hop between proxies.
+pub const TARGET_HEADER: &str = "quiver-target";
+/// Header carrying the caller's verified SPIFFE id to the app.
+pub const PEER_IDENTITY_HEADER: &str = "x-quiver-peer-identity";
+
+/// Remove connection-specific headers (RFC 9110 §7.6.1), which HTTP/2 and HTTP/3 forbid, and
+/// every header the `Connection` header names. `te: trailers` survives (gRPC needs it).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(n);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Size of a header block as HTTP/2 and HTTP/3 count it (name + value + 32 per field).
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum()
+}
+
+/// Refuse a header block above `limit`.
+pub fn check_header_size(headers: &HeaderMap, limit: usize) -> Result<(), ProxyError> {
+    let size = header_bytes(headers);
+    if size > limit {
+        return Err(ProxyError::HeaderTooLarge { size, limit });
+    }
+    Ok(())
+}
+
+/// The response the proxy sends when it cannot deliver a request.
+pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(format!("{e}\n")));
+    *resp.status_mut() = e.status();
+    resp.headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(e.reason()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The `quiver-error` reason on a response, if the proxy (this one or the peer) made it.
+pub fn error_reason(headers: &HeaderMap) -> &'static str {
+    const KNOWN: [&str; 11] = [
+        "no-route",
+        "no-endpoint",
+        "peer-identity-mismatch",
+        "peer-handshake",
+        "peer-connect",
+        "upstream-connect",
+        "upstream-timeout",
+        "upstream-reset",
+        "bad-request",
+        "header-too-large",
+        "draining",
+    ];
+    // Matching against our own list keeps the metric label bounded whatever a peer sends.
+    headers
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| KNOWN.iter().find(|k| **k == v).copied())
+        .unwrap_or("")
+}
+
+/// One request's outcome, recorded exactly once: in [`RequestRecord::finish`], or on drop
+/// when the task was cancelled (the caller went away) before a response.
+pub struct RequestRecord<'a> {
+    metrics: &'a Metrics,
+    direction: &'static str,
+    service: String,
+    method: http::Method,
+    path: String,
+    peer: String,
+    start: Instant,
+    done: bool,
+    _inflight: InflightGuard,
+}
+
+impl<'a> RequestRecord<'a> {
+    pub fn new(
+        metrics: &'a Metrics,
+        direction: &'static str,
+        method: http::Method,
+        path: String,
+        inflight: InflightGuard,
+    ) -> Self {
+        Self {
+            metrics,
+            direction,
+            service: String::new(),
+            method,
+            path,
+            peer: String::new(),
+            start: Instant::now(),
+            done: false,
+            _inflight: inflight,
+        }
+    }
+
+    pub fn set_service(&mut self, service: &str) {
+        self.service = service.to_string();
+    }
+
+    pub fn set_peer(&mut self, peer: &str) {
+        self.peer = peer.to_string();
+    }
+
+    /// Record the response status (and the proxy's error reason, "" for app responses).
+    pub fn finish(mut self, status: StatusCode, error: &'static str) {
+        self.record(status_class(status.as_u16()), status.as_u16(), error);
+    }
+
+    fn record(&mut self, class: &'static str, status: u16, error: &'static str) {
+        self.done = true;
+        let elapsed = self.start.elapsed();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                direction: self.direction,
+                service: self.service.clone(),
+                status_class: class,
+                error,
+            })
+            .inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&DurationLabels {
+                direction: self.direction,
+                service: self.service.clone(),
+                status_class: class,
+            })
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "quiver::access",
+            direction = self.direction,
+            dst.service = %self.service,
+            src.peer = %self.peer,
+            method = %self.method,
+            path = %self.path,
+            status,
+            error,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+impl Drop for RequestRecord<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record("cancelled", 0, "");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_but_keeps_te_trailers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn header_limit_names_sizes() {
+        let mut h = HeaderMap::new();
+        h.insert("x-big", HeaderValue::from_str(&"a".repeat(2000)).unwrap());
+        let e = check_header_size(&h, 1024).unwrap_err();
+        assert_eq!(e.reason(), "header-too-large");
+        assert_eq!(e.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert!(check_header_size(&h, 4096).is_ok());
+    }
+
+    #[test]
+    fn error_reason_is_bounded_to_known_values() {
+        let mut h = HeaderMap::new();
+        h.insert(ERROR_HEADER, HeaderValue::from_static("no-endpoint"));
+        assert_eq!(error_reason(&h), "no-endpoint");
+        h.insert(ERROR_HEADER, HeaderValue::from_static("made-up-by-a-peer"));
+        assert_eq!(error_reason(&h), "");
+    }
+}

@@ -1,0 +1,388 @@
+//! Mesh -> proxy -> app. Accepts QUIC connections from peer proxies (mTLS already verified by
+//! the handshake), reads each HTTP/3 request, maps it to a local service port and forwards it
+//! to the app over HTTP/1.1, h2c or TCP. The caller's SPIFFE id reaches the app in
+//! `x-quiver-peer-identity` (overwriting anything the caller sent).
+//!
+//! Per request: accept -> decide (snapshot) -> connect (app pool) -> copy -> record.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use quiver_api::SpiffeId;
+use tokio::net::TcpStream;
+
+use crate::Inputs;
+use crate::body::{self, H3Body, ProxyBody};
+use crate::errors::ProxyError;
+use crate::http::{
+    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, error_reason,
+    strip_hop_by_hop,
+};
+use crate::outbound::{content_length, record_tunnel};
+use crate::snapshot::{LocalPort, Protocol, Target};
+use crate::transport::{ServerStream, peer_id};
+
+/// Accept peers until drain, then stop taking new connections.
+pub async fn serve(inputs: Arc<Inputs>) {
+    let endpoint = inputs.transport.endpoint().clone();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+            _ = inputs.drain.signaled() => return,
+        };
+        let inputs = inputs.clone();
+        tokio::spawn(async move { connection(inputs, incoming).await });
+    }
+}
+
+async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(inputs.tuning.connect_timeout, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            inputs.metrics.handshake("server", false);
+            tracing::info!(peer.addr = %remote, error = %e, "refused peer handshake");
+            return;
+        }
+        Err(_) => {
+            inputs.metrics.handshake("server", false);
+            tracing::info!(peer.addr = %remote, "peer handshake timed out");
+            return;
+        }
+    };
+    inputs.metrics.handshake("server", true);
+    // The client verifier only completes a handshake for a certificate that chains to the
+    // bundle and carries one SPIFFE id of our trust domain, so this is always present.
+    let Some(peer) = peer_id(&conn) else {
+        conn.close(quinn::VarInt::from_u32(0x101), b"no SPIFFE id");
+        return;
+    };
+    tokio::spawn(crate::metrics::watch_connection(
+        inputs.metrics.clone(),
+        conn.clone(),
+        "server",
+    ));
+    let peer = Arc::new(peer);
+    let h3conn = h3::server::builder()
+        .max_field_section_size(inputs.tuning.max_header_bytes as u64)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .await;
+    let mut h3conn = match h3conn {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(peer.addr = %remote, error = %e, "h3 setup failed");
+            return;
+        }
+    };
+    let mut goaway_sent = false;
+    loop {
+        tokio::select! {
+            r = h3conn.accept() => match r {
+                Ok(Some(resolver)) => {
+                    let inputs = inputs.clone();
+                    let peer = peer.clone();
+                    tokio::spawn(async move {
+                        match resolver.resolve_request().await {
+                            Ok((req, stream)) => request(inputs, peer, req, stream).await,
+                            Err(e) => tracing::debug!(error = %e, "malformed request from peer"),
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if !e.is_h3_no_error() {
+                        tracing::debug!(peer.addr = %remote, error = %e, "peer connection ended");
+                    }
+                    break;
+                }
+            },
+            _ = inputs.drain.signaled(), if !goaway_sent => {
+                // GOAWAY: the peer sends nothing new here; requests already open complete.
+                goaway_sent = true;
+                let _ = h3conn.shutdown(0).await;
+            }
+        }
+    }
+}
+
+async fn request(
+    inputs: Arc<Inputs>,
+    peer: Arc<SpiffeId>,
+    req: Request<()>,
+    mut stream: ServerStream,
+) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let mut record = RequestRecord::new(
+        &inputs.metrics,
+        "inbound",
+        req.method().clone(),
+        path,
+        inputs.drain.track(),
+    );
+    record.set_peer(peer.as_str());
+    let decided = decide(&inputs, &req);
+    let port = match decided {
+        Ok(p) => p,
+        Err(e) => {
+            record.finish(e.status(), e.reason());
+            send_error(&mut stream, &e).await;
+            return;
+        }
+    };
+    record.set_service(&port.service);
+    if req.method() == Method::CONNECT {
+        drop(record);
+        tunnel(&inputs, &port, stream).await;
+        return;
+    }
+    let (mut tx, rx) = stream.split();
+    match forward(&inputs, &peer, &port, req, rx).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let status = parts.status;
+            let error = error_reason(&parts.headers);
+            let head = Response::from_parts(parts, ());
+            if let Err(e) = tx.send_response(head).await {
+                tracing::debug!(error = %e, "peer went away before the response");
+                return;
+            }
+            record.finish(status, error);
+            if let Err(e) = body::send_body(body, &mut tx).await {
+                tracing::debug!(error = %e, "response body aborted");
+            }
+        }
+        Err(e) => {
+            record.finish(e.status(), e.reason());
+            let resp = error_head(&e);
+            if tx.send_response(resp).await.is_ok() {
+                let _ = tx.send_data(Bytes::from(format!("{e}\n"))).await;
+                let _ = tx.finish().await;
+            }
+        }
+    }
+}
+
+/// Which local port a request from the mesh is for.
+fn decide(inputs: &Inputs, req: &Request<()>) -> Result<LocalPort, ProxyError> {
+    let authority = if req.method() == Method::CONNECT {
+        req.uri().authority().map(|a| a.as_str().to_string())
+    } else {
+        req.headers()
+            .get(TARGET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+    .ok_or_else(|| ProxyError::BadRequest(format!("request carries no {TARGET_HEADER}")))?;
+    let target = Target::from_authority(&authority)?;
+    let snapshot = inputs.snapshot();
+    let port = snapshot.resolve_inbound(&target)?.clone();
+    if req.method() != Method::CONNECT && !port.protocol.is_http() {
+        return Err(ProxyError::BadRequest(format!(
+            "{} port {} is tcp: use CONNECT",
+            port.service, port.port
+        )));
+    }
+    Ok(port)
+}
+
+fn error_head(e: &ProxyError) -> Response<()> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = e.status();
+    resp.headers_mut().insert(
+        crate::errors::ERROR_HEADER,
+        HeaderValue::from_static(e.reason()),
+    );
+    resp
+}
+
+async fn send_error(stream: &mut ServerStream, e: &ProxyError) {
+    if stream.send_response(error_head(e)).await.is_ok() {
+        let _ = stream.send_data(Bytes::from(format!("{e}\n"))).await;
+        let _ = stream.finish().await;
+    }
+}
+
+/// Send one request to the app and return its response (body still streaming).
+async fn forward(
+    inputs: &Inputs,
+    peer: &SpiffeId,
+    port: &LocalPort,
+    req: Request<()>,
+    rx: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+) -> Result<Response<hyper::body::Incoming>, ProxyError> {
+    check_header_size(req.headers(), inputs.tuning.max_header_bytes)?;
+    let (parts, ()) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_else(|| port.service.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("authority {authority:?}: {e}")))?;
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(TARGET_HEADER);
+    let id =
+        HeaderValue::from_str(peer.as_str()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    headers.insert(PEER_IDENTITY_HEADER, id);
+    let http2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc);
+    if !http2 {
+        let host =
+            HeaderValue::from_str(&authority).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        headers.insert(header::HOST, host);
+    }
+    let mut body = H3Body::new(rx, content_length(&headers));
+    body.peek_end();
+    let mut out = Request::new(body.boxed());
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    *out.headers_mut() = headers;
+    if http2 {
+        *out.version_mut() = http::Version::HTTP_2;
+    }
+    let client = inputs
+        .apps
+        .client(port.app, http2, inputs.tuning.connect_timeout);
+    let resp = tokio::time::timeout(inputs.tuning.response_timeout, client.request(out))
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout(inputs.tuning.response_timeout))?
+        .map_err(|e| {
+            if e.is_connect() {
+                ProxyError::UpstreamConnect(format!("{}: {}", port.app, source_chain(&e)))
+            } else {
+                ProxyError::UpstreamReset(source_chain(&e))
+            }
+        })?;
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body))
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// CONNECT from a peer: dial the app, answer 200, pump bytes.
+async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
+    let _inflight = inputs.drain.track();
+    let dial = tokio::time::timeout(inputs.tuning.connect_timeout, TcpStream::connect(port.app));
+    let sock = match dial.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let err = ProxyError::UpstreamConnect(format!("{}: {e}", port.app));
+            send_error(&mut stream, &err).await;
+            record_tunnel(inputs, "inbound", &port.service, Default::default(), true);
+            return;
+        }
+        Err(_) => {
+            let err = ProxyError::UpstreamConnect(format!("{}: connect timed out", port.app));
+            send_error(&mut stream, &err).await;
+            record_tunnel(inputs, "inbound", &port.service, Default::default(), true);
+            return;
+        }
+    };
+    let _ = sock.set_nodelay(true);
+    let mut ok = Response::new(());
+    *ok.status_mut() = StatusCode::OK;
+    if stream.send_response(ok).await.is_err() {
+        return;
+    }
+    let (tx, rx) = stream.split();
+    let (bytes, err) = crate::tunnel::pump(sock, tx, rx).await;
+    record_tunnel(inputs, "inbound", &port.service, bytes, err.is_some());
+}
+
+/// Pooled HTTP clients to local apps, one per (address, protocol).
+#[derive(Default)]
+pub struct AppClients {
+    clients: Mutex<HashMap<(SocketAddr, bool), Client<AppConnector, ProxyBody>>>,
+}
+
+impl AppClients {
+    fn client(
+        &self,
+        addr: SocketAddr,
+        http2: bool,
+        connect_timeout: Duration,
+    ) -> Client<AppConnector, ProxyBody> {
+        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((addr, http2))
+            .or_insert_with(|| {
+                let mut b = Client::builder(TokioExecutor::new());
+                b.pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
+                    // Host stays as the caller sent it; the URI's authority is not the app's.
+                    .set_host(false)
+                    .http2_only(http2);
+                b.build(AppConnector {
+                    addr,
+                    timeout: connect_timeout,
+                })
+            })
+            .clone()
+    }
+}
+
+/// Dials one fixed app address whatever the URI says (the URI keeps the caller's authority).
+#[derive(Clone)]
+pub struct AppConnector {
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let (addr, timeout) = (self.addr, self.timeout);
+        Box::pin(async move {
+            let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+            s.set_nodelay(true)?;
+            Ok(TokioIo::new(s))
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! The proxy's Prometheus metrics. Labels are bounded: direction, service names from config,
+//! status class and the proxy's own error reasons; never paths, peers' ports or raw ids.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: &'static str,
+    pub service: String,
+    pub status_class: &'static str,
+    /// The proxy's `quiver-error` reason, or "" when the response came from an app.
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub direction: &'static str,
+    pub service: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: &'static str,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpConnLabels {
+    pub direction: &'static str,
+    pub service: String,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SideLabels {
+    /// "client" (we dialled) or "server" (a peer dialled us).
+    pub side: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub side: &'static str,
+    pub result: &'static str,
+}
+
+/// Every metric the data path records.
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<DurationLabels, Histogram>,
+    pub tcp_received: Family<TcpLabels, Counter>,
+    pub tcp_sent: Family<TcpLabels, Counter>,
+    pub tcp_connections: Family<TcpConnLabels, Counter>,
+    pub quic_connections: Family<SideLabels, Gauge>,
+    pub quic_handshakes: Family<HandshakeLabels, Counter>,
+    pub quic_rtt: Family<SideLabels, Histogram>,
+    pub quic_lost_packets: Family<SideLabels, Counter>,
+    pub quic_sent_packets: Family<SideLabels, Counter>,
+}
+
+impl Metrics {
+    /// Create the metrics and register them under `quiver_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let latency = || Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let m = Self {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency),
+            tcp_received: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_connections: Family::default(),
+            quic_connections: Family::default(),
+            quic_handshakes: Family::default(),
+            quic_rtt: Family::new_with_constructor(latency),
+            quic_lost_packets: Family::default(),
+            quic_sent_packets: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("quiver");
+        // Counters are registered without `_total`: the encoder appends it.
+        r.register(
+            "requests",
+            "HTTP requests handled, by direction, service, status class and proxy error",
+            m.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from request received to response head sent",
+            Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        r.register(
+            "tcp_received_bytes",
+            "Bytes read from local TCP connections (app side) of tunnels",
+            m.tcp_received.clone(),
+        );
+        r.register(
+            "tcp_sent_bytes",
+            "Bytes written to local TCP connections (app side) of tunnels",
+            m.tcp_sent.clone(),
+        );
+        r.register(
+            "tcp_connections",
+            "TCP tunnels handled, by direction, service and proxy error",
+            m.tcp_connections.clone(),
+        );
+        r.register(
+            "quic_connections",
+            "Open QUIC connections to (client) and from (server) peer proxies",
+            m.quic_connections.clone(),
+        );
+        r.register(
+            "quic_handshakes",
+            "QUIC + mTLS handshakes, by side and result",
+            m.quic_handshakes.clone(),
+        );
+        r.register_with_unit(
+            "quic_rtt",
+            "Smoothed RTT of QUIC connections, sampled every 5 s",
+            Unit::Seconds,
+            m.quic_rtt.clone(),
+        );
+        r.register(
+            "quic_lost_packets",
+            "QUIC packets declared lost",
+            m.quic_lost_packets.clone(),
+        );
+        r.register(
+            "quic_sent_packets",
+            "QUIC packets sent",
+            m.quic_sent_packets.clone(),
+        );
+        m
+    }
+
+    pub fn handshake(&self, side: &'static str, ok: bool) {
+        self.quic_handshakes
+            .get_or_create(&HandshakeLabels {
+                side,
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+}
+
+/// Status class label for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Track one QUIC connection for its life: the open-connections gauge, RTT samples, and lost
+/// and sent packet counts (as deltas, so counters stay monotonic).
+pub async fn watch_connection(metrics: Arc<Metrics>, conn: quinn::Connection, side: &'static str) {
+    let labels = SideLabels { side };
+    metrics.quic_connections.get_or_create(&labels).inc();
+    let (mut lost, mut sent) = (0u64, 0u64);
+    let sample = |lost: &mut u64, sent: &mut u64| {
+        let stats = conn.stats();
+        metrics
+            .quic_lost_packets
+            .get_or_create(&labels)
+            .inc_by(stats.path.lost_packets.saturating_sub(*lost));
+        metrics
+            .quic_sent_packets
+            .get_or_create(&labels)
+            .inc_by(stats.path.sent_packets.saturating_sub(*sent));
+        *lost = stats.path.lost_packets.max(*lost);
+        *sent = stats.path.sent_packets.max(*sent);
+        metrics
+            .quic_rtt
+            .get_or_create(&labels)
+            .observe(stats.path.rtt.as_secs_f64());
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = conn.closed() => break,
+            _ = tick.tick() => sample(&mut lost, &mut sent),
+        }
+    }
+    sample(&mut lost, &mut sent);
+    metrics.quic_connections.get_or_create(&labels).dec();
+}

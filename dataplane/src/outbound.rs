@@ -1,0 +1,410 @@
+//! App -> proxy -> mesh. Accepts plain HTTP/1.1, h2c, gRPC and TCP from the local app on
+//! explicit upstream listeners or the HTTP proxy listener, decides where each request goes,
+//! and carries it to the peer proxy over HTTP/3.
+//!
+//! Per request: accept -> decide (snapshot) -> connect (pooled QUIC) -> copy -> record.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Inputs;
+use crate::body::{self, H3Body, ProxyBody};
+use crate::errors::ProxyError;
+use crate::http::{
+    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, error_reason,
+    error_response, strip_hop_by_hop,
+};
+use crate::metrics::{TcpConnLabels, TcpLabels};
+use crate::snapshot::{Protocol, Target};
+use crate::transport::{ClientStream, PeerConn, classify_h3_conn};
+
+/// How an app-facing listener picks the destination.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// Explicit upstream listener: everything goes to one service.
+    Fixed(Target),
+    /// HTTP proxy listener: the Host (or CONNECT target) names the service.
+    HttpProxy,
+}
+
+/// Serve an app-facing listener until drain.
+pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, entry: Entry, protocol: Protocol) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = inputs.drain.signaled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let inputs = inputs.clone();
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            match (protocol, entry) {
+                (Protocol::Tcp, Entry::Fixed(target)) => tcp(inputs, stream, target).await,
+                (_, entry) => http_conn(inputs, stream, entry).await,
+            }
+        });
+    }
+}
+
+/// One app connection speaking HTTP/1.1 or h2c (detected from the preface).
+async fn http_conn(inputs: Arc<Inputs>, stream: TcpStream, entry: Entry) {
+    let svc_inputs = inputs.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let inputs = svc_inputs.clone();
+        let entry = entry.clone();
+        async move { Ok::<_, Infallible>(handle(inputs, entry, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let limit = inputs.tuning.max_header_bytes;
+    builder
+        .http1()
+        .max_buf_size((limit + 64 * 1024).max(8192))
+        .max_headers(512)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Some(std::time::Duration::from_secs(30)));
+    builder
+        .http2()
+        .max_header_list_size(limit as u32)
+        .max_concurrent_streams(Some(inputs.tuning.max_concurrent_streams));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "app connection ended with an error");
+            }
+        }
+        _ = inputs.drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let mut record = RequestRecord::new(
+        &inputs.metrics,
+        "outbound",
+        req.method().clone(),
+        path,
+        inputs.drain.track(),
+    );
+    let result = async {
+        if inputs.drain.is_draining() {
+            return Err(ProxyError::Draining);
+        }
+        check_header_size(req.headers(), inputs.tuning.max_header_bytes)?;
+        let target = match &entry {
+            Entry::Fixed(t) => t.clone(),
+            Entry::HttpProxy => Target::from_authority(
+                &request_authority(&req)
+                    .ok_or_else(|| ProxyError::BadRequest("request names no host".into()))?,
+            )?,
+        };
+        record.set_service(&target.service);
+        if req.method() == Method::CONNECT {
+            return match entry {
+                Entry::HttpProxy => connect_tunnel(&inputs, target, req).await,
+                Entry::Fixed(_) => Err(ProxyError::BadRequest(
+                    "CONNECT is only served on the HTTP proxy listener".into(),
+                )),
+            };
+        }
+        forward(&inputs, &target, req).await
+    }
+    .await;
+    match result {
+        Ok(resp) => {
+            record.finish(resp.status(), error_reason(resp.headers()));
+            resp
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "outbound request failed");
+            record.finish(e.status(), e.reason());
+            error_response(&e)
+        }
+    }
+}
+
+/// The authority the app addressed: absolute-form URI, else Host.
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Open a request stream to an endpoint of `target`. A pooled connection that died since its
+/// last use is replaced once (the request was never sent, so this is always safe).
+async fn open_stream(
+    inputs: &Inputs,
+    target: &Target,
+    req: Request<()>,
+) -> Result<(PeerConn, ClientStream), ProxyError> {
+    let snapshot = inputs.snapshot();
+    let turn = inputs.next_turn();
+    let decision = snapshot.resolve_outbound(target, turn)?;
+    let endpoint = decision.endpoint.clone();
+    let mut last = None;
+    for _ in 0..2 {
+        let mut peer = inputs.transport.connection(&endpoint).await?;
+        match peer.send.send_request(req.clone()).await {
+            Ok(stream) => return Ok((peer, stream)),
+            Err(e) => {
+                let err =
+                    classify_h3_conn(&endpoint.address.to_string(), &peer.conn, &e.to_string());
+                if peer.conn.close_reason().is_some() {
+                    inputs.transport.evict(endpoint.address, &peer.conn);
+                }
+                if !matches!(err, ProxyError::PeerConnect { .. }) {
+                    return Err(err);
+                }
+                last = Some(err);
+            }
+        }
+    }
+    Err(last.unwrap_or(ProxyError::NoEndpoint(target.service.clone())))
+}
+
+/// Carry one HTTP request to the mesh and stream its response back.
+async fn forward(
+    inputs: &Inputs,
+    target: &Target,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let authority = request_authority_parts(&parts).unwrap_or_else(|| target.authority());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri = Uri::builder()
+        .scheme("https")
+        .authority(authority.as_str())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("authority {authority:?}: {e}")))?;
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(PEER_IDENTITY_HEADER);
+    let target_value = HeaderValue::from_str(&target.authority())
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    headers.insert(TARGET_HEADER, target_value);
+    let mut h3req = Request::new(());
+    *h3req.method_mut() = parts.method;
+    *h3req.uri_mut() = uri;
+    *h3req.headers_mut() = headers;
+
+    let (peer, stream) = open_stream(inputs, target, h3req).await?;
+    let (mut tx, mut rx) = stream.split();
+    if body.is_end_stream() {
+        tx.finish()
+            .await
+            .map_err(|e| classify_h3_conn(&peer_addr(&peer), &peer.conn, &e.to_string()))?;
+    } else {
+        // The request body streams on its own task so that a response (e.g. gRPC
+        // bidirectional streaming) can flow back while the app is still sending.
+        tokio::spawn(async move {
+            if let Err(e) = body::send_body(body, &mut tx).await {
+                tracing::debug!(error = %e, "request body aborted");
+            }
+        });
+    }
+    let resp = tokio::time::timeout(inputs.tuning.response_timeout, rx.recv_response())
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout(inputs.tuning.response_timeout))?
+        .map_err(|e| classify_h3_conn(&peer_addr(&peer), &peer.conn, &e.to_string()))?;
+    let (mut rparts, ()) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    rparts.version = http::Version::HTTP_11;
+    let length = content_length(&rparts.headers);
+    Ok(Response::from_parts(
+        rparts,
+        H3Body::new(rx, length).boxed(),
+    ))
+}
+
+fn request_authority_parts(parts: &http::request::Parts) -> Option<String> {
+    if let Some(a) = parts.uri.authority() {
+        return Some(a.as_str().to_string());
+    }
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+fn peer_addr(peer: &PeerConn) -> String {
+    peer.conn.remote_address().to_string()
+}
+
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Open an HTTP/3 CONNECT stream to `target` and wait for the peer's 2xx.
+async fn open_tunnel(
+    inputs: &Inputs,
+    target: &Target,
+) -> Result<(PeerConn, ClientStream), ProxyError> {
+    let authority = target.authority();
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority.as_str())
+        .body(())
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let (peer, mut stream) = open_stream(inputs, target, req).await?;
+    let resp = tokio::time::timeout(inputs.tuning.response_timeout, stream.recv_response())
+        .await
+        .map_err(|_| ProxyError::UpstreamTimeout(inputs.tuning.response_timeout))?
+        .map_err(|e| classify_h3_conn(&peer_addr(&peer), &peer.conn, &e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(remote_refusal(resp.status(), resp.headers()));
+    }
+    Ok((peer, stream))
+}
+
+/// Rebuild the peer's error (its reason header) for a refused CONNECT.
+fn remote_refusal(status: StatusCode, headers: &http::HeaderMap) -> ProxyError {
+    match error_reason(headers) {
+        "no-route" => ProxyError::NoRoute(format!("peer answered {status}")),
+        "upstream-timeout" => ProxyError::UpstreamTimeout(std::time::Duration::ZERO),
+        "draining" => ProxyError::Draining,
+        "upstream-connect" | "" => {
+            ProxyError::UpstreamConnect(format!("peer answered {status} to CONNECT"))
+        }
+        other => ProxyError::UpstreamReset(format!("peer answered {status} ({other})")),
+    }
+}
+
+/// `CONNECT host:port` on the HTTP proxy listener: answer 200 once the mesh tunnel is up,
+/// then pump the upgraded connection.
+async fn connect_tunnel(
+    inputs: &Arc<Inputs>,
+    target: Target,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (_peer, stream) = open_tunnel(inputs, &target).await?;
+    let inputs = inputs.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let (tx, rx) = stream.split();
+                run_tunnel(&inputs, &target.service, TokioIo::new(upgraded), tx, rx).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Ok(Response::new(body::empty()))
+}
+
+/// A raw TCP connection on an explicit `tcp` listener.
+async fn tcp(inputs: Arc<Inputs>, stream: TcpStream, target: Target) {
+    let _inflight = inputs.drain.track();
+    match open_tunnel(&inputs, &target).await {
+        Ok((_peer, s)) => {
+            let (tx, rx) = s.split();
+            run_tunnel(&inputs, &target.service, stream, tx, rx).await;
+        }
+        Err(e) => {
+            tracing::info!(target: "quiver::access", direction = "outbound", dst.service = %target.service, error = e.reason(), detail = %e, "tcp tunnel refused");
+            inputs
+                .metrics
+                .tcp_connections
+                .get_or_create(&TcpConnLabels {
+                    direction: "outbound",
+                    service: target.service.clone(),
+                    error: e.reason(),
+                })
+                .inc();
+            // Dropping the socket closes it: a raw TCP client has no other way to learn.
+        }
+    }
+}
+
+async fn run_tunnel<IO>(
+    inputs: &Inputs,
+    service: &str,
+    io: IO,
+    tx: h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    rx: h3::client::RequestStream<h3_quinn::RecvStream, Bytes>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _inflight = inputs.drain.track();
+    let (bytes, err) = crate::tunnel::pump(io, tx, rx).await;
+    record_tunnel(inputs, "outbound", service, bytes, err.is_some());
+}
+
+/// Record a finished tunnel's bytes and outcome.
+pub fn record_tunnel(
+    inputs: &Inputs,
+    direction: &'static str,
+    service: &str,
+    bytes: crate::tunnel::TunnelBytes,
+    failed: bool,
+) {
+    let labels = TcpLabels {
+        direction,
+        service: service.to_string(),
+    };
+    inputs
+        .metrics
+        .tcp_received
+        .get_or_create(&labels)
+        .inc_by(bytes.received);
+    inputs
+        .metrics
+        .tcp_sent
+        .get_or_create(&labels)
+        .inc_by(bytes.sent);
+    let error = if failed { "upstream-reset" } else { "" };
+    inputs
+        .metrics
+        .tcp_connections
+        .get_or_create(&TcpConnLabels {
+            direction,
+            service: service.to_string(),
+            error,
+        })
+        .inc();
+    tracing::info!(
+        target: "quiver::access",
+        direction,
+        dst.service = %service,
+        bytes.received = bytes.received,
+        bytes.sent = bytes.sent,
+        error,
+        "tcp tunnel closed"
+    );
+}

@@ -1,0 +1,162 @@
+//! The in-memory config the data path runs on, and the pure decisions made over it.
+//!
+//! A [`Snapshot`] comes from the static file today and from the control plane's watch stream
+//! later; both produce this one type. Every routing decision (which service a request is
+//! for, which endpoint serves it, which identity that endpoint must prove, which local app
+//! port an inbound request maps to) is a function here, without sockets or clocks, so it is
+//! tested on its own.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use quiver_api::SpiffeId;
+use serde::{Deserialize, Serialize};
+
+use crate::errors::ProxyError;
+
+/// What the app behind a port speaks; decides how the inbound side talks to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 without TLS (h2c, prior knowledge).
+    Http2,
+    /// gRPC: HTTP/2 with trailers; the same wire handling as `http2`.
+    Grpc,
+    /// Opaque bytes; carried as an HTTP/3 CONNECT stream.
+    Tcp,
+}
+
+impl Protocol {
+    pub fn is_http(self) -> bool {
+        !matches!(self, Protocol::Tcp)
+    }
+}
+
+/// A port of a service this proxy fronts, and where its app listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalPort {
+    pub service: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub app: SocketAddr,
+}
+
+/// A remote service's peer proxy: where to send, and who it must prove to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub identity: SpiffeId,
+}
+
+/// A service this proxy may call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteService {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The dynamic part of a proxy's config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// Opaque version ("static" for a file; the control plane's version otherwise).
+    pub version: String,
+    pub inbound: Vec<LocalPort>,
+    pub services: BTreeMap<String, RemoteService>,
+}
+
+/// The service (and optionally port) an outbound request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub service: String,
+    pub port: Option<u16>,
+}
+
+impl Target {
+    /// Read `name` or `name:port` from an HTTP authority (Host header, CONNECT target, or the
+    /// mesh's `quiver-target` header).
+    pub fn from_authority(authority: &str) -> Result<Target, ProxyError> {
+        let bad = || ProxyError::NoRoute(format!("{authority:?} is not a mesh service name"));
+        let (name, port) = match authority.rsplit_once(':') {
+            Some((n, p)) => {
+                let port: u16 = p.parse().map_err(|_| bad())?;
+                if port == 0 {
+                    return Err(bad());
+                }
+                (n, Some(port))
+            }
+            None => (authority, None),
+        };
+        crate::config::check_service_name(name).map_err(|_| bad())?;
+        Ok(Target {
+            service: name.to_string(),
+            port,
+        })
+    }
+
+    /// `name` or `name:port`, as sent to the peer in `quiver-target` / the CONNECT authority.
+    pub fn authority(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.service),
+            None => self.service.clone(),
+        }
+    }
+}
+
+/// Where one outbound request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundDecision<'a> {
+    pub service: &'a str,
+    pub endpoint: &'a Endpoint,
+}
+
+impl Snapshot {
+    /// Choose the endpoint for `target`. `turn` is a caller-kept counter that spreads requests
+    /// round-robin over the endpoints.
+    pub fn resolve_outbound(
+        &self,
+        target: &Target,
+        turn: usize,
+    ) -> Result<OutboundDecision<'_>, ProxyError> {
+        let svc = self.services.get(&target.service).ok_or_else(|| {
+            ProxyError::NoRoute(format!("service {:?} is not known", target.service))
+        })?;
+        if svc.endpoints.is_empty() {
+            return Err(ProxyError::NoEndpoint(target.service.clone()));
+        }
+        Ok(OutboundDecision {
+            service: &svc.name,
+            endpoint: &svc.endpoints[turn % svc.endpoints.len()],
+        })
+    }
+
+    /// The local app port an inbound request for `target` maps to. Without a port, the
+    /// service must have exactly one.
+    pub fn resolve_inbound(&self, target: &Target) -> Result<&LocalPort, ProxyError> {
+        let mut ports = self.inbound.iter().filter(|p| p.service == target.service);
+        match target.port {
+            Some(port) => ports.find(|p| p.port == port).ok_or_else(|| {
+                ProxyError::NoRoute(format!(
+                    "service {:?} port {port} is not served here",
+                    target.service
+                ))
+            }),
+            None => {
+                let first = ports.next().ok_or_else(|| {
+                    ProxyError::NoRoute(format!("service {:?} is not served here", target.service))
+                })?;
+                if ports.next().is_some() {
+                    return Err(ProxyError::NoRoute(format!(
+                        "service {:?} has several ports here; name one",
+                        target.service
+                    )));
+                }
+                Ok(first)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,335 @@
+//! QUIC and HTTP/3 between proxies: the one module that touches quinn's endpoint and h3's
+//! connection types (h3 is pre-1.0; keeping it here bounds the blast radius of its changes).
+//!
+//! One UDP socket is both the server for peers and the client for outbound connections.
+//! Outbound, there is one connection per peer address, reused and multiplexed; a peer must
+//! prove the SPIFFE id the config expects for that endpoint before any request is sent.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, TransportConfig, VarInt};
+use quiver_api::SpiffeId;
+use quiver_api::tls::MeshIdentity;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::Tuning;
+use crate::errors::ProxyError;
+use crate::metrics::Metrics;
+use crate::snapshot::Endpoint;
+
+/// ALPN for HTTP/3.
+pub const ALPN: &[u8] = b"h3";
+/// Application close code sent when this proxy shuts down (H3_NO_ERROR).
+pub const CLOSE_SHUTDOWN: u32 = 0x100;
+/// Application close code sent to a peer whose identity was not the expected one
+/// (H3_CONNECT_ERROR's neighbour in the private range would be ambiguous; 0x0 reason text says why).
+const CLOSE_IDENTITY: u32 = 0x10c;
+
+/// An h3 request-sending handle on a pooled connection.
+pub type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+/// Client-side request stream.
+pub type ClientStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+/// Server-side request stream.
+pub type ServerStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+/// Server-side h3 connection.
+pub type ServerConn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("binding UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] quiver_api::tls::IdentityError),
+    #[error("QUIC crypto config: {0}")]
+    Crypto(String),
+}
+
+/// A ready connection to a peer proxy.
+#[derive(Clone)]
+pub struct PeerConn {
+    pub conn: quinn::Connection,
+    pub send: SendRequest,
+    pub peer: SpiffeId,
+}
+
+#[derive(Default)]
+struct PeerSlot {
+    ready: Mutex<Option<PeerConn>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// The QUIC endpoint and the outbound connection pool.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    pool: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
+    connect_timeout: Duration,
+    max_header_bytes: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Transport {
+    /// Bind the UDP socket and build the QUIC server and client configs for `identity`.
+    pub fn bind(
+        listen: SocketAddr,
+        identity: &MeshIdentity,
+        tuning: &Tuning,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, TransportError> {
+        let transport = Arc::new(transport_config(tuning));
+        let server_tls = identity.server_config(&[ALPN])?;
+        let server_crypto = QuicServerConfig::try_from(server_tls)
+            .map_err(|e| TransportError::Crypto(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport.clone());
+
+        let client_tls = identity.client_config(&[ALPN])?;
+        let client_crypto = QuicClientConfig::try_from(client_tls)
+            .map_err(|e| TransportError::Crypto(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport);
+
+        let socket = udp_socket(listen, tuning.udp_socket_buffer).map_err(|source| {
+            TransportError::Bind {
+                addr: listen,
+                source,
+            }
+        })?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| TransportError::Crypto("no async runtime for quinn".into()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(|source| TransportError::Bind {
+            addr: listen,
+            source,
+        })?;
+        Ok(Self {
+            endpoint,
+            client_config,
+            pool: Mutex::new(HashMap::new()),
+            connect_timeout: tuning.connect_timeout,
+            max_header_bytes: tuning.max_header_bytes as u64,
+            metrics,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// A connection to `ep` that has proven `ep.identity`: pooled when one is alive,
+    /// otherwise dialled now (concurrent callers share one dial).
+    pub async fn connection(&self, ep: &Endpoint) -> Result<PeerConn, ProxyError> {
+        let slot = {
+            let mut pool = lock(&self.pool);
+            pool.entry(ep.address).or_default().clone()
+        };
+        if let Some(c) = alive(&slot) {
+            return check_identity(c, ep);
+        }
+        let _dialing = slot.connecting.lock().await;
+        if let Some(c) = alive(&slot) {
+            return check_identity(c, ep);
+        }
+        let c = self.dial(ep).await?;
+        *lock(&slot.ready) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Drop the pooled connection to `addr` if it is `conn` (after a connection-level failure).
+    pub fn evict(&self, addr: SocketAddr, conn: &quinn::Connection) {
+        let slot = lock(&self.pool).get(&addr).cloned();
+        if let Some(slot) = slot {
+            let mut ready = lock(&slot.ready);
+            if ready
+                .as_ref()
+                .is_some_and(|c| c.conn.stable_id() == conn.stable_id())
+            {
+                *ready = None;
+            }
+        }
+    }
+
+    async fn dial(&self, ep: &Endpoint) -> Result<PeerConn, ProxyError> {
+        let addr = ep.address.to_string();
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), ep.address, "quiver.mesh")
+            .map_err(|e| ProxyError::PeerConnect {
+                addr: addr.clone(),
+                detail: e.to_string(),
+            })?;
+        let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.metrics.handshake("client", false);
+                return Err(classify_close(&addr, &e));
+            }
+            Err(_) => {
+                self.metrics.handshake("client", false);
+                return Err(ProxyError::PeerConnect {
+                    addr,
+                    detail: format!("QUIC handshake timed out after {:?}", self.connect_timeout),
+                });
+            }
+        };
+        self.metrics.handshake("client", true);
+        let peer = match peer_id(&conn) {
+            Some(p) => p,
+            None => {
+                conn.close(VarInt::from_u32(CLOSE_IDENTITY), b"no SPIFFE id");
+                return Err(ProxyError::PeerHandshake {
+                    addr,
+                    detail: "peer presented no SPIFFE id".into(),
+                });
+            }
+        };
+        if peer != ep.identity {
+            conn.close(VarInt::from_u32(CLOSE_IDENTITY), b"unexpected identity");
+            return Err(ProxyError::PeerIdentityMismatch {
+                addr,
+                expected: ep.identity.to_string(),
+                got: peer.to_string(),
+            });
+        }
+        let (mut driver, send) = h3::client::builder()
+            .max_field_section_size(self.max_header_bytes)
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(conn.clone()))
+            .await
+            .map_err(|e| classify_h3_conn(&addr, &conn, &e.to_string()))?;
+        tokio::spawn(async move {
+            let e = driver.wait_idle().await;
+            tracing::debug!(error = %e, "h3 client connection ended");
+        });
+        tokio::spawn(crate::metrics::watch_connection(
+            self.metrics.clone(),
+            conn.clone(),
+            "client",
+        ));
+        tracing::debug!(peer.addr = %ep.address, peer.id = %peer, "connected to peer");
+        Ok(PeerConn { conn, send, peer })
+    }
+
+    /// Close every connection with the shutdown code and wait for the socket to go idle.
+    pub async fn close(&self, timeout: Duration) {
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"proxy shutting down");
+        let _ = tokio::time::timeout(timeout, self.endpoint.wait_idle()).await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these short critical sections cannot leave them half-updated
+    // (each is a single assignment), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn alive(slot: &PeerSlot) -> Option<PeerConn> {
+    lock(&slot.ready)
+        .as_ref()
+        .filter(|c| c.conn.close_reason().is_none())
+        .cloned()
+}
+
+fn check_identity(c: PeerConn, ep: &Endpoint) -> Result<PeerConn, ProxyError> {
+    if c.peer == ep.identity {
+        Ok(c)
+    } else {
+        Err(ProxyError::PeerIdentityMismatch {
+            addr: ep.address.to_string(),
+            expected: ep.identity.to_string(),
+            got: c.peer.to_string(),
+        })
+    }
+}
+
+/// The verified SPIFFE id of the peer on `conn`.
+pub fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
+    let any = conn.peer_identity()?;
+    let chain = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    quiver_api::tls::peer_spiffe_id(&chain).ok()
+}
+
+/// Map a QUIC connection error to the proxy's vocabulary. TLS alerts (QUIC crypto error codes
+/// 0x100-0x1ff) mean a certificate was refused, by us or by the peer.
+pub fn classify_close(addr: &str, e: &ConnectionError) -> ProxyError {
+    let crypto = |code: quinn::TransportErrorCode| {
+        let v = u64::from(code);
+        (0x100..0x200).contains(&v)
+    };
+    match e {
+        ConnectionError::TransportError(t) if crypto(t.code) => ProxyError::PeerHandshake {
+            addr: addr.into(),
+            detail: format!("we refused the peer: {}", t.reason),
+        },
+        ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => ProxyError::PeerHandshake {
+            addr: addr.into(),
+            detail: format!("the peer refused us: {c}"),
+        },
+        ConnectionError::TimedOut => ProxyError::PeerConnect {
+            addr: addr.into(),
+            detail: "QUIC idle timeout".into(),
+        },
+        other => ProxyError::PeerConnect {
+            addr: addr.into(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Classify an h3 failure on `conn`: if the connection is closed, its reason says why (for
+/// example the peer rejecting our certificate, which TLS 1.3 reports only after the client
+/// believes the handshake done); otherwise it is a reset of this one stream.
+pub fn classify_h3_conn(addr: &str, conn: &quinn::Connection, detail: &str) -> ProxyError {
+    match conn.close_reason() {
+        Some(reason) => classify_close(addr, &reason),
+        None => ProxyError::UpstreamReset(detail.to_string()),
+    }
+}
+
+fn transport_config(t: &Tuning) -> TransportConfig {
+    let mut c = TransportConfig::default();
+    c.max_concurrent_bidi_streams(VarInt::from_u32(t.max_concurrent_streams));
+    c.stream_receive_window(VarInt::from_u32(t.stream_receive_window));
+    c.receive_window(VarInt::from_u32(t.connection_receive_window));
+    c.send_window(t.send_window);
+    // IdleTimeout accepts up to 2^62 ms; validated durations are far below that.
+    c.max_idle_timeout(quinn::IdleTimeout::try_from(t.idle_timeout).ok());
+    c.keep_alive_interval((!t.keep_alive.is_zero()).then_some(t.keep_alive));
+    c
+}
+
+fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    // Larger buffers absorb bursts that would otherwise be dropped and retransmitted; the
+    // kernel silently caps them at net.core.{r,w}mem_max, which is fine.
+    if let Err(e) = s.set_recv_buffer_size(buffer) {
+        tracing::warn!(error = %e, "cannot raise UDP receive buffer");
+    }
+    if let Err(e) = s.set_send_buffer_size(buffer) {
+        tracing::warn!(error = %e, "cannot raise UDP send buffer");
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
