@@ -306,6 +306,10 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
 
     let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
     let mut claim = |addr: SocketAddr, field: String, errs: &mut Vec<FieldError>| {
+        if addr.port() == 0 {
+            // Port 0 asks the kernel for a fresh port each time: never a clash.
+            return;
+        }
         if let Some(prev) = listens.get(&addr) {
             errs.push(FieldError {
                 field: field.clone(),

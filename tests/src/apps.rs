@@ -1,0 +1,285 @@
+//! Sample apps that report what reached them, so tests assert on exactly what crossed the mesh.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_stream::Stream;
+
+use crate::echo_proto::echo_server::{Echo, EchoServer};
+use crate::echo_proto::{EchoReply, EchoRequest};
+
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The byte at offset `i` of a `/download/N` body: a pattern that catches reordering and loss.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(31).wrapping_add(i >> 13) % 251) as u8
+}
+
+/// An HTTP/1.1 + h2c echo app. Routes:
+/// - any path: 200, body = request body (streamed); headers `x-echo-method`, `x-echo-path`,
+///   `x-echo-host`, `x-echo-version`, `x-echo-peer-identity`, `x-echo-headers` (sorted
+///   request header names) and `x-echo-chunked` (whether the request arrived chunked);
+/// - `/status/N`: that status; `/sleep/MS`: wait, then echo; `/download/N`: N pattern bytes;
+/// - `/trailers`: body "hello" then trailer `x-trailer: yes`.
+pub async fn start_http_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req| async move {
+                    Ok::<_, Infallible>(echo(req).await)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo(req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let mut names: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+    names.sort();
+    names.dedup();
+    let mut h = HeaderMap::new();
+    let mut set = |k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    set("x-echo-method", req.method().to_string());
+    set(
+        "x-echo-path",
+        req.uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+    );
+    set(
+        "x-echo-host",
+        req.headers()
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default(),
+    );
+    set("x-echo-version", format!("{:?}", req.version()));
+    set(
+        "x-echo-peer-identity",
+        req.headers()
+            .get("x-quiver-peer-identity")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    );
+    set("x-echo-headers", names.join(","));
+    set(
+        "x-echo-chunked",
+        req.headers()
+            .get("transfer-encoding")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+            .to_string(),
+    );
+    let mut resp = if let Some(code) = path.strip_prefix("/status/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        let mut r = Response::new(full(format!("status {}", status.as_u16())));
+        *r.status_mut() = status;
+        r
+    } else if let Some(n) = path.strip_prefix("/download/") {
+        let n: u64 = n.parse().unwrap_or(0);
+        Response::new(download(n))
+    } else if path == "/trailers" {
+        let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::trailers({
+                let mut t = HeaderMap::new();
+                t.insert("x-trailer", HeaderValue::from_static("yes"));
+                t
+            })),
+        ];
+        Response::new(UnsyncBoxBody::new(StreamBody::new(tokio_stream::iter(
+            frames,
+        ))))
+    } else {
+        if let Some(ms) = path.strip_prefix("/sleep/") {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        Response::new(req.into_body().boxed_unsync())
+    };
+    resp.headers_mut().extend(h);
+    resp
+}
+
+fn full(s: String) -> Body {
+    Full::new(Bytes::from(s))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn download(n: u64) -> Body {
+    let chunks = (0..n.div_ceil(65536)).map(move |c| {
+        let start = c * 65536;
+        let end = (start + 65536).min(n);
+        let v: Vec<u8> = (start..end).map(pattern_byte).collect();
+        Ok(Frame::data(Bytes::from(v)))
+    });
+    UnsyncBoxBody::new(StreamBody::new(tokio_stream::iter(chunks)))
+}
+
+/// A TCP echo app that honours half-close: it echoes every byte as it arrives; once the
+/// client shuts down its write side it sends `\nEOF total=<n>\n` and closes.
+pub async fn start_tcp_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            total += n as u64;
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let _ = s
+                    .write_all(format!("\nEOF total={total}\n").as_bytes())
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP sink: reads everything, then replies with the byte count and closes (bulk tests).
+pub async fn start_tcp_sink() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => total += n as u64,
+                        Err(_) => return,
+                    }
+                }
+                let _ = s.write_all(format!("{total}\n").as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The gRPC echo service.
+#[derive(Default)]
+pub struct EchoService;
+
+fn peer_of<T>(req: &tonic::Request<T>) -> String {
+    req.metadata()
+        .get("x-quiver-peer-identity")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn unary(
+        &self,
+        req: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoReply>, tonic::Status> {
+        let peer = peer_of(&req);
+        let r = req.into_inner();
+        if r.fail_with != 0 {
+            return Err(tonic::Status::new(
+                tonic::Code::from(r.fail_with),
+                format!("asked to fail: {}", r.message),
+            ));
+        }
+        Ok(tonic::Response::new(EchoReply {
+            message: r.message,
+            peer_identity: peer,
+            seq: 0,
+        }))
+    }
+
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<EchoReply, tonic::Status>> + Send>>;
+
+    async fn stream(
+        &self,
+        req: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+        let peer = peer_of(&req);
+        let r = req.into_inner();
+        let mut items: Vec<Result<EchoReply, tonic::Status>> = (0..r.count)
+            .map(|seq| {
+                Ok(EchoReply {
+                    message: r.message.clone(),
+                    peer_identity: peer.clone(),
+                    seq,
+                })
+            })
+            .collect();
+        if r.fail_with != 0 {
+            items.push(Err(tonic::Status::new(
+                tonic::Code::from(r.fail_with),
+                "stream ended with an error",
+            )));
+        }
+        Ok(tonic::Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+}
+
+/// Start the gRPC echo app (h2c).
+pub async fn start_grpc_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(EchoServer::new(EchoService))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .await;
+    });
+    addr
+}
