@@ -245,13 +245,24 @@ impl ProxyConfig {
 
     /// Parse and validate YAML text; `base` resolves relative paths.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigErrors> {
-        let file: File = serde_yaml::from_str(text).map_err(|e| {
+        // serde_path_to_error names the field for every type error, including those raised by
+        // custom deserializers (durations, SPIFFE ids) that serde_yaml alone reports without one.
+        let de = serde_yaml::Deserializer::from_str(text);
+        let file: File = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let location = inner
+                .location()
+                .map(|l| format!(" (line {} column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            let field = if path.is_empty() || path == "." {
+                "document".to_string()
+            } else {
+                path
+            };
             ConfigErrors(vec![FieldError {
-                field: e
-                    .location()
-                    .map(|l| format!("line {} column {}", l.line(), l.column()))
-                    .unwrap_or_else(|| "document".into()),
-                reason: e.to_string(),
+                field,
+                reason: format!("{inner}{location}"),
             }])
         })?;
         validate(file, base)
@@ -437,16 +448,16 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
             }
             match SpiffeId::parse(&e.identity) {
                 Ok(id) => {
-                    if let Some(td) = &trust_domain {
-                        if id.trust_domain() != td {
-                            err(
-                                format!("{ef}.identity"),
-                                format!(
-                                    "trust domain {} differs from ours ({td}): it could never be accepted",
-                                    id.trust_domain()
-                                ),
-                            );
-                        }
+                    if let Some(td) = &trust_domain
+                        && id.trust_domain() != td
+                    {
+                        err(
+                            format!("{ef}.identity"),
+                            format!(
+                                "trust domain {} differs from ours ({td}): it could never be accepted",
+                                id.trust_domain()
+                            ),
+                        );
                     }
                     endpoints.push(Endpoint {
                         address: e.address,

@@ -125,12 +125,49 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
     } else {
         if let Some(ms) = path.strip_prefix("/sleep/") {
             let ms: u64 = ms.parse().unwrap_or(0);
+            let tag = req.uri().query().unwrap_or("").to_string();
+            let _busy = Sleeping::enter(&tag);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         Response::new(req.into_body().boxed_unsync())
     };
     resp.headers_mut().extend(h);
     resp
+}
+
+static SLEEPING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks a `/sleep/MS?TAG` request as in progress inside the app, so a test can wait until a
+/// request has really reached the app (see [`sleeping`]).
+struct Sleeping(String);
+
+impl Sleeping {
+    fn enter(tag: &str) -> Self {
+        SLEEPING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tag.to_string());
+        Sleeping(tag.to_string())
+    }
+}
+
+impl Drop for Sleeping {
+    fn drop(&mut self) {
+        let mut v = SLEEPING.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = v.iter().position(|t| *t == self.0) {
+            v.remove(i);
+        }
+    }
+}
+
+/// How many `/sleep/MS?TAG` requests with this tag are inside an echo app right now.
+pub fn sleeping(tag: &str) -> usize {
+    SLEEPING
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|t| *t == tag)
+        .count()
 }
 
 fn full(s: String) -> Body {
