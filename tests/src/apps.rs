@@ -32,8 +32,15 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// - `/status/N`: that status; `/sleep/MS`: wait, then echo; `/download/N`: N pattern bytes;
 /// - `/trailers`: body "hello" then trailer `x-trailer: yes`.
 pub async fn start_http_echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
+    serve_http_echo("127.0.0.1:0".parse().expect("literal address"))
+        .await
+        .expect("bind")
+}
+
+/// [`start_http_echo`] on a chosen address.
+pub async fn serve_http_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind(addr).await?;
+    let addr = l.local_addr()?;
     tokio::spawn(async move {
         loop {
             let Ok((s, _)) = l.accept().await else {
@@ -50,7 +57,7 @@ pub async fn start_http_echo() -> SocketAddr {
             });
         }
     });
-    addr
+    Ok(addr)
 }
 
 async fn echo(req: Request<Incoming>) -> Response<Body> {
@@ -189,8 +196,15 @@ fn download(n: u64) -> Body {
 /// A TCP echo app that honours half-close: it echoes every byte as it arrives; once the
 /// client shuts down its write side it sends `\nEOF total=<n>\n` and closes.
 pub async fn start_tcp_echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
+    serve_tcp_echo("127.0.0.1:0".parse().expect("literal address"))
+        .await
+        .expect("bind")
+}
+
+/// [`start_tcp_echo`] on a chosen address.
+pub async fn serve_tcp_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind(addr).await?;
+    let addr = l.local_addr()?;
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else {
@@ -218,7 +232,7 @@ pub async fn start_tcp_echo() -> SocketAddr {
             });
         }
     });
-    addr
+    Ok(addr)
 }
 
 /// A TCP sink: reads everything, then replies with the byte count and closes (bulk tests).
