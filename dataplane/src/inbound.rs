@@ -32,7 +32,8 @@ use crate::outbound::{content_length, record_tunnel};
 use crate::snapshot::{LocalPort, Protocol, Target};
 use crate::transport::{ServerStream, peer_id};
 
-/// Accept peers until drain, then stop taking new connections.
+/// Accept peers until drain; while draining, refuse new connections at once (the dialler gets
+/// CONNECTION_REFUSED instead of waiting for a handshake timeout).
 pub async fn serve(inputs: Arc<Inputs>) {
     let endpoint = inputs.transport.endpoint().clone();
     loop {
@@ -41,10 +42,13 @@ pub async fn serve(inputs: Arc<Inputs>) {
                 Some(i) => i,
                 None => return,
             },
-            _ = inputs.drain.signaled() => return,
+            _ = inputs.drain.signaled() => break,
         };
         let inputs = inputs.clone();
         tokio::spawn(async move { connection(inputs, incoming).await });
+    }
+    while let Some(incoming) = endpoint.accept().await {
+        incoming.refuse();
     }
 }
 

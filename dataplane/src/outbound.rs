@@ -158,8 +158,9 @@ fn request_authority<B>(req: &Request<B>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Open a request stream to an endpoint of `target`. A pooled connection that died since its
-/// last use is replaced once (the request was never sent, so this is always safe).
+/// Open a request stream to an endpoint of `target`. A pooled connection that can no longer
+/// open streams is replaced once: a failed `send_request` never delivered a complete request
+/// (no FIN was sent), so the retry cannot duplicate it.
 async fn open_stream(
     inputs: &Inputs,
     target: &Target,
@@ -177,10 +178,13 @@ async fn open_stream(
             Err(e) => {
                 let err =
                     classify_h3_conn(&endpoint.address.to_string(), &peer.conn, &e.to_string());
-                if peer.conn.close_reason().is_some() {
-                    inputs.transport.evict(endpoint.address, &peer.conn);
-                }
-                if !matches!(err, ProxyError::PeerConnect { .. }) {
+                // This connection takes no new requests (closed, or the peer sent GOAWAY while
+                // draining): never hand it out again. Requests already on it finish.
+                inputs.transport.evict(endpoint.address, &peer.conn);
+                if matches!(
+                    err,
+                    ProxyError::PeerHandshake { .. } | ProxyError::PeerIdentityMismatch { .. }
+                ) {
                     return Err(err);
                 }
                 last = Some(err);

@@ -24,11 +24,11 @@ use crate::snapshot::Endpoint;
 
 /// ALPN for HTTP/3.
 pub const ALPN: &[u8] = b"h3";
-/// Application close code sent when this proxy shuts down (H3_NO_ERROR).
+/// Application close code sent when this proxy shuts down: H3_NO_ERROR (RFC 9114 §8.1).
 pub const CLOSE_SHUTDOWN: u32 = 0x100;
-/// Application close code sent to a peer whose identity was not the expected one
-/// (H3_CONNECT_ERROR's neighbour in the private range would be ambiguous; 0x0 reason text says why).
-const CLOSE_IDENTITY: u32 = 0x10c;
+/// Application close code for a peer that proved the wrong identity: H3_REQUEST_REJECTED (no
+/// request was processed), with the reason in the close frame's text.
+const CLOSE_IDENTITY: u32 = 0x10b;
 
 /// An h3 request-sending handle on a pooled connection.
 pub type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;

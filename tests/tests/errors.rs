@@ -191,6 +191,15 @@ async fn drain_lets_requests_in_flight_finish_and_refuses_new_ones() {
         (pair.b.admin_get("/readyz").await.0 == 503).then_some(())
     })
     .await;
+    // A new request while B drains is refused explicitly, not left hanging.
+    let (head, body) = send_h1(addr, get("/new-during-drain")).await;
+    assert!(
+        head.status() == 503 || head.status() == 502,
+        "got {} {}",
+        head.status(),
+        String::from_utf8_lossy(&body)
+    );
+    assert!(head.headers().contains_key("quiver-error"));
     let (head, _) = slow.await.unwrap();
     assert_eq!(head.status(), 200, "in-flight request was cut by the drain");
     pair.b.stopped().await;

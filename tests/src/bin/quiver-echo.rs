@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "quiver-echo", version, about = "Echo app for Quiver demos and tests")]
+#[command(
+    name = "quiver-echo",
+    version,
+    about = "Echo app for Quiver demos and tests"
+)]
 struct Args {
     /// Where to serve the HTTP echo.
     #[arg(long, default_value = "127.0.0.1:8080")]
