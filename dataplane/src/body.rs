@@ -94,6 +94,9 @@ pub struct H3Body<R> {
     ahead: Option<Bytes>,
     /// Exact length when the sender declared `content-length`.
     length: Option<u64>,
+    /// Whatever must outlive the body (h3 closes a client connection when its last request
+    /// handle is dropped, which would cut this body short if the pool let go of it).
+    _keep: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl<R: RecvHalf> H3Body<R> {
@@ -103,7 +106,14 @@ impl<R: RecvHalf> H3Body<R> {
             state: State::Data,
             ahead: None,
             length,
+            _keep: None,
         }
+    }
+
+    /// Keep `handle` alive until this body is dropped.
+    pub fn keep_alive(mut self, handle: impl std::any::Any + Send) -> Self {
+        self._keep = Some(Box::new(handle));
+        self
     }
 
     /// Look, without waiting, whether the peer already ended the body. A GET usually arrives
@@ -248,4 +258,37 @@ pub fn empty() -> ProxyBody {
     http_body_util::Empty::new()
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// `body`, holding `guard` until it ends or is dropped.
+pub fn guarded(body: ProxyBody, guard: crate::drain::InflightGuard) -> ProxyBody {
+    UnsyncBoxBody::new(Guarded {
+        inner: body,
+        _guard: guard,
+    })
+}
+
+struct Guarded {
+    inner: ProxyBody,
+    _guard: crate::drain::InflightGuard,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

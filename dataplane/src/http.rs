@@ -7,7 +7,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::{self, ProxyBody};
-use crate::drain::InflightGuard;
 use crate::errors::{ERROR_HEADER, ProxyError};
 use crate::metrics::{DurationLabels, Metrics, RequestLabels, status_class};
 
@@ -106,8 +105,9 @@ pub fn error_reason(headers: &HeaderMap) -> &'static str {
         .unwrap_or("")
 }
 
-/// One request's outcome, recorded exactly once: in [`RequestRecord::finish`], or on drop
-/// when the task was cancelled (the caller went away) before a response.
+/// One request's outcome, recorded exactly once: in [`RequestRecord::finish`] when the
+/// response head is known, or on drop when the task was cancelled (the caller went away)
+/// before a response. Drain accounting is separate: it must cover the body too.
 pub struct RequestRecord<'a> {
     metrics: &'a Metrics,
     direction: &'static str,
@@ -117,7 +117,6 @@ pub struct RequestRecord<'a> {
     peer: String,
     start: Instant,
     done: bool,
-    _inflight: InflightGuard,
 }
 
 impl<'a> RequestRecord<'a> {
@@ -126,7 +125,6 @@ impl<'a> RequestRecord<'a> {
         direction: &'static str,
         method: http::Method,
         path: String,
-        inflight: InflightGuard,
     ) -> Self {
         Self {
             metrics,
@@ -137,7 +135,6 @@ impl<'a> RequestRecord<'a> {
             peer: String::new(),
             start: Instant::now(),
             done: false,
-            _inflight: inflight,
         }
     }
 

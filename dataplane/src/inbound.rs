@@ -74,11 +74,7 @@ async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
         conn.close(quinn::VarInt::from_u32(0x101), b"no SPIFFE id");
         return;
     };
-    tokio::spawn(crate::metrics::watch_connection(
-        inputs.metrics.clone(),
-        conn.clone(),
-        "server",
-    ));
+    inputs.transport.watch(conn.clone(), "server");
     let peer = Arc::new(peer);
     let h3conn = h3::server::builder()
         .max_field_section_size(inputs.tuning.max_header_bytes as u64)
@@ -120,6 +116,11 @@ async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
             }
         }
     }
+    // Dropping the h3 connection closes the QUIC connection, which would cut requests still
+    // streaming on it (after a GOAWAY, accept ends while they run). Keep it until the
+    // connection closes: by the peer, by idle timeout, or by the proxy's shutdown.
+    let _ = conn.closed().await;
+    drop(h3conn);
 }
 
 async fn request(
@@ -128,18 +129,14 @@ async fn request(
     req: Request<()>,
     mut stream: ServerStream,
 ) {
+    // Held until the response body is fully sent: drain must not close the connection under it.
+    let _inflight = inputs.drain.track();
     let path = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let mut record = RequestRecord::new(
-        &inputs.metrics,
-        "inbound",
-        req.method().clone(),
-        path,
-        inputs.drain.track(),
-    );
+    let mut record = RequestRecord::new(&inputs.metrics, "inbound", req.method().clone(), path);
     record.set_peer(peer.as_str());
     let decided = decide(&inputs, &req);
     let port = match decided {
@@ -301,7 +298,6 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 
 /// CONNECT from a peer: dial the app, answer 200, pump bytes.
 async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
-    let _inflight = inputs.drain.track();
     let dial = tokio::time::timeout(inputs.tuning.connect_timeout, TcpStream::connect(port.app));
     let sock = match dial.await {
         Ok(Ok(s)) => s,

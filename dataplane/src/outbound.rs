@@ -103,13 +103,8 @@ async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Re
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let mut record = RequestRecord::new(
-        &inputs.metrics,
-        "outbound",
-        req.method().clone(),
-        path,
-        inputs.drain.track(),
-    );
+    let inflight = inputs.drain.track();
+    let mut record = RequestRecord::new(&inputs.metrics, "outbound", req.method().clone(), path);
     let result = async {
         if inputs.drain.is_draining() {
             return Err(ProxyError::Draining);
@@ -137,7 +132,8 @@ async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Re
     match result {
         Ok(resp) => {
             record.finish(resp.status(), error_reason(resp.headers()));
-            resp
+            // The body still streams after this returns; drain waits for it to end.
+            resp.map(|b| body::guarded(b, inflight))
         }
         Err(e) => {
             tracing::debug!(error = %e, "outbound request failed");
@@ -248,10 +244,10 @@ async fn forward(
     strip_hop_by_hop(&mut rparts.headers);
     rparts.version = http::Version::HTTP_11;
     let length = content_length(&rparts.headers);
-    Ok(Response::from_parts(
-        rparts,
-        H3Body::new(rx, length).boxed(),
-    ))
+    // The body holds a request handle: h3 closes a client connection when its last handle
+    // goes, and the pool may let go of this one (GOAWAY) while the body still streams.
+    let body = H3Body::new(rx, length).keep_alive(peer.send.clone());
+    Ok(Response::from_parts(rparts, body.boxed()))
 }
 
 fn request_authority_parts(parts: &http::request::Parts) -> Option<String> {
@@ -318,9 +314,11 @@ async fn connect_tunnel(
     target: Target,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (_peer, stream) = open_tunnel(inputs, &target).await?;
+    let (peer, stream) = open_tunnel(inputs, &target).await?;
     let inputs = inputs.clone();
     tokio::spawn(async move {
+        // Holding the request handle keeps the connection open for the tunnel's life.
+        let _peer = peer;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let (tx, rx) = stream.split();

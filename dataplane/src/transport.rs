@@ -72,6 +72,8 @@ pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     pool: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
+    /// Every open connection, both sides, for the close-time linger.
+    live: Arc<Mutex<HashMap<usize, quinn::Connection>>>,
     connect_timeout: Duration,
     max_header_bytes: u64,
     metrics: Arc<Metrics>,
@@ -120,6 +122,7 @@ impl Transport {
             endpoint,
             client_config,
             pool: Mutex::new(HashMap::new()),
+            live: Arc::default(),
             connect_timeout: tuning.connect_timeout,
             max_header_bytes: tuning.max_header_bytes as u64,
             metrics,
@@ -218,20 +221,41 @@ impl Transport {
             let e = driver.wait_idle().await;
             tracing::debug!(error = %e, "h3 client connection ended");
         });
-        tokio::spawn(crate::metrics::watch_connection(
-            self.metrics.clone(),
-            conn.clone(),
-            "client",
-        ));
+        self.watch(conn.clone(), "client");
         tracing::debug!(peer.addr = %ep.address, peer.id = %peer, "connected to peer");
         Ok(PeerConn { conn, send, peer })
     }
 
+    /// Track `conn` for metrics and for the close-time linger, until it closes.
+    pub fn watch(&self, conn: quinn::Connection, side: &'static str) {
+        let live = self.live.clone();
+        let metrics = self.metrics.clone();
+        let id = conn.stable_id();
+        lock(&live).insert(id, conn.clone());
+        tokio::spawn(async move {
+            crate::metrics::watch_connection(metrics, conn, side).await;
+            lock(&live).remove(&id);
+        });
+    }
+
     /// Close every connection with the shutdown code and wait for the socket to go idle.
-    pub async fn close(&self, timeout: Duration) {
+    ///
+    /// Requests are complete when this is called, but their last packets may not be
+    /// acknowledged yet, and closing drops unacknowledged data. So first linger for a few
+    /// round trips plus the peer's ACK delay (25 ms by default), bounded by `max_linger`.
+    pub async fn close(&self, max_linger: Duration) {
+        let rtt = lock(&self.live)
+            .values()
+            .map(|c| c.rtt())
+            .max()
+            .unwrap_or_default();
+        let linger = (rtt * 4 + Duration::from_millis(50)).min(max_linger);
+        if !lock(&self.live).is_empty() {
+            tokio::time::sleep(linger).await;
+        }
         self.endpoint
             .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"proxy shutting down");
-        let _ = tokio::time::timeout(timeout, self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
 

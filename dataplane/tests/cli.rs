@@ -161,9 +161,9 @@ async fn sigterm_drains_a_real_process_with_a_request_in_flight() {
     .unwrap();
     let addr = a.bound.outbound[0];
     let slow = tokio::spawn(async move {
-        let req = Request::get("/sleep/1500?sigterm-test")
+        let req = Request::post("/sleep/1500?sigterm-test")
             .header("host", "echo")
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(Bytes::from(vec![b'x'; 256 * 1024])))
             .unwrap();
         send_h1(addr, req).await
     });
@@ -176,6 +176,10 @@ async fn sigterm_drains_a_real_process_with_a_request_in_flight() {
     assert!(st.success());
     let (head, body) = slow.await.unwrap();
     assert_eq!(head.status(), 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        body == vec![b'x'; 256 * 1024],
+        "response body cut by the drain"
+    );
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("B exits after draining")

@@ -22,6 +22,7 @@ pub struct RunningProxy {
 impl RunningProxy {
     /// Parse `yaml` (relative paths against `dir`), bind and run it.
     pub async fn start(yaml: &str, dir: &Path) -> anyhow::Result<Self> {
+        crate::init_log();
         let config = ProxyConfig::parse(yaml, dir).map_err(|e| anyhow::anyhow!("{e}"))?;
         let proxy = quiver_proxy::Proxy::bind(config).await?;
         let bound = proxy.bound().clone();

@@ -29,3 +29,13 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Send the proxies' logs to the test output when `QUIVER_TEST_LOG` is set (e.g. `debug`).
+pub fn init_log() {
+    if let Ok(filter) = std::env::var("QUIVER_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}

@@ -179,7 +179,13 @@ async fn admin_endpoints_report_health_config_and_metrics() {
 async fn drain_lets_requests_in_flight_finish_and_refuses_new_ones() {
     let mut pair = Pair::start_with_drain("10s").await;
     let addr = pair.http1();
-    let slow = tokio::spawn(async move { send_h1(addr, get("/sleep/1500?drain-test")).await });
+    let slow = tokio::spawn(async move {
+        let req = Request::post("/sleep/1500?drain-test")
+            .header("host", "echo")
+            .body(Full::new(Bytes::from(vec![b'd'; 256 * 1024])))
+            .unwrap();
+        send_h1(addr, req).await
+    });
     // Stop B only once the request is really inside the app.
     quiver_tests::eventually("request in flight", Duration::from_secs(5), || async {
         (quiver_tests::apps::sleeping("drain-test") == 1).then_some(())
@@ -200,8 +206,12 @@ async fn drain_lets_requests_in_flight_finish_and_refuses_new_ones() {
         String::from_utf8_lossy(&body)
     );
     assert!(head.headers().contains_key("quiver-error"));
-    let (head, _) = slow.await.unwrap();
+    let (head, body) = slow.await.unwrap();
     assert_eq!(head.status(), 200, "in-flight request was cut by the drain");
+    assert!(
+        body == vec![b'd'; 256 * 1024],
+        "response body cut by the drain"
+    );
     pair.b.stopped().await;
     // After B is gone, A reports the peer as unreachable rather than hanging.
     let (head, _) = send_h1(addr, get("/")).await;
