@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::body::{BodyError, RecvHalf, SendHalf};
+use crate::body::{Batch, BodyError, RecvHalf, SendHalf, poll_batch};
 
 /// Bytes moved by one tunnel, from the local socket's point of view.
 #[derive(Debug, Default, Clone, Copy)]
@@ -16,7 +16,7 @@ pub struct TunnelBytes {
     pub sent: u64,
 }
 
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// Pump until both directions have ended. An error in either direction ends the tunnel and
 /// resets the stream, so the far side sees an abort, never a clean end of truncated data.
@@ -45,16 +45,19 @@ where
     };
     let down = async move {
         loop {
-            match std::future::poll_fn(|cx| rx.poll_data(cx)).await? {
-                Some(b) => {
-                    *sent += b.len() as u64;
-                    wr.write_all(&b).await.map_err(BodyError::from)?;
-                }
-                None => {
-                    // The peer half-closed: pass the FIN on to the local socket.
-                    wr.shutdown().await.map_err(BodyError::from)?;
-                    return Ok::<(), BodyError>(());
-                }
+            let (data, ended) =
+                match std::future::poll_fn(|cx| poll_batch(&mut rx, cx, CHUNK)).await? {
+                    Batch::Data(b, ended) => (Some(b), ended),
+                    Batch::End => (None, true),
+                };
+            if let Some(b) = data {
+                *sent += b.len() as u64;
+                wr.write_all(&b).await.map_err(BodyError::from)?;
+            }
+            if ended {
+                // The peer half-closed: pass the FIN on to the local socket.
+                wr.shutdown().await.map_err(BodyError::from)?;
+                return Ok::<(), BodyError>(());
             }
         }
     };
