@@ -355,3 +355,84 @@ impl Body for Guarded {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A receive half replaying a script: `Some(Some(b))` data, `Some(None)` end, `None` pending.
+    struct Script(VecDeque<Option<Option<&'static [u8]>>>);
+
+    impl RecvHalf for Script {
+        fn poll_data(&mut self, _: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BodyError>> {
+            match self.0.pop_front() {
+                Some(Some(Some(b))) => Poll::Ready(Ok(Some(Bytes::from_static(b)))),
+                Some(Some(None)) => {
+                    self.0.push_front(Some(None));
+                    Poll::Ready(Ok(None))
+                }
+                Some(None) | None => Poll::Pending,
+            }
+        }
+        fn poll_trailers(
+            &mut self,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<Option<HeaderMap>, BodyError>> {
+            Poll::Ready(Ok(None))
+        }
+    }
+
+    fn poll(s: &mut Script, max: usize) -> Poll<Result<Batch, BodyError>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        poll_batch(s, &mut cx, max)
+    }
+
+    #[test]
+    fn coalesces_ready_chunks_and_reports_the_end_with_them() {
+        let mut s = Script(VecDeque::from([
+            Some(Some(&b"ab"[..])),
+            Some(Some(&b"cd"[..])),
+            None,
+            Some(Some(&b"ef"[..])),
+            Some(None),
+        ]));
+        match poll(&mut s, 1024) {
+            Poll::Ready(Ok(Batch::Data(b, false))) => assert_eq!(b, "abcd"),
+            _ => panic!("expected abcd"),
+        }
+        match poll(&mut s, 1024) {
+            Poll::Ready(Ok(Batch::Data(b, true))) => assert_eq!(b, "ef"),
+            _ => panic!("expected ef with the end"),
+        }
+        assert!(matches!(poll(&mut s, 1024), Poll::Ready(Ok(Batch::End))));
+    }
+
+    #[test]
+    fn stops_coalescing_at_the_limit_and_passes_single_chunks_uncopied() {
+        static BIG: [u8; 8] = [7; 8];
+        let mut s = Script(VecDeque::from([
+            Some(Some(&BIG[..])),
+            Some(Some(&b"x"[..])),
+            Some(Some(&b"y"[..])),
+            Some(Some(&b"z"[..])),
+        ]));
+        // A chunk at or above the limit goes through as it is, without the next one.
+        match poll(&mut s, 8) {
+            Poll::Ready(Ok(Batch::Data(b, false))) => {
+                assert_eq!(b.as_ptr(), BIG.as_ptr(), "single chunk was copied")
+            }
+            _ => panic!("expected the big chunk"),
+        }
+        match poll(&mut s, 2) {
+            Poll::Ready(Ok(Batch::Data(b, false))) => assert_eq!(b, "xy"),
+            _ => panic!("expected xy"),
+        }
+        match poll(&mut s, 2) {
+            Poll::Ready(Ok(Batch::Data(b, false))) => assert_eq!(b, "z"),
+            _ => panic!("expected z"),
+        }
+        assert!(poll(&mut s, 2).is_pending());
+    }
+}
