@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Response, StatusCode, Uri};
 
 use crate::body::{self, ProxyBody};
 use crate::errors::{ERROR_HEADER, ProxyError};
@@ -50,6 +50,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The authority a request addressed: its absolute-form URI's, else its Host header.
+pub fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    if let Some(a) = uri.authority() {
+        return Some(a.as_str().to_string());
+    }
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+/// `uri`'s path and query under a new scheme and authority (the next hop's view).
+pub fn rebase_uri(scheme: &str, authority: &str, uri: &Uri) -> Result<Uri, ProxyError> {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("authority {authority:?}: {e}")))
 }
 
 /// Size of a header block as HTTP/2 and HTTP/3 count it (name + value + 32 per field).

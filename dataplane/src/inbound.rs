@@ -26,7 +26,7 @@ use crate::body::{self, H3Body, ProxyBody};
 use crate::errors::ProxyError;
 use crate::http::{
     PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, error_reason,
-    strip_hop_by_hop,
+    rebase_uri, strip_hop_by_hop,
 };
 use crate::outbound::{content_length, record_tunnel};
 use crate::snapshot::{LocalPort, Protocol, Target};
@@ -235,17 +235,7 @@ async fn forward(
         .authority()
         .map(|a| a.as_str().to_string())
         .unwrap_or_else(|| port.service.clone());
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.as_str())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(format!("authority {authority:?}: {e}")))?;
+    let uri = rebase_uri("http", &authority, &parts.uri)?;
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     headers.remove(TARGET_HEADER);

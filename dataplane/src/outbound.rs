@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,8 +19,8 @@ use crate::Inputs;
 use crate::body::{self, H3Body, ProxyBody};
 use crate::errors::ProxyError;
 use crate::http::{
-    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, error_reason,
-    error_response, strip_hop_by_hop,
+    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, authority_of, check_header_size,
+    error_reason, error_response, rebase_uri, strip_hop_by_hop,
 };
 use crate::metrics::{TcpConnLabels, TcpLabels};
 use crate::snapshot::{Protocol, Target};
@@ -113,7 +113,7 @@ async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Re
         let target = match &entry {
             Entry::Fixed(t) => t.clone(),
             Entry::HttpProxy => Target::from_authority(
-                &request_authority(&req)
+                &authority_of(req.uri(), req.headers())
                     .ok_or_else(|| ProxyError::BadRequest("request names no host".into()))?,
             )?,
         };
@@ -141,17 +141,6 @@ async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Re
             error_response(&e)
         }
     }
-}
-
-/// The authority the app addressed: absolute-form URI, else Host.
-fn request_authority<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
-    }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
 }
 
 /// Open a request stream to an endpoint of `target`. A pooled connection that can no longer
@@ -197,18 +186,8 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
-    let authority = request_authority_parts(&parts).unwrap_or_else(|| target.authority());
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let uri = Uri::builder()
-        .scheme("https")
-        .authority(authority.as_str())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(format!("authority {authority:?}: {e}")))?;
+    let authority = authority_of(&parts.uri, &parts.headers).unwrap_or_else(|| target.authority());
+    let uri = rebase_uri("https", &authority, &parts.uri)?;
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
@@ -248,17 +227,6 @@ async fn forward(
     // goes, and the pool may let go of this one (GOAWAY) while the body still streams.
     let body = H3Body::new(rx, length).keep_alive(peer.send.clone());
     Ok(Response::from_parts(rparts, body.boxed()))
-}
-
-fn request_authority_parts(parts: &http::request::Parts) -> Option<String> {
-    if let Some(a) = parts.uri.authority() {
-        return Some(a.as_str().to_string());
-    }
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
 }
 
 fn peer_addr(peer: &PeerConn) -> String {
