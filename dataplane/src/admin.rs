@@ -18,8 +18,8 @@ use crate::body::{self, ProxyBody};
 pub struct Admin {
     pub inputs: Arc<Inputs>,
     pub registry: Registry,
-    /// The effective config and identity, rendered once at start.
-    pub config_json: String,
+    /// The effective config and bound addresses (the identity is added per request).
+    pub config_json: serde_json::Value,
 }
 
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
@@ -77,7 +77,10 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
             }
         }
         "/config" => {
-            let mut r = Response::new(body::full(admin.config_json.clone()));
+            let mut doc = admin.config_json.clone();
+            doc["identity"] = serde_json::to_value(admin.inputs.identity()).unwrap_or_default();
+            let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            let mut r = Response::new(body::full(text));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

@@ -74,6 +74,12 @@ struct IdentityFile {
     cert: PathBuf,
     key: PathBuf,
     trust_bundle: PathBuf,
+    #[serde(default = "default_reload", with = "serde_human")]
+    reload_interval: Duration,
+}
+
+fn default_reload() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +225,9 @@ pub struct IdentityPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub trust_bundle: PathBuf,
+    /// How often the files are checked for a rotation (0: never).
+    #[serde(with = "serde_human")]
+    pub reload_interval: Duration,
 }
 
 /// An app-facing listener bound to one remote service (Consul-style explicit upstream).
@@ -284,6 +293,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         cert: resolve(&file.identity.cert),
         key: resolve(&file.identity.key),
         trust_bundle: resolve(&file.identity.trust_bundle),
+        reload_interval: file.identity.reload_interval,
     };
     // Load the identity now so a bad certificate is a config error, not a start-up crash.
     let mut trust_domain = None;
@@ -341,6 +351,13 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     errs.extend(tcp_errs);
     let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
 
+    let reload = file.identity.reload_interval;
+    if !reload.is_zero() && reload < Duration::from_millis(100) {
+        err(
+            "identity.reload_interval".into(),
+            "must be 0s (off) or at least 100ms".into(),
+        );
+    }
     if file.drain_timeout > Duration::from_secs(3600) {
         err("drain_timeout".into(), "must be at most 1h".into());
     }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod drain;
 pub mod errors;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
@@ -44,6 +45,7 @@ pub struct Inputs {
     pub tuning: Tuning,
     pub apps: inbound::AppClients,
     turn: AtomicUsize,
+    identity: RwLock<identity::IdentityStatus>,
 }
 
 impl Inputs {
@@ -58,6 +60,21 @@ impl Inputs {
     /// Replace the snapshot; requests already decided keep the one they started with.
     pub fn set_snapshot(&self, s: Snapshot) {
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    }
+
+    /// The identity currently presented to new peers.
+    pub fn identity(&self) -> identity::IdentityStatus {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn identity_reloaded(&self, id: &MeshIdentity, files: &config::IdentityPaths) {
+        let mut cur = self.identity.write().unwrap_or_else(|p| p.into_inner());
+        *cur = identity::IdentityStatus::of(id, files, cur.reloads + 1);
+        self.metrics.identity_reload(true);
+        self.metrics.identity_expiry(identity::not_after_unix(id));
     }
 
     fn next_turn(&self) -> usize {
@@ -83,6 +100,7 @@ pub struct Proxy {
     http_proxy: Option<TcpListener>,
     outbound: Vec<(TcpListener, outbound::Entry, snapshot::Protocol)>,
     drain_timeout: std::time::Duration,
+    identity_files: config::IdentityPaths,
     bound: Bound,
 }
 
@@ -129,17 +147,7 @@ impl Proxy {
                 .map(|(l, _, _)| l.local_addr())
                 .collect::<Result<_, _>>()?,
         };
-        let cert_not_after = quiver_api::certs::not_after(&identity.chain[0])
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs());
-        let config_json = serde_json::to_string_pretty(&serde_json::json!({
-            "identity": {
-                "spiffe_id": identity.spiffe_id.as_str(),
-                "cert_not_after_unix": cert_not_after,
-                "files": b.identity,
-                "private_key": "<redacted>",
-            },
+        let config_json = serde_json::json!({
             "bound": {
                 "quic": quic.to_string(),
                 "admin": bound.admin.to_string(),
@@ -147,8 +155,8 @@ impl Proxy {
                 "outbound": bound.outbound.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             },
             "config": &config,
-        }))
-        .context("rendering /config")?;
+        });
+        metrics.identity_expiry(identity::not_after_unix(&identity));
         let inputs = Arc::new(Inputs {
             snapshot: RwLock::new(Arc::new(config.snapshot.clone())),
             transport,
@@ -157,6 +165,7 @@ impl Proxy {
             tuning: b.tuning.clone(),
             apps: inbound::AppClients::default(),
             turn: AtomicUsize::new(0),
+            identity: RwLock::new(identity::IdentityStatus::of(&identity, &b.identity, 0)),
         });
         let admin = Arc::new(admin::Admin {
             inputs: inputs.clone(),
@@ -170,6 +179,7 @@ impl Proxy {
             http_proxy,
             outbound,
             drain_timeout: b.drain_timeout,
+            identity_files: b.identity.clone(),
             bound,
         })
     }
@@ -188,6 +198,13 @@ impl Proxy {
         let inputs = self.inputs;
         let admin = tokio::spawn(admin::serve(self.admin, self.admin_listener));
         let mut tasks = vec![tokio::spawn(inbound::serve(inputs.clone()))];
+        if !self.identity_files.reload_interval.is_zero() {
+            tasks.push(tokio::spawn(identity::watch_files(
+                inputs.clone(),
+                self.identity_files.clone(),
+                self.identity_files.reload_interval,
+            )));
+        }
         if let Some(l) = self.http_proxy {
             tasks.push(tokio::spawn(outbound::serve(
                 inputs.clone(),

@@ -64,6 +64,13 @@ pub struct Metrics {
     pub quic_rtt: Family<SideLabels, Histogram>,
     pub quic_lost_packets: Family<SideLabels, Counter>,
     pub quic_sent_packets: Family<SideLabels, Counter>,
+    pub identity_reloads: Family<ResultLabels, Counter>,
+    pub identity_expiry: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 impl Metrics {
@@ -81,6 +88,8 @@ impl Metrics {
             quic_rtt: Family::new_with_constructor(latency),
             quic_lost_packets: Family::default(),
             quic_sent_packets: Family::default(),
+            identity_reloads: Family::default(),
+            identity_expiry: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("quiver");
         // Counters are registered without `_total`: the encoder appends it.
@@ -136,7 +145,31 @@ impl Metrics {
             "QUIC packets sent",
             m.quic_sent_packets.clone(),
         );
+        r.register(
+            "identity_reloads",
+            "Identity (certificate, key, trust bundle) reloads, by result",
+            m.identity_reloads.clone(),
+        );
+        r.register_with_unit(
+            "identity_cert_expiry_timestamp",
+            "Unix time at which the certificate in use expires",
+            Unit::Seconds,
+            m.identity_expiry.clone(),
+        );
         m
+    }
+
+    pub fn identity_reload(&self, ok: bool) {
+        self.identity_reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    pub fn identity_expiry(&self, unix: Option<u64>) {
+        self.identity_expiry
+            .set(unix.map(|u| u as i64).unwrap_or(0));
     }
 
     pub fn handshake(&self, side: &'static str, ok: bool) {

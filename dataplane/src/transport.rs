@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,7 +70,8 @@ struct PeerSlot {
 /// The QUIC endpoint and the outbound connection pool.
 pub struct Transport {
     endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
+    transport: Arc<TransportConfig>,
+    client_config: RwLock<quinn::ClientConfig>,
     pool: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
     /// Every open connection, both sides, for the close-time linger.
     live: Arc<Mutex<HashMap<usize, quinn::Connection>>>,
@@ -88,18 +89,7 @@ impl Transport {
         metrics: Arc<Metrics>,
     ) -> Result<Self, TransportError> {
         let transport = Arc::new(transport_config(tuning));
-        let server_tls = identity.server_config(&[ALPN])?;
-        let server_crypto = QuicServerConfig::try_from(server_tls)
-            .map_err(|e| TransportError::Crypto(e.to_string()))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(transport.clone());
-
-        let client_tls = identity.client_config(&[ALPN])?;
-        let client_crypto = QuicClientConfig::try_from(client_tls)
-            .map_err(|e| TransportError::Crypto(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client_config.transport_config(transport);
-
+        let (server_config, client_config) = quic_configs(identity, &transport)?;
         let socket = udp_socket(listen, tuning.udp_socket_buffer).map_err(|source| {
             TransportError::Bind {
                 addr: listen,
@@ -120,13 +110,27 @@ impl Transport {
         })?;
         Ok(Self {
             endpoint,
-            client_config,
+            transport,
+            client_config: RwLock::new(client_config),
             pool: Mutex::new(HashMap::new()),
             live: Arc::default(),
             connect_timeout: tuning.connect_timeout,
             max_header_bytes: tuning.max_header_bytes as u64,
             metrics,
         })
+    }
+
+    /// Switch to a new identity (a renewed certificate, a new trust bundle). New connections,
+    /// both ways, use it at once; live connections keep the identity they were established
+    /// with and are not disturbed.
+    pub fn set_identity(&self, identity: &MeshIdentity) -> Result<(), TransportError> {
+        let (server, client) = quic_configs(identity, &self.transport)?;
+        self.endpoint.set_server_config(Some(server));
+        *self
+            .client_config
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = client;
+        Ok(())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -172,9 +176,14 @@ impl Transport {
 
     async fn dial(&self, ep: &Endpoint) -> Result<PeerConn, ProxyError> {
         let addr = ep.address.to_string();
+        let client_config = self
+            .client_config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let connecting = self
             .endpoint
-            .connect_with(self.client_config.clone(), ep.address, "quiver.mesh")
+            .connect_with(client_config, ep.address, "quiver.mesh")
             .map_err(|e| ProxyError::PeerConnect {
                 addr: addr.clone(),
                 detail: e.to_string(),
@@ -326,6 +335,23 @@ pub fn classify_h3_conn(addr: &str, conn: &quinn::Connection, detail: &str) -> P
         Some(reason) => classify_close(addr, &reason),
         None => ProxyError::UpstreamReset(detail.to_string()),
     }
+}
+
+fn quic_configs(
+    identity: &MeshIdentity,
+    transport: &Arc<TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+    let server_tls = identity.server_config(&[ALPN])?;
+    let server_crypto = QuicServerConfig::try_from(server_tls)
+        .map_err(|e| TransportError::Crypto(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+    let client_tls = identity.client_config(&[ALPN])?;
+    let client_crypto = QuicClientConfig::try_from(client_tls)
+        .map_err(|e| TransportError::Crypto(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport.clone());
+    Ok((server, client))
 }
 
 fn transport_config(t: &Tuning) -> TransportConfig {

@@ -1,0 +1,95 @@
+//! The proxy's own identity over time: what it currently presents, and (in static mode) a
+//! watcher that reloads the identity files when an external tool rotates them — the same
+//! swap the control plane's renewals will drive. A bad new file never replaces a good
+//! identity: the proxy keeps serving with the old one and counts the failure.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use quiver_api::tls::MeshIdentity;
+use serde::Serialize;
+
+use crate::Inputs;
+use crate::config::IdentityPaths;
+
+/// What `/config` shows about the identity in use.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityStatus {
+    pub spiffe_id: String,
+    pub cert_not_after_unix: Option<u64>,
+    pub files: IdentityPaths,
+    pub private_key: &'static str,
+    /// How many times a new identity has been loaded since start.
+    pub reloads: u64,
+}
+
+impl IdentityStatus {
+    pub fn of(identity: &MeshIdentity, files: &IdentityPaths, reloads: u64) -> Self {
+        Self {
+            spiffe_id: identity.spiffe_id.to_string(),
+            cert_not_after_unix: not_after_unix(identity),
+            files: files.clone(),
+            private_key: "<redacted>",
+            reloads,
+        }
+    }
+}
+
+pub fn not_after_unix(identity: &MeshIdentity) -> Option<u64> {
+    quiver_api::certs::not_after(&identity.chain[0])
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+}
+
+/// The bytes of the three identity files, to notice any change (mtimes can lie).
+fn read_all(files: &IdentityPaths) -> std::io::Result<Vec<u8>> {
+    let mut out = std::fs::read(&files.cert)?;
+    out.extend(std::fs::read(&files.key)?);
+    out.extend(std::fs::read(&files.trust_bundle)?);
+    Ok(out)
+}
+
+/// Poll the identity files every `interval`; when their contents change and form a valid
+/// identity, switch new connections to it. Runs until the task is aborted.
+pub async fn watch_files(inputs: Arc<Inputs>, files: IdentityPaths, interval: Duration) {
+    let mut last = read_all(&files).ok();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = match read_all(&files) {
+            Ok(b) => b,
+            // Mid-rotation (a file briefly missing) is normal; try again next tick.
+            Err(_) => continue,
+        };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        match MeshIdentity::from_files(&files.cert, &files.key, &files.trust_bundle)
+            .map_err(|e| e.to_string())
+            .and_then(|id| {
+                inputs
+                    .transport
+                    .set_identity(&id)
+                    .map(|()| id)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(id) => {
+                last = Some(now);
+                inputs.identity_reloaded(&id, &files);
+                tracing::info!(
+                    spiffe_id = %id.spiffe_id,
+                    not_after = ?not_after_unix(&id),
+                    "identity reloaded; new connections use it"
+                );
+            }
+            Err(e) => {
+                // Half-written files look like this too; the next tick retries.
+                inputs.metrics.identity_reload(false);
+                tracing::warn!(error = %e, "identity files changed but do not load; keeping the current identity");
+            }
+        }
+    }
+}
