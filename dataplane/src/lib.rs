@@ -16,6 +16,7 @@ pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod snapshot;
 pub mod transport;
 pub mod tunnel;
