@@ -112,11 +112,11 @@ fn p2c_sends_clearly_less_to_a_slow_endpoint() {
     let mut rng = StdRng::seed_from_u64(1);
     let (mut to_fast, mut to_slow) = (0, 0);
     let mut now = t0;
-    // 1,000 requests, 10 ms apart, each observed as it completes (fast 10 ms, slow 100 ms),
+    // 1,000 requests, 50 ms apart (50 s, five decay time constants), each observed as it completes (fast 10 ms, slow 100 ms),
     // with the requests still outstanding counted.
     let mut open: Vec<(Instant, SocketAddr)> = Vec::new();
     for _ in 0..1000 {
-        now += 10 * MS;
+        now += 50 * MS;
         open.retain(|(done, a)| {
             if *done <= now {
                 let latency = if *a == fast.address {
