@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_api::SpiffeId;
@@ -83,7 +84,7 @@ pub struct MeshConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
     /// A rule matched: `policy.allow[i]` or `policy.deny[i]`.
-    Rule(String),
+    Rule(Arc<str>),
     /// The service has allow rules and none matched.
     NoAllowMatched,
     /// No policy's rules decided; the mesh default did.
@@ -181,16 +182,24 @@ enum PathPattern {
 
 #[derive(Debug, Clone)]
 struct Rule {
-    label: String,
+    label: Arc<str>,
     sources: Vec<SourcePattern>,
     methods: Vec<String>,
     paths: Vec<PathPattern>,
 }
 
 impl Rule {
+    fn source_matches(&self, source: Option<&SpiffeId>) -> bool {
+        self.sources.is_empty()
+            || source.is_some_and(|id| self.sources.iter().any(|p| p.matches(id)))
+    }
+
+    fn is_http_only(&self) -> bool {
+        !self.methods.is_empty() || !self.paths.is_empty()
+    }
+
     fn matches(&self, source: Option<&SpiffeId>, method: &str, path: &str) -> bool {
-        (self.sources.is_empty()
-            || source.is_some_and(|id| self.sources.iter().any(|p| p.matches(id))))
+        self.source_matches(source)
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
             && (self.paths.is_empty()
                 || self.paths.iter().any(|p| match p {
@@ -237,9 +246,8 @@ impl Authorizer {
             ] {
                 for (j, r) in rules.iter().enumerate() {
                     let rpath = format!("{ppath}.{list}[{j}]");
-                    if let Some(rule) =
-                        compile_rule(r, format!("{}.{list}[{j}]", p.name), &rpath, &mut errors)
-                    {
+                    let label = Arc::from(format!("{}.{list}[{j}]", p.name));
+                    if let Some(rule) = compile_rule(r, label, &rpath, &mut errors) {
                         out.push(rule);
                     }
                 }
@@ -255,10 +263,18 @@ impl Authorizer {
         }
     }
 
-    /// Decide a request to `service` from `source` (the caller's verified SPIFFE id; `None`
-    /// if it has none, which only rules without `sources` match). Deny rules of every
-    /// policy on the service come first; then, if the service has any allow rule, one must
-    /// match; otherwise the mesh default decides.
+    fn mesh_default(&self) -> Verdict {
+        match self.default {
+            DefaultPolicy::Allow => Verdict::Allowed(Reason::MeshDefault),
+            DefaultPolicy::Deny => Verdict::Denied(Reason::MeshDefault),
+        }
+    }
+
+    /// Decide an HTTP request to `service` from `source` (the caller's verified SPIFFE id;
+    /// `None` if it has none, which only rules without `sources` match) for `method` and
+    /// `path` (without the query). Deny rules of every policy on the service come first;
+    /// then, if the service has any allow rule, one must match; otherwise the mesh default
+    /// decides.
     pub fn evaluate(
         &self,
         service: &str,
@@ -266,20 +282,40 @@ impl Authorizer {
         method: &str,
         path: &str,
     ) -> Verdict {
-        let mesh_default = || match self.default {
-            DefaultPolicy::Allow => Verdict::Allowed(Reason::MeshDefault),
-            DefaultPolicy::Deny => Verdict::Denied(Reason::MeshDefault),
-        };
         let Some(rules) = self.services.get(service) else {
-            return mesh_default();
+            return self.mesh_default();
         };
         if let Some(r) = rules.deny.iter().find(|r| r.matches(source, method, path)) {
             return Verdict::Denied(Reason::Rule(r.label.clone()));
         }
         if rules.allow.is_empty() {
-            return mesh_default();
+            return self.mesh_default();
         }
         match rules.allow.iter().find(|r| r.matches(source, method, path)) {
+            Some(r) => Verdict::Allowed(Reason::Rule(r.label.clone())),
+            None => Verdict::Denied(Reason::NoAllowMatched),
+        }
+    }
+
+    /// Decide an opaque TCP connection (a CONNECT stream) to `service` from `source`. It has
+    /// no method or path, so rules naming methods or paths are read the safe way (as Istio
+    /// does): a deny rule ignores them and denies on its sources alone; an allow rule with
+    /// them never matches.
+    pub fn evaluate_tcp(&self, service: &str, source: Option<&SpiffeId>) -> Verdict {
+        let Some(rules) = self.services.get(service) else {
+            return self.mesh_default();
+        };
+        if let Some(r) = rules.deny.iter().find(|r| r.source_matches(source)) {
+            return Verdict::Denied(Reason::Rule(r.label.clone()));
+        }
+        if rules.allow.is_empty() {
+            return self.mesh_default();
+        }
+        let allow = rules
+            .allow
+            .iter()
+            .find(|r| !r.is_http_only() && r.source_matches(source));
+        match allow {
             Some(r) => Verdict::Allowed(Reason::Rule(r.label.clone())),
             None => Verdict::Denied(Reason::NoAllowMatched),
         }
@@ -295,7 +331,7 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
 
 fn compile_rule(
     r: &AuthorizationRule,
-    label: String,
+    label: Arc<str>,
     at: &str,
     errors: &mut Vec<FieldError>,
 ) -> Option<Rule> {
@@ -307,14 +343,7 @@ fn compile_rule(
             Err(e) => errors.push(err(format!("{at}.sources[{k}]"), e)),
         }
     }
-    for (k, m) in r.methods.iter().enumerate() {
-        if m.is_empty() || http::Method::from_bytes(m.as_bytes()).is_err() {
-            errors.push(err(
-                format!("{at}.methods[{k}]"),
-                format!("{m:?} is not an HTTP method"),
-            ));
-        }
-    }
+    super::check_methods(&r.methods, &format!("{at}.methods"), errors);
     let mut paths = Vec::new();
     for (k, p) in r.paths.iter().enumerate() {
         let field = format!("{at}.paths[{k}]");

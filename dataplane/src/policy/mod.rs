@@ -43,6 +43,30 @@ pub fn selects(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The methods a route or authorization rule may name (as the control plane validates them).
+pub const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// Report each entry of `methods` (at `at[i]`) that is not one of [`METHODS`].
+pub(crate) fn check_methods(
+    methods: &[String],
+    at: &str,
+    errors: &mut Vec<crate::config::FieldError>,
+) {
+    for (i, m) in methods.iter().enumerate() {
+        if !METHODS.contains(&m.as_str()) {
+            errors.push(crate::config::FieldError {
+                field: format!("{at}[{i}]"),
+                reason: format!(
+                    "{m:?} is not an HTTP method (one of {})",
+                    METHODS.join(", ")
+                ),
+            });
+        }
+    }
+}
+
 /// Whether a roll in `[0, 1)` falls within `percent` (0..100) of requests. `percent` 0 never
 /// hits; 100 always does.
 pub fn hits(percent: f64, roll: f64) -> bool {

@@ -39,6 +39,8 @@ pub struct PolicyConfig {
 #[derive(Debug)]
 pub struct Policy {
     routes: HashMap<String, Arc<RouteTable>>,
+    /// The implicit rule of services without a Route (its backend is filled in per plan).
+    default_rule: Arc<CompiledRule>,
     /// Inbound authorization.
     pub authz: Authorizer,
     pub mesh: MeshConfig,
@@ -83,14 +85,14 @@ pub struct Plan {
     /// The matched rule (held, so a config swap mid-request changes nothing for it).
     pub rule: Arc<CompiledRule>,
     /// The weighted backend chosen.
-    pub backend: Backend,
+    pub backend: Arc<Backend>,
     /// Whole-request timeout (all attempts and backoffs); `None` means the proxy's
     /// response timeout.
     pub timeout: Option<Duration>,
     /// Faults to inject.
     pub fault: FaultDecision,
     /// Where to send a copy, if this request is mirrored.
-    pub mirror: Option<Backend>,
+    pub mirror: Option<Arc<Backend>>,
     /// The endpoint of the latest attempt and how it was found (set by
     /// [`Plan::pick_endpoint`]).
     pub endpoint: Option<(SocketAddr, Tier)>,
@@ -133,9 +135,11 @@ impl Policy {
                 errors.extend(e);
                 Authorizer::default()
             });
+        let default_rule = RouteTable::default_for("").rules()[0].clone();
         if errors.is_empty() {
             Ok(Self {
                 routes,
+                default_rule,
                 authz,
                 mesh: config.mesh.clone(),
             })
@@ -144,25 +148,35 @@ impl Policy {
         }
     }
 
-    /// The route table of `service`: its Route's, or the implicit `default` rule.
-    pub fn table(&self, service: &str) -> Arc<RouteTable> {
-        self.routes
-            .get(service)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(RouteTable::default_for(service)))
+    /// The route table of `service`'s Route, if it has one.
+    pub fn table(&self, service: &str) -> Option<&Arc<RouteTable>> {
+        self.routes.get(service)
     }
 
-    /// Plan an outbound request to `service`.
+    /// Plan an outbound request to `service`. A service without a Route gets the implicit
+    /// rule `default`: every request, all its workloads, no retries, faults or mirror.
     pub fn plan(&self, service: &str, req: &RequestHead<'_>, rolls: Rolls) -> Result<Plan, NoRule> {
-        let table = self.table(service);
         let no_rule = || NoRule {
             service: service.to_string(),
         };
-        let rule = table.find(req).ok_or_else(no_rule)?.clone();
-        let backend = rule
-            .pick_backend(rolls.backend)
-            .ok_or_else(no_rule)?
-            .clone();
+        let (rule, backend) = match self.routes.get(service) {
+            Some(table) => {
+                let rule = table.find(req).ok_or_else(no_rule)?.clone();
+                let backend = rule
+                    .pick_backend(rolls.backend)
+                    .ok_or_else(no_rule)?
+                    .clone();
+                (rule, backend)
+            }
+            None => (
+                self.default_rule.clone(),
+                Arc::new(Backend {
+                    service: service.to_string(),
+                    subset: String::new(),
+                    selector: Default::default(),
+                }),
+            ),
+        };
         let r = &rule.rule;
         let fault = r
             .fault
@@ -255,7 +269,7 @@ impl Plan {
 }
 
 /// Retry budgets, one per (service, rule), kept across config swaps (a rule keeps its
-/// budget while its name stays).
+/// budget while its name stays; a changed `budgetPercent` applies at once).
 #[derive(Debug, Default)]
 pub struct Budgets {
     budgets: HashMap<(String, String), RetryBudget>,
@@ -273,9 +287,17 @@ impl Budgets {
             .retries()
             .map(Retries::budget_ratio)
             .unwrap_or(super::retry::DEFAULT_BUDGET_RATIO);
-        self.budgets
+        let b = self
+            .budgets
             .entry((plan.service.clone(), plan.route().to_string()))
-            .or_insert_with(|| RetryBudget::new(ratio, tuning, now))
+            .or_insert_with(|| RetryBudget::new(ratio, tuning, now));
+        b.set_ratio(ratio);
+        b
+    }
+
+    /// Forget the budgets of services `keep` says no longer exist.
+    pub fn retain_services(&mut self, keep: impl Fn(&str) -> bool) {
+        self.budgets.retain(|(s, _), _| keep(s));
     }
 }
 

@@ -383,6 +383,11 @@ impl RetryBudget {
         }
     }
 
+    /// Change the ratio (a route's `budgetPercent` was edited); counts are kept.
+    pub fn set_ratio(&mut self, ratio: f64) {
+        self.ratio = ratio;
+    }
+
     /// Requests and retries counted in the window ending at `now`.
     pub fn window(&self, now: Instant) -> (u64, u64) {
         self.totals(now)

@@ -40,8 +40,8 @@ pub struct RouteRule {
     /// Unique within the route; names the rule in metrics and access logs.
     pub name: String,
     /// Conditions, all of which must hold; absent means every request.
-    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
-    pub matches: Option<RouteMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#match: Option<RouteMatch>,
     /// Weighted backends; weights sum to 100. Empty means the route's service, all workloads.
     #[serde(default)]
     pub backends: Vec<WeightedBackend>,
@@ -164,8 +164,8 @@ pub struct CompiledRule {
     headers: Vec<(http::HeaderName, HeaderCond)>,
     /// Backends with their cumulative weight bound: a roll `r` in 0..100 takes the first
     /// backend whose bound is greater than `r`.
-    backends: Vec<(u32, Backend)>,
-    mirror: Option<Backend>,
+    backends: Vec<(u32, Arc<Backend>)>,
+    mirror: Option<Arc<Backend>>,
 }
 
 /// What the matcher needs of a request: nothing it could mutate, nothing from I/O.
@@ -228,7 +228,7 @@ impl RouteTable {
     pub fn default_for(service: &str) -> Self {
         let rule = RouteRule {
             name: "default".into(),
-            matches: None,
+            r#match: None,
             backends: Vec::new(),
             timeout: None,
             retries: None,
@@ -241,7 +241,7 @@ impl RouteTable {
                 rule,
                 path: None,
                 headers: Vec::new(),
-                backends: vec![(100, whole_service(service))],
+                backends: vec![(100, Arc::new(whole_service(service)))],
                 mirror: None,
             })],
         }
@@ -266,7 +266,7 @@ impl CompiledRule {
 
     /// Whether every condition of this rule holds for `req`.
     pub fn matches(&self, req: &RequestHead<'_>) -> bool {
-        let Some(m) = &self.rule.matches else {
+        let Some(m) = &self.rule.r#match else {
             return true;
         };
         if !m.methods.is_empty() && !m.methods.iter().any(|x| x == req.method) {
@@ -294,7 +294,7 @@ impl CompiledRule {
     /// The backend for a roll in `0..100` (taken modulo 100): exact and deterministic, so
     /// the caller supplies the randomness. `None` only for a rule without backends, which
     /// compilation never produces.
-    pub fn pick_backend(&self, roll: u32) -> Option<&Backend> {
+    pub fn pick_backend(&self, roll: u32) -> Option<&Arc<Backend>> {
         let r = roll % 100;
         self.backends
             .iter()
@@ -304,7 +304,7 @@ impl CompiledRule {
     }
 
     /// The mirror target, if the rule mirrors.
-    pub fn mirror_backend(&self) -> Option<&Backend> {
+    pub fn mirror_backend(&self) -> Option<&Arc<Backend>> {
         self.mirror.as_ref()
     }
 }
@@ -374,7 +374,7 @@ fn compile_rule(
     let before = errors.len();
     let mut path = None;
     let mut headers = Vec::new();
-    if let Some(m) = &rule.matches {
+    if let Some(m) = &rule.r#match {
         let mat = format!("{at}.match");
         if let Some(p) = &m.path {
             let ppath = format!("{mat}.path");
@@ -398,14 +398,7 @@ fn compile_rule(
                 p.prefix.clone().map(PathCond::Prefix)
             };
         }
-        for (i, method) in m.methods.iter().enumerate() {
-            if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
-                errors.push(err(
-                    format!("{mat}.methods[{i}]"),
-                    format!("{method:?} is not an HTTP method"),
-                ));
-            }
-        }
+        super::check_methods(&m.methods, &format!("{mat}.methods"), errors);
         for (i, h) in m.headers.iter().enumerate() {
             let hpath = format!("{mat}.headers[{i}]");
             let name = match http::HeaderName::from_bytes(h.name.as_bytes()) {
@@ -435,7 +428,7 @@ fn compile_rule(
     }
     let mut backends = Vec::new();
     if rule.backends.is_empty() {
-        backends.push((100, whole_service(own)));
+        backends.push((100, Arc::new(whole_service(own))));
     } else {
         let mut bound = 0u32;
         for (j, b) in rule.backends.iter().enumerate() {
@@ -453,7 +446,7 @@ fn compile_rule(
             };
             bound = bound.saturating_add(b.weight);
             if let Some(backend) = resolve(service, &b.subset, &bpath, subsets, errors) {
-                backends.push((bound, backend));
+                backends.push((bound, Arc::new(backend)));
             }
         }
         if bound != 100 {
@@ -478,7 +471,7 @@ fn compile_rule(
         } else {
             &m.service
         };
-        mirror = resolve(service, &m.subset, &mpath, subsets, errors);
+        mirror = resolve(service, &m.subset, &mpath, subsets, errors).map(Arc::new);
     }
     (errors.len() == before).then(|| CompiledRule {
         rule: rule.clone(),

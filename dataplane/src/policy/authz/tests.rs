@@ -183,3 +183,42 @@ fn mesh_config_reads_the_proto_spelling() {
     assert_eq!(m.default_timeout, Some(Duration::from_secs(15)));
     assert!(serde_yaml::from_str::<MeshConfig>("defaultPolicy: MAYBE\n").is_err());
 }
+
+#[test]
+fn tcp_connections_read_http_fields_the_safe_way() {
+    let a = authorizer(POLICIES, DefaultPolicy::Allow);
+    let tcp = |service: &str, source: &str| a.evaluate_tcp(service, Some(&id(source)));
+    // deny[1] names only paths and methods: for TCP it denies on its (empty = any) sources.
+    assert_eq!(
+        tcp("reviews", WEB),
+        Verdict::Denied(Reason::Rule("reviews-readers.deny[1]".into()))
+    );
+    assert_eq!(
+        tcp("reviews", INTRUDER),
+        Verdict::Denied(Reason::Rule("reviews-readers.deny[0]".into()))
+    );
+    let b = authorizer(
+        r#"
+- name: db
+  service: postgres
+  allow:
+    - sources: ["spiffe://mesh.local/ns/shop/sa/*"]
+      methods: [GET]
+    - sources: ["spiffe://mesh.local/ns/billing/sa/payments"]
+"#,
+        DefaultPolicy::Deny,
+    );
+    // allow[0] names a method, so it never admits a TCP connection.
+    assert_eq!(
+        b.evaluate_tcp("postgres", Some(&id(WEB))),
+        Verdict::Denied(Reason::NoAllowMatched)
+    );
+    assert_eq!(
+        b.evaluate_tcp("postgres", Some(&id(PAYMENTS))),
+        Verdict::Allowed(Reason::Rule("db.allow[1]".into()))
+    );
+    assert_eq!(
+        b.evaluate_tcp("redis", Some(&id(PAYMENTS))),
+        Verdict::Denied(Reason::MeshDefault)
+    );
+}

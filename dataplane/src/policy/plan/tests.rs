@@ -89,7 +89,7 @@ fn a_plan_carries_every_decision() {
     assert_eq!(plan.fault.delay, Some(Duration::from_millis(100)));
     assert_eq!(plan.fault.abort, None);
     assert_eq!(
-        plan.mirror.as_ref().map(Backend::label).as_deref(),
+        plan.mirror.as_ref().map(|b| b.label()).as_deref(),
         Some("reviews/v3")
     );
 
