@@ -206,6 +206,8 @@ pub enum Final {
     Tunnel,
     /// The retry budget is spent.
     BudgetExhausted,
+    /// The request's overall timeout would pass before the retry could start.
+    Deadline,
 }
 
 impl Final {
@@ -219,6 +221,7 @@ impl Final {
             Final::NotIdempotent => "not-idempotent",
             Final::Tunnel => "tunnel",
             Final::BudgetExhausted => "budget-exhausted",
+            Final::Deadline => "deadline",
         }
     }
 }
@@ -235,7 +238,17 @@ pub enum RetryDecision {
     Final(Final),
 }
 
-/// Whether a request may be replayed after `outcome`, before the budget is asked.
+/// One finished attempt, as the data path reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt<'a> {
+    /// Attempts made so far, this one included (1 after the first).
+    pub made: u32,
+    pub outcome: Outcome,
+    pub method: &'a str,
+    pub body: BodyState,
+}
+
+/// Whether a request may be replayed after `attempt`, before the budget is asked.
 ///
 /// A replay must be possible (no body, or the whole body held within the limit; never a
 /// CONNECT) and harmless: idempotent methods are replayed on every configured condition;
@@ -245,26 +258,25 @@ pub enum RetryDecision {
 pub fn eligible(
     retries: &Retries,
     tuning: &RetryTuning,
-    attempts_made: u32,
-    outcome: Outcome,
-    method: &str,
-    body: BodyState,
+    attempt: &Attempt<'_>,
 ) -> Result<RetryOn, Final> {
-    let on = condition(outcome, &retries.retry_on).ok_or(Final::NotRetriable)?;
-    if attempts_made >= retries.attempts {
+    let on = condition(attempt.outcome, &retries.retry_on).ok_or(Final::NotRetriable)?;
+    if attempt.made >= retries.attempts {
         return Err(Final::AttemptsExhausted);
     }
-    if method == "CONNECT" {
+    if attempt.method == "CONNECT" {
         return Err(Final::Tunnel);
     }
-    match body {
+    match attempt.body {
         BodyState::NotHeld => return Err(Final::BodyNotHeld),
         BodyState::Buffered(n) if n > tuning.max_buffered_body => {
             return Err(Final::BodyTooLarge);
         }
         _ => {}
     }
-    if !is_idempotent(method) && matches!(outcome, Outcome::Reset | Outcome::Timeout) {
+    if !is_idempotent(attempt.method)
+        && matches!(attempt.outcome, Outcome::Reset | Outcome::Timeout)
+    {
         return Err(Final::NotIdempotent);
     }
     Ok(on)
@@ -283,33 +295,30 @@ pub fn backoff(tuning: &RetryTuning, retry: u32, jitter: f64) -> Duration {
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// The whole retry decision after an attempt: eligibility, then the budget, then backoff.
-/// `jitter` is a random number in `[0, 1)`.
-#[allow(clippy::too_many_arguments)]
+/// The whole retry decision after an attempt: eligibility, then the overall deadline (a
+/// retry that could not start before it is pointless), then the budget (withdrawn only for
+/// a retry that will happen), then backoff. `jitter` is a random number in `[0, 1)`.
 pub fn decide(
     retries: &Retries,
     tuning: &RetryTuning,
     budget: &mut RetryBudget,
-    attempts_made: u32,
-    outcome: Outcome,
-    method: &str,
-    body: BodyState,
+    attempt: &Attempt<'_>,
     now: Instant,
+    deadline: Option<Instant>,
     jitter: f64,
 ) -> RetryDecision {
-    match eligible(retries, tuning, attempts_made, outcome, method, body) {
-        Err(f) => RetryDecision::Final(f),
-        Ok(condition) => {
-            if budget.try_withdraw(now) {
-                RetryDecision::Retry {
-                    condition,
-                    backoff: backoff(tuning, attempts_made, jitter),
-                }
-            } else {
-                RetryDecision::Final(Final::BudgetExhausted)
-            }
-        }
+    let condition = match eligible(retries, tuning, attempt) {
+        Ok(c) => c,
+        Err(f) => return RetryDecision::Final(f),
+    };
+    let backoff = backoff(tuning, attempt.made, jitter);
+    if deadline.is_some_and(|d| now + backoff >= d) {
+        return RetryDecision::Final(Final::Deadline);
     }
+    if !budget.try_withdraw(now) {
+        return RetryDecision::Final(Final::BudgetExhausted);
+    }
+    RetryDecision::Retry { condition, backoff }
 }
 
 #[derive(Debug, Clone, Copy, Default)]

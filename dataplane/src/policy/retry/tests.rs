@@ -18,6 +18,15 @@ fn resp(status: u16) -> Outcome {
     }
 }
 
+fn at(made: u32, outcome: Outcome, method: &str, body: BodyState) -> Attempt<'_> {
+    Attempt {
+        made,
+        outcome,
+        method,
+        body,
+    }
+}
+
 fn grpc(code: u32) -> Outcome {
     Outcome::Response {
         status: 200,
@@ -110,7 +119,7 @@ fn eligibility_table_method_by_condition_by_body() {
     ];
     for (method, outcome, body, want) in table {
         assert_eq!(
-            eligible(&r, &t, 1, *outcome, method, *body),
+            eligible(&r, &t, &at(1, *outcome, method, *body)),
             *want,
             "{method} {outcome:?} {body:?}"
         );
@@ -121,10 +130,10 @@ fn eligibility_table_method_by_condition_by_body() {
 fn attempts_count_the_first_one() {
     let r = retries(&[RetryOn::FiveXx]);
     let t = RetryTuning::default();
-    assert!(eligible(&r, &t, 1, resp(500), "GET", Empty).is_ok());
-    assert!(eligible(&r, &t, 2, resp(500), "GET", Empty).is_ok());
+    assert!(eligible(&r, &t, &at(1, resp(500), "GET", Empty)).is_ok());
+    assert!(eligible(&r, &t, &at(2, resp(500), "GET", Empty)).is_ok());
     assert_eq!(
-        eligible(&r, &t, 3, resp(500), "GET", Empty),
+        eligible(&r, &t, &at(3, resp(500), "GET", Empty)),
         Err(Final::AttemptsExhausted)
     );
     let once = Retries {
@@ -132,7 +141,7 @@ fn attempts_count_the_first_one() {
         ..r.clone()
     };
     assert_eq!(
-        eligible(&once, &t, 1, resp(500), "GET", Empty),
+        eligible(&once, &t, &at(1, resp(500), "GET", Empty)),
         Err(Final::AttemptsExhausted)
     );
 }
@@ -217,17 +226,8 @@ fn budget_caps_a_retry_storm() {
         budget.deposit(now);
         let mut attempts = 1;
         loop {
-            match decide(
-                &r,
-                &t,
-                &mut budget,
-                attempts,
-                resp(503),
-                "GET",
-                BodyState::Empty,
-                now,
-                0.5,
-            ) {
+            let attempt = at(attempts, resp(503), "GET", Empty);
+            match decide(&r, &t, &mut budget, &attempt, now, None, 0.5) {
                 RetryDecision::Retry { backoff, .. } => {
                     assert!(backoff <= t.backoff_max);
                     attempts += 1;
@@ -275,4 +275,48 @@ fn retry_on_spelling_matches_the_proto() {
     assert_eq!(r.retry_on.len(), 9);
     assert_eq!(r.per_try_timeout, Some(Duration::from_secs(1)));
     assert!(serde_yaml::from_str::<Retries>("attempts: 2\nretryOn: [4xx]\n").is_err());
+}
+
+#[test]
+fn decide_checks_the_deadline_before_spending_budget() {
+    let r = retries(&[RetryOn::FiveXx]);
+    let t = RetryTuning::default();
+    let t0 = Instant::now();
+    let mut b = RetryBudget::new(0.2, &t, t0);
+    let a = at(2, resp(503), "GET", Empty);
+    // Second retry: ceiling 50 ms, jitter 0.5 -> 37.5 ms.
+    let wait = Duration::from_micros(37_500);
+    assert_eq!(
+        decide(&r, &t, &mut b, &a, t0, Some(t0 + wait), 0.5),
+        RetryDecision::Final(Final::Deadline)
+    );
+    assert_eq!(b.window(t0), (0, 0), "nothing withdrawn");
+    assert_eq!(
+        decide(
+            &r,
+            &t,
+            &mut b,
+            &a,
+            t0,
+            Some(t0 + wait + Duration::from_micros(1)),
+            0.5
+        ),
+        RetryDecision::Retry {
+            condition: RetryOn::FiveXx,
+            backoff: wait
+        }
+    );
+    assert_eq!(b.window(t0), (0, 1));
+    assert_eq!(
+        decide(
+            &r,
+            &t,
+            &mut b,
+            &at(1, resp(200), "GET", Empty),
+            t0,
+            None,
+            0.5
+        ),
+        RetryDecision::Final(Final::NotRetriable)
+    );
 }
