@@ -46,7 +46,7 @@ pub enum Algorithm {
 
 /// Balancer settings (proxy tuning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+#[serde(deny_unknown_fields, default)]
 pub struct BalanceConfig {
     pub algorithm: Algorithm,
     /// Time constant of the EWMA decay.

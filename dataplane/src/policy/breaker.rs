@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Limits per endpoint (proxy tuning; the Route resource carries none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+#[serde(deny_unknown_fields, default)]
 pub struct CircuitLimits {
     /// Requests outstanding on one endpoint (pending + active).
     pub max_requests: u32,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Outlier detection settings (proxy tuning; the Route resource carries none).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+#[serde(deny_unknown_fields, default)]
 pub struct OutlierConfig {
     /// Consecutive failures that eject an endpoint.
     pub consecutive_failures: u32,

@@ -163,15 +163,19 @@ pub fn is_idempotent(method: &str) -> bool {
 }
 
 /// Proxy-wide retry knobs that the `Retries` resource does not carry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetryTuning {
-    /// Largest request body held for replay.
+    /// Largest request body held for replay, bytes.
     pub max_buffered_body: usize,
     /// First backoff ceiling; doubles on each retry.
+    #[serde(with = "quiver_api::duration::serde_human")]
     pub backoff_base: Duration,
     /// Largest backoff ceiling.
+    #[serde(with = "quiver_api::duration::serde_human")]
     pub backoff_max: Duration,
-    /// Budget window.
+    /// Budget window (whole seconds; at least 1 s).
+    #[serde(with = "quiver_api::duration::serde_human")]
     pub budget_window: Duration,
     /// Retries always allowed per second of window, whatever the ratio says.
     pub min_retries_per_second: u32,

@@ -255,3 +255,107 @@ fn budgets_are_per_rule_and_survive_swaps() {
         .unwrap();
     assert_eq!(budgets.for_plan(&other, &tuning, t0).window(t0), (0, 0));
 }
+
+/// Every YAML example in docs/traffic.md parses and compiles, so the docs cannot drift from
+/// the code: whole policy blocks, rule fragments, and the tuning block.
+#[test]
+fn every_example_in_the_traffic_docs_compiles() {
+    use serde_yaml::{Mapping, Value};
+    let doc = include_str!("../../../../docs/traffic.md");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in doc.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```yaml") => current = Some(String::new()),
+            (Some(b), "```") => {
+                blocks.push(std::mem::take(b));
+                current = None;
+            }
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    let rule_keys = ["backends", "retries", "fault", "mirror", "match", "timeout"];
+    let (mut policies, mut fragments, mut tuning) = (0, 0, 0);
+    for (i, text) in blocks.iter().enumerate() {
+        let v: Mapping = serde_yaml::from_str(text).unwrap_or_else(|e| panic!("block {i}: {e}"));
+        let key = |k: &str| v.get(Value::from(k));
+        let mut subsets = subsets();
+        if let Some(services) = key("services") {
+            /// The proxy file's service entry, as far as policy reads it.
+            #[derive(serde::Deserialize)]
+            struct S {
+                name: String,
+                #[serde(default)]
+                subsets: Vec<Subset>,
+                endpoints: Vec<E>,
+            }
+            #[derive(serde::Deserialize)]
+            struct E {
+                address: std::net::SocketAddr,
+                labels: crate::policy::Labels,
+                zone: String,
+            }
+            let services: Vec<S> = serde_yaml::from_value(services.clone()).unwrap();
+            for s in services {
+                for e in &s.endpoints {
+                    assert!(!e.address.ip().is_unspecified() && !e.zone.is_empty());
+                    assert!(
+                        s.subsets
+                            .iter()
+                            .any(|x| crate::policy::selects(&x.labels, &e.labels))
+                    );
+                }
+                subsets.insert(s.name, s.subsets);
+            }
+        }
+        if ["routes", "authorization", "mesh"]
+            .iter()
+            .any(|k| key(k).is_some())
+        {
+            let mut m = Mapping::new();
+            for k in ["routes", "authorization", "mesh"] {
+                if let Some(x) = key(k) {
+                    m.insert(k.into(), x.clone());
+                }
+            }
+            let c: PolicyConfig = serde_yaml::from_value(Value::Mapping(m))
+                .unwrap_or_else(|e| panic!("block {i}: {e}"));
+            Policy::compile(&c, &subsets).unwrap_or_else(|e| panic!("block {i}: {e:?}"));
+            policies += 1;
+        } else if v
+            .keys()
+            .all(|k| rule_keys.iter().any(|r| k.as_str() == Some(*r)))
+        {
+            let mut rule = v.clone();
+            rule.insert("name".into(), "example".into());
+            let route = Route {
+                service: "reviews".into(),
+                rules: vec![
+                    serde_yaml::from_value(Value::Mapping(rule))
+                        .unwrap_or_else(|e| panic!("block {i}: {e}")),
+                ],
+            };
+            let c = PolicyConfig {
+                routes: vec![route],
+                ..PolicyConfig::default()
+            };
+            Policy::compile(&c, &subsets).unwrap_or_else(|e| panic!("block {i}: {e:?}"));
+            fragments += 1;
+        } else if let Some(t) = key("tuning") {
+            let b: BalanceConfig = serde_yaml::from_value(t["balancing"].clone())
+                .unwrap_or_else(|e| panic!("block {i}: {e}"));
+            assert_eq!(b, BalanceConfig::default(), "the docs show the defaults");
+            let r: RetryTuning = serde_yaml::from_value(t["retries"].clone())
+                .unwrap_or_else(|e| panic!("block {i}: {e}"));
+            assert_eq!(r, RetryTuning::default(), "the docs show the defaults");
+            tuning += 1;
+        } else {
+            panic!("block {i} is not a policy example:\n{text}");
+        }
+    }
+    assert_eq!((policies, fragments, tuning), (3, 4, 1), "examples checked");
+}
