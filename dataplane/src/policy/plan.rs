@@ -135,7 +135,7 @@ impl Policy {
                 errors.extend(e);
                 Authorizer::default()
             });
-        let default_rule = RouteTable::default_for("").rules()[0].clone();
+        let default_rule = Arc::new(CompiledRule::default_for(""));
         if errors.is_empty() {
             Ok(Self {
                 routes,

@@ -226,24 +226,9 @@ impl RouteTable {
     /// The implicit table of a service without a Route: one rule named `default` sending
     /// everything to all its workloads.
     pub fn default_for(service: &str) -> Self {
-        let rule = RouteRule {
-            name: "default".into(),
-            r#match: None,
-            backends: Vec::new(),
-            timeout: None,
-            retries: None,
-            fault: None,
-            mirror: None,
-        };
         Self {
             service: service.to_string(),
-            rules: vec![Arc::new(CompiledRule {
-                rule,
-                path: None,
-                headers: Vec::new(),
-                backends: vec![(100, Arc::new(whole_service(service)))],
-                mirror: None,
-            })],
+            rules: vec![Arc::new(CompiledRule::default_for(service))],
         }
     }
 
@@ -259,6 +244,27 @@ impl RouteTable {
 }
 
 impl CompiledRule {
+    /// The implicit rule `default`: every request, all of `service`'s workloads, no retries,
+    /// faults or mirror.
+    pub fn default_for(service: &str) -> Self {
+        let rule = RouteRule {
+            name: "default".into(),
+            r#match: None,
+            backends: Vec::new(),
+            timeout: None,
+            retries: None,
+            fault: None,
+            mirror: None,
+        };
+        Self {
+            rule,
+            path: None,
+            headers: Vec::new(),
+            backends: vec![(100, Arc::new(whole_service(service)))],
+            mirror: None,
+        }
+    }
+
     /// The rule's name.
     pub fn name(&self) -> &str {
         &self.rule.name
