@@ -17,6 +17,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod policy;
 pub mod snapshot;
 pub mod transport;
 pub mod tunnel;

@@ -1,0 +1,251 @@
+use http::HeaderValue;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+fn subsets() -> SubsetIndex {
+    let s = |name: &str, version: &str| Subset {
+        name: name.into(),
+        labels: [("version".to_string(), version.to_string())].into(),
+    };
+    [("reviews".to_string(), vec![s("v1", "v1"), s("v2", "v2")])].into()
+}
+
+fn table(yaml: &str) -> RouteTable {
+    let route: Route = serde_yaml::from_str(yaml).unwrap();
+    RouteTable::compile(&route, "routes[0]", &subsets()).unwrap()
+}
+
+fn errors(yaml: &str) -> Vec<(String, String)> {
+    let route: Route = serde_yaml::from_str(yaml).unwrap();
+    RouteTable::compile(&route, "routes[0]", &subsets())
+        .unwrap_err()
+        .into_iter()
+        .map(|e| (e.field, e.reason))
+        .collect()
+}
+
+fn find<'a>(
+    t: &'a RouteTable,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<&'a str> {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    t.find(&RequestHead {
+        method,
+        path,
+        headers: &h,
+    })
+    .map(|r| r.name())
+}
+
+const ORDERED: &str = r#"
+service: reviews
+rules:
+  - name: tester
+    match:
+      headers: [{name: x-user, exact: tester}]
+    backends: [{subset: v2, weight: 100}]
+  - name: api-exact
+    match: {path: {exact: /api}}
+  - name: api-prefix
+    match: {path: {prefix: /api/}, methods: [GET, HEAD]}
+  - name: items
+    match: {path: {regex: "/items/[0-9]+"}}
+  - name: canary-header
+    match:
+      headers:
+        - {name: x-canary, regex: "yes|true"}
+        - {name: x-trace, present: true}
+  - name: rest
+"#;
+
+#[test]
+fn first_match_wins_in_order() {
+    let t = table(ORDERED);
+    // Matches both `tester` and `api-exact`: the earlier rule wins.
+    assert_eq!(
+        find(&t, "GET", "/api", &[("x-user", "tester")]),
+        Some("tester")
+    );
+    assert_eq!(find(&t, "GET", "/api", &[]), Some("api-exact"));
+    assert_eq!(find(&t, "GET", "/api/x", &[]), Some("api-prefix"));
+    assert_eq!(find(&t, "HEAD", "/api/x", &[]), Some("api-prefix"));
+    // Method not listed: falls through to the catch-all.
+    assert_eq!(find(&t, "POST", "/api/x", &[]), Some("rest"));
+    assert_eq!(find(&t, "get", "/api/x", &[]), Some("rest"));
+}
+
+#[test]
+fn path_kinds() {
+    let t = table(ORDERED);
+    assert_eq!(find(&t, "GET", "/api/", &[]), Some("api-prefix"));
+    assert_eq!(find(&t, "GET", "/apix", &[]), Some("rest"));
+    assert_eq!(
+        find(&t, "GET", "/api?x", &[]),
+        Some("rest"),
+        "exact is exact"
+    );
+    assert_eq!(find(&t, "GET", "/items/42", &[]), Some("items"));
+}
+
+#[test]
+fn regexes_are_anchored_to_the_whole_value() {
+    let t = table(ORDERED);
+    assert_eq!(find(&t, "GET", "/items/42/x", &[]), Some("rest"));
+    assert_eq!(find(&t, "GET", "/v1/items/42", &[]), Some("rest"));
+    assert_eq!(find(&t, "GET", "/items/", &[]), Some("rest"));
+    // The alternation is anchored as a whole, not just its first branch.
+    let both = [("x-canary", "true"), ("x-trace", "")];
+    assert_eq!(find(&t, "GET", "/", &both), Some("canary-header"));
+    let sub = [("x-canary", "notrue"), ("x-trace", "1")];
+    assert_eq!(find(&t, "GET", "/", &sub), Some("rest"));
+    let yes_ = [("x-canary", "yes!"), ("x-trace", "1")];
+    assert_eq!(find(&t, "GET", "/", &yes_), Some("rest"));
+}
+
+#[test]
+fn header_conditions_all_hold_and_names_are_case_insensitive() {
+    let t = table(ORDERED);
+    assert_eq!(
+        find(&t, "GET", "/", &[("x-canary", "yes")]),
+        Some("rest"),
+        "x-trace missing"
+    );
+    assert_eq!(
+        find(&t, "GET", "/", &[("X-Canary", "yes"), ("X-TRACE", "a")]),
+        Some("canary-header")
+    );
+    // Exact values are case-sensitive.
+    assert_eq!(find(&t, "GET", "/", &[("x-user", "Tester")]), Some("rest"));
+    // Any one of several values may match.
+    assert_eq!(
+        find(&t, "GET", "/", &[("x-user", "alice"), ("x-user", "tester")]),
+        Some("tester")
+    );
+}
+
+#[test]
+fn no_match_is_none() {
+    let t = table("service: reviews\nrules:\n  - name: only\n    match: {path: {exact: /x}}\n");
+    assert_eq!(find(&t, "GET", "/y", &[]), None);
+    let empty = table("service: reviews\n");
+    assert_eq!(find(&empty, "GET", "/", &[]), None);
+    let default = RouteTable::default_for("reviews");
+    assert_eq!(find(&default, "GET", "/anything", &[]), Some("default"));
+}
+
+const SPLIT: &str = r#"
+service: reviews
+rules:
+  - name: split
+    backends:
+      - {subset: v1, weight: 80}
+      - {subset: v2, weight: 20}
+"#;
+
+#[test]
+fn weighted_pick_is_exact_per_roll() {
+    let t = table(SPLIT);
+    let rule = &t.rules()[0];
+    let subset = |roll| rule.pick_backend(roll).unwrap().subset.clone();
+    assert_eq!(subset(0), "v1");
+    assert_eq!(subset(79), "v1");
+    assert_eq!(subset(80), "v2");
+    assert_eq!(subset(99), "v2");
+    assert_eq!(subset(100), "v1", "rolls are taken modulo 100");
+    let b = rule.pick_backend(85).unwrap();
+    assert_eq!(b.service, "reviews");
+    assert_eq!(b.selector.get("version").map(String::as_str), Some("v2"));
+    assert_eq!(b.label(), "reviews/v2");
+}
+
+#[test]
+fn eighty_twenty_holds_within_one_point_over_ten_thousand() {
+    let t = table(SPLIT);
+    let rule = &t.rules()[0];
+    let mut rng = StdRng::seed_from_u64(42);
+    let n = 10_000;
+    let v2 = (0..n)
+        .filter(|_| rule.pick_backend(rng.random_range(0..100)).unwrap().subset == "v2")
+        .count();
+    let share = v2 as f64 * 100.0 / n as f64;
+    assert!((share - 20.0).abs() < 1.0, "v2 got {share}%");
+}
+
+#[test]
+fn zero_weight_is_never_picked_and_default_backend_is_the_service() {
+    let t = table(
+        "service: reviews\nrules:\n  - name: r\n    backends: [{subset: v1, weight: 0}, {subset: v2, weight: 100}]\n  - name: d\n",
+    );
+    assert!((0..100).all(|r| t.rules()[0].pick_backend(r).unwrap().subset == "v2"));
+    let d = t.rules()[1].pick_backend(3).unwrap();
+    assert_eq!(
+        (d.service.as_str(), d.subset.as_str(), d.selector.len()),
+        ("reviews", "", 0)
+    );
+}
+
+#[test]
+fn compile_errors_name_their_fields() {
+    let e = errors(
+        r#"
+service: reviews
+rules:
+  - name: a
+    match:
+      path: {regex: "(unclosed"}
+      methods: ["GE T"]
+      headers: [{name: "bad name", exact: x}, {name: x-a}, {name: x-b, regex: "[", present: true}]
+    backends: [{subset: v9, weight: 50}, {weight: 40}]
+  - name: a
+    match: {path: {exact: nope, prefix: /x}}
+    retries: {attempts: 0, budgetPercent: 120}
+    mirror: {subset: v7, percent: 10}
+"#,
+    );
+    let fields: Vec<&str> = e.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "routes[0].rules[0].match.path.regex",
+            "routes[0].rules[0].match.methods[0]",
+            "routes[0].rules[0].match.headers[0].name",
+            "routes[0].rules[0].match.headers[1]",
+            "routes[0].rules[0].match.headers[2]",
+            "routes[0].rules[0].match.headers[2].regex",
+            "routes[0].rules[0].backends[0].subset",
+            "routes[0].rules[0].backends",
+            "routes[0].rules[1].name",
+            "routes[0].rules[1].match.path",
+            "routes[0].rules[1].match.path.exact",
+            "routes[0].rules[1].retries.attempts",
+            "routes[0].rules[1].retries.budgetPercent",
+            "routes[0].rules[1].mirror.subset",
+        ]
+    );
+    assert!(e[0].1.contains("regex does not compile"), "{:?}", e[0]);
+    assert_eq!(e[7].1, "weights sum to 90, must sum to 100");
+    assert_eq!(e[8].1, "duplicate name \"a\"");
+    assert_eq!(e[6].1, "service \"reviews\" has no subset \"v9\"");
+}
+
+#[test]
+fn a_held_rule_survives_a_table_swap() {
+    let mut current = Arc::new(table(SPLIT));
+    let held = current.rules()[0].clone();
+    current = Arc::new(table(
+        "service: reviews\nrules:\n  - name: split\n    backends: [{subset: v2, weight: 100}]\n",
+    ));
+    // The in-flight request still sees the 80/20 rule it matched; new ones see 0/100.
+    assert_eq!(held.pick_backend(0).unwrap().subset, "v1");
+    assert_eq!(current.rules()[0].pick_backend(0).unwrap().subset, "v2");
+}
