@@ -158,7 +158,13 @@ pub fn main(args: Args) -> anyhow::Result<bool> {
         // Dropping the losing future drops any running proxy pair, which kills the children.
         tokio::select! {
             r = run::run(&args, &backends) => r,
-            s = interrupted() => Err(anyhow!("interrupted by {s}")),
+            // Ctrl-C is how --serve is meant to end; anywhere else it cuts the run short.
+            s = interrupted() => if args.serve {
+                eprintln!("quiver-bench: {s}, stopping");
+                Ok(true)
+            } else {
+                Err(anyhow!("interrupted by {s}"))
+            },
         }
     });
     drop(runtime);
