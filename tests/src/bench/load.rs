@@ -120,8 +120,9 @@ pub async fn h1_closed(
 /// Why one request failed.
 #[derive(Debug)]
 enum Fail {
-    /// The server answered, but not 2xx: the connection is still good.
-    Status(u16),
+    /// The server answered, but not 2xx: the connection is still good. The text is the
+    /// proxy's `quiver-error` reason, if it gave one.
+    Status(u16, String),
     /// Connect, I/O, protocol error or timeout: the connection is dropped.
     Transport(String),
 }
@@ -129,7 +130,8 @@ enum Fail {
 impl std::fmt::Display for Fail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Fail::Status(s) => write!(f, "status {s}"),
+            Fail::Status(s, reason) if reason.is_empty() => write!(f, "status {s}"),
+            Fail::Status(s, reason) => write!(f, "status {s} ({reason})"),
             Fail::Transport(e) => f.write_str(e),
         }
     }
@@ -172,11 +174,17 @@ async fn h1_request(addr: SocketAddr, conn: &mut Option<H1Conn>) -> Result<(), F
             .map_err(|e| Fail::Transport(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(t)?;
         let status = resp.status();
+        let reason = resp
+            .headers()
+            .get("quiver-error")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         resp.into_body().collect().await.map_err(t)?;
         if status.is_success() {
             Ok(())
         } else {
-            Err(Fail::Status(status.as_u16()))
+            Err(Fail::Status(status.as_u16(), reason))
         }
     };
     let r = match tokio::time::timeout(REQUEST_TIMEOUT, result).await {
@@ -312,8 +320,23 @@ async fn close_request(addr: SocketAddr) -> Result<(), Fail> {
     if (200..300).contains(&status) {
         Ok(())
     } else {
-        Err(Fail::Status(status))
+        Err(Fail::Status(status, quiver_error(&buf)))
     }
+}
+
+/// The `quiver-error` header of a raw HTTP/1.1 response head, or "".
+fn quiver_error(response: &[u8]) -> String {
+    let head = String::from_utf8_lossy(response);
+    head.split("\r\n\r\n")
+        .next()
+        .into_iter()
+        .flat_map(|h| h.split("\r\n"))
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("quiver-error")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 // ---- gRPC unary ----
@@ -352,9 +375,15 @@ pub async fn grpc_closed(
                 let result = match tokio::time::timeout(REQUEST_TIMEOUT, client.unary(req)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(status)) => Err(Fail::Transport(format!(
-                        "grpc {:?}: {}",
+                        "grpc {:?}: {}{}",
                         status.code(),
-                        status.message()
+                        status.message(),
+                        status
+                            .metadata()
+                            .get("quiver-error")
+                            .and_then(|v| v.to_str().ok())
+                            .map(|r| format!(" (quiver-error {r})"))
+                            .unwrap_or_default()
                     ))),
                     Err(_) => Err(Fail::Transport(format!("no answer in {REQUEST_TIMEOUT:?}"))),
                 };
@@ -430,4 +459,16 @@ pub async fn bulk(
         seconds,
         cpu_ticks: cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_proxy_reason_from_a_raw_response() {
+        let r = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 5\r\nQuiver-Error: upstream-reset\r\n\r\nquiver-error: body";
+        assert_eq!(quiver_error(r), "upstream-reset");
+        assert_eq!(quiver_error(b"HTTP/1.1 500 x\r\n\r\n"), "");
+    }
 }

@@ -54,7 +54,8 @@ pub async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
     };
     let settings = format!(
         "quiver-bench: {cores} cores; proxy workers {w}; conns {c}; duration {d:?} (+{wu:?} warm-up); \
-         rate {r}/s; bulk {b} MiB; client {client}; backends {bt} thread(s); proxy log {log}",
+         rate {r}/s; bulk {b} MiB; client {client}; backends {bt} thread(s); proxy log {log}; \
+         load average {load}",
         cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
         w = args.workers,
         c = args.connections,
@@ -64,6 +65,10 @@ pub async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
         b = args.bulk_bytes >> 20,
         bt = args.backend_threads,
         log = args.proxy_log,
+        load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "?".into()),
     );
     if args.json {
         eprintln!("{settings}");
