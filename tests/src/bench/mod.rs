@@ -72,6 +72,9 @@ pub struct Args {
     /// request; `warn` measures without access logs.
     #[arg(long, default_value = "info")]
     pub proxy_log: String,
+    /// Keep each pair's configs, logs and certificates instead of deleting them.
+    #[arg(long)]
+    pub keep_files: bool,
     /// The quiver-proxy binary (default: next to this executable).
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,

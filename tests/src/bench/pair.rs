@@ -30,6 +30,8 @@ pub struct PairOptions {
     pub tuning: Vec<(String, String)>,
     /// `RUST_LOG` for the proxies (their logs go to files in the pair's directory).
     pub log: String,
+    /// Keep configs, logs and certificates after the pair stops (their paths are printed).
+    pub keep_files: bool,
 }
 
 /// One running `quiver-proxy` child.
@@ -81,6 +83,7 @@ pub struct ProxyPair {
     pub entries: Entries,
     pub dir: PathBuf,
     pub pki_dir: PathBuf,
+    keep_files: bool,
 }
 
 impl Drop for ProxyPair {
@@ -90,8 +93,16 @@ impl Drop for ProxyPair {
         let _ = self.b.child.kill();
         let _ = self.a.child.wait();
         let _ = self.b.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.pki_dir);
+        if self.keep_files {
+            eprintln!(
+                "kept proxy configs and logs in {}, certificates in {}",
+                self.dir.display(),
+                self.pki_dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_dir_all(&self.pki_dir);
+        }
     }
 }
 
@@ -167,6 +178,7 @@ services:
             entries,
             dir,
             pki_dir: pki.dir.clone(),
+            keep_files: opts.keep_files,
         };
         wait_ready(&mut pair.b).await?;
         wait_ready(&mut pair.a).await?;

@@ -32,6 +32,7 @@ fn pair_options(args: &Args) -> anyhow::Result<PairOptions> {
         workers: args.workers,
         tuning: args.tuning.clone(),
         log: args.proxy_log.clone(),
+        keep_files: args.keep_files,
     })
 }
 
