@@ -22,7 +22,8 @@
 #
 # Environment: QUIVER_PROXY_BIN (default: target/release/quiver-proxy of this checkout),
 # QUIVER_RUST_LOG (default warn: no per-request access log, like Envoy's `-l warn`),
-# QUIVER_TUNING (extra YAML lines for the tuning block, e.g. "send_window: 67108864").
+# QUIVER_TUNING (extra YAML lines for the tuning block, e.g. "stream_receive_window: 2097152"),
+# QUIVER_HOOK_DIR (where the configs are written; default $TMPDIR/quiver-peers-hook).
 set -euo pipefail
 
 side=${1:?usage: peers-hook.sh a|b}
@@ -31,7 +32,9 @@ bin=${QUIVER_PROXY_BIN:-$here/../../target/release/quiver-proxy}
 [[ -x $bin ]] || { echo "peers-hook: $bin not found; run cargo build --release --workspace" >&2; exit 1; }
 need() { local v; for v; do [[ -n ${!v:-} ]] || { echo "peers-hook: $v is not set" >&2; exit 1; }; done; }
 need MESH_CA MESH_WORKERS
-dir=$(mktemp -d "${TMPDIR:-/tmp}/quiver-peers-$side.XXXXXX")
+# One fixed place, overwritten per start: peers.sh restarts the pair for every row.
+dir=${QUIVER_HOOK_DIR:-${TMPDIR:-/tmp}/quiver-peers-hook}
+mkdir -p "$dir"
 cfg=$dir/$side.yaml
 
 tuning() {
