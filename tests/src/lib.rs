@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod bench;
 pub mod client;
 pub mod harness;
 pub mod pki;
