@@ -22,6 +22,8 @@ pub trait RecvHalf: Send + Unpin + 'static {
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BodyError>>;
     fn poll_trailers(&mut self, cx: &mut Context<'_>)
     -> Poll<Result<Option<HeaderMap>, BodyError>>;
+    /// Tell the peer to stop sending (STOP_SENDING with `code`).
+    fn stop(&mut self, code: h3::error::Code);
 }
 
 /// The sending half of an h3 stream (client or server side).
@@ -52,6 +54,9 @@ macro_rules! h3_halves {
                 cx: &mut Context<'_>,
             ) -> Poll<Result<Option<HeaderMap>, BodyError>> {
                 self.poll_recv_trailers(cx).map_err(Into::into)
+            }
+            fn stop(&mut self, code: h3::error::Code) {
+                self.stop_sending(code);
             }
         }
         impl SendHalf for $send {
@@ -147,8 +152,8 @@ enum State {
 }
 
 /// An h3 receive half as an `http_body::Body`.
-pub struct H3Body<R> {
-    recv: R,
+pub struct H3Body<R: RecvHalf> {
+    recv: Tracked<R>,
     state: State,
     /// A data frame read ahead by [`H3Body::peek_end`].
     ahead: Option<Bytes>,
@@ -157,16 +162,99 @@ pub struct H3Body<R> {
     /// Whatever must outlive the body (h3 closes a client connection when its last request
     /// handle is dropped, which would cut this body short if the pool let go of it).
     _keep: Option<Box<dyn std::any::Any + Send>>,
+    /// STOP_SENDING code if the body is dropped unread: otherwise quinn stops the stream with
+    /// code 0, which the peer's h3 takes as an error and resets the whole exchange.
+    abandon: h3::error::Code,
+    /// Data bytes handed out so far.
+    delivered: u64,
+}
+
+/// A receive half that remembers whether its last poll returned Pending. Then a read is in
+/// flight and h3-quinn 0.0.10 holds the QUIC stream inside it: calling `stop` would panic
+/// there (it unwraps the stream), so an abandoned body must stay quiet in that state.
+struct Tracked<R> {
+    inner: R,
+    reading: bool,
+}
+
+impl<R: RecvHalf> RecvHalf for Tracked<R> {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BodyError>> {
+        let r = self.inner.poll_data(cx);
+        self.reading = r.is_pending();
+        r
+    }
+    fn poll_trailers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<HeaderMap>, BodyError>> {
+        let r = self.inner.poll_trailers(cx);
+        self.reading = r.is_pending();
+        r
+    }
+    fn stop(&mut self, code: h3::error::Code) {
+        if !self.reading {
+            self.inner.stop(code);
+        }
+    }
+}
+
+impl<R: RecvHalf> Drop for H3Body<R> {
+    fn drop(&mut self) {
+        if matches!(self.state, State::Done) {
+            return;
+        }
+        // All declared bytes delivered (hyper stops at content-length): nothing was abandoned.
+        let complete = self.length.is_some_and(|n| n == self.delivered);
+        self.recv.stop(if complete {
+            h3::error::Code::H3_NO_ERROR
+        } else {
+            self.abandon
+        });
+    }
 }
 
 impl<R: RecvHalf> H3Body<R> {
     pub fn new(recv: R, length: Option<u64>) -> Self {
         Self {
-            recv,
+            recv: Tracked {
+                inner: recv,
+                reading: false,
+            },
             state: State::Data,
             ahead: None,
             length,
             _keep: None,
+            abandon: h3::error::Code::H3_REQUEST_CANCELLED,
+            delivered: 0,
+        }
+    }
+
+    /// A request body the app may legitimately leave unread (it answered early): dropping it
+    /// asks the peer to stop sending without error (RFC 9114 §4.1.2).
+    pub fn may_be_abandoned(mut self) -> Self {
+        self.abandon = h3::error::Code::H3_NO_ERROR;
+        self
+    }
+
+    /// Wait until the first data or the end of the body has arrived, when neither a length nor
+    /// an end is known yet. For requests whose method carries no body by convention (GET,
+    /// HEAD...), the end follows the headers at once but may arrive in a later packet; knowing
+    /// it lets hyper send the request without `transfer-encoding: chunked`.
+    pub async fn settle(&mut self) {
+        if self.length.is_some() || !matches!(self.state, State::Data) || self.ahead.is_some() {
+            return;
+        }
+        match std::future::poll_fn(|cx| self.recv.poll_data(cx)).await {
+            Ok(Some(b)) => self.ahead = Some(b),
+            Ok(None) => {
+                self.state = State::Trailers;
+                if let Ok(None) = std::future::poll_fn(|cx| self.recv.poll_trailers(cx)).await {
+                    self.state = State::Done;
+                    self.length = Some(0);
+                }
+            }
+            // The error surfaces on the first real poll.
+            Err(_) => {}
         }
     }
 
@@ -214,8 +302,36 @@ impl<R: RecvHalf> Body for H3Body<R> {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         if let Some(b) = this.ahead.take() {
+            this.delivered += b.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
+        let r = this.poll_frame_inner(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            this.delivered += d.len() as u64;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) && self.ahead.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl<R: RecvHalf> H3Body<R> {
+    fn poll_frame_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self;
         loop {
             match this.state {
                 State::Data => match poll_batch(&mut this.recv, cx, BATCH_BYTES) {
@@ -249,17 +365,6 @@ impl<R: RecvHalf> Body for H3Body<R> {
                 }
                 State::Done => return Poll::Ready(None),
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done) && self.ahead.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.length {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
         }
     }
 }
@@ -382,6 +487,7 @@ mod tests {
         ) -> Poll<Result<Option<HeaderMap>, BodyError>> {
             Poll::Ready(Ok(None))
         }
+        fn stop(&mut self, _: h3::error::Code) {}
     }
 
     fn poll(s: &mut Script, max: usize) -> Poll<Result<Batch, BodyError>> {

@@ -248,8 +248,14 @@ async fn forward(
             HeaderValue::from_str(&authority).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         headers.insert(header::HOST, host);
     }
-    let mut body = H3Body::new(rx, content_length(&headers));
+    let mut body = H3Body::new(rx, content_length(&headers)).may_be_abandoned();
     body.peek_end();
+    if matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE | Method::TRACE
+    ) {
+        body.settle().await;
+    }
     let mut out = Request::new(body.boxed());
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
