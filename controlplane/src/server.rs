@@ -74,6 +74,9 @@ fn redact<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::
     s.serialize_some(&shown)
 }
 
+/// How long a shutdown waits for in-flight calls.
+const DRAIN: Duration = Duration::from_secs(2);
+
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
@@ -91,12 +94,19 @@ impl Running {
         Ok(())
     }
 
-    /// Stop accepting, finish in-flight calls and return.
+    /// Stop accepting and give in-flight calls [`DRAIN`] to finish; Watch streams never
+    /// finish on their own, so whatever is left then is cut off.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.wait().await
+        match tokio::time::timeout(DRAIN, self.wait()).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.task.abort();
+                Ok(())
+            }
+        }
     }
 }
 

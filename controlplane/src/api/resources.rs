@@ -124,9 +124,12 @@ impl AdminApi {
         }
         validate::validate(&any, &services).map_err(|e| Status::invalid_argument(e.to_string()))?;
 
-        if let Some(stored) = self.get_stored::<R>(&ns, &name).await? {
-            obj.keep_status_of(&decode(&stored)?);
-        }
+        // Status is the controller's: keep the stored one (none for a new object).
+        let stored = match self.get_stored::<R>(&ns, &name).await? {
+            Some(stored) => decode(&stored)?,
+            None => R::default(),
+        };
+        obj.keep_status_of(&stored);
         let meta = obj.metadata_mut();
         meta.resource_version = 0;
         meta.created_at.clear();
