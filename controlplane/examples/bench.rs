@@ -42,7 +42,9 @@ async fn main() -> anyhow::Result<()> {
     let config = quiver_control::server::Config::try_parse_from(flags)?;
     let running = quiver_control::server::start(&config).await?;
     let url = format!("http://{}", running.addr);
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect()
+        .await?;
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse()?;
     let intercept = move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", auth.clone());
@@ -60,7 +62,11 @@ async fn main() -> anyhow::Result<()> {
     let mut channels = Vec::new();
     for i in 0..args.watchers {
         if i % 50 == 0 {
-            channels.push(tonic::transport::Endpoint::from_shared(url.clone())?.connect().await?);
+            channels.push(
+                tonic::transport::Endpoint::from_shared(url.clone())?
+                    .connect()
+                    .await?,
+            );
         }
         let mut c = MeshAdminClient::with_interceptor(
             channels[channels.len() - 1].clone(),
@@ -92,7 +98,11 @@ async fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         let resp = admin.apply_route(route(i)).await?.into_inner();
         apply.push(start.elapsed());
-        let version = resp.route.and_then(|r| r.metadata).map(|m| m.resource_version).unwrap_or(0);
+        let version = resp
+            .route
+            .and_then(|r| r.metadata)
+            .map(|m| m.resource_version)
+            .unwrap_or(0);
         let mut got = 0;
         let mut last = start;
         while got < args.watchers {
@@ -106,7 +116,11 @@ async fn main() -> anyhow::Result<()> {
         }
         fanout.push(last - start);
     }
-    let engine = if args.database_url.is_some() { "postgres" } else { "sqlite" };
+    let engine = if args.database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
     println!(
         "store={engine} watchers={} applies={} (debug build unless --release)",
         args.watchers, args.applies

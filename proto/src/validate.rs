@@ -263,39 +263,41 @@ impl Validator {
             );
             return;
         };
-        if let Some((subset_path, subset)) = subset {
-            if !subset.is_empty() && !spec.subsets.iter().any(|s| s.name == subset) {
-                let known: Vec<&str> = spec.subsets.iter().map(|s| s.name.as_str()).collect();
-                self.err(
-                    subset_path,
-                    format!(
-                        "unknown subset {subset:?} of service {service:?} (it has: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                );
-            }
+        if let Some((subset_path, subset)) = subset
+            && !subset.is_empty()
+            && !spec.subsets.iter().any(|s| s.name == subset)
+        {
+            let known: Vec<&str> = spec.subsets.iter().map(|s| s.name.as_str()).collect();
+            self.err(
+                subset_path,
+                format!(
+                    "unknown subset {subset:?} of service {service:?} (it has: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
         }
     }
 
     fn mesh_config(&mut self, r: &v1::MeshConfig) {
-        if let Some(meta) = &r.metadata {
-            if !meta.name.is_empty() && meta.name != "mesh" {
-                self.err("metadata.name", "the MeshConfig is named \"mesh\"");
-            }
+        if let Some(meta) = &r.metadata
+            && !meta.name.is_empty()
+            && meta.name != "mesh"
+        {
+            self.err("metadata.name", "the MeshConfig is named \"mesh\"");
         }
         let Some(spec) = &r.spec else { return };
         if !matches!(spec.default_policy.as_str(), "" | "ALLOW" | "DENY") {
             self.err("spec.defaultPolicy", "must be ALLOW or DENY");
         }
         self.duration("spec.defaultTimeout", &spec.default_timeout, false);
-        if let Some(ttl) = self.duration("spec.svidTtl", &spec.svid_ttl, false) {
-            if ttl < std::time::Duration::from_secs(300) {
-                self.err("spec.svidTtl", "must be at least 5m");
-            }
+        if let Some(ttl) = self.duration("spec.svidTtl", &spec.svid_ttl, false)
+            && ttl < std::time::Duration::from_secs(300)
+        {
+            self.err("spec.svidTtl", "must be at least 5m");
         }
     }
 
@@ -524,10 +526,10 @@ impl Validator {
             }
             last = s;
         }
-        if let Some(d) = self.duration("spec.interval", &spec.interval, true) {
-            if d.is_zero() {
-                self.err("spec.interval", "must be longer than 0s");
-            }
+        if let Some(d) = self.duration("spec.interval", &spec.interval, true)
+            && d.is_zero()
+        {
+            self.err("spec.interval", "must be longer than 0s");
         }
         if let Some(c) = &spec.success_criteria {
             self.percent("spec.successCriteria.minSuccessRate", c.min_success_rate);
