@@ -289,6 +289,14 @@ impl Validator {
         {
             self.err("metadata.name", "the MeshConfig is named \"mesh\"");
         }
+        if let Some(meta) = &r.metadata
+            && !matches!(meta.namespace.as_str(), "" | "default")
+        {
+            self.err(
+                "metadata.namespace",
+                "the MeshConfig lives in namespace \"default\"",
+            );
+        }
         let Some(spec) = &r.spec else { return };
         if !matches!(spec.default_policy.as_str(), "" | "ALLOW" | "DENY") {
             self.err("spec.defaultPolicy", "must be ALLOW or DENY");

@@ -195,3 +195,14 @@ fn sql_metacharacters_are_legal_route_names() {
     );
     assert_eq!(e, vec![]);
 }
+
+#[test]
+fn mesh_config_is_one_per_mesh() {
+    let e = errors(
+        "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {name: other, namespace: shop}\nspec: {defaultPolicy: deny, svidTtl: 1m}\n",
+    );
+    assert!(at(&e, "metadata.name").contains("named \"mesh\""));
+    assert!(at(&e, "metadata.namespace").contains("\"default\""));
+    assert_eq!(at(&e, "spec.defaultPolicy"), "must be ALLOW or DENY");
+    assert_eq!(at(&e, "spec.svidTtl"), "must be at least 5m");
+}
