@@ -178,7 +178,7 @@ async fn change_feed_delivers_every_change_in_order(open: &Open<'_>) {
             let c = s.delete(Kind::Route, "default", &name, None).await.unwrap();
             expected.push((c.resource_version, ChangeOp::Delete, name));
         } else {
-            let (o, _) = s
+            let (o, outcome) = s
                 .put(
                     Kind::Route,
                     "default",
@@ -188,7 +188,12 @@ async fn change_feed_delivers_every_change_in_order(open: &Open<'_>) {
                 )
                 .await
                 .unwrap();
-            expected.push((o.resource_version, ChangeOp::Put, name));
+            let op = if outcome == PutOutcome::Created {
+                ChangeOp::Create
+            } else {
+                ChangeOp::Update
+            };
+            expected.push((o.resource_version, op, name));
         }
     }
     let mut got = Vec::new();

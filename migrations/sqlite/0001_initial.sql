@@ -21,7 +21,7 @@ CREATE TABLE resources (
 
 CREATE TABLE changes (
     resource_version INTEGER PRIMARY KEY,
-    op               TEXT   NOT NULL CHECK (op IN ('PUT', 'DELETE')),
+    op               TEXT   NOT NULL CHECK (op IN ('CREATE', 'UPDATE', 'DELETE')),
     kind             TEXT   NOT NULL,
     namespace        TEXT   NOT NULL,
     name             TEXT   NOT NULL,

@@ -380,9 +380,8 @@ impl<R: ApiResource> Watch<R> {
         }
         let ty = match change.op {
             ChangeOp::Delete => v1::watch_event::Type::Deleted,
-            // A put that created the object stamps both times with the same instant.
-            ChangeOp::Put if obj.created_at == obj.updated_at => v1::watch_event::Type::Added,
-            ChangeOp::Put => v1::watch_event::Type::Modified,
+            ChangeOp::Create => v1::watch_event::Type::Added,
+            ChangeOp::Update => v1::watch_event::Type::Modified,
         };
         match decode::<R>(obj) {
             Ok(r) => self.send(ty, change.resource_version, Some(r)).await,

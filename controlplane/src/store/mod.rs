@@ -85,7 +85,8 @@ pub enum PutOutcome {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeOp {
-    Put,
+    Create,
+    Update,
     Delete,
 }
 

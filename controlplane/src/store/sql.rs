@@ -89,10 +89,10 @@ pub(super) struct ChangeRow {
 
 impl ChangeRow {
     pub fn into_change(self) -> Result<Change, StoreError> {
-        let op = if self.op == "DELETE" {
-            ChangeOp::Delete
-        } else {
-            ChangeOp::Put
+        let op = match self.op.as_str() {
+            "DELETE" => ChangeOp::Delete,
+            "CREATE" => ChangeOp::Create,
+            _ => ChangeOp::Update,
         };
         Ok(Change {
             resource_version: version(self.resource_version),
@@ -222,7 +222,19 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 self.record_change(
-                    &mut tx, rv, "PUT", kind, namespace, name, &body, created_at, now,
+                    &mut tx,
+                    rv,
+                    if existing.is_some() {
+                        "UPDATE"
+                    } else {
+                        "CREATE"
+                    },
+                    kind,
+                    namespace,
+                    name,
+                    &body,
+                    created_at,
+                    now,
                 )
                 .await?;
                 tx.commit().await?;
