@@ -23,8 +23,20 @@ fn get(ns: &str, name: &str) -> v1::GetRequest {
 }
 
 #[tokio::test]
-async fn apply_get_list_delete_round_trip() {
+async fn apply_get_list_delete_round_trip_sqlite() {
     let (_db, server) = sqlite_server().await;
+    round_trip(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_list_delete_round_trip_postgres() {
+    let db = common::PgTestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Some(&db.url), dir.path()).await;
+    round_trip(server).await;
+}
+
+async fn round_trip(server: TestServer) {
     let mut c = server.admin().await;
     let svc = c
         .apply_service(doc::<v1::Service>(REVIEWS_SERVICE))
