@@ -44,7 +44,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => PathBuf::from(p),
         None => protoc_bin_vendored::protoc_bin_path()?,
     };
+    // Printing any rerun-if line turns off cargo's default "any file changed" check, so name
+    // the protos too.
     println!("cargo:rerun-if-env-changed=PROTOC");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=quiver/v1");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let mut config = prost_build::Config::new();

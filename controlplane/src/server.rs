@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::api::{AdminApi, IdentityApi, Inputs, rfc3339};
+use crate::api::{AdminApi, DiscoveryApi, Inputs, rfc3339};
 use crate::auth;
 use crate::ca::{CaError, MeshCa};
 use crate::metrics::{self, Metrics};
@@ -196,11 +196,9 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     let grpc = tonic::service::Routes::new(v1::mesh_admin_server::MeshAdminServer::new(
         AdminApi::new(inputs.clone()),
     ))
-    .add_service(
-        v1::mesh_identity_service_server::MeshIdentityServiceServer::new(IdentityApi::new(
-            inputs.clone(),
-        )),
-    )
+    .add_service(v1::mesh_discovery_server::MeshDiscoveryServer::new(
+        DiscoveryApi::new(inputs.clone()),
+    ))
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha)
     .prepare()

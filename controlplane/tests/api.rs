@@ -395,7 +395,7 @@ async fn reflection_lists_the_services() {
         panic!("{msg:?}")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["quiver.v1.MeshAdmin", "quiver.v1.MeshIdentityService"] {
+    for want in ["quiver.v1.MeshAdmin", "quiver.v1.MeshDiscovery"] {
         assert!(
             names.iter().any(|n| n == want),
             "{want} missing from {names:?}"

@@ -7,20 +7,18 @@ use std::time::{Duration, SystemTime};
 
 use common::{SqliteTestDb, TestServer};
 use quiver_api::certs::{self, CertificateAuthority};
-use quiver_api::v1::{self, mesh_identity_service_client::MeshIdentityServiceClient};
+use quiver_api::v1::{self, mesh_discovery_client::MeshDiscoveryClient};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::UnixTime;
 use tonic::Code;
 
-async fn identity_client(
-    server: &TestServer,
-) -> MeshIdentityServiceClient<tonic::transport::Channel> {
+async fn identity_client(server: &TestServer) -> MeshDiscoveryClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    MeshIdentityServiceClient::new(channel)
+    MeshDiscoveryClient::new(channel)
 }
 
 async fn join_token(server: &TestServer, ttl: &str, uses: u32) -> v1::CreateJoinTokenResponse {
@@ -245,7 +243,7 @@ async fn the_ca_survives_restarts_and_operator_keys_must_be_private() {
         .connect()
         .await
         .unwrap();
-    let bundle = MeshIdentityServiceClient::new(channel)
+    let bundle = MeshDiscoveryClient::new(channel)
         .get_trust_bundle(v1::GetTrustBundleRequest {})
         .await
         .unwrap()

@@ -68,7 +68,7 @@ async fn apply_on_one_replica_is_watched_on_the_other() {
                 .connect()
                 .await
                 .unwrap();
-            v1::mesh_identity_service_client::MeshIdentityServiceClient::new(channel)
+            v1::mesh_discovery_client::MeshDiscoveryClient::new(channel)
                 .get_trust_bundle(v1::GetTrustBundleRequest {})
                 .await
                 .unwrap()

@@ -1,4 +1,4 @@
-//! The gRPC API: `quiver.v1.MeshAdmin` (bearer tokens, roles) and `quiver.v1.MeshIdentityService`
+//! The gRPC API: `quiver.v1.MeshAdmin` (bearer tokens, roles) and `quiver.v1.MeshDiscovery`
 //! (join tokens and CSRs). Handlers authorise, call the store or the CA, and map errors to gRPC
 //! status codes; they own no state beyond [`Inputs`].
 
@@ -15,10 +15,10 @@ use crate::metrics::Metrics;
 use crate::store::{Feed, JoinTokenRecord, RedeemError, Store, StoreError, now_ms};
 
 mod admin;
-mod identity;
+mod discovery;
 mod resources;
 
-pub use identity::IdentityApi;
+pub use discovery::DiscoveryApi;
 pub use resources::{WatchStream, decode, rfc3339};
 
 /// Everything the handlers share.

@@ -1,6 +1,6 @@
-//! `quiver.v1.MeshIdentityService`: proxies join with a one-time join token and a CSR. The
-//! join token is the credential here (not a bearer API token); it is checked and used up
-//! atomically in the store.
+//! `quiver.v1.MeshDiscovery`, the proxies' API. So far: proxies join with a one-time join
+//! token and a CSR. The join token is the credential here (not a bearer API token); it is
+//! checked and used up atomically in the store.
 
 use std::sync::Arc;
 
@@ -12,18 +12,18 @@ use crate::auth::hash_secret;
 use crate::store::now_ms;
 
 #[derive(Clone)]
-pub struct IdentityApi {
+pub struct DiscoveryApi {
     inputs: Arc<Inputs>,
 }
 
-impl IdentityApi {
+impl DiscoveryApi {
     pub fn new(inputs: Arc<Inputs>) -> Self {
         Self { inputs }
     }
 }
 
 #[tonic::async_trait]
-impl v1::mesh_identity_service_server::MeshIdentityService for IdentityApi {
+impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
     async fn join(
         &self,
         req: Request<v1::JoinRequest>,
