@@ -91,6 +91,11 @@ async fn round_trip(server: TestServer) {
         err.message().contains("Route shop/reviews not found"),
         "{err:?}"
     );
+    let err = c.get_route(get("shop", "")).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "name: required")
+    );
     server.stop().await;
 }
 

@@ -64,6 +64,13 @@ fn namespace_or_default(ns: &str) -> &str {
     if ns.is_empty() { DEFAULT_NAMESPACE } else { ns }
 }
 
+fn require_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("name: required"));
+    }
+    Ok(())
+}
+
 /// Decode a stored object, filling metadata the store owns (version, timestamps).
 pub fn decode<R: Resource>(obj: &StoredObject) -> Result<R, Status> {
     let mut r = R::decode(obj.body.as_slice()).map_err(|e| {
@@ -176,6 +183,7 @@ impl AdminApi {
         )
         .await?;
         let req = req.into_inner();
+        require_name(&req.name)?;
         let ns = namespace_or_default(&req.namespace);
         match self.get_stored::<R>(ns, &req.name).await? {
             Some(obj) => decode(&obj),
@@ -224,6 +232,7 @@ impl AdminApi {
         )
         .await?;
         let req = req.into_inner();
+        require_name(&req.name)?;
         let ns = namespace_or_default(&req.namespace);
         let _t = self.inputs.metrics.store_timer("delete");
         let change = self
