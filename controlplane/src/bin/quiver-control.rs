@@ -7,7 +7,19 @@ use clap::Parser;
 use quiver_control::server::{self, Config};
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // Bad flags or environment: EX_USAGE, like every Quiver binary.
+            let _ = e.print();
+            return ExitCode::from(64);
+        }
+        Err(e) => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     init_tracing(&config.log_format);
     // Keep rustls on ring even if another provider is ever linked in.
     let _ = rustls::crypto::ring::default_provider().install_default();
