@@ -65,12 +65,15 @@ pub struct Config {
 
 fn redact<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     // Show the engine and host, never a password.
-    let shown = url.as_deref().map(|u| match (u.find("://"), u.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &u[..scheme], &u[at + 1..])
-        }
-        _ => u.to_string(),
-    });
+    let shown = url
+        .as_deref()
+        .map(|u| u.split('?').next().unwrap_or_default())
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+            }
+            _ => u.to_string(),
+        });
     s.serialize_some(&shown)
 }
 

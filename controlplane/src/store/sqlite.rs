@@ -27,20 +27,24 @@ impl SqliteStore {
     /// A read transaction in WAL mode already sees one snapshot.
     const SNAPSHOT: Option<&'static str> = None;
 
-    /// Open (creating) `DIR/quiver.db`. The directory is created with mode 0700 and the
-    /// database file with 0600: it holds the CA key and token hashes.
+    /// Open (creating) `DIR/quiver.db`. A directory this creates gets mode 0700, and the
+    /// database file is created with 0600: it holds the CA key and token hashes.
     pub async fn open_dir(dir: &Path) -> Result<Self, StoreError> {
         let data_dir_err = |source| StoreError::DataDir {
             path: dir.display().to_string(),
             source,
         };
+        let created = !dir.exists();
         std::fs::create_dir_all(dir).map_err(data_dir_err)?;
         let file = dir.join("quiver.db");
         #[cfg(unix)]
         {
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(data_dir_err)?;
+            // Only a directory we created: an operator's existing directory keeps its mode.
+            if created {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(data_dir_err)?;
+            }
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
