@@ -142,6 +142,10 @@ async fn quiverctl_end_to_end() {
         .await;
     assert!(err.contains("spec.rules[0].backends"), "{err}");
 
+    let twice = format!("{}---\n{}", route_yaml("dup", 50), route_yaml("dup", 60));
+    let err = ctl.fails(&["apply", "-f", "-"], Some(twice)).await;
+    assert!(err.contains("Route shop/dup appears twice"), "{err}");
+
     // Tokens.
     let viewer = ctl.ok(&["token", "create", "--role", "viewer"], None).await;
     let viewer = Ctl {

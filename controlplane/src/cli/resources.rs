@@ -45,10 +45,22 @@ fn read_documents(files: &[PathBuf]) -> anyhow::Result<Vec<(String, AnyResource)
             sources.push((f.display().to_string(), read(f)?));
         }
     }
-    let mut docs = Vec::new();
+    let mut docs: Vec<(String, AnyResource)> = Vec::new();
     for (name, text) in sources {
         let parsed = document::parse_documents(&text).with_context(|| name.clone())?;
         docs.extend(parsed.into_iter().map(|d| (name.clone(), d)));
+    }
+    // The same object twice in one apply is almost always a copy-paste slip: the second would
+    // silently win. Refuse it, naming both places.
+    let mut seen = std::collections::BTreeMap::new();
+    for (source, doc) in &docs {
+        if let Some(first) = seen.insert((doc.kind(), doc.key()), source) {
+            bail!(
+                "{} {} appears twice (in {first} and in {source}); nothing was applied",
+                doc.kind(),
+                doc.key()
+            );
+        }
     }
     Ok(docs)
 }
