@@ -207,6 +207,18 @@ async fn the_ca_survives_restarts_and_operator_keys_must_be_private() {
         .unwrap()
         .into_inner();
     assert_eq!(first.pem, second.pem, "same root after a restart");
+    let root = certs::certs_from_pem(&first.pem).unwrap();
+    let (_, root) = x509_parser::parse_x509_certificate(&root[0]).unwrap();
+    assert!(root.is_ca());
+    match root.public_key().parsed().unwrap() {
+        x509_parser::public_key::PublicKey::EC(ec) => assert_eq!(ec.key_size(), 256),
+        other => panic!("root key is not ECDSA P-256: {other:?}"),
+    }
+    assert!(
+        root.subject().to_string().contains("mesh.local"),
+        "{}",
+        root.subject()
+    );
     server.stop().await;
 
     // An operator CA whose key is group-readable is refused, naming the fix.

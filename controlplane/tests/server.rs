@@ -46,7 +46,33 @@ async fn first_start_creates_an_admin_token_once() {
         .unwrap()
         .into_inner();
     assert_eq!(status.role, "admin");
+    let viewer = server
+        .admin()
+        .await
+        .create_api_token(v1::CreateApiTokenRequest {
+            role: "viewer".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
     server.stop().await;
+
+    // Only hashes are stored: no secret appears anywhere in the database files.
+    let mut bytes = Vec::new();
+    for f in ["quiver.db", "quiver.db-wal"] {
+        bytes.extend(std::fs::read(db.dir.path().join(f)).unwrap_or_default());
+    }
+    let contains = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        !contains(&token) && !contains(&viewer),
+        "a token secret was stored"
+    );
+    assert!(
+        contains(&quiver_control::auth::hash_secret(&viewer)),
+        "the hash is what is stored"
+    );
 
     let again = start(&cfg).await;
     assert_eq!(again.new_admin_token, None, "printed once, never again");
