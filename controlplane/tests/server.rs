@@ -83,7 +83,9 @@ async fn first_start_creates_an_admin_token_once() {
 async fn serves_tls_when_given_a_certificate() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let db = SqliteTestDb::create();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
     let (cert, key) = (db.dir.path().join("tls.pem"), db.dir.path().join("tls.key"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
@@ -114,6 +116,24 @@ async fn serves_tls_when_given_a_certificate() {
     );
     let status = client.status(req).await.unwrap().into_inner();
     assert_eq!(status.store, "sqlite");
+
+    // quiverctl with --ca-file.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quiverctl"));
+    cmd.args(["status", "--ca-file"])
+        .arg(&cert)
+        .arg("--server")
+        .arg(format!("https://127.0.0.1:{}", running.addr.port()))
+        .env("QUIVER_TOKEN", common::ADMIN_TOKEN);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("your role:            admin"));
 
     // Plaintext h2c is not served on a TLS port.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", running.addr))
