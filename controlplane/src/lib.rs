@@ -1,4 +1,10 @@
 //! quiver-control: the control plane (store, CA, API) and the library behind `quiverctl`.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod auth;
+pub mod ca;
 pub mod cli;
+pub mod metrics;
+pub mod server;
+pub mod store;

@@ -7,6 +7,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = quiver_control::cli::Cli::parse();
+    // Keep rustls on ring (https:// servers) even if another provider is ever linked in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match quiver_control::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

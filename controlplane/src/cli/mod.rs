@@ -1,8 +1,14 @@
-//! `quiverctl` commands. Each subcommand lives in its own module; this file only dispatches.
+//! `quiverctl` commands. Each subcommand lives in its own module; this file only parses and
+//! dispatches.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 pub mod certs;
+mod client;
+mod resources;
+mod tokens;
 
 #[derive(Debug, Parser)]
 #[command(name = "quiverctl", version, about = "Operate a Quiver mesh")]
@@ -11,15 +17,102 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the control plane is and who we are.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Control-plane API address (http:// for h2c, https:// for TLS).
+    #[arg(
+        long,
+        env = "QUIVER_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// API token (admin or viewer).
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to verify an https:// server with.
+    #[arg(long, env = "QUIVER_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create or update resources from YAML: -f FILE, -f DIR (its *.yaml, *.yml, *.json) or -f -.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Show resources: KIND (service, route, canary, authorizationpolicy, meshconfig,
+    /// workload) and optionally a NAME.
+    Get {
+        kind: String,
+        name: Option<String>,
+        /// Namespace (default: all namespaces when listing, "default" with a NAME).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "yaml", "json"])]
+        output: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Delete a resource.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// API tokens.
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
+    /// Join tokens for proxies.
+    #[command(subcommand, name = "join-token")]
+    JoinToken(tokens::JoinTokenCommand),
+    /// Show the control plane's status.
+    Status {
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Mint development certificates for static-config proxies and tests.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Certs(c) => certs::run(c),
+    if let Command::Certs(c) = cli.command {
+        return certs::run(c);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(cli.command))
+}
+
+async fn run_async(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Apply { files, conn } => resources::apply(&conn, &files).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+            conn,
+        } => resources::get(&conn, &kind, name.as_deref(), namespace.as_deref(), &output).await,
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+            conn,
+        } => resources::delete(&conn, &kind, &namespace, &name).await,
+        Command::Token(c) => tokens::token(c).await,
+        Command::JoinToken(c) => tokens::join_token(c).await,
+        Command::Status { conn } => tokens::status(&conn).await,
+        Command::Certs(_) => Ok(()),
     }
 }

@@ -1,0 +1,364 @@
+//! `quiver.v1.MeshAdmin`: one line per RPC, delegating to the generic handlers.
+
+use quiver_api::v1::{self, mesh_admin_server::MeshAdmin};
+use tonic::{Request, Response, Status};
+
+use super::{AdminApi, WatchStream};
+
+#[tonic::async_trait]
+impl MeshAdmin for AdminApi {
+    async fn apply_service(
+        &self,
+        req: Request<v1::Service>,
+    ) -> Result<Response<v1::ApplyServiceResponse>, Status> {
+        self.call("ApplyService", async {
+            let (obj, outcome) = self.apply("ApplyService", req).await?;
+            Ok(v1::ApplyServiceResponse {
+                service: Some(obj),
+                outcome: outcome as i32,
+            })
+        })
+        .await
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::Service>, Status> {
+        self.call("GetService", self.get("GetService", req)).await
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::ServiceList>, Status> {
+        self.call("ListServices", async {
+            let (items, resource_version) = self.list("ListServices", req).await?;
+            Ok(v1::ServiceList {
+                items,
+                resource_version,
+            })
+        })
+        .await
+    }
+
+    async fn delete_service(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        self.call(
+            "DeleteService",
+            self.delete::<v1::Service>("DeleteService", req),
+        )
+        .await
+    }
+
+    type WatchServicesStream = WatchStream;
+
+    async fn watch_services(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.call(
+            "WatchServices",
+            self.watch::<v1::Service>("WatchServices", req),
+        )
+        .await
+    }
+
+    async fn apply_route(
+        &self,
+        req: Request<v1::Route>,
+    ) -> Result<Response<v1::ApplyRouteResponse>, Status> {
+        self.call("ApplyRoute", async {
+            let (obj, outcome) = self.apply("ApplyRoute", req).await?;
+            Ok(v1::ApplyRouteResponse {
+                route: Some(obj),
+                outcome: outcome as i32,
+            })
+        })
+        .await
+    }
+
+    async fn get_route(&self, req: Request<v1::GetRequest>) -> Result<Response<v1::Route>, Status> {
+        self.call("GetRoute", self.get("GetRoute", req)).await
+    }
+
+    async fn list_routes(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::RouteList>, Status> {
+        self.call("ListRoutes", async {
+            let (items, resource_version) = self.list("ListRoutes", req).await?;
+            Ok(v1::RouteList {
+                items,
+                resource_version,
+            })
+        })
+        .await
+    }
+
+    async fn delete_route(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        self.call("DeleteRoute", self.delete::<v1::Route>("DeleteRoute", req))
+            .await
+    }
+
+    type WatchRoutesStream = WatchStream;
+
+    async fn watch_routes(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.call("WatchRoutes", self.watch::<v1::Route>("WatchRoutes", req))
+            .await
+    }
+
+    async fn apply_canary(
+        &self,
+        req: Request<v1::Canary>,
+    ) -> Result<Response<v1::ApplyCanaryResponse>, Status> {
+        self.call("ApplyCanary", async {
+            let (obj, outcome) = self.apply("ApplyCanary", req).await?;
+            Ok(v1::ApplyCanaryResponse {
+                canary: Some(obj),
+                outcome: outcome as i32,
+            })
+        })
+        .await
+    }
+
+    async fn get_canary(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::Canary>, Status> {
+        self.call("GetCanary", self.get("GetCanary", req)).await
+    }
+
+    async fn list_canaries(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::CanaryList>, Status> {
+        self.call("ListCanaries", async {
+            let (items, resource_version) = self.list("ListCanaries", req).await?;
+            Ok(v1::CanaryList {
+                items,
+                resource_version,
+            })
+        })
+        .await
+    }
+
+    async fn delete_canary(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        self.call(
+            "DeleteCanary",
+            self.delete::<v1::Canary>("DeleteCanary", req),
+        )
+        .await
+    }
+
+    type WatchCanariesStream = WatchStream;
+
+    async fn watch_canaries(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.call(
+            "WatchCanaries",
+            self.watch::<v1::Canary>("WatchCanaries", req),
+        )
+        .await
+    }
+
+    async fn apply_authorization_policy(
+        &self,
+        req: Request<v1::AuthorizationPolicy>,
+    ) -> Result<Response<v1::ApplyAuthorizationPolicyResponse>, Status> {
+        self.call("ApplyAuthorizationPolicy", async {
+            let (obj, outcome) = self.apply("ApplyAuthorizationPolicy", req).await?;
+            Ok(v1::ApplyAuthorizationPolicyResponse {
+                authorization_policy: Some(obj),
+                outcome: outcome as i32,
+            })
+        })
+        .await
+    }
+
+    async fn get_authorization_policy(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::AuthorizationPolicy>, Status> {
+        self.call(
+            "GetAuthorizationPolicy",
+            self.get("GetAuthorizationPolicy", req),
+        )
+        .await
+    }
+
+    async fn list_authorization_policies(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::AuthorizationPolicyList>, Status> {
+        self.call("ListAuthorizationPolicies", async {
+            let (items, resource_version) = self.list("ListAuthorizationPolicies", req).await?;
+            Ok(v1::AuthorizationPolicyList {
+                items,
+                resource_version,
+            })
+        })
+        .await
+    }
+
+    async fn delete_authorization_policy(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        self.call(
+            "DeleteAuthorizationPolicy",
+            self.delete::<v1::AuthorizationPolicy>("DeleteAuthorizationPolicy", req),
+        )
+        .await
+    }
+
+    type WatchAuthorizationPoliciesStream = WatchStream;
+
+    async fn watch_authorization_policies(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.call(
+            "WatchAuthorizationPolicies",
+            self.watch::<v1::AuthorizationPolicy>("WatchAuthorizationPolicies", req),
+        )
+        .await
+    }
+
+    async fn apply_mesh_config(
+        &self,
+        req: Request<v1::MeshConfig>,
+    ) -> Result<Response<v1::ApplyMeshConfigResponse>, Status> {
+        self.call("ApplyMeshConfig", async {
+            let (obj, outcome) = self.apply("ApplyMeshConfig", req).await?;
+            Ok(v1::ApplyMeshConfigResponse {
+                mesh_config: Some(obj),
+                outcome: outcome as i32,
+            })
+        })
+        .await
+    }
+
+    async fn get_mesh_config(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::MeshConfig>, Status> {
+        self.call("GetMeshConfig", self.get("GetMeshConfig", req))
+            .await
+    }
+
+    async fn list_mesh_configs(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::MeshConfigList>, Status> {
+        self.call("ListMeshConfigs", async {
+            let (items, resource_version) = self.list("ListMeshConfigs", req).await?;
+            Ok(v1::MeshConfigList {
+                items,
+                resource_version,
+            })
+        })
+        .await
+    }
+
+    async fn delete_mesh_config(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        self.call(
+            "DeleteMeshConfig",
+            self.delete::<v1::MeshConfig>("DeleteMeshConfig", req),
+        )
+        .await
+    }
+
+    type WatchMeshConfigsStream = WatchStream;
+
+    async fn watch_mesh_configs(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.call(
+            "WatchMeshConfigs",
+            self.watch::<v1::MeshConfig>("WatchMeshConfigs", req),
+        )
+        .await
+    }
+
+    async fn get_workload(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::Workload>, Status> {
+        self.call("GetWorkload", self.get("GetWorkload", req)).await
+    }
+
+    async fn list_workloads(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::WorkloadList>, Status> {
+        self.call("ListWorkloads", async {
+            let (items, resource_version) = self.list("ListWorkloads", req).await?;
+            Ok(v1::WorkloadList {
+                items,
+                resource_version,
+            })
+        })
+        .await
+    }
+
+    type WatchWorkloadsStream = WatchStream;
+
+    async fn watch_workloads(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.call(
+            "WatchWorkloads",
+            self.watch::<v1::Workload>("WatchWorkloads", req),
+        )
+        .await
+    }
+
+    async fn create_api_token(
+        &self,
+        req: Request<v1::CreateApiTokenRequest>,
+    ) -> Result<Response<v1::CreateApiTokenResponse>, Status> {
+        self.call("CreateApiToken", AdminApi::create_api_token(self, req))
+            .await
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<v1::CreateJoinTokenRequest>,
+    ) -> Result<Response<v1::CreateJoinTokenResponse>, Status> {
+        self.call("CreateJoinToken", AdminApi::create_join_token(self, req))
+            .await
+    }
+
+    async fn get_trust_bundle(
+        &self,
+        req: Request<v1::GetTrustBundleRequest>,
+    ) -> Result<Response<v1::TrustBundle>, Status> {
+        self.call("GetTrustBundle", self.trust_bundle(req)).await
+    }
+
+    async fn status(
+        &self,
+        req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        self.call("Status", AdminApi::status(self, req)).await
+    }
+}

@@ -1,0 +1,238 @@
+//! The gRPC API: `quiver.v1.MeshAdmin` (bearer tokens, roles) and `quiver.v1.MeshDiscovery`
+//! (join tokens and CSRs). Handlers authorise, call the store or the CA, and map errors to gRPC
+//! status codes; they own no state beyond [`Inputs`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_api::resource::{DEFAULT_NAMESPACE, Kind};
+use quiver_api::v1;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{self, Role, authorize};
+use crate::ca::MeshCa;
+use crate::metrics::Metrics;
+use crate::store::{Feed, JoinTokenRecord, RedeemError, Store, StoreError, now_ms};
+
+mod admin;
+mod discovery;
+mod resources;
+
+pub use discovery::DiscoveryApi;
+pub use resources::{WatchStream, decode, rfc3339};
+
+/// Everything the handlers share.
+pub struct Inputs {
+    pub store: Arc<dyn Store>,
+    pub feed: Feed,
+    pub ca: MeshCa,
+    pub metrics: Metrics,
+    /// SVID lifetime unless MeshConfig `spec.svidTtl` says otherwise.
+    pub svid_ttl: Duration,
+    pub started_at: String,
+}
+
+/// `quiver.v1.MeshAdmin`.
+#[derive(Clone)]
+pub struct AdminApi {
+    inputs: Arc<Inputs>,
+}
+
+impl AdminApi {
+    pub fn new(inputs: Arc<Inputs>) -> Self {
+        Self { inputs }
+    }
+
+    /// Run a handler and count its outcome by method and code.
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        f: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let result = f.await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.inputs.metrics.call(method, code);
+        result.map(Response::new)
+    }
+
+    async fn create_api_token(
+        &self,
+        req: Request<v1::CreateApiTokenRequest>,
+    ) -> Result<v1::CreateApiTokenResponse, Status> {
+        let store = self.inputs.store.as_ref();
+        authorize(store, req.metadata(), Role::Admin, "CreateApiToken").await?;
+        let req = req.into_inner();
+        let role = Role::parse(&req.role).ok_or_else(|| {
+            Status::invalid_argument(format!("role: {:?} is not admin or viewer", req.role))
+        })?;
+        let (id, token) = auth::create_token(store, role, &req.description)
+            .await
+            .map_err(store_status)?;
+        Ok(v1::CreateApiTokenResponse {
+            token,
+            id,
+            role: role.as_str().into(),
+        })
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<v1::CreateJoinTokenRequest>,
+    ) -> Result<v1::CreateJoinTokenResponse, Status> {
+        let store = self.inputs.store.as_ref();
+        authorize(store, req.metadata(), Role::Admin, "CreateJoinToken").await?;
+        let req = req.into_inner();
+        let namespace = if req.namespace.is_empty() {
+            DEFAULT_NAMESPACE.to_string()
+        } else {
+            req.namespace
+        };
+        let mut errors = Vec::new();
+        if !is_dns_label(&namespace) {
+            errors.push(format!("namespace: {namespace:?} is not a DNS label"));
+        }
+        if !is_dns_label(&req.service_account) {
+            errors.push(format!(
+                "serviceAccount: {:?} is not a DNS label",
+                req.service_account
+            ));
+        }
+        let ttl = if req.ttl.is_empty() {
+            Duration::from_secs(3600)
+        } else {
+            match quiver_api::duration::parse(&req.ttl) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    errors.push("ttl: must be longer than 0s".into());
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    errors.push(format!("ttl: {e}"));
+                    Duration::ZERO
+                }
+            }
+        };
+        let uses = if req.uses == 0 { 1 } else { req.uses };
+        if uses > 10_000 {
+            errors.push(format!("uses: {uses} is above the limit of 10000"));
+        }
+        if !errors.is_empty() {
+            return Err(Status::invalid_argument(errors.join("; ")));
+        }
+        let spiffe_id = quiver_api::SpiffeId::workload(
+            self.inputs.ca.trust_domain(),
+            &namespace,
+            &req.service_account,
+        )
+        .map_err(|e| Status::invalid_argument(format!("serviceAccount: {e}")))?;
+        let secret = auth::new_secret("qvj_");
+        let hash = auth::hash_secret(&secret);
+        let now = now_ms();
+        let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let record = JoinTokenRecord {
+            id: hash[..12].to_string(),
+            token_hash: hash,
+            namespace,
+            service_account: req.service_account,
+            expires_at,
+            max_uses: i32::try_from(uses).unwrap_or(i32::MAX),
+            uses: 0,
+            created_at: now,
+        };
+        store
+            .insert_join_token(&record)
+            .await
+            .map_err(store_status)?;
+        Ok(v1::CreateJoinTokenResponse {
+            token: secret,
+            id: record.id,
+            spiffe_id: spiffe_id.to_string(),
+            expires_at: rfc3339(expires_at),
+            uses,
+        })
+    }
+
+    async fn status(&self, req: Request<v1::StatusRequest>) -> Result<v1::StatusResponse, Status> {
+        let store = self.inputs.store.as_ref();
+        let role = authorize(store, req.metadata(), Role::Viewer, "Status").await?;
+        let counts = store.counts().await.map_err(store_status)?;
+        Ok(v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            store: store.engine().into(),
+            trust_domain: self.inputs.ca.trust_domain().into(),
+            resource_version: store.current_version().await.map_err(store_status)?,
+            counts: resources::counts_by_kind(counts),
+            watchers: self.inputs.metrics.watchers(),
+            started_at: self.inputs.started_at.clone(),
+            role: role.as_str().into(),
+        })
+    }
+
+    async fn trust_bundle(
+        &self,
+        req: Request<v1::GetTrustBundleRequest>,
+    ) -> Result<v1::TrustBundle, Status> {
+        authorize(
+            self.inputs.store.as_ref(),
+            req.metadata(),
+            Role::Viewer,
+            "GetTrustBundle",
+        )
+        .await?;
+        Ok(trust_bundle(&self.inputs.ca))
+    }
+}
+
+fn trust_bundle(ca: &MeshCa) -> v1::TrustBundle {
+    v1::TrustBundle {
+        trust_domain: ca.trust_domain().into(),
+        pem: ca.bundle_pem().into(),
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Map a store error to the status a client can act on.
+pub fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Conflict { .. } => Status::aborted(e.to_string()),
+        StoreError::NotFound { .. } => Status::not_found(e.to_string()),
+        other => {
+            tracing::error!(error = %other, "store call failed");
+            Status::unavailable("the store is unavailable; try again")
+        }
+    }
+}
+
+fn redeem_status(e: RedeemError) -> Status {
+    match e {
+        RedeemError::Unknown => Status::unauthenticated("join token is not known"),
+        RedeemError::Expired | RedeemError::UsedUp(_) => Status::permission_denied(e.to_string()),
+        RedeemError::Store(e) => store_status(e),
+    }
+}
+
+/// The SVID lifetime: MeshConfig `spec.svidTtl` when set, else the server default.
+async fn svid_ttl(inputs: &Inputs) -> Duration {
+    let stored = inputs
+        .store
+        .get(Kind::MeshConfig, DEFAULT_NAMESPACE, "mesh")
+        .await
+        .ok()
+        .flatten();
+    stored
+        .and_then(|s| decode::<v1::MeshConfig>(&s).ok())
+        .and_then(|m| m.spec)
+        .and_then(|s| quiver_api::duration::parse(&s.svid_ttl).ok())
+        .unwrap_or(inputs.svid_ttl)
+}

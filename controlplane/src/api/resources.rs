@@ -1,0 +1,430 @@
+//! The generic half of the admin API: Apply, Get, List, Delete and Watch for any kind, so the
+//! per-kind RPCs in [`super::admin`] are one line each.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use quiver_api::resource::{DEFAULT_NAMESPACE, Kind, Resource};
+use quiver_api::v1::{self, watch_event};
+use quiver_api::{document, validate};
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Status};
+
+use super::{AdminApi, store_status};
+use crate::auth::{Role, authorize};
+use crate::store::{Change, ChangeOp, StoredObject};
+
+/// What every Watch RPC returns.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
+
+/// A resource the API serves: how it appears in a watch event and what Apply keeps of it.
+pub trait ApiResource: Resource + Send + Sync + 'static {
+    /// Controller-owned state that Apply must not overwrite. Only kinds with a status need it.
+    fn keep_status_of(&mut self, _stored: &Self) {}
+    fn into_event_object(self) -> watch_event::Object;
+}
+
+macro_rules! api_resource {
+    ($($ty:ident => $variant:ident),*) => {$(
+        impl ApiResource for v1::$ty {
+            fn into_event_object(self) -> watch_event::Object {
+                watch_event::Object::$variant(self)
+            }
+        }
+    )*};
+}
+api_resource!(
+    Service => Service,
+    Route => Route,
+    AuthorizationPolicy => AuthorizationPolicy,
+    MeshConfig => MeshConfig
+);
+
+impl ApiResource for v1::Canary {
+    fn keep_status_of(&mut self, stored: &Self) {
+        self.status = stored.status.clone();
+    }
+    fn into_event_object(self) -> watch_event::Object {
+        watch_event::Object::Canary(self)
+    }
+}
+
+impl ApiResource for v1::Workload {
+    fn keep_status_of(&mut self, stored: &Self) {
+        self.status = stored.status.clone();
+    }
+    fn into_event_object(self) -> watch_event::Object {
+        watch_event::Object::Workload(self)
+    }
+}
+
+fn namespace_or_default(ns: &str) -> &str {
+    if ns.is_empty() { DEFAULT_NAMESPACE } else { ns }
+}
+
+fn require_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("name: required"));
+    }
+    Ok(())
+}
+
+/// Decode a stored object, filling metadata the store owns (version, timestamps).
+pub fn decode<R: Resource>(obj: &StoredObject) -> Result<R, Status> {
+    let mut r = R::decode(obj.body.as_slice()).map_err(|e| {
+        tracing::error!(error = %e, kind = %obj.kind, name = %obj.name, "stored body does not decode");
+        Status::internal("stored object does not decode")
+    })?;
+    let meta = r.metadata_mut();
+    meta.namespace = obj.namespace.clone();
+    meta.name = obj.name.clone();
+    meta.resource_version = obj.resource_version;
+    meta.created_at = rfc3339(obj.created_at);
+    meta.updated_at = rfc3339(obj.updated_at);
+    Ok(r)
+}
+
+/// Unix milliseconds as RFC 3339 (UTC).
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl AdminApi {
+    pub(super) async fn apply<R: ApiResource>(
+        &self,
+        method: &'static str,
+        req: Request<R>,
+    ) -> Result<(R, v1::ApplyOutcome), Status> {
+        let store = self.inputs.store.as_ref();
+        authorize(store, req.metadata(), Role::Admin, method).await?;
+        let mut obj = req.into_inner();
+        let meta = obj.metadata_mut();
+        if meta.namespace.is_empty() {
+            meta.namespace = DEFAULT_NAMESPACE.into();
+        }
+        let (ns, name, expect) = (
+            meta.namespace.clone(),
+            meta.name.clone(),
+            meta.resource_version,
+        );
+
+        let any = obj.clone().into_any();
+        let mut services = validate::Services::new();
+        for svc in validate::referenced_services(&any) {
+            let _t = self.inputs.metrics.store_timer("get");
+            if let Some(stored) = store
+                .get(Kind::Service, &ns, &svc)
+                .await
+                .map_err(store_status)?
+            {
+                let s: v1::Service = decode(&stored)?;
+                services.insert(svc, s.spec.unwrap_or_default());
+            }
+        }
+        validate::validate(&any, &services).map_err(|e| Status::invalid_argument(e.to_string()))?;
+
+        // Status is the controller's: keep the stored one (none for a new object).
+        let stored = match self.get_stored::<R>(&ns, &name).await? {
+            Some(stored) => decode(&stored)?,
+            None => R::default(),
+        };
+        obj.keep_status_of(&stored);
+        let meta = obj.metadata_mut();
+        meta.resource_version = 0;
+        meta.created_at.clear();
+        meta.updated_at.clear();
+        let canonical = document::canonicalize(&obj)
+            .map_err(|e| Status::invalid_argument(format!("{} {ns}/{name}: {e}", R::KIND)))?;
+        let body = prost::Message::encode_to_vec(&canonical);
+        let _t = self.inputs.metrics.store_timer("put");
+        let (stored, outcome) = store
+            .put(R::KIND, &ns, &name, body, Some(expect))
+            .await
+            .map_err(store_status)?;
+        let outcome = match outcome {
+            crate::store::PutOutcome::Created => v1::ApplyOutcome::Created,
+            crate::store::PutOutcome::Updated => v1::ApplyOutcome::Updated,
+            crate::store::PutOutcome::Unchanged => v1::ApplyOutcome::Unchanged,
+        };
+        Ok((decode(&stored)?, outcome))
+    }
+
+    async fn get_stored<R: Resource>(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<StoredObject>, Status> {
+        let _t = self.inputs.metrics.store_timer("get");
+        self.inputs
+            .store
+            .get(R::KIND, ns, name)
+            .await
+            .map_err(store_status)
+    }
+
+    pub(super) async fn get<R: ApiResource>(
+        &self,
+        method: &'static str,
+        req: Request<v1::GetRequest>,
+    ) -> Result<R, Status> {
+        authorize(
+            self.inputs.store.as_ref(),
+            req.metadata(),
+            Role::Viewer,
+            method,
+        )
+        .await?;
+        let req = req.into_inner();
+        require_name(&req.name)?;
+        let ns = namespace_or_default(&req.namespace);
+        match self.get_stored::<R>(ns, &req.name).await? {
+            Some(obj) => decode(&obj),
+            None => Err(Status::not_found(format!(
+                "{} {ns}/{} not found",
+                R::KIND,
+                req.name
+            ))),
+        }
+    }
+
+    pub(super) async fn list<R: ApiResource>(
+        &self,
+        method: &'static str,
+        req: Request<v1::ListRequest>,
+    ) -> Result<(Vec<R>, u64), Status> {
+        authorize(
+            self.inputs.store.as_ref(),
+            req.metadata(),
+            Role::Viewer,
+            method,
+        )
+        .await?;
+        let ns = req.into_inner().namespace;
+        let _t = self.inputs.metrics.store_timer("list");
+        let (objects, version) = self
+            .inputs
+            .store
+            .list(R::KIND, (!ns.is_empty()).then_some(ns.as_str()))
+            .await
+            .map_err(store_status)?;
+        let items = objects.iter().map(decode).collect::<Result<Vec<R>, _>>()?;
+        Ok((items, version))
+    }
+
+    pub(super) async fn delete<R: ApiResource>(
+        &self,
+        method: &'static str,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<v1::DeleteResponse, Status> {
+        authorize(
+            self.inputs.store.as_ref(),
+            req.metadata(),
+            Role::Admin,
+            method,
+        )
+        .await?;
+        let req = req.into_inner();
+        require_name(&req.name)?;
+        let ns = namespace_or_default(&req.namespace);
+        let _t = self.inputs.metrics.store_timer("delete");
+        let change = self
+            .inputs
+            .store
+            .delete(R::KIND, ns, &req.name, Some(req.resource_version))
+            .await
+            .map_err(store_status)?;
+        Ok(v1::DeleteResponse {
+            resource_version: change.resource_version,
+        })
+    }
+
+    pub(super) async fn watch<R: ApiResource>(
+        &self,
+        method: &'static str,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<WatchStream, Status> {
+        authorize(
+            self.inputs.store.as_ref(),
+            req.metadata(),
+            Role::Viewer,
+            method,
+        )
+        .await?;
+        let req = req.into_inner();
+        // Subscribe before reading the store, so nothing committed in between is missed.
+        let live = self.inputs.feed.subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let _guard = inputs.metrics.watcher();
+            let namespace = (!req.namespace.is_empty()).then_some(req.namespace);
+            let watch = Watch::<R> {
+                inputs: inputs.clone(),
+                namespace,
+                tx,
+                _kind: std::marker::PhantomData,
+            };
+            if let Err(status) = watch.run(req.resource_version, live).await {
+                let _ = watch.tx.send(Err(status)).await;
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// One Watch stream: the initial snapshot (or a resume from a version), then live changes.
+struct Watch<R> {
+    inputs: Arc<super::Inputs>,
+    namespace: Option<String>,
+    tx: mpsc::Sender<Result<v1::WatchEvent, Status>>,
+    _kind: std::marker::PhantomData<R>,
+}
+
+/// The client went away: stop quietly.
+struct Gone;
+
+impl<R: ApiResource> Watch<R> {
+    async fn run(
+        &self,
+        from: u64,
+        mut live: broadcast::Receiver<Arc<Change>>,
+    ) -> Result<(), Status> {
+        let store = self.inputs.store.as_ref();
+        let mut last = if from == 0 {
+            let (objects, snapshot) = store
+                .list(R::KIND, self.namespace.as_deref())
+                .await
+                .map_err(store_status)?;
+            for obj in &objects {
+                if self
+                    .send(
+                        v1::watch_event::Type::Added,
+                        obj.resource_version,
+                        Some(decode::<R>(obj)?),
+                    )
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            if self
+                .send(v1::watch_event::Type::Synced, snapshot, None)
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            snapshot
+        } else {
+            let oldest = store.oldest_change().await.map_err(store_status)?;
+            let current = store.current_version().await.map_err(store_status)?;
+            if from < current && oldest.is_none_or(|o| o > from + 1) {
+                return Err(Status::out_of_range(format!(
+                    "resourceVersion {from} is too old (the change feed starts at {}); re-list",
+                    oldest.unwrap_or(current)
+                )));
+            }
+            let mut last = from;
+            loop {
+                let changes = store
+                    .changes_since(last, 1000)
+                    .await
+                    .map_err(store_status)?;
+                let n = changes.len();
+                for change in changes {
+                    last = change.resource_version;
+                    if self.forward(&change).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if n < 1000 {
+                    break last;
+                }
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = self.tx.closed() => return Ok(()),
+                msg = live.recv() => match msg {
+                    Ok(change) => {
+                        if change.resource_version <= last {
+                            continue;
+                        }
+                        last = change.resource_version;
+                        if self.forward(&change).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        return Err(Status::aborted(format!(
+                            "watch fell {n} changes behind; re-list and watch again"
+                        )));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(Status::unavailable("server is shutting down"));
+                    }
+                },
+            }
+        }
+    }
+
+    async fn forward(&self, change: &Change) -> Result<(), Gone> {
+        let obj = &change.object;
+        if obj.kind != R::KIND
+            || self
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != obj.namespace)
+        {
+            return Ok(());
+        }
+        let ty = match change.op {
+            ChangeOp::Delete => v1::watch_event::Type::Deleted,
+            ChangeOp::Create => v1::watch_event::Type::Added,
+            ChangeOp::Update => v1::watch_event::Type::Modified,
+        };
+        match decode::<R>(obj) {
+            Ok(r) => self.send(ty, change.resource_version, Some(r)).await,
+            Err(status) => {
+                let _ = self.tx.send(Err(status)).await;
+                Err(Gone)
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        ty: v1::watch_event::Type,
+        version: u64,
+        obj: Option<R>,
+    ) -> Result<(), Gone> {
+        let event = v1::WatchEvent {
+            r#type: ty as i32,
+            resource_version: version,
+            object: obj.map(ApiResource::into_event_object),
+        };
+        self.tx.send(Ok(event)).await.map_err(|_| Gone)
+    }
+}
+
+/// Objects per kind, for Status.
+pub fn counts_by_kind(counts: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    Kind::ALL
+        .iter()
+        .map(|k| {
+            (
+                k.as_str().to_string(),
+                counts.get(k.as_str()).copied().unwrap_or(0),
+            )
+        })
+        .collect()
+}

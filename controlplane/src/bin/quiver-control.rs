@@ -1,0 +1,89 @@
+//! quiver-control: the Quiver control plane server.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use quiver_control::server::{self, Config};
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // Bad flags or environment: EX_USAGE, like every Quiver binary.
+            let _ = e.print();
+            return ExitCode::from(64);
+        }
+        Err(e) => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    init_tracing(&config.log_format);
+    // Keep rustls on ring even if another provider is ever linked in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(config = %serde_json::to_string(&config)?, "starting");
+    let mut running = server::start(&config).await?;
+    if let Some(token) = &running.new_admin_token {
+        // Printed once, on stdout, so an installer can capture it; only its hash is stored.
+        println!("Admin token (shown once, store it now): {token}");
+    }
+    tracing::info!(addr = %running.addr, store = running.store_engine, "serving gRPC, gRPC-web and /metrics");
+    tokio::select! {
+        r = running.wait() => r,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            running.shutdown().await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,215 @@
+//! The admin API client quiverctl uses, and per-kind dispatch over it.
+
+use quiver_api::resource::{AnyResource, Kind};
+use quiver_api::v1::{self, mesh_admin_client::MeshAdminClient};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status};
+
+use super::Connection;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = MeshAdminClient<InterceptedService<Channel, Bearer>>;
+
+/// Connect to the control plane.
+pub async fn connect(conn: &Connection) -> anyhow::Result<Client> {
+    let token =
+        match conn.token.as_deref().filter(|t| !t.trim().is_empty()) {
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                anyhow::anyhow!("--token / QUIVER_TOKEN: not a valid header value")
+            })?),
+            None => None,
+        };
+    let mut endpoint = Endpoint::from_shared(conn.server.clone()).map_err(|e| {
+        anyhow::anyhow!("--server / QUIVER_SERVER {:?}: not a URL: {e}", conn.server)
+    })?;
+    if conn.server.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &conn.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("TLS setup for {}: {e}", conn.server))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the control plane at {} (set --server or QUIVER_SERVER): {}",
+            conn.server,
+            source_chain(&e)
+        )
+    })?;
+    Ok(MeshAdminClient::with_interceptor(channel, Bearer(token)))
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// A readable one-line (or multi-line, for validation) message for a failed call.
+pub fn describe(status: &Status) -> String {
+    let hint = match status.code() {
+        tonic::Code::Unauthenticated => " (pass --token or set QUIVER_TOKEN)",
+        tonic::Code::PermissionDenied => " (this needs an admin token)",
+        tonic::Code::Aborted => " (get it again, re-apply your change)",
+        _ => "",
+    };
+    format!("{:?}: {}{hint}", status.code(), status.message())
+}
+
+pub async fn get(
+    c: &mut Client,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<AnyResource, Status> {
+    let req = v1::GetRequest {
+        namespace: namespace.into(),
+        name: name.into(),
+    };
+    Ok(match kind {
+        Kind::Service => AnyResource::Service(c.get_service(req).await?.into_inner()),
+        Kind::Route => AnyResource::Route(c.get_route(req).await?.into_inner()),
+        Kind::Canary => AnyResource::Canary(c.get_canary(req).await?.into_inner()),
+        Kind::AuthorizationPolicy => {
+            AnyResource::AuthorizationPolicy(c.get_authorization_policy(req).await?.into_inner())
+        }
+        Kind::MeshConfig => AnyResource::MeshConfig(c.get_mesh_config(req).await?.into_inner()),
+        Kind::Workload => AnyResource::Workload(c.get_workload(req).await?.into_inner()),
+    })
+}
+
+pub async fn list(c: &mut Client, kind: Kind, namespace: &str) -> Result<Vec<AnyResource>, Status> {
+    let req = v1::ListRequest {
+        namespace: namespace.into(),
+    };
+    fn wrap<T>(items: Vec<T>, f: fn(T) -> AnyResource) -> Vec<AnyResource> {
+        items.into_iter().map(f).collect()
+    }
+    Ok(match kind {
+        Kind::Service => wrap(
+            c.list_services(req).await?.into_inner().items,
+            AnyResource::Service,
+        ),
+        Kind::Route => wrap(
+            c.list_routes(req).await?.into_inner().items,
+            AnyResource::Route,
+        ),
+        Kind::Canary => wrap(
+            c.list_canaries(req).await?.into_inner().items,
+            AnyResource::Canary,
+        ),
+        Kind::AuthorizationPolicy => wrap(
+            c.list_authorization_policies(req).await?.into_inner().items,
+            AnyResource::AuthorizationPolicy,
+        ),
+        Kind::MeshConfig => wrap(
+            c.list_mesh_configs(req).await?.into_inner().items,
+            AnyResource::MeshConfig,
+        ),
+        Kind::Workload => wrap(
+            c.list_workloads(req).await?.into_inner().items,
+            AnyResource::Workload,
+        ),
+    })
+}
+
+/// Apply one resource; returns the stored resource and what happened.
+pub async fn apply(
+    c: &mut Client,
+    r: AnyResource,
+) -> Result<(AnyResource, v1::ApplyOutcome), Status> {
+    fn outcome(o: i32) -> v1::ApplyOutcome {
+        v1::ApplyOutcome::try_from(o).unwrap_or(v1::ApplyOutcome::Unspecified)
+    }
+    let missing = || Status::internal("server answered without the object");
+    Ok(match r {
+        AnyResource::Service(r) => {
+            let resp = c.apply_service(r).await?.into_inner();
+            (
+                AnyResource::Service(resp.service.ok_or_else(missing)?),
+                outcome(resp.outcome),
+            )
+        }
+        AnyResource::Route(r) => {
+            let resp = c.apply_route(r).await?.into_inner();
+            (
+                AnyResource::Route(resp.route.ok_or_else(missing)?),
+                outcome(resp.outcome),
+            )
+        }
+        AnyResource::Canary(r) => {
+            let resp = c.apply_canary(r).await?.into_inner();
+            (
+                AnyResource::Canary(resp.canary.ok_or_else(missing)?),
+                outcome(resp.outcome),
+            )
+        }
+        AnyResource::AuthorizationPolicy(r) => {
+            let resp = c.apply_authorization_policy(r).await?.into_inner();
+            (
+                AnyResource::AuthorizationPolicy(resp.authorization_policy.ok_or_else(missing)?),
+                outcome(resp.outcome),
+            )
+        }
+        AnyResource::MeshConfig(r) => {
+            let resp = c.apply_mesh_config(r).await?.into_inner();
+            (
+                AnyResource::MeshConfig(resp.mesh_config.ok_or_else(missing)?),
+                outcome(resp.outcome),
+            )
+        }
+        AnyResource::Workload(_) => {
+            return Err(Status::invalid_argument(
+                "Workload is registered by proxies and cannot be applied",
+            ));
+        }
+    })
+}
+
+pub async fn delete(
+    c: &mut Client,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<u64, Status> {
+    let req = v1::DeleteRequest {
+        namespace: namespace.into(),
+        name: name.into(),
+        resource_version: 0,
+    };
+    let resp = match kind {
+        Kind::Service => c.delete_service(req).await?,
+        Kind::Route => c.delete_route(req).await?,
+        Kind::Canary => c.delete_canary(req).await?,
+        Kind::AuthorizationPolicy => c.delete_authorization_policy(req).await?,
+        Kind::MeshConfig => c.delete_mesh_config(req).await?,
+        Kind::Workload => {
+            return Err(Status::invalid_argument(
+                "Workload is registered by proxies and cannot be deleted (its lease lapses)",
+            ));
+        }
+    };
+    Ok(resp.into_inner().resource_version)
+}

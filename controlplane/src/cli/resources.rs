@@ -1,0 +1,264 @@
+//! `quiverctl apply | get | delete`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use quiver_api::document;
+use quiver_api::resource::{AnyResource, Kind};
+use quiver_api::v1;
+
+use super::Connection;
+use super::client::{self, describe};
+
+/// Read every document from the -f arguments, in order (directories: their YAML/JSON files
+/// sorted by name).
+fn read_documents(files: &[PathBuf]) -> anyhow::Result<Vec<(String, AnyResource)>> {
+    let mut sources: Vec<(String, String)> = Vec::new();
+    for f in files {
+        if f.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            sources.push(("<stdin>".into(), text));
+        } else if f.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(f)
+                .with_context(|| format!("reading directory {}", f.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("yaml" | "yml" | "json")
+                        )
+                })
+                .collect();
+            entries.sort();
+            if entries.is_empty() {
+                bail!("{}: no .yaml, .yml or .json files", f.display());
+            }
+            for p in entries {
+                sources.push((p.display().to_string(), read(&p)?));
+            }
+        } else {
+            sources.push((f.display().to_string(), read(f)?));
+        }
+    }
+    let mut docs: Vec<(String, AnyResource)> = Vec::new();
+    for (name, text) in sources {
+        let parsed = document::parse_documents(&text).with_context(|| name.clone())?;
+        docs.extend(parsed.into_iter().map(|d| (name.clone(), d)));
+    }
+    // The same object twice in one apply is almost always a copy-paste slip: the second would
+    // silently win. Refuse it, naming both places.
+    let mut seen = std::collections::BTreeMap::new();
+    for (source, doc) in &docs {
+        if let Some(first) = seen.insert((doc.kind(), doc.key()), source) {
+            bail!(
+                "{} {} appears twice (in {first} and in {source}); nothing was applied",
+                doc.kind(),
+                doc.key()
+            );
+        }
+    }
+    Ok(docs)
+}
+
+fn read(p: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+}
+
+pub async fn apply(conn: &Connection, files: &[PathBuf]) -> anyhow::Result<()> {
+    // Every document is parsed before anything is sent: a typo in the last file applies nothing.
+    let mut docs = read_documents(files)?;
+    if docs.is_empty() {
+        bail!("no documents to apply");
+    }
+    // Referenced kinds first (Services before the Routes that name them); stable otherwise.
+    docs.sort_by_key(|(_, d)| d.kind());
+    let mut c = client::connect(conn).await?;
+    let mut failed = 0;
+    for (source, doc) in docs {
+        let what = format!("{} {}", doc.kind(), doc.key());
+        match client::apply(&mut c, doc).await {
+            Ok((stored, outcome)) => {
+                let verb = match outcome {
+                    v1::ApplyOutcome::Created => "created",
+                    v1::ApplyOutcome::Updated => "configured",
+                    v1::ApplyOutcome::Unchanged => "unchanged",
+                    v1::ApplyOutcome::Unspecified => "applied",
+                };
+                let version = stored.metadata().map(|m| m.resource_version).unwrap_or(0);
+                println!("{what} {verb} (resourceVersion {version})");
+            }
+            Err(status) => {
+                failed += 1;
+                eprintln!("error: {what} (from {source}): {}", describe(&status));
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} document(s) were not applied");
+    }
+    Ok(())
+}
+
+fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
+    Kind::from_cli(kind).with_context(|| {
+        format!(
+            "unknown kind {kind:?} (expected service, route, canary, authorizationpolicy, meshconfig or workload)"
+        )
+    })
+}
+
+pub async fn get(
+    conn: &Connection,
+    kind: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+    output: &str,
+) -> anyhow::Result<()> {
+    let kind = parse_kind(kind)?;
+    let mut c = client::connect(conn).await?;
+    let items = match name {
+        Some(name) => {
+            let ns = namespace.unwrap_or("default");
+            vec![
+                client::get(&mut c, kind, ns, name)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?,
+            ]
+        }
+        None => client::list(&mut c, kind, namespace.unwrap_or(""))
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?,
+    };
+    let text = match output {
+        "yaml" => document::to_yaml(&items)?,
+        "json" => document::to_json(&items)? + "\n",
+        _ => table(kind, &items),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+pub async fn delete(
+    conn: &Connection,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    let kind = parse_kind(kind)?;
+    let mut c = client::connect(conn).await?;
+    let version = client::delete(&mut c, kind, namespace, name)
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?;
+    println!("{kind} {namespace}/{name} deleted (resourceVersion {version})");
+    Ok(())
+}
+
+/// A plain aligned table: NAMESPACE NAME VERSION and a few kind-specific columns.
+fn table(kind: Kind, items: &[AnyResource]) -> String {
+    let extra: &[&str] = match kind {
+        Kind::Service => &["PORTS", "SUBSETS"],
+        Kind::Route => &["SERVICE", "RULES"],
+        Kind::Canary => &["SERVICE", "PHASE", "WEIGHT"],
+        Kind::AuthorizationPolicy => &["SERVICE", "ALLOW", "DENY"],
+        Kind::MeshConfig => &["DEFAULT-POLICY"],
+        Kind::Workload => &["SERVICE", "ADDRESS", "READY"],
+    };
+    let mut rows = vec![
+        ["NAMESPACE", "NAME", "VERSION"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    ];
+    for item in items {
+        let meta = item.metadata().cloned().unwrap_or_default();
+        let mut row = vec![meta.namespace, meta.name, meta.resource_version.to_string()];
+        row.extend(columns(item));
+        rows.push(row);
+    }
+    if rows.len() == 1 {
+        return format!("No {kind} resources found.\n");
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn columns(item: &AnyResource) -> Vec<String> {
+    match item {
+        AnyResource::Service(s) => {
+            let spec = s.spec.clone().unwrap_or_default();
+            vec![
+                spec.ports
+                    .iter()
+                    .map(|p| format!("{}/{}", p.port, p.protocol))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                spec.subsets
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        }
+        AnyResource::Route(r) => {
+            let spec = r.spec.clone().unwrap_or_default();
+            vec![spec.service, spec.rules.len().to_string()]
+        }
+        AnyResource::Canary(c) => {
+            let spec = c.spec.clone().unwrap_or_default();
+            let status = c.status.clone().unwrap_or_default();
+            vec![
+                spec.service,
+                if status.phase.is_empty() {
+                    "Pending".into()
+                } else {
+                    status.phase
+                },
+                format!("{}%", status.canary_weight),
+            ]
+        }
+        AnyResource::AuthorizationPolicy(p) => {
+            let spec = p.spec.clone().unwrap_or_default();
+            vec![
+                spec.service,
+                spec.allow.len().to_string(),
+                spec.deny.len().to_string(),
+            ]
+        }
+        AnyResource::MeshConfig(m) => {
+            let spec = m.spec.clone().unwrap_or_default();
+            vec![if spec.default_policy.is_empty() {
+                "ALLOW".into()
+            } else {
+                spec.default_policy
+            }]
+        }
+        AnyResource::Workload(w) => {
+            let spec = w.spec.clone().unwrap_or_default();
+            let ready = w.status.as_ref().is_some_and(|s| s.ready);
+            vec![spec.service, spec.address, ready.to_string()]
+        }
+    }
+}

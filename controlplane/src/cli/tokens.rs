@@ -1,0 +1,106 @@
+//! `quiverctl token create`, `quiverctl join-token create` and `quiverctl status`.
+
+use clap::Subcommand;
+use quiver_api::v1;
+
+use super::Connection;
+use super::client::{self, describe};
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token. The secret is printed once; only its hash is stored.
+    Create {
+        /// admin (read-write) or viewer (read-only).
+        #[arg(long, value_parser = ["admin", "viewer"])]
+        role: String,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Create a join token a proxy exchanges (with a CSR) for its certificate.
+    Create {
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// How long the token can be used, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many proxies may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Create {
+        role,
+        description,
+        conn,
+    } = cmd;
+    let mut c = client::connect(&conn).await?;
+    let resp = c
+        .create_api_token(v1::CreateApiTokenRequest { role, description })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
+        .into_inner();
+    eprintln!("created {} token {} (shown once):", resp.role, resp.id);
+    println!("{}", resp.token);
+    Ok(())
+}
+
+pub async fn join_token(cmd: JoinTokenCommand) -> anyhow::Result<()> {
+    let JoinTokenCommand::Create {
+        namespace,
+        service_account,
+        ttl,
+        uses,
+        conn,
+    } = cmd;
+    let mut c = client::connect(&conn).await?;
+    let resp = c
+        .create_join_token(v1::CreateJoinTokenRequest {
+            namespace,
+            service_account,
+            ttl,
+            uses,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
+        .into_inner();
+    eprintln!(
+        "join token {} for {} ({} use(s), expires {}), shown once:",
+        resp.id, resp.spiffe_id, resp.uses, resp.expires_at
+    );
+    println!("{}", resp.token);
+    Ok(())
+}
+
+pub async fn status(conn: &Connection) -> anyhow::Result<()> {
+    let mut c = client::connect(conn).await?;
+    let s = c
+        .status(v1::StatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
+        .into_inner();
+    println!("server:               {}", conn.server);
+    println!("version:              {}", s.version);
+    println!("store:                {}", s.store);
+    println!("trust domain:         {}", s.trust_domain);
+    println!("resourceVersion:      {}", s.resource_version);
+    println!("watchers:             {}", s.watchers);
+    println!("started:              {}", s.started_at);
+    println!("your role:            {}", s.role);
+    for (kind, n) in &s.counts {
+        println!("{:<22}{n}", format!("{kind}:"));
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Control-plane metrics, served as Prometheus text on `/metrics` of the API port.
+//!
+//! Labels are bounded: `method` is an RPC name, `code` a gRPC code name, `op` a store
+//! operation. Never an object name.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub method: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    calls: Family<CallLabels, Counter>,
+    store: Family<StoreLabels, Histogram>,
+    watchers: Gauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let quiver = registry.sub_registry_with_prefix("quiver");
+        let calls = Family::<CallLabels, Counter>::default();
+        quiver.register(
+            "api_calls",
+            "Admin API calls by method and gRPC status code",
+            calls.clone(),
+        );
+        let store = Family::<StoreLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0002, 2.5, 12))
+        });
+        quiver.register_with_unit(
+            "store_operation_duration",
+            "Time taken by store operations",
+            Unit::Seconds,
+            store.clone(),
+        );
+        let watchers = Gauge::default();
+        quiver.register("watchers", "Open Watch streams", watchers.clone());
+        Self {
+            calls,
+            store,
+            watchers,
+        }
+    }
+
+    pub fn call(&self, method: &'static str, code: tonic::Code) {
+        self.calls
+            .get_or_create(&CallLabels {
+                method,
+                code: code_name(code),
+            })
+            .inc();
+    }
+
+    pub fn store_timer(&self, op: &'static str) -> StoreTimer {
+        StoreTimer {
+            histogram: self.store.get_or_create(&StoreLabels { op }).clone(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Counts one open watcher until the guard is dropped (also when the client goes away).
+    pub fn watcher(&self) -> WatcherGuard {
+        self.watchers.inc();
+        WatcherGuard(self.watchers.clone())
+    }
+
+    pub fn watchers(&self) -> u64 {
+        u64::try_from(self.watchers.get()).unwrap_or(0)
+    }
+}
+
+/// Records the elapsed time when dropped, so a cancelled call still counts.
+pub struct StoreTimer {
+    histogram: Histogram,
+    start: Instant,
+}
+
+impl Drop for StoreTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+pub struct WatcherGuard(Gauge);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Prometheus text for `registry`.
+pub fn encode(registry: &Arc<Registry>) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -1,0 +1,263 @@
+//! Start-up wiring of the `quiver-control` server: configuration, store, CA, first admin
+//! token, change feed, and one listener serving native gRPC, gRPC-web, reflection and
+//! `/metrics`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use http::header::HeaderName;
+use prometheus_client::registry::Registry;
+use quiver_api::v1;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::api::{AdminApi, DiscoveryApi, Inputs, rfc3339};
+use crate::auth;
+use crate::ca::{CaError, MeshCa};
+use crate::metrics::{self, Metrics};
+use crate::store::{self, Feed, now_ms};
+
+/// `quiver-control` flags. Every flag also reads a `QUIVER_*` environment variable.
+#[derive(Debug, Clone, clap::Parser, serde::Serialize)]
+#[command(name = "quiver-control", version, about = "The Quiver control plane")]
+pub struct Config {
+    /// Address of the API port: gRPC, gRPC-web, reflection and /metrics.
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Postgres URL (postgres://user@host/db). Without it, SQLite in --data-dir is used.
+    #[arg(long, env = "QUIVER_DATABASE_URL")]
+    #[serde(serialize_with = "redact")]
+    pub database_url: Option<String>,
+    /// Directory for the embedded SQLite store.
+    #[arg(long, env = "QUIVER_DATA_DIR", default_value = "./quiver-data")]
+    pub data_dir: PathBuf,
+    /// The mesh's SPIFFE trust domain.
+    #[arg(long, env = "QUIVER_TRUST_DOMAIN", default_value = "mesh.local")]
+    pub trust_domain: String,
+    /// Operator CA certificate (PEM); with --ca-key, used instead of a generated root.
+    #[arg(long, env = "QUIVER_CA_CERT", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// Operator CA private key (PKCS#8 PEM, mode 0600).
+    #[arg(long, env = "QUIVER_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM) instead of plaintext h2c/HTTP/1.1.
+    #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key for --tls-cert.
+    #[arg(long, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Lifetime of issued workload certificates (MeshConfig spec.svidTtl overrides it).
+    #[arg(long, env = "QUIVER_SVID_TTL", default_value = "24h", value_parser = quiver_api::duration::parse)]
+    #[serde(with = "quiver_api::duration::serde_human")]
+    pub svid_ttl: Duration,
+    /// Make sure this secret is an admin token (instead of printing a generated one).
+    #[arg(long, env = "QUIVER_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub admin_token: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "QUIVER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn redact<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    // Show the engine and host, never a password.
+    let shown = url
+        .as_deref()
+        .map(|u| u.split('?').next().unwrap_or_default())
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &u[..scheme], &u[at + 1..])
+            }
+            _ => u.to_string(),
+        });
+    s.serialize_some(&shown)
+}
+
+/// How long a shutdown waits for in-flight calls.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// An admin token created by this start (first start, no QUIVER_ADMIN_TOKEN): shown once.
+    pub new_admin_token: Option<String>,
+    pub store_engine: &'static str,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Wait until the server stops (on error, or after [`Running::shutdown`]).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("server task")??;
+        Ok(())
+    }
+
+    /// Stop accepting and give in-flight calls [`DRAIN`] to finish; Watch streams never
+    /// finish on their own, so whatever is left then is cut off.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match tokio::time::timeout(DRAIN, self.wait()).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Open everything and start serving on `config.listen`.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", config.listen))?;
+    start_on(config, listener).await
+}
+
+/// As [`start`], on a listener the caller bound (tests use 127.0.0.1:0).
+pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<Running> {
+    let addr = listener.local_addr().context("listener address")?;
+    let store = store::open(config.database_url.as_deref(), &config.data_dir)
+        .await
+        .context("opening the store")?;
+    let operator_ca = match (&config.ca_cert, &config.ca_key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => return Err(CaError::HalfConfigured.into()),
+    };
+    let ca = MeshCa::load_or_create(store.as_ref(), &config.trust_domain, operator_ca)
+        .await
+        .context("loading the mesh CA")?;
+
+    let new_admin_token = match &config.admin_token {
+        Some(secret) => {
+            auth::ensure_admin_token(store.as_ref(), secret).await?;
+            None
+        }
+        None if store.count_api_tokens().await? == 0 => {
+            let (_, secret) =
+                auth::create_token(store.as_ref(), auth::Role::Admin, "first start").await?;
+            Some(secret)
+        }
+        None => None,
+    };
+
+    let feed = Feed::start(store.clone()).await?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let registry = Arc::new(registry);
+    let store_engine = store.engine();
+    let inputs = Arc::new(Inputs {
+        store,
+        feed,
+        ca,
+        metrics,
+        svid_ttl: config.svid_ttl,
+        started_at: rfc3339(now_ms()),
+    });
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("reflection service")?;
+    let metrics_routes = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                match metrics::encode(&registry) {
+                    Ok(body) => (
+                        http::StatusCode::OK,
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    ),
+                    Err(_) => (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [(http::header::CONTENT_TYPE, "text/plain")],
+                        "metrics encoding failed".to_string(),
+                    ),
+                }
+            }
+        }),
+    );
+    // gRPC-web applies to the gRPC services only: its layer answers 400 to any other HTTP/1.1
+    // request, which would break /metrics scrapes (and the console later).
+    let grpc = tonic::service::Routes::new(v1::mesh_admin_server::MeshAdminServer::new(
+        AdminApi::new(inputs.clone()),
+    ))
+    .add_service(v1::mesh_discovery_server::MeshDiscoveryServer::new(
+        DiscoveryApi::new(inputs.clone()),
+    ))
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha)
+    .prepare()
+    .into_axum_router()
+    .layer(tonic_web::GrpcWebLayer::new());
+    let routes = tonic::service::Routes::from(metrics_routes.merge(grpc));
+
+    let mut builder = tonic::transport::Server::builder().accept_http1(true);
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("--tls-cert/--tls-key")?;
+    }
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let server = builder
+        .layer(cors())
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = shutdown_rx.await;
+            },
+        );
+    let task = tokio::spawn(server);
+    Ok(Running {
+        addr,
+        new_admin_token,
+        store_engine,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+/// CORS for the console and other browser clients speaking gRPC-web.
+fn cors() -> CorsLayer {
+    let names = |list: &[&'static str]| -> Vec<HeaderName> {
+        list.iter().map(|h| HeaderName::from_static(h)).collect()
+    };
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([http::Method::POST, http::Method::GET, http::Method::OPTIONS])
+        .allow_headers(names(&[
+            "content-type",
+            "x-grpc-web",
+            "x-user-agent",
+            "grpc-timeout",
+            "authorization",
+        ]))
+        .expose_headers(names(&[
+            "grpc-status",
+            "grpc-message",
+            "grpc-status-details-bin",
+        ]))
+        .max_age(Duration::from_secs(3600))
+        .vary([HeaderName::from_static("origin")])
+}

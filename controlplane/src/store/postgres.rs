@@ -1,0 +1,87 @@
+//! The Postgres engine: a `PgPool`, writers serialised by a row lock on the version counter,
+//! and a LISTEN task that wakes this replica's feed when any replica commits a write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use tokio::sync::Notify;
+
+use super::StoreError;
+use super::sql::impl_store;
+
+/// The NOTIFY channel every replica listens on; the payload is the new version.
+pub const CHANNEL: &str = "quiver_changes";
+
+pub struct PgStore {
+    pool: PgPool,
+    signal: Arc<Notify>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl PgStore {
+    const ENGINE: &'static str = "postgres";
+    /// The row lock orders writers: versions are handed out in commit order.
+    const LOCK_VERSION: &'static str = "SELECT version FROM quiver_version WHERE id = 1 FOR UPDATE";
+    /// Delivered to every listener when the transaction commits (never if it rolls back).
+    const NOTIFY: Option<&'static str> = Some("SELECT pg_notify('quiver_changes', $1)");
+    const SNAPSHOT: Option<&'static str> = Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ");
+
+    /// Connect, apply migrations and start listening for changes.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Use an existing pool (tests), applying migrations first.
+    pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        let signal = Arc::new(Notify::new());
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(CHANNEL).await?;
+        let listener = tokio::spawn(listen(listener, signal.clone()));
+        Ok(Self {
+            pool,
+            signal,
+            listener,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Postgres serialises writers itself (the version row lock).
+    async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        None
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Forward notifications to the feed. The payload is not trusted: the feed re-reads the
+/// change table, so a notification lost while the listener reconnects only delays delivery
+/// until the next one or the feed's periodic poll.
+async fn listen(mut listener: PgListener, signal: Arc<Notify>) {
+    loop {
+        match listener.recv().await {
+            Ok(_) => signal.notify_one(),
+            Err(e) => {
+                tracing::warn!(error = %e, "change listener lost its connection; reconnecting");
+                signal.notify_one();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+impl_store!(PgStore, Postgres);

@@ -1,0 +1,93 @@
+//! The SQLite engine: one database file, WAL, writers serialised by an in-process lock (SQLite
+//! allows one writer; a lock in the process waits instead of failing with SQLITE_BUSY). The
+//! change signal is in-process only: SQLite is for a single control-plane process.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Sqlite, SqlitePool};
+use tokio::sync::{Mutex, MutexGuard, Notify};
+
+use super::StoreError;
+use super::sql::impl_store;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    signal: Arc<Notify>,
+    write_lock: Mutex<()>,
+}
+
+impl SqliteStore {
+    const ENGINE: &'static str = "sqlite";
+    const LOCK_VERSION: &'static str = "SELECT version FROM quiver_version WHERE id = 1";
+    const NOTIFY: Option<&'static str> = None;
+    /// A read transaction in WAL mode already sees one snapshot.
+    const SNAPSHOT: Option<&'static str> = None;
+
+    /// Open (creating) `DIR/quiver.db`. A directory this creates gets mode 0700, and the
+    /// database file is created with 0600: it holds the CA key and token hashes.
+    pub async fn open_dir(dir: &Path) -> Result<Self, StoreError> {
+        let data_dir_err = |source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir).map_err(data_dir_err)?;
+        let file = dir.join("quiver.db");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            // Only a directory we created: an operator's existing directory keeps its mode.
+            if created {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(data_dir_err)?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(data_dir_err)?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&file)
+            .create_if_missing(true);
+        Self::open(options).await
+    }
+
+    /// Open from a `sqlite:` URL.
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?.create_if_missing(true);
+        Self::open(options).await
+    }
+
+    async fn open(options: SqliteConnectOptions) -> Result<Self, StoreError> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(Self {
+            pool,
+            signal: Arc::new(Notify::new()),
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        Some(self.write_lock.lock().await)
+    }
+}
+
+impl_store!(SqliteStore, Sqlite);

@@ -1,0 +1,236 @@
+//! Shared test fixtures: a private Postgres database per test, SQLite in a temp dir, polling.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use quiver_control::store::{PgStore, SqliteStore, Store};
+use sqlx::Connection;
+
+pub const INSTALL_HINT: &str = "Postgres is required for these tests: \
+    `apt-get install -y postgresql && pg_ctlcluster 15 main start` \
+    (or point QUIVER_TEST_DATABASE_URL at a server where the user may CREATE DATABASE)";
+
+pub fn base_url() -> String {
+    std::env::var("QUIVER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A uniquely named database, dropped (with its connections) when this value is dropped, even
+/// when the test panics.
+pub struct PgTestDb {
+    pub url: String,
+    pub name: String,
+}
+
+impl PgTestDb {
+    pub async fn create() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "quiver_test_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let base = base_url();
+        let mut conn = sqlx::PgConnection::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach Postgres at {base}: {e}\n{INSTALL_HINT}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {e}\n{INSTALL_HINT}"));
+        let _ = conn.close().await;
+        let url = match base.rsplit_once('/') {
+            Some((prefix, _)) => format!("{prefix}/{name}"),
+            None => panic!("QUIVER_TEST_DATABASE_URL {base:?} has no /database part"),
+        };
+        Self { url, name }
+    }
+
+    pub async fn store(&self) -> Arc<dyn Store> {
+        Arc::new(
+            PgStore::connect(&self.url)
+                .await
+                .expect("connect test database"),
+        )
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context; a short-lived runtime on its own thread does it.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&base_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct SqliteTestDb {
+    pub dir: tempfile::TempDir,
+}
+
+impl SqliteTestDb {
+    pub fn create() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub async fn store(&self) -> Arc<dyn Store> {
+        Arc::new(
+            SqliteStore::open_dir(self.dir.path())
+                .await
+                .expect("open sqlite store"),
+        )
+    }
+}
+
+/// Poll `check` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A control plane on 127.0.0.1:0 with a known admin token.
+pub struct TestServer {
+    pub running: Option<quiver_control::server::Running>,
+    pub addr: std::net::SocketAddr,
+    pub admin: String,
+    pub url: String,
+}
+
+pub const ADMIN_TOKEN: &str = "qvr_test-admin-token";
+
+impl TestServer {
+    /// `database_url`: Postgres URL, or None for SQLite in `data_dir`.
+    pub async fn start(database_url: Option<&str>, data_dir: &std::path::Path) -> Self {
+        let mut args = vec![
+            "quiver-control".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--admin-token".into(),
+            ADMIN_TOKEN.into(),
+        ];
+        if let Some(url) = database_url {
+            args.push("--database-url".into());
+            args.push(url.into());
+        }
+        let config =
+            <quiver_control::server::Config as clap::Parser>::try_parse_from(args).expect("config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = quiver_control::server::start_on(&config, listener)
+            .await
+            .expect("server starts");
+        let addr = running.addr;
+        Self {
+            running: Some(running),
+            addr,
+            admin: ADMIN_TOKEN.into(),
+            url: format!("http://{addr}"),
+        }
+    }
+
+    pub async fn client(&self, token: Option<&str>) -> Client {
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        let token = token.map(|t| format!("Bearer {t}").parse().unwrap());
+        quiver_api::v1::mesh_admin_client::MeshAdminClient::with_interceptor(channel, Bearer(token))
+    }
+
+    pub async fn admin(&self) -> Client {
+        self.client(Some(&self.admin.clone())).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = quiver_api::v1::mesh_admin_client::MeshAdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// The first document of a YAML text, as a concrete resource type.
+pub fn doc<R: quiver_api::resource::Resource>(yaml: &str) -> R {
+    let docs = quiver_api::document::parse_documents(yaml).expect("test YAML parses");
+    let any = docs.into_iter().next().expect("one document");
+    let value = any.to_yaml_value().unwrap();
+    serde_yaml::from_value(value).expect("document of the expected kind")
+}
+
+pub const REVIEWS_SERVICE: &str = r#"
+apiVersion: quiver.dev/v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec:
+  ports: [{name: http, port: 9080, protocol: http1}]
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+pub fn route_yaml(name: &str, v1_weight: u32) -> String {
+    format!(
+        r#"
+apiVersion: quiver.dev/v1
+kind: Route
+metadata: {{name: {name:?}, namespace: shop}}
+spec:
+  service: reviews
+  rules:
+  - name: default
+    backends:
+    - {{subset: v1, weight: {v1_weight}}}
+    - {{subset: v2, weight: {}}}
+    timeout: 2s
+"#,
+        100 - v1_weight
+    )
+}

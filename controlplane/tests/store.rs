@@ -1,0 +1,406 @@
+//! One store suite, run against real Postgres and real SQLite.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{PgTestDb, SqliteTestDb};
+use quiver_api::resource::Kind;
+use quiver_control::store::{
+    ApiTokenRecord, ChangeOp, Feed, JoinTokenRecord, PutOutcome, RedeemError, Store, StoreError,
+    now_ms,
+};
+
+/// Runs each suite function once per engine, each in a fresh database.
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::PgTestDb::create().await;
+                    super::$name(&|| Box::pin(db.store())).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::SqliteTestDb::create();
+                    super::$name(&|| Box::pin(db.store())).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Opens another handle on the same database (another "process" for Postgres; a re-open with
+/// migrations re-run for both).
+type Open<'a> =
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn Store>> + 'a>> + 'a;
+
+both_engines!(
+    crud,
+    stale_version_conflicts,
+    change_feed_delivers_every_change_in_order,
+    concurrent_writers_lose_no_update,
+    migrations_rerun_and_keep_data,
+    sql_metacharacters_are_stored_verbatim,
+    join_tokens_expire_and_run_out,
+    api_tokens_and_ca,
+);
+
+async fn crud(open: &Open<'_>) {
+    let s = open().await;
+    let (created, outcome) = s
+        .put(Kind::Route, "shop", "a", b"one".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(outcome, PutOutcome::Created);
+    assert_eq!(created.resource_version, 1);
+    let got = s.get(Kind::Route, "shop", "a").await.unwrap().unwrap();
+    assert_eq!(got.body, b"one");
+    assert_eq!(got.resource_version, 1);
+    assert!(got.created_at > 0);
+
+    let (same, outcome) = s
+        .put(Kind::Route, "shop", "a", b"one".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!((outcome, same.resource_version), (PutOutcome::Unchanged, 1));
+    let (updated, outcome) = s
+        .put(Kind::Route, "shop", "a", b"two".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome, updated.resource_version),
+        (PutOutcome::Updated, 2)
+    );
+    assert_eq!(updated.created_at, created.created_at);
+
+    s.put(Kind::Route, "default", "b", b"x".to_vec(), None)
+        .await
+        .unwrap();
+    s.put(Kind::Service, "shop", "a", b"svc".to_vec(), None)
+        .await
+        .unwrap();
+    let (all, version) = s.list(Kind::Route, None).await.unwrap();
+    let names: Vec<_> = all
+        .iter()
+        .map(|o| format!("{}/{}", o.namespace, o.name))
+        .collect();
+    assert_eq!(names, ["default/b", "shop/a"]);
+    assert_eq!(version, 4);
+    let (shop, _) = s.list(Kind::Route, Some("shop")).await.unwrap();
+    assert_eq!(shop.len(), 1);
+
+    let change = s.delete(Kind::Route, "shop", "a", None).await.unwrap();
+    assert_eq!(change.op, ChangeOp::Delete);
+    assert_eq!(change.resource_version, 5);
+    assert_eq!(change.object.body, b"two");
+    assert!(s.get(Kind::Route, "shop", "a").await.unwrap().is_none());
+    assert!(matches!(
+        s.delete(Kind::Route, "shop", "a", None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(s.counts().await.unwrap().get("Route"), Some(&1));
+}
+
+async fn stale_version_conflicts(open: &Open<'_>) {
+    let s = open().await;
+    let (v1, _) = s
+        .put(Kind::Route, "default", "r", b"1".to_vec(), None)
+        .await
+        .unwrap();
+    let v1 = v1.resource_version;
+    // Alice and Bob both read v1; Alice writes first.
+    let (v2, _) = s
+        .put(Kind::Route, "default", "r", b"alice".to_vec(), Some(v1))
+        .await
+        .unwrap();
+    let err = s
+        .put(Kind::Route, "default", "r", b"bob".to_vec(), Some(v1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { expected, current: Some(c), .. } if expected == v1 && c == v2.resource_version),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("changed since you read it"),
+        "{err}"
+    );
+    assert_eq!(
+        s.get(Kind::Route, "default", "r")
+            .await
+            .unwrap()
+            .unwrap()
+            .body,
+        b"alice",
+        "Bob's stale write must not land"
+    );
+    assert!(matches!(
+        s.delete(Kind::Route, "default", "r", Some(v1)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    // Updating something that was deleted since it was read is a conflict too.
+    s.delete(Kind::Route, "default", "r", Some(v2.resource_version))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.put(
+            Kind::Route,
+            "default",
+            "r",
+            b"late".to_vec(),
+            Some(v2.resource_version)
+        )
+        .await,
+        Err(StoreError::Conflict { current: None, .. })
+    ));
+}
+
+async fn change_feed_delivers_every_change_in_order(open: &Open<'_>) {
+    let s = open().await;
+    let feed = Feed::start(s.clone()).await.unwrap();
+    let mut rx = feed.subscribe();
+    let mut expected = Vec::new();
+    for i in 0..40u32 {
+        let name = format!("r{}", i % 7);
+        if i % 5 == 4
+            && s.get(Kind::Route, "default", &name)
+                .await
+                .unwrap()
+                .is_some()
+        {
+            let c = s.delete(Kind::Route, "default", &name, None).await.unwrap();
+            expected.push((c.resource_version, ChangeOp::Delete, name));
+        } else {
+            let (o, outcome) = s
+                .put(
+                    Kind::Route,
+                    "default",
+                    &name,
+                    i.to_be_bytes().to_vec(),
+                    None,
+                )
+                .await
+                .unwrap();
+            let op = if outcome == PutOutcome::Created {
+                ChangeOp::Create
+            } else {
+                ChangeOp::Update
+            };
+            expected.push((o.resource_version, op, name));
+        }
+    }
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let c = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("feed stalled")
+            .expect("feed closed");
+        got.push((c.resource_version, c.op, c.object.name.clone()));
+    }
+    assert_eq!(got, expected);
+    let versions: Vec<u64> = got.iter().map(|g| g.0).collect();
+    assert_eq!(
+        versions,
+        (1..=40).collect::<Vec<u64>>(),
+        "no gaps, no reordering"
+    );
+}
+
+async fn concurrent_writers_lose_no_update(open: &Open<'_>) {
+    let s = open().await;
+    s.put(Kind::Service, "default", "counter", b"0".to_vec(), None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            for _ in 0..10 {
+                loop {
+                    let cur = s
+                        .get(Kind::Service, "default", "counter")
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    let n: u64 = String::from_utf8(cur.body).unwrap().parse().unwrap();
+                    let next = (n + 1).to_string().into_bytes();
+                    match s
+                        .put(
+                            Kind::Service,
+                            "default",
+                            "counter",
+                            next,
+                            Some(cur.resource_version),
+                        )
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    let end = s
+        .get(Kind::Service, "default", "counter")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(end.body).unwrap(),
+        "60",
+        "{conflicts} conflicts retried"
+    );
+    assert_eq!(end.resource_version, 61);
+}
+
+async fn migrations_rerun_and_keep_data(open: &Open<'_>) {
+    let s = open().await;
+    s.put(Kind::MeshConfig, "default", "mesh", b"m".to_vec(), None)
+        .await
+        .unwrap();
+    drop(s);
+    let again = open().await;
+    let again2 = open().await;
+    assert_eq!(
+        again
+            .get(Kind::MeshConfig, "default", "mesh")
+            .await
+            .unwrap()
+            .unwrap()
+            .body,
+        b"m"
+    );
+    assert_eq!(again2.current_version().await.unwrap(), 1);
+}
+
+async fn sql_metacharacters_are_stored_verbatim(open: &Open<'_>) {
+    let s = open().await;
+    let names = [
+        "x'; DROP TABLE resources; --",
+        "quote\"double",
+        "back\\slash",
+        "percent%_under",
+        "$1 ?1 :name",
+        "ünïcødé ✓",
+    ];
+    for n in names {
+        s.put(Kind::Route, "default", n, n.as_bytes().to_vec(), None)
+            .await
+            .unwrap();
+    }
+    for n in names {
+        let o = s.get(Kind::Route, "default", n).await.unwrap().unwrap();
+        assert_eq!((o.name.as_str(), o.body.as_slice()), (n, n.as_bytes()));
+    }
+    let (all, _) = s.list(Kind::Route, Some("default")).await.unwrap();
+    assert_eq!(all.len(), names.len());
+    assert!(
+        s.get(Kind::Route, "default", "percent%")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn join_tokens_expire_and_run_out(open: &Open<'_>) {
+    let s = open().await;
+    let now = now_ms();
+    let token = |hash: &str, expires_at, max_uses| JoinTokenRecord {
+        id: hash.to_uppercase(),
+        token_hash: hash.into(),
+        namespace: "shop".into(),
+        service_account: "web".into(),
+        expires_at,
+        max_uses,
+        uses: 0,
+        created_at: now,
+    };
+    s.insert_join_token(&token("twice", now + 60_000, 2))
+        .await
+        .unwrap();
+    s.insert_join_token(&token("old", now - 1, 5))
+        .await
+        .unwrap();
+    let first = s.redeem_join_token("twice", now).await.unwrap();
+    assert_eq!((first.namespace.as_str(), first.uses), ("shop", 1));
+    s.redeem_join_token("twice", now).await.unwrap();
+    assert!(matches!(
+        s.redeem_join_token("twice", now).await,
+        Err(RedeemError::UsedUp(2))
+    ));
+    assert!(matches!(
+        s.redeem_join_token("old", now).await,
+        Err(RedeemError::Expired)
+    ));
+    assert!(matches!(
+        s.redeem_join_token("nope", now).await,
+        Err(RedeemError::Unknown)
+    ));
+}
+
+async fn api_tokens_and_ca(open: &Open<'_>) {
+    let s = open().await;
+    assert_eq!(s.count_api_tokens().await.unwrap(), 0);
+    s.insert_api_token(&ApiTokenRecord {
+        id: "t1".into(),
+        token_hash: "h1".into(),
+        role: "viewer".into(),
+        description: "ci".into(),
+        created_at: now_ms(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.api_token_role("h1").await.unwrap().as_deref(),
+        Some("viewer")
+    );
+    assert_eq!(s.api_token_role("h2").await.unwrap(), None);
+    assert!(s.certificate_authority().await.unwrap().is_none());
+    let first = s
+        .init_certificate_authority("cert-a", "key-a")
+        .await
+        .unwrap();
+    let second = s
+        .init_certificate_authority("cert-b", "key-b")
+        .await
+        .unwrap();
+    assert_eq!(first, ("cert-a".to_string(), "key-a".to_string()));
+    assert_eq!(second, first, "the first CA stored wins");
+}
+
+/// Two replicas on one Postgres: a write through one reaches the other's feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_share_the_change_feed() {
+    let db = PgTestDb::create().await;
+    let a = db.store().await;
+    let b = db.store().await;
+    let feed_b = Feed::start(b.clone()).await.unwrap();
+    let mut rx = feed_b.subscribe();
+    let (o, _) = a
+        .put(Kind::Route, "default", "from-a", b"x".to_vec(), None)
+        .await
+        .unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("replica b never saw replica a's write")
+        .unwrap();
+    assert_eq!(
+        (c.object.name.as_str(), c.resource_version),
+        ("from-a", o.resource_version)
+    );
+}

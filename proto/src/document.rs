@@ -1,0 +1,195 @@
+//! Kubernetes-style YAML/JSON documents (`apiVersion`, `kind`, `metadata`, `spec`, `status`)
+//! to and from resource messages.
+//!
+//! Parsing refuses unknown fields and names the field path of every error. Rendering leaves out
+//! fields at their proto3 default (empty, zero, false) so that documents stay short, and
+//! parsing them back gives the same message: `get -o yaml | apply -f -` round-trips.
+
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use crate::resource::{API_VERSION, AnyResource, Kind, Resource};
+use crate::v1;
+
+/// Why a document could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("document {index}: not valid YAML: {reason}")]
+    Yaml { index: usize, reason: String },
+    #[error("document {index}: must be a mapping with apiVersion, kind, metadata and spec")]
+    NotMapping { index: usize },
+    #[error("document {index}: apiVersion: must be \"{API_VERSION}\", got {got:?}")]
+    ApiVersion { index: usize, got: String },
+    #[error("document {index}: kind: unknown kind {got:?} (expected one of {expected})")]
+    Kind {
+        index: usize,
+        got: String,
+        expected: String,
+    },
+    #[error("document {index} ({kind}): {path}: {reason}")]
+    Field {
+        index: usize,
+        kind: Kind,
+        path: String,
+        reason: String,
+    },
+}
+
+/// Every document in a (multi-document) YAML or JSON text, in order. Empty documents are
+/// skipped. Documents are numbered from 1 in errors.
+pub fn parse_documents(text: &str) -> Result<Vec<AnyResource>, DocumentError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
+        let value = Value::deserialize(doc).map_err(|e| DocumentError::Yaml {
+            index,
+            reason: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        out.push(from_value(index, value)?);
+    }
+    Ok(out)
+}
+
+/// One document from an already parsed YAML value.
+pub fn from_value(index: usize, value: Value) -> Result<AnyResource, DocumentError> {
+    let Value::Mapping(mut map) = value else {
+        return Err(DocumentError::NotMapping { index });
+    };
+    let api_version = map.remove("apiVersion");
+    match api_version.as_ref().and_then(Value::as_str) {
+        Some(API_VERSION) => {}
+        _ => {
+            return Err(DocumentError::ApiVersion {
+                index,
+                got: api_version
+                    .map(describe)
+                    .unwrap_or_else(|| "nothing".into()),
+            });
+        }
+    }
+    let kind_value = map.remove("kind");
+    let kind = kind_value
+        .as_ref()
+        .and_then(Value::as_str)
+        .and_then(Kind::from_document)
+        .filter(|k| *k != Kind::Workload)
+        .ok_or_else(|| DocumentError::Kind {
+            index,
+            got: kind_value.map(describe).unwrap_or_else(|| "nothing".into()),
+            expected: "MeshConfig, Service, AuthorizationPolicy, Route, Canary".into(),
+        })?;
+    let body = Value::Mapping(map);
+    Ok(match kind {
+        Kind::MeshConfig => decode::<v1::MeshConfig>(index, body)?.into_any(),
+        Kind::Service => decode::<v1::Service>(index, body)?.into_any(),
+        Kind::AuthorizationPolicy => decode::<v1::AuthorizationPolicy>(index, body)?.into_any(),
+        Kind::Route => decode::<v1::Route>(index, body)?.into_any(),
+        Kind::Canary => decode::<v1::Canary>(index, body)?.into_any(),
+        Kind::Workload => decode::<v1::Workload>(index, body)?.into_any(),
+    })
+}
+
+fn decode<R: Resource>(index: usize, body: Value) -> Result<R, DocumentError> {
+    serde_path_to_error::deserialize::<_, R>(body).map_err(|e| {
+        let path = e.path().to_string();
+        DocumentError::Field {
+            index,
+            kind: R::KIND,
+            path: if path == "." {
+                "(document)".into()
+            } else {
+                path
+            },
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
+fn describe(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        other => serde_yaml::to_string(&other)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// The full document (apiVersion and kind first), with proto3 defaults left out.
+pub fn to_document(resource: &AnyResource) -> Result<Value, serde_yaml::Error> {
+    let mut doc = Mapping::new();
+    doc.insert("apiVersion".into(), API_VERSION.into());
+    doc.insert("kind".into(), resource.kind().as_str().into());
+    if let Value::Mapping(body) = prune(resource.to_yaml_value()?) {
+        doc.extend(body);
+    }
+    Ok(Value::Mapping(doc))
+}
+
+/// Render documents as multi-document YAML.
+pub fn to_yaml(resources: &[AnyResource]) -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for (i, r) in resources.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml::to_string(&to_document(r)?)?);
+    }
+    Ok(out)
+}
+
+/// Render one document as pretty JSON (a `List`-shaped object when there are several).
+pub fn to_json(resources: &[AnyResource]) -> Result<String, serde_yaml::Error> {
+    let docs = resources
+        .iter()
+        .map(to_document)
+        .collect::<Result<Vec<_>, _>>()?;
+    let value = if docs.len() == 1 {
+        docs.into_iter().next().unwrap_or(Value::Null)
+    } else {
+        let mut list = Mapping::new();
+        list.insert("apiVersion".into(), API_VERSION.into());
+        list.insert("kind".into(), "List".into());
+        list.insert("items".into(), Value::Sequence(docs));
+        Value::Mapping(list)
+    };
+    serde_json::to_string_pretty(&value).map_err(serde::ser::Error::custom)
+}
+
+/// The canonical form of a resource: what it becomes after rendering and parsing back. Fields
+/// present but at their default (e.g. an empty `retries: {}`) are dropped, so that two objects
+/// meaning the same thing encode to the same bytes and a re-apply is recognised as unchanged.
+pub fn canonicalize<R: Resource>(resource: &R) -> Result<R, serde_yaml::Error> {
+    serde_yaml::from_value(prune(serde_yaml::to_value(resource)?))
+}
+
+/// Drop nulls, empty strings, zeros, `false` and empty collections (proto3 defaults), bottom-up.
+fn prune(v: Value) -> Value {
+    match v {
+        Value::Mapping(m) => Value::Mapping(
+            m.into_iter()
+                .map(|(k, v)| (k, prune(v)))
+                .filter(|(_, v)| !is_default(v))
+                .collect(),
+        ),
+        Value::Sequence(s) => Value::Sequence(s.into_iter().map(prune).collect()),
+        other => other,
+    }
+}
+
+fn is_default(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Sequence(s) => s.is_empty(),
+        Value::Mapping(m) => m.is_empty(),
+        Value::Tagged(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
