@@ -64,6 +64,15 @@ struct File {
     outbound: Vec<OutboundFile>,
     #[serde(default)]
     services: Vec<ServiceFile>,
+    /// The zone this proxy runs in, for locality-aware balancing.
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    routes: Vec<crate::policy::route::Route>,
+    #[serde(default)]
+    authorization: Vec<crate::policy::authz::AuthorizationPolicy>,
+    #[serde(default)]
+    mesh: crate::policy::authz::MeshConfig,
     #[serde(default)]
     tuning: Tuning,
 }
@@ -127,6 +136,8 @@ struct OutboundFile {
 struct ServiceFile {
     name: String,
     #[serde(default)]
+    subsets: Vec<crate::policy::Subset>,
+    #[serde(default)]
     endpoints: Vec<EndpointFile>,
 }
 
@@ -135,6 +146,10 @@ struct ServiceFile {
 struct EndpointFile {
     address: SocketAddr,
     identity: String,
+    #[serde(default)]
+    labels: crate::policy::Labels,
+    #[serde(default)]
+    zone: String,
 }
 
 fn default_quic() -> SocketAddr {
@@ -177,6 +192,10 @@ pub struct Tuning {
     pub response_timeout: Duration,
     /// Tokio worker threads (0: one per core).
     pub workers: usize,
+    /// Load balancing, circuit breaking and outlier detection (see docs/traffic.md).
+    pub balancing: crate::policy::balance::BalanceConfig,
+    /// Retry mechanics the Route does not carry: body buffering, backoff, budget window.
+    pub retries: crate::policy::retry::RetryTuning,
 }
 
 impl Default for Tuning {
@@ -193,6 +212,8 @@ impl Default for Tuning {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),
             workers: 0,
+            balancing: Default::default(),
+            retries: Default::default(),
         }
     }
 }
@@ -479,6 +500,8 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
                     endpoints.push(Endpoint {
                         address: e.address,
                         identity: id,
+                        labels: e.labels.clone(),
+                        zone: e.zone.clone(),
                     });
                 }
                 Err(r) => err(format!("{ef}.identity"), format!("{:?}: {r}", e.identity)),
@@ -486,10 +509,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         }
         services.insert(
             s.name.clone(),
-            RemoteService {
-                name: s.name.clone(),
-                endpoints,
-            },
+            RemoteService::new(s.name.clone(), endpoints, s.subsets.clone()),
         );
     }
 
@@ -513,25 +533,34 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         });
     }
 
-    if !errs.is_empty() {
-        return Err(ConfigErrors(errs));
+    let policy = crate::policy::plan::PolicyConfig {
+        routes: file.routes,
+        authorization: file.authorization,
+        mesh: file.mesh,
+    };
+    let snapshot = Snapshot::build("static".into(), file.zone, inbound, services, policy);
+    let snapshot = match snapshot {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errs.extend(e);
+            None
+        }
+    };
+    match snapshot {
+        Some(snapshot) if errs.is_empty() => Ok(ProxyConfig {
+            bootstrap: Bootstrap {
+                identity,
+                quic_listen: file.listen.quic,
+                admin_listen: file.listen.admin,
+                http_proxy_listen: file.listen.http_proxy,
+                drain_timeout: file.drain_timeout,
+                outbound,
+                tuning: file.tuning,
+            },
+            snapshot,
+        }),
+        _ => Err(ConfigErrors(errs)),
     }
-    Ok(ProxyConfig {
-        bootstrap: Bootstrap {
-            identity,
-            quic_listen: file.listen.quic,
-            admin_listen: file.listen.admin,
-            http_proxy_listen: file.listen.http_proxy,
-            drain_timeout: file.drain_timeout,
-            outbound,
-            tuning: file.tuning,
-        },
-        snapshot: Snapshot {
-            version: "static".into(),
-            inbound,
-            services,
-        },
-    })
 }
 
 /// Service names are DNS labels: they travel as HTTP authorities and TLS server names.

@@ -8,11 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use quiver_api::SpiffeId;
 use serde::{Deserialize, Serialize};
 
+use crate::config::FieldError;
 use crate::errors::ProxyError;
+use crate::policy::balance::Workload;
+use crate::policy::plan::{Policy, PolicyConfig};
+use crate::policy::{Labels, Subset};
 
 /// What the app behind a port speaks; decides how the inbound side talks to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -43,11 +48,16 @@ pub struct LocalPort {
     pub app: SocketAddr,
 }
 
-/// A remote service's peer proxy: where to send, and who it must prove to be.
+/// A remote service's peer proxy: where to send, who it must prove to be, and the labels
+/// and zone that subsets and locality select on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
     pub identity: SpiffeId,
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub zone: String,
 }
 
 /// A service this proxy may call.
@@ -55,15 +65,92 @@ pub struct Endpoint {
 pub struct RemoteService {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<Subset>,
+    /// The endpoints as the balancer sees them (built once per snapshot).
+    #[serde(skip)]
+    pub workloads: Vec<Workload>,
+}
+
+impl RemoteService {
+    pub fn new(name: String, endpoints: Vec<Endpoint>, subsets: Vec<Subset>) -> Self {
+        let workloads = endpoints
+            .iter()
+            .map(|e| Workload {
+                address: e.address,
+                labels: e.labels.clone(),
+                zone: e.zone.clone(),
+            })
+            .collect();
+        Self {
+            name,
+            endpoints,
+            subsets,
+            workloads,
+        }
+    }
+
+    pub fn endpoint(&self, address: SocketAddr) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.address == address)
+    }
 }
 
 /// The dynamic part of a proxy's config.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     /// Opaque version ("static" for a file; the control plane's version otherwise).
     pub version: String,
+    /// The zone this proxy runs in ("" when unknown): locality prefers endpoints there.
+    pub zone: String,
     pub inbound: Vec<LocalPort>,
     pub services: BTreeMap<String, RemoteService>,
+    /// Routes, authorization and mesh defaults, as configured.
+    pub policy_config: PolicyConfig,
+    /// The same, compiled.
+    #[serde(skip)]
+    pub policy: Arc<Policy>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        // An empty policy always compiles; the expect documents that invariant.
+        let policy = Policy::compile(&PolicyConfig::default(), &Default::default())
+            .expect("the empty policy compiles");
+        Self {
+            version: String::new(),
+            zone: String::new(),
+            inbound: Vec::new(),
+            services: BTreeMap::new(),
+            policy_config: PolicyConfig::default(),
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Assemble a snapshot, compiling its policy against the services' subsets. Every
+    /// problem is returned with its field path; nothing is half-applied.
+    pub fn build(
+        version: String,
+        zone: String,
+        inbound: Vec<LocalPort>,
+        services: BTreeMap<String, RemoteService>,
+        policy_config: PolicyConfig,
+    ) -> Result<Self, Vec<FieldError>> {
+        let subsets = services
+            .iter()
+            .map(|(name, s)| (name.clone(), s.subsets.clone()))
+            .collect();
+        let policy = Policy::compile(&policy_config, &subsets)?;
+        Ok(Self {
+            version,
+            zone,
+            inbound,
+            services,
+            policy_config,
+            policy: Arc::new(policy),
+        })
+    }
 }
 
 /// The service (and optionally port) an outbound request is for.

@@ -6,24 +6,24 @@ fn snap() -> Snapshot {
     let ep = |a: &str, sa: &str| Endpoint {
         address: a.parse().unwrap(),
         identity: SpiffeId::parse(&format!("spiffe://mesh.local/ns/default/sa/{sa}")).unwrap(),
+        labels: Default::default(),
+        zone: String::new(),
     };
     let mut services = BTreeMap::new();
     services.insert(
         "reviews".to_string(),
-        RemoteService {
-            name: "reviews".into(),
-            endpoints: vec![
+        RemoteService::new(
+            "reviews".into(),
+            vec![
                 ep("10.0.0.1:15443", "reviews"),
                 ep("10.0.0.2:15443", "reviews-v2"),
             ],
-        },
+            vec![],
+        ),
     );
     services.insert(
         "empty".to_string(),
-        RemoteService {
-            name: "empty".into(),
-            endpoints: vec![],
-        },
+        RemoteService::new("empty".into(), vec![], vec![]),
     );
     let port = |service: &str, port: u16, protocol, app: &str| LocalPort {
         service: service.into(),
@@ -39,6 +39,7 @@ fn snap() -> Snapshot {
             port("db", 9187, Protocol::Http1, "127.0.0.1:9187"),
         ],
         services,
+        ..Default::default()
     }
 }
 
