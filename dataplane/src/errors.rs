@@ -46,6 +46,15 @@ pub enum ProxyError {
     /// The proxy is shutting down and takes no new requests.
     #[error("proxy is draining")]
     Draining,
+    /// Every endpoint is at its circuit-breaker limit (`limit` names which).
+    #[error("every endpoint is at its {0} limit")]
+    Overloaded(&'static str),
+    /// An AuthorizationPolicy (or the mesh default) refused the caller.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// A route's fault injection answered instead of the app.
+    #[error("injected fault: status {0}")]
+    Fault(u16),
 }
 
 impl ProxyError {
@@ -63,6 +72,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::HeaderTooLarge { .. } => "header-too-large",
             ProxyError::Draining => "draining",
+            ProxyError::Overloaded(_) => "overloaded",
+            ProxyError::Denied(_) => "denied",
+            ProxyError::Fault(_) => "fault",
         }
     }
 
@@ -79,6 +91,11 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Fault(s) => {
+                StatusCode::from_u16(*s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
         }
     }
 
@@ -90,6 +107,7 @@ impl ProxyError {
                 | ProxyError::PeerConnect { .. }
                 | ProxyError::UpstreamConnect(_)
                 | ProxyError::Draining
+                | ProxyError::Overloaded(_)
         )
     }
 }

@@ -106,7 +106,7 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
 
 /// The `quiver-error` reason on a response, if the proxy (this one or the peer) made it.
 pub fn error_reason(headers: &HeaderMap) -> &'static str {
-    const KNOWN: [&str; 11] = [
+    const KNOWN: [&str; 14] = [
         "no-route",
         "no-endpoint",
         "peer-identity-mismatch",
@@ -118,6 +118,9 @@ pub fn error_reason(headers: &HeaderMap) -> &'static str {
         "bad-request",
         "header-too-large",
         "draining",
+        "overloaded",
+        "denied",
+        "fault",
     ];
     // Matching against our own list keeps the metric label bounded whatever a peer sends.
     headers
@@ -137,6 +140,8 @@ pub struct RequestRecord<'a> {
     method: http::Method,
     path: String,
     peer: String,
+    /// What the policy decided (route, backend, endpoint, attempts...), for the access log.
+    detail: String,
     start: Instant,
     done: bool,
 }
@@ -155,6 +160,7 @@ impl<'a> RequestRecord<'a> {
             method,
             path,
             peer: String::new(),
+            detail: String::new(),
             start: Instant::now(),
             done: false,
         }
@@ -166,6 +172,10 @@ impl<'a> RequestRecord<'a> {
 
     pub fn set_peer(&mut self, peer: &str) {
         self.peer = peer.to_string();
+    }
+
+    pub fn set_detail(&mut self, detail: String) {
+        self.detail = detail;
     }
 
     /// Record the response status (and the proxy's error reason, "" for app responses).
@@ -203,6 +213,7 @@ impl<'a> RequestRecord<'a> {
             status,
             error,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            policy = %self.detail,
         );
     }
 }

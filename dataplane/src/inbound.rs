@@ -138,7 +138,7 @@ async fn request(
         .unwrap_or_default();
     let mut record = RequestRecord::new(&inputs.metrics, "inbound", req.method().clone(), path);
     record.set_peer(peer.as_str());
-    let decided = decide(&inputs, &req);
+    let decided = decide(&inputs, &req, &peer);
     let port = match decided {
         Ok(p) => p,
         Err(e) => {
@@ -180,9 +180,11 @@ async fn request(
     }
 }
 
-/// Which local port a request from the mesh is for.
-fn decide(inputs: &Inputs, req: &Request<()>) -> Result<LocalPort, ProxyError> {
-    let authority = if req.method() == Method::CONNECT {
+/// Which local port a request from the mesh is for, and whether its caller may reach it
+/// (AuthorizationPolicy, else the mesh default; a CONNECT is judged on its source alone).
+fn decide(inputs: &Inputs, req: &Request<()>, peer: &SpiffeId) -> Result<LocalPort, ProxyError> {
+    let connect = req.method() == Method::CONNECT;
+    let authority = if connect {
         req.uri().authority().map(|a| a.as_str().to_string())
     } else {
         req.headers()
@@ -194,10 +196,28 @@ fn decide(inputs: &Inputs, req: &Request<()>) -> Result<LocalPort, ProxyError> {
     let target = Target::from_authority(&authority)?;
     let snapshot = inputs.snapshot();
     let port = snapshot.resolve_inbound(&target)?.clone();
-    if req.method() != Method::CONNECT && !port.protocol.is_http() {
+    if !connect && !port.protocol.is_http() {
         return Err(ProxyError::BadRequest(format!(
             "{} port {} is tcp: use CONNECT",
             port.service, port.port
+        )));
+    }
+    let authz = &snapshot.policy.authz;
+    let verdict = if connect {
+        authz.evaluate_tcp(&port.service, Some(peer))
+    } else {
+        authz.evaluate(
+            &port.service,
+            Some(peer),
+            req.method().as_str(),
+            req.uri().path(),
+        )
+    };
+    if let crate::policy::authz::Verdict::Denied(reason) = verdict {
+        crate::metrics::Metrics::count(&inputs.metrics.denied, &port.service);
+        return Err(ProxyError::Denied(format!(
+            "{peer} may not call {} ({reason})",
+            port.service
         )));
     }
     Ok(port)

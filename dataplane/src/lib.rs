@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod dispatch;
 pub mod drain;
 pub mod errors;
 pub mod http;
@@ -47,6 +48,12 @@ pub struct Inputs {
     pub apps: inbound::AppClients,
     turn: AtomicUsize,
     identity: RwLock<identity::IdentityStatus>,
+    /// Per-service balancer state (latency, outstanding, ejections), kept across snapshots;
+    /// the number is the address of the snapshot it was last synced with.
+    balancers:
+        std::sync::Mutex<std::collections::HashMap<String, (usize, policy::balance::Balancer)>>,
+    /// Retry budgets per (service, rule), kept across snapshots.
+    budgets: std::sync::Mutex<policy::plan::Budgets>,
 }
 
 impl Inputs {
@@ -78,7 +85,40 @@ impl Inputs {
         self.metrics.identity_expiry(identity::not_after_unix(id));
     }
 
-    fn next_turn(&self) -> usize {
+    /// Run `f` on `service`'s balancer, first bringing its endpoint set in line with
+    /// `snapshot` if the snapshot changed since the last call.
+    pub fn with_balancer<T>(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        service: &str,
+        f: impl FnOnce(&mut policy::balance::Balancer) -> T,
+    ) -> T {
+        let mut map = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = Arc::as_ptr(snapshot) as usize;
+        let entry = map.entry(service.to_string()).or_insert_with(|| {
+            (
+                0,
+                policy::balance::Balancer::new(self.tuning.balancing.clone()),
+            )
+        });
+        if entry.0 != stamp {
+            let addrs: Vec<SocketAddr> = snapshot
+                .services
+                .get(service)
+                .map(|s| s.endpoints.iter().map(|e| e.address).collect())
+                .unwrap_or_default();
+            entry.1.sync(&addrs, std::time::Instant::now());
+            entry.0 = stamp;
+        }
+        f(&mut entry.1)
+    }
+
+    /// The retry budgets.
+    pub fn budgets(&self) -> std::sync::MutexGuard<'_, policy::plan::Budgets> {
+        self.budgets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_turn(&self) -> usize {
         self.turn.fetch_add(1, Ordering::Relaxed)
     }
 }
@@ -167,6 +207,8 @@ impl Proxy {
             apps: inbound::AppClients::default(),
             turn: AtomicUsize::new(0),
             identity: RwLock::new(identity::IdentityStatus::of(&identity, &b.identity, 0)),
+            balancers: Default::default(),
+            budgets: Default::default(),
         });
         let admin = Arc::new(admin::Admin {
             inputs: inputs.clone(),

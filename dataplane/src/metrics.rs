@@ -66,6 +66,24 @@ pub struct Metrics {
     pub quic_sent_packets: Family<SideLabels, Counter>,
     pub identity_reloads: Family<ResultLabels, Counter>,
     pub identity_expiry: Gauge,
+    pub retries: Family<ServiceLabels, Counter>,
+    pub retry_stops: Family<ReasonLabels, Counter>,
+    pub ejections: Family<ServiceLabels, Counter>,
+    pub overloads: Family<ReasonLabels, Counter>,
+    pub faults: Family<ReasonLabels, Counter>,
+    pub mirrored: Family<ServiceLabels, Counter>,
+    pub denied: Family<ServiceLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub service: String,
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +108,13 @@ impl Metrics {
             quic_sent_packets: Family::default(),
             identity_reloads: Family::default(),
             identity_expiry: Gauge::default(),
+            retries: Family::default(),
+            retry_stops: Family::default(),
+            ejections: Family::default(),
+            overloads: Family::default(),
+            faults: Family::default(),
+            mirrored: Family::default(),
+            denied: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("quiver");
         // Counters are registered without `_total`: the encoder appends it.
@@ -156,7 +181,63 @@ impl Metrics {
             Unit::Seconds,
             m.identity_expiry.clone(),
         );
+        r.register(
+            "retries",
+            "Retries sent (attempts after the first), by service",
+            m.retries.clone(),
+        );
+        r.register(
+            "retry_stops",
+            "Requests that wanted a retry and did not get one, by service and reason (budget-exhausted, attempts-exhausted, ...)",
+            m.retry_stops.clone(),
+        );
+        r.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by service",
+            m.ejections.clone(),
+        );
+        r.register(
+            "overload_refusals",
+            "Requests refused at once because every endpoint was at a circuit-breaker limit",
+            m.overloads.clone(),
+        );
+        r.register(
+            "faults_injected",
+            "Faults injected by routes, by service and kind (delay, abort)",
+            m.faults.clone(),
+        );
+        r.register(
+            "mirrored_requests",
+            "Requests copied to a mirror backend, by service",
+            m.mirrored.clone(),
+        );
+        r.register(
+            "authz_denied",
+            "Inbound requests and tunnels refused by authorization, by service",
+            m.denied.clone(),
+        );
         m
+    }
+
+    pub fn count(family: &Family<ServiceLabels, Counter>, service: &str) {
+        family
+            .get_or_create(&ServiceLabels {
+                service: service.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_reason(
+        family: &Family<ReasonLabels, Counter>,
+        service: &str,
+        reason: &'static str,
+    ) {
+        family
+            .get_or_create(&ReasonLabels {
+                service: service.to_string(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn identity_reload(&self, ok: bool) {

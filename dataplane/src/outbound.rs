@@ -8,22 +8,18 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::Inputs;
-use crate::body::{self, H3Body, ProxyBody};
+use crate::body::{self, ProxyBody};
 use crate::errors::ProxyError;
-use crate::http::{
-    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, authority_of, check_header_size,
-    error_reason, error_response, rebase_uri, strip_hop_by_hop,
-};
+use crate::http::{RequestRecord, authority_of, check_header_size, error_reason, error_response};
 use crate::metrics::{TcpConnLabels, TcpLabels};
-use crate::snapshot::{Protocol, Target};
+use crate::snapshot::{Endpoint, Protocol, Target};
 use crate::transport::{ClientStream, PeerConn, classify_h3_conn};
 
 /// How an app-facing listener picks the destination.
@@ -126,7 +122,9 @@ async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Re
                 )),
             };
         }
-        forward(&inputs, &target, req).await
+        let (result, detail) = crate::dispatch::forward(&inputs, &target, req).await;
+        record.set_detail(detail);
+        result
     }
     .await;
     match result {
@@ -143,21 +141,17 @@ async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Re
     }
 }
 
-/// Open a request stream to an endpoint of `target`. A pooled connection that can no longer
-/// open streams is replaced once: a failed `send_request` never delivered a complete request
-/// (no FIN was sent), so the retry cannot duplicate it.
-async fn open_stream(
+/// Open a request stream to `endpoint`. A pooled connection that can no longer open
+/// streams is replaced once: a failed `send_request` never delivered a complete request (no
+/// FIN was sent), so the retry cannot duplicate it.
+pub(crate) async fn open_stream(
     inputs: &Inputs,
-    target: &Target,
+    endpoint: &Endpoint,
     req: Request<()>,
 ) -> Result<(PeerConn, ClientStream), ProxyError> {
-    let snapshot = inputs.snapshot();
-    let turn = inputs.next_turn();
-    let decision = snapshot.resolve_outbound(target, turn)?;
-    let endpoint = decision.endpoint.clone();
     let mut last = None;
     for _ in 0..2 {
-        let mut peer = inputs.transport.connection(&endpoint).await?;
+        let mut peer = inputs.transport.connection(endpoint).await?;
         match peer.send.send_request(req.clone()).await {
             Ok(stream) => return Ok((peer, stream)),
             Err(e) => {
@@ -176,60 +170,13 @@ async fn open_stream(
             }
         }
     }
-    Err(last.unwrap_or(ProxyError::NoEndpoint(target.service.clone())))
+    Err(last.unwrap_or_else(|| ProxyError::PeerConnect {
+        addr: endpoint.address.to_string(),
+        detail: "no usable connection".into(),
+    }))
 }
 
-/// Carry one HTTP request to the mesh and stream its response back.
-async fn forward(
-    inputs: &Inputs,
-    target: &Target,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let (parts, body) = req.into_parts();
-    let authority = authority_of(&parts.uri, &parts.headers).unwrap_or_else(|| target.authority());
-    let uri = rebase_uri("https", &authority, &parts.uri)?;
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    headers.remove(PEER_IDENTITY_HEADER);
-    let target_value = HeaderValue::from_str(&target.authority())
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    headers.insert(TARGET_HEADER, target_value);
-    let mut h3req = Request::new(());
-    *h3req.method_mut() = parts.method;
-    *h3req.uri_mut() = uri;
-    *h3req.headers_mut() = headers;
-
-    let (peer, stream) = open_stream(inputs, target, h3req).await?;
-    let (mut tx, mut rx) = stream.split();
-    if body.is_end_stream() {
-        tx.finish()
-            .await
-            .map_err(|e| classify_h3_conn(&peer_addr(&peer), &peer.conn, &e.to_string()))?;
-    } else {
-        // The request body streams on its own task so that a response (e.g. gRPC
-        // bidirectional streaming) can flow back while the app is still sending.
-        tokio::spawn(async move {
-            if let Err(e) = body::send_body(body, &mut tx).await {
-                tracing::debug!(error = %e, "request body aborted");
-            }
-        });
-    }
-    let resp = tokio::time::timeout(inputs.tuning.response_timeout, rx.recv_response())
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout(inputs.tuning.response_timeout))?
-        .map_err(|e| classify_h3_conn(&peer_addr(&peer), &peer.conn, &e.to_string()))?;
-    let (mut rparts, ()) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
-    rparts.version = http::Version::HTTP_11;
-    let length = content_length(&rparts.headers);
-    // The body holds a request handle: h3 closes a client connection when its last handle
-    // goes, and the pool may let go of this one (GOAWAY) while the body still streams.
-    let body = H3Body::new(rx, length).keep_alive(peer.send.clone());
-    Ok(Response::from_parts(rparts, body.boxed()))
-}
-
-fn peer_addr(peer: &PeerConn) -> String {
+pub(crate) fn peer_addr(peer: &PeerConn) -> String {
     peer.conn.remote_address().to_string()
 }
 
@@ -251,7 +198,14 @@ async fn open_tunnel(
         .uri(authority.as_str())
         .body(())
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let (peer, mut stream) = open_stream(inputs, target, req).await?;
+    let snapshot = inputs.snapshot();
+    // Tunnels are opaque: Routes (HTTP rules) do not apply; the service's endpoints take
+    // turns.
+    let endpoint = snapshot
+        .resolve_outbound(target, inputs.next_turn())?
+        .endpoint
+        .clone();
+    let (peer, mut stream) = open_stream(inputs, &endpoint, req).await?;
     let resp = tokio::time::timeout(inputs.tuning.response_timeout, stream.recv_response())
         .await
         .map_err(|_| ProxyError::UpstreamTimeout(inputs.tuning.response_timeout))?

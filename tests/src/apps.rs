@@ -39,6 +39,57 @@ pub async fn start_http_echo() -> SocketAddr {
 
 /// [`start_http_echo`] on a chosen address.
 pub async fn serve_http_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    serve_http_echo_with(addr, Behaviour::default()).await
+}
+
+/// How a tagged echo app behaves (for traffic-policy tests: which version answered, a slow
+/// or a flaky instance).
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Sent back in `x-echo-tag`, and the key of [`served`].
+    pub tag: String,
+    /// Wait this long before answering every request.
+    pub delay: Duration,
+    /// Answer this share of requests (0-100) with 503 instead.
+    pub fail_percent: u32,
+}
+
+static SERVED: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// How many requests echo apps tagged `tag` have received.
+pub fn served(tag: &str) -> u64 {
+    SERVED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(t, _)| t == tag)
+        .map_or(0, |(_, n)| *n)
+}
+
+fn count_served(tag: &str) -> u64 {
+    let mut v = SERVED.lock().unwrap_or_else(|p| p.into_inner());
+    match v.iter_mut().find(|(t, _)| t == tag) {
+        Some((_, n)) => {
+            *n += 1;
+            *n
+        }
+        None => {
+            v.push((tag.to_string(), 1));
+            1
+        }
+    }
+}
+
+/// A tagged echo app on 127.0.0.1 (see [`Behaviour`]).
+pub async fn start_tagged_echo(b: Behaviour) -> SocketAddr {
+    serve_http_echo_with("127.0.0.1:0".parse().expect("literal address"), b)
+        .await
+        .expect("bind")
+}
+
+/// The echo app on `addr` with behaviour `b`.
+pub async fn serve_http_echo_with(addr: SocketAddr, b: Behaviour) -> std::io::Result<SocketAddr> {
+    let b = std::sync::Arc::new(b);
     let l = TcpListener::bind(addr).await?;
     let addr = l.local_addr()?;
     tokio::spawn(async move {
@@ -47,9 +98,11 @@ pub async fn serve_http_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
                 continue;
             };
             let _ = s.set_nodelay(true);
+            let b = b.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req| async move {
-                    Ok::<_, Infallible>(echo(req).await)
+                let svc = hyper::service::service_fn(move |req| {
+                    let b = b.clone();
+                    async move { Ok::<_, Infallible>(behave(&b, req).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc)
@@ -58,6 +111,29 @@ pub async fn serve_http_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+async fn behave(b: &Behaviour, req: Request<Incoming>) -> Response<Body> {
+    if b.tag.is_empty() {
+        return echo(req).await;
+    }
+    let n = count_served(&b.tag);
+    if !b.delay.is_zero() {
+        tokio::time::sleep(b.delay).await;
+    }
+    // Deterministic spread: every request whose number falls in the failing share fails.
+    let fail = (n * 7919 % 100) < u64::from(b.fail_percent);
+    let mut resp = if fail {
+        let mut r = Response::new(full(format!("{} failed\n", b.tag)));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r
+    } else {
+        echo(req).await
+    };
+    if let Ok(v) = HeaderValue::from_str(&b.tag) {
+        resp.headers_mut().insert("x-echo-tag", v);
+    }
+    resp
 }
 
 async fn echo(req: Request<Incoming>) -> Response<Body> {

@@ -1,0 +1,407 @@
+//! Traffic policy through real proxies: weighted subsets, header routing, load-aware
+//! balancing, retries under a budget, outlier ejection, faults, mirroring, authorization.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use quiver_tests::apps::{Behaviour, served, start_tagged_echo};
+use quiver_tests::client::{client, collect};
+use quiver_tests::harness::{RunningProxy, identity_yaml};
+use quiver_tests::pki::Pki;
+
+/// What one request came back with: status, which app answered, the proxy's reason.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    tag: String,
+    error: String,
+}
+
+/// Send `n` GETs to `addr`, `concurrency` at a time, with `headers`.
+async fn run(
+    addr: SocketAddr,
+    n: usize,
+    concurrency: usize,
+    headers: &[(&str, &str)],
+) -> Vec<Answer> {
+    let c = client::<Full<Bytes>>(false);
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let per = n / concurrency;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let c = c.clone();
+        let headers = headers.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..per {
+                let mut req = Request::get(format!("http://{addr}/"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                for (k, v) in &headers {
+                    req.headers_mut().insert(
+                        http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        v.parse().unwrap(),
+                    );
+                }
+                let (head, _) = collect(c.request(req).await.unwrap()).await;
+                let get = |h: &str| {
+                    head.headers()
+                        .get(h)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                out.push(Answer {
+                    status: head.status().as_u16(),
+                    tag: get("x-echo-tag"),
+                    error: get("quiver-error"),
+                });
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn share(answers: &[Answer], pred: impl Fn(&Answer) -> bool) -> f64 {
+    answers.iter().filter(|a| pred(a)).count() as f64 / answers.len() as f64
+}
+
+/// A server-side proxy for service `reviews` (sa `sa`) in front of `app`; `extra` is
+/// appended to its config (authorization, mesh defaults).
+async fn server(pki: &Pki, sa: &str, app: SocketAddr, extra: &str) -> RunningProxy {
+    let yaml = format!(
+        "{}listen: {{quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}}\ninbound:\n  - {{service: reviews, port: 8080, protocol: http1, app: \"{app}\"}}\n{extra}",
+        identity_yaml(&pki.issue(sa))
+    );
+    RunningProxy::start(&yaml, &pki.dir)
+        .await
+        .expect("start server proxy")
+}
+
+/// A client-side proxy (sa `sa`) whose outbound listener 0 leads to `reviews`, with the
+/// given endpoints (address, server sa, version label) and policy YAML appended.
+async fn caller(
+    pki: &Pki,
+    sa: &str,
+    endpoints: &[(SocketAddr, &str, &str)],
+    extra: &str,
+) -> RunningProxy {
+    let mut y = identity_yaml(&pki.issue(sa));
+    y.push_str(
+        "listen: {quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}
+outbound:
+  - {listen: \"127.0.0.1:0\", service: reviews, protocol: http1}
+services:
+  - name: reviews
+    subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+    endpoints:
+",
+    );
+    for (addr, server_sa, version) in endpoints {
+        y.push_str(&format!(
+            "      - {{address: \"{addr}\", identity: \"{}\", labels: {{version: {version}}}}}\n",
+            pki.id(server_sa)
+        ));
+    }
+    y.push_str(extra);
+    RunningProxy::start(&y, &pki.dir)
+        .await
+        .expect("start caller proxy")
+}
+
+/// Two versions of `reviews` behind their own proxies, and a caller.
+async fn two_versions(
+    tag: &str,
+    v1: Behaviour,
+    v2: Behaviour,
+    extra: &str,
+) -> (Pki, RunningProxy, Vec<RunningProxy>) {
+    let pki = Pki::new();
+    let a1 = start_tagged_echo(Behaviour {
+        tag: format!("{tag}-v1"),
+        ..v1
+    })
+    .await;
+    let a2 = start_tagged_echo(Behaviour {
+        tag: format!("{tag}-v2"),
+        ..v2
+    })
+    .await;
+    let b1 = server(&pki, "reviews", a1, "").await;
+    let b2 = server(&pki, "reviews", a2, "").await;
+    let c = caller(
+        &pki,
+        "frontend",
+        &[
+            (b1.bound.quic, "reviews", "v1"),
+            (b2.bound.quic, "reviews", "v2"),
+        ],
+        extra,
+    )
+    .await;
+    (pki, c, vec![b1, b2])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_80_20_hold_over_5000_requests() {
+    let routes = "routes:
+  - service: reviews
+    rules:
+      - name: split
+        backends: [{subset: v1, weight: 80}, {subset: v2, weight: 20}]
+";
+    let (_pki, c, _b) = two_versions("w", Behaviour::default(), Behaviour::default(), routes).await;
+    let answers = run(c.bound.outbound[0], 5000, 8, &[]).await;
+    assert!(
+        answers.iter().all(|a| a.status == 200),
+        "{:?}",
+        answers.iter().find(|a| a.status != 200)
+    );
+    let v2 = share(&answers, |a| a.tag == "w-v2");
+    assert!(
+        (0.17..=0.23).contains(&v2),
+        "v2 got {:.1}% (want 20 ± 3)",
+        v2 * 100.0
+    );
+    let (_, m) = c.admin_get("/metrics").await;
+    assert!(m.contains("quiver_requests_total{direction=\"outbound\",service=\"reviews\",status_class=\"2xx\",error=\"\"} 5000"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_match_sends_testers_to_v2_only() {
+    let routes = "routes:
+  - service: reviews
+    rules:
+      - name: testers
+        match: {headers: [{name: x-user, exact: tester}]}
+        backends: [{subset: v2, weight: 100}]
+      - name: everyone
+        backends: [{subset: v1, weight: 100}]
+";
+    let (_pki, c, _b) = two_versions("h", Behaviour::default(), Behaviour::default(), routes).await;
+    let testers = run(c.bound.outbound[0], 200, 4, &[("x-user", "tester")]).await;
+    assert!(
+        testers.iter().all(|a| a.tag == "h-v2"),
+        "a tester reached v1"
+    );
+    let others = run(c.bound.outbound[0], 200, 4, &[("x-user", "someone")]).await;
+    assert!(
+        others.iter().all(|a| a.tag == "h-v1"),
+        "a non-tester reached v2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_gets_less_traffic_under_p2c_ewma() {
+    let slow = Behaviour {
+        delay: Duration::from_millis(25),
+        ..Default::default()
+    };
+    let (_pki, c, _b) = two_versions("p", slow, Behaviour::default(), "").await;
+    let answers = run(c.bound.outbound[0], 600, 6, &[]).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    let fast = share(&answers, |a| a.tag == "p-v2");
+    assert!(
+        fast > 0.75,
+        "the fast endpoint got only {:.1}%",
+        fast * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_mask_a_flaky_backend_and_the_budget_caps_a_storm() {
+    let routes = "routes:
+  - service: reviews
+    rules:
+      - name: retry
+        backends: [{subset: v1, weight: 100}]
+        retries: {attempts: 3, retryOn: [5xx]}
+";
+    let flaky = Behaviour {
+        fail_percent: 30,
+        ..Default::default()
+    };
+    let (_pki, c, _b) = two_versions("r", flaky, Behaviour::default(), routes).await;
+    let answers = run(c.bound.outbound[0], 400, 4, &[]).await;
+    let ok = share(&answers, |a| a.status == 200);
+    // 30% failures, three attempts: about 0.3^3 = 2.7% would remain without a budget.
+    assert!(ok >= 0.95, "only {:.1}% succeeded", ok * 100.0);
+    let extra = served("r-v1") - 400;
+    assert!(extra > 60, "retries did not happen: {extra} extra attempts");
+    let (_, m) = c.admin_get("/metrics").await;
+    assert!(
+        m.contains("quiver_retries_total{service=\"reviews\"}"),
+        "{m}"
+    );
+
+    // A backend that always fails: retries stay within ratio (20%) of requests plus the floor
+    // (10/s over the 10 s window = 100), far below the 2 extra attempts each would take.
+    let dead = Behaviour {
+        fail_percent: 100,
+        ..Default::default()
+    };
+    let (_pki, c, _b) = two_versions("s", dead, Behaviour::default(), routes).await;
+    let answers = run(c.bound.outbound[0], 400, 4, &[]).await;
+    assert!(answers.iter().all(|a| a.status == 503));
+    let extra = served("s-v1") - 400;
+    assert!(
+        extra <= 400 / 5 + 100 + 5,
+        "the budget let {extra} retries through"
+    );
+    assert!(extra >= 50, "no retries at all: {extra}");
+    let (_, m) = c.admin_get("/metrics").await;
+    assert!(
+        m.contains("quiver_retry_stops_total{service=\"reviews\",reason=\"budget-exhausted\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_ejected_and_traffic_moves() {
+    let pki = Pki::new();
+    let app = start_tagged_echo(Behaviour {
+        tag: "e-live".into(),
+        ..Default::default()
+    })
+    .await;
+    let live = server(&pki, "reviews", app, "").await;
+    let dead = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let c = caller(
+        &pki,
+        "frontend",
+        &[(live.bound.quic, "reviews", "v1"), (dead, "reviews", "v1")],
+        "tuning: {connect_timeout: 200ms}\n",
+    )
+    .await;
+    let first = run(c.bound.outbound[0], 100, 2, &[]).await;
+    let failed = first.iter().filter(|a| a.status != 200).count();
+    assert!(failed >= 1, "the dead endpoint was never tried");
+    assert!(
+        first
+            .iter()
+            .filter(|a| a.status != 200)
+            .all(|a| a.error == "peer-connect")
+    );
+    let later = run(c.bound.outbound[0], 200, 4, &[]).await;
+    assert!(
+        later.iter().all(|a| a.status == 200),
+        "traffic still reaches the dead endpoint"
+    );
+    let (_, m) = c.admin_get("/metrics").await;
+    assert!(
+        m.contains("quiver_outlier_ejections_total{service=\"reviews\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_abort_hits_about_half_and_says_so() {
+    let routes = "routes:
+  - service: reviews
+    rules:
+      - name: chaos
+        backends: [{subset: v1, weight: 100}]
+        fault: {abort: {httpStatus: 503, percent: 50}}
+";
+    let (_pki, c, _b) = two_versions("f", Behaviour::default(), Behaviour::default(), routes).await;
+    let answers = run(c.bound.outbound[0], 1000, 4, &[]).await;
+    let aborted = share(&answers, |a| a.status == 503 && a.error == "fault");
+    assert!(
+        (0.45..=0.55).contains(&aborted),
+        "aborted {:.1}%",
+        aborted * 100.0
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| (a.status == 200 && a.tag == "f-v1") || a.error == "fault")
+    );
+    assert_eq!(
+        served("f-v1") as usize,
+        answers.iter().filter(|a| a.status == 200).count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_receives_a_copy_and_its_answers_are_discarded() {
+    let routes = "routes:
+  - service: reviews
+    rules:
+      - name: shadow
+        backends: [{subset: v1, weight: 100}]
+        mirror: {subset: v2, percent: 100}
+";
+    let (_pki, c, _b) = two_versions("m", Behaviour::default(), Behaviour::default(), routes).await;
+    let answers = run(c.bound.outbound[0], 100, 2, &[]).await;
+    assert!(answers.iter().all(|a| a.status == 200 && a.tag == "m-v1"));
+    quiver_tests::eventually("mirror copies", Duration::from_secs(5), || async {
+        (served("m-v2") == 100).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_allows_listed_callers_and_denies_the_rest() {
+    let pki = Pki::new();
+    let app = start_tagged_echo(Behaviour {
+        tag: "z".into(),
+        ..Default::default()
+    })
+    .await;
+    let policy = "authorization:
+  - name: frontend-only
+    service: reviews
+    allow:
+      - sources: [\"spiffe://mesh.local/ns/default/sa/frontend\"]
+        methods: [GET]
+";
+    let b = server(&pki, "reviews", app, policy).await;
+    let allowed = caller(&pki, "frontend", &[(b.bound.quic, "reviews", "v1")], "").await;
+    let stranger = caller(&pki, "batch-job", &[(b.bound.quic, "reviews", "v1")], "").await;
+    let ok = run(allowed.bound.outbound[0], 20, 1, &[]).await;
+    assert!(ok.iter().all(|a| a.status == 200 && a.tag == "z"));
+    let denied = run(stranger.bound.outbound[0], 20, 1, &[]).await;
+    assert!(
+        denied
+            .iter()
+            .all(|a| a.status == 403 && a.error == "denied"),
+        "{:?}",
+        denied.first()
+    );
+    assert_eq!(served("z"), 20, "a denied request reached the app");
+    let (_, m) = b.admin_get("/metrics").await;
+    assert!(
+        m.contains("quiver_authz_denied_total{service=\"reviews\"} 20"),
+        "{m}"
+    );
+
+    // Deny-all by default: a service no policy speaks about refuses everyone.
+    let app = start_tagged_echo(Behaviour {
+        tag: "z2".into(),
+        ..Default::default()
+    })
+    .await;
+    let b = server(&pki, "reviews", app, "mesh: {defaultPolicy: DENY}\n").await;
+    let c = caller(&pki, "frontend", &[(b.bound.quic, "reviews", "v1")], "").await;
+    let denied = run(c.bound.outbound[0], 10, 1, &[]).await;
+    assert!(
+        denied
+            .iter()
+            .all(|a| a.status == 403 && a.error == "denied")
+    );
+    assert_eq!(served("z2"), 0);
+}
