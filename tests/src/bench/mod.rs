@@ -33,7 +33,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "h1,rate1k,grpc,bulk,close"
+        default_value = "h1,rate1k,grpc,bulk,close,policy"
     )]
     pub scenarios: Vec<Scenario>,
     /// Paths to measure each scenario on (comma-separated).
@@ -108,6 +108,9 @@ pub enum Scenario {
     Bulk,
     /// A new client TCP connection per request.
     Close,
+    /// `h1` through a Route with five match rules, an 80/20 split and retries, and an
+    /// AuthorizationPolicy on the callee.
+    Policy,
 }
 
 impl Scenario {
@@ -118,6 +121,7 @@ impl Scenario {
             Scenario::Grpc => "grpc",
             Scenario::Bulk => "bulk",
             Scenario::Close => "close",
+            Scenario::Policy => "policy",
         }
     }
 }
@@ -264,7 +268,8 @@ mod tests {
                 Scenario::Rate1k,
                 Scenario::Grpc,
                 Scenario::Bulk,
-                Scenario::Close
+                Scenario::Close,
+                Scenario::Policy
             ]
         );
         assert_eq!(a.duration, Duration::from_secs(10));

@@ -32,6 +32,42 @@ pub struct PairOptions {
     pub log: String,
     /// Keep configs, logs and certificates after the pair stops (their paths are printed).
     pub keep_files: bool,
+    /// Give the pair the `policy` scenario's config: a Route with five match rules, an 80/20
+    /// split and retries on A, an AuthorizationPolicy on B.
+    pub policy: bool,
+}
+
+/// A's policy for the `policy` scenario. The last rule matches the load (`GET /`); the four
+/// before it are evaluated and rejected on every request, as a realistic route table would.
+/// Both subsets select B (one endpoint), so the split costs what a split costs without
+/// changing where requests land.
+fn policy_a() -> String {
+    format!(
+        "routes:
+  - service: {HTTP_SERVICE}
+    rules:
+      - {{name: admin, match: {{path: {{prefix: /admin/}}}}, backends: [{{subset: stable, weight: 100}}]}}
+      - {{name: items, match: {{path: {{regex: \"/items/[0-9]+\"}}}}, backends: [{{subset: stable, weight: 100}}]}}
+      - {{name: testers, match: {{headers: [{{name: x-user, exact: tester}}]}}, backends: [{{subset: canary, weight: 100}}]}}
+      - {{name: writes, match: {{methods: [POST, PUT, PATCH, DELETE]}}, backends: [{{subset: stable, weight: 100}}]}}
+      - name: split
+        match: {{path: {{prefix: /}}}}
+        backends: [{{subset: stable, weight: 80}}, {{subset: canary, weight: 20}}]
+        retries: {{attempts: 3, retryOn: [gateway-error, reset, connect-failure]}}
+"
+    )
+}
+
+/// B's authorization for the `policy` scenario: only A may call, and only with GET/HEAD.
+fn policy_b(a_id: &str) -> String {
+    format!(
+        "authorization:
+  - name: a-only
+    service: {HTTP_SERVICE}
+    allow:
+      - {{sources: [\"{a_id}\"], methods: [GET, HEAD]}}
+"
+    )
 }
 
 /// One running `quiver-proxy` child.
@@ -138,7 +174,8 @@ inbound:
   - {{service: {HTTP_SERVICE}, port: 8080, protocol: http1, app: \"{http}\"}}
   - {{service: {GRPC_SERVICE}, port: 50051, protocol: grpc, app: \"{grpc}\"}}
   - {{service: {TCP_SERVICE}, port: 9000, protocol: tcp, app: \"{sink}\"}}
-{tuning}",
+{tuning}{policy}",
+            policy = if opts.policy { policy_b(pki.id("a").as_str()) } else { String::new() },
             id = identity_yaml(&pki.issue("b")),
             http = backends.http,
             grpc = backends.grpc,
@@ -153,10 +190,11 @@ outbound:
   - {{listen: \"{grpc}\", service: {GRPC_SERVICE}, port: 50051, protocol: grpc}}
   - {{listen: \"{tcp}\", service: {TCP_SERVICE}, port: 9000, protocol: tcp}}
 services:
-  - {{name: {HTTP_SERVICE}, endpoints: [{{address: \"{b_quic}\", identity: \"{b_id}\"}}]}}
+  - {{name: {HTTP_SERVICE}, subsets: [{{name: stable, labels: {{track: stable}}}}, {{name: canary, labels: {{}}}}], endpoints: [{{address: \"{b_quic}\", identity: \"{b_id}\", labels: {{track: stable}}}}]}}
   - {{name: {GRPC_SERVICE}, endpoints: [{{address: \"{b_quic}\", identity: \"{b_id}\"}}]}}
   - {{name: {TCP_SERVICE}, endpoints: [{{address: \"{b_quic}\", identity: \"{b_id}\"}}]}}
-{tuning}",
+{tuning}{policy}",
+            policy = if opts.policy { policy_a() } else { String::new() },
             id = identity_yaml(&pki.issue("a")),
             http = entries.http,
             grpc = entries.grpc,

@@ -33,6 +33,7 @@ fn pair_options(args: &Args) -> anyhow::Result<PairOptions> {
         tuning: args.tuning.clone(),
         log: args.proxy_log.clone(),
         keep_files: args.keep_files,
+        policy: false,
     })
 }
 
@@ -115,7 +116,11 @@ async fn mesh_row(
     backends: &Backends,
     scenario: Scenario,
 ) -> anyhow::Result<anyhow::Result<Row>> {
-    let mut pair = ProxyPair::start(opts, backends).await?;
+    let opts = PairOptions {
+        policy: scenario == Scenario::Policy,
+        ..opts.clone()
+    };
+    let mut pair = ProxyPair::start(&opts, backends).await?;
     let e = pair.entries;
     let targets = Targets {
         http: e.http,
@@ -181,7 +186,7 @@ async fn measure(
     let window = || Window::after(args.warmup, args.duration);
     let n = args.connections;
     let measured = match scenario {
-        Scenario::H1 => load::h1_closed(t.http, n, window(), cpu).await?,
+        Scenario::H1 | Scenario::Policy => load::h1_closed(t.http, n, window(), cpu).await?,
         Scenario::Rate1k => load::h1_open(t.http, n, args.rate, window(), cpu).await?,
         Scenario::Grpc => {
             load::grpc_closed(t.grpc, args.grpc_connections, n, window(), cpu).await?
