@@ -142,6 +142,9 @@ pub struct Proxy {
     outbound: Vec<(TcpListener, outbound::Entry, snapshot::Protocol)>,
     drain_timeout: std::time::Duration,
     identity_files: config::IdentityPaths,
+    bootstrap: config::Bootstrap,
+    /// The file to re-read for live snapshot changes, and how often.
+    config_file: Option<(std::path::PathBuf, std::time::Duration)>,
     bound: Bound,
 }
 
@@ -195,7 +198,7 @@ impl Proxy {
                 "http_proxy": bound.http_proxy.map(|a| a.to_string()),
                 "outbound": bound.outbound.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             },
-            "config": &config,
+            "bootstrap": &config.bootstrap,
         });
         metrics.identity_expiry(identity::not_after_unix(&identity));
         let inputs = Arc::new(Inputs {
@@ -223,12 +226,27 @@ impl Proxy {
             outbound,
             drain_timeout: b.drain_timeout,
             identity_files: b.identity.clone(),
+            bootstrap: config.bootstrap.clone(),
+            config_file: None,
             bound,
         })
     }
 
     pub fn bound(&self) -> &Bound {
         &self.bound
+    }
+
+    /// Re-read `path` every `interval` and apply changes to services, routes, authorization
+    /// and mesh defaults live (in-flight requests keep the snapshot they started with).
+    /// Bootstrap fields (identity paths, listeners, tuning) need a restart: a change to them
+    /// is logged and otherwise ignored.
+    pub fn reload_config_from(
+        mut self,
+        path: std::path::PathBuf,
+        interval: std::time::Duration,
+    ) -> Self {
+        self.config_file = Some((path, interval));
+        self
     }
 
     pub fn inputs(&self) -> &Arc<Inputs> {
@@ -246,6 +264,14 @@ impl Proxy {
                 inputs.clone(),
                 self.identity_files.clone(),
                 self.identity_files.reload_interval,
+            )));
+        }
+        if let Some((path, interval)) = self.config_file.clone() {
+            tasks.push(tokio::spawn(watch_config(
+                inputs.clone(),
+                path,
+                interval,
+                self.bootstrap.clone(),
             )));
         }
         if let Some(l) = self.http_proxy {
@@ -284,5 +310,50 @@ impl Proxy {
             .await;
         admin.abort();
         tracing::info!("proxy stopped");
+    }
+}
+
+/// Poll the config file; apply a changed, valid snapshot. An invalid file is logged with
+/// every problem and counted; the proxy keeps running on its current snapshot.
+async fn watch_config(
+    inputs: Arc<Inputs>,
+    path: std::path::PathBuf,
+    interval: std::time::Duration,
+    bootstrap: config::Bootstrap,
+) {
+    let mut last = std::fs::read(&path).ok();
+    let running = serde_json::to_string(&bootstrap).unwrap_or_default();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Ok(now) = std::fs::read(&path) else {
+            continue;
+        };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        last = Some(now);
+        match ProxyConfig::load(&path) {
+            Ok(c) => {
+                if serde_json::to_string(&c.bootstrap).unwrap_or_default() != running {
+                    tracing::warn!(
+                        "config file changed bootstrap fields (identity, listen, outbound, tuning, drain_timeout): restart to apply them; applying the rest"
+                    );
+                }
+                tracing::info!(
+                    services = c.snapshot.services.len(),
+                    routes = c.snapshot.policy_config.routes.len(),
+                    "config reloaded"
+                );
+                inputs.set_snapshot(c.snapshot);
+                inputs.metrics.config_reload(true);
+            }
+            Err(errs) => {
+                inputs.metrics.config_reload(false);
+                tracing::warn!(errors = %errs, "config file changed but is invalid; keeping the running config");
+            }
+        }
     }
 }

@@ -17,6 +17,10 @@ struct Args {
     /// Validate the config, print every problem with its field, and exit (like `nginx -t`).
     #[arg(long)]
     check: bool,
+    /// How often to re-read the config file for live changes (services, routes,
+    /// authorization, mesh defaults); 0s turns it off.
+    #[arg(long, default_value = "5s", value_parser = quiver_api::duration::parse)]
+    reload_interval: std::time::Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "QUIVER_LOG_JSON")]
     log_json: bool,
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let workers = config.bootstrap.tuning.workers;
+    let (path, reload) = (args.config.clone(), args.reload_interval);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if workers > 0 {
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective config");
         let proxy = match quiver_proxy::Proxy::bind(config).await {
+            Ok(p) if !reload.is_zero() => p.reload_config_from(path, reload),
             Ok(p) => p,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -73,6 +73,7 @@ pub struct Metrics {
     pub faults: Family<ReasonLabels, Counter>,
     pub mirrored: Family<ServiceLabels, Counter>,
     pub denied: Family<ServiceLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +116,7 @@ impl Metrics {
             faults: Family::default(),
             mirrored: Family::default(),
             denied: Family::default(),
+            config_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("quiver");
         // Counters are registered without `_total`: the encoder appends it.
@@ -216,7 +218,20 @@ impl Metrics {
             "Inbound requests and tunnels refused by authorization, by service",
             m.denied.clone(),
         );
+        r.register(
+            "config_reloads",
+            "Config file reloads, by result",
+            m.config_reloads.clone(),
+        );
         m
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
     }
 
     pub fn count(family: &Family<ServiceLabels, Counter>, service: &str) {

@@ -38,6 +38,26 @@ impl RunningProxy {
         })
     }
 
+    /// Start from a config file that is re-read every `reload` for live changes.
+    pub async fn start_file(path: &Path, reload: std::time::Duration) -> anyhow::Result<Self> {
+        crate::init_log();
+        let config = ProxyConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let proxy = quiver_proxy::Proxy::bind(config)
+            .await?
+            .reload_config_from(path.to_path_buf(), reload);
+        let bound = proxy.bound().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(proxy.run(async move {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            bound,
+            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            stop: Some(tx),
+            task,
+        })
+    }
+
     /// Begin the drain (like SIGTERM) without waiting for it.
     pub fn signal_stop(&mut self) {
         if let Some(tx) = self.stop.take() {

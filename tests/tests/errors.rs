@@ -151,7 +151,7 @@ async fn admin_endpoints_report_health_config_and_metrics() {
     assert_eq!(json["identity"]["private_key"], "<redacted>");
     assert!(!config.contains("PRIVATE KEY"), "key material in /config");
     assert_eq!(
-        json["config"]["snapshot"]["services"]["echo"]["endpoints"][0]["identity"],
+        json["snapshot"]["services"]["echo"]["endpoints"][0]["identity"],
         "spiffe://mesh.local/ns/default/sa/b"
     );
 

@@ -405,3 +405,100 @@ async fn authorization_allows_listed_callers_and_denies_the_rest() {
     );
     assert_eq!(served("z2"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_change_live_from_the_config_file_without_dropping_requests_in_flight() {
+    let pki = Pki::new();
+    let a1 = start_tagged_echo(Behaviour {
+        tag: "l-v1".into(),
+        ..Default::default()
+    })
+    .await;
+    let a2 = start_tagged_echo(Behaviour {
+        tag: "l-v2".into(),
+        ..Default::default()
+    })
+    .await;
+    let b1 = server(&pki, "reviews", a1, "").await;
+    let b2 = server(&pki, "reviews", a2, "").await;
+    // The caller's config as a file, so it can be edited while the proxy runs.
+    let mut y = identity_yaml(&pki.issue("frontend"));
+    y.push_str(&format!(
+        "listen: {{quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}}
+outbound:
+  - {{listen: \"127.0.0.1:0\", service: reviews, protocol: http1}}
+services:
+  - name: reviews
+    subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+    endpoints:
+      - {{address: \"{}\", identity: \"{}\", labels: {{version: v1}}}}
+      - {{address: \"{}\", identity: \"{}\", labels: {{version: v2}}}}
+routes:
+  - service: reviews
+    rules:
+      - name: split
+        backends: [{{subset: v1, weight: 100}}, {{subset: v2, weight: 0}}]
+",
+        b1.bound.quic,
+        pki.id("reviews"),
+        b2.bound.quic,
+        pki.id("reviews")
+    ));
+    let file = pki.dir.join("caller-live.yaml");
+    std::fs::write(&file, &y).unwrap();
+    let c = RunningProxy::start_file(&file, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let addr = c.bound.outbound[0];
+    let before = run(addr, 100, 2, &[]).await;
+    assert!(before.iter().all(|a| a.tag == "l-v1"));
+
+    // A request in flight on v1 while the weights flip.
+    let slow = tokio::spawn(async move {
+        let c = client::<Full<Bytes>>(false);
+        let req = Request::get(format!("http://{addr}/sleep/800?live-test"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        collect(c.request(req).await.unwrap()).await
+    });
+    quiver_tests::eventually("request in flight", Duration::from_secs(5), || async {
+        (quiver_tests::apps::sleeping("live-test") == 1).then_some(())
+    })
+    .await;
+    std::fs::write(
+        &file,
+        y.replace(
+            "weight: 100}, {subset: v2, weight: 0}",
+            "weight: 0}, {subset: v2, weight: 100}",
+        ),
+    )
+    .unwrap();
+    quiver_tests::eventually("new weights applied", Duration::from_secs(5), || async {
+        let a = run(addr, 2, 1, &[]).await;
+        a.iter().all(|a| a.tag == "l-v2").then_some(())
+    })
+    .await;
+    let after = run(addr, 100, 2, &[]).await;
+    assert!(
+        after.iter().all(|a| a.tag == "l-v2"),
+        "old weights still in use"
+    );
+    let (head, _) = slow.await.unwrap();
+    assert_eq!(
+        head.status(),
+        200,
+        "the in-flight request was dropped by the reload"
+    );
+    assert_eq!(head.headers()["x-echo-tag"], "l-v1");
+
+    // An invalid edit is refused whole; the running config stays.
+    std::fs::write(&file, y.replace("weight: 0}", "weight: 10}")).unwrap();
+    quiver_tests::eventually("failed reload counted", Duration::from_secs(5), || async {
+        let (_, m) = c.admin_get("/metrics").await;
+        m.contains("quiver_config_reloads_total{result=\"failed\"} 1")
+            .then_some(())
+    })
+    .await;
+    let still = run(addr, 20, 1, &[]).await;
+    assert!(still.iter().all(|a| a.tag == "l-v2"));
+}

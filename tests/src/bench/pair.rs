@@ -175,7 +175,11 @@ inbound:
   - {{service: {GRPC_SERVICE}, port: 50051, protocol: grpc, app: \"{grpc}\"}}
   - {{service: {TCP_SERVICE}, port: 9000, protocol: tcp, app: \"{sink}\"}}
 {tuning}{policy}",
-            policy = if opts.policy { policy_b(pki.id("a").as_str()) } else { String::new() },
+            policy = if opts.policy {
+                policy_b(pki.id("a").as_str())
+            } else {
+                String::new()
+            },
             id = identity_yaml(&pki.issue("b")),
             http = backends.http,
             grpc = backends.grpc,
