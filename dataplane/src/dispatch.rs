@@ -141,7 +141,7 @@ async fn carry_out(
         let picked = inputs.with_balancer(snapshot, &service, |bal| {
             match plan.pick_endpoint(&svc.workloads, bal, &snapshot.zone, now, rolls) {
                 Pick::Endpoint { address, .. } => bal
-                    .start(address, Stage::Active, now)
+                    .start(address, Stage::Pending, now)
                     .map(|()| address)
                     .map_err(|limit| limit.as_str()),
                 Pick::NoEndpoint => Err("no-endpoint"),
@@ -157,7 +157,7 @@ async fn carry_out(
             }
         };
         let Some(endpoint) = svc.endpoint(address).cloned() else {
-            inputs.with_balancer(snapshot, &service, |bal| bal.end(address, Stage::Active));
+            inputs.with_balancer(snapshot, &service, |bal| bal.end(address, Stage::Pending));
             return Err(ProxyError::NoEndpoint(service));
         };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -167,17 +167,32 @@ async fn carry_out(
             other => std::mem::replace(other, AttemptBody::Spent),
         };
         let sent_at = Instant::now();
-        let result =
-            match tokio::time::timeout(per_try, send_once(inputs, &endpoint, &h3head, this_body))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(ProxyError::UpstreamTimeout(per_try)),
-            };
+        // Pending until the attempt has its connection (circuit limit `max_pending`), then
+        // active until the response head (`max_requests`).
+        let connected = std::sync::atomic::AtomicBool::new(false);
+        let result = match tokio::time::timeout(
+            per_try,
+            send_once(inputs, &endpoint, &h3head, this_body, || {
+                inputs.with_balancer(snapshot, &service, |bal| bal.connected(address));
+                connected.store(true, std::sync::atomic::Ordering::Relaxed);
+            }),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::UpstreamTimeout(per_try)),
+        };
         let now = Instant::now();
         let outcome = outcome_of(&result);
         let ejected = inputs.with_balancer(snapshot, &service, |bal| {
-            bal.end(address, Stage::Active);
+            bal.end(
+                address,
+                if connected.load(std::sync::atomic::Ordering::Relaxed) {
+                    Stage::Active
+                } else {
+                    Stage::Pending
+                },
+            );
             if let Ok(resp) = &result {
                 bal.observe(address, now - sent_at, now);
                 if let Some(load) = resp
@@ -294,8 +309,10 @@ async fn send_once(
     endpoint: &Endpoint,
     head: &Request<()>,
     body: AttemptBody,
+    on_connected: impl FnOnce(),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (peer, stream) = open_stream(inputs, endpoint, head.clone()).await?;
+    on_connected();
     let (mut tx, mut rx) = stream.split();
     match body {
         AttemptBody::Held(b) if b.is_empty() => tx
@@ -370,7 +387,7 @@ fn mirror_copy(
         let timeout = Duration::from_secs(10).min(inputs.tuning.response_timeout);
         let r = tokio::time::timeout(
             timeout,
-            send_once(&inputs, &endpoint, &head, AttemptBody::Held(body)),
+            send_once(&inputs, &endpoint, &head, AttemptBody::Held(body), || {}),
         )
         .await;
         if let Ok(Ok(resp)) = r {

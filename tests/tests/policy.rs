@@ -502,3 +502,94 @@ routes:
     let still = run(addr, 20, 1, &[]).await;
     assert!(still.iter().all(|a| a.tag == "l-v2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_limits_refuse_fast_with_overloaded() {
+    let pki = Pki::new();
+    let slow = Behaviour {
+        tag: "o".into(),
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let app = start_tagged_echo(slow).await;
+    let b = server(&pki, "reviews", app, "").await;
+    let c = caller(
+        &pki,
+        "frontend",
+        &[(b.bound.quic, "reviews", "v1")],
+        "tuning: {balancing: {limits: {max_requests: 2, max_pending: 2}}}\n",
+    )
+    .await;
+    // Six at once against a limit of two outstanding: four are refused at once.
+    let answers = run(c.bound.outbound[0], 6, 6, &[]).await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.status == 503 && a.error == "overloaded")
+        .count();
+    assert_eq!((ok, refused), (2, 4), "{answers:?}");
+    assert_eq!(served("o"), 2, "refused requests reached the app");
+    let (_, m) = c.admin_get("/metrics").await;
+    assert!(
+        m.contains("quiver_overload_refusals_total{service=\"reviews\",reason=\"max-requests\"} 4"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_refuses_a_tcp_tunnel_at_connect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let echo = quiver_tests::apps::start_tcp_echo().await;
+    let policy = "authorization:
+  - name: only-frontend
+    service: db
+    allow: [{sources: [\"spiffe://mesh.local/ns/default/sa/frontend\"]}]
+";
+    let yaml = format!(
+        "{}listen: {{quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}}\ninbound:\n  - {{service: db, port: 5432, protocol: tcp, app: \"{echo}\"}}\n{policy}",
+        identity_yaml(&pki.issue("db"))
+    );
+    let b = RunningProxy::start(&yaml, &pki.dir).await.unwrap();
+    let client_for = |sa: &str| {
+        let mut y = identity_yaml(&pki.issue(sa));
+        y.push_str(&format!(
+            "listen: {{quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}}
+outbound:
+  - {{listen: \"127.0.0.1:0\", service: db, protocol: tcp}}
+services:
+  - {{name: db, endpoints: [{{address: \"{}\", identity: \"{}\"}}]}}
+",
+            b.bound.quic,
+            pki.id("db")
+        ));
+        y
+    };
+    let good = RunningProxy::start(&client_for("frontend"), &pki.dir)
+        .await
+        .unwrap();
+    let bad = RunningProxy::start(&client_for("intruder"), &pki.dir)
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(good.bound.outbound[0])
+        .await
+        .unwrap();
+    s.write_all(b"select 1").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    assert_eq!(out, b"select 1\nEOF total=8\n");
+    // The intruder's tunnel is refused at CONNECT: its connection closes with nothing echoed.
+    let mut s = tokio::net::TcpStream::connect(bad.bound.outbound[0])
+        .await
+        .unwrap();
+    let _ = s.write_all(b"select 1").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(out.is_empty(), "a denied tunnel carried bytes: {out:?}");
+    let (_, m) = b.admin_get("/metrics").await;
+    assert!(
+        m.contains("quiver_authz_denied_total{service=\"db\"} 1"),
+        "{m}"
+    );
+}
