@@ -136,6 +136,8 @@ impl TestServer {
             "quiver-control".to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--discovery-listen".into(),
+            "127.0.0.1:0".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--admin-token".into(),
