@@ -35,10 +35,11 @@ async fn first_start_creates_an_admin_token_once() {
         .clone()
         .expect("a token on first start");
     assert!(token.starts_with("qvr_"));
-    let addr = running.addr;
+    let (addr, discovery) = (running.addr, running.discovery_addr);
     let server = TestServer {
         running: Some(running),
         addr,
+        discovery,
         admin: token.clone(),
         url: format!("http://{addr}"),
     };

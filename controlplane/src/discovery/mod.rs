@@ -2,6 +2,7 @@
 //! the lease sweeper and the discovery listener's TLS identity. The gRPC handlers are in
 //! [`crate::api`]; this module owns the state they read.
 
+pub mod client;
 pub mod listener;
 pub mod snapshot;
 pub mod sweeper;
