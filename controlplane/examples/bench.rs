@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let mut flags = vec![
         "quiver-control".to_string(),
         "--listen=127.0.0.1:0".into(),
+        "--discovery-listen=127.0.0.1:0".into(),
         format!("--data-dir={}", dir.path().display()),
         format!("--admin-token={TOKEN}"),
     ];

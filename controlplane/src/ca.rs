@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use quiver_api::SpiffeId;
-use quiver_api::certs::{CertError, CertificateAuthority};
+use quiver_api::certs::{CertError, CertificateAuthority, IssuedCert};
 
 use crate::store::{Store, StoreError};
 
@@ -90,6 +90,11 @@ impl MeshCa {
     /// intermediate, peers should also trust the operator's root).
     pub fn bundle_pem(&self) -> &str {
         &self.bundle_pem
+    }
+
+    /// Issue a certificate and a new key for `id` (the control plane's own listener).
+    pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<IssuedCert, CaError> {
+        Ok(self.authority.issue(id, ttl)?)
     }
 
     /// Sign the public key of `csr_der` into an SVID for `ns`/`service_account`.

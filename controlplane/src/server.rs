@@ -1,6 +1,7 @@
 //! Start-up wiring of the `quiver-control` server: configuration, store, CA, first admin
-//! token, change feed, and one listener serving native gRPC, gRPC-web, reflection and
-//! `/metrics`.
+//! token, change feed, mesh view and lease sweeper; the API listener (native gRPC, gRPC-web,
+//! reflection and `/metrics`) and the discovery listener (MeshDiscovery over TLS, client
+//! certificates from the mesh CA).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,12 +13,13 @@ use http::header::HeaderName;
 use prometheus_client::registry::Registry;
 use quiver_api::v1;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api::{AdminApi, DiscoveryApi, Inputs, rfc3339};
 use crate::auth;
 use crate::ca::{CaError, MeshCa};
+use crate::discovery::{MeshView, listener, sweeper};
 use crate::metrics::{self, Metrics};
 use crate::store::{self, Feed, now_ms};
 
@@ -28,6 +30,14 @@ pub struct Config {
     /// Address of the API port: gRPC, gRPC-web, reflection and /metrics.
     #[arg(long, env = "QUIVER_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Address of the discovery listener: MeshDiscovery for proxies, TLS with a server
+    /// certificate from the mesh CA and optional client certificates (mTLS).
+    #[arg(long, env = "QUIVER_DISCOVERY_LISTEN", default_value = "0.0.0.0:15010")]
+    pub discovery_listen: SocketAddr,
+    /// How long a registered workload stays an endpoint without a keep-alive.
+    #[arg(long, env = "QUIVER_LEASE_TTL", default_value = "30s", value_parser = lease_ttl)]
+    #[serde(with = "quiver_api::duration::serde_human")]
+    pub lease_ttl: Duration,
     /// Postgres URL (postgres://user@host/db). Without it, SQLite in --data-dir is used.
     #[arg(long, env = "QUIVER_DATABASE_URL")]
     #[serde(serialize_with = "redact")]
@@ -63,6 +73,13 @@ pub struct Config {
     pub log_format: String,
 }
 
+fn lease_ttl(s: &str) -> Result<Duration, String> {
+    match quiver_api::duration::parse(s)? {
+        d if d < Duration::from_secs(1) => Err("must be at least 1s".into()),
+        d => Ok(d),
+    }
+}
+
 fn redact<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     // Show the engine and host, never a password.
     let shown = url
@@ -83,11 +100,23 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where MeshDiscovery is served over TLS.
+    pub discovery_addr: SocketAddr,
     /// An admin token created by this start (first start, no QUIVER_ADMIN_TOKEN): shown once.
     pub new_admin_token: Option<String>,
     pub store_engine: &'static str,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The lease sweeper; stopped with the server.
+    _sweeper: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Running {
@@ -101,7 +130,7 @@ impl Running {
     /// finish on their own, so whatever is left then is cut off.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         match tokio::time::timeout(DRAIN, self.wait()).await {
             Ok(result) => result,
@@ -124,6 +153,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// As [`start`], on a listener the caller bound (tests use 127.0.0.1:0).
 pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<Running> {
     let addr = listener.local_addr().context("listener address")?;
+    let discovery_listener = TcpListener::bind(config.discovery_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "--discovery-listen {}: cannot bind",
+                config.discovery_listen
+            )
+        })?;
+    let discovery_addr = discovery_listener
+        .local_addr()
+        .context("discovery listener address")?;
     let store = store::open(config.database_url.as_deref(), &config.data_dir)
         .await
         .context("opening the store")?;
@@ -150,6 +190,12 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     };
 
     let feed = Feed::start(store.clone()).await?;
+    let view = MeshView::start(store.clone(), &feed, ca.trust_domain()).await?;
+    let discovery_tls = listener::server_tls(&ca).context("discovery listener certificate")?;
+    let sweeper = AbortOnDrop(tokio::spawn(sweeper::run(
+        store.clone(),
+        sweeper::interval(config.lease_ttl),
+    )));
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let registry = Arc::new(registry);
@@ -160,6 +206,8 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         ca,
         metrics,
         svid_ttl: config.svid_ttl,
+        lease_ttl: config.lease_ttl,
+        view,
         started_at: rfc3339(now_ms()),
     });
 
@@ -218,19 +266,38 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .context("--tls-cert/--tls-key")?;
     }
-    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let server = builder
         .layer(cors())
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = shutdown_rx.await;
-            },
+            stopped(shutdown_rx.clone()),
         );
-    let task = tokio::spawn(server);
+    let discovery = tonic::transport::Server::builder()
+        .tls_config(discovery_tls)
+        .context("discovery listener TLS")?
+        // Find proxies that vanished without closing their Watch.
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(v1::mesh_discovery_server::MeshDiscoveryServer::new(
+            DiscoveryApi::new(inputs.clone()),
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(discovery_listener),
+            stopped(shutdown_rx),
+        );
+    let task = tokio::spawn(async move {
+        tokio::try_join!(server, discovery)?;
+        Ok(())
+    });
     Ok(Running {
         addr,
+        discovery_addr,
+        _sweeper: sweeper,
         new_admin_token,
         store_engine,
         shutdown: Some(shutdown_tx),

@@ -233,6 +233,7 @@ async fn the_ca_survives_restarts_and_operator_keys_must_be_private() {
     let config = <quiver_control::server::Config as clap::Parser>::try_parse_from([
         "quiver-control".to_string(),
         "--listen=127.0.0.1:0".into(),
+        "--discovery-listen=127.0.0.1:0".into(),
         format!("--data-dir={}", data.path().display()),
         format!("--ca-cert={}", cert.display()),
         format!("--ca-key={}", key.display()),

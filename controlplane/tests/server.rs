@@ -9,7 +9,11 @@ use quiver_api::v1::{self, watch_event};
 use quiver_control::server::{self, Config};
 
 fn config(args: &[String]) -> Config {
-    let mut all = vec!["quiver-control".to_string(), "--listen=127.0.0.1:0".into()];
+    let mut all = vec![
+        "quiver-control".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        "--discovery-listen=127.0.0.1:0".into(),
+    ];
     all.extend_from_slice(args);
     <Config as clap::Parser>::try_parse_from(all).expect("flags parse")
 }
@@ -31,10 +35,11 @@ async fn first_start_creates_an_admin_token_once() {
         .clone()
         .expect("a token on first start");
     assert!(token.starts_with("qvr_"));
-    let addr = running.addr;
+    let (addr, discovery) = (running.addr, running.discovery_addr);
     let server = TestServer {
         running: Some(running),
         addr,
+        discovery,
         admin: token.clone(),
         url: format!("http://{addr}"),
     };

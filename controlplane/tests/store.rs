@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::{PgTestDb, SqliteTestDb};
 use quiver_api::resource::Kind;
 use quiver_control::store::{
-    ApiTokenRecord, ChangeOp, Feed, JoinTokenRecord, PutOutcome, RedeemError, Store, StoreError,
-    now_ms,
+    ApiTokenRecord, ChangeOp, Feed, JoinTokenRecord, Lease, PutOutcome, RedeemError, Store,
+    StoreError, now_ms,
 };
 
 /// Runs each suite function once per engine, each in a fresh database.
@@ -50,6 +50,7 @@ both_engines!(
     sql_metacharacters_are_stored_verbatim,
     join_tokens_expire_and_run_out,
     api_tokens_and_ca,
+    leases_renew_only_while_live_and_expire_with_their_workload,
 );
 
 async fn crud(open: &Open<'_>) {
@@ -403,4 +404,77 @@ async fn postgres_replicas_share_the_change_feed() {
         (c.object.name.as_str(), c.resource_version),
         ("from-a", o.resource_version)
     );
+}
+
+async fn leases_renew_only_while_live_and_expire_with_their_workload(open: &Open<'_>) {
+    let s = open().await;
+    let id = "spiffe://mesh.local/ns/shop/sa/reviews";
+    let now = now_ms();
+    s.put_lease(&Lease {
+        namespace: "shop".into(),
+        name: "w".into(),
+        spiffe_id: id.into(),
+        expires_at: now + 1_000,
+    })
+    .await
+    .unwrap();
+    s.put(Kind::Workload, "shop", "w", b"body".to_vec(), None)
+        .await
+        .unwrap();
+    let before = s.current_version().await.unwrap();
+
+    // Renewal moves no version; another identity cannot renew.
+    assert!(
+        s.renew_lease("shop", "w", id, now + 5_000, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.renew_lease(
+            "shop",
+            "w",
+            "spiffe://mesh.local/ns/shop/sa/web",
+            now + 9_000,
+            now
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(s.current_version().await.unwrap(), before);
+    assert!(s.lapsed_leases(now + 4_000).await.unwrap().is_empty());
+    // Not lapsed yet: nothing happens.
+    assert!(
+        s.expire_workload("shop", "w", now + 4_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Lapsed: cannot be renewed, and expiring deletes the workload through the feed.
+    assert!(
+        !s.renew_lease("shop", "w", id, now + 20_000, now + 6_000)
+            .await
+            .unwrap()
+    );
+    let lapsed = s.lapsed_leases(now + 6_000).await.unwrap();
+    assert_eq!(lapsed.len(), 1);
+    assert_eq!(lapsed[0].spiffe_id, id);
+    let change = s
+        .expire_workload("shop", "w", now + 6_000)
+        .await
+        .unwrap()
+        .expect("the workload is deleted");
+    assert_eq!(change.op, ChangeOp::Delete);
+    assert_eq!(change.resource_version, before + 1);
+    assert!(s.get(Kind::Workload, "shop", "w").await.unwrap().is_none());
+    assert!(s.leases(None).await.unwrap().is_empty());
+    // A second sweep (another replica) finds nothing.
+    assert!(
+        s.expire_workload("shop", "w", now + 6_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let feed = s.changes_since(before, 10).await.unwrap();
+    assert_eq!(feed.len(), 1);
 }

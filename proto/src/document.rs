@@ -165,6 +165,14 @@ pub fn canonicalize<R: Resource>(resource: &R) -> Result<R, serde_yaml::Error> {
     serde_yaml::from_value(prune(serde_yaml::to_value(resource)?))
 }
 
+/// Any message (e.g. a `ProxySnapshot`'s `RouteSpec`) as a YAML value with proto3 defaults
+/// dropped: the shape the proxy's own config types read (absent = default), so a pushed
+/// spec converts with `serde_yaml::from_value`. Beware that a literal 0 (a zero weight) is
+/// dropped too.
+pub fn pruned_value<T: serde::Serialize>(message: &T) -> Result<Value, serde_yaml::Error> {
+    Ok(prune(serde_yaml::to_value(message)?))
+}
+
 /// Drop nulls, empty strings, zeros, `false` and empty collections (proto3 defaults), bottom-up.
 fn prune(v: Value) -> Value {
     match v {

@@ -156,6 +156,39 @@ impl MeshIdentity {
     }
 }
 
+/// TLS 1.3 client config without a client certificate, verifying the server like
+/// [`MeshIdentity::client_config`] does: a proxy joining the mesh before it has an SVID, with
+/// the trust bundle it was given out of band (`--ca-cert`).
+pub fn client_config_without_identity(
+    bundle_pem: &str,
+    trust_domain: &str,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, IdentityError> {
+    let bundle = certs::certs_from_pem(bundle_pem).map_err(|source| IdentityError::Cert {
+        what: "trust bundle".into(),
+        source,
+    })?;
+    let mut roots = RootCertStore::empty();
+    for c in bundle {
+        roots
+            .add(c)
+            .map_err(|e| IdentityError::BadRoot(e.to_string()))?;
+    }
+    let provider = provider();
+    let verifier = Arc::new(SpiffeServerVerifier {
+        roots: Arc::new(roots),
+        algs: provider.signature_verification_algorithms,
+        trust_domain: trust_domain.to_string(),
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
 /// The SPIFFE id of a verified peer, from the chain rustls (or quinn's `peer_identity`) hands
 /// back after the handshake.
 pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, CertError> {

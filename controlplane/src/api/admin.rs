@@ -302,7 +302,14 @@ impl MeshAdmin for AdminApi {
         &self,
         req: Request<v1::GetRequest>,
     ) -> Result<Response<v1::Workload>, Status> {
-        self.call("GetWorkload", self.get("GetWorkload", req)).await
+        self.call("GetWorkload", async {
+            let w: v1::Workload = self.get("GetWorkload", req).await?;
+            let ns = w.metadata.as_ref().map(|m| m.namespace.clone());
+            let mut live = self.with_leases(vec![w], ns.as_deref()).await?;
+            live.pop()
+                .ok_or_else(|| Status::not_found("workload lease lapsed"))
+        })
+        .await
     }
 
     async fn list_workloads(
@@ -310,7 +317,11 @@ impl MeshAdmin for AdminApi {
         req: Request<v1::ListRequest>,
     ) -> Result<Response<v1::WorkloadList>, Status> {
         self.call("ListWorkloads", async {
+            let ns = req.get_ref().namespace.clone();
             let (items, resource_version) = self.list("ListWorkloads", req).await?;
+            let items = self
+                .with_leases(items, (!ns.is_empty()).then_some(ns.as_str()))
+                .await?;
             Ok(v1::WorkloadList {
                 items,
                 resource_version,

@@ -1,15 +1,28 @@
-//! `quiver.v1.MeshDiscovery`, the proxies' API. So far: proxies join with a one-time join
-//! token and a CSR. The join token is the credential here (not a bearer API token); it is
-//! checked and used up atomically in the store.
+//! `quiver.v1.MeshDiscovery`, the proxies' API.
+//!
+//! Join and GetTrustBundle need no client certificate: the join token inside the request is
+//! the credential (checked and used up atomically in the store). Every other call acts for
+//! the SPIFFE id of the caller's client certificate ([`super::peer`]) and is refused without
+//! one, so it only works on the discovery listener (mTLS).
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::Stream;
 use quiver_api::v1;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::{Inputs, redeem_status, rfc3339, svid_ttl, trust_bundle};
+use super::{
+    Inputs, is_dns_label, peer, redeem_status, rfc3339, svid_ttl, trust_bundle, workloads,
+};
 use crate::auth::hash_secret;
+use crate::discovery::view::service_account;
+use crate::discovery::{Caller, snapshot};
 use crate::store::now_ms;
+
+/// What Watch returns.
+pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<v1::ProxySnapshot, Status>> + Send>>;
 
 #[derive(Clone)]
 pub struct DiscoveryApi {
@@ -20,6 +33,149 @@ impl DiscoveryApi {
     pub fn new(inputs: Arc<Inputs>) -> Self {
         Self { inputs }
     }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        peer::caller(req, self.inputs.ca.trust_domain())
+    }
+
+    /// Run a handler and count its outcome by method and code.
+    async fn call<T>(
+        &self,
+        method: &'static str,
+        f: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let result = f.await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.inputs.metrics.call(method, code);
+        result.map(Response::new)
+    }
+
+    async fn join(&self, req: v1::JoinRequest) -> Result<v1::JoinResponse, Status> {
+        // Refuse a malformed CSR before the token is used up.
+        check_csr(&req.csr_der)?;
+        let grant = self
+            .inputs
+            .store
+            .redeem_join_token(&hash_secret(&req.join_token), now_ms())
+            .await
+            .map_err(redeem_status)?;
+        let (id, chain, expires_at) = self
+            .sign(&req.csr_der, &grant.namespace, &grant.service_account)
+            .await?;
+        tracing::info!(spiffe.id = %id, token.id = %grant.id, "proxy joined");
+        Ok(v1::JoinResponse {
+            spiffe_id: id,
+            cert_chain_pem: chain,
+            trust_bundle_pem: self.inputs.ca.bundle_pem().into(),
+            expires_at,
+        })
+    }
+
+    async fn renew(&self, req: Request<v1::RenewRequest>) -> Result<v1::RenewResponse, Status> {
+        let caller = self.caller(&req)?;
+        let req = req.into_inner();
+        check_csr(&req.csr_der)?;
+        // The identity is the certificate's, never anything the CSR says.
+        let (id, chain, expires_at) = self
+            .sign(&req.csr_der, &caller.namespace, &caller.service_account)
+            .await?;
+        tracing::info!(spiffe.id = %id, "SVID renewed");
+        Ok(v1::RenewResponse {
+            spiffe_id: id,
+            cert_chain_pem: chain,
+            trust_bundle_pem: self.inputs.ca.bundle_pem().into(),
+            expires_at,
+        })
+    }
+
+    async fn sign(
+        &self,
+        csr_der: &[u8],
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<(String, String, String), Status> {
+        let ttl = svid_ttl(&self.inputs).await;
+        let (id, chain, not_after) = self
+            .inputs
+            .ca
+            .sign(csr_der, namespace, service_account, ttl)
+            .map_err(|e| Status::invalid_argument(format!("csrDer: {e}")))?;
+        let expires_ms = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or_default();
+        Ok((id.to_string(), chain, rfc3339(expires_ms)))
+    }
+
+    async fn watch(&self, req: Request<v1::ProxyWatchRequest>) -> Result<SnapshotStream, Status> {
+        let caller = self.caller(&req)?;
+        let fronts = req.into_inner().services;
+        let mut errors = Vec::new();
+        for (i, s) in fronts.iter().enumerate() {
+            if !is_dns_label(s) {
+                errors.push(format!("services[{i}]: {s:?} is not a DNS label"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Status::invalid_argument(errors.join("; ")));
+        }
+        let mut states = self.inputs.view.subscribe();
+        {
+            let state = states.borrow();
+            if let Some(ns) = state.namespaces.get(&caller.namespace) {
+                for (i, name) in fronts.iter().enumerate() {
+                    if let Some(svc) = ns.services.get(name) {
+                        let sa = service_account(svc);
+                        if sa != caller.service_account {
+                            return Err(Status::permission_denied(format!(
+                                "services[{i}]: {}/{name} runs as service account {sa:?}; the \
+                                 caller is {}",
+                                caller.namespace, caller.spiffe_id
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        // One in flight: a slow proxy skips intermediate states instead of queueing them.
+        let (tx, rx) = mpsc::channel(1);
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let _guard = inputs.metrics.watcher();
+            let bundle = inputs.ca.bundle_pem().to_string();
+            let mut last: Option<v1::ProxySnapshot> = None;
+            loop {
+                let state = states.borrow_and_update().clone();
+                let snap = snapshot::build(&state, &caller, &fronts, &bundle);
+                if last
+                    .as_ref()
+                    .is_none_or(|l| !snapshot::same_content(l, &snap))
+                {
+                    if tx.send(Ok(snap.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(snap);
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = states.changed() => if changed.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
+                        return;
+                    },
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+fn check_csr(csr_der: &[u8]) -> Result<(), Status> {
+    rcgen::CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+        .map(|_| ())
+        .map_err(|e| Status::invalid_argument(format!("csrDer: not a valid CSR: {e}")))
 }
 
 #[tonic::async_trait]
@@ -28,33 +184,8 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
         &self,
         req: Request<v1::JoinRequest>,
     ) -> Result<Response<v1::JoinResponse>, Status> {
-        let req = req.into_inner();
-        // Refuse a malformed CSR before the token is used up.
-        rcgen::CertificateSigningRequestParams::from_der(&req.csr_der.clone().into())
-            .map_err(|e| Status::invalid_argument(format!("csrDer: not a valid CSR: {e}")))?;
-        let grant = self
-            .inputs
-            .store
-            .redeem_join_token(&hash_secret(&req.join_token), now_ms())
+        self.call("Join", DiscoveryApi::join(self, req.into_inner()))
             .await
-            .map_err(redeem_status)?;
-        let ttl = svid_ttl(&self.inputs).await;
-        let (id, chain, not_after) = self
-            .inputs
-            .ca
-            .sign(&req.csr_der, &grant.namespace, &grant.service_account, ttl)
-            .map_err(|e| Status::invalid_argument(format!("csrDer: {e}")))?;
-        tracing::info!(spiffe.id = %id, token.id = %grant.id, "proxy joined");
-        let expires_ms = not_after
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or_default();
-        Ok(Response::new(v1::JoinResponse {
-            spiffe_id: id.to_string(),
-            cert_chain_pem: chain,
-            trust_bundle_pem: self.inputs.ca.bundle_pem().into(),
-            expires_at: rfc3339(expires_ms),
-        }))
     }
 
     async fn get_trust_bundle(
@@ -62,5 +193,54 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
         _req: Request<v1::GetTrustBundleRequest>,
     ) -> Result<Response<v1::TrustBundle>, Status> {
         Ok(Response::new(trust_bundle(&self.inputs.ca)))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        self.call("Renew", DiscoveryApi::renew(self, req)).await
+    }
+
+    async fn register(
+        &self,
+        req: Request<v1::WorkloadRegistration>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        self.call("Register", async {
+            let caller = self.caller(&req)?;
+            workloads::register(&self.inputs, &caller, req.into_inner()).await
+        })
+        .await
+    }
+
+    async fn keep_alive(
+        &self,
+        req: Request<v1::KeepAliveRequest>,
+    ) -> Result<Response<v1::KeepAliveResponse>, Status> {
+        self.call("KeepAlive", async {
+            let caller = self.caller(&req)?;
+            workloads::keep_alive(&self.inputs, &caller, req.into_inner()).await
+        })
+        .await
+    }
+
+    async fn deregister(
+        &self,
+        req: Request<v1::DeregisterRequest>,
+    ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        self.call("Deregister", async {
+            let caller = self.caller(&req)?;
+            workloads::deregister(&self.inputs, &caller, req.into_inner()).await
+        })
+        .await
+    }
+
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        req: Request<v1::ProxyWatchRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        self.call("Watch", DiscoveryApi::watch(self, req)).await
     }
 }

@@ -11,15 +11,19 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{self, Role, authorize};
 use crate::ca::MeshCa;
+use crate::discovery::MeshView;
 use crate::metrics::Metrics;
 use crate::store::{Feed, JoinTokenRecord, RedeemError, Store, StoreError, now_ms};
 
 mod admin;
 mod discovery;
+mod peer;
 mod resources;
+mod workloads;
 
-pub use discovery::DiscoveryApi;
+pub use discovery::{DiscoveryApi, SnapshotStream};
 pub use resources::{WatchStream, decode, rfc3339};
+pub use workloads::workload_name;
 
 /// Everything the handlers share.
 pub struct Inputs {
@@ -29,6 +33,10 @@ pub struct Inputs {
     pub metrics: Metrics,
     /// SVID lifetime unless MeshConfig `spec.svidTtl` says otherwise.
     pub svid_ttl: Duration,
+    /// How long a registered workload stays live without a keep-alive.
+    pub lease_ttl: Duration,
+    /// This replica's view of what proxies are sent.
+    pub view: MeshView,
     pub started_at: String,
 }
 
@@ -183,6 +191,40 @@ impl AdminApi {
         )
         .await?;
         Ok(trust_bundle(&self.inputs.ca))
+    }
+}
+
+impl AdminApi {
+    /// Keep only workloads whose lease is live (the sweeper deletes lapsed ones within a
+    /// second; this hides them meanwhile) and fill in `status.leaseExpiresAt`.
+    async fn with_leases(
+        &self,
+        items: Vec<v1::Workload>,
+        namespace: Option<&str>,
+    ) -> Result<Vec<v1::Workload>, Status> {
+        let leases = self
+            .inputs
+            .store
+            .leases(namespace)
+            .await
+            .map_err(store_status)?;
+        let now = now_ms();
+        let live: std::collections::HashMap<(&str, &str), i64> = leases
+            .iter()
+            .filter(|l| l.expires_at > now)
+            .map(|l| ((l.namespace.as_str(), l.name.as_str()), l.expires_at))
+            .collect();
+        Ok(items
+            .into_iter()
+            .filter_map(|mut w| {
+                let meta = w.metadata.as_ref()?;
+                let expires = *live.get(&(meta.namespace.as_str(), meta.name.as_str()))?;
+                w.status
+                    .get_or_insert_with(Default::default)
+                    .lease_expires_at = rfc3339(expires);
+                Some(w)
+            })
+            .collect())
     }
 }
 

@@ -134,6 +134,16 @@ pub enum RedeemError {
     Store(#[from] StoreError),
 }
 
+/// A registered workload's lease: the workload is live until `expires_at` (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub namespace: String,
+    pub name: String,
+    /// The identity that registered it; only it may renew the lease.
+    pub spiffe_id: String,
+    pub expires_at: i64,
+}
+
 /// The store, for every engine.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -202,6 +212,34 @@ pub trait Store: Send + Sync + 'static {
         token_hash: &str,
         now_ms: i64,
     ) -> Result<JoinTokenRecord, RedeemError>;
+
+    /// Create or replace a workload's lease. Leases are not resources: writing one moves no
+    /// version and wakes no watcher.
+    async fn put_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Extend a lease that is still live at `now_ms` and held by `spiffe_id`. False when there
+    /// is no such lease (unknown, lapsed or held by another identity).
+    async fn renew_lease(
+        &self,
+        namespace: &str,
+        name: &str,
+        spiffe_id: &str,
+        expires_at: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Leases (in `namespace`, or all), ordered by namespace and name.
+    async fn leases(&self, namespace: Option<&str>) -> Result<Vec<Lease>, StoreError>;
+    /// Leases that lapsed at or before `now_ms`, oldest first.
+    async fn lapsed_leases(&self, now_ms: i64) -> Result<Vec<Lease>, StoreError>;
+    async fn delete_lease(&self, namespace: &str, name: &str) -> Result<(), StoreError>;
+    /// If the lease of workload `namespace/name` has lapsed at `now_ms`, delete the lease and
+    /// the Workload in one transaction (the deletion goes through the change feed). Returns
+    /// the change, or None when the lease was renewed, is gone or had no workload.
+    async fn expire_workload(
+        &self,
+        namespace: &str,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Option<Change>, StoreError>;
 
     /// The mesh CA (cert PEM, key PEM), if one was stored.
     async fn certificate_authority(&self) -> Result<Option<(String, String)>, StoreError>;

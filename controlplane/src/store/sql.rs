@@ -50,6 +50,42 @@ pub(super) const GET_CA: &str = "SELECT cert_pem, key_pem FROM certificate_autho
 pub(super) const INSERT_CA: &str = "INSERT INTO certificate_authority (id, cert_pem, key_pem, created_at) \
      VALUES (1, $1, $2, $3) ON CONFLICT (id) DO NOTHING";
 
+pub(super) const PUT_LEASE: &str = "INSERT INTO workload_leases \
+     (namespace, name, spiffe_id, expires_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (namespace, name) DO UPDATE SET \
+     spiffe_id = excluded.spiffe_id, expires_at = excluded.expires_at";
+pub(super) const RENEW_LEASE: &str = "UPDATE workload_leases SET expires_at = $1 \
+     WHERE namespace = $2 AND name = $3 AND spiffe_id = $4 AND expires_at > $5";
+pub(super) const LEASES_ALL: &str =
+    "SELECT namespace, name, spiffe_id, expires_at FROM workload_leases ORDER BY namespace, name";
+pub(super) const LEASES_NAMESPACE: &str = "SELECT namespace, name, spiffe_id, expires_at \
+     FROM workload_leases WHERE namespace = $1 ORDER BY namespace, name";
+pub(super) const LAPSED_LEASES: &str = "SELECT namespace, name, spiffe_id, expires_at \
+     FROM workload_leases WHERE expires_at <= $1 ORDER BY expires_at";
+pub(super) const TAKE_LAPSED_LEASE: &str = "DELETE FROM workload_leases \
+     WHERE namespace = $1 AND name = $2 AND expires_at <= $3 RETURNING spiffe_id";
+pub(super) const DELETE_LEASE: &str =
+    "DELETE FROM workload_leases WHERE namespace = $1 AND name = $2";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct LeaseRow {
+    pub namespace: String,
+    pub name: String,
+    pub spiffe_id: String,
+    pub expires_at: i64,
+}
+
+impl From<LeaseRow> for super::Lease {
+    fn from(r: LeaseRow) -> Self {
+        super::Lease {
+            namespace: r.namespace,
+            name: r.name,
+            spiffe_id: r.spiffe_id,
+            expires_at: r.expires_at,
+        }
+    }
+}
+
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct ObjectRow {
     pub kind: String,
@@ -530,6 +566,152 @@ macro_rules! impl_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(sqlx::query_as(GET_CA).fetch_one(&self.pool).await?)
+            }
+            async fn put_lease(
+                &self,
+                lease: &$crate::store::Lease,
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::sql::*;
+                sqlx::query(PUT_LEASE)
+                    .bind(&lease.namespace)
+                    .bind(&lease.name)
+                    .bind(&lease.spiffe_id)
+                    .bind(lease.expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn renew_lease(
+                &self,
+                namespace: &str,
+                name: &str,
+                spiffe_id: &str,
+                expires_at: i64,
+                now_ms: i64,
+            ) -> Result<bool, $crate::store::StoreError> {
+                use $crate::store::sql::*;
+                let done = sqlx::query(RENEW_LEASE)
+                    .bind(expires_at)
+                    .bind(namespace)
+                    .bind(name)
+                    .bind(spiffe_id)
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn leases(
+                &self,
+                namespace: Option<&str>,
+            ) -> Result<Vec<$crate::store::Lease>, $crate::store::StoreError> {
+                use $crate::store::sql::*;
+                let rows: Vec<LeaseRow> = match namespace {
+                    Some(ns) => {
+                        sqlx::query_as(LEASES_NAMESPACE)
+                            .bind(ns)
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                    None => sqlx::query_as(LEASES_ALL).fetch_all(&self.pool).await?,
+                };
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn lapsed_leases(
+                &self,
+                now_ms: i64,
+            ) -> Result<Vec<$crate::store::Lease>, $crate::store::StoreError> {
+                use $crate::store::sql::*;
+                let rows: Vec<LeaseRow> = sqlx::query_as(LAPSED_LEASES)
+                    .bind(now_ms)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn delete_lease(
+                &self,
+                namespace: &str,
+                name: &str,
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::sql::*;
+                sqlx::query(DELETE_LEASE)
+                    .bind(namespace)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn expire_workload(
+                &self,
+                namespace: &str,
+                name: &str,
+                now_ms: i64,
+            ) -> Result<Option<$crate::store::Change>, $crate::store::StoreError> {
+                use $crate::store::sql::*;
+                use $crate::store::{Change, ChangeOp};
+                let kind = quiver_api::resource::Kind::Workload;
+                let _guard = self.write_guard().await;
+                let mut tx = self.pool.begin().await?;
+                let current: i64 = sqlx::query_scalar(<$store>::LOCK_VERSION)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                // Taking the lease row decides the race with a keep-alive: whichever commits
+                // first wins, the other finds nothing to do.
+                let taken: Option<String> = sqlx::query_scalar(TAKE_LAPSED_LEASE)
+                    .bind(namespace)
+                    .bind(name)
+                    .bind(now_ms)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if taken.is_none() {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                let existing: Option<ObjectRow> = sqlx::query_as(GET)
+                    .bind(kind.as_str())
+                    .bind(namespace)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(existing) = existing else {
+                    // A lease without its workload (a register that failed half-way).
+                    tx.commit().await?;
+                    return Ok(None);
+                };
+                let rv = current + 1;
+                let now = $crate::store::now_ms();
+                sqlx::query(SET_VERSION).bind(rv).execute(&mut *tx).await?;
+                sqlx::query(DELETE)
+                    .bind(kind.as_str())
+                    .bind(namespace)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                self.record_change(
+                    &mut tx,
+                    rv,
+                    "DELETE",
+                    kind,
+                    namespace,
+                    name,
+                    &existing.body,
+                    existing.created_at,
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                self.signal.notify_one();
+                let mut object = existing.into_object()?;
+                object.updated_at = now;
+                Ok(Some(Change {
+                    resource_version: version(rv),
+                    op: ChangeOp::Delete,
+                    object,
+                }))
             }
         }
 

@@ -1,6 +1,8 @@
 //! Shared test fixtures: a private Postgres database per test, SQLite in a temp dir, polling.
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -123,6 +125,8 @@ where
 pub struct TestServer {
     pub running: Option<quiver_control::server::Running>,
     pub addr: std::net::SocketAddr,
+    /// The discovery listener (TLS).
+    pub discovery: std::net::SocketAddr,
     pub admin: String,
     pub url: String,
 }
@@ -132,9 +136,20 @@ pub const ADMIN_TOKEN: &str = "qvr_test-admin-token";
 impl TestServer {
     /// `database_url`: Postgres URL, or None for SQLite in `data_dir`.
     pub async fn start(database_url: Option<&str>, data_dir: &std::path::Path) -> Self {
+        Self::start_with(database_url, data_dir, &[]).await
+    }
+
+    /// As [`TestServer::start`], with extra flags.
+    pub async fn start_with(
+        database_url: Option<&str>,
+        data_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
         let mut args = vec![
             "quiver-control".to_string(),
             "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--discovery-listen".into(),
             "127.0.0.1:0".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
@@ -145,6 +160,7 @@ impl TestServer {
             args.push("--database-url".into());
             args.push(url.into());
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let config =
             <quiver_control::server::Config as clap::Parser>::try_parse_from(args).expect("config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -152,9 +168,11 @@ impl TestServer {
             .await
             .expect("server starts");
         let addr = running.addr;
+        let discovery = running.discovery_addr;
         Self {
             running: Some(running),
             addr,
+            discovery,
             admin: ADMIN_TOKEN.into(),
             url: format!("http://{addr}"),
         }

@@ -97,3 +97,24 @@ fn canonical_form_drops_empty_messages() {
     let c = canonicalize(r).unwrap();
     assert_eq!(c.spec.as_ref().unwrap().rules[0].fault, None);
 }
+
+#[test]
+fn pruned_value_drops_proto3_defaults_for_the_proxy_config_shape() {
+    let spec = v1::RouteSpec {
+        service: "reviews".into(),
+        rules: vec![v1::RouteRule {
+            name: "default".into(),
+            backends: vec![v1::WeightedBackend {
+                subset: "v1".into(),
+                weight: 100,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let v = pruned_value(&spec).unwrap();
+    let text = serde_yaml::to_string(&v).unwrap();
+    assert!(!text.contains("timeout"), "{text}");
+    assert!(!text.contains("match"), "{text}");
+    assert_eq!(v["rules"][0]["backends"][0]["weight"].as_u64(), Some(100));
+}

@@ -1,0 +1,12 @@
+//! Discovery and config push for proxies: the per-replica mesh view, per-proxy snapshots,
+//! the lease sweeper and the discovery listener's TLS identity. The gRPC handlers are in
+//! [`crate::api`]; this module owns the state they read.
+
+pub mod client;
+pub mod listener;
+pub mod snapshot;
+pub mod sweeper;
+pub mod view;
+
+pub use snapshot::Caller;
+pub use view::{MeshState, MeshView};

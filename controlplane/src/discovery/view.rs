@@ -1,0 +1,360 @@
+//! One replica's in-memory view of what proxies are sent: Services, Routes,
+//! AuthorizationPolicies, Workloads and the MeshConfig, kept current from the change feed.
+//!
+//! One task per replica applies changes in batches (everything already queued is applied
+//! before publishing, which coalesces bursts) and publishes an immutable [`MeshState`] on a
+//! `tokio::sync::watch` channel. Watch streams read the latest state; a slow stream skips
+//! intermediate states instead of queueing them. Namespaces untouched by a batch keep their
+//! `Arc`, so a state change costs only the namespaces it touches. This module must not know
+//! about individual proxies: building a proxy's snapshot is [`super::snapshot`]'s job.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use quiver_api::resource::{DEFAULT_NAMESPACE, Kind};
+use quiver_api::v1;
+use tokio::sync::{broadcast, watch};
+
+use crate::api::decode;
+use crate::store::{Change, ChangeOp, Feed, Store, StoreError, StoredObject};
+
+/// The name of the one MeshConfig (in namespace `default`).
+pub const MESH_CONFIG_NAME: &str = "mesh";
+
+/// Kinds the view follows; others (Canary) never reach proxies directly.
+const KINDS: [Kind; 5] = [
+    Kind::MeshConfig,
+    Kind::Service,
+    Kind::Route,
+    Kind::AuthorizationPolicy,
+    Kind::Workload,
+];
+
+/// The objects of one namespace, plus what every proxy of the namespace is sent alike.
+#[derive(Debug, Default)]
+pub struct NamespaceState {
+    pub services: BTreeMap<String, v1::Service>,
+    pub routes: BTreeMap<String, v1::Route>,
+    pub policies: BTreeMap<String, v1::AuthorizationPolicy>,
+    pub workloads: BTreeMap<String, v1::Workload>,
+    /// Every Service with its live endpoints, ordered by name (derived).
+    pub callable: Vec<v1::SnapshotService>,
+}
+
+/// Everything proxies are sent, at one store version.
+#[derive(Debug, Default)]
+pub struct MeshState {
+    /// The last change reflected here.
+    pub version: u64,
+    pub trust_domain: String,
+    pub mesh: Arc<v1::MeshConfigSpec>,
+    pub namespaces: BTreeMap<String, Arc<NamespaceState>>,
+}
+
+/// A running view. Dropping it stops the task.
+pub struct MeshView {
+    rx: watch::Receiver<Arc<MeshState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MeshView {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MeshView {
+    /// Load the current state and follow `feed` from here on.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        feed: &Feed,
+        trust_domain: &str,
+    ) -> Result<Self, StoreError> {
+        // Subscribe before listing, so nothing committed in between is missed.
+        let live = feed.subscribe();
+        let mut model = Model::load(store.as_ref(), trust_domain).await?;
+        let (tx, rx) = watch::channel(model.publish(None));
+        let task = tokio::spawn(follow(store, model, live, tx));
+        Ok(Self { rx, task })
+    }
+
+    /// The latest state, and a receiver that is told when a newer one is published.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MeshState>> {
+        self.rx.clone()
+    }
+
+    pub fn current(&self) -> Arc<MeshState> {
+        self.rx.borrow().clone()
+    }
+}
+
+async fn follow(
+    store: Arc<dyn Store>,
+    mut model: Model,
+    mut live: broadcast::Receiver<Arc<Change>>,
+    tx: watch::Sender<Arc<MeshState>>,
+) {
+    loop {
+        let first = match live.recv().await {
+            Ok(c) => c,
+            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "mesh view fell behind the change feed; reloading"
+                );
+                model = reload(store.as_ref(), &model.trust_domain, &mut live).await;
+                tx.send_replace(model.publish(None));
+                continue;
+            }
+        };
+        let mut touched = BTreeSet::new();
+        let mut mesh_touched = model.apply(&first, &mut touched);
+        // Coalesce: apply whatever else is already queued before publishing once.
+        loop {
+            match live.try_recv() {
+                Ok(c) => mesh_touched |= model.apply(&c, &mut touched),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    model = reload(store.as_ref(), &model.trust_domain, &mut live).await;
+                    touched.clear();
+                    mesh_touched = true;
+                    touched.extend(model.namespaces.keys().cloned());
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if mesh_touched || !touched.is_empty() {
+            tx.send_replace(model.publish(Some(&touched)));
+        }
+    }
+}
+
+/// Reload from the store, retrying until it answers (the last state stays published).
+async fn reload(
+    store: &dyn Store,
+    trust_domain: &str,
+    live: &mut broadcast::Receiver<Arc<Change>>,
+) -> Model {
+    loop {
+        *live = live.resubscribe();
+        match Model::load(store, trust_domain).await {
+            Ok(m) => return m,
+            Err(e) => {
+                tracing::warn!(error = %e, "reloading the mesh view failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The mutable side: raw objects per namespace, and the last published namespace states.
+struct Model {
+    trust_domain: String,
+    version: u64,
+    /// Per kind, the version its initial list reflected: older changes are already in.
+    listed_at: HashMap<Kind, u64>,
+    mesh: Arc<v1::MeshConfigSpec>,
+    namespaces: BTreeMap<String, Raw>,
+    published: BTreeMap<String, Arc<NamespaceState>>,
+}
+
+/// The objects of one namespace, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Raw {
+    pub services: BTreeMap<String, v1::Service>,
+    pub routes: BTreeMap<String, v1::Route>,
+    pub policies: BTreeMap<String, v1::AuthorizationPolicy>,
+    pub workloads: BTreeMap<String, v1::Workload>,
+}
+
+impl Model {
+    async fn load(store: &dyn Store, trust_domain: &str) -> Result<Self, StoreError> {
+        let mut model = Model {
+            trust_domain: trust_domain.into(),
+            version: 0,
+            listed_at: HashMap::new(),
+            mesh: Arc::default(),
+            namespaces: BTreeMap::new(),
+            published: BTreeMap::new(),
+        };
+        for kind in KINDS {
+            let (objects, at) = store.list(kind, None).await?;
+            model.listed_at.insert(kind, at);
+            model.version = model.version.max(at);
+            for obj in &objects {
+                model.put(obj);
+            }
+        }
+        Ok(model)
+    }
+
+    /// Apply one change; returns whether the MeshConfig changed and records the namespace.
+    fn apply(&mut self, change: &Change, touched: &mut BTreeSet<String>) -> bool {
+        let obj = &change.object;
+        if !KINDS.contains(&obj.kind)
+            || self
+                .listed_at
+                .get(&obj.kind)
+                .is_some_and(|at| change.resource_version <= *at)
+        {
+            return false;
+        }
+        self.version = self.version.max(change.resource_version);
+        let is_mesh = obj.kind == Kind::MeshConfig;
+        match change.op {
+            ChangeOp::Delete => self.remove(obj),
+            ChangeOp::Create | ChangeOp::Update => self.put(obj),
+        }
+        if !is_mesh {
+            touched.insert(obj.namespace.clone());
+        }
+        is_mesh
+    }
+
+    fn put(&mut self, obj: &StoredObject) {
+        let ns = self.namespaces.entry(obj.namespace.clone()).or_default();
+        let name = obj.name.clone();
+        // A body that does not decode was refused on write; skip it rather than stall.
+        match obj.kind {
+            Kind::Service => {
+                if let Ok(s) = decode(obj) {
+                    ns.services.insert(name, s);
+                }
+            }
+            Kind::Route => {
+                if let Ok(r) = decode(obj) {
+                    ns.routes.insert(name, r);
+                }
+            }
+            Kind::AuthorizationPolicy => {
+                if let Ok(p) = decode(obj) {
+                    ns.policies.insert(name, p);
+                }
+            }
+            Kind::Workload => {
+                if let Ok(w) = decode(obj) {
+                    ns.workloads.insert(name, w);
+                }
+            }
+            Kind::MeshConfig => {
+                if obj.namespace == DEFAULT_NAMESPACE && obj.name == MESH_CONFIG_NAME {
+                    let m: Option<v1::MeshConfig> = decode(obj).ok();
+                    self.mesh = Arc::new(m.and_then(|m| m.spec).unwrap_or_default());
+                }
+            }
+            Kind::Canary => {}
+        }
+    }
+
+    fn remove(&mut self, obj: &StoredObject) {
+        if obj.kind == Kind::MeshConfig {
+            if obj.namespace == DEFAULT_NAMESPACE && obj.name == MESH_CONFIG_NAME {
+                self.mesh = Arc::default();
+            }
+            return;
+        }
+        let Some(ns) = self.namespaces.get_mut(&obj.namespace) else {
+            return;
+        };
+        match obj.kind {
+            Kind::Service => drop(ns.services.remove(&obj.name)),
+            Kind::Route => drop(ns.routes.remove(&obj.name)),
+            Kind::AuthorizationPolicy => drop(ns.policies.remove(&obj.name)),
+            Kind::Workload => drop(ns.workloads.remove(&obj.name)),
+            Kind::MeshConfig | Kind::Canary => {}
+        }
+    }
+
+    /// A new immutable state; `touched` None rebuilds every namespace.
+    fn publish(&mut self, touched: Option<&BTreeSet<String>>) -> Arc<MeshState> {
+        let rebuild: Vec<String> = match touched {
+            Some(t) => t.iter().cloned().collect(),
+            None => {
+                self.published.clear();
+                self.namespaces.keys().cloned().collect()
+            }
+        };
+        for name in rebuild {
+            match self.namespaces.get(&name) {
+                Some(raw) => {
+                    let built = build_namespace(&self.trust_domain, &name, raw.clone());
+                    self.published.insert(name, Arc::new(built));
+                }
+                None => {
+                    self.published.remove(&name);
+                }
+            }
+        }
+        Arc::new(MeshState {
+            version: self.version,
+            trust_domain: self.trust_domain.clone(),
+            mesh: self.mesh.clone(),
+            namespaces: self.published.clone(),
+        })
+    }
+}
+
+/// The SPIFFE id a Service's workloads run as.
+pub fn service_identity(trust_domain: &str, namespace: &str, svc: &v1::Service) -> String {
+    format!(
+        "spiffe://{trust_domain}/ns/{namespace}/sa/{}",
+        service_account(svc)
+    )
+}
+
+/// `spec.serviceAccount`, defaulting to the service's name.
+pub fn service_account(svc: &v1::Service) -> &str {
+    let sa = svc
+        .spec
+        .as_ref()
+        .map(|s| s.service_account.as_str())
+        .unwrap_or_default();
+    if sa.is_empty() {
+        svc.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("")
+    } else {
+        sa
+    }
+}
+
+/// Derive a namespace's state (endpoints per service) from its objects.
+pub fn build_namespace(trust_domain: &str, namespace: &str, raw: Raw) -> NamespaceState {
+    let mut endpoints: BTreeMap<&str, Vec<v1::SnapshotEndpoint>> = BTreeMap::new();
+    for (name, w) in &raw.workloads {
+        let Some(spec) = &w.spec else { continue };
+        endpoints
+            .entry(spec.service.as_str())
+            .or_default()
+            .push(v1::SnapshotEndpoint {
+                address: spec.address.clone(),
+                spiffe_id: spec.spiffe_id.clone(),
+                labels: spec.labels.clone(),
+                zone: spec.zone.clone(),
+                workload: name.clone(),
+            });
+    }
+    let callable = raw
+        .services
+        .iter()
+        .map(|(name, svc)| {
+            let spec = svc.spec.clone().unwrap_or_default();
+            let mut eps = endpoints.remove(name.as_str()).unwrap_or_default();
+            eps.sort_by(|a, b| a.address.cmp(&b.address));
+            v1::SnapshotService {
+                name: name.clone(),
+                namespace: namespace.into(),
+                ports: spec.ports,
+                subsets: spec.subsets,
+                spiffe_id: service_identity(trust_domain, namespace, svc),
+                endpoints: eps,
+            }
+        })
+        .collect();
+    NamespaceState {
+        services: raw.services,
+        routes: raw.routes,
+        policies: raw.policies,
+        workloads: raw.workloads,
+        callable,
+    }
+}
