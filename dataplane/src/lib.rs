@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod pushed;
 pub mod snapshot;
 pub mod transport;
 pub mod tunnel;

@@ -115,6 +115,7 @@ pub struct WeightedBackend {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subset: String,
     /// 0..100.
+    #[serde(default)]
     pub weight: u32,
 }
 

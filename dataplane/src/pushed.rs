@@ -1,0 +1,225 @@
+//! The control plane's pushed config (`quiver.v1.ProxySnapshot`, from `MeshDiscovery.Watch`)
+//! turned into the proxy's [`Snapshot`]: the same type the static file produces, so the data
+//! path cannot tell the two sources apart. Pure conversion: no I/O, and every problem is
+//! reported with its field path so a bad push is refused whole and the proxy keeps the
+//! snapshot it runs.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use quiver_api::SpiffeId;
+use quiver_api::v1;
+
+use crate::config::{FieldError, check_service_name};
+use crate::policy::Subset;
+use crate::policy::plan::PolicyConfig;
+use crate::snapshot::{Endpoint, LocalPort, Protocol, RemoteService, Snapshot};
+
+/// Convert a pushed snapshot. `zone` is where this proxy runs (it knows, the control plane
+/// need not); `app_host` is where its local apps listen (usually 127.0.0.1).
+pub fn snapshot(
+    pushed: &v1::ProxySnapshot,
+    zone: &str,
+    app_host: IpAddr,
+) -> Result<Snapshot, Vec<FieldError>> {
+    let mut errs = Vec::new();
+    let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
+
+    let mut services = BTreeMap::new();
+    for (i, s) in pushed.services.iter().enumerate() {
+        let at = format!("services[{i}]");
+        if let Err(r) = check_service_name(&s.name) {
+            err(format!("{at}.name"), r);
+        }
+        let mut endpoints = Vec::new();
+        for (j, e) in s.endpoints.iter().enumerate() {
+            let eat = format!("{at}.endpoints[{j}]");
+            let address = match e.address.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    err(
+                        format!("{eat}.address"),
+                        format!("{:?} is not ip:port", e.address),
+                    );
+                    continue;
+                }
+            };
+            let identity = match SpiffeId::parse(&e.spiffe_id) {
+                Ok(id) => id,
+                Err(r) => {
+                    err(format!("{eat}.spiffeId"), format!("{:?}: {r}", e.spiffe_id));
+                    continue;
+                }
+            };
+            endpoints.push(Endpoint {
+                address,
+                identity,
+                labels: e
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                zone: e.zone.clone(),
+            });
+        }
+        let subsets = s
+            .subsets
+            .iter()
+            .map(|x| Subset {
+                name: x.name.clone(),
+                labels: x
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect();
+        services.insert(
+            s.name.clone(),
+            RemoteService::new(s.name.clone(), endpoints, subsets),
+        );
+    }
+
+    let mut inbound = Vec::new();
+    for (i, l) in pushed.inbound.iter().enumerate() {
+        for (j, p) in l.ports.iter().enumerate() {
+            let at = format!("inbound[{i}].ports[{j}]");
+            let port = match u16::try_from(p.port) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    err(format!("{at}.port"), format!("{} is not 1-65535", p.port));
+                    continue;
+                }
+            };
+            let app_port = match p.target_port {
+                0 => port,
+                t => match u16::try_from(t) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        err(format!("{at}.targetPort"), format!("{t} is not 1-65535"));
+                        continue;
+                    }
+                },
+            };
+            let protocol = match p.protocol.as_str() {
+                "http1" => Protocol::Http1,
+                "http2" => Protocol::Http2,
+                "grpc" => Protocol::Grpc,
+                "tcp" => Protocol::Tcp,
+                other => {
+                    err(
+                        format!("{at}.protocol"),
+                        format!("{other:?} is not http1, http2, grpc or tcp"),
+                    );
+                    continue;
+                }
+            };
+            inbound.push(LocalPort {
+                service: l.name.clone(),
+                port,
+                protocol,
+                app: SocketAddr::new(app_host, app_port),
+            });
+        }
+    }
+
+    let policy = policy_config(pushed, &mut errs);
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    Snapshot::build(
+        pushed.version.to_string(),
+        zone.to_string(),
+        inbound,
+        services,
+        policy,
+    )
+}
+
+/// Routes, authorization policies and mesh settings, read through the same serde shapes as
+/// the static file (proto3 defaults dropped first, so "unset" reads as absent).
+fn policy_config(pushed: &v1::ProxySnapshot, errs: &mut Vec<FieldError>) -> PolicyConfig {
+    let mut config = PolicyConfig::default();
+    let read = |value: Result<serde_yaml::Value, serde_yaml::Error>,
+                at: String,
+                errs: &mut Vec<FieldError>| {
+        match value {
+            Ok(v) => Some(v),
+            Err(e) => {
+                errs.push(FieldError {
+                    field: at,
+                    reason: e.to_string(),
+                });
+                None
+            }
+        }
+    };
+    for (i, r) in pushed.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        let Some(spec) = &r.spec else {
+            errs.push(FieldError {
+                field: format!("{at}.spec"),
+                reason: "missing".into(),
+            });
+            continue;
+        };
+        if let Some(v) = read(quiver_api::document::pruned_value(spec), at.clone(), errs) {
+            match serde_yaml::from_value(v) {
+                Ok(route) => config.routes.push(route),
+                Err(e) => errs.push(FieldError {
+                    field: at,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+    for (i, p) in pushed.authorization_policies.iter().enumerate() {
+        let at = format!("authorizationPolicies[{i}]");
+        let name = p
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let Some(spec) = &p.spec else {
+            errs.push(FieldError {
+                field: format!("{at}.spec"),
+                reason: "missing".into(),
+            });
+            continue;
+        };
+        if let Some(mut v) = read(quiver_api::document::pruned_value(spec), at.clone(), errs) {
+            if let serde_yaml::Value::Mapping(m) = &mut v {
+                m.insert("name".into(), name.into());
+            }
+            match serde_yaml::from_value(v) {
+                Ok(policy) => config.authorization.push(policy),
+                Err(e) => errs.push(FieldError {
+                    field: at,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+    if let Some(mesh) = &pushed.mesh
+        && let Some(v) = read(
+            quiver_api::document::pruned_value(mesh),
+            "mesh".into(),
+            errs,
+        )
+    {
+        // An all-default MeshConfig prunes to null: the defaults.
+        if !v.is_null() {
+            match serde_yaml::from_value(v) {
+                Ok(m) => config.mesh = m,
+                Err(e) => errs.push(FieldError {
+                    field: "mesh".into(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests;
