@@ -353,8 +353,8 @@ macro_rules! impl_store {
                 name: &str,
                 expect: Option<u64>,
             ) -> Result<$crate::store::Change, $crate::store::StoreError> {
+                use $crate::store::StoreError;
                 use $crate::store::sql::*;
-                use $crate::store::{Change, ChangeOp, StoreError};
                 let _guard = self.write_guard().await;
                 let mut tx = self.pool.begin().await?;
                 let current: i64 = sqlx::query_scalar(<$store>::LOCK_VERSION)
@@ -393,36 +393,8 @@ macro_rules! impl_store {
                         });
                     }
                 }
-                let rv = current + 1;
-                let now = $crate::store::now_ms();
-                sqlx::query(SET_VERSION).bind(rv).execute(&mut *tx).await?;
-                sqlx::query(DELETE)
-                    .bind(kind.as_str())
-                    .bind(namespace)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
-                self.record_change(
-                    &mut tx,
-                    rv,
-                    "DELETE",
-                    kind,
-                    namespace,
-                    name,
-                    &existing.body,
-                    existing.created_at,
-                    now,
-                )
-                .await?;
-                tx.commit().await?;
-                self.signal.notify_one();
-                let mut object = existing.into_object()?;
-                object.updated_at = now;
-                Ok(Change {
-                    resource_version: version(rv),
-                    op: ChangeOp::Delete,
-                    object,
-                })
+                self.delete_in(tx, current, kind, namespace, name, existing)
+                    .await
             }
 
             async fn changes_since(
@@ -652,7 +624,6 @@ macro_rules! impl_store {
                 now_ms: i64,
             ) -> Result<Option<$crate::store::Change>, $crate::store::StoreError> {
                 use $crate::store::sql::*;
-                use $crate::store::{Change, ChangeOp};
                 let kind = quiver_api::resource::Kind::Workload;
                 let _guard = self.write_guard().await;
                 let mut tx = self.pool.begin().await?;
@@ -682,6 +653,27 @@ macro_rules! impl_store {
                     tx.commit().await?;
                     return Ok(None);
                 };
+                self.delete_in(tx, current, kind, namespace, name, existing)
+                    .await
+                    .map(Some)
+            }
+        }
+
+        impl $store {
+            /// Delete `existing` inside `tx` (whose version lock read `current`): bump the
+            /// version, remove the row, record the change, commit and wake watchers. Shared by
+            /// an explicit delete and a lapsed lease.
+            async fn delete_in(
+                &self,
+                mut tx: sqlx::Transaction<'_, $db>,
+                current: i64,
+                kind: quiver_api::resource::Kind,
+                namespace: &str,
+                name: &str,
+                existing: $crate::store::sql::ObjectRow,
+            ) -> Result<$crate::store::Change, $crate::store::StoreError> {
+                use $crate::store::sql::*;
+                use $crate::store::{Change, ChangeOp};
                 let rv = current + 1;
                 let now = $crate::store::now_ms();
                 sqlx::query(SET_VERSION).bind(rv).execute(&mut *tx).await?;
@@ -707,15 +699,13 @@ macro_rules! impl_store {
                 self.signal.notify_one();
                 let mut object = existing.into_object()?;
                 object.updated_at = now;
-                Ok(Some(Change {
+                Ok(Change {
                     resource_version: version(rv),
                     op: ChangeOp::Delete,
                     object,
-                }))
+                })
             }
-        }
 
-        impl $store {
             /// Append to the change feed, wake other replicas (Postgres) and prune old changes,
             /// all inside the writing transaction.
             #[allow(clippy::too_many_arguments)]
