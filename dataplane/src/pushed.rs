@@ -140,85 +140,68 @@ pub fn snapshot(
 /// the static file (proto3 defaults dropped first, so "unset" reads as absent).
 fn policy_config(pushed: &v1::ProxySnapshot, errs: &mut Vec<FieldError>) -> PolicyConfig {
     let mut config = PolicyConfig::default();
-    let read = |value: Result<serde_yaml::Value, serde_yaml::Error>,
-                at: String,
-                errs: &mut Vec<FieldError>| {
-        match value {
-            Ok(v) => Some(v),
-            Err(e) => {
-                errs.push(FieldError {
-                    field: at,
-                    reason: e.to_string(),
-                });
-                None
-            }
-        }
-    };
     for (i, r) in pushed.routes.iter().enumerate() {
-        let at = format!("routes[{i}]");
-        let Some(spec) = &r.spec else {
-            errs.push(FieldError {
-                field: format!("{at}.spec"),
-                reason: "missing".into(),
-            });
-            continue;
-        };
-        if let Some(v) = read(quiver_api::document::pruned_value(spec), at.clone(), errs) {
-            match serde_yaml::from_value(v) {
-                Ok(route) => config.routes.push(route),
-                Err(e) => errs.push(FieldError {
-                    field: at,
-                    reason: e.to_string(),
-                }),
-            }
+        if let Some(route) = read(r.spec.as_ref(), None, &format!("routes[{i}]"), errs) {
+            config.routes.push(route);
         }
     }
     for (i, p) in pushed.authorization_policies.iter().enumerate() {
-        let at = format!("authorizationPolicies[{i}]");
+        // The policy's name lives in its metadata; the proxy's shape carries it inline.
         let name = p
             .metadata
             .as_ref()
             .map(|m| m.name.clone())
             .unwrap_or_default();
-        let Some(spec) = &p.spec else {
-            errs.push(FieldError {
-                field: format!("{at}.spec"),
-                reason: "missing".into(),
-            });
-            continue;
-        };
-        if let Some(mut v) = read(quiver_api::document::pruned_value(spec), at.clone(), errs) {
-            if let serde_yaml::Value::Mapping(m) = &mut v {
-                m.insert("name".into(), name.into());
-            }
-            match serde_yaml::from_value(v) {
-                Ok(policy) => config.authorization.push(policy),
-                Err(e) => errs.push(FieldError {
-                    field: at,
-                    reason: e.to_string(),
-                }),
-            }
+        let at = format!("authorizationPolicies[{i}]");
+        if let Some(policy) = read(p.spec.as_ref(), Some(name), &at, errs) {
+            config.authorization.push(policy);
         }
     }
     if let Some(mesh) = &pushed.mesh
-        && let Some(v) = read(
-            quiver_api::document::pruned_value(mesh),
-            "mesh".into(),
-            errs,
-        )
+        && let Some(m) = read(Some(mesh), None, "mesh", errs)
     {
-        // An all-default MeshConfig prunes to null: the defaults.
-        if !v.is_null() {
-            match serde_yaml::from_value(v) {
-                Ok(m) => config.mesh = m,
-                Err(e) => errs.push(FieldError {
-                    field: "mesh".into(),
-                    reason: e.to_string(),
-                }),
-            }
-        }
+        config.mesh = m;
     }
     config
+}
+
+/// Read a pushed message into the proxy's serde shape (proto3 defaults dropped first, so
+/// "unset" reads as absent; an all-default message reads as an empty mapping), with `name`
+/// inserted when given. A missing message or one that does not fit is reported at `at`.
+fn read<T: serde::de::DeserializeOwned>(
+    message: Option<&impl serde::Serialize>,
+    name: Option<String>,
+    at: &str,
+    errs: &mut Vec<FieldError>,
+) -> Option<T> {
+    let Some(message) = message else {
+        errs.push(FieldError {
+            field: format!("{at}.spec"),
+            reason: "missing".into(),
+        });
+        return None;
+    };
+    let converted = quiver_api::document::pruned_value(message)
+        .map_err(|e| e.to_string())
+        .and_then(|mut v| {
+            if v.is_null() {
+                v = serde_yaml::Value::Mapping(Default::default());
+            }
+            if let (Some(name), serde_yaml::Value::Mapping(m)) = (name, &mut v) {
+                m.insert("name".into(), name.into());
+            }
+            serde_yaml::from_value(v).map_err(|e| e.to_string())
+        });
+    match converted {
+        Ok(t) => Some(t),
+        Err(reason) => {
+            errs.push(FieldError {
+                field: at.to_string(),
+                reason,
+            });
+            None
+        }
+    }
 }
 
 #[cfg(test)]
