@@ -171,11 +171,7 @@ async fn request(
         }
         Err(e) => {
             record.finish(e.status(), e.reason());
-            let resp = error_head(&e);
-            if tx.send_response(resp).await.is_ok() {
-                let _ = tx.send_data(Bytes::from(format!("{e}\n"))).await;
-                let _ = tx.finish().await;
-            }
+            send_error(&mut tx, &e).await;
         }
     }
 }
@@ -233,7 +229,11 @@ fn error_head(e: &ProxyError) -> Response<()> {
     resp
 }
 
-async fn send_error(stream: &mut ServerStream, e: &ProxyError) {
+/// Answer with the proxy's own error, on a whole request stream or its sending half.
+async fn send_error<S: h3::quic::SendStream<Bytes>>(
+    stream: &mut h3::server::RequestStream<S, Bytes>,
+    e: &ProxyError,
+) {
     if stream.send_response(error_head(e)).await.is_ok() {
         let _ = stream.send_data(Bytes::from(format!("{e}\n"))).await;
         let _ = stream.finish().await;
