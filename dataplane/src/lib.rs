@@ -23,6 +23,7 @@ pub mod outbound;
 pub mod policy;
 pub mod pushed;
 pub mod snapshot;
+pub mod trace;
 pub mod transport;
 pub mod tunnel;
 
