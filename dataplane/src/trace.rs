@@ -337,3 +337,236 @@ mod tests {
         assert!(!head_sampled(&id, 0.0));
     }
 }
+
+/// Which side of a call a span describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    /// Outbound: this proxy calling a service for its app.
+    Client,
+    /// Inbound: this proxy in front of the called service.
+    Server,
+}
+
+impl SpanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "CLIENT",
+            Self::Server => "SERVER",
+        }
+    }
+}
+
+/// A finished span, waiting to be shipped to the control plane.
+#[derive(Debug, Clone)]
+pub struct FinishedSpan {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_id: Option<[u8; 8]>,
+    pub kind: SpanKind,
+    /// The service of the proxy that recorded it.
+    pub service: String,
+    /// CLIENT: the destination service; SERVER: the caller's service account.
+    pub peer_service: String,
+    pub peer_identity: String,
+    /// `METHOD /path` (no query).
+    pub name: String,
+    pub route: String,
+    pub start: std::time::SystemTime,
+    pub duration: std::time::Duration,
+    pub status: u16,
+    pub error: &'static str,
+    pub attempts: u32,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub quic_connection_id: String,
+    pub endpoint: String,
+}
+
+/// The trace facts of one request, filled in as the request is decided.
+#[derive(Debug, Clone)]
+pub struct SpanInfo {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_id: Option<[u8; 8]>,
+    pub sampled: bool,
+    pub kind: SpanKind,
+    pub peer_service: String,
+    pub peer_identity: String,
+    pub route: String,
+    pub endpoint: String,
+    pub attempts: u32,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub quic_connection_id: String,
+}
+
+impl SpanInfo {
+    /// Continue `incoming` (or start a trace sampled at `rate`) with a new span of `kind`.
+    pub fn begin(incoming: Incoming, kind: SpanKind, rate: f64) -> Self {
+        let ctx = match incoming {
+            Incoming::Context(c) => c,
+            Incoming::None => {
+                let mut c = TraceContext::root(false);
+                c.sampled = head_sampled(&c.trace_id, rate);
+                c
+            }
+        };
+        Self {
+            trace_id: ctx.trace_id,
+            span_id: new_span_id(),
+            parent_id: ctx.parent_id,
+            sampled: ctx.sampled,
+            kind,
+            peer_service: String::new(),
+            peer_identity: String::new(),
+            route: String::new(),
+            endpoint: String::new(),
+            attempts: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            quic_connection_id: String::new(),
+        }
+    }
+}
+
+/// Upper bounds (ms) of the latency buckets in edge statistics; the last is +Inf.
+pub const LATENCY_BOUNDS_MS: [f64; 13] = [
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// Requests to one destination over the current interval.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeCounts {
+    pub requests: u64,
+    pub errors: u64,
+    /// One count per bound in [`LATENCY_BOUNDS_MS`], plus +Inf.
+    pub buckets: [u64; 14],
+}
+
+/// Finished spans and per-destination counts, bound for the control plane. Spans wait in a
+/// bounded queue: when it is full they are dropped and counted, and the request never waits.
+pub struct Telemetry {
+    /// This proxy's own service (the source of its outbound calls).
+    pub local_service: String,
+    tx: tokio::sync::mpsc::Sender<FinishedSpan>,
+    rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<FinishedSpan>>>,
+    dropped: std::sync::atomic::AtomicU64,
+    edges: std::sync::Mutex<std::collections::HashMap<String, EdgeCounts>>,
+}
+
+impl Telemetry {
+    pub fn new(local_service: String, capacity: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        Self {
+            local_service,
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            dropped: Default::default(),
+            edges: Default::default(),
+        }
+    }
+
+    /// Queue a span; false (and counted) when the queue is full.
+    pub fn offer(&self, span: FinishedSpan) -> bool {
+        match self.tx.try_send(span) {
+            Ok(()) => true,
+            Err(_) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Spans dropped since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The queue's receiving end, once (for the shipping task).
+    pub fn receiver(&self) -> Option<tokio::sync::mpsc::Receiver<FinishedSpan>> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Count one outbound request to `destination`.
+    pub fn count_edge(&self, destination: &str, duration: std::time::Duration, error: bool) {
+        let ms = duration.as_secs_f64() * 1000.0;
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+        let e = match edges.get_mut(destination) {
+            Some(e) => e,
+            None => edges.entry(destination.to_string()).or_default(),
+        };
+        e.requests += 1;
+        e.errors += u64::from(error);
+        e.buckets[bucket] += 1;
+    }
+
+    /// The counts since the last call, per destination.
+    pub fn take_edges(&self) -> Vec<(String, EdgeCounts)> {
+        let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *edges).into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod telemetry_tests {
+    use super::*;
+
+    fn span() -> FinishedSpan {
+        FinishedSpan {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_id: None,
+            kind: SpanKind::Client,
+            service: "web".into(),
+            peer_service: "reviews".into(),
+            peer_identity: String::new(),
+            name: "GET /".into(),
+            route: String::new(),
+            start: std::time::SystemTime::now(),
+            duration: std::time::Duration::from_millis(3),
+            status: 200,
+            error: "",
+            attempts: 1,
+            request_bytes: 0,
+            response_bytes: 0,
+            quic_connection_id: String::new(),
+            endpoint: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let t = Telemetry::new("web".into(), 2);
+        assert!(t.offer(span()));
+        assert!(t.offer(span()));
+        assert!(!t.offer(span()));
+        assert!(!t.offer(span()));
+        assert_eq!(t.take_dropped(), 2);
+        assert_eq!(t.take_dropped(), 0);
+        let mut rx = t.receiver().unwrap();
+        assert!(rx.try_recv().is_ok());
+        assert!(t.receiver().is_none(), "one consumer");
+    }
+
+    #[test]
+    fn edges_bucket_latency_and_reset_when_taken() {
+        let t = Telemetry::new("web".into(), 1);
+        t.count_edge("reviews", std::time::Duration::from_micros(500), false);
+        t.count_edge("reviews", std::time::Duration::from_millis(30), true);
+        t.count_edge("reviews", std::time::Duration::from_secs(60), false);
+        let edges = t.take_edges();
+        assert_eq!(edges.len(), 1);
+        let (dest, c) = &edges[0];
+        assert_eq!(dest, "reviews");
+        assert_eq!((c.requests, c.errors), (3, 1));
+        assert_eq!(c.buckets[0], 1, "0.5 ms <= 1 ms");
+        assert_eq!(c.buckets[5], 1, "30 ms <= 50 ms");
+        assert_eq!(c.buckets[13], 1, "60 s in +Inf");
+        assert!(t.take_edges().is_empty());
+    }
+}
