@@ -83,14 +83,15 @@ impl ControlPlane {
             .arg("--lease-ttl=1h")
             .env("QUIVER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", log)
-            // Only our flags choose the store, whatever the caller's environment says.
-            .env_remove("QUIVER_DATABASE_URL")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        if let Some(url) = database_url {
-            cmd.arg(format!("--database-url={url}"));
-        }
+        // In the environment, not argv, so a password does not show in `ps`; removed when
+        // SQLite is wanted, whatever the caller's environment says.
+        match database_url {
+            Some(url) => cmd.env("QUIVER_DATABASE_URL", url),
+            None => cmd.env_remove("QUIVER_DATABASE_URL"),
+        };
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
