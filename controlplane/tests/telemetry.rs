@@ -754,10 +754,14 @@ async fn retention(server: &TestServer) {
     let gone = admin.get_trace(v1::GetTraceRequest { trace_id: old }).await;
     assert_eq!(gone.unwrap_err().code(), Code::NotFound);
     // The counter moves just after the delete commits: poll it.
-    eventually(Duration::from_secs(5), "4 deleted spans counted", || async {
-        let body = http_get(server.addr, "/metrics").await;
-        (metric(&body, "quiver_telemetry_spans_deleted_total") == 4.0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "4 deleted spans counted",
+        || async {
+            let body = http_get(server.addr, "/metrics").await;
+            (metric(&body, "quiver_telemetry_spans_deleted_total") == 4.0).then_some(())
+        },
+    )
     .await;
 }
 
