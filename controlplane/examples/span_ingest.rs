@@ -39,7 +39,10 @@ const TOKEN: &str = "qvr_bench-admin";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.batch > 0 && args.streams > 0, "--batch and --streams must be > 0");
+    anyhow::ensure!(
+        args.batch > 0 && args.streams > 0,
+        "--batch and --streams must be > 0"
+    );
     let dir = tempfile::tempdir()?;
     let mut flags = vec![
         "quiver-control".to_string(),
@@ -61,10 +64,11 @@ async fn main() -> anyhow::Result<()> {
         .connect()
         .await?;
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse()?;
-    let mut admin = MeshAdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", auth.clone());
-        Ok(req)
-    });
+    let mut admin =
+        MeshAdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", auth.clone());
+            Ok(req)
+        });
     let join_token = admin
         .create_join_token(v1::CreateJoinTokenRequest {
             namespace: "bench".into(),
@@ -82,15 +86,14 @@ async fn main() -> anyhow::Result<()> {
         .pem;
     let (key_pem, csr_der) = quiver_api::certs::new_key_and_csr()?;
     let tls = client_config_without_identity(&bundle, "mesh.local", &[b"h2"])?;
-    let joined = MeshDiscoveryClient::new(
-        quiver_api::dial::connect(running.discovery_addr, tls).await?,
-    )
-    .join(v1::JoinRequest {
-        join_token,
-        csr_der,
-    })
-    .await?
-    .into_inner();
+    let joined =
+        MeshDiscoveryClient::new(quiver_api::dial::connect(running.discovery_addr, tls).await?)
+            .join(v1::JoinRequest {
+                join_token,
+                csr_der,
+            })
+            .await?
+            .into_inner();
     let identity = MeshIdentity::from_pem(&joined.cert_chain_pem, &key_pem, &bundle)?;
     println!(
         "store {}, joined as {}, {} spans in batches of {} on {} stream(s)",
@@ -169,11 +172,19 @@ fn spans(stream: u64, trace_no: &mut u64, n: usize) -> Vec<v1::Span> {
                 break;
             }
             let span_id = |i: usize| format!("{:012x}{:04x}", *trace_no + 1, i + 1);
-            let status = if trace_no.is_multiple_of(50) { 503 } else { 200 };
+            let status = if trace_no.is_multiple_of(50) {
+                503
+            } else {
+                200
+            };
             out.push(v1::Span {
                 trace_id: trace.clone(),
                 span_id: span_id(i),
-                parent_span_id: if i == 0 { String::new() } else { span_id(i - 1) },
+                parent_span_id: if i == 0 {
+                    String::new()
+                } else {
+                    span_id(i - 1)
+                },
                 kind: (*kind).into(),
                 namespace: "bench".into(),
                 service: (*service).into(),
