@@ -9,3 +9,4 @@ pub mod discovery;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod telemetry;
