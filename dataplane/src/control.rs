@@ -649,3 +649,141 @@ mod tests {
         );
     }
 }
+
+/// Spans per batch at most; a batch also goes out every [`SHIP_INTERVAL`].
+const SHIP_BATCH: usize = 256;
+const SHIP_INTERVAL: Duration = Duration::from_secs(1);
+/// Edge counts are sent at least this often.
+const EDGE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Ship finished spans and per-destination counts over `ReportTelemetry`: a batch every
+/// second or every 256 spans, on one stream per connection. While the control plane is away
+/// the queue fills and spans are dropped and counted; requests never wait for this.
+pub async fn ship_telemetry(inputs: Arc<Inputs>, session: Arc<Session>) {
+    let Some(telemetry) = inputs.telemetry.as_ref() else {
+        return;
+    };
+    let Some(mut queue) = telemetry.receiver() else {
+        return;
+    };
+    let namespace = session
+        .identity()
+        .spiffe_id
+        .workload_parts()
+        .map(|(ns, _)| ns.to_string())
+        .unwrap_or_default();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    let mut edges_since = SystemTime::now();
+    loop {
+        let mut client = match session.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                let wait = backoff.next_wait();
+                tracing::debug!(error = %e, retry_in = ?wait, "telemetry: no control plane");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<v1::TelemetryBatch>(4);
+        let call = tokio::spawn(async move {
+            client
+                .report_telemetry(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        loop {
+            let mut spans = Vec::new();
+            let deadline = tokio::time::Instant::now() + SHIP_INTERVAL;
+            while spans.len() < SHIP_BATCH {
+                match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(s)) => spans.push(to_proto(&s, &namespace)),
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let edges = if edges_since.elapsed().unwrap_or_default() >= EDGE_INTERVAL {
+                let start = std::mem::replace(&mut edges_since, SystemTime::now());
+                edge_stats(telemetry, &namespace, start, edges_since)
+            } else {
+                Vec::new()
+            };
+            let dropped = telemetry.take_dropped();
+            if spans.is_empty() && edges.is_empty() && dropped == 0 {
+                if call.is_finished() {
+                    break;
+                }
+                continue;
+            }
+            let n = spans.len() as u64;
+            let batch = v1::TelemetryBatch {
+                spans,
+                edges,
+                dropped_spans: dropped,
+            };
+            if tx.send(batch).await.is_err() {
+                break;
+            }
+            inputs.metrics.spans_shipped.inc_by(n);
+            backoff.reset();
+        }
+        drop(tx);
+        match call.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(s)) => tracing::debug!(error = %describe(&s), "telemetry stream ended"),
+            Err(e) => tracing::debug!(error = %e, "telemetry task failed"),
+        }
+        tokio::time::sleep(backoff.next_wait()).await;
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+fn to_proto(s: &crate::trace::FinishedSpan, namespace: &str) -> v1::Span {
+    use crate::trace::hex;
+    v1::Span {
+        trace_id: hex(&s.trace_id),
+        span_id: hex(&s.span_id),
+        parent_span_id: s.parent_id.map(|p| hex(&p)).unwrap_or_default(),
+        kind: s.kind.as_str().into(),
+        namespace: namespace.into(),
+        service: s.service.clone(),
+        peer_service: s.peer_service.clone(),
+        peer_identity: s.peer_identity.clone(),
+        name: s.name.clone(),
+        route: s.route.clone(),
+        start_unix_nanos: unix_nanos(s.start),
+        duration_nanos: i64::try_from(s.duration.as_nanos()).unwrap_or(i64::MAX),
+        status_code: u32::from(s.status),
+        error: s.error.into(),
+        attempt: s.attempts.max(1),
+        request_bytes: s.request_bytes,
+        response_bytes: s.response_bytes,
+        quic_connection_id: s.quic_connection_id.clone(),
+        endpoint: s.endpoint.clone(),
+    }
+}
+
+fn edge_stats(
+    telemetry: &crate::trace::Telemetry,
+    namespace: &str,
+    start: SystemTime,
+    end: SystemTime,
+) -> Vec<v1::EdgeStats> {
+    telemetry
+        .take_edges()
+        .into_iter()
+        .map(|(destination, c)| v1::EdgeStats {
+            source_namespace: namespace.into(),
+            source_service: telemetry.local_service.clone(),
+            destination_service: destination,
+            requests: c.requests,
+            errors: c.errors,
+            latency_buckets: c.buckets.to_vec(),
+            interval_start_unix_nanos: unix_nanos(start),
+            interval_end_unix_nanos: unix_nanos(end),
+        })
+        .collect()
+}

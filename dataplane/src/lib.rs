@@ -343,6 +343,10 @@ impl Proxy {
                 inputs.clone(),
                 session.clone(),
             )));
+            tasks.push(tokio::spawn(control::ship_telemetry(
+                inputs.clone(),
+                session.clone(),
+            )));
             let mut waiting = inputs.waiting.subscribe();
             tokio::select! {
                 _ = waiting.wait_for(Option::is_none) => {}

@@ -456,11 +456,19 @@ pub async fn start_relay(addr: SocketAddr, downstream: SocketAddr) -> (SocketAdd
                         let resp = match client.request(out).await {
                             Ok(r) => {
                                 let status = r.status();
+                                // What the downstream echo saw travels back up.
+                                let echoed: Vec<_> = r
+                                    .headers()
+                                    .iter()
+                                    .filter(|(k, _)| k.as_str().starts_with("x-echo-"))
+                                    .map(|(k, v)| (k.clone(), v.clone()))
+                                    .collect();
                                 let body = r.into_body().collect().await.map(|b| b.to_bytes());
                                 let text =
                                     String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
                                 let mut resp = Response::new(full(text));
                                 *resp.status_mut() = status;
+                                resp.headers_mut().extend(echoed);
                                 resp
                             }
                             Err(e) => {

@@ -722,3 +722,248 @@ async fn bad_join_tokens_are_refused_with_the_reason() {
     .await;
     assert!(why.contains("runs as service account"), "{why}");
 }
+
+/// web -> reviews (a relay app) -> ratings, each behind a joined proxy: one request with a
+/// sampled `traceparent` becomes one stored trace of four proxy spans, linked hop by hop; at
+/// 10 % sampling about a tenth of new traces are kept, and every 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn traces_cross_two_hops_and_are_stored_by_the_control_plane() {
+    use quiver_api::v1;
+    quiver_tests::init_log();
+    let db = Db::postgres().await;
+    let dir = temp_dir("traces");
+    let cp = ControlPlane::start(&db, &dir, &[]).await;
+    let (relay_host, ratings_host) = (
+        IpAddr::V4(Ipv4Addr::new(127, 0, 21, 2)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 21, 3)),
+    );
+    // The ratings echo decides the port; the relay must share it (one targetPort per app).
+    let port = apps_on_one_port(&[ratings_host], &["traces-ratings".to_string()]).await;
+    let mesh = format!(
+        "{}---\napiVersion: quiver.dev/v1\nkind: Service\nmetadata: {{name: ratings, namespace: default}}\n\
+         spec:\n  ports: [{{name: http, port: 9090, protocol: http1, targetPort: {port}}}]\n---\n\
+         apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {{name: mesh, namespace: default}}\n\
+         spec:\n  tracing: {{samplingPercent: 10}}\n",
+        mesh_yaml(port)
+    );
+    cp.apply(&mesh).await;
+    let ca = cp.write_ca(&dir).await;
+    let spec = |service, token, outbound, extra| ProxySpec {
+        service,
+        token,
+        labels: &[],
+        outbound,
+        extra,
+    };
+    let web = MeshProxy::start(
+        &cp,
+        &ca,
+        &dir,
+        spec(
+            "web",
+            cp.join_token("default", "web", 1, "10m").await,
+            &[("reviews", "http1")],
+            &[],
+        ),
+    )
+    .await;
+    let ratings_ip = ratings_host.to_string();
+    let ratings_flags = ["--app-host", ratings_ip.as_str()];
+    let _ratings = MeshProxy::start(
+        &cp,
+        &ca,
+        &dir,
+        spec(
+            "ratings",
+            cp.join_token("default", "ratings", 1, "10m").await,
+            &[],
+            &ratings_flags,
+        ),
+    )
+    .await;
+    let relay_ip = relay_host.to_string();
+    let relay_flags = ["--app-host", relay_ip.as_str()];
+    let mut reviews = MeshProxy::spawn(
+        &cp,
+        &ca,
+        &dir,
+        spec(
+            "reviews",
+            cp.join_token("default", "reviews", 1, "10m").await,
+            &[("ratings", "http1")],
+            &relay_flags,
+        ),
+    );
+    let (_, relay_seen) =
+        quiver_tests::apps::start_relay(SocketAddr::new(relay_host, port), reviews.outbound[0])
+            .await;
+    reviews.ready(Duration::from_secs(30)).await;
+    let client: Client = quiver_tests::client::client(false);
+    let addr = web.outbound[0];
+    eventually("the two hops answer", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move { call(&client, addr, "/warm-up").await.ok() }
+    })
+    .await;
+
+    // One request with a sampled traceparent.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let req = http::Request::get(format!("http://{addr}/rate/7"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers().clone();
+    let seen_by_ratings = headers
+        .get("x-echo-traceparent")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "no x-echo-traceparent: {headers:?} relay saw {:?} ratings served {}",
+                relay_seen.all(),
+                quiver_tests::apps::served("traces-ratings")
+            )
+        });
+    assert!(
+        seen_by_ratings.contains(trace),
+        "ratings app got {seen_by_ratings}"
+    );
+    assert!(
+        relay_seen.all().iter().any(|t| t.contains(trace)),
+        "{:?}",
+        relay_seen.all()
+    );
+
+    let admin = cp.admin().await;
+    let mut spans = Vec::new();
+    for _ in 0..100 {
+        spans = admin
+            .clone()
+            .get_trace(v1::GetTraceRequest {
+                trace_id: trace.into(),
+            })
+            .await
+            .map(|t| t.into_inner().spans)
+            .unwrap_or_default();
+        if spans.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut shipped = Vec::new();
+    for p in [&web, &reviews, &_ratings] {
+        let m = p.metrics().await;
+        shipped.push(format!(
+            "{}: shipped {:?} dropped {:?}",
+            p.name,
+            metric(&m, "quiver_spans_shipped_total"),
+            metric(&m, "quiver_spans_dropped_total")
+        ));
+    }
+    assert_eq!(spans.len(), 4, "{spans:#?} {shipped:?}");
+    let find = |service: &str, kind: &str| {
+        spans
+            .iter()
+            .find(|s| s.service == service && s.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} span of {service}: {spans:#?}"))
+    };
+    let web_client = find("web", "CLIENT");
+    let reviews_server = find("reviews", "SERVER");
+    let reviews_client = find("reviews", "CLIENT");
+    let ratings_server = find("ratings", "SERVER");
+    assert_eq!(
+        web_client.parent_span_id, "00f067aa0ba902b7",
+        "the app's span"
+    );
+    assert_eq!(web_client.peer_service, "reviews");
+    assert_eq!(reviews_server.parent_span_id, web_client.span_id);
+    assert_eq!(
+        reviews_server.peer_identity,
+        "spiffe://mesh.local/ns/default/sa/web"
+    );
+    assert_eq!(
+        reviews_client.parent_span_id, reviews_server.span_id,
+        "through the relay app"
+    );
+    assert_eq!(ratings_server.parent_span_id, reviews_client.span_id);
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.status_code == 200 && s.name == "GET /rate/7"),
+        "{spans:#?}"
+    );
+    assert!(!web_client.quic_connection_id.is_empty() && !web_client.endpoint.is_empty());
+
+    // 10 % head sampling over 1,000 new traces, and every 5xx kept.
+    let since = std::time::SystemTime::now();
+    let (tally, failures) = split(addr, 1000, 8).await;
+    assert!(failures.is_empty(), "{failures:?} {tally:?}");
+    for _ in 0..50 {
+        let uri = format!("http://{addr}/status/503").parse().unwrap();
+        assert_eq!(client.get(uri).await.unwrap().status(), 503);
+    }
+    let start = time_rfc3339(since);
+    let count = |errors_only: bool| {
+        let mut admin = admin.clone();
+        let start = start.clone();
+        async move {
+            admin
+                .search_traces(v1::SearchTracesRequest {
+                    service: "web".into(),
+                    errors_only,
+                    start,
+                    limit: 200,
+                    ..Default::default()
+                })
+                .await
+                .expect("search")
+                .into_inner()
+                .traces
+                .len()
+        }
+    };
+    let errored = eventually(
+        "every 5xx trace is kept",
+        Duration::from_secs(20),
+        || async {
+            let n = count(true).await;
+            (n >= 50).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(errored, 50);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = count(false).await - errored;
+    assert!(
+        (60..=140).contains(&kept),
+        "10% of 1000 new traces kept {kept}"
+    );
+    // The service graph counts every request (not only sampled ones) from the proxies'
+    // per-destination counts, sent every 10 s.
+    let edge = eventually("the web -> reviews edge", Duration::from_secs(30), || {
+        let mut admin = admin.clone();
+        async move {
+            let g = admin
+                .get_service_graph(v1::GetServiceGraphRequest {
+                    window: "5m".into(),
+                    namespace: "default".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            g.edges
+                .into_iter()
+                .find(|e| e.source_service == "web" && e.destination_service == "reviews")
+                .filter(|e| e.error_rate > 0.0)
+        }
+    })
+    .await;
+    assert!(edge.request_rate > 0.0 && edge.error_rate < 0.2, "{edge:?}");
+}
+
+fn time_rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format time")
+}
