@@ -44,7 +44,7 @@ pub enum AppName {
 
 /// `quiver-control demo-app NAME`: one of the demo's sample services.
 #[derive(Debug, clap::Parser)]
-#[command(name = "quiver-control demo-app")]
+#[command(name = "quiver-control demo-app", bin_name = "quiver-control demo-app")]
 pub struct AppArgs {
     /// Which service to run.
     #[arg(value_enum)]

@@ -25,7 +25,8 @@ pub enum Role {
 
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        // pad, not write_str: the demo prints roles in aligned columns.
+        f.pad(match self {
             Role::App => "app",
             Role::Sidecar => "sidecar",
         })
@@ -39,7 +40,24 @@ pub struct Proc {
     pub pid: u32,
     pub log: PathBuf,
     stop: Option<oneshot::Sender<Duration>>,
-    done: tokio::task::JoinHandle<Option<ExitStatus>>,
+    /// The supervising task, until its result is read into `status`.
+    done: Option<tokio::task::JoinHandle<Option<ExitStatus>>>,
+    status: Option<String>,
+}
+
+impl Proc {
+    /// Wait for the child to be gone; how it ended.
+    async fn ended(&mut self) -> String {
+        if let Some(done) = self.done.take() {
+            self.status = Some(match done.await {
+                Ok(Some(s)) if s.success() => "exited 0".to_string(),
+                Ok(Some(s)) => s.to_string(),
+                Ok(None) => "gone (status unknown)".to_string(),
+                Err(_) => "supervisor task failed".to_string(),
+            });
+        }
+        self.status.clone().unwrap_or_default()
+    }
 }
 
 /// A child that exited without being asked to.
@@ -130,7 +148,8 @@ impl Children {
             pid,
             log: log.to_path_buf(),
             stop: Some(stop_tx),
-            done,
+            done: Some(done),
+            status: None,
         });
         Ok(pid)
     }
@@ -149,10 +168,7 @@ impl Children {
                 continue;
             }
             p.stop = None;
-            let status = match (&mut p.done).await {
-                Ok(Some(s)) => s.to_string(),
-                _ => "unknown status".to_string(),
-            };
+            let status = p.ended().await;
             return Exited {
                 name: p.name.clone(),
                 role: p.role,
@@ -173,12 +189,7 @@ impl Children {
             waiting.push(p);
         }
         for p in waiting {
-            let how = match (&mut p.done).await {
-                Ok(Some(s)) if s.success() => "exited 0".to_string(),
-                Ok(Some(s)) => s.to_string(),
-                Ok(None) => "gone".to_string(),
-                Err(_) => "supervisor task failed".to_string(),
-            };
+            let how = p.ended().await;
             println!(
                 "  stopped {:<11} {:<7} pid {:<7} {how}",
                 p.name, p.role, p.pid

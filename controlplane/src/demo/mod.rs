@@ -38,6 +38,7 @@ pub mod proto {
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "quiver-control demo",
+    bin_name = "quiver-control demo",
     about = "Run a sample mesh on this machine: the control plane (SQLite), three services \
              with sidecars, steady traffic and a live tally. Ctrl-C stops everything."
 )]
