@@ -137,8 +137,8 @@ impl Files {
 }
 
 async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let files = Files::prepare(&args.dir)?;
-    init_tracing(&files.logs.join("control-plane.log"))?;
+    // Ports first: a second demo started by mistake must fail before touching the first
+    // one's files.
     let ports = Ports::plan(args.port_base)?;
     let free = args.port_base == 0;
     let api_addr = args
@@ -163,6 +163,8 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             discovery_addr.port()
         );
     }
+    let files = Files::prepare(&args.dir)?;
+    init_tracing(&files.logs.join("control-plane.log"))?;
     let admin_token = crate::auth::new_secret("qvr_");
     let config = Config {
         listen: api_addr,
