@@ -105,6 +105,13 @@ impl Children {
         let file = std::fs::File::create(log)
             .with_context(|| format!("creating log file {}", log.display()))?;
         let mut cmd = tokio::process::Command::new(&self.exe);
+        // The user's own QUIVER_* settings (QUIVER_ZONE, QUIVER_PROXY_CONFIG, ...) are for
+        // their mesh, not the demo's: the children get exactly the flags the demo chose.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("QUIVER_") {
+                cmd.env_remove(&key);
+            }
+        }
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(PARENT_ENV, std::process::id().to_string())
