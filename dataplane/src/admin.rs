@@ -72,6 +72,11 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
         "/readyz" => {
             if admin.inputs.drain.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Some(why) = admin.inputs.waiting_for() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {why}\n"),
+                )
             } else {
                 text(StatusCode::OK, "ready\n")
             }

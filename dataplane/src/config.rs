@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,7 +53,10 @@ impl std::error::Error for ConfigErrors {}
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    identity: IdentityFile,
+    #[serde(default)]
+    identity: Option<IdentityFile>,
+    #[serde(default)]
+    control_plane: Option<ControlPlaneFile>,
     #[serde(default)]
     listen: ListenFile,
     #[serde(default = "default_drain", with = "serde_human")]
@@ -89,6 +92,45 @@ struct IdentityFile {
 
 fn default_reload() -> Duration {
     Duration::from_secs(10)
+}
+
+/// `control_plane:`: join a control plane instead of reading `identity` and `services` from
+/// the file. Every field may also come from a command-line flag ([`Overrides`]).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneFile {
+    /// The discovery listener, `host:port` (an `https://` prefix is accepted).
+    pub address: Option<String>,
+    /// One-time token from `quiverctl join-token create`.
+    pub join_token: Option<String>,
+    /// PEM file with the mesh CA: the control plane's certificate must chain to it.
+    pub ca_cert: Option<PathBuf>,
+    /// The mesh's trust domain (default `mesh.local`).
+    pub trust_domain: Option<String>,
+    /// The Service this workload is an endpoint of.
+    pub service: Option<String>,
+    /// Workload labels, matched by the Service's subsets (e.g. `version: v2`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `ip:port` peers dial to reach this proxy (default: the QUIC listen address, or, when
+    /// that is 0.0.0.0, the local IP that routes to the control plane, with the QUIC port).
+    pub advertise: Option<SocketAddr>,
+    /// Where the local app listens (default 127.0.0.1): inbound requests go to
+    /// `app_host:targetPort` of the Service's ports.
+    pub app_host: Option<IpAddr>,
+}
+
+/// Command-line flags that override (or, without a file, replace) the config file's fields.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub control_plane: ControlPlaneFile,
+    pub quic_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub http_proxy_listen: Option<SocketAddr>,
+    pub zone: Option<String>,
+    pub drain_timeout: Option<Duration>,
+    /// Added after the file's `outbound` entries: (listen, service, port, protocol).
+    pub outbound: Vec<(SocketAddr, String, Option<u16>, Protocol)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,7 +272,10 @@ pub struct ProxyConfig {
 /// Process-level settings: fixed for the life of the process.
 #[derive(Debug, Clone, Serialize)]
 pub struct Bootstrap {
-    pub identity: IdentityPaths,
+    /// Static mode: the identity files. `None` in control-plane mode.
+    pub identity: Option<IdentityPaths>,
+    /// Control-plane mode: whom to join and as what. `None` in static mode.
+    pub control_plane: Option<ControlPlane>,
     pub quic_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub http_proxy_listen: Option<SocketAddr>,
@@ -249,6 +294,23 @@ pub struct IdentityPaths {
     /// How often the files are checked for a rotation (0: never).
     #[serde(with = "serde_human")]
     pub reload_interval: Duration,
+}
+
+/// Control-plane mode settings, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlPlane {
+    /// `host:port` of the discovery listener.
+    pub address: String,
+    /// Never shown on `/config` or in logs.
+    #[serde(skip)]
+    pub join_token: String,
+    pub ca_cert: PathBuf,
+    pub trust_domain: String,
+    pub service: String,
+    pub labels: BTreeMap<String, String>,
+    pub advertise: Option<SocketAddr>,
+    pub app_host: IpAddr,
+    pub zone: String,
 }
 
 /// An app-facing listener bound to one remote service (Consul-style explicit upstream).
@@ -275,6 +337,28 @@ impl ProxyConfig {
 
     /// Parse and validate YAML text; `base` resolves relative paths.
     pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigErrors> {
+        Self::parse_with(text, base, Overrides::default())
+    }
+
+    /// A config from flags alone (control-plane mode without a file).
+    pub fn from_overrides(overrides: Overrides) -> Result<Self, ConfigErrors> {
+        Self::parse_with("{}", Path::new("."), overrides)
+    }
+
+    /// Read `path` and apply `overrides` (flags win over the file).
+    pub fn load_with(path: &Path, overrides: Overrides) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![FieldError {
+                field: path.display().to_string(),
+                reason: format!("cannot read: {e}"),
+            }])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse_with(&text, base, overrides)
+    }
+
+    /// Parse YAML text, apply `overrides`, validate.
+    pub fn parse_with(text: &str, base: &Path, overrides: Overrides) -> Result<Self, ConfigErrors> {
         // serde_path_to_error names the field for every type error, including those raised by
         // custom deserializers (durations, SPIFFE ids) that serde_yaml alone reports without one.
         let de = serde_yaml::Deserializer::from_str(text);
@@ -295,8 +379,205 @@ impl ProxyConfig {
                 reason: format!("{inner}{location}"),
             }])
         })?;
-        validate(file, base)
+        validate(apply(file, overrides), base)
     }
+}
+
+/// Flags over file: a flag that is set replaces the field; outbound flags are appended.
+fn apply(mut file: File, o: Overrides) -> File {
+    let c = o.control_plane;
+    let cp_flags = c.address.is_some()
+        || c.join_token.is_some()
+        || c.ca_cert.is_some()
+        || c.service.is_some()
+        || c.trust_domain.is_some()
+        || !c.labels.is_empty()
+        || c.advertise.is_some()
+        || c.app_host.is_some();
+    if cp_flags {
+        let f = file.control_plane.get_or_insert_with(Default::default);
+        f.address = c.address.or(f.address.take());
+        f.join_token = c.join_token.or(f.join_token.take());
+        f.ca_cert = c.ca_cert.or(f.ca_cert.take());
+        f.trust_domain = c.trust_domain.or(f.trust_domain.take());
+        f.service = c.service.or(f.service.take());
+        f.labels.extend(c.labels);
+        f.advertise = c.advertise.or(f.advertise);
+        f.app_host = c.app_host.or(f.app_host);
+    }
+    if let Some(a) = o.quic_listen {
+        file.listen.quic = a;
+    }
+    if let Some(a) = o.admin_listen {
+        file.listen.admin = a;
+    }
+    if let Some(a) = o.http_proxy_listen {
+        file.listen.http_proxy = Some(a);
+    }
+    if let Some(z) = o.zone {
+        file.zone = z;
+    }
+    if let Some(d) = o.drain_timeout {
+        file.drain_timeout = d;
+    }
+    file.outbound.extend(
+        o.outbound
+            .into_iter()
+            .map(|(listen, service, port, protocol)| OutboundFile {
+                listen,
+                service,
+                port,
+                protocol,
+            }),
+    );
+    file
+}
+
+/// The default HTTP proxy listener in control-plane mode (off in static mode).
+pub const DEFAULT_HTTP_PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001);
+
+/// Check the `control_plane:` section; in this mode the snapshot fields must be absent.
+fn validate_control_plane(
+    c: &ControlPlaneFile,
+    file: &File,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    err: &mut dyn FnMut(String, String),
+) -> Option<ControlPlane> {
+    let missing = |flag: &str| format!("required (flag {flag})");
+    let address = match c.address.as_deref().map(str::trim) {
+        None | Some("") => {
+            err("control_plane.address".into(), missing("--control-plane"));
+            None
+        }
+        Some(a) => {
+            let a = a
+                .strip_prefix("https://")
+                .unwrap_or(a)
+                .trim_end_matches('/');
+            match a.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+                Some((h, Ok(p))) if !h.is_empty() && p > 0 => Some(a.to_string()),
+                _ => {
+                    err(
+                        "control_plane.address".into(),
+                        format!("{a:?} is not host:port (e.g. quiver-control:15010)"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let join_token = match c.join_token.as_deref().map(str::trim) {
+        None | Some("") => {
+            err("control_plane.join_token".into(), missing("--join-token"));
+            None
+        }
+        Some(t) => Some(t.to_string()),
+    };
+    let ca_cert = match &c.ca_cert {
+        None => {
+            err("control_plane.ca_cert".into(), missing("--ca-cert"));
+            None
+        }
+        Some(p) => {
+            let p = resolve(p);
+            match std::fs::read_to_string(&p) {
+                Err(e) => {
+                    err(
+                        "control_plane.ca_cert".into(),
+                        format!("{}: {e}", p.display()),
+                    );
+                    None
+                }
+                Ok(pem) => match quiver_api::certs::certs_from_pem(&pem) {
+                    Ok(c) if !c.is_empty() => Some(p),
+                    Ok(_) => {
+                        err(
+                            "control_plane.ca_cert".into(),
+                            format!("{}: no PEM certificate in it", p.display()),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        err(
+                            "control_plane.ca_cert".into(),
+                            format!("{}: {e}", p.display()),
+                        );
+                        None
+                    }
+                },
+            }
+        }
+    };
+    let trust_domain = c
+        .trust_domain
+        .clone()
+        .unwrap_or_else(|| "mesh.local".into());
+    if let Err(e) = SpiffeId::parse(&format!("spiffe://{trust_domain}")) {
+        err(
+            "control_plane.trust_domain".into(),
+            format!("{trust_domain:?}: {e}"),
+        );
+    }
+    let service = match c.service.as_deref() {
+        None | Some("") => {
+            err("control_plane.service".into(), missing("--service"));
+            None
+        }
+        Some(s) => match check_service_name(s) {
+            Ok(()) => Some(s.to_string()),
+            Err(r) => {
+                err("control_plane.service".into(), r);
+                None
+            }
+        },
+    };
+    for (k, v) in &c.labels {
+        let ok = |x: &str| {
+            !x.is_empty()
+                && x.len() <= 63
+                && x.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+        };
+        if !ok(k) || !ok(v) {
+            err(
+                format!("control_plane.labels.{k}"),
+                format!("{k}={v:?}: keys and values are 1-63 of a-z, A-Z, 0-9, '-', '_', '.', '/'"),
+            );
+        }
+    }
+    if let Some(a) = c.advertise
+        && (a.ip().is_unspecified() || a.port() == 0)
+    {
+        err(
+            "control_plane.advertise".into(),
+            format!("{a}: needs a concrete IP and port peers can dial"),
+        );
+    }
+    for (field, set) in [
+        ("services", !file.services.is_empty()),
+        ("inbound", !file.inbound.is_empty()),
+        ("routes", !file.routes.is_empty()),
+        ("authorization", !file.authorization.is_empty()),
+    ] {
+        if set {
+            err(
+                field.into(),
+                "comes from the control plane in control-plane mode; remove it from the file"
+                    .into(),
+            );
+        }
+    }
+    Some(ControlPlane {
+        address: address?,
+        join_token: join_token?,
+        ca_cert: ca_cert?,
+        trust_domain,
+        service: service?,
+        labels: c.labels.clone(),
+        advertise: c.advertise,
+        app_host: c.app_host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        zone: file.zone.clone(),
+    })
 }
 
 fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
@@ -310,41 +591,77 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
             base.join(p)
         }
     };
-    let identity = IdentityPaths {
-        cert: resolve(&file.identity.cert),
-        key: resolve(&file.identity.key),
-        trust_bundle: resolve(&file.identity.trust_bundle),
-        reload_interval: file.identity.reload_interval,
-    };
-    // Load the identity now so a bad certificate is a config error, not a start-up crash.
+    // Static mode reads the identity from files; control-plane mode obtains it by joining.
+    let mut identity = None;
+    let mut control_plane = None;
     let mut trust_domain = None;
-    for (field, p) in [
-        ("identity.cert", &identity.cert),
-        ("identity.key", &identity.key),
-        ("identity.trust_bundle", &identity.trust_bundle),
-    ] {
-        if let Err(e) = std::fs::metadata(p) {
-            err(field.into(), format!("{}: {e}", p.display()));
+    match (&file.identity, &file.control_plane) {
+        (Some(_), Some(_)) => err(
+            "control_plane".into(),
+            "cannot be combined with identity: remove one (identity for static mode, \
+             control_plane to join a control plane)"
+                .into(),
+        ),
+        (None, None) => err(
+            "identity".into(),
+            "required in static mode (or give control_plane / --control-plane to join a \
+             control plane)"
+                .into(),
+        ),
+        (None, Some(c)) => {
+            control_plane = validate_control_plane(c, &file, &resolve, &mut err);
+            trust_domain = control_plane.as_ref().map(|c| c.trust_domain.clone());
         }
-    }
-    if identity.cert.exists() && identity.key.exists() && identity.trust_bundle.exists() {
-        match quiver_api::tls::MeshIdentity::from_files(
-            &identity.cert,
-            &identity.key,
-            &identity.trust_bundle,
-        ) {
-            Ok(id) => {
-                if let Err(e) = id.server_config(&[b"h3"]) {
-                    err(
-                        "identity.key".into(),
-                        format!("does not match identity.cert: {e}"),
-                    );
+        (Some(f), None) => {
+            let paths = IdentityPaths {
+                cert: resolve(&f.cert),
+                key: resolve(&f.key),
+                trust_bundle: resolve(&f.trust_bundle),
+                reload_interval: f.reload_interval,
+            };
+            // Load the identity now so a bad certificate is a config error, not a start-up crash.
+            for (field, p) in [
+                ("identity.cert", &paths.cert),
+                ("identity.key", &paths.key),
+                ("identity.trust_bundle", &paths.trust_bundle),
+            ] {
+                if let Err(e) = std::fs::metadata(p) {
+                    err(field.into(), format!("{}: {e}", p.display()));
                 }
-                trust_domain = Some(id.trust_domain().to_string());
             }
-            Err(e) => err("identity".into(), e.to_string()),
+            if paths.cert.exists() && paths.key.exists() && paths.trust_bundle.exists() {
+                match quiver_api::tls::MeshIdentity::from_files(
+                    &paths.cert,
+                    &paths.key,
+                    &paths.trust_bundle,
+                ) {
+                    Ok(id) => {
+                        if let Err(e) = id.server_config(&[b"h3"]) {
+                            err(
+                                "identity.key".into(),
+                                format!("does not match identity.cert: {e}"),
+                            );
+                        }
+                        trust_domain = Some(id.trust_domain().to_string());
+                    }
+                    Err(e) => err("identity".into(), e.to_string()),
+                }
+            }
+            let reload = f.reload_interval;
+            if !reload.is_zero() && reload < Duration::from_millis(100) {
+                err(
+                    "identity.reload_interval".into(),
+                    "must be 0s (off) or at least 100ms".into(),
+                );
+            }
+            identity = Some(paths);
         }
     }
+    let http_proxy_listen = match (&control_plane, file.listen.http_proxy) {
+        (_, Some(a)) => Some(a),
+        (Some(_), None) => Some(DEFAULT_HTTP_PROXY),
+        (None, None) => None,
+    };
 
     let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
     let mut claim = |addr: SocketAddr, field: String, errs: &mut Vec<FieldError>| {
@@ -363,7 +680,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     };
     let mut tcp_errs = Vec::new();
     claim(file.listen.admin, "listen.admin".into(), &mut tcp_errs);
-    if let Some(a) = file.listen.http_proxy {
+    if let Some(a) = http_proxy_listen {
         claim(a, "listen.http_proxy".into(), &mut tcp_errs);
     }
     for (i, o) in file.outbound.iter().enumerate() {
@@ -372,13 +689,6 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     errs.extend(tcp_errs);
     let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
 
-    let reload = file.identity.reload_interval;
-    if !reload.is_zero() && reload < Duration::from_millis(100) {
-        err(
-            "identity.reload_interval".into(),
-            "must be 0s (off) or at least 100ms".into(),
-        );
-    }
     if file.drain_timeout > Duration::from_secs(3600) {
         err("drain_timeout".into(), "must be at most 1h".into());
     }
@@ -516,7 +826,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     let mut outbound = Vec::new();
     for (i, o) in file.outbound.iter().enumerate() {
         let f = format!("outbound[{i}]");
-        if !services.contains_key(&o.service) {
+        if control_plane.is_none() && !services.contains_key(&o.service) {
             err(
                 format!("{f}.service"),
                 format!("{:?} is not in services", o.service),
@@ -550,9 +860,10 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         Some(snapshot) if errs.is_empty() => Ok(ProxyConfig {
             bootstrap: Bootstrap {
                 identity,
+                control_plane,
                 quic_listen: file.listen.quic,
                 admin_listen: file.listen.admin,
-                http_proxy_listen: file.listen.http_proxy,
+                http_proxy_listen,
                 drain_timeout: file.drain_timeout,
                 outbound,
                 tuning: file.tuning,

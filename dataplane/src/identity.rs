@@ -17,18 +17,27 @@ use crate::config::IdentityPaths;
 pub struct IdentityStatus {
     pub spiffe_id: String,
     pub cert_not_after_unix: Option<u64>,
-    pub files: IdentityPaths,
+    /// Where it comes from: "files" (static mode) or "control-plane" (joined, renewed).
+    pub source: &'static str,
+    /// Static mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<IdentityPaths>,
     pub private_key: &'static str,
-    /// How many times a new identity has been loaded since start.
+    /// How many times a new identity has been loaded (or renewed) since start.
     pub reloads: u64,
 }
 
 impl IdentityStatus {
-    pub fn of(identity: &MeshIdentity, files: &IdentityPaths, reloads: u64) -> Self {
+    pub fn of(identity: &MeshIdentity, files: Option<&IdentityPaths>, reloads: u64) -> Self {
         Self {
             spiffe_id: identity.spiffe_id.to_string(),
             cert_not_after_unix: not_after_unix(identity),
-            files: files.clone(),
+            source: if files.is_some() {
+                "files"
+            } else {
+                "control-plane"
+            },
+            files: files.cloned(),
             private_key: "<redacted>",
             reloads,
         }
@@ -78,7 +87,7 @@ pub async fn watch_files(inputs: Arc<Inputs>, files: IdentityPaths, interval: Du
             }) {
             Ok(id) => {
                 last = Some(now);
-                inputs.identity_reloaded(&id, &files);
+                inputs.identity_reloaded(&id, Some(&files));
                 tracing::info!(
                     spiffe_id = %id.spiffe_id,
                     not_after = ?not_after_unix(&id),

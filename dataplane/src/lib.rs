@@ -9,7 +9,9 @@
 
 pub mod admin;
 pub mod body;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dispatch;
 pub mod drain;
 pub mod errors;
@@ -49,6 +51,9 @@ pub struct Inputs {
     pub apps: inbound::AppClients,
     turn: AtomicUsize,
     identity: RwLock<identity::IdentityStatus>,
+    /// Why the proxy is not ready to serve yet (`None`: ready). Control-plane mode starts
+    /// with "waiting for the first snapshot"; static mode starts ready.
+    waiting: tokio::sync::watch::Sender<Option<String>>,
     /// Per-service balancer state (latency, outstanding, ejections), kept across snapshots;
     /// the number is the address of the snapshot it was last synced with.
     balancers:
@@ -79,11 +84,33 @@ impl Inputs {
             .clone()
     }
 
-    fn identity_reloaded(&self, id: &MeshIdentity, files: &config::IdentityPaths) {
+    fn identity_reloaded(&self, id: &MeshIdentity, files: Option<&config::IdentityPaths>) {
         let mut cur = self.identity.write().unwrap_or_else(|p| p.into_inner());
         *cur = identity::IdentityStatus::of(id, files, cur.reloads + 1);
         self.metrics.identity_reload(true);
         self.metrics.identity_expiry(identity::not_after_unix(id));
+    }
+
+    /// A certificate renewed through the control plane is in use.
+    pub(crate) fn identity_renewed(&self, id: &MeshIdentity) {
+        self.identity_reloaded(id, None);
+    }
+
+    /// `None` once the proxy may serve; otherwise what it is waiting for (shown by `/readyz`).
+    pub fn waiting_for(&self) -> Option<String> {
+        self.waiting.borrow().clone()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.waiting.borrow().is_none()
+    }
+
+    pub(crate) fn set_waiting(&self, why: Option<String>) {
+        self.waiting.send_if_modified(|w| {
+            let changed = *w != why;
+            *w = why;
+            changed
+        });
     }
 
     /// Run `f` on `service`'s balancer, first bringing its endpoint set in line with
@@ -142,7 +169,9 @@ pub struct Proxy {
     http_proxy: Option<TcpListener>,
     outbound: Vec<(TcpListener, outbound::Entry, snapshot::Protocol)>,
     drain_timeout: std::time::Duration,
-    identity_files: config::IdentityPaths,
+    identity_files: Option<config::IdentityPaths>,
+    /// Control-plane mode: the joined session.
+    session: Option<Arc<control::Session>>,
     bootstrap: config::Bootstrap,
     /// The file to re-read for live snapshot changes, and how often.
     config_file: Option<(std::path::PathBuf, std::time::Duration)>,
@@ -150,15 +179,38 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Load the identity and bind every socket. Fails (with context) if a port is taken.
+    /// Static mode: load the identity files and bind every socket. Fails (with context) if a
+    /// port is taken.
     pub async fn bind(config: ProxyConfig) -> anyhow::Result<Self> {
+        let Some(files) = config.bootstrap.identity.clone() else {
+            anyhow::bail!(
+                "this config joins a control plane: use Proxy::bind_joined with a control::Session"
+            );
+        };
+        let identity = MeshIdentity::from_files(&files.cert, &files.key, &files.trust_bundle)
+            .context("loading identity")?;
+        Self::bind_with(config, &identity, None).await
+    }
+
+    /// Control-plane mode: bind every socket with the identity `session` obtained by joining.
+    /// The proxy is not ready (and serves no app traffic) until the first snapshot arrives.
+    pub async fn bind_joined(
+        config: ProxyConfig,
+        session: control::Session,
+    ) -> anyhow::Result<Self> {
+        let identity = session.identity();
+        Self::bind_with(config, &identity, Some(Arc::new(session))).await
+    }
+
+    async fn bind_with(
+        config: ProxyConfig,
+        identity: &MeshIdentity,
+        session: Option<Arc<control::Session>>,
+    ) -> anyhow::Result<Self> {
         let b = &config.bootstrap;
-        let identity =
-            MeshIdentity::from_files(&b.identity.cert, &b.identity.key, &b.identity.trust_bundle)
-                .context("loading identity")?;
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
-        let transport = Transport::bind(b.quic_listen, &identity, &b.tuning, metrics.clone())
+        let transport = Transport::bind(b.quic_listen, identity, &b.tuning, metrics.clone())
             .context("starting QUIC")?;
         let quic = transport.local_addr().context("QUIC local address")?;
         let admin_listener = TcpListener::bind(b.admin_listen)
@@ -201,7 +253,7 @@ impl Proxy {
             },
             "bootstrap": &config.bootstrap,
         });
-        metrics.identity_expiry(identity::not_after_unix(&identity));
+        metrics.identity_expiry(identity::not_after_unix(identity));
         let inputs = Arc::new(Inputs {
             snapshot: RwLock::new(Arc::new(config.snapshot.clone())),
             transport,
@@ -210,7 +262,16 @@ impl Proxy {
             tuning: b.tuning.clone(),
             apps: inbound::AppClients::default(),
             turn: AtomicUsize::new(0),
-            identity: RwLock::new(identity::IdentityStatus::of(&identity, &b.identity, 0)),
+            identity: RwLock::new(identity::IdentityStatus::of(
+                identity,
+                b.identity.as_ref(),
+                0,
+            )),
+            waiting: tokio::sync::watch::Sender::new(
+                session
+                    .as_ref()
+                    .map(|_| "waiting for the first snapshot from the control plane".to_string()),
+            ),
             balancers: Default::default(),
             budgets: Default::default(),
         });
@@ -227,6 +288,7 @@ impl Proxy {
             outbound,
             drain_timeout: b.drain_timeout,
             identity_files: b.identity.clone(),
+            session,
             bootstrap: config.bootstrap.clone(),
             config_file: None,
             bound,
@@ -259,12 +321,40 @@ impl Proxy {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let inputs = self.inputs;
         let admin = tokio::spawn(admin::serve(self.admin, self.admin_listener));
-        let mut tasks = vec![tokio::spawn(inbound::serve(inputs.clone()))];
-        if !self.identity_files.reload_interval.is_zero() {
+        let mut tasks = Vec::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        if let Some(session) = &self.session {
+            // Serve nothing until the first snapshot: an app's early connections wait in the
+            // listen backlog instead of meeting an empty config.
+            tasks.push(tokio::spawn(control::follow(
+                inputs.clone(),
+                session.clone(),
+            )));
+            tasks.push(tokio::spawn(control::renew(
+                inputs.clone(),
+                session.clone(),
+            )));
+            let mut waiting = inputs.waiting.subscribe();
+            tokio::select! {
+                _ = waiting.wait_for(Option::is_none) => {}
+                _ = &mut shutdown => {
+                    tracing::info!("stopped before the first snapshot arrived");
+                    for t in tasks {
+                        t.abort();
+                    }
+                    admin.abort();
+                    return;
+                }
+            }
+        }
+        tasks.push(tokio::spawn(inbound::serve(inputs.clone())));
+        if let Some(files) = &self.identity_files
+            && !files.reload_interval.is_zero()
+        {
             tasks.push(tokio::spawn(identity::watch_files(
                 inputs.clone(),
-                self.identity_files.clone(),
-                self.identity_files.reload_interval,
+                files.clone(),
+                files.reload_interval,
             )));
         }
         if let Some((path, interval)) = self.config_file.clone() {
@@ -291,12 +381,25 @@ impl Proxy {
                 protocol,
             )));
         }
+        // Registered only now that every listener serves: callers never see an endpoint that
+        // cannot answer yet.
+        let lease = self.session.as_ref().map(|session| {
+            let advertise =
+                control::advertise_address(session.settings(), self.bound.quic, session.address());
+            tokio::spawn(control::keep_registered(session.clone(), advertise))
+        });
         tracing::info!(
             quic = %self.bound.quic,
             admin = %self.bound.admin,
             "proxy ready"
         );
         shutdown.await;
+        if let (Some(session), Some(lease)) = (&self.session, lease) {
+            // Leave the endpoint lists first, so callers stop choosing us while we drain (the
+            // lease task goes first, or it would register again).
+            lease.abort();
+            session.deregister().await;
+        }
         tracing::info!(inflight = inputs.drain.inflight(), timeout = ?self.drain_timeout, "draining");
         let left = inputs.drain.drain(self.drain_timeout).await;
         if left > 0 {

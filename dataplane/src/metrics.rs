@@ -74,6 +74,10 @@ pub struct Metrics {
     pub mirrored: Family<ServiceLabels, Counter>,
     pub denied: Family<ServiceLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// 1 while a Watch stream to the control plane is open (control-plane mode).
+    pub control_plane_connected: Gauge,
+    /// Version of the last snapshot applied from the control plane.
+    pub snapshot_version: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,6 +121,8 @@ impl Metrics {
             mirrored: Family::default(),
             denied: Family::default(),
             config_reloads: Family::default(),
+            control_plane_connected: Gauge::default(),
+            snapshot_version: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("quiver");
         // Counters are registered without `_total`: the encoder appends it.
@@ -220,8 +226,18 @@ impl Metrics {
         );
         r.register(
             "config_reloads",
-            "Config file reloads, by result",
+            "Config changes applied (file reloads and control-plane snapshots), by result",
             m.config_reloads.clone(),
+        );
+        r.register(
+            "control_plane_connected",
+            "1 while the Watch stream to the control plane is open",
+            m.control_plane_connected.clone(),
+        );
+        r.register(
+            "snapshot_version",
+            "Version of the last config snapshot applied from the control plane",
+            m.snapshot_version.clone(),
         );
         m
     }

@@ -3,10 +3,12 @@
 //! Owns SPIFFE identities ([`spiffe`]), minting and reading mesh certificates ([`certs`]), the
 //! rustls verifiers that enforce mesh mTLS ([`tls`]), the generated `quiver.v1` API ([`v1`]),
 //! resource kinds and YAML documents ([`resource`], [`document`]) and resource validation
-//! ([`validate`]). It must not do I/O beyond reading the PEM files it is pointed at.
+//! ([`validate`]). Its only I/O: reading the PEM files it is pointed at, and [`dial`], the one
+//! way to open a gRPC channel to the control plane's discovery listener (proxy and tests).
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod dial;
 pub mod document;
 pub mod duration;
 pub mod resource;

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod bench;
 pub mod client;
 pub mod harness;
+pub mod mesh;
 pub mod pki;
 
 /// Generated code for the test gRPC service (proto/echo.proto).

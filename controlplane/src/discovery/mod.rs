@@ -2,11 +2,12 @@
 //! the lease sweeper and the discovery listener's TLS identity. The gRPC handlers are in
 //! [`crate::api`]; this module owns the state they read.
 
-pub mod client;
 pub mod listener;
 pub mod snapshot;
 pub mod sweeper;
 pub mod view;
 
+/// The dialer moved to `quiver_api::dial` (the proxy needs it too); this name stays for callers.
+pub use quiver_api::dial as client;
 pub use snapshot::Caller;
 pub use view::{MeshState, MeshView};

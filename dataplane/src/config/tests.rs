@@ -53,7 +53,10 @@ fn has(errs: &[FieldError], field: &str, reason_part: &str) -> bool {
 fn a_good_file_parses_into_bootstrap_and_snapshot() {
     let dir = identity_dir();
     let c = ProxyConfig::parse(GOOD, &dir).unwrap();
-    assert_eq!(c.bootstrap.identity.cert, dir.join("cert.pem"));
+    assert_eq!(
+        c.bootstrap.identity.as_ref().unwrap().cert,
+        dir.join("cert.pem")
+    );
     assert_eq!(c.bootstrap.drain_timeout, Duration::from_secs(5));
     assert_eq!(c.snapshot.inbound[0].protocol, Protocol::Http1);
     assert_eq!(c.snapshot.services["reviews"].endpoints.len(), 1);
@@ -154,4 +157,100 @@ fn identity_problems_are_config_errors() {
     std::fs::write(dir.join("junk.pem"), "hello").unwrap();
     let e = errors(&GOOD.replace("cert: cert.pem", "cert: junk.pem"), &dir);
     assert!(has(&e, "identity", "CERTIFICATE"), "{e:#?}");
+}
+
+const JOINING: &str = r#"
+control_plane:
+  address: https://quiver-control:15010
+  join_token: qjt_secret
+  ca_cert: bundle.pem
+  service: web
+  labels: {version: v2}
+zone: eu-1
+outbound:
+  - {listen: "127.0.0.1:7000", service: reviews, protocol: http1}
+"#;
+
+#[test]
+fn a_control_plane_file_joins_instead_of_reading_identity() {
+    let dir = identity_dir();
+    let c = ProxyConfig::parse(JOINING, &dir).unwrap();
+    assert!(c.bootstrap.identity.is_none());
+    let cp = c.bootstrap.control_plane.as_ref().unwrap();
+    assert_eq!(cp.address, "quiver-control:15010");
+    assert_eq!(cp.ca_cert, dir.join("bundle.pem"));
+    assert_eq!(cp.trust_domain, "mesh.local");
+    assert_eq!(cp.labels["version"], "v2");
+    assert_eq!(cp.zone, "eu-1");
+    // Apps reach the mesh through the HTTP proxy listener by default in this mode, and the
+    // outbound service need not be known yet (it comes with the first snapshot).
+    assert_eq!(c.bootstrap.http_proxy_listen, Some(DEFAULT_HTTP_PROXY));
+    // The join token is never shown.
+    let shown = serde_json::to_string(&c.bootstrap).unwrap();
+    assert!(!shown.contains("qjt_secret"), "{shown}");
+
+    // Flags win over the file.
+    let o = Overrides {
+        control_plane: ControlPlaneFile {
+            service: Some("api".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let c = ProxyConfig::parse_with(JOINING, &dir, o).unwrap();
+    assert_eq!(c.bootstrap.control_plane.unwrap().service, "api");
+}
+
+#[test]
+fn control_plane_mode_refuses_static_sections_and_bad_fields() {
+    let dir = identity_dir();
+    let both =
+        format!("{JOINING}identity: {{cert: cert.pem, key: key.pem, trust_bundle: bundle.pem}}\n");
+    assert!(has(
+        &errors(&both, &dir),
+        "control_plane",
+        "cannot be combined"
+    ));
+    let with_services = format!("{JOINING}services: [{{name: reviews}}]\n");
+    assert!(has(
+        &errors(&with_services, &dir),
+        "services",
+        "comes from the control plane"
+    ));
+    let bad = r#"
+control_plane:
+  address: quiver-control
+  join_token: ""
+  ca_cert: missing.pem
+  service: Web
+  labels: {"bad key": v1}
+  advertise: "0.0.0.0:15443"
+"#;
+    let errs = errors(bad, &dir);
+    assert!(
+        has(&errs, "control_plane.address", "not host:port"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "control_plane.join_token", "--join-token"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "control_plane.ca_cert", "missing.pem"),
+        "{errs:?}"
+    );
+    assert!(has(&errs, "control_plane.service", "DNS label"), "{errs:?}");
+    assert!(
+        has(&errs, "control_plane.labels.bad key", "keys and values"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "control_plane.advertise", "concrete IP"),
+        "{errs:?}"
+    );
+    assert!(has(
+        &errors("listen: {admin: \"127.0.0.1:0\"}\n", &dir),
+        "identity",
+        "required"
+    ));
 }

@@ -1,7 +1,8 @@
 //! Dialling the discovery listener: a tonic channel over our own rustls config, because the
 //! control plane's certificate is an SVID (one SPIFFE URI SAN, no DNS name) that stock
-//! hostname verification refuses. Used by tests and the propagation benchmark; a proxy can
-//! do the same with its `MeshIdentity::client_config(&[b"h2"])`.
+//! hostname verification refuses. Used by the proxy (joining with
+//! [`crate::tls::client_config_without_identity`], then with its
+//! `MeshIdentity::client_config(&[b"h2"])`), by tests and by the propagation benchmark.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,383 @@
+//! The `quiver-proxy` command line, as a library function so other binaries (the demo's
+//! `quiver-control sidecar`) run exactly the same proxy.
+//!
+//! Two modes:
+//! - static: `--config FILE` with an `identity:` section and the services to call;
+//! - control plane: `--control-plane HOST:PORT --join-token T --ca-cert FILE --service NAME`
+//!   (flags, `QUIVER_*` environment variables, or a `control_plane:` section in `--config`;
+//!   flags win over the file).
+
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{ControlPlaneFile, Overrides, ProxyConfig};
+use crate::snapshot::Protocol;
+
+/// Quiver's sidecar proxy.
+#[derive(Debug, Parser)]
+#[command(name = "quiver-proxy", version)]
+pub struct Args {
+    /// Config file (YAML). See docs/proxy-config.md. Optional in control-plane mode.
+    #[arg(long, short = 'c', env = "QUIVER_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the config, print every problem with its field, and exit (like `nginx -t`).
+    #[arg(long)]
+    check: bool,
+    /// How often to re-read a static config file for live changes; 0s turns it off.
+    #[arg(long, default_value = "5s", value_parser = quiver_api::duration::parse)]
+    reload_interval: Duration,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "QUIVER_LOG_JSON")]
+    log_json: bool,
+
+    /// Control-plane mode: the discovery listener, HOST:PORT (usually port 15010).
+    #[arg(
+        long,
+        env = "QUIVER_CONTROL_PLANE",
+        help_heading = "Control-plane mode"
+    )]
+    control_plane: Option<String>,
+    /// One-time join token (`quiverctl join-token create`).
+    #[arg(
+        long,
+        env = "QUIVER_JOIN_TOKEN",
+        hide_env_values = true,
+        help_heading = "Control-plane mode"
+    )]
+    join_token: Option<String>,
+    /// The mesh CA certificate (PEM), from `quiverctl trust-bundle`: the control plane must
+    /// present a certificate that chains to it.
+    #[arg(long, env = "QUIVER_CA_CERT", help_heading = "Control-plane mode")]
+    ca_cert: Option<PathBuf>,
+    /// The mesh's trust domain [default: mesh.local].
+    #[arg(long, env = "QUIVER_TRUST_DOMAIN", help_heading = "Control-plane mode")]
+    trust_domain: Option<String>,
+    /// The Service this workload is an endpoint of (its ports come from the Service).
+    #[arg(long, env = "QUIVER_SERVICE", help_heading = "Control-plane mode")]
+    service: Option<String>,
+    /// Workload label KEY=VALUE, repeatable (e.g. --label version=v2); Service subsets
+    /// select on them.
+    #[arg(
+        long = "label",
+        env = "QUIVER_LABELS",
+        value_delimiter = ',',
+        value_parser = parse_label,
+        help_heading = "Control-plane mode"
+    )]
+    labels: Vec<(String, String)>,
+    /// IP:PORT peers dial to reach this proxy [default: the QUIC address, or the local IP
+    /// that routes to the control plane when that is 0.0.0.0].
+    #[arg(long, env = "QUIVER_ADVERTISE", help_heading = "Control-plane mode")]
+    advertise: Option<SocketAddr>,
+    /// Where the local app listens: inbound requests go to APP_HOST:targetPort
+    /// [default: 127.0.0.1].
+    #[arg(long, env = "QUIVER_APP_HOST", help_heading = "Control-plane mode")]
+    app_host: Option<IpAddr>,
+
+    /// UDP address for QUIC [default: 0.0.0.0:15443].
+    #[arg(long, env = "QUIVER_QUIC_LISTEN", help_heading = "Listeners")]
+    quic_listen: Option<SocketAddr>,
+    /// Admin HTTP address [default: 127.0.0.1:15020].
+    #[arg(long, env = "QUIVER_ADMIN_LISTEN", help_heading = "Listeners")]
+    admin_listen: Option<SocketAddr>,
+    /// HTTP proxy listener [default: 127.0.0.1:15001 in control-plane mode, off in static].
+    #[arg(long, env = "QUIVER_HTTP_PROXY_LISTEN", help_heading = "Listeners")]
+    http_proxy_listen: Option<SocketAddr>,
+    /// Explicit upstream LISTEN=SERVICE[:PORT][/PROTOCOL], repeatable, e.g.
+    /// 127.0.0.1:7001=catalog/http1 or 127.0.0.1:7002=ratings:9090/grpc.
+    #[arg(long = "outbound", value_parser = parse_outbound, help_heading = "Listeners")]
+    outbound: Vec<(SocketAddr, String, Option<u16>, Protocol)>,
+    /// Where this proxy runs, for locality-aware balancing.
+    #[arg(long, env = "QUIVER_ZONE")]
+    zone: Option<String>,
+    /// How long in-flight requests may finish after SIGTERM [default: 10s].
+    #[arg(long, value_parser = quiver_api::duration::parse)]
+    drain_timeout: Option<Duration>,
+}
+
+/// Exit status for a bad config or flags (EX_USAGE, like linkerd's 64).
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit status when the control plane refuses to let this proxy join (EX_NOPERM).
+pub const EXIT_REFUSED: u8 = 77;
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().into(), v.trim().into())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_outbound(s: &str) -> Result<(SocketAddr, String, Option<u16>, Protocol), String> {
+    let (listen, target) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not LISTEN=SERVICE[:PORT][/PROTOCOL]"))?;
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("{listen:?} is not ip:port"))?;
+    let (target, protocol) = match target.split_once('/') {
+        None => (target, Protocol::Http1),
+        Some((t, p)) => {
+            let p = match p {
+                "http1" => Protocol::Http1,
+                "http2" => Protocol::Http2,
+                "grpc" => Protocol::Grpc,
+                "tcp" => Protocol::Tcp,
+                other => {
+                    return Err(format!(
+                        "protocol {other:?} is not http1, http2, grpc or tcp"
+                    ));
+                }
+            };
+            (t, p)
+        }
+    };
+    let (service, port) = match target.split_once(':') {
+        None => (target, None),
+        Some((svc, p)) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => (svc, Some(n)),
+            _ => return Err(format!("port {p:?} is not 1-65535")),
+        },
+    };
+    crate::config::check_service_name(service)?;
+    Ok((listen, service.to_string(), port, protocol))
+}
+
+impl Args {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            control_plane: ControlPlaneFile {
+                address: self.control_plane.clone(),
+                join_token: self.join_token.clone(),
+                ca_cert: self.ca_cert.clone(),
+                trust_domain: self.trust_domain.clone(),
+                service: self.service.clone(),
+                labels: self.labels.iter().cloned().collect(),
+                advertise: self.advertise,
+                app_host: self.app_host,
+            },
+            quic_listen: self.quic_listen,
+            admin_listen: self.admin_listen,
+            http_proxy_listen: self.http_proxy_listen,
+            zone: self.zone.clone(),
+            drain_timeout: self.drain_timeout,
+            outbound: self.outbound.clone(),
+        }
+    }
+}
+
+/// Run the proxy with `args` (argv, program name first). Installs its own logging and
+/// runtime; returns when the proxy has drained after SIGTERM or Ctrl-C.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    init_tracing(args.log_json);
+    // ring only: if another provider ever enters the graph, implicit builders must not panic.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let loaded = match &args.config {
+        Some(path) => ProxyConfig::load_with(path, args.overrides()),
+        None if args.control_plane.is_some() => ProxyConfig::from_overrides(args.overrides()),
+        None => {
+            eprintln!(
+                "error: give --config FILE (static mode) or --control-plane HOST:PORT with \
+                 --join-token, --ca-cert and --service (control-plane mode)"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let what = args
+        .config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "flags".into());
+    let config = match loaded {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("{what}: invalid config:");
+            for e in &errs.0 {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check {
+        println!("{what}: ok");
+        return ExitCode::SUCCESS;
+    }
+    let workers = config.bootstrap.tuning.workers;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if workers > 0 {
+        rt.worker_threads(workers);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(config, args.config, args.reload_interval))
+}
+
+async fn run(config: ProxyConfig, file: Option<PathBuf>, reload: Duration) -> ExitCode {
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective config");
+    let bound = match config.bootstrap.control_plane.clone() {
+        None => match crate::Proxy::bind(config).await {
+            Ok(p) => match file {
+                Some(path) if !reload.is_zero() => Ok(p.reload_config_from(path, reload)),
+                _ => Ok(p),
+            },
+            Err(e) => Err(e),
+        },
+        Some(cp) => {
+            let mut shutdown = std::pin::pin!(shutdown_signal());
+            let session = tokio::select! {
+                s = join(&cp) => s,
+                _ = &mut shutdown => return ExitCode::SUCCESS,
+            };
+            match session {
+                Ok(s) => crate::Proxy::bind_joined(config, s).await,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return match e {
+                        crate::control::JoinError::Refused { .. } => ExitCode::from(EXIT_REFUSED),
+                        _ => ExitCode::FAILURE,
+                    };
+                }
+            }
+        }
+    };
+    match bound {
+        Ok(proxy) => {
+            proxy.run(shutdown_signal()).await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Join, retrying while the control plane is unreachable; a refusal is final.
+async fn join(
+    cp: &crate::config::ControlPlane,
+) -> Result<crate::control::Session, crate::control::JoinError> {
+    let mut backoff =
+        crate::control::Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    loop {
+        match crate::control::Session::join(cp).await {
+            Ok(s) => return Ok(s),
+            Err(e) if e.is_retryable() => {
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot join yet");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "join refused");
+                return Err(e);
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the proxy");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // A host binary (the demo) may have installed one already: keep it.
+    if json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_flag_forms() {
+        let (l, s, p, proto) = parse_outbound("127.0.0.1:7002=ratings:9090/grpc").unwrap();
+        assert_eq!(l, "127.0.0.1:7002".parse().unwrap());
+        assert_eq!(
+            (s.as_str(), p, proto),
+            ("ratings", Some(9090), Protocol::Grpc)
+        );
+        let (_, s, p, proto) = parse_outbound("127.0.0.1:7001=catalog").unwrap();
+        assert_eq!((s.as_str(), p, proto), ("catalog", None, Protocol::Http1));
+        for bad in [
+            "catalog",
+            "localhost:1=catalog",
+            "127.0.0.1:1=Catalog",
+            "127.0.0.1:1=c:0",
+            "127.0.0.1:1=c/quic",
+        ] {
+            assert!(parse_outbound(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn control_plane_flags_without_a_file_are_validated_with_field_names() {
+        let args = Args::try_parse_from([
+            "quiver-proxy",
+            "--control-plane",
+            "cp:15010",
+            "--service",
+            "Web",
+            "--label",
+            "version=v1",
+        ])
+        .unwrap();
+        let errs = ProxyConfig::from_overrides(args.overrides()).unwrap_err().0;
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"control_plane.join_token"), "{errs:?}");
+        assert!(fields.contains(&"control_plane.ca_cert"), "{errs:?}");
+        assert!(fields.contains(&"control_plane.service"), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "control_plane.join_token" && e.reason.contains("--join-token")),
+            "{errs:?}"
+        );
+    }
+}

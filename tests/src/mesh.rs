@@ -1,0 +1,536 @@
+//! A real mesh for tests: the control plane and the proxies run as child processes (the
+//! `quiver-control` and `quiver-proxy` binaries cargo built for this workspace), proxies join
+//! with join tokens, apps run in the test process. Nothing is mocked: the tests can kill a
+//! process the way an operator's node would.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use quiver_api::v1;
+use quiver_api::v1::mesh_admin_client::MeshAdminClient;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// The admin token every test control plane accepts.
+pub const ADMIN_TOKEN: &str = "qvr_mesh-test-admin-token";
+
+pub const PG_HINT: &str = "Postgres is required: `apt-get install -y postgresql && \
+     pg_ctlcluster 15 main start` (or point QUIVER_TEST_DATABASE_URL at a server where the \
+     user may CREATE DATABASE)";
+
+/// A binary of this workspace, next to the test executable's `deps/` folder.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --workspace --bins` (`cargo test --workspace` \
+         builds it too)",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port free right now on 127.0.0.1 (for processes that must come back on the same one).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Where the control plane keeps its state.
+pub enum Db {
+    /// A private Postgres database, dropped at the end.
+    Postgres {
+        url: String,
+        name: String,
+    },
+    Sqlite(PathBuf),
+}
+
+impl Db {
+    /// A fresh database on the test Postgres (`QUIVER_TEST_DATABASE_URL`, default
+    /// postgres://postgres@127.0.0.1:5432/postgres).
+    pub async fn postgres() -> Self {
+        use sqlx::Connection;
+        let base = std::env::var("QUIVER_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!(
+            "quiver_mesh_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut conn = sqlx::PgConnection::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach Postgres at {base}: {e}\n{PG_HINT}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}\n{PG_HINT}"));
+        let _ = conn.close().await;
+        let (prefix, _) = base
+            .rsplit_once('/')
+            .expect("QUIVER_TEST_DATABASE_URL ends in /database");
+        Self::Postgres {
+            url: format!("{prefix}/{name}"),
+            name,
+        }
+    }
+
+    pub fn sqlite(dir: &Path) -> Self {
+        Self::Sqlite(dir.join("control-plane"))
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Self::Postgres { url, .. } => vec!["--database-url".into(), url.clone()],
+            Self::Sqlite(dir) => vec!["--data-dir".into(), dir.display().to_string()],
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let Self::Postgres { name, .. } = self else {
+            return;
+        };
+        let name = name.clone();
+        // Drop runs outside async context: a short-lived runtime on its own thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use sqlx::Connection;
+                let base = std::env::var("QUIVER_TEST_DATABASE_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Adds the bearer token to every admin call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Admin = MeshAdminClient<InterceptedService<Channel, Bearer>>;
+
+/// A `quiver-control` process.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub api: SocketAddr,
+    pub discovery: SocketAddr,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl ControlPlane {
+    /// Start on fresh ports with `db`, plus `extra` flags (e.g. `--lease-ttl 3s`).
+    pub async fn start(db: &Db, dir: &Path, extra: &[&str]) -> Self {
+        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let discovery = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::start_on(db, dir, api, discovery, extra).await
+    }
+
+    /// Start on the given ports (a restart comes back where proxies look for it).
+    pub async fn start_on(
+        db: &Db,
+        dir: &Path,
+        api: SocketAddr,
+        discovery: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
+        let mut args = vec![
+            "--listen".to_string(),
+            api.to_string(),
+            "--discovery-listen".into(),
+            discovery.to_string(),
+        ];
+        args.extend(db.args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cp = Self {
+            child: None,
+            api,
+            discovery,
+            log: dir.join(format!("control-plane-{}.log", api.port())),
+            args,
+        };
+        cp.spawn().await;
+        cp
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("control plane log file");
+        let child = Command::new(binary("quiver-control"))
+            .args(&self.args)
+            .env("QUIVER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn quiver-control");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "quiver-control exited with {status} at start:\n{}",
+                    self.logs()
+                );
+            }
+            if let Ok(mut admin) = self.try_admin().await
+                && admin.status(v1::StatusRequest {}).await.is_ok()
+            {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("quiver-control did not come up in 60s:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn try_admin(&self) -> Result<Admin, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.api))?
+            .connect()
+            .await?;
+        let bearer = Bearer(
+            format!("Bearer {ADMIN_TOKEN}")
+                .parse()
+                .expect("ascii token"),
+        );
+        Ok(MeshAdminClient::with_interceptor(channel, bearer))
+    }
+
+    /// An admin API client.
+    pub async fn admin(&self) -> Admin {
+        self.try_admin().await.expect("connect to the admin API")
+    }
+
+    /// SIGKILL: no goodbye to anyone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again after [`ControlPlane::kill`], same ports and store.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Write the mesh CA (what `--ca-cert` wants) into `dir` and return its path.
+    pub async fn write_ca(&self, dir: &Path) -> PathBuf {
+        let bundle = self
+            .admin()
+            .await
+            .get_trust_bundle(v1::GetTrustBundleRequest {})
+            .await
+            .expect("trust bundle")
+            .into_inner();
+        let path = dir.join("mesh-ca.pem");
+        std::fs::write(&path, bundle.pem).expect("write CA");
+        path
+    }
+
+    /// A join token for `namespace/service_account` with `uses` uses and `ttl`.
+    pub async fn join_token(&self, namespace: &str, sa: &str, uses: u32, ttl: &str) -> String {
+        self.admin()
+            .await
+            .create_join_token(v1::CreateJoinTokenRequest {
+                namespace: namespace.into(),
+                service_account: sa.into(),
+                ttl: ttl.into(),
+                uses,
+            })
+            .await
+            .expect("create join token")
+            .into_inner()
+            .token
+    }
+
+    /// Apply YAML documents (`---`-separated, as `quiverctl apply` reads them) through the API.
+    pub async fn apply(&self, yaml: &str) {
+        use quiver_api::resource::AnyResource;
+        let mut admin = self.admin().await;
+        for doc in quiver_api::document::parse_documents(yaml).expect("test YAML parses") {
+            let kind = format!("{:?}", doc.kind());
+            let result = match doc {
+                AnyResource::Service(r) => admin.apply_service(r).await.map(|_| ()),
+                AnyResource::Route(r) => admin.apply_route(r).await.map(|_| ()),
+                AnyResource::AuthorizationPolicy(r) => {
+                    admin.apply_authorization_policy(r).await.map(|_| ())
+                }
+                AnyResource::MeshConfig(r) => admin.apply_mesh_config(r).await.map(|_| ()),
+                AnyResource::Canary(r) => admin.apply_canary(r).await.map(|_| ()),
+                other => panic!("apply: {:?} cannot be applied", other.kind()),
+            };
+            result.unwrap_or_else(|e| panic!("apply {kind}: {e}"));
+        }
+    }
+
+    /// The endpoints (addresses) the control plane lists for `namespace/service`.
+    pub async fn workloads(&self, namespace: &str, service: &str) -> Vec<String> {
+        self.admin()
+            .await
+            .list_workloads(v1::ListRequest {
+                namespace: namespace.into(),
+            })
+            .await
+            .expect("list workloads")
+            .into_inner()
+            .items
+            .into_iter()
+            .filter_map(|w| w.spec)
+            .filter(|s| s.service == service)
+            .map(|s| s.address)
+            .collect()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a joined proxy should do.
+pub struct ProxySpec<'a> {
+    pub service: &'a str,
+    pub token: String,
+    pub labels: &'a [(&'a str, &'a str)],
+    /// Explicit upstream listeners: (service, protocol).
+    pub outbound: &'a [(&'a str, &'a str)],
+    /// More flags, e.g. `--app-host 127.0.0.2`.
+    pub extra: &'a [&'a str],
+}
+
+/// A `quiver-proxy` process in control-plane mode.
+pub struct MeshProxy {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub http_proxy: SocketAddr,
+    pub outbound: Vec<SocketAddr>,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl MeshProxy {
+    /// Spawn a proxy that joins `cp` (it is not ready yet: see [`MeshProxy::ready`]).
+    pub fn spawn(cp: &ControlPlane, ca: &Path, dir: &Path, spec: ProxySpec<'_>) -> Self {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http_proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let outbound: Vec<SocketAddr> = spec
+            .outbound
+            .iter()
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
+        let name = format!("{}-{}", spec.service, admin.port());
+        let log = dir.join(format!("proxy-{name}.log"));
+        let mut cmd = Command::new(binary("quiver-proxy"));
+        cmd.arg("--control-plane")
+            .arg(cp.discovery.to_string())
+            .arg("--ca-cert")
+            .arg(ca)
+            .arg("--service")
+            .arg(spec.service)
+            .arg("--quic-listen")
+            .arg("127.0.0.1:0")
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .arg("--http-proxy-listen")
+            .arg(http_proxy.to_string())
+            .arg("--drain-timeout")
+            .arg("5s")
+            .env("QUIVER_JOIN_TOKEN", &spec.token)
+            .env("RUST_LOG", "info");
+        for (k, v) in spec.labels {
+            cmd.arg("--label").arg(format!("{k}={v}"));
+        }
+        for ((svc, proto), listen) in spec.outbound.iter().zip(&outbound) {
+            cmd.arg("--outbound").arg(format!("{listen}={svc}/{proto}"));
+        }
+        cmd.args(spec.extra);
+        let file = std::fs::File::create(&log).expect("proxy log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn quiver-proxy");
+        Self {
+            child: Some(child),
+            admin,
+            http_proxy,
+            outbound,
+            log,
+            name,
+        }
+    }
+
+    /// Spawn and wait until `/readyz` says ready.
+    pub async fn start(cp: &ControlPlane, ca: &Path, dir: &Path, spec: ProxySpec<'_>) -> Self {
+        let mut p = Self::spawn(cp, ca, dir, spec);
+        p.ready(Duration::from_secs(30)).await;
+        p
+    }
+
+    /// Wait for `/readyz` 200; panics with the proxy's log if it exits or takes too long.
+    pub async fn ready(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                panic!("proxy {} exited with {status}:\n{}", self.name, self.logs());
+            }
+            if let Ok((200, _)) = self.readyz().await {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "proxy {} not ready in {within:?}:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `/readyz`: (status, body).
+    pub async fn readyz(&self) -> std::io::Result<(u16, String)> {
+        admin_get(self.admin, "/readyz").await
+    }
+
+    /// `/metrics` text ("" when unreachable).
+    pub async fn metrics(&self) -> String {
+        admin_get(self.admin, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Wait (up to `within`) for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.exited() {
+                return s;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "proxy {} still running after {within:?}:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM (a clean stop: deregister, drain).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MeshProxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// GET over HTTP/1.1 on a fresh connection, without panicking when nothing listens.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad answer: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of an unlabelled gauge or counter in Prometheus text, if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
