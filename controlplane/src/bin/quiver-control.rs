@@ -14,7 +14,7 @@ use quiver_control::server::{self, Config};
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
-    let _program = args.next();
+    let program = args.next().unwrap_or_else(|| "quiver-control".into());
     match args.next().as_ref().and_then(|a| a.to_str()) {
         Some("demo") => {
             return match parse::<demo::DemoArgs>(std::env::args_os().skip(1)) {
@@ -30,6 +30,13 @@ fn main() -> ExitCode {
                 }
                 Err(code) => code,
             };
+        }
+        Some("sidecar") => {
+            // The proxy's own command line, unchanged: `quiver-control sidecar --help` is
+            // `quiver-proxy --help`.
+            demo::children::exit_with_parent();
+            let argv = std::iter::once(program).chain(args);
+            return quiver_proxy::cli::main_from(argv);
         }
         _ => {}
     }
