@@ -213,13 +213,11 @@ impl Children {
 
 /// SIGTERM to a child's process group (the child and anything it started).
 fn terminate(pid: u32) {
-    if let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
+    use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw)
+        && kill_process_group(pid, Signal::TERM).is_err()
     {
-        if rustix::process::kill_process_group(pid, rustix::process::Signal::TERM).is_err() {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
+        let _ = kill_process(pid, Signal::TERM);
     }
 }
 

@@ -41,8 +41,16 @@ pub struct Ports {
     pub sidecars: Vec<Sidecar>,
 }
 
-/// The sidecars: (name, service, version, app host, what its app calls).
-const SIDECARS: [(&str, &str, Option<&str>, Ipv4Addr, Option<&str>); 4] = [
+/// A sidecar's name, service, version label, app host, and what its app calls.
+type SidecarSpec = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Ipv4Addr,
+    Option<&'static str>,
+);
+
+const SIDECARS: [SidecarSpec; 4] = [
     (
         "frontend",
         "frontend",
