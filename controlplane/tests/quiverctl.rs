@@ -205,3 +205,86 @@ async fn quiverctl_end_to_end() {
     assert!(err.contains("cannot reach the control plane"), "{err}");
     server.stop().await;
 }
+
+/// `quiverctl trust-bundle -o FILE` writes what a proxy needs for `--ca-cert`: with that file
+/// a client verifies the discovery listener and joins; with another CA it cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_bundle_is_what_a_joining_proxy_needs() {
+    let db = SqliteTestDb::create();
+    let server = TestServer::start(None, db.dir.path()).await;
+    let ctl = Ctl {
+        server: server.url.clone(),
+        token: Some(server.admin.clone()),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh-ca.pem");
+    let out = ctl
+        .run(&["trust-bundle", "-o", file.to_str().unwrap()], None)
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "-o writes the file, not stdout");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 certificate(s), trust domain mesh.local"),
+        "{stderr}"
+    );
+    let pem = std::fs::read_to_string(&file).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    // Without -o the same PEM goes to stdout, so `> file` works as well.
+    assert_eq!(ctl.ok(&["trust-bundle"], None).await, pem);
+
+    // The file is enough to verify the discovery listener and join with a token.
+    let token = ctl
+        .ok(
+            &[
+                "join-token",
+                "create",
+                "--namespace",
+                "shop",
+                "--service-account",
+                "web",
+            ],
+            None,
+        )
+        .await;
+    let (_key, csr_der) = quiver_api::certs::new_key_and_csr().unwrap();
+    let joined = common::mesh::anonymous(server.discovery, &pem)
+        .await
+        .join(quiver_api::v1::JoinRequest {
+            join_token: token.trim().to_string(),
+            csr_der,
+        })
+        .await
+        .expect("join with the bundle from quiverctl trust-bundle")
+        .into_inner();
+    assert_eq!(joined.spiffe_id, "spiffe://mesh.local/ns/shop/sa/web");
+
+    // Another CA's certificate does not verify the listener.
+    let other = quiver_api::certs::CertificateAuthority::generate(
+        "mesh.local",
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    let tls =
+        quiver_api::tls::client_config_without_identity(other.cert_pem(), "mesh.local", &[b"h2"])
+            .unwrap();
+    assert!(
+        quiver_control::discovery::client::connect(server.discovery, tls)
+            .await
+            .is_err(),
+        "a foreign CA must not verify the discovery listener"
+    );
+
+    // It needs a token, like every admin call.
+    let anonymous = Ctl {
+        server: server.url.clone(),
+        token: None,
+    };
+    let err = anonymous.fails(&["trust-bundle"], None).await;
+    assert!(err.contains("Unauthenticated"), "{err}");
+    server.stop().await;
+}

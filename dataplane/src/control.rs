@@ -62,7 +62,8 @@ struct Held {
 /// A joined proxy's link to the control plane.
 pub struct Session {
     settings: ControlPlane,
-    addr: SocketAddr,
+    /// Where the control plane was last found; the name is resolved again at every dial.
+    addr: Mutex<SocketAddr>,
     held: Mutex<Held>,
     channel: tokio::sync::Mutex<Option<Channel>>,
     /// The registered workload's name, for KeepAlive and Deregister.
@@ -131,7 +132,7 @@ impl Session {
         tracing::info!(spiffe_id = %id, not_after = ?held.not_after, control_plane = %addr, "joined the mesh");
         Ok(Self {
             settings: settings.clone(),
-            addr,
+            addr: Mutex::new(addr),
             held: Mutex::new(held),
             channel: tokio::sync::Mutex::new(None),
             registered: Mutex::new(None),
@@ -147,9 +148,9 @@ impl Session {
         &self.settings
     }
 
-    /// The control plane's resolved discovery address.
+    /// The control plane's discovery address, as last resolved.
     pub fn address(&self) -> SocketAddr {
-        self.addr
+        *self.addr.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -166,7 +167,18 @@ impl Session {
             .identity()
             .client_config(&[b"h2"])
             .map_err(|e| format!("building the client TLS config: {e}"))?;
-        let channel = quiver_api::dial::connect(self.addr, tls)
+        // Resolve again: behind one DNS name, replicas come and go.
+        let addr = match resolve(&self.settings.address).await {
+            Ok(a) => {
+                *self.addr.lock().unwrap_or_else(|p| p.into_inner()) = a;
+                a
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "resolving the control plane again failed; using the last address");
+                self.address()
+            }
+        };
+        let channel = quiver_api::dial::connect(addr, tls)
             .await
             .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
         *cached = Some(channel.clone());

@@ -44,11 +44,26 @@ enum AttemptBody {
 
 /// Plan and carry out one outbound HTTP request. Returns the result and a line for the
 /// access log saying what the policy decided.
+/// What was decided for one request, for its span and the access log.
+#[derive(Debug, Default)]
+pub struct Decided {
+    /// One line: route, backend, endpoint, attempts, faults.
+    pub explain: String,
+    pub route: String,
+    /// The endpoint of the last attempt.
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// The identity that endpoint proved.
+    pub identity: String,
+    /// The QUIC connection of the last attempt (quinn's stable id, hex).
+    pub connection: String,
+    pub attempts: u32,
+}
+
 pub async fn forward(
     inputs: &Arc<Inputs>,
     target: &Target,
     req: Request<Incoming>,
-) -> (Result<Response<ProxyBody>, ProxyError>, String) {
+) -> (Result<Response<ProxyBody>, ProxyError>, Decided) {
     let snapshot = inputs.snapshot();
     let (parts, incoming) = req.into_parts();
     let head = RequestHead {
@@ -65,12 +80,22 @@ pub async fn forward(
                     "no rule of the route for {:?} matches",
                     target.service
                 ))),
-                String::new(),
+                Decided::default(),
             );
         }
     };
-    let result = carry_out(inputs, &snapshot, target, parts, incoming, &mut plan).await;
-    (result, plan.explain())
+    let seen = std::sync::Mutex::new((String::new(), String::new()));
+    let result = carry_out(inputs, &snapshot, target, parts, incoming, &mut plan, &seen).await;
+    let (connection, identity) = seen.into_inner().unwrap_or_else(|p| p.into_inner());
+    let decided = Decided {
+        explain: plan.explain(),
+        route: plan.route().to_string(),
+        endpoint: plan.endpoint.map(|(a, _)| a),
+        identity,
+        connection,
+        attempts: plan.attempts,
+    };
+    (result, decided)
 }
 
 async fn carry_out(
@@ -80,6 +105,7 @@ async fn carry_out(
     parts: http::request::Parts,
     incoming: Incoming,
     plan: &mut Plan,
+    seen: &std::sync::Mutex<(String, String)>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let metrics = &inputs.metrics;
     if let Some(d) = plan.fault.delay {
@@ -172,9 +198,13 @@ async fn carry_out(
         let connected = std::sync::atomic::AtomicBool::new(false);
         let result = match tokio::time::timeout(
             per_try,
-            send_once(inputs, &endpoint, &h3head, this_body, || {
+            send_once(inputs, &endpoint, &h3head, this_body, |conn| {
                 inputs.with_balancer(snapshot, &service, |bal| bal.connected(address));
                 connected.store(true, std::sync::atomic::Ordering::Relaxed);
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) = (
+                    format!("{:x}", conn.stable_id()),
+                    endpoint.identity.to_string(),
+                );
             }),
         )
         .await
@@ -309,10 +339,10 @@ async fn send_once(
     endpoint: &Endpoint,
     head: &Request<()>,
     body: AttemptBody,
-    on_connected: impl FnOnce(),
+    on_connected: impl FnOnce(&quinn::Connection),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (peer, stream) = open_stream(inputs, endpoint, head.clone()).await?;
-    on_connected();
+    on_connected(&peer.conn);
     let (mut tx, mut rx) = stream.split();
     match body {
         AttemptBody::Held(b) if b.is_empty() => tx
@@ -387,7 +417,7 @@ fn mirror_copy(
         let timeout = Duration::from_secs(10).min(inputs.tuning.response_timeout);
         let r = tokio::time::timeout(
             timeout,
-            send_once(&inputs, &endpoint, &head, AttemptBody::Held(body), || {}),
+            send_once(&inputs, &endpoint, &head, AttemptBody::Held(body), |_| {}),
         )
         .await;
         if let Ok(Ok(resp)) = r {

@@ -143,7 +143,12 @@ pub struct RequestRecord<'a> {
     /// What the policy decided (route, backend, endpoint, attempts...), for the access log.
     detail: String,
     start: Instant,
+    started_at: std::time::SystemTime,
     done: bool,
+    /// This request's place in its trace.
+    span: Option<crate::trace::SpanInfo>,
+    /// Where spans and edge counts go (control-plane mode), and the tail rule's threshold.
+    telemetry: Option<(&'a crate::trace::Telemetry, std::time::Duration)>,
 }
 
 impl<'a> RequestRecord<'a> {
@@ -162,8 +167,27 @@ impl<'a> RequestRecord<'a> {
             peer: String::new(),
             detail: String::new(),
             start: Instant::now(),
+            started_at: std::time::SystemTime::now(),
             done: false,
+            span: None,
+            telemetry: None,
         }
+    }
+
+    /// Trace this request: `span` says where it sits; with `telemetry`, a finished span is
+    /// queued when the trace is sampled, the request failed, or it took at least `slow`.
+    pub fn trace(
+        &mut self,
+        span: crate::trace::SpanInfo,
+        telemetry: Option<&'a crate::trace::Telemetry>,
+        slow: std::time::Duration,
+    ) {
+        self.span = Some(span);
+        self.telemetry = telemetry.map(|t| (t, slow));
+    }
+
+    pub fn span_mut(&mut self) -> Option<&mut crate::trace::SpanInfo> {
+        self.span.as_mut()
     }
 
     pub fn set_service(&mut self, service: &str) {
@@ -203,6 +227,11 @@ impl<'a> RequestRecord<'a> {
                 status_class: class,
             })
             .observe(elapsed.as_secs_f64());
+        let trace_id = self
+            .span
+            .as_ref()
+            .map(|s| crate::trace::hex(&s.trace_id))
+            .unwrap_or_default();
         tracing::info!(
             target: "quiver::access",
             direction = self.direction,
@@ -213,8 +242,52 @@ impl<'a> RequestRecord<'a> {
             status,
             error,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            trace_id = %trace_id,
             policy = %self.detail,
         );
+        self.ship(elapsed, status, error);
+    }
+
+    /// Count the edge (outbound) and queue the span when the rules keep it.
+    fn ship(&mut self, elapsed: std::time::Duration, status: u16, error: &'static str) {
+        let (Some((telemetry, slow)), Some(info)) = (self.telemetry, self.span.take()) else {
+            return;
+        };
+        let failed = status >= 500 || !error.is_empty();
+        let (service, peer_service) = match info.kind {
+            crate::trace::SpanKind::Client => {
+                telemetry.count_edge(&self.service, elapsed, failed);
+                (telemetry.local_service.clone(), self.service.clone())
+            }
+            crate::trace::SpanKind::Server => (self.service.clone(), info.peer_service),
+        };
+        if !(info.sampled || failed || elapsed >= slow) {
+            return;
+        }
+        let path = self.path.split('?').next().unwrap_or_default();
+        let queued = telemetry.offer(crate::trace::FinishedSpan {
+            trace_id: info.trace_id,
+            span_id: info.span_id,
+            parent_id: info.parent_id,
+            kind: info.kind,
+            service,
+            peer_service,
+            peer_identity: info.peer_identity,
+            name: format!("{} {path}", self.method),
+            route: info.route,
+            start: self.started_at,
+            duration: elapsed,
+            status,
+            error,
+            attempts: info.attempts,
+            request_bytes: info.request_bytes,
+            response_bytes: info.response_bytes,
+            quic_connection_id: info.quic_connection_id,
+            endpoint: info.endpoint,
+        });
+        if !queued {
+            self.metrics.spans_dropped.inc();
+        }
     }
 }
 

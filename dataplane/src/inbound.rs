@@ -30,6 +30,7 @@ use crate::http::{
 };
 use crate::outbound::{content_length, record_tunnel};
 use crate::snapshot::{LocalPort, Protocol, Target};
+use crate::trace::{SpanInfo, SpanKind, TraceContext};
 use crate::transport::{ServerStream, peer_id};
 
 /// Accept peers until drain; while draining, refuse new connections at once (the dialler gets
@@ -126,7 +127,7 @@ async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
 async fn request(
     inputs: Arc<Inputs>,
     peer: Arc<SpiffeId>,
-    req: Request<()>,
+    mut req: Request<()>,
     mut stream: ServerStream,
 ) {
     // Held until the response body is fully sent: drain must not close the connection under it.
@@ -138,6 +139,26 @@ async fn request(
         .unwrap_or_default();
     let mut record = RequestRecord::new(&inputs.metrics, "inbound", req.method().clone(), path);
     record.set_peer(peer.as_str());
+    // The server span continues the caller's trace; the app sees it as the parent.
+    let tracing_cfg = inputs.snapshot().policy.mesh.tracing.clone();
+    let mut span = SpanInfo::begin(
+        TraceContext::extract(req.headers()),
+        SpanKind::Server,
+        tracing_cfg.rate(),
+    );
+    span.peer_identity = peer.to_string();
+    span.peer_service = peer
+        .workload_parts()
+        .map(|(_, sa)| sa.to_string())
+        .unwrap_or_default();
+    span.request_bytes = crate::outbound::content_length(req.headers()).unwrap_or(0);
+    crate::trace::inject(
+        req.headers_mut(),
+        &span.trace_id,
+        &span.span_id,
+        span.sampled,
+    );
+    record.trace(span, inputs.telemetry.as_ref(), tracing_cfg.slow());
     let decided = decide(&inputs, &req, &peer);
     let port = match decided {
         Ok(p) => p,
@@ -159,6 +180,9 @@ async fn request(
             let (parts, body) = resp.into_parts();
             let status = parts.status;
             let error = error_reason(&parts.headers);
+            if let Some(span) = record.span_mut() {
+                span.response_bytes = crate::outbound::content_length(&parts.headers).unwrap_or(0);
+            }
             let head = Response::from_parts(parts, ());
             if let Err(e) = tx.send_response(head).await {
                 tracing::debug!(error = %e, "peer went away before the response");

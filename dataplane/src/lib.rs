@@ -23,6 +23,7 @@ pub mod outbound;
 pub mod policy;
 pub mod pushed;
 pub mod snapshot;
+pub mod trace;
 pub mod transport;
 pub mod tunnel;
 
@@ -60,6 +61,8 @@ pub struct Inputs {
         std::sync::Mutex<std::collections::HashMap<String, (usize, policy::balance::Balancer)>>,
     /// Retry budgets per (service, rule), kept across snapshots.
     budgets: std::sync::Mutex<policy::plan::Budgets>,
+    /// Spans and edge counts for the control plane (control-plane mode only).
+    pub telemetry: Option<trace::Telemetry>,
 }
 
 impl Inputs {
@@ -150,6 +153,9 @@ impl Inputs {
         self.turn.fetch_add(1, Ordering::Relaxed)
     }
 }
+
+/// Finished spans waiting to be shipped; beyond this they are dropped (and counted).
+pub const SPAN_QUEUE: usize = 8192;
 
 /// The addresses a started proxy actually bound (ports may have been 0 in the config).
 #[derive(Debug, Clone)]
@@ -274,6 +280,9 @@ impl Proxy {
             ),
             balancers: Default::default(),
             budgets: Default::default(),
+            telemetry: session
+                .as_ref()
+                .map(|s| trace::Telemetry::new(s.settings().service.clone(), SPAN_QUEUE)),
         });
         let admin = Arc::new(admin::Admin {
             inputs: inputs.clone(),

@@ -78,6 +78,10 @@ pub struct Metrics {
     pub control_plane_connected: Gauge,
     /// Version of the last snapshot applied from the control plane.
     pub snapshot_version: Gauge,
+    /// Spans dropped because the shipping queue was full (the control plane slow or away).
+    pub spans_dropped: Counter,
+    /// Spans handed to the control plane.
+    pub spans_shipped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,6 +127,8 @@ impl Metrics {
             config_reloads: Family::default(),
             control_plane_connected: Gauge::default(),
             snapshot_version: Gauge::default(),
+            spans_dropped: Counter::default(),
+            spans_shipped: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("quiver");
         // Counters are registered without `_total`: the encoder appends it.
@@ -238,6 +244,16 @@ impl Metrics {
             "snapshot_version",
             "Version of the last config snapshot applied from the control plane",
             m.snapshot_version.clone(),
+        );
+        r.register(
+            "spans_dropped",
+            "Spans dropped because the queue to the control plane was full",
+            m.spans_dropped.clone(),
+        );
+        r.register(
+            "spans_shipped",
+            "Spans sent to the control plane",
+            m.spans_shipped.clone(),
         );
         m
     }

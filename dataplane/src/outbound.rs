@@ -20,6 +20,7 @@ use crate::errors::ProxyError;
 use crate::http::{RequestRecord, authority_of, check_header_size, error_reason, error_response};
 use crate::metrics::{TcpConnLabels, TcpLabels};
 use crate::snapshot::{Endpoint, Protocol, Target};
+use crate::trace::{SpanInfo, SpanKind, TraceContext};
 use crate::transport::{ClientStream, PeerConn, classify_h3_conn};
 
 /// How an app-facing listener picks the destination.
@@ -93,7 +94,11 @@ async fn http_conn(inputs: Arc<Inputs>, stream: TcpStream, entry: Entry) {
     }
 }
 
-async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(
+    inputs: Arc<Inputs>,
+    entry: Entry,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let path = req
         .uri()
         .path_and_query()
@@ -114,6 +119,22 @@ async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Re
             )?,
         };
         record.set_service(&target.service);
+        // The client span continues the app's trace (or starts one); the peer sees it as
+        // the parent of its server span.
+        let tracing_cfg = inputs.snapshot().policy.mesh.tracing.clone();
+        let mut span = SpanInfo::begin(
+            TraceContext::extract(req.headers()),
+            SpanKind::Client,
+            tracing_cfg.rate(),
+        );
+        span.request_bytes = content_length(req.headers()).unwrap_or(0);
+        crate::trace::inject(
+            req.headers_mut(),
+            &span.trace_id,
+            &span.span_id,
+            span.sampled,
+        );
+        record.trace(span, inputs.telemetry.as_ref(), tracing_cfg.slow());
         if req.method() == Method::CONNECT {
             return match entry {
                 Entry::HttpProxy => connect_tunnel(&inputs, target, req).await,
@@ -122,13 +143,23 @@ async fn handle(inputs: Arc<Inputs>, entry: Entry, req: Request<Incoming>) -> Re
                 )),
             };
         }
-        let (result, detail) = crate::dispatch::forward(&inputs, &target, req).await;
-        record.set_detail(detail);
+        let (result, decided) = crate::dispatch::forward(&inputs, &target, req).await;
+        if let Some(span) = record.span_mut() {
+            span.route = decided.route.clone();
+            span.endpoint = decided.endpoint.map(|a| a.to_string()).unwrap_or_default();
+            span.peer_identity = decided.identity.clone();
+            span.attempts = decided.attempts;
+            span.quic_connection_id = decided.connection.clone();
+        }
+        record.set_detail(decided.explain);
         result
     }
     .await;
     match result {
         Ok(resp) => {
+            if let Some(span) = record.span_mut() {
+                span.response_bytes = content_length(resp.headers()).unwrap_or(0);
+            }
             record.finish(resp.status(), error_reason(resp.headers()));
             // The body still streams after this returns; drain waits for it to end.
             resp.map(|b| body::guarded(b, inflight))

@@ -175,6 +175,14 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
     );
     set("x-echo-headers", names.join(","));
     set(
+        "x-echo-traceparent",
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    );
+    set(
         "x-echo-chunked",
         req.headers()
             .get("transfer-encoding")
@@ -409,4 +417,76 @@ pub async fn start_grpc_echo() -> SocketAddr {
             .await;
     });
     addr
+}
+
+/// A middle-tier app: every request is answered by calling `downstream` (its sidecar's
+/// outbound listener) with the same path, passing `traceparent`/`tracestate` on as a
+/// well-behaved app does. Records the `traceparent` it received, in arrival order.
+pub async fn start_relay(addr: SocketAddr, downstream: SocketAddr) -> (SocketAddr, RelaySeen) {
+    let l = TcpListener::bind(addr).await.expect("bind relay");
+    let addr = l.local_addr().expect("relay addr");
+    let seen = RelaySeen::default();
+    let seen2 = seen.clone();
+    let client = crate::client::client::<Full<Bytes>>(false);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let (client, seen) = (client.clone(), seen2.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (client, seen) = (client.clone(), seen.clone());
+                    async move {
+                        let mut out =
+                            Request::get(format!("http://{downstream}{}", req.uri().path()));
+                        for name in ["traceparent", "tracestate"] {
+                            if let Some(v) = req.headers().get(name) {
+                                out = out.header(name, v.clone());
+                            }
+                        }
+                        seen.0.lock().unwrap_or_else(|p| p.into_inner()).push(
+                            req.headers()
+                                .get("traceparent")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string(),
+                        );
+                        let out = out.body(Full::new(Bytes::new())).expect("request");
+                        let resp = match client.request(out).await {
+                            Ok(r) => {
+                                let status = r.status();
+                                let body = r.into_body().collect().await.map(|b| b.to_bytes());
+                                let text =
+                                    String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
+                                let mut resp = Response::new(full(text));
+                                *resp.status_mut() = status;
+                                resp
+                            }
+                            Err(e) => {
+                                let mut r = Response::new(full(format!("relay: {e}")));
+                                *r.status_mut() = StatusCode::BAD_GATEWAY;
+                                r
+                            }
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The `traceparent` values a relay received.
+#[derive(Clone, Default)]
+pub struct RelaySeen(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl RelaySeen {
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }

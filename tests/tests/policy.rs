@@ -204,8 +204,10 @@ async fn a_header_match_sends_testers_to_v2_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_endpoint_gets_less_traffic_under_p2c_ewma() {
+    // 100 ms: far above what a loaded CI box adds to the fast endpoint, so the assertion is
+    // about the balancer, not about the machine's load.
     let slow = Behaviour {
-        delay: Duration::from_millis(25),
+        delay: Duration::from_millis(100),
         ..Default::default()
     };
     let (_pki, c, _b) = two_versions("p", slow, Behaviour::default(), "").await;

@@ -9,6 +9,7 @@ pub mod certs;
 pub(crate) mod client;
 pub(crate) mod resources;
 mod tokens;
+mod trust;
 
 #[derive(Debug, Parser)]
 #[command(name = "quiverctl", version, about = "Operate a Quiver mesh")]
@@ -79,6 +80,15 @@ pub enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Print the mesh CA certificates (PEM) a proxy passes as `--ca-cert`.
+    #[command(name = "trust-bundle")]
+    TrustBundle {
+        /// Write them to this file instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Mint development certificates for static-config proxies and tests.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -113,6 +123,9 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::Token(c) => tokens::token(c).await,
         Command::JoinToken(c) => tokens::join_token(c).await,
         Command::Status { conn } => tokens::status(&conn).await,
+        Command::TrustBundle { output, conn } => {
+            trust::trust_bundle(&conn, output.as_deref()).await
+        }
         Command::Certs(_) => Ok(()),
     }
 }

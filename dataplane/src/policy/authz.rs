@@ -78,6 +78,59 @@ pub struct MeshConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub svid_ttl: Option<Duration>,
+    /// Distributed tracing: head sampling and the tail rule.
+    #[serde(default, skip_serializing_if = "TracingConfig::is_default")]
+    pub tracing: TracingConfig,
+}
+
+/// `mesh.tracing` (`quiver.v1.TracingConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TracingConfig {
+    /// Share of traces kept by head sampling, percent (0-100); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_percent: Option<f64>,
+    /// Requests at least this slow are kept whatever the sampling said; default 1s.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub slow_threshold: Option<Duration>,
+}
+
+// The percent is checked to be a finite number when the config is compiled.
+impl Eq for TracingConfig {}
+
+impl TracingConfig {
+    pub const DEFAULT_PERCENT: f64 = 1.0;
+    pub const DEFAULT_SLOW: Duration = Duration::from_secs(1);
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The head-sampling rate, 0-1.
+    pub fn rate(&self) -> f64 {
+        self.sampling_percent.unwrap_or(Self::DEFAULT_PERCENT) / 100.0
+    }
+
+    pub fn slow(&self) -> Duration {
+        self.slow_threshold.unwrap_or(Self::DEFAULT_SLOW)
+    }
+
+    /// Problems, with `at` as the field prefix (e.g. `mesh.tracing`).
+    pub fn check(&self, at: &str) -> Vec<crate::config::FieldError> {
+        match self.sampling_percent {
+            Some(p) if !(0.0..=100.0).contains(&p) || !p.is_finite() => {
+                vec![crate::config::FieldError {
+                    field: format!("{at}.samplingPercent"),
+                    reason: format!("{p} is not a percentage (0-100)"),
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Why a request was allowed or denied.

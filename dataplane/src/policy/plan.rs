@@ -135,6 +135,7 @@ impl Policy {
                 errors.extend(e);
                 Authorizer::default()
             });
+        errors.extend(config.mesh.tracing.check("mesh.tracing"));
         let default_rule = Arc::new(CompiledRule::default_for(""));
         if errors.is_empty() {
             Ok(Self {

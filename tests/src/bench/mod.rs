@@ -1,4 +1,7 @@
-//! `quiver-bench`: the data-plane benchmark. It starts its own backends in process, a proxy
+//! `quiver-bench`: the data-plane benchmark (the default command) and `quiver-bench
+//! propagation`, the control plane's config push ([`propagation`]).
+//!
+//! The data-plane benchmark starts its own backends in process, a proxy
 //! pair as two child processes of the release `quiver-proxy`, and measures the same loads
 //! direct (client -> backend) and through the mesh (client -> A -> HTTP/3 mTLS -> B ->
 //! backend). See docs/benchmarks.md.
@@ -12,6 +15,7 @@ pub mod backends;
 pub mod load;
 pub mod pair;
 pub mod procstat;
+pub mod propagation;
 pub mod report;
 pub mod run;
 pub mod stats;
@@ -20,11 +24,29 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use self::backends::Backends;
 
-/// Benchmark Quiver's proxy pair against direct connections, on loopback.
+/// Benchmark Quiver on loopback: without a command, the proxy pair against direct
+/// connections; `propagation`, config push from the control plane to watching proxies.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "quiver-bench", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub data_plane: Args,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Time from an Apply until every watching proxy holds the new version, and the
+    /// control plane's RSS.
+    Propagation(propagation::Args),
+}
+
+/// The data-plane benchmark: the proxy pair against direct connections.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "quiver-bench", version)]
 pub struct Args {
@@ -256,6 +278,26 @@ mod tests {
         );
         assert!(parse_key_value("nokey").is_err());
         assert!(parse_key_value("Bad-Key=1").is_err());
+    }
+
+    #[test]
+    fn propagation_is_a_command_and_the_data_plane_stays_the_default() {
+        let cli = Cli::parse_from(["quiver-bench", "propagation", "--watchers", "20"]);
+        match cli.command {
+            Some(Command::Propagation(p)) => {
+                assert_eq!(p.watchers, 20);
+                assert_eq!(p.rounds, 5);
+                assert_eq!(p.endpoints, 10);
+                assert!(p.database_url.is_none());
+            }
+            None => panic!("propagation not parsed"),
+        }
+        let cli = Cli::parse_from(["quiver-bench", "--scenarios", "h1", "--json"]);
+        assert!(cli.command.is_none());
+        assert_eq!(cli.data_plane.scenarios, [Scenario::H1]);
+        assert!(cli.data_plane.json);
+        let defaults = Cli::parse_from(["quiver-bench", "propagation"]);
+        assert!(matches!(defaults.command, Some(Command::Propagation(p)) if p.watchers == 1000));
     }
 
     #[test]

@@ -349,7 +349,7 @@ fn loopback(port: u16) -> SocketAddr {
 // The proxies run in other processes, so their ports are chosen here: ask the kernel for a
 // free one and release it. Another process could take it in between; start-up then fails
 // with the proxy's "address in use" in the error, and a rerun picks new ports.
-fn free_tcp_ports<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
+pub(crate) fn free_tcp_ports<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
     // Hold every listener until all are chosen, so the kernel cannot hand out one port twice.
     let listeners = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0"))

@@ -1,4 +1,4 @@
-//! CPU time and peak memory of a process, read from Linux `/proc`.
+//! CPU time and memory of a process, read from Linux `/proc`.
 
 use std::sync::OnceLock;
 
@@ -16,6 +16,13 @@ pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     parse_status_kib(&text, "VmHWM:").with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// Current resident set size (VmRSS) of `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    parse_status_kib(&text, "VmRSS:").with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every mainstream Linux if that fails).
@@ -68,6 +75,7 @@ mod tests {
     fn reads_vm_hwm() {
         let status = "Name:\tquiver-proxy\nVmPeak:\t  100 kB\nVmHWM:\t   20480 kB\nVmRSS:\t 1 kB\n";
         assert_eq!(parse_status_kib(status, "VmHWM:"), Some(20480));
+        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(1));
         assert_eq!(parse_status_kib(status, "VmSwap:"), None);
     }
 
@@ -75,6 +83,7 @@ mod tests {
     fn our_own_process_has_cpu_and_memory() {
         let pid = std::process::id();
         assert!(peak_rss_kib(pid).is_ok_and(|k| k > 0));
+        assert!(rss_kib(pid).is_ok_and(|k| k > 0));
         assert!(cpu_ticks(pid).is_ok());
         assert!(ticks_per_second() > 0);
     }

@@ -1,15 +1,20 @@
-//! `quiver-bench`: the data-plane benchmark (docs/benchmarks.md). Everything lives in
-//! `quiver_tests::bench`; this only parses the command line and maps the outcome to an exit code.
+//! `quiver-bench`: the data-plane benchmark and `quiver-bench propagation`
+//! (docs/benchmarks.md). Everything lives in `quiver_tests::bench`; this only parses the
+//! command line and maps the outcome to an exit code.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use quiver_tests::bench::{self, Args};
+use quiver_tests::bench::{self, Cli, Command};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match bench::main(args) {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Some(Command::Propagation(args)) => bench::propagation::main(args),
+        None => bench::main(cli.data_plane),
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("quiver-bench: some rows had errors (flagged with !! above)");
