@@ -397,20 +397,31 @@ async fn demo(
     let frontend = local(ports.frontend_app);
     let first = Instant::now();
     let http = &http;
+    // Why the last try failed, for the error if none succeeds (a denial, no endpoints, ...).
+    let last = &std::sync::Mutex::new(String::new());
     until(
         children,
         START_TIMEOUT,
         "a first answer through the mesh",
         || async move {
-            match traffic::call(http, frontend).await {
+            let why = match traffic::call(http, frontend).await {
                 traffic::Outcome::Served {
                     rating_ok: true, ..
-                } => Some(()),
-                _ => None,
-            }
+                } => return Some(()),
+                traffic::Outcome::Served { .. } => "frontend answered without a rating".into(),
+                traffic::Outcome::Failed(e) => e,
+            };
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = why;
+            None
         },
     )
-    .await?;
+    .await
+    .map_err(
+        |e| match last.lock().unwrap_or_else(|p| p.into_inner()).as_str() {
+            "" => e,
+            why => anyhow::anyhow!("{e:#}; the last try got: {why}"),
+        },
+    )?;
     tracing::info!(after = ?first.elapsed(), "first answer through the mesh");
 
     print_banner(args, files, ports, api, admin_token, children);
