@@ -14,7 +14,7 @@ use quiver_control::server::{self, Config};
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
-    let program = args.next().unwrap_or_else(|| "quiver-control".into());
+    let _program = args.next();
     match args.next().as_ref().and_then(|a| a.to_str()) {
         Some("demo") => {
             return match parse::<demo::DemoArgs>(std::env::args_os().skip(1)) {
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             // The proxy's own command line, unchanged: `quiver-control sidecar --help` is
             // `quiver-proxy --help`.
             demo::children::exit_with_parent();
-            let argv = std::iter::once(program).chain(args);
+            let argv = std::iter::once("quiver-control sidecar".into()).chain(args);
             return quiver_proxy::cli::main_from(argv);
         }
         _ => {}
