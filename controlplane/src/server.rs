@@ -227,17 +227,23 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         .context("reflection service")?;
     let metrics_routes = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: http::HeaderMap| {
             let registry = registry.clone();
             async move {
+                use quiver_api::exposition;
+                let accept = headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
                 match metrics::encode(&registry) {
+                    Ok(body) if exposition::wants_openmetrics(accept) => (
+                        http::StatusCode::OK,
+                        [(http::header::CONTENT_TYPE, exposition::OPENMETRICS)],
+                        body,
+                    ),
                     Ok(body) => (
                         http::StatusCode::OK,
-                        [(
-                            http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
+                        [(http::header::CONTENT_TYPE, exposition::PROMETHEUS_TEXT)],
+                        exposition::to_prometheus_text(&body),
                     ),
                     Err(_) => (
                         http::StatusCode::INTERNAL_SERVER_ERROR,

@@ -55,17 +55,26 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
     }
     match req.uri().path() {
         "/metrics" => {
+            use quiver_api::exposition;
             let mut out = String::new();
             if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"));
             }
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let (out, kind) = if exposition::wants_openmetrics(accept) {
+                (out, exposition::OPENMETRICS)
+            } else {
+                (
+                    exposition::to_prometheus_text(&out),
+                    exposition::PROMETHEUS_TEXT,
+                )
+            };
             let mut r = Response::new(body::full(out));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod dial;
 pub mod document;
 pub mod duration;
+pub mod exposition;
 pub mod resource;
 pub mod spiffe;
 pub mod tls;
