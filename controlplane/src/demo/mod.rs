@@ -166,21 +166,18 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let files = Files::prepare(&args.dir)?;
     init_tracing(&files.logs.join("control-plane.log"))?;
     let admin_token = crate::auth::new_secret("qvr_");
-    let config = Config {
-        listen: api_addr,
-        discovery_listen: discovery_addr,
-        lease_ttl: Duration::from_secs(10),
-        database_url: None,
-        data_dir: files.store.clone(),
-        trust_domain: TRUST_DOMAIN.into(),
-        ca_cert: None,
-        ca_key: None,
-        tls_cert: None,
-        tls_key: None,
-        svid_ttl: Duration::from_secs(3600),
-        admin_token: Some(admin_token.clone()),
-        log_format: "text".into(),
-    };
+    // The server's defaults for whatever the demo does not set (so new server flags need no
+    // change here), with the environment ignored: the user's QUIVER_DATABASE_URL or
+    // QUIVER_CA_CERT (a proxy setting too) are not for the demo's own control plane.
+    let mut config = server_defaults()?;
+    config.listen = api_addr;
+    config.discovery_listen = discovery_addr;
+    config.lease_ttl = Duration::from_secs(10);
+    config.database_url = None;
+    config.data_dir = files.store.clone();
+    config.trust_domain = TRUST_DOMAIN.into();
+    config.svid_ttl = Duration::from_secs(3600);
+    config.admin_token = Some(admin_token.clone());
     let running = server::start_on(&config, listener)
         .await
         .context("starting the control plane")?;
@@ -213,6 +210,16 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("stopping the control plane")?;
     println!("stopped; files are in {}", files.dir.display());
     outcome.map_err(|_| anyhow::anyhow!("the demo failed (see above)"))
+}
+
+/// The server's [`Config`] with every default and no environment variable read.
+fn server_defaults() -> anyhow::Result<Config> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Config::command()
+        .mut_args(|a| a.env(None))
+        .try_get_matches_from(["quiver-control"])
+        .context("the control plane's default settings")?;
+    Config::from_arg_matches(&matches).context("the control plane's default settings")
 }
 
 /// Everything after the control plane is up; returns only on failure (a signal ends it from
