@@ -34,6 +34,7 @@ const DOCUMENT_TYPES: &[&str] = &[
     "AuthorizationRule",
     "MeshConfig",
     "MeshConfigSpec",
+    "TracingConfig",
     "Workload",
     "WorkloadSpec",
     "WorkloadStatus",

@@ -24,11 +24,28 @@ pub struct StoreLabels {
     pub op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
     calls: Family<CallLabels, Counter>,
     store: Family<StoreLabels, Histogram>,
     watchers: Gauge,
+    telemetry: TelemetryMetrics,
+}
+
+/// What ReportTelemetry and the trace retention did.
+#[derive(Clone, Debug, Default)]
+struct TelemetryMetrics {
+    spans_accepted: Counter,
+    spans_refused: Family<RefusalLabels, Counter>,
+    edges_accepted: Counter,
+    edges_refused: Family<RefusalLabels, Counter>,
+    proxy_dropped: Counter,
+    spans_deleted: Counter,
 }
 
 impl Metrics {
@@ -51,11 +68,73 @@ impl Metrics {
         );
         let watchers = Gauge::default();
         quiver.register("watchers", "Open Watch streams", watchers.clone());
+        let telemetry = TelemetryMetrics::default();
+        let t = quiver.sub_registry_with_prefix("telemetry");
+        t.register(
+            "spans_accepted",
+            "Spans from proxies that were valid and stored (a span sent twice counts once)",
+            telemetry.spans_accepted.clone(),
+        );
+        t.register(
+            "spans_refused",
+            "Spans from proxies refused, by what was wrong with them",
+            telemetry.spans_refused.clone(),
+        );
+        t.register(
+            "edge_stats_accepted",
+            "Edge statistics intervals from proxies that were stored",
+            telemetry.edges_accepted.clone(),
+        );
+        t.register(
+            "edge_stats_refused",
+            "Edge statistics intervals from proxies refused, by what was wrong with them",
+            telemetry.edges_refused.clone(),
+        );
+        t.register(
+            "proxy_dropped_spans",
+            "Spans proxies report having dropped before sending (their buffer was full)",
+            telemetry.proxy_dropped.clone(),
+        );
+        t.register(
+            "spans_deleted",
+            "Spans deleted by trace retention (age or count)",
+            telemetry.spans_deleted.clone(),
+        );
         Self {
             calls,
             store,
             watchers,
+            telemetry,
         }
+    }
+
+    /// One reported batch: spans stored, refusals by reason, spans the proxy dropped.
+    pub fn telemetry_batch(
+        &self,
+        spans_accepted: u64,
+        edges_accepted: u64,
+        span_refusals: &[&'static str],
+        edge_refusals: &[&'static str],
+        proxy_dropped: u64,
+    ) {
+        let t = &self.telemetry;
+        t.spans_accepted.inc_by(spans_accepted);
+        t.edges_accepted.inc_by(edges_accepted);
+        for reason in span_refusals {
+            t.spans_refused
+                .get_or_create(&RefusalLabels { reason })
+                .inc();
+        }
+        for reason in edge_refusals {
+            t.edges_refused
+                .get_or_create(&RefusalLabels { reason })
+                .inc();
+        }
+        t.proxy_dropped.inc_by(proxy_dropped);
+    }
+
+    pub fn spans_swept(&self, n: u64) {
+        self.telemetry.spans_deleted.inc_by(n);
     }
 
     pub fn call(&self, method: &'static str, code: tonic::Code) {

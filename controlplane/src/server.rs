@@ -1,7 +1,7 @@
 //! Start-up wiring of the `quiver-control` server: configuration, store, CA, first admin
-//! token, change feed, mesh view and lease sweeper; the API listener (native gRPC, gRPC-web,
-//! reflection and `/metrics`) and the discovery listener (MeshDiscovery over TLS, client
-//! certificates from the mesh CA).
+//! token, change feed, mesh view, lease sweeper and trace retention sweeper; the API listener
+//! (native gRPC, gRPC-web, reflection and `/metrics`) and the discovery listener
+//! (MeshDiscovery over TLS, client certificates from the mesh CA).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +74,17 @@ pub struct Config {
     #[arg(long, env = "QUIVER_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip)]
     pub admin_token: Option<String>,
+    /// How long spans and edge statistics reported by proxies are kept.
+    #[arg(long, env = "QUIVER_TRACE_RETENTION", default_value = "24h", value_parser = positive_duration)]
+    #[serde(with = "quiver_api::duration::serde_human")]
+    pub trace_retention: Duration,
+    /// At most this many spans are kept; the oldest go first.
+    #[arg(long, env = "QUIVER_TRACE_MAX_SPANS", default_value_t = 1_000_000)]
+    pub trace_max_spans: u64,
+    /// How often the trace retention sweeper runs (tests shorten it).
+    #[arg(long, env = "QUIVER_TRACE_SWEEP_INTERVAL", default_value = "30s", value_parser = positive_duration, hide = true)]
+    #[serde(with = "quiver_api::duration::serde_human")]
+    pub trace_sweep_interval: Duration,
     /// Log format: text or json.
     #[arg(long, env = "QUIVER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -82,6 +93,13 @@ pub struct Config {
 fn lease_ttl(s: &str) -> Result<Duration, String> {
     match quiver_api::duration::parse(s)? {
         d if d < Duration::from_secs(1) => Err("must be at least 1s".into()),
+        d => Ok(d),
+    }
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match quiver_api::duration::parse(s)? {
+        d if d.is_zero() => Err("must be longer than 0s".into()),
         d => Ok(d),
     }
 }
@@ -115,6 +133,8 @@ pub struct Running {
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     /// The lease sweeper; stopped with the server.
     _sweeper: AbortOnDrop,
+    /// The trace retention sweeper; stopped with the server.
+    _trace_sweeper: AbortOnDrop,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -205,6 +225,15 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let registry = Arc::new(registry);
+    let trace_sweeper = AbortOnDrop(tokio::spawn(crate::telemetry::sweeper::run(
+        store.clone(),
+        crate::telemetry::sweeper::Retention {
+            max_age: config.trace_retention,
+            max_spans: config.trace_max_spans,
+            every: config.trace_sweep_interval,
+        },
+        metrics.clone(),
+    )));
     let store_engine = store.engine();
     let inputs = Arc::new(Inputs {
         store,
@@ -310,6 +339,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         addr,
         discovery_addr,
         _sweeper: sweeper,
+        _trace_sweeper: trace_sweeper,
         new_admin_token,
         store_engine,
         shutdown: Some(shutdown_tx),

@@ -31,9 +31,13 @@ pub struct Args {
     /// How often to re-read a static config file for live changes; 0s turns it off.
     #[arg(long, default_value = "5s", value_parser = quiver_api::duration::parse)]
     reload_interval: Duration,
-    /// Log as JSON lines instead of text.
+    /// Log as JSON lines instead of text (same as --log-format json).
     #[arg(long, env = "QUIVER_LOG_JSON")]
     log_json: bool,
+    /// Log format: text or json. Access logs (one line per request) use the `access`
+    /// target: RUST_LOG=info,access=off silences them.
+    #[arg(long, env = "QUIVER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 
     /// Control-plane mode: the discovery listener, HOST:PORT (usually port 15010).
     #[arg(
@@ -188,7 +192,7 @@ where
             return ExitCode::SUCCESS;
         }
     };
-    init_tracing(args.log_json);
+    init_tracing(args.log_json || args.log_format == "json");
     // ring only: if another provider ever enters the graph, implicit builders must not panic.
     let _ = rustls::crypto::ring::default_provider().install_default();
 

@@ -227,13 +227,19 @@ impl<'a> RequestRecord<'a> {
                 status_class: class,
             })
             .observe(elapsed.as_secs_f64());
-        let trace_id = self
-            .span
-            .as_ref()
-            .map(|s| crate::trace::hex(&s.trace_id))
-            .unwrap_or_default();
+        let (trace_id, route, endpoint, attempts, bytes_in, bytes_out) = match &self.span {
+            Some(s) => (
+                crate::trace::hex(&s.trace_id),
+                s.route.as_str(),
+                s.endpoint.as_str(),
+                s.attempts,
+                s.request_bytes,
+                s.response_bytes,
+            ),
+            None => (String::new(), "", "", 0, 0, 0),
+        };
         tracing::info!(
-            target: "quiver::access",
+            target: "access",
             direction = self.direction,
             dst.service = %self.service,
             src.peer = %self.peer,
@@ -243,6 +249,11 @@ impl<'a> RequestRecord<'a> {
             error,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             trace_id = %trace_id,
+            route,
+            endpoint,
+            attempts,
+            bytes.request = bytes_in,
+            bytes.response = bytes_out,
             policy = %self.detail,
         );
         self.ship(elapsed, status, error);

@@ -292,7 +292,7 @@ async fn tcp(inputs: Arc<Inputs>, stream: TcpStream, target: Target) {
             run_tunnel(&inputs, &target.service, stream, tx, rx).await;
         }
         Err(e) => {
-            tracing::info!(target: "quiver::access", direction = "outbound", dst.service = %target.service, error = e.reason(), detail = %e, "tcp tunnel refused");
+            tracing::info!(target: "access", direction = "outbound", dst.service = %target.service, error = e.reason(), detail = %e, "tcp tunnel refused");
             inputs
                 .metrics
                 .tcp_connections
@@ -354,7 +354,7 @@ pub fn record_tunnel(
         })
         .inc();
     tracing::info!(
-        target: "quiver::access",
+        target: "access",
         direction,
         dst.service = %service,
         bytes.received = bytes.received,

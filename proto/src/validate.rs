@@ -307,6 +307,17 @@ impl Validator {
         {
             self.err("spec.svidTtl", "must be at least 5m");
         }
+        if let Some(tracing) = &spec.tracing {
+            if let Some(p) = tracing.sampling_percent {
+                // NaN is outside every range; say so rather than print "NaN is outside".
+                if p.is_nan() {
+                    self.err("spec.tracing.samplingPercent", "is not a number");
+                } else {
+                    self.percent("spec.tracing.samplingPercent", p);
+                }
+            }
+            self.duration("spec.tracing.slowThreshold", &tracing.slow_threshold, false);
+        }
     }
 
     fn service(&mut self, r: &v1::Service) {

@@ -372,4 +372,26 @@ impl MeshAdmin for AdminApi {
     ) -> Result<Response<v1::StatusResponse>, Status> {
         self.call("Status", AdminApi::status(self, req)).await
     }
+
+    async fn search_traces(
+        &self,
+        req: Request<v1::SearchTracesRequest>,
+    ) -> Result<Response<v1::SearchTracesResponse>, Status> {
+        self.call("SearchTraces", AdminApi::search_traces(self, req))
+            .await
+    }
+
+    async fn get_trace(
+        &self,
+        req: Request<v1::GetTraceRequest>,
+    ) -> Result<Response<v1::Trace>, Status> {
+        self.call("GetTrace", AdminApi::get_trace(self, req)).await
+    }
+
+    async fn get_service_graph(
+        &self,
+        req: Request<v1::GetServiceGraphRequest>,
+    ) -> Result<Response<v1::ServiceGraph>, Status> {
+        self.call("GetServiceGraph", self.service_graph(req)).await
+    }
 }

@@ -26,7 +26,7 @@ pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<v1::ProxySnapshot, St
 
 #[derive(Clone)]
 pub struct DiscoveryApi {
-    inputs: Arc<Inputs>,
+    pub(super) inputs: Arc<Inputs>,
 }
 
 impl DiscoveryApi {
@@ -34,7 +34,7 @@ impl DiscoveryApi {
         Self { inputs }
     }
 
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    pub(super) fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         peer::caller(req, self.inputs.ca.trust_domain())
     }
 
@@ -242,5 +242,13 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
         req: Request<v1::ProxyWatchRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
         self.call("Watch", DiscoveryApi::watch(self, req)).await
+    }
+
+    async fn report_telemetry(
+        &self,
+        req: Request<tonic::Streaming<v1::TelemetryBatch>>,
+    ) -> Result<Response<v1::ReportTelemetryResponse>, Status> {
+        self.call("ReportTelemetry", DiscoveryApi::report_telemetry(self, req))
+            .await
     }
 }

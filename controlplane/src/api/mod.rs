@@ -19,6 +19,7 @@ mod admin;
 mod discovery;
 mod peer;
 mod resources;
+mod telemetry;
 mod workloads;
 
 pub use discovery::{DiscoveryApi, SnapshotStream};

@@ -1,5 +1,5 @@
 //! The control plane's store: resources with optimistic concurrency, an ordered change feed,
-//! API and join tokens (hashed) and the mesh CA.
+//! API and join tokens (hashed), the mesh CA, and the trace store ([`telemetry`]).
 //!
 //! Two engines behind one trait: Postgres (production; several replicas may share one
 //! database, and a write on any of them reaches watchers on all through LISTEN/NOTIFY) and
@@ -20,10 +20,12 @@ pub mod feed;
 mod postgres;
 mod sql;
 mod sqlite;
+pub mod telemetry;
 
 pub use feed::Feed;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use telemetry::{EdgeRecord, SpanRecord, TelemetryStore, TraceQuery};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +148,7 @@ pub struct Lease {
 
 /// The store, for every engine.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: TelemetryStore + Send + Sync + 'static {
     /// "postgres" or "sqlite".
     fn engine(&self) -> &'static str;
 

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use super::StoreError;
 use super::sql::impl_store;
+use super::telemetry::impl_telemetry_store;
 
 /// The NOTIFY channel every replica listens on; the payload is the new version.
 pub const CHANNEL: &str = "quiver_changes";
@@ -22,6 +23,8 @@ pub struct PgStore {
 
 impl PgStore {
     const ENGINE: &'static str = "postgres";
+    /// The physical row id, for batched deletes (`DELETE ... WHERE ctid IN (SELECT ... LIMIT n)`).
+    const ROW_ID: &'static str = "ctid";
     /// The row lock orders writers: versions are handed out in commit order.
     const LOCK_VERSION: &'static str = "SELECT version FROM quiver_version WHERE id = 1 FOR UPDATE";
     /// Delivered to every listener when the transaction commits (never if it rolls back).
@@ -85,3 +88,4 @@ async fn listen(mut listener: PgListener, signal: Arc<Notify>) {
 }
 
 impl_store!(PgStore, Postgres);
+impl_telemetry_store!(PgStore, Postgres);

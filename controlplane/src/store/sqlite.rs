@@ -13,6 +13,7 @@ use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use super::StoreError;
 use super::sql::impl_store;
+use super::telemetry::impl_telemetry_store;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -22,6 +23,8 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     const ENGINE: &'static str = "sqlite";
+    /// The physical row id, for batched deletes (`DELETE ... WHERE rowid IN (SELECT ... LIMIT n)`).
+    const ROW_ID: &'static str = "rowid";
     const LOCK_VERSION: &'static str = "SELECT version FROM quiver_version WHERE id = 1";
     const NOTIFY: Option<&'static str> = None;
     /// A read transaction in WAL mode already sees one snapshot.
@@ -91,3 +94,4 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, Sqlite);
+impl_telemetry_store!(SqliteStore, Sqlite);

@@ -112,6 +112,7 @@ fn pushed() -> v1::ProxySnapshot {
             default_policy: "DENY".into(),
             default_timeout: "15s".into(),
             svid_ttl: "24h".into(),
+            tracing: None,
         }),
         trust_domain: "mesh.local".into(),
         trust_bundle_pem: String::new(),

@@ -206,3 +206,29 @@ fn mesh_config_is_one_per_mesh() {
     assert_eq!(at(&e, "spec.defaultPolicy"), "must be ALLOW or DENY");
     assert_eq!(at(&e, "spec.svidTtl"), "must be at least 5m");
 }
+
+#[test]
+fn mesh_config_tracing_is_checked() {
+    let e = errors(
+        "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {tracing: {samplingPercent: 150, slowThreshold: fast}}\n",
+    );
+    assert_eq!(
+        at(&e, "spec.tracing.samplingPercent"),
+        "150 is outside 0..100"
+    );
+    assert!(
+        at(&e, "spec.tracing.slowThreshold").starts_with("not a duration"),
+        "{e:?}"
+    );
+    let ok = errors(
+        "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {tracing: {samplingPercent: 10, slowThreshold: 500ms}}\n",
+    );
+    assert_eq!(ok, vec![]);
+    let negative = errors(
+        "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {tracing: {samplingPercent: -1}}\n",
+    );
+    assert_eq!(
+        at(&negative, "spec.tracing.samplingPercent"),
+        "-1 is outside 0..100"
+    );
+}

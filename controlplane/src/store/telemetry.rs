@@ -1,0 +1,388 @@
+//! The trace store: spans and per-edge request statistics reported by proxies, the queries
+//! behind SearchTraces, GetTrace and GetServiceGraph, and the batched deletes the retention
+//! sweeper uses.
+//!
+//! Rows arrive already validated (see [`crate::telemetry`]); this module only moves them in
+//! and out of SQL. Like [`super::sql`], one macro body implements both engines; what differs
+//! (the physical row id used for batched deletes) is an associated constant.
+
+/// One stored span. Field meanings are those of `quiver.v1.Span`; `namespace` and `reporter`
+/// come from the reporting proxy's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SpanRecord {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub kind: String,
+    pub namespace: String,
+    pub service: String,
+    pub peer_service: String,
+    pub peer_identity: String,
+    pub name: String,
+    pub route: String,
+    pub start_ns: i64,
+    pub duration_ns: i64,
+    pub status_code: i32,
+    pub error: String,
+    pub is_error: bool,
+    pub attempt: i32,
+    pub request_bytes: i64,
+    pub response_bytes: i64,
+    pub quic_connection_id: String,
+    pub endpoint: String,
+    pub reporter: String,
+}
+
+/// One stored interval of requests from one service to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeRecord {
+    pub namespace: String,
+    pub source_service: String,
+    pub destination_service: String,
+    pub interval_start_ns: i64,
+    pub interval_end_ns: i64,
+    pub requests: i64,
+    pub errors: i64,
+    /// One count per [`crate::telemetry::LATENCY_BOUNDS_MS`] bucket.
+    pub latency_buckets: Vec<u64>,
+    pub reporter: String,
+}
+
+/// What SearchTraces asks the store for (already parsed and checked).
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    pub namespace: Option<String>,
+    pub service: Option<String>,
+    pub errors_only: bool,
+    pub min_duration_ns: Option<i64>,
+    /// Span start times in `[start_ns, end_ns)`.
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub limit: i64,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct EdgeRow {
+    pub namespace: String,
+    pub source_service: String,
+    pub destination_service: String,
+    pub interval_start_ns: i64,
+    pub interval_end_ns: i64,
+    pub requests: i64,
+    pub errors: i64,
+    pub latency_buckets: String,
+    pub reporter: String,
+}
+
+impl From<EdgeRow> for EdgeRecord {
+    fn from(r: EdgeRow) -> Self {
+        EdgeRecord {
+            namespace: r.namespace,
+            source_service: r.source_service,
+            destination_service: r.destination_service,
+            interval_start_ns: r.interval_start_ns,
+            interval_end_ns: r.interval_end_ns,
+            requests: r.requests,
+            errors: r.errors,
+            // Written by us as comma-separated integers; a damaged cell counts as zeros
+            // rather than failing the whole graph.
+            latency_buckets: r
+                .latency_buckets
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap_or(0))
+                .collect(),
+            reporter: r.reporter,
+        }
+    }
+}
+
+pub(super) fn buckets_text(buckets: &[u64]) -> String {
+    buckets
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Rows per INSERT statement: 500 spans x 21 columns stays far below both engines' limit on
+/// bound parameters (SQLite 32766, Postgres 65535).
+pub(super) const INSERT_CHUNK: usize = 500;
+
+pub(super) const SPAN_COLUMNS: &str = "trace_id, span_id, parent_span_id, kind, namespace, \
+     service, peer_service, peer_identity, name, route, start_ns, duration_ns, status_code, \
+     error, is_error, attempt, request_bytes, response_bytes, quic_connection_id, endpoint, \
+     reporter";
+pub(super) const EDGES_SINCE: &str = "SELECT namespace, source_service, destination_service, \
+     interval_start_ns, interval_end_ns, requests, errors, latency_buckets, reporter \
+     FROM edge_stats WHERE interval_end_ns > $1";
+pub(super) const NTH_NEWEST_SPAN: &str =
+    "SELECT start_ns FROM spans ORDER BY start_ns DESC LIMIT 1 OFFSET $1";
+
+/// The trait the engines implement; [`super::Store`] requires it, so every store handle
+/// reaches these calls too.
+#[async_trait::async_trait]
+pub trait TelemetryStore: Send + Sync {
+    /// Store one reported batch in one transaction. A span already stored (same trace and
+    /// span id, e.g. a batch sent twice) is skipped. Returns how many spans were new.
+    async fn insert_telemetry(
+        &self,
+        spans: &[SpanRecord],
+        edges: &[EdgeRecord],
+    ) -> Result<u64, super::StoreError>;
+
+    /// Ids of traces matching `q`, the one with the newest matching span first.
+    async fn search_traces(&self, q: &TraceQuery) -> Result<Vec<String>, super::StoreError>;
+
+    /// Every stored span of these traces, ordered by start.
+    async fn spans_of_traces(
+        &self,
+        trace_ids: &[String],
+    ) -> Result<Vec<SpanRecord>, super::StoreError>;
+
+    /// Edge intervals that ended after `after_ns` (in `namespace`, or all).
+    async fn edge_stats_since(
+        &self,
+        after_ns: i64,
+        namespace: Option<&str>,
+    ) -> Result<Vec<EdgeRecord>, super::StoreError>;
+
+    /// Delete at most `batch` spans that started before `cutoff_ns`; returns how many.
+    async fn delete_spans_before(
+        &self,
+        cutoff_ns: i64,
+        batch: i64,
+    ) -> Result<u64, super::StoreError>;
+
+    /// Delete at most `batch` edge intervals that ended before `cutoff_ns`.
+    async fn delete_edge_stats_before(
+        &self,
+        cutoff_ns: i64,
+        batch: i64,
+    ) -> Result<u64, super::StoreError>;
+
+    /// The start of the `(n+1)`-th newest span: deleting everything at or before it leaves at
+    /// most `n` spans. None when there are at most `n`.
+    async fn span_start_after_newest(&self, n: i64) -> Result<Option<i64>, super::StoreError>;
+}
+
+/// Implements [`TelemetryStore`] for an engine struct with fields `pool`, an inherent const
+/// `ROW_ID` (the physical row id: `ctid` or `rowid`) and an async `write_guard()`.
+macro_rules! impl_telemetry_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::telemetry::TelemetryStore for $store {
+            async fn insert_telemetry(
+                &self,
+                spans: &[$crate::store::telemetry::SpanRecord],
+                edges: &[$crate::store::telemetry::EdgeRecord],
+            ) -> Result<u64, $crate::store::StoreError> {
+                use $crate::store::telemetry::*;
+                if spans.is_empty() && edges.is_empty() {
+                    return Ok(0);
+                }
+                let _guard = self.write_guard().await;
+                let mut tx = self.pool.begin().await?;
+                let mut inserted = 0;
+                for chunk in spans.chunks(INSERT_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO spans ({SPAN_COLUMNS}) "
+                    ));
+                    q.push_values(chunk, |mut row, s| {
+                        row.push_bind(s.trace_id.as_str())
+                            .push_bind(s.span_id.as_str())
+                            .push_bind(s.parent_span_id.as_str())
+                            .push_bind(s.kind.as_str())
+                            .push_bind(s.namespace.as_str())
+                            .push_bind(s.service.as_str())
+                            .push_bind(s.peer_service.as_str())
+                            .push_bind(s.peer_identity.as_str())
+                            .push_bind(s.name.as_str())
+                            .push_bind(s.route.as_str())
+                            .push_bind(s.start_ns)
+                            .push_bind(s.duration_ns)
+                            .push_bind(s.status_code)
+                            .push_bind(s.error.as_str())
+                            .push_bind(s.is_error)
+                            .push_bind(s.attempt)
+                            .push_bind(s.request_bytes)
+                            .push_bind(s.response_bytes)
+                            .push_bind(s.quic_connection_id.as_str())
+                            .push_bind(s.endpoint.as_str())
+                            .push_bind(s.reporter.as_str());
+                    });
+                    q.push(" ON CONFLICT (trace_id, span_id) DO NOTHING");
+                    // Row counts vary per batch: do not fill the statement cache with them.
+                    let done = q.build().persistent(false).execute(&mut *tx).await?;
+                    inserted += done.rows_affected();
+                }
+                for chunk in edges.chunks(INSERT_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO edge_stats (namespace, source_service, \
+                         destination_service, interval_start_ns, interval_end_ns, requests, \
+                         errors, latency_buckets, reporter) ",
+                    );
+                    q.push_values(chunk, |mut row, e| {
+                        row.push_bind(e.namespace.as_str())
+                            .push_bind(e.source_service.as_str())
+                            .push_bind(e.destination_service.as_str())
+                            .push_bind(e.interval_start_ns)
+                            .push_bind(e.interval_end_ns)
+                            .push_bind(e.requests)
+                            .push_bind(e.errors)
+                            .push_bind(buckets_text(&e.latency_buckets))
+                            .push_bind(e.reporter.as_str());
+                    });
+                    q.build().persistent(false).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
+            async fn search_traces(
+                &self,
+                tq: &$crate::store::telemetry::TraceQuery,
+            ) -> Result<Vec<String>, $crate::store::StoreError> {
+                // Only placeholders are pushed as SQL text below; every value is bound.
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT trace_id FROM spans s WHERE start_ns >= ",
+                );
+                q.push_bind(tq.start_ns)
+                    .push(" AND start_ns < ")
+                    .push_bind(tq.end_ns);
+                if tq.errors_only {
+                    // Errored spans are few: start from them (partial index) and check the
+                    // service on the trace.
+                    q.push(" AND is_error");
+                    if tq.service.is_some() || tq.namespace.is_some() {
+                        q.push(" AND EXISTS (SELECT 1 FROM spans x WHERE x.trace_id = s.trace_id");
+                        if let Some(svc) = &tq.service {
+                            q.push(" AND x.service = ").push_bind(svc.as_str());
+                        }
+                        if let Some(ns) = &tq.namespace {
+                            q.push(" AND x.namespace = ").push_bind(ns.as_str());
+                        }
+                        q.push(")");
+                    }
+                } else {
+                    if let Some(svc) = &tq.service {
+                        q.push(" AND service = ").push_bind(svc.as_str());
+                    }
+                    if let Some(ns) = &tq.namespace {
+                        q.push(" AND namespace = ").push_bind(ns.as_str());
+                    }
+                }
+                if let Some(min) = tq.min_duration_ns {
+                    q.push(
+                        " AND EXISTS (SELECT 1 FROM spans d WHERE d.trace_id = s.trace_id \
+                         AND d.duration_ns >= ",
+                    )
+                    .push_bind(min)
+                    .push(")");
+                }
+                q.push(" GROUP BY trace_id ORDER BY MAX(start_ns) DESC LIMIT ")
+                    .push_bind(tq.limit);
+                let ids: Vec<(String,)> = q.build_query_as().fetch_all(&self.pool).await?;
+                Ok(ids.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn spans_of_traces(
+                &self,
+                trace_ids: &[String],
+            ) -> Result<Vec<$crate::store::telemetry::SpanRecord>, $crate::store::StoreError>
+            {
+                use $crate::store::telemetry::*;
+                if trace_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id IN ("
+                ));
+                let mut ids = q.separated(", ");
+                for id in trace_ids {
+                    ids.push_bind(id.as_str());
+                }
+                q.push(") ORDER BY start_ns, span_id");
+                Ok(q.build_query_as()
+                    .persistent(false)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn edge_stats_since(
+                &self,
+                after_ns: i64,
+                namespace: Option<&str>,
+            ) -> Result<Vec<$crate::store::telemetry::EdgeRecord>, $crate::store::StoreError>
+            {
+                use $crate::store::telemetry::*;
+                let rows: Vec<EdgeRow> = match namespace {
+                    Some(ns) => {
+                        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                            "{EDGES_SINCE} AND namespace = $2"
+                        )))
+                        .bind(after_ns)
+                        .bind(ns)
+                        .fetch_all(&self.pool)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query_as(EDGES_SINCE)
+                            .bind(after_ns)
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                };
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn delete_spans_before(
+                &self,
+                cutoff_ns: i64,
+                batch: i64,
+            ) -> Result<u64, $crate::store::StoreError> {
+                let _guard = self.write_guard().await;
+                let id = <$store>::ROW_ID;
+                let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM spans WHERE {id} IN \
+                     (SELECT {id} FROM spans WHERE start_ns < $1 LIMIT $2)"
+                )))
+                .bind(cutoff_ns)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn delete_edge_stats_before(
+                &self,
+                cutoff_ns: i64,
+                batch: i64,
+            ) -> Result<u64, $crate::store::StoreError> {
+                let _guard = self.write_guard().await;
+                let done = sqlx::query(
+                    "DELETE FROM edge_stats WHERE id IN \
+                     (SELECT id FROM edge_stats WHERE interval_end_ns < $1 LIMIT $2)",
+                )
+                .bind(cutoff_ns)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn span_start_after_newest(
+                &self,
+                n: i64,
+            ) -> Result<Option<i64>, $crate::store::StoreError> {
+                use $crate::store::telemetry::*;
+                Ok(sqlx::query_scalar(NTH_NEWEST_SPAN)
+                    .bind(n)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+        }
+    };
+}
+
+pub(super) use impl_telemetry_store;
