@@ -25,7 +25,13 @@ use crate::store::{self, Feed, now_ms};
 
 /// `quiver-control` flags. Every flag also reads a `QUIVER_*` environment variable.
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
-#[command(name = "quiver-control", version, about = "The Quiver control plane")]
+#[command(
+    name = "quiver-control",
+    version,
+    about = "The Quiver control plane",
+    after_help = "Also: `quiver-control demo` runs a whole sample mesh on this machine \
+                  (see `quiver-control demo --help`)."
+)]
 pub struct Config {
     /// Address of the API port: gRPC, gRPC-web, reflection and /metrics.
     #[arg(long, env = "QUIVER_LISTEN", default_value = "0.0.0.0:8080")]

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod certs;
-mod client;
-mod resources;
+pub(crate) mod client;
+pub(crate) mod resources;
 mod tokens;
 mod trust;
 
