@@ -7,6 +7,7 @@
 import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
 import assert from "node:assert/strict";
+import { tmpdir } from "node:os";
 
 const url = need("QUIVER_URL");
 const adminToken = need("QUIVER_ADMIN_TOKEN");
@@ -62,6 +63,15 @@ async function step(name, fn) {
   } catch (e) {
     failures++;
     console.log(`not ok - ${name}\n${String(e.stack || e).replace(/^/gm, "    ")}`);
+    // What each open page showed when it failed.
+    let n = 0;
+    for (const c of browser.contexts()) {
+      for (const p of c.pages()) {
+        const path = `${tmpdir()}/quiver-console-failure-${++n}.png`;
+        await p.screenshot({ path, fullPage: true }).catch(() => {});
+        console.log(`    screenshot of ${p.url()}: ${path}`);
+      }
+    }
     throw e;
   }
 }

@@ -56,7 +56,7 @@ pub fn App() -> impl IntoView {
         now: RwSignal::new(js_sys::Date::now()),
         flash: RwSignal::new(None),
     };
-    provide_context(ctx);
+    ctx.init();
     let _ = set_interval_with_handle(
         move || ctx.now.set(js_sys::Date::now()),
         std::time::Duration::from_secs(1),

@@ -1,9 +1,13 @@
 //! Services and their endpoints (registered workloads), live from WatchServices and
 //! WatchWorkloads, with lease countdowns.
 
-use leptos::prelude::*;
+use std::collections::BTreeMap;
 
-use crate::api::{Live, live};
+use futures_util::future::{AbortHandle, Abortable};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+
+use crate::api::{ApiError, Live, client, live, sleep};
 use crate::pb;
 use crate::ui::{Ctx, LiveState, human_ms, parse_time};
 
@@ -12,6 +16,7 @@ pub fn ServicesPage() -> impl IntoView {
     let ctx = Ctx::get();
     let services: Live<pb::Service> = live(ctx.token());
     let workloads: Live<pb::Workload> = live(ctx.token());
+    let leases = lease_poller(ctx.token());
     view! {
         <section>
             <div class="page-head">
@@ -26,14 +31,14 @@ pub fn ServicesPage() -> impl IntoView {
             <For
                 each=move || services.items.get()
                 key=|s| (crate::ui::key_of(&s.metadata), s.metadata.as_ref().map_or(0, |m| m.resource_version))
-                children=move |s| view! { <ServiceCard service=s workloads=workloads /> }
+                children=move |s| view! { <ServiceCard service=s workloads=workloads leases=leases /> }
             />
         </section>
     }
 }
 
 #[component]
-fn ServiceCard(service: pb::Service, workloads: Live<pb::Workload>) -> impl IntoView {
+fn ServiceCard(service: pb::Service, workloads: Live<pb::Workload>, leases: Leases) -> impl IntoView {
     let ctx = Ctx::get();
     let meta = service.metadata.clone().unwrap_or_default();
     let spec = service.spec.clone().unwrap_or_default();
@@ -109,17 +114,19 @@ fn ServiceCard(service: pb::Service, workloads: Live<pb::Workload>) -> impl Into
                                 let spec = w.spec.clone().unwrap_or_default();
                                 let meta = w.metadata.clone().unwrap_or_default();
                                 let status = w.status.clone().unwrap_or_default();
+                                let wkey = (meta.namespace.clone(), meta.name.clone());
                                 let version = spec.labels.get("version").cloned().unwrap_or_else(|| "—".into());
                                 let created = parse_time(&meta.created_at);
-                                let expires = parse_time(&status.lease_expires_at);
+                                let expires = move || leases.expiry.with(|l| l.get(&wkey).copied()).unwrap_or(f64::NAN);
                                 let ready = status.ready;
                                 let age = move || {
                                     if created.is_nan() { "—".to_string() } else { format!("{} ago", human_ms(ctx.now.get() - created)) }
                                 };
-                                let lease = move || {
+                                let lease = Signal::derive(move || {
+                                    let expires = expires();
                                     let left = expires - ctx.now.get();
                                     if expires.is_nan() {
-                                        ("unknown".to_string(), "warn")
+                                        (leases.error.get().unwrap_or_else(|| "checking…".to_string()), "warn")
                                     } else if left <= 0.0 {
                                         ("lapsed".to_string(), "bad")
                                     } else if !ready {
@@ -127,7 +134,7 @@ fn ServiceCard(service: pb::Service, workloads: Live<pb::Workload>) -> impl Into
                                     } else {
                                         (format!("healthy, {} left", human_ms(left)), "good")
                                     }
-                                };
+                                });
                                 view! {
                                     <tr>
                                         <td><code>{spec.address.clone()}</code></td>
@@ -135,7 +142,7 @@ fn ServiceCard(service: pb::Service, workloads: Live<pb::Workload>) -> impl Into
                                         <td>{if spec.zone.is_empty() { "—".to_string() } else { spec.zone.clone() }}</td>
                                         <td><code class="id">{spec.spiffe_id.clone()}</code></td>
                                         <td>{age}</td>
-                                        <td><span class=move || format!("health {}", lease().1)>{move || lease().0}</span></td>
+                                        <td><span class=move || format!("health {}", lease.get().1)>{move || lease.get().0}</span></td>
                                     </tr>
                                 }
                             }
@@ -145,4 +152,49 @@ fn ServiceCard(service: pb::Service, workloads: Live<pb::Workload>) -> impl Into
             </Show>
         </article>
     }
+}
+
+/// Lease expiry per workload, `(namespace, name)` -> ms since the epoch. Watch events do not
+/// carry leases (a keep-alive writes no version, so it wakes no watcher): ListWorkloads does,
+/// and it is asked again every few seconds while the page is open.
+#[derive(Clone, Copy)]
+pub struct Leases {
+    expiry: RwSignal<BTreeMap<(String, String), f64>>,
+    error: RwSignal<Option<String>>,
+}
+
+fn lease_poller(token: String) -> Leases {
+    let leases = Leases {
+        expiry: RwSignal::new(BTreeMap::new()),
+        error: RwSignal::new(None),
+    };
+    let (abort, registration) = AbortHandle::new_pair();
+    on_cleanup(move || abort.abort());
+    spawn_local(async move {
+        let poll = async move {
+            loop {
+                let req = pb::ListRequest { namespace: String::new() };
+                match client(&token).list_workloads(req).await {
+                    Ok(list) => {
+                        let map = list
+                            .into_inner()
+                            .items
+                            .iter()
+                            .filter_map(|w| {
+                                let m = w.metadata.as_ref()?;
+                                let at = parse_time(&w.status.as_ref()?.lease_expires_at);
+                                Some(((m.namespace.clone(), m.name.clone()), at))
+                            })
+                            .collect();
+                        leases.expiry.set(map);
+                        leases.error.set(None);
+                    }
+                    Err(s) => leases.error.set(Some(ApiError::from_status(&s).summary())),
+                }
+                sleep(3_000).await;
+            }
+        };
+        let _ = Abortable::new(poll, registration).await;
+    });
+    leases
 }

@@ -28,9 +28,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The app's context. Kept in a global as well as in Leptos' context: async tasks (a save
+    /// that navigates when it is done) run outside any reactive owner.
     pub fn get() -> Ctx {
-        // Provided by `App` before any page renders.
-        use_context::<Ctx>().unwrap_or_else(|| panic!("Ctx is provided by App"))
+        // Set by `App` before any page renders.
+        *CTX.get().unwrap_or_else(|| panic!("Ctx::init runs in App first"))
+    }
+
+    pub fn init(self) {
+        let _ = CTX.set(self);
     }
 
     pub fn token(&self) -> String {
@@ -44,6 +50,8 @@ impl Ctx {
             .with(|s| s.as_ref().is_some_and(|s| s.role == "admin"))
     }
 }
+
+static CTX: std::sync::OnceLock<Ctx> = std::sync::OnceLock::new();
 
 /// Go to `path` without reloading the page.
 pub fn navigate(path: &str) {
