@@ -4,6 +4,8 @@
 #
 #   console/build.sh             build (incremental; the wasm target dir is console/target)
 #   console/build.sh --if-stale  exit 0 at once when dist is newer than every input
+#   console/build.sh --clippy    only lint the crate: clippy -D warnings, natively (rustup's
+#                                clippy; the code has no wasm-only paths), target/clippy
 #
 # Toolchain: rustup's wasm32-unknown-unknown target when installed, else Debian's rustc-web
 # (Rust with its std sources, built with -Zbuild-std). When neither is usable it exits 1 and
@@ -20,8 +22,10 @@ if_stale=0
 for arg in "$@"; do
   case "$arg" in
     --if-stale) if_stale=1 ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
-    *) echo "build.sh: unknown argument $arg (use --if-stale)" >&2; exit 64 ;;
+    --clippy)
+      exec cargo clippy --lib --target-dir "$here/target/clippy" -- -D warnings ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "build.sh: unknown argument $arg (use --if-stale or --clippy)" >&2; exit 64 ;;
   esac
 done
 

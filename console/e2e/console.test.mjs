@@ -149,6 +149,7 @@ try {
     await admin.locator(".banner.error").getByText("Route shop/web is invalid").waitFor();
     // The API's own message sits next to the same field.
     await page_text(err, "weights sum to 90, must sum to 100; weights sum to 90, must sum to 100");
+    if (shots) await admin.screenshot({ path: `${shots}/console-route-editor.png`, fullPage: true });
     assert.throws(() => storedRoute("web"), /not found|NotFound|NOT_FOUND/i, "nothing was stored");
   });
 
@@ -158,7 +159,6 @@ try {
     await admin.locator("#r0-timeout").fill("2s");
     await admin.locator("#r0-retries-on").check();
     await admin.locator("#r0-attempts").fill("3");
-    if (shots) await admin.screenshot({ path: `${shots}/console-route-editor.png`, fullPage: true });
     await admin.getByRole("button", { name: "Create route" }).click();
     await admin.getByText("Route shop/web created").waitFor();
     const route = storedRoute("web");

@@ -84,7 +84,10 @@ impl ApiError {
     pub fn summary(&self) -> String {
         match self.code {
             Code::Unavailable | Code::Unknown | Code::Internal => {
-                format!("The control plane could not be reached or failed: {}", self.message)
+                format!(
+                    "The control plane could not be reached or failed: {}",
+                    self.message
+                )
             }
             Code::PermissionDenied => format!("Not allowed: {}", self.message),
             Code::Unauthenticated => format!("Not signed in: {}", self.message),
@@ -145,7 +148,11 @@ macro_rules! watched {
 watched!(Service, Service, watch_services);
 watched!(Route, Route, watch_routes);
 watched!(Canary, Canary, watch_canaries);
-watched!(AuthorizationPolicy, AuthorizationPolicy, watch_authorization_policies);
+watched!(
+    AuthorizationPolicy,
+    AuthorizationPolicy,
+    watch_authorization_policies
+);
 watched!(MeshConfig, MeshConfig, watch_mesh_configs);
 watched!(Workload, Workload, watch_workloads);
 
@@ -172,7 +179,10 @@ impl<T: Watched> Live<T> {
         self.items.with(|items| {
             items
                 .iter()
-                .find(|o| o.meta().is_some_and(|m| m.namespace == ns && m.name == name))
+                .find(|o| {
+                    o.meta()
+                        .is_some_and(|m| m.namespace == ns && m.name == name)
+                })
                 .cloned()
         })
     }
@@ -239,10 +249,7 @@ async fn run_watch<T: Watched>(token: String, live: Live<T>) {
                 }
             },
         };
-        let permanent = matches!(
-            failure.code,
-            Code::Unauthenticated | Code::PermissionDenied
-        );
+        let permanent = matches!(failure.code, Code::Unauthenticated | Code::PermissionDenied);
         live.error.set(Some(if permanent {
             failure.summary()
         } else {

@@ -147,6 +147,7 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
     let loaded = RwSignal::new(creating);
     let load_error = RwSignal::new(None::<String>);
     let form = FormState::new();
+    form.track_edits(draft);
     let weight_form = FormState::new();
     let confirm_delete = RwSignal::new(false);
     let services: Live<pb::Service> = live(ctx.token());
@@ -156,13 +157,32 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
     let load = {
         let key = key.clone();
         move || {
-            let Some((ns, name)) = key.clone() else { return };
+            let Some((ns, name)) = key.clone() else {
+                return;
+            };
             let token = ctx.token();
             spawn_local(async move {
-                match client(&token).get_canary(pb::GetRequest { namespace: ns, name }).await {
+                match client(&token)
+                    .get_canary(pb::GetRequest {
+                        namespace: ns,
+                        name,
+                    })
+                    .await
+                {
                     Ok(c) => {
                         let c = c.into_inner();
-                        steps_text.set(c.spec.as_ref().map(|s| s.steps.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+                        steps_text.set(
+                            c.spec
+                                .as_ref()
+                                .map(|s| {
+                                    s.steps
+                                        .iter()
+                                        .map(u32::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                })
+                                .unwrap_or_default(),
+                        );
                         draft.set(c);
                         form.error.set(None);
                         loaded.set(true);
@@ -176,16 +196,37 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
     let reload = Callback::new(move |()| load());
 
     let spec = move || draft.with(|c| c.spec.clone().unwrap_or_default());
-    let ns = move || draft.with(|c| c.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default());
-    let edit = move |f: &dyn Fn(&mut pb::CanarySpec)| draft.update(|c| f(c.spec.get_or_insert_with(Default::default)));
-    let criteria = move |f: &dyn Fn(&mut pb::SuccessCriteria)| edit(&|s| f(s.success_criteria.get_or_insert_with(Default::default)));
+    let ns = move || {
+        draft.with(|c| {
+            c.metadata
+                .as_ref()
+                .map(|m| m.namespace.clone())
+                .unwrap_or_default()
+        })
+    };
+    let edit = move |f: &dyn Fn(&mut pb::CanarySpec)| {
+        draft.update(|c| f(c.spec.get_or_insert_with(Default::default)))
+    };
+    let criteria = move |f: &dyn Fn(&mut pb::SuccessCriteria)| {
+        edit(&|s| f(s.success_criteria.get_or_insert_with(Default::default)))
+    };
     let subsets = move || {
         let svc = spec().service;
-        services.get(&ns(), &svc).and_then(|s| s.spec).map(|s| s.subsets.into_iter().map(|x| x.name).collect::<Vec<_>>()).unwrap_or_default()
+        services
+            .get(&ns(), &svc)
+            .and_then(|s| s.spec)
+            .map(|s| s.subsets.into_iter().map(|x| x.name).collect::<Vec<_>>())
+            .unwrap_or_default()
     };
     let service_names = move || {
         let ns = ns();
-        services.items.with(|s| s.iter().filter_map(|s| s.metadata.as_ref()).filter(|m| m.namespace == ns).map(|m| m.name.clone()).collect::<Vec<_>>())
+        services.items.with(|s| {
+            s.iter()
+                .filter_map(|s| s.metadata.as_ref())
+                .filter(|m| m.namespace == ns)
+                .map(|m| m.name.clone())
+                .collect::<Vec<_>>()
+        })
     };
 
     let save = move |e: leptos::ev::SubmitEvent| {
@@ -200,19 +241,29 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                     form.error.set(Some(ApiError {
                         code: tonic::Code::InvalidArgument,
                         message: "The steps are not a list of numbers.".into(),
-                        fields: vec![(format!("spec.steps[{n}]"), format!("{s:?} is not a whole number"))],
+                        fields: vec![(
+                            format!("spec.steps[{n}]"),
+                            format!("{s:?} is not a whole number"),
+                        )],
                     }));
                     return;
                 }
             }
         }
         canary.spec.get_or_insert_with(Default::default).steps = steps;
-        let (cns, cname) = canary.metadata.as_ref().map(|m| (m.namespace.clone(), m.name.clone())).unwrap_or_default();
+        let (cns, cname) = canary
+            .metadata
+            .as_ref()
+            .map(|m| (m.namespace.clone(), m.name.clone()))
+            .unwrap_or_default();
         if creating && canaries.get(&cns, &cname).is_some() {
             form.error.set(Some(ApiError {
                 code: tonic::Code::AlreadyExists,
                 message: format!("Canary {cns}/{cname} already exists."),
-                fields: vec![("metadata.name".into(), "a canary with this name exists in this namespace; open it to edit".into())],
+                fields: vec![(
+                    "metadata.name".into(),
+                    "a canary with this name exists in this namespace; open it to edit".into(),
+                )],
             }));
             return;
         }
@@ -225,7 +276,10 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                     let v = saved.version();
                     if creating {
                         navigate("/canaries");
-                        ctx.flash.set(Some(format!("Canary {} created (version {v}).", key_of(&saved.metadata))));
+                        ctx.flash.set(Some(format!(
+                            "Canary {} created (version {v}).",
+                            key_of(&saved.metadata)
+                        )));
                     } else {
                         draft.set(saved);
                         form.done(Ok(format!("Saved (version {v}).")));
@@ -241,11 +295,18 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
         let token = ctx.token();
         form.start();
         spawn_local(async move {
-            let req = pb::DeleteRequest { namespace: meta.namespace.clone(), name: meta.name.clone(), resource_version: meta.resource_version };
+            let req = pb::DeleteRequest {
+                namespace: meta.namespace.clone(),
+                name: meta.name.clone(),
+                resource_version: meta.resource_version,
+            };
             match client(&token).delete_canary(req).await {
                 Ok(_) => {
                     navigate("/canaries");
-                    ctx.flash.set(Some(format!("Canary {}/{} deleted.", meta.namespace, meta.name)));
+                    ctx.flash.set(Some(format!(
+                        "Canary {}/{} deleted.",
+                        meta.namespace, meta.name
+                    )));
                 }
                 Err(s) => {
                     confirm_delete.set(false);
@@ -257,12 +318,23 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
 
     // Moving the weight by hand.
     let stored_spec = move || {
-        let (ns, name) = draft.with(|c| c.metadata.as_ref().map(|m| (m.namespace.clone(), m.name.clone())).unwrap_or_default());
+        let (ns, name) = draft.with(|c| {
+            c.metadata
+                .as_ref()
+                .map(|m| (m.namespace.clone(), m.name.clone()))
+                .unwrap_or_default()
+        });
         canaries.get(&ns, &name).and_then(|c| c.spec)
     };
-    let now = move || stored_spec().and_then(|s| routes.items.with(|r| current_weight(&s, &ns(), r)));
+    let now =
+        move || stored_spec().and_then(|s| routes.items.with(|r| current_weight(&s, &ns(), r)));
     let new_weight = RwSignal::new(None::<u32>);
-    let shown_weight = move || new_weight.get().or_else(|| now().map(|(_, w)| w)).unwrap_or(0);
+    let shown_weight = move || {
+        new_weight
+            .get()
+            .or_else(|| now().map(|(_, w)| w))
+            .unwrap_or(0)
+    };
     let set_weight = move |_| {
         let Some(spec) = stored_spec() else { return };
         let weight = shown_weight();
@@ -277,7 +349,12 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
         let mut updated = Vec::new();
         for mut route in existing.clone() {
             let mut touched = false;
-            for rule in route.spec.get_or_insert_with(Default::default).rules.iter_mut() {
+            for rule in route
+                .spec
+                .get_or_insert_with(Default::default)
+                .rules
+                .iter_mut()
+            {
                 if is_split(rule, &spec) {
                     rule.backends = split(&spec, weight);
                     touched = true;
@@ -301,10 +378,18 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
         if updated.is_empty() {
             // No route for the service yet: one rule with the split.
             updated.push(pb::Route {
-                metadata: Some(pb::ObjectMeta { namespace: ns.clone(), name: spec.service.clone(), ..Default::default() }),
+                metadata: Some(pb::ObjectMeta {
+                    namespace: ns.clone(),
+                    name: spec.service.clone(),
+                    ..Default::default()
+                }),
                 spec: Some(pb::RouteSpec {
                     service: spec.service.clone(),
-                    rules: vec![pb::RouteRule { name: "canary".into(), backends: split(&spec, weight), ..Default::default() }],
+                    rules: vec![pb::RouteRule {
+                        name: "canary".into(),
+                        backends: split(&spec, weight),
+                        ..Default::default()
+                    }],
                 }),
             });
         }
@@ -321,7 +406,10 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                 }
             }
             new_weight.set(None);
-            weight_form.done(Ok(format!("{weight}% of requests now go to the canary (route {}).", names.join(", "))));
+            weight_form.done(Ok(format!(
+                "{weight}% of requests now go to the canary (route {}).",
+                names.join(", ")
+            )));
         });
     };
 
@@ -329,7 +417,12 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
         Some((ns, name)) => format!("Canary {ns}/{name}"),
         None => "New canary".to_string(),
     };
-    let text_input = move |id: &'static str, label: &'static str, path: &'static str, get: fn(&pb::Canary) -> String, set: fn(&mut pb::Canary, String), ro: bool| {
+    let text_input = move |id: &'static str,
+                           label: &'static str,
+                           path: &'static str,
+                           get: fn(&pb::Canary) -> String,
+                           set: fn(&mut pb::Canary, String),
+                           ro: bool| {
         view! {
             <div class="field">
                 <label for=id>{label}</label>

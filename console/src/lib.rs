@@ -49,7 +49,10 @@ async fn sign_in(token: String) -> Result<Session, api::ApiError> {
 
 #[component]
 pub fn App() -> impl IntoView {
-    let path = window().location().pathname().unwrap_or_else(|_| "/".into());
+    let path = window()
+        .location()
+        .pathname()
+        .unwrap_or_else(|_| "/".into());
     let ctx = Ctx {
         session: RwSignal::new(None),
         path: RwSignal::new(path),
@@ -62,8 +65,12 @@ pub fn App() -> impl IntoView {
         std::time::Duration::from_secs(1),
     );
     let _popstate = window_event_listener(leptos::ev::popstate, move |_| {
-        ctx.path
-            .set(window().location().pathname().unwrap_or_else(|_| "/".into()));
+        ctx.path.set(
+            window()
+                .location()
+                .pathname()
+                .unwrap_or_else(|_| "/".into()),
+        );
     });
 
     // A token from earlier in this tab: check it again before showing anything.
@@ -168,7 +175,10 @@ fn Shell() -> impl IntoView {
         ctx.session.set(None);
         navigate("/");
     };
-    let role = move || ctx.session.with(|s| s.as_ref().map(|s| s.role.clone()).unwrap_or_default());
+    let role = move || {
+        ctx.session
+            .with(|s| s.as_ref().map(|s| s.role.clone()).unwrap_or_default())
+    };
     let nav = |href: &'static str, label: &'static str| {
         let active = move || {
             let p = ctx.path.get();

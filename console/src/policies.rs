@@ -4,9 +4,11 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use crate::api::{ApiError, Live, Watched, client, live, split_list};
+use crate::api::{ApiError, Live, Watched, client, live};
 use crate::pb;
-use crate::ui::{Ctx, FieldErr, FormState, FormStatus, Link, LiveState, key_of, navigate};
+use crate::ui::{
+    Ctx, FieldErr, FormState, FormStatus, Link, ListInput, LiveState, key_of, navigate,
+};
 
 fn rule_summary(r: &pb::AuthorizationRule) -> String {
     let any = |v: &[String], what: &str| {
@@ -84,8 +86,15 @@ pub fn PoliciesPage() -> impl IntoView {
     }
 }
 
-fn pick_rules<'a>(list: &str, s: &'a mut pb::AuthorizationPolicySpec) -> &'a mut Vec<pb::AuthorizationRule> {
-    if list == "allow" { &mut s.allow } else { &mut s.deny }
+fn pick_rules<'a>(
+    list: &str,
+    s: &'a mut pb::AuthorizationPolicySpec,
+) -> &'a mut Vec<pb::AuthorizationRule> {
+    if list == "allow" {
+        &mut s.allow
+    } else {
+        &mut s.deny
+    }
 }
 
 fn new_policy() -> pb::AuthorizationPolicy {
@@ -106,6 +115,7 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
     let loaded = RwSignal::new(creating);
     let load_error = RwSignal::new(None::<String>);
     let form = FormState::new();
+    form.track_edits(draft);
     let confirm_delete = RwSignal::new(false);
     let services: Live<pb::Service> = live(ctx.token());
     let policies: Live<pb::AuthorizationPolicy> = live(ctx.token());
@@ -113,10 +123,18 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
     let load = {
         let key = key.clone();
         move || {
-            let Some((ns, name)) = key.clone() else { return };
+            let Some((ns, name)) = key.clone() else {
+                return;
+            };
             let token = ctx.token();
             spawn_local(async move {
-                match client(&token).get_authorization_policy(pb::GetRequest { namespace: ns, name }).await {
+                match client(&token)
+                    .get_authorization_policy(pb::GetRequest {
+                        namespace: ns,
+                        name,
+                    })
+                    .await
+                {
                     Ok(p) => {
                         draft.set(p.into_inner());
                         form.error.set(None);
@@ -129,24 +147,53 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
     };
     load();
     let reload = Callback::new(move |()| load());
-    let ns = move || draft.with(|p| p.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default());
-    let service = move || draft.with(|p| p.spec.as_ref().map(|s| s.service.clone()).unwrap_or_default());
+    let ns = move || {
+        draft.with(|p| {
+            p.metadata
+                .as_ref()
+                .map(|m| m.namespace.clone())
+                .unwrap_or_default()
+        })
+    };
+    let service = move || {
+        draft.with(|p| {
+            p.spec
+                .as_ref()
+                .map(|s| s.service.clone())
+                .unwrap_or_default()
+        })
+    };
     let service_names = move || {
         let ns = ns();
-        services.items.with(|s| s.iter().filter_map(|s| s.metadata.as_ref()).filter(|m| m.namespace == ns).map(|m| m.name.clone()).collect::<Vec<_>>())
+        services.items.with(|s| {
+            s.iter()
+                .filter_map(|s| s.metadata.as_ref())
+                .filter(|m| m.namespace == ns)
+                .map(|m| m.name.clone())
+                .collect::<Vec<_>>()
+        })
     };
-    let allow_count = Memo::new(move |_| draft.with(|p| p.spec.as_ref().map_or(0, |s| s.allow.len())));
-    let deny_count = Memo::new(move |_| draft.with(|p| p.spec.as_ref().map_or(0, |s| s.deny.len())));
+    let allow_count =
+        Memo::new(move |_| draft.with(|p| p.spec.as_ref().map_or(0, |s| s.allow.len())));
+    let deny_count =
+        Memo::new(move |_| draft.with(|p| p.spec.as_ref().map_or(0, |s| s.deny.len())));
 
     let save = move |e: leptos::ev::SubmitEvent| {
         e.prevent_default();
         let policy = draft.get_untracked();
-        let (pns, pname) = policy.metadata.as_ref().map(|m| (m.namespace.clone(), m.name.clone())).unwrap_or_default();
+        let (pns, pname) = policy
+            .metadata
+            .as_ref()
+            .map(|m| (m.namespace.clone(), m.name.clone()))
+            .unwrap_or_default();
         if creating && policies.get(&pns, &pname).is_some() {
             form.error.set(Some(ApiError {
                 code: tonic::Code::AlreadyExists,
                 message: format!("Policy {pns}/{pname} already exists."),
-                fields: vec![("metadata.name".into(), "a policy with this name exists in this namespace; open it to edit".into())],
+                fields: vec![(
+                    "metadata.name".into(),
+                    "a policy with this name exists in this namespace; open it to edit".into(),
+                )],
             }));
             return;
         }
@@ -159,7 +206,10 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
                     let v = saved.version();
                     if creating {
                         navigate("/policies");
-                        ctx.flash.set(Some(format!("Policy {} created (version {v}).", key_of(&saved.metadata))));
+                        ctx.flash.set(Some(format!(
+                            "Policy {} created (version {v}).",
+                            key_of(&saved.metadata)
+                        )));
                     } else {
                         draft.set(saved);
                         form.done(Ok(format!("Saved (version {v}).")));
@@ -174,11 +224,18 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
         let token = ctx.token();
         form.start();
         spawn_local(async move {
-            let req = pb::DeleteRequest { namespace: meta.namespace.clone(), name: meta.name.clone(), resource_version: meta.resource_version };
+            let req = pb::DeleteRequest {
+                namespace: meta.namespace.clone(),
+                name: meta.name.clone(),
+                resource_version: meta.resource_version,
+            };
             match client(&token).delete_authorization_policy(req).await {
                 Ok(_) => {
                     navigate("/policies");
-                    ctx.flash.set(Some(format!("Policy {}/{} deleted.", meta.namespace, meta.name)));
+                    ctx.flash.set(Some(format!(
+                        "Policy {}/{} deleted.",
+                        meta.namespace, meta.name
+                    )));
                 }
                 Err(s) => {
                     confirm_delete.set(false);
@@ -193,8 +250,34 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
         None => "New authorization policy".to_string(),
     };
     let rules = move |list: &'static str, count: Memo<usize>| {
-        let read = move |k: usize, f: fn(&pb::AuthorizationRule) -> String| move || draft.with(|p| p.spec.as_ref().and_then(|s| if list == "allow" { s.allow.get(k) } else { s.deny.get(k) }).map(f).unwrap_or_default());
-        let write = move |k: usize, f: fn(&mut pb::AuthorizationRule, Vec<String>), v: String| draft.update(|p| if let Some(r) = pick_rules(list, p.spec.get_or_insert_with(Default::default)).get_mut(k) { f(r, split_list(&v)) });
+        let read = move |k: usize, f: fn(&pb::AuthorizationRule) -> Vec<String>| {
+            Signal::derive(move || {
+                draft.with(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| {
+                            if list == "allow" {
+                                s.allow.get(k)
+                            } else {
+                                s.deny.get(k)
+                            }
+                        })
+                        .map(f)
+                        .unwrap_or_default()
+                })
+            })
+        };
+        let write = move |k: usize, f: fn(&mut pb::AuthorizationRule, Vec<String>)| {
+            Callback::new(move |v: Vec<String>| {
+                draft.update(|p| {
+                    if let Some(r) =
+                        pick_rules(list, p.spec.get_or_insert_with(Default::default)).get_mut(k)
+                    {
+                        f(r, v)
+                    }
+                })
+            })
+        };
         view! {
             <div class="sub-list">
                 <h2>{if list == "allow" { "Allow rules" } else { "Deny rules" }}</h2>
@@ -206,20 +289,20 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
                             <div class="row">
                                 <div class="field wide">
                                     <label for=format!("{list}-{k}-sources")>"Sources (SPIFFE id patterns, one per line; empty: anyone)"</label>
-                                    <textarea id=format!("{list}-{k}-sources") rows="2" placeholder="spiffe://mesh.local/ns/shop/sa/*"
-                                        prop:value=read(k, |r| r.sources.join("\n")) on:change=move |e| write(k, |r, v| r.sources = v, event_target_value(&e))></textarea>
+                                    <ListInput id=format!("{list}-{k}-sources") multiline=true placeholder="spiffe://mesh.local/ns/shop/sa/*"
+                                        value=read(k, |r| r.sources.clone()) set=write(k, |r, v| r.sources = v) />
                                     <FieldErr form=form path=format!("{path}.sources") />
                                 </div>
                                 <div class="field">
                                     <label for=format!("{list}-{k}-methods")>"Methods (empty: any)"</label>
-                                    <input id=format!("{list}-{k}-methods") type="text" placeholder="GET, POST"
-                                        prop:value=read(k, |r| r.methods.join(", ")) on:change=move |e| write(k, |r, v| r.methods = v, event_target_value(&e)) />
+                                    <ListInput id=format!("{list}-{k}-methods") placeholder="GET, POST"
+                                        value=read(k, |r| r.methods.clone()) set=write(k, |r, v| r.methods = v) />
                                     <FieldErr form=form path=format!("{path}.methods") />
                                 </div>
                                 <div class="field">
                                     <label for=format!("{list}-{k}-paths")>"Paths (empty: any; /api/* for a prefix)"</label>
-                                    <input id=format!("{list}-{k}-paths") type="text" placeholder="/api/*"
-                                        prop:value=read(k, |r| r.paths.join(", ")) on:change=move |e| write(k, |r, v| r.paths = v, event_target_value(&e)) />
+                                    <ListInput id=format!("{list}-{k}-paths") placeholder="/api/*"
+                                        value=read(k, |r| r.paths.clone()) set=write(k, |r, v| r.paths = v) />
                                     <FieldErr form=form path=format!("{path}.paths") />
                                 </div>
                             </div>
@@ -297,6 +380,7 @@ pub fn MeshPage() -> impl IntoView {
     let mesh: Live<pb::MeshConfig> = live(ctx.token());
     let form = FormState::new();
     let draft = RwSignal::new(None::<pb::MeshConfig>);
+    form.track_edits(draft);
     let editing = RwSignal::new(false);
     let stored = move || mesh.get("default", "mesh");
     // Fill the form from the stored object whenever it changes and the user has not edited.
@@ -304,7 +388,11 @@ pub fn MeshPage() -> impl IntoView {
         let s = stored();
         if mesh.synced.get() && !editing.get_untracked() {
             draft.set(Some(s.unwrap_or_else(|| pb::MeshConfig {
-                metadata: Some(pb::ObjectMeta { namespace: "default".into(), name: "mesh".into(), ..Default::default() }),
+                metadata: Some(pb::ObjectMeta {
+                    namespace: "default".into(),
+                    name: "mesh".into(),
+                    ..Default::default()
+                }),
                 spec: Some(pb::MeshConfigSpec::default()),
             })));
         }
@@ -314,15 +402,36 @@ pub fn MeshPage() -> impl IntoView {
         form.error.set(None);
         draft.set(stored().or_else(|| draft.get_untracked()));
     });
-    let get = move |f: fn(&pb::MeshConfigSpec) -> String| move || draft.with(|d| d.as_ref().and_then(|d| d.spec.as_ref()).map(f).unwrap_or_default());
+    let get = move |f: fn(&pb::MeshConfigSpec) -> String| {
+        move || {
+            draft.with(|d| {
+                d.as_ref()
+                    .and_then(|d| d.spec.as_ref())
+                    .map(f)
+                    .unwrap_or_default()
+            })
+        }
+    };
     let set = move |f: fn(&mut pb::MeshConfigSpec, String), v: String| {
         editing.set(true);
-        draft.update(|d| if let Some(d) = d { f(d.spec.get_or_insert_with(Default::default), v) });
+        draft.update(|d| {
+            if let Some(d) = d {
+                f(d.spec.get_or_insert_with(Default::default), v)
+            }
+        });
     };
-    let policy = get(|s| if s.default_policy.is_empty() { "ALLOW".into() } else { s.default_policy.clone() });
+    let policy = get(|s| {
+        if s.default_policy.is_empty() {
+            "ALLOW".into()
+        } else {
+            s.default_policy.clone()
+        }
+    });
     let save = move |e: leptos::ev::SubmitEvent| {
         e.prevent_default();
-        let Some(config) = draft.get_untracked() else { return };
+        let Some(config) = draft.get_untracked() else {
+            return;
+        };
         form.start();
         let token = ctx.token();
         spawn_local(async move {

@@ -8,7 +8,9 @@ use leptos::task::spawn_local;
 
 use crate::api::{ApiError, Live, Watched, client, live};
 use crate::pb;
-use crate::ui::{Ctx, FieldErr, FormState, FormStatus, Link, LiveState, key_of, navigate};
+use crate::ui::{
+    Ctx, FieldErr, FormState, FormStatus, Link, ListInput, LiveState, key_of, navigate,
+};
 
 #[component]
 pub fn RoutesPage() -> impl IntoView {
@@ -146,10 +148,10 @@ pub fn set_weight_balanced(backends: &mut [pb::WeightedBackend], j: usize, w: u3
     for (n, &k) in others.iter().enumerate() {
         let share = if n + 1 == others.len() {
             rest - assigned
-        } else if total == 0 {
-            rest / others.len() as u32
         } else {
-            (u64::from(backends[k].weight) * u64::from(rest) / total) as u32
+            (u64::from(backends[k].weight) * u64::from(rest))
+                .checked_div(total)
+                .map_or(rest / others.len() as u32, |s| s as u32)
         };
         backends[k].weight = share;
         assigned += share;
@@ -170,7 +172,8 @@ struct Draft(RwSignal<pb::Route>);
 
 impl Draft {
     fn read<T>(&self, i: usize, f: impl FnOnce(&pb::RouteRule) -> T) -> Option<T> {
-        self.0.with(|r| r.spec.as_ref().and_then(|s| s.rules.get(i)).map(f))
+        self.0
+            .with(|r| r.spec.as_ref().and_then(|s| s.rules.get(i)).map(f))
     }
     fn write(&self, i: usize, f: impl FnOnce(&mut pb::RouteRule)) {
         self.0.update(|r| {
@@ -196,6 +199,7 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
     let loaded = RwSignal::new(creating);
     let load_error = RwSignal::new(None::<String>);
     let form = FormState::new();
+    form.track_edits(draft);
     let confirm_delete = RwSignal::new(false);
     let services: Live<pb::Service> = live(ctx.token());
     let routes: Live<pb::Route> = live(ctx.token());
@@ -203,10 +207,15 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
     let load = {
         let key = key.clone();
         move || {
-            let Some((ns, name)) = key.clone() else { return };
+            let Some((ns, name)) = key.clone() else {
+                return;
+            };
             let token = ctx.token();
             spawn_local(async move {
-                let req = pb::GetRequest { namespace: ns, name };
+                let req = pb::GetRequest {
+                    namespace: ns,
+                    name,
+                };
                 match client(&token).get_route(req).await {
                     Ok(r) => {
                         draft.set(r.into_inner());
@@ -277,7 +286,8 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
                     let k = key_of(&saved.metadata);
                     if creating {
                         navigate("/routes");
-                        ctx.flash.set(Some(format!("Route {k} created (version {version}).")));
+                        ctx.flash
+                            .set(Some(format!("Route {k} created (version {version}).")));
                     } else {
                         draft.set(saved);
                         let what = match outcome {
@@ -306,8 +316,10 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
             match client(&token).delete_route(req).await {
                 Ok(_) => {
                     navigate("/routes");
-                    ctx.flash
-                        .set(Some(format!("Route {}/{} deleted.", meta.namespace, meta.name)));
+                    ctx.flash.set(Some(format!(
+                        "Route {}/{} deleted.",
+                        meta.namespace, meta.name
+                    )));
                 }
                 Err(s) => {
                     confirm_delete.set(false);
@@ -321,10 +333,33 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
         Some((ns, name)) => format!("Route {ns}/{name}"),
         None => "New route".to_string(),
     };
-    let ns_value = Signal::derive(move || draft.with(|r| key_of(&r.metadata).split('/').next().unwrap_or("").to_string()));
-    let name_value = Signal::derive(move || draft.with(|r| r.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default()));
-    let service_value = move || draft.with(|r| r.spec.as_ref().map(|s| s.service.clone()).unwrap_or_default());
-    let rule_count = Memo::new(move |_| draft.with(|r| r.spec.as_ref().map_or(0, |s| s.rules.len())));
+    let ns_value = Signal::derive(move || {
+        draft.with(|r| {
+            key_of(&r.metadata)
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+    });
+    let name_value = Signal::derive(move || {
+        draft.with(|r| {
+            r.metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        })
+    });
+    let service_value = move || {
+        draft.with(|r| {
+            r.spec
+                .as_ref()
+                .map(|s| s.service.clone())
+                .unwrap_or_default()
+        })
+    };
+    let rule_count =
+        Memo::new(move |_| draft.with(|r| r.spec.as_ref().map_or(0, |s| s.rules.len())));
     let service_names = move || {
         let ns = ns_value.get();
         services.items.with(|s| {
@@ -410,13 +445,26 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
 }
 
 #[component]
-fn RuleEditor(i: usize, draft: Draft, form: FormState, services: Live<pb::Service>) -> impl IntoView {
+fn RuleEditor(
+    i: usize,
+    draft: Draft,
+    form: FormState,
+    services: Live<pb::Service>,
+) -> impl IntoView {
     let p = format!("spec.rules[{i}]");
     let id = move |s: &str| format!("r{i}-{s}");
     let (p_headers, p_retries, p_delay, p_abort) = (p.clone(), p.clone(), p.clone(), p.clone());
     let backend_count = Memo::new(move |_| draft.read(i, |r| r.backends.len()).unwrap_or(0));
-    let header_count = Memo::new(move |_| draft.read(i, |r| r.r#match.as_ref().map_or(0, |m| m.headers.len())).unwrap_or(0));
-    let sum = move || draft.read(i, |r| r.backends.iter().map(|b| b.weight).sum::<u32>()).unwrap_or(0);
+    let header_count = Memo::new(move |_| {
+        draft
+            .read(i, |r| r.r#match.as_ref().map_or(0, |m| m.headers.len()))
+            .unwrap_or(0)
+    });
+    let sum = move || {
+        draft
+            .read(i, |r| r.backends.iter().map(|b| b.weight).sum::<u32>())
+            .unwrap_or(0)
+    };
     let sum_error = Signal::derive(move || {
         let n = backend_count.get();
         let s = sum();
@@ -424,12 +472,14 @@ fn RuleEditor(i: usize, draft: Draft, form: FormState, services: Live<pb::Servic
     });
     let path_kind = move || {
         draft
-            .read(i, |r| match r.r#match.as_ref().and_then(|m| m.path.as_ref()) {
-                Some(p) if !p.exact.is_empty() => "exact",
-                Some(p) if !p.regex.is_empty() => "regex",
-                Some(p) if !p.prefix.is_empty() => "prefix",
-                Some(_) => "prefix",
-                None => "any",
+            .read(i, |r| {
+                match r.r#match.as_ref().and_then(|m| m.path.as_ref()) {
+                    Some(p) if !p.exact.is_empty() => "exact",
+                    Some(p) if !p.regex.is_empty() => "regex",
+                    Some(p) if !p.prefix.is_empty() => "prefix",
+                    Some(_) => "prefix",
+                    None => "any",
+                }
             })
             .unwrap_or("any")
     };
@@ -444,16 +494,33 @@ fn RuleEditor(i: usize, draft: Draft, form: FormState, services: Live<pb::Servic
         draft.write(i, |r| {
             let m = r.r#match.get_or_insert_with(Default::default);
             m.path = match kind {
-                "exact" => Some(pb::PathMatch { exact: value, ..Default::default() }),
-                "prefix" => Some(pb::PathMatch { prefix: if value.is_empty() { "/".into() } else { value }, ..Default::default() }),
-                "regex" => Some(pb::PathMatch { regex: value, ..Default::default() }),
+                "exact" => Some(pb::PathMatch {
+                    exact: value,
+                    ..Default::default()
+                }),
+                "prefix" => Some(pb::PathMatch {
+                    prefix: if value.is_empty() { "/".into() } else { value },
+                    ..Default::default()
+                }),
+                "regex" => Some(pb::PathMatch {
+                    regex: value,
+                    ..Default::default()
+                }),
                 _ => None,
             };
         })
     };
     let has_retries = move || draft.read(i, |r| r.retries.is_some()).unwrap_or(false);
-    let has_delay = move || draft.read(i, |r| r.fault.as_ref().is_some_and(|f| f.delay.is_some())).unwrap_or(false);
-    let has_abort = move || draft.read(i, |r| r.fault.as_ref().is_some_and(|f| f.abort.is_some())).unwrap_or(false);
+    let has_delay = move || {
+        draft
+            .read(i, |r| r.fault.as_ref().is_some_and(|f| f.delay.is_some()))
+            .unwrap_or(false)
+    };
+    let has_abort = move || {
+        draft
+            .read(i, |r| r.fault.as_ref().is_some_and(|f| f.abort.is_some()))
+            .unwrap_or(false)
+    };
     let num = |e: &leptos::ev::Event| event_target_value(e).trim().parse::<f64>().ok();
 
     view! {
@@ -485,9 +552,9 @@ fn RuleEditor(i: usize, draft: Draft, form: FormState, services: Live<pb::Servic
                 </div>
                 <div class="field">
                     <label for=id("methods")>"Methods"</label>
-                    <input id=id("methods") type="text" placeholder="GET, HEAD (empty: any)"
-                        prop:value=draft.text(i, |r| r.r#match.as_ref().map(|m| m.methods.join(", ")).unwrap_or_default())
-                        on:change=move |e| draft.write(i, |r| r.r#match.get_or_insert_with(Default::default).methods = crate::api::split_list(&event_target_value(&e))) />
+                    <ListInput id=id("methods") placeholder="GET, HEAD (empty: any)"
+                        value=Signal::derive(move || draft.read(i, |r| r.r#match.as_ref().map(|m| m.methods.clone()).unwrap_or_default()).unwrap_or_default())
+                        set=move |v| draft.write(i, |r| r.r#match.get_or_insert_with(Default::default).methods = v) />
                     <FieldErr form=form path=format!("{p}.match.methods") />
                 </div>
             </div>
@@ -531,7 +598,7 @@ fn RuleEditor(i: usize, draft: Draft, form: FormState, services: Live<pb::Servic
                                 <FieldErr form=form path=hp.clone() />
                             </div>
                             <button type="button" class="remove" aria-label=format!("Remove header condition {}", h + 1)
-                                on:click=move |_| draft.write(i, |r| if let Some(m) = r.r#match.as_mut() { if h < m.headers.len() { m.headers.remove(h); } })>"Remove"</button>
+                                on:click=move |_| draft.write(i, |r| if let Some(m) = r.r#match.as_mut() && h < m.headers.len() { m.headers.remove(h); })>"Remove"</button>
                         </div>
                     }
                 }).collect_view()}
@@ -572,8 +639,9 @@ fn RuleEditor(i: usize, draft: Draft, form: FormState, services: Live<pb::Servic
                     </div>
                     <div class="field">
                         <label for=id("retry-on")>"Retry on"</label>
-                        <input id=id("retry-on") type="text" placeholder="5xx, connect-failure" prop:value=draft.text(i, |r| r.retries.as_ref().map(|x| x.retry_on.join(", ")).unwrap_or_default())
-                            on:change=move |e| draft.write(i, |r| if let Some(x) = r.retries.as_mut() { x.retry_on = crate::api::split_list(&event_target_value(&e)) }) />
+                        <ListInput id=id("retry-on") placeholder="5xx, connect-failure"
+                            value=Signal::derive(move || draft.read(i, |r| r.retries.as_ref().map(|x| x.retry_on.clone()).unwrap_or_default()).unwrap_or_default())
+                            set=move |v| draft.write(i, |r| if let Some(x) = r.retries.as_mut() { x.retry_on = v }) />
                         <FieldErr form=form path=format!("{p_retries}.retries.retryOn") />
                     </div>
                     <div class="field">
@@ -607,7 +675,7 @@ fn RuleEditor(i: usize, draft: Draft, form: FormState, services: Live<pb::Servic
             </Show>
             <div class="toggle">
                 <input id=id("abort-on") type="checkbox" prop:checked=has_abort
-                    on:change=move |e| { let on = event_target_checked(&e); draft.write(i, |r| { let f = r.fault.get_or_insert_with(Default::default); f.abort = on.then(|| pb::FaultAbort { http_status: 503, percent: 10.0 }); if f.delay.is_none() && f.abort.is_none() { r.fault = None } }) } />
+                    on:change=move |e| { let on = event_target_checked(&e); draft.write(i, |r| { let f = r.fault.get_or_insert_with(Default::default); f.abort = on.then_some(pb::FaultAbort { http_status: 503, percent: 10.0 }); if f.delay.is_none() && f.abort.is_none() { r.fault = None } }) } />
                 <label for=id("abort-on")>"Fault injection: abort"</label>
             </div>
             <Show when=has_abort>
@@ -637,23 +705,69 @@ fn RuleEditor(i: usize, draft: Draft, form: FormState, services: Live<pb::Servic
 }
 
 #[component]
-fn BackendRow(i: usize, j: usize, draft: Draft, form: FormState, services: Live<pb::Service>) -> impl IntoView {
+fn BackendRow(
+    i: usize,
+    j: usize,
+    draft: Draft,
+    form: FormState,
+    services: Live<pb::Service>,
+) -> impl IntoView {
     let bp = format!("spec.rules[{i}].backends[{j}]");
-    let get = move |f: fn(&pb::WeightedBackend) -> String| move || draft.read(i, |r| r.backends.get(j).map(f).unwrap_or_default()).unwrap_or_default();
-    let set = move |f: fn(&mut pb::WeightedBackend, String), v: String| draft.write(i, |r| if let Some(b) = r.backends.get_mut(j) { f(b, v) });
+    let get = move |f: fn(&pb::WeightedBackend) -> String| {
+        move || {
+            draft
+                .read(i, |r| r.backends.get(j).map(f).unwrap_or_default())
+                .unwrap_or_default()
+        }
+    };
+    let set = move |f: fn(&mut pb::WeightedBackend, String), v: String| {
+        draft.write(i, |r| {
+            if let Some(b) = r.backends.get_mut(j) {
+                f(b, v)
+            }
+        })
+    };
     let weight = get(|b| b.weight.to_string());
-    let route_service = move || draft.0.with(|r| r.spec.as_ref().map(|s| s.service.clone()).unwrap_or_default());
-    let route_ns = move || draft.0.with(|r| r.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default());
+    let route_service = move || {
+        draft.0.with(|r| {
+            r.spec
+                .as_ref()
+                .map(|s| s.service.clone())
+                .unwrap_or_default()
+        })
+    };
+    let route_ns = move || {
+        draft.0.with(|r| {
+            r.metadata
+                .as_ref()
+                .map(|m| m.namespace.clone())
+                .unwrap_or_default()
+        })
+    };
     let target = get(|b| b.service.clone());
     let subset = get(|b| b.subset.clone());
     let service_names = move || {
         let ns = route_ns();
-        services.items.with(|s| s.iter().filter_map(|s| s.metadata.as_ref()).filter(|m| m.namespace == ns).map(|m| m.name.clone()).collect::<Vec<_>>())
+        services.items.with(|s| {
+            s.iter()
+                .filter_map(|s| s.metadata.as_ref())
+                .filter(|m| m.namespace == ns)
+                .map(|m| m.name.clone())
+                .collect::<Vec<_>>()
+        })
     };
     let subsets = move || {
         let ns = route_ns();
-        let svc = if target().is_empty() { route_service() } else { target() };
-        services.get(&ns, &svc).and_then(|s| s.spec).map(|s| s.subsets.into_iter().map(|x| x.name).collect::<Vec<_>>()).unwrap_or_default()
+        let svc = if target().is_empty() {
+            route_service()
+        } else {
+            target()
+        };
+        services
+            .get(&ns, &svc)
+            .and_then(|s| s.spec)
+            .map(|s| s.subsets.into_iter().map(|x| x.name).collect::<Vec<_>>())
+            .unwrap_or_default()
     };
     let label = format!("backend {} of rule {}", j + 1, i + 1);
     view! {

@@ -38,7 +38,11 @@ pub fn ServicesPage() -> impl IntoView {
 }
 
 #[component]
-fn ServiceCard(service: pb::Service, workloads: Live<pb::Workload>, leases: Leases) -> impl IntoView {
+fn ServiceCard(
+    service: pb::Service,
+    workloads: Live<pb::Workload>,
+    leases: Leases,
+) -> impl IntoView {
     let ctx = Ctx::get();
     let meta = service.metadata.clone().unwrap_or_default();
     let spec = service.spec.clone().unwrap_or_default();
@@ -173,7 +177,9 @@ fn lease_poller(token: String) -> Leases {
     spawn_local(async move {
         let poll = async move {
             loop {
-                let req = pb::ListRequest { namespace: String::new() };
+                let req = pb::ListRequest {
+                    namespace: String::new(),
+                };
                 match client(&token).list_workloads(req).await {
                     Ok(list) => {
                         let map = list

@@ -32,7 +32,8 @@ impl Ctx {
     /// that navigates when it is done) run outside any reactive owner.
     pub fn get() -> Ctx {
         // Set by `App` before any page renders.
-        *CTX.get().unwrap_or_else(|| panic!("Ctx::init runs in App first"))
+        *CTX.get()
+            .unwrap_or_else(|| panic!("Ctx::init runs in App first"))
     }
 
     pub fn init(self) {
@@ -91,6 +92,8 @@ pub struct FormState {
     /// Field paths the form shows next to an input (registered by `FieldErr`); the other
     /// field errors go into the banner, so none is hidden.
     pub shown: StoredValue<Vec<String>>,
+    /// The form was edited after the last save answered: its errors describe an older draft.
+    pub edited: RwSignal<bool>,
 }
 
 impl FormState {
@@ -100,10 +103,12 @@ impl FormState {
             error: RwSignal::new(None),
             notice: RwSignal::new(None),
             shown: StoredValue::new(Vec::new()),
+            edited: RwSignal::new(false),
         }
     }
 
     pub fn start(&self) {
+        self.edited.set(false);
         self.saving.set(true);
         self.error.set(None);
         self.notice.set(None);
@@ -128,6 +133,17 @@ impl FormState {
         })
     }
 
+    /// Note every change of `draft` after the first, so stale errors say so.
+    pub fn track_edits<T: Clone + Send + Sync + 'static>(&self, draft: RwSignal<T>) {
+        let edited = self.edited;
+        Effect::new(move |first: Option<()>| {
+            draft.track();
+            if first.is_some() {
+                edited.set(true);
+            }
+        });
+    }
+
     fn is_shown(&self, p: &str) -> bool {
         self.shown.with_value(|s| s.iter().any(|f| belongs(p, f)))
     }
@@ -138,7 +154,9 @@ fn belongs(error_path: &str, field: &str) -> bool {
     match error_path.strip_prefix(field) {
         Some("") => true,
         Some(rest) => {
-            rest.starts_with('[') && rest.ends_with(']') && rest[1..rest.len() - 1].bytes().all(|b| b.is_ascii_digit())
+            rest.starts_with('[')
+                && rest.ends_with(']')
+                && rest[1..rest.len() - 1].bytes().all(|b| b.is_ascii_digit())
         }
         None => false,
     }
@@ -161,6 +179,17 @@ pub fn FieldErr(
     let p = path.clone();
     let messages = Signal::derive(move || {
         let mut m = form.field(&p);
+        if form.edited.get() && !m.is_empty() {
+            if extra.is_some() {
+                // The form checks this field itself, on the current draft.
+                m.clear();
+            } else {
+                m = m
+                    .into_iter()
+                    .map(|e| format!("{e} (at the last save)"))
+                    .collect();
+            }
+        }
         if let Some(x) = extra.and_then(|x| x.get()) {
             m.insert(0, x);
         }
@@ -221,6 +250,7 @@ pub fn FormStatus(
                                             <span>" The problems are shown next to their fields."</span>
                                         }
                                     })}
+                                {move || form.edited.get().then(|| view! { <span>" You have changed the form since; save again to check it."</span> })}
                                 <ul>
                                     {rest
                                         .into_iter()
@@ -302,5 +332,42 @@ pub fn TextField(
             {(!hint.is_empty()).then(|| view! { <small id=hint_id.clone()>{hint.clone()}</small> })}
             <FieldErr form=form path=path />
         </div>
+    }
+}
+
+/// A list typed as text ("GET, HEAD", or one item per line), written to the draft on every
+/// keystroke. While the text already means the stored list it is left as typed, so a
+/// trailing ", " does not vanish under the cursor.
+#[component]
+pub fn ListInput(
+    #[prop(into)] id: String,
+    #[prop(into)] value: Signal<Vec<String>>,
+    #[prop(into)] set: Callback<Vec<String>>,
+    #[prop(optional, into)] placeholder: String,
+    /// A textarea with one item per line.
+    #[prop(optional)]
+    multiline: bool,
+) -> impl IntoView {
+    let input = NodeRef::<leptos::html::Input>::new();
+    let area = NodeRef::<leptos::html::Textarea>::new();
+    let shown = move || {
+        let want = value.get();
+        let typed = if multiline {
+            area.get_untracked().map(|n| n.value())
+        } else {
+            input.get_untracked().map(|n| n.value())
+        };
+        match typed {
+            Some(t) if crate::api::split_list(&t) == want => t,
+            _ => want.join(if multiline { "\n" } else { ", " }),
+        }
+    };
+    let on_input = move |e: ev::Event| set.run(crate::api::split_list(&event_target_value(&e)));
+    if multiline {
+        view! { <textarea node_ref=area id=id rows="2" placeholder=placeholder prop:value=shown on:input=on_input></textarea> }
+            .into_any()
+    } else {
+        view! { <input node_ref=input id=id type="text" placeholder=placeholder prop:value=shown on:input=on_input /> }
+            .into_any()
     }
 }

@@ -46,7 +46,10 @@ fn check_prerequisites(e2e: &Path) {
             chromium().display()
         ));
     }
-    if !e2e.join("node_modules/playwright-core/package.json").exists() {
+    if !e2e
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         missing.push("console/e2e/node_modules (cd console/e2e && npm ci)".to_string());
     }
     assert!(
@@ -144,7 +147,11 @@ async fn console_works_in_a_real_browser() {
         .expect("the browser test finished within 240 s")
         .expect("run node");
     println!("{}", show("node console.test.mjs", &out));
-    assert!(out.status.success(), "{}", show("node console.test.mjs", &out));
+    assert!(
+        out.status.success(),
+        "{}",
+        show("node console.test.mjs", &out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("all console browser checks passed"),
         "{}",
