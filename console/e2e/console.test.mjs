@@ -143,12 +143,16 @@ try {
     await admin.locator("#r0-b1-subset").selectOption("v2");
     await admin.locator("#r0-b0-weight").fill("70");
     await admin.locator("#r0-b1-weight").fill("20");
+    await admin.locator("#r0-timeout").fill("soon");
     const err = admin.locator('[data-field="spec.rules[0].backends"]');
     await err.getByText("weights sum to 90, must sum to 100").waitFor();
     await admin.getByRole("button", { name: "Create route" }).click();
     await admin.locator(".banner.error").getByText("Route shop/web is invalid").waitFor();
     // The API's own message sits next to the same field.
-    await page_text(err, "weights sum to 90, must sum to 100; weights sum to 90, must sum to 100");
+    // The API's own messages sit next to their fields: the weights (which the form checks
+    // too) and the timeout (which only the API checks).
+    await admin.locator('[data-field="spec.rules[0].timeout"]').getByText("not a duration").waitFor();
+    await page_text(err, "weights sum to 90, must sum to 100");
     if (shots) await admin.screenshot({ path: `${shots}/console-route-editor.png`, fullPage: true });
     assert.throws(() => storedRoute("web"), /not found|NotFound|NOT_FOUND/i, "nothing was stored");
   });

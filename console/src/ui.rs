@@ -193,6 +193,8 @@ pub fn FieldErr(
         if let Some(x) = extra.and_then(|x| x.get()) {
             m.insert(0, x);
         }
+        // The form's own check and the API often say the same thing.
+        m.dedup();
         m
     });
     view! {
