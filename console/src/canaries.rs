@@ -336,7 +336,11 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
             .unwrap_or(0)
     };
     let set_weight = move |_| {
-        let Some(spec) = stored_spec() else { return };
+        // The button stays disabled until both are known; a route list that is not loaded
+        // yet would look like "no route" and create one.
+        let (Some(spec), true) = (stored_spec(), routes.synced.get_untracked()) else {
+            return;
+        };
         let weight = shown_weight();
         let ns = ns();
         let existing: Vec<pb::Route> = routes.items.with(|r| {
@@ -452,7 +456,8 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                                     on:input=move |e| { if let Ok(v) = event_target_value(&e).parse::<u32>() { new_weight.set(Some(v.min(100))) } } />
                                 <input type="range" min="0" max="100" aria-label="Canary weight slider" prop:value=move || shown_weight().to_string()
                                     on:input=move |e| { if let Ok(v) = event_target_value(&e).parse::<u32>() { new_weight.set(Some(v)) } } />
-                                <button type="button" class="primary" on:click=set_weight>"Apply weight"</button>
+                                <button type="button" class="primary" on:click=set_weight
+                                    disabled=move || !routes.synced.get() || stored_spec().is_none()>"Apply weight"</button>
                             </div>
                             <FormStatus form=weight_form reload=reload what="The route" />
                         </fieldset>

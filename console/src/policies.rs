@@ -483,10 +483,14 @@ pub fn MeshPage() -> impl IntoView {
                                 <FieldErr form=form path="spec.svidTtl" />
                             </div>
                         </div>
+                        <FormStatus form=form reload=reload what="The mesh settings" />
+                        <div class="actions">
+                            <button type="submit" class="primary">{move || if form.saving.get() { "Saving…" } else { "Save settings" }}</button>
+                        </div>
                         {move || {
                             let mine = draft.with(|d| d.as_ref().map_or(0, |d| d.version()));
                             let now = stored().map_or(0, |s| s.version());
-                            (editing.get() && now > mine).then(|| view! {
+                            (editing.get() && !form.saving.get() && now > mine).then(|| view! {
                                 <div class="banner conflict" role="status">
                                     <strong>{format!("The mesh settings changed since you opened them (now version {now}).")}</strong>
                                     " Saving now would be refused. "
@@ -494,10 +498,6 @@ pub fn MeshPage() -> impl IntoView {
                                 </div>
                             })
                         }}
-                        <FormStatus form=form reload=reload what="The mesh settings" />
-                        <div class="actions">
-                            <button type="submit" class="primary">{move || if form.saving.get() { "Saving…" } else { "Save settings" }}</button>
-                        </div>
                     </fieldset>
                 </form>
             </Show>

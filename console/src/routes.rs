@@ -379,15 +379,6 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
             </div>
             {move || load_error.get().map(|e| view! { <p class="banner error" role="alert">{e}</p> })}
             <Show when=move || loaded.get() fallback=move || view! { <Show when=move || load_error.get().is_none()><p class="loading">"Loading…"</p></Show> }>
-                {
-                    let stale = stale.clone();
-                    move || stale().map(|s| view! {
-                        <div class="banner conflict" role="status">
-                            <strong>{s}</strong>" Saving now would be refused. "
-                            <button type="button" on:click=move |_| reload.run(())>"Reload the current version"</button>
-                        </div>
-                    })
-                }
                 <form class="editor" on:submit=save novalidate>
                     <fieldset disabled=move || !ctx.can_write() || form.saving.get()>
                         <legend class="visually-hidden">"Route"</legend>
@@ -430,6 +421,15 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
                                 <button type="button" class="danger" on:click=move |_| confirm_delete.set(true)>"Delete route…"</button>
                             })}
                         </div>
+                        {
+                            let stale = stale.clone();
+                            move || stale().filter(|_| !form.saving.get()).map(|s| view! {
+                                <div class="banner conflict" role="status">
+                                    <strong>{s}</strong>" Saving now would be refused. "
+                                    <button type="button" on:click=move |_| reload.run(())>"Reload the current version"</button>
+                                </div>
+                            })
+                        }
                         <Show when=move || confirm_delete.get()>
                             <div class="confirm" role="alertdialog" aria-labelledby="confirm-title">
                                 <p id="confirm-title">{move || format!("Delete route {}? Proxies stop using it at once.", draft.with(|r| key_of(&r.metadata)))}</p>
