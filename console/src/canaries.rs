@@ -256,6 +256,15 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
             .as_ref()
             .map(|m| (m.namespace.clone(), m.name.clone()))
             .unwrap_or_default();
+        if creating && !canaries.synced.get_untracked() {
+            // Without the list, an existing name would be overwritten (Apply without a version).
+            form.error.set(Some(ApiError {
+                code: tonic::Code::Unavailable,
+                message: "The existing canaries are still loading; save again in a moment.".into(),
+                fields: Vec::new(),
+            }));
+            return;
+        }
         if creating && canaries.get(&cns, &cname).is_some() {
             form.error.set(Some(ApiError {
                 code: tonic::Code::AlreadyExists,
@@ -517,7 +526,7 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                         </div>
                         <FormStatus form=form reload=reload what="This canary" />
                         <div class="actions">
-                            <button type="submit" class="primary">{move || if form.saving.get() { "Saving…" } else if creating { "Create canary" } else { "Save changes" }}</button>
+                            <button type="submit" class="primary" disabled=move || creating && !canaries.synced.get()>{move || if form.saving.get() { "Saving…" } else if creating { "Create canary" } else { "Save changes" }}</button>
                             {(!creating).then(|| view! { <button type="button" class="danger" on:click=move |_| confirm_delete.set(true)>"Delete canary…"</button> })}
                         </div>
                         <Show when=move || confirm_delete.get()>

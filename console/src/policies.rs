@@ -186,6 +186,15 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
             .as_ref()
             .map(|m| (m.namespace.clone(), m.name.clone()))
             .unwrap_or_default();
+        if creating && !policies.synced.get_untracked() {
+            // Without the list, an existing name would be overwritten (Apply without a version).
+            form.error.set(Some(ApiError {
+                code: tonic::Code::Unavailable,
+                message: "The existing policies are still loading; save again in a moment.".into(),
+                fields: Vec::new(),
+            }));
+            return;
+        }
         if creating && policies.get(&pns, &pname).is_some() {
             form.error.set(Some(ApiError {
                 code: tonic::Code::AlreadyExists,
@@ -355,7 +364,7 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
                         {rules("deny", deny_count)}
                         <FormStatus form=form reload=reload what="This policy" />
                         <div class="actions">
-                            <button type="submit" class="primary">{move || if form.saving.get() { "Saving…" } else if creating { "Create policy" } else { "Save changes" }}</button>
+                            <button type="submit" class="primary" disabled=move || creating && !policies.synced.get()>{move || if form.saving.get() { "Saving…" } else if creating { "Create policy" } else { "Save changes" }}</button>
                             {(!creating).then(|| view! { <button type="button" class="danger" on:click=move |_| confirm_delete.set(true)>"Delete policy…"</button> })}
                         </div>
                         <Show when=move || confirm_delete.get()>

@@ -262,6 +262,15 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
             .as_ref()
             .map(|m| (m.namespace.clone(), m.name.clone()))
             .unwrap_or_default();
+        if creating && !routes.synced.get_untracked() {
+            // Without the list, an existing name would be overwritten (Apply without a version).
+            form.error.set(Some(ApiError {
+                code: tonic::Code::Unavailable,
+                message: "The existing routes are still loading; save again in a moment.".into(),
+                fields: Vec::new(),
+            }));
+            return;
+        }
         if creating && routes.get(&ns, &name).is_some() {
             form.error.set(Some(ApiError {
                 code: tonic::Code::AlreadyExists,
@@ -416,7 +425,7 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
                         })>"Add rule"</button>
                         <FormStatus form=form reload=reload what="This route" />
                         <div class="actions">
-                            <button type="submit" class="primary">{move || if form.saving.get() { "Saving…" } else if creating { "Create route" } else { "Save changes" }}</button>
+                            <button type="submit" class="primary" disabled=move || creating && !routes.synced.get()>{move || if form.saving.get() { "Saving…" } else if creating { "Create route" } else { "Save changes" }}</button>
                             {(!creating).then(|| view! {
                                 <button type="button" class="danger" on:click=move |_| confirm_delete.set(true)>"Delete route…"</button>
                             })}
