@@ -85,6 +85,9 @@ pub struct Config {
     #[arg(long, env = "QUIVER_TRACE_SWEEP_INTERVAL", default_value = "30s", value_parser = positive_duration, hide = true)]
     #[serde(with = "quiver_api::duration::serde_human")]
     pub trace_sweep_interval: Duration,
+    /// Directory of the built web console (console/build.sh writes console/dist), served at /.
+    #[arg(long, env = "QUIVER_CONSOLE_DIR")]
+    pub console_dir: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "QUIVER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -284,7 +287,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         }),
     );
     // gRPC-web applies to the gRPC services only: its layer answers 400 to any other HTTP/1.1
-    // request, which would break /metrics scrapes (and the console later).
+    // request, which would break /metrics scrapes (and the console).
     let grpc = tonic::service::Routes::new(v1::mesh_admin_server::MeshAdminServer::new(
         AdminApi::new(inputs.clone()),
     ))
@@ -296,7 +299,8 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     .prepare()
     .into_axum_router()
     .layer(tonic_web::GrpcWebLayer::new());
-    let routes = tonic::service::Routes::from(metrics_routes.merge(grpc));
+    let console = crate::console::Console::new(config.console_dir.as_deref());
+    let routes = tonic::service::Routes::from(console.mount(metrics_routes.merge(grpc)));
 
     let mut builder = tonic::transport::Server::builder().accept_http1(true);
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {

@@ -32,6 +32,7 @@ impl Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-control"))
             .args([
                 "demo",
+                "--no-console",
                 "--port-base",
                 "0",
                 "--rate",

@@ -609,47 +609,6 @@ impl Backoff {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let waits: Vec<Duration> = (0..8).map(|_| b.next_wait()).collect();
-        for (i, w) in waits.iter().enumerate() {
-            let ceiling =
-                (Duration::from_millis(100) * 2u32.pow(i as u32)).min(Duration::from_secs(2));
-            assert!(
-                *w >= Duration::from_millis(100) && *w <= ceiling,
-                "wait {i}: {w:?}"
-            );
-        }
-        // Jitter: eight draws from widening ranges are not all equal.
-        assert!(waits.iter().any(|w| *w != waits[0]));
-        b.reset();
-        assert_eq!(b.ceiling, Duration::from_millis(100));
-    }
-
-    #[test]
-    fn renewal_is_due_at_two_thirds() {
-        let ca = quiver_api::certs::CertificateAuthority::generate(
-            "mesh.local",
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-        let id = SpiffeId::parse("spiffe://mesh.local/ns/a/sa/b").unwrap();
-        let issued = ca.issue(&id, Duration::from_secs(30)).unwrap();
-        let held = Held::new(issued.chain_pem, issued.key_pem, ca.cert_pem().into()).unwrap();
-        let left = held.renew_at().duration_since(held.received).unwrap();
-        // 2/3 of the ~30 s the proxy sees (the certificate's own clock is second-granular).
-        assert!(
-            left >= Duration::from_secs(18) && left <= Duration::from_secs(21),
-            "{left:?}"
-        );
-    }
-}
-
 /// Spans per batch at most; a batch also goes out every [`SHIP_INTERVAL`].
 const SHIP_BATCH: usize = 256;
 const SHIP_INTERVAL: Duration = Duration::from_secs(1);
@@ -786,4 +745,45 @@ fn edge_stats(
             interval_end_unix_nanos: unix_nanos(end),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let waits: Vec<Duration> = (0..8).map(|_| b.next_wait()).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let ceiling =
+                (Duration::from_millis(100) * 2u32.pow(i as u32)).min(Duration::from_secs(2));
+            assert!(
+                *w >= Duration::from_millis(100) && *w <= ceiling,
+                "wait {i}: {w:?}"
+            );
+        }
+        // Jitter: eight draws from widening ranges are not all equal.
+        assert!(waits.iter().any(|w| *w != waits[0]));
+        b.reset();
+        assert_eq!(b.ceiling, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn renewal_is_due_at_two_thirds() {
+        let ca = quiver_api::certs::CertificateAuthority::generate(
+            "mesh.local",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let id = SpiffeId::parse("spiffe://mesh.local/ns/a/sa/b").unwrap();
+        let issued = ca.issue(&id, Duration::from_secs(30)).unwrap();
+        let held = Held::new(issued.chain_pem, issued.key_pem, ca.cert_pem().into()).unwrap();
+        let left = held.renew_at().duration_since(held.received).unwrap();
+        // 2/3 of the ~30 s the proxy sees (the certificate's own clock is second-granular).
+        assert!(
+            left >= Duration::from_secs(18) && left <= Duration::from_secs(21),
+            "{left:?}"
+        );
+    }
 }

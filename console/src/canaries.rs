@@ -1,0 +1,544 @@
+//! Canaries: the live list with each canary's state, the editor (service, stable and canary
+//! subsets, steps, interval, success criteria) and, until an automatic controller exists,
+//! moving the weight by hand — which writes the service's Route (the thing proxies obey):
+//! every rule that splits between exactly the stable and canary subsets gets the new split.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+
+use crate::api::{ApiError, Live, Watched, client, live, split_list};
+use crate::pb;
+use crate::ui::{Ctx, FieldErr, FormState, FormStatus, Link, LiveState, key_of, navigate};
+
+/// The canary weight the route for `c` sends now: from the first rule splitting between its
+/// stable and canary subsets.
+fn current_weight(c: &pb::CanarySpec, ns: &str, routes: &[pb::Route]) -> Option<(String, u32)> {
+    routes
+        .iter()
+        .filter(|r| r.metadata.as_ref().is_some_and(|m| m.namespace == ns))
+        .filter(|r| r.spec.as_ref().is_some_and(|s| s.service == c.service))
+        .find_map(|r| {
+            let spec = r.spec.as_ref()?;
+            spec.rules.iter().find_map(|rule| {
+                is_split(rule, c).then(|| {
+                    let w = rule
+                        .backends
+                        .iter()
+                        .filter(|b| b.subset == c.canary_subset)
+                        .map(|b| b.weight)
+                        .sum();
+                    (key_of(&r.metadata), w)
+                })
+            })
+        })
+}
+
+/// The rule sends only to the stable and canary subsets of the canary's service.
+fn is_split(rule: &pb::RouteRule, c: &pb::CanarySpec) -> bool {
+    !rule.backends.is_empty()
+        && rule.backends.iter().all(|b| {
+            (b.service.is_empty() || b.service == c.service)
+                && (b.subset == c.stable_subset || b.subset == c.canary_subset)
+        })
+}
+
+fn split(c: &pb::CanarySpec, weight: u32) -> Vec<pb::WeightedBackend> {
+    vec![
+        pb::WeightedBackend {
+            service: String::new(),
+            subset: c.stable_subset.clone(),
+            weight: 100 - weight,
+        },
+        pb::WeightedBackend {
+            service: String::new(),
+            subset: c.canary_subset.clone(),
+            weight,
+        },
+    ]
+}
+
+#[component]
+pub fn CanariesPage() -> impl IntoView {
+    let ctx = Ctx::get();
+    let canaries: Live<pb::Canary> = live(ctx.token());
+    let routes: Live<pb::Route> = live(ctx.token());
+    view! {
+        <section>
+            <div class="page-head">
+                <h1>"Canaries"</h1>
+                <p class="sub">"Progressive rollouts from a stable to a canary subset. Updates live."</p>
+                <button type="button" class="primary" disabled=move || !ctx.can_write() on:click=move |_| navigate("/canaries/new")>"New canary"</button>
+            </div>
+            <LiveState synced=canaries.synced error=canaries.error />
+            <Show when=move || canaries.synced.get() && canaries.items.with(Vec::is_empty)>
+                <p class="empty">"No canaries yet."</p>
+            </Show>
+            <Show when=move || canaries.items.with(|c| !c.is_empty())>
+                <table class="list">
+                    <thead><tr><th>"Canary"</th><th>"Service"</th><th>"Stable → canary"</th><th>"Steps"</th><th>"State"</th><th>"Canary weight now"</th></tr></thead>
+                    <tbody>
+                        <For
+                            each=move || canaries.items.get()
+                            key=|c| (key_of(&c.metadata), c.version())
+                            children=move |c| {
+                                let k = key_of(&c.metadata);
+                                let (href, label) = (format!("/canaries/{k}"), k.clone());
+                                let ns = c.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default();
+                                let spec = c.spec.clone().unwrap_or_default();
+                                let status = c.status.clone().unwrap_or_default();
+                                let s2 = spec.clone();
+                                let weight = move || routes.items.with(|r| current_weight(&s2, &ns, r))
+                                    .map(|(_, w)| format!("{w}%"))
+                                    .unwrap_or_else(|| "no route splits yet".into());
+                                view! {
+                                    <tr data-canary=k>
+                                        <td><Link href=href>{label}</Link></td>
+                                        <td>{spec.service.clone()}</td>
+                                        <td>{format!("{} → {}", spec.stable_subset, spec.canary_subset)}</td>
+                                        <td>{spec.steps.iter().map(|s| format!("{s}%")).collect::<Vec<_>>().join(" → ")}{format!(" every {}", spec.interval)}</td>
+                                        <td>{phase(&status)}</td>
+                                        <td class="weight-now">{weight}</td>
+                                    </tr>
+                                }
+                            }
+                        />
+                    </tbody>
+                </table>
+            </Show>
+        </section>
+    }
+}
+
+fn phase(s: &pb::CanaryStatus) -> String {
+    if s.phase.is_empty() {
+        "Manual (no controller has taken it yet)".into()
+    } else if s.message.is_empty() {
+        format!("{} at step {}", s.phase, s.current_step + 1)
+    } else {
+        format!("{} at step {}: {}", s.phase, s.current_step + 1, s.message)
+    }
+}
+
+fn new_canary() -> pb::Canary {
+    pb::Canary {
+        metadata: Some(pb::ObjectMeta {
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(pb::CanarySpec {
+            steps: vec![5, 25, 50, 100],
+            interval: "1m".into(),
+            success_criteria: Some(pb::SuccessCriteria {
+                min_success_rate: 99.0,
+                max_p99_latency: "500ms".into(),
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[component]
+pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
+    let ctx = Ctx::get();
+    let creating = key.is_none();
+    let draft = RwSignal::new(new_canary());
+    let steps_text = RwSignal::new("5, 25, 50, 100".to_string());
+    let loaded = RwSignal::new(creating);
+    let load_error = RwSignal::new(None::<String>);
+    let form = FormState::new();
+    form.track_edits(draft);
+    let weight_form = FormState::new();
+    let confirm_delete = RwSignal::new(false);
+    let services: Live<pb::Service> = live(ctx.token());
+    let routes: Live<pb::Route> = live(ctx.token());
+    let canaries: Live<pb::Canary> = live(ctx.token());
+
+    let load = {
+        let key = key.clone();
+        move || {
+            let Some((ns, name)) = key.clone() else {
+                return;
+            };
+            let token = ctx.token();
+            spawn_local(async move {
+                match client(&token)
+                    .get_canary(pb::GetRequest {
+                        namespace: ns,
+                        name,
+                    })
+                    .await
+                {
+                    Ok(c) => {
+                        let c = c.into_inner();
+                        steps_text.set(
+                            c.spec
+                                .as_ref()
+                                .map(|s| {
+                                    s.steps
+                                        .iter()
+                                        .map(u32::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                })
+                                .unwrap_or_default(),
+                        );
+                        draft.set(c);
+                        form.error.set(None);
+                        loaded.set(true);
+                    }
+                    Err(s) => load_error.set(Some(ApiError::from_status(&s).summary())),
+                }
+            });
+        }
+    };
+    load();
+    let reload = Callback::new(move |()| load());
+
+    let spec = move || draft.with(|c| c.spec.clone().unwrap_or_default());
+    let ns = move || {
+        draft.with(|c| {
+            c.metadata
+                .as_ref()
+                .map(|m| m.namespace.clone())
+                .unwrap_or_default()
+        })
+    };
+    let edit = move |f: &dyn Fn(&mut pb::CanarySpec)| {
+        draft.update(|c| f(c.spec.get_or_insert_with(Default::default)))
+    };
+    let criteria = move |f: &dyn Fn(&mut pb::SuccessCriteria)| {
+        edit(&|s| f(s.success_criteria.get_or_insert_with(Default::default)))
+    };
+    let subsets = move || {
+        let svc = spec().service;
+        services
+            .get(&ns(), &svc)
+            .and_then(|s| s.spec)
+            .map(|s| s.subsets.into_iter().map(|x| x.name).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let service_names = move || {
+        let ns = ns();
+        services.items.with(|s| {
+            s.iter()
+                .filter_map(|s| s.metadata.as_ref())
+                .filter(|m| m.namespace == ns)
+                .map(|m| m.name.clone())
+                .collect::<Vec<_>>()
+        })
+    };
+
+    let save = move |e: leptos::ev::SubmitEvent| {
+        e.prevent_default();
+        let mut canary = draft.get_untracked();
+        // Steps are typed as a list; a bad number is refused here, naming the field.
+        let mut steps = Vec::new();
+        for (n, s) in split_list(&steps_text.get_untracked()).iter().enumerate() {
+            match s.trim_end_matches('%').parse::<u32>() {
+                Ok(v) => steps.push(v),
+                Err(_) => {
+                    form.error.set(Some(ApiError {
+                        code: tonic::Code::InvalidArgument,
+                        message: "The steps are not a list of numbers.".into(),
+                        fields: vec![(
+                            format!("spec.steps[{n}]"),
+                            format!("{s:?} is not a whole number"),
+                        )],
+                    }));
+                    return;
+                }
+            }
+        }
+        canary.spec.get_or_insert_with(Default::default).steps = steps;
+        let (cns, cname) = canary
+            .metadata
+            .as_ref()
+            .map(|m| (m.namespace.clone(), m.name.clone()))
+            .unwrap_or_default();
+        if creating && !canaries.synced.get_untracked() {
+            // Without the list, an existing name would be overwritten (Apply without a version).
+            form.error.set(Some(ApiError {
+                code: tonic::Code::Unavailable,
+                message: "The existing canaries are still loading; save again in a moment.".into(),
+                fields: Vec::new(),
+            }));
+            return;
+        }
+        if creating && canaries.get(&cns, &cname).is_some() {
+            form.error.set(Some(ApiError {
+                code: tonic::Code::AlreadyExists,
+                message: format!("Canary {cns}/{cname} already exists."),
+                fields: vec![(
+                    "metadata.name".into(),
+                    "a canary with this name exists in this namespace; open it to edit".into(),
+                )],
+            }));
+            return;
+        }
+        form.start();
+        let token = ctx.token();
+        spawn_local(async move {
+            match client(&token).apply_canary(canary).await {
+                Ok(resp) => {
+                    let saved = resp.into_inner().canary.unwrap_or_default();
+                    let v = saved.version();
+                    if creating {
+                        navigate("/canaries");
+                        ctx.flash.set(Some(format!(
+                            "Canary {} created (version {v}).",
+                            key_of(&saved.metadata)
+                        )));
+                    } else {
+                        draft.set(saved);
+                        form.done(Ok(format!("Saved (version {v}).")));
+                    }
+                }
+                Err(s) => form.done(Err(ApiError::from_status(&s))),
+            }
+        });
+    };
+
+    let delete = move |_| {
+        let meta = draft.get_untracked().metadata.unwrap_or_default();
+        let token = ctx.token();
+        form.start();
+        spawn_local(async move {
+            let req = pb::DeleteRequest {
+                namespace: meta.namespace.clone(),
+                name: meta.name.clone(),
+                resource_version: meta.resource_version,
+            };
+            match client(&token).delete_canary(req).await {
+                Ok(_) => {
+                    navigate("/canaries");
+                    ctx.flash.set(Some(format!(
+                        "Canary {}/{} deleted.",
+                        meta.namespace, meta.name
+                    )));
+                }
+                Err(s) => {
+                    confirm_delete.set(false);
+                    form.done(Err(ApiError::from_status(&s)));
+                }
+            }
+        });
+    };
+
+    // Moving the weight by hand.
+    let stored_spec = move || {
+        let (ns, name) = draft.with(|c| {
+            c.metadata
+                .as_ref()
+                .map(|m| (m.namespace.clone(), m.name.clone()))
+                .unwrap_or_default()
+        });
+        canaries.get(&ns, &name).and_then(|c| c.spec)
+    };
+    let now =
+        move || stored_spec().and_then(|s| routes.items.with(|r| current_weight(&s, &ns(), r)));
+    let new_weight = RwSignal::new(None::<u32>);
+    let shown_weight = move || {
+        new_weight
+            .get()
+            .or_else(|| now().map(|(_, w)| w))
+            .unwrap_or(0)
+    };
+    let set_weight = move |_| {
+        // The button stays disabled until both are known; a route list that is not loaded
+        // yet would look like "no route" and create one.
+        let (Some(spec), true) = (stored_spec(), routes.synced.get_untracked()) else {
+            return;
+        };
+        let weight = shown_weight();
+        let ns = ns();
+        let existing: Vec<pb::Route> = routes.items.with(|r| {
+            r.iter()
+                .filter(|r| r.metadata.as_ref().is_some_and(|m| m.namespace == ns))
+                .filter(|r| r.spec.as_ref().is_some_and(|s| s.service == spec.service))
+                .cloned()
+                .collect()
+        });
+        let mut updated = Vec::new();
+        for mut route in existing.clone() {
+            let mut touched = false;
+            for rule in route
+                .spec
+                .get_or_insert_with(Default::default)
+                .rules
+                .iter_mut()
+            {
+                if is_split(rule, &spec) {
+                    rule.backends = split(&spec, weight);
+                    touched = true;
+                }
+            }
+            if touched {
+                updated.push(route);
+            }
+        }
+        if updated.is_empty() && !existing.is_empty() {
+            weight_form.error.set(Some(ApiError {
+                code: tonic::Code::FailedPrecondition,
+                message: format!(
+                    "Route {} sends {} elsewhere too: no rule splits only between {} and {}. Edit it on the Routes page.",
+                    key_of(&existing[0].metadata), spec.service, spec.stable_subset, spec.canary_subset
+                ),
+                fields: Vec::new(),
+            }));
+            return;
+        }
+        if updated.is_empty() {
+            // No route for the service yet: one rule with the split.
+            updated.push(pb::Route {
+                metadata: Some(pb::ObjectMeta {
+                    namespace: ns.clone(),
+                    name: spec.service.clone(),
+                    ..Default::default()
+                }),
+                spec: Some(pb::RouteSpec {
+                    service: spec.service.clone(),
+                    rules: vec![pb::RouteRule {
+                        name: "canary".into(),
+                        backends: split(&spec, weight),
+                        ..Default::default()
+                    }],
+                }),
+            });
+        }
+        weight_form.start();
+        let token = ctx.token();
+        spawn_local(async move {
+            let mut names = Vec::new();
+            for route in updated {
+                names.push(key_of(&route.metadata));
+                // The route's resourceVersion is sent: a concurrent edit is refused, not lost.
+                if let Err(s) = client(&token).apply_route(route).await {
+                    weight_form.done(Err(ApiError::from_status(&s)));
+                    return;
+                }
+            }
+            new_weight.set(None);
+            weight_form.done(Ok(format!(
+                "{weight}% of requests now go to the canary (route {}).",
+                names.join(", ")
+            )));
+        });
+    };
+
+    let title = match &key {
+        Some((ns, name)) => format!("Canary {ns}/{name}"),
+        None => "New canary".to_string(),
+    };
+    let text_input = move |id: &'static str,
+                           label: &'static str,
+                           path: &'static str,
+                           get: fn(&pb::Canary) -> String,
+                           set: fn(&mut pb::Canary, String),
+                           ro: bool| {
+        view! {
+            <div class="field">
+                <label for=id>{label}</label>
+                <input id=id type="text" readonly=ro prop:value=move || draft.with(get) on:input=move |e| draft.update(|c| set(c, event_target_value(&e))) />
+                <FieldErr form=form path=path />
+            </div>
+        }
+    };
+    view! {
+        <section>
+            <div class="page-head">
+                <h1>{title}</h1>
+                <Link href="/canaries">"← All canaries"</Link>
+            </div>
+            {move || load_error.get().map(|e| view! { <p class="banner error" role="alert">{e}</p> })}
+            <Show when=move || loaded.get() fallback=move || view! { <Show when=move || load_error.get().is_none()><p class="loading">"Loading…"</p></Show> }>
+                {(!creating).then(|| view! {
+                    <div class="card canary-state">
+                        <h2>"State"</h2>
+                        <p>{move || draft.with(|c| phase(&c.status.clone().unwrap_or_default()))}</p>
+                        <p>"Canary weight now: " <strong class="weight-now">{move || now().map(|(r, w)| format!("{w}% (route {r})")).unwrap_or_else(|| "no route splits between these subsets yet".into())}</strong></p>
+                        <fieldset disabled=move || !ctx.can_write() || weight_form.saving.get()>
+                            <legend>"Move the weight by hand"</legend>
+                            <div class="weight-inputs">
+                                <label for="canary-weight">"Canary weight (%)"</label>
+                                <input id="canary-weight" type="number" min="0" max="100" prop:value=move || shown_weight().to_string()
+                                    on:input=move |e| { if let Ok(v) = event_target_value(&e).parse::<u32>() { new_weight.set(Some(v.min(100))) } } />
+                                <input type="range" min="0" max="100" aria-label="Canary weight slider" prop:value=move || shown_weight().to_string()
+                                    on:input=move |e| { if let Ok(v) = event_target_value(&e).parse::<u32>() { new_weight.set(Some(v)) } } />
+                                <button type="button" class="primary" on:click=set_weight
+                                    disabled=move || !routes.synced.get() || stored_spec().is_none()>"Apply weight"</button>
+                            </div>
+                            <FormStatus form=weight_form reload=reload what="The route" />
+                        </fieldset>
+                    </div>
+                })}
+                <form class="editor" on:submit=save novalidate>
+                    <fieldset disabled=move || !ctx.can_write() || form.saving.get()>
+                        <legend class="visually-hidden">"Canary"</legend>
+                        <div class="row">
+                            {text_input("canary-namespace", "Namespace", "metadata.namespace", |c| c.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default(), |c, v| c.metadata.get_or_insert_with(Default::default).namespace = v, !creating)}
+                            {text_input("canary-name", "Name", "metadata.name", |c| c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(), |c, v| c.metadata.get_or_insert_with(Default::default).name = v, !creating)}
+                            <div class="field">
+                                <label for="canary-service">"Service"</label>
+                                <select id="canary-service" on:change=move |e| { let v = event_target_value(&e); edit(&|s| s.service = v.clone()) }>
+                                    <option value="" prop:selected=move || spec().service.is_empty()>"Choose a service…"</option>
+                                    {move || service_names().into_iter().map(|n| { let v = n.clone(); view! { <option value=n.clone() prop:selected=move || spec().service == v>{n.clone()}</option> } }).collect_view()}
+                                </select>
+                                <FieldErr form=form path="spec.service" />
+                            </div>
+                        </div>
+                        <div class="row">
+                            {[("stable", "Stable subset", "spec.stableSubset"), ("canary", "Canary subset", "spec.canarySubset")].into_iter().map(|(which, label, path)| {
+                                let current = move || { let s = spec(); if which == "stable" { s.stable_subset } else { s.canary_subset } };
+                                view! {
+                                    <div class="field">
+                                        <label for=format!("canary-{which}")>{label}</label>
+                                        <select id=format!("canary-{which}") on:change=move |e| { let v = event_target_value(&e); edit(&|s| if which == "stable" { s.stable_subset = v.clone() } else { s.canary_subset = v.clone() }) }>
+                                            <option value="" prop:selected=move || current().is_empty()>"Choose a subset…"</option>
+                                            {move || { let mut n = subsets(); let c = current(); if !c.is_empty() && !n.contains(&c) { n.push(c) } n.into_iter().map(|n| { let v = n.clone(); view! { <option value=n.clone() prop:selected=move || current() == v>{n.clone()}</option> } }).collect_view() }}
+                                        </select>
+                                        <FieldErr form=form path=path />
+                                    </div>
+                                }
+                            }).collect_view()}
+                        </div>
+                        <div class="row">
+                            <div class="field">
+                                <label for="canary-steps">"Steps (canary %, increasing)"</label>
+                                <input id="canary-steps" type="text" placeholder="5, 25, 50, 100" prop:value=move || steps_text.get() on:input=move |e| steps_text.set(event_target_value(&e)) />
+                                <FieldErr form=form path="spec.steps" />
+                            </div>
+                            {text_input("canary-interval", "Interval per step", "spec.interval", |c| c.spec.as_ref().map(|s| s.interval.clone()).unwrap_or_default(), |c, v| c.spec.get_or_insert_with(Default::default).interval = v, false)}
+                            <div class="field">
+                                <label for="canary-success">"Minimum success rate (%)"</label>
+                                <input id="canary-success" type="number" min="0" max="100" step="any"
+                                    prop:value=move || spec().success_criteria.map(|c| c.min_success_rate.to_string()).unwrap_or_default()
+                                    on:input=move |e| { if let Ok(v) = event_target_value(&e).parse::<f64>() { criteria(&|c| c.min_success_rate = v) } } />
+                                <FieldErr form=form path="spec.successCriteria.minSuccessRate" />
+                            </div>
+                            <div class="field">
+                                <label for="canary-p99">"Maximum p99 latency"</label>
+                                <input id="canary-p99" type="text" placeholder="500ms"
+                                    prop:value=move || spec().success_criteria.map(|c| c.max_p99_latency).unwrap_or_default()
+                                    on:input=move |e| { let v = event_target_value(&e); criteria(&|c| c.max_p99_latency = v.clone()) } />
+                                <FieldErr form=form path="spec.successCriteria.maxP99Latency" />
+                            </div>
+                        </div>
+                        <FormStatus form=form reload=reload what="This canary" />
+                        <div class="actions">
+                            <button type="submit" class="primary" disabled=move || creating && !canaries.synced.get()>{move || if form.saving.get() { "Saving…" } else if creating { "Create canary" } else { "Save changes" }}</button>
+                            {(!creating).then(|| view! { <button type="button" class="danger" on:click=move |_| confirm_delete.set(true)>"Delete canary…"</button> })}
+                        </div>
+                        <Show when=move || confirm_delete.get()>
+                            <div class="confirm" role="alertdialog" aria-labelledby="confirm-title">
+                                <p id="confirm-title">{move || format!("Delete canary {}? The route keeps its current split.", draft.with(|c| key_of(&c.metadata)))}</p>
+                                <button type="button" class="danger" on:click=delete>"Delete"</button>
+                                <button type="button" on:click=move |_| confirm_delete.set(false)>"Cancel"</button>
+                            </div>
+                        </Show>
+                    </fieldset>
+                </form>
+            </Show>
+        </section>
+    }
+}

@@ -1,0 +1,162 @@
+//! The web console in a real headless Chromium against a real control plane on Postgres:
+//! builds the bundle (`console/build.sh --if-stale`), starts quiver-control with
+//! `--console-dir console/dist`, registers two endpoints the way proxies do, and runs
+//! `console/e2e/console.test.mjs` (playwright-core). Every gRPC-web call the browser makes is
+//! a real network call to this server.
+//!
+//! Needs node, Debian's chromium and `npm ci` in console/e2e; when any is missing the test
+//! fails and says what to install (it never skips). `QUIVER_CONSOLE_SCREENSHOTS=DIR` also
+//! writes the screenshots used in docs/console.md.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::mesh::{join, registration};
+use common::{PgTestDb, REVIEWS_SERVICE, TestServer, doc};
+use quiver_api::v1;
+
+const INSTALL: &str = "apt-get install -y chromium chromium-driver nodejs npm \
+    rustc-web cargo-web rust-web-src lld-22 && (cd console/e2e && npm ci) \
+    (or run .ci/run, which installs all of it)";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("controlplane/ has a parent")
+        .to_path_buf()
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+}
+
+/// Everything the browser test needs that cargo does not install.
+fn check_prerequisites(e2e: &Path) {
+    let mut missing = Vec::new();
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        missing.push("node (apt-get install -y nodejs npm)".to_string());
+    }
+    if !chromium().exists() {
+        missing.push(format!(
+            "{} (apt-get install -y chromium chromium-driver)",
+            chromium().display()
+        ));
+    }
+    if !e2e
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        missing.push("console/e2e/node_modules (cd console/e2e && npm ci)".to_string());
+    }
+    assert!(
+        missing.is_empty(),
+        "the console browser test needs: {}\ninstall with: {INSTALL}",
+        missing.join(", ")
+    );
+}
+
+fn show(what: &str, out: &Output) -> String {
+    format!(
+        "{what} exited with {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_works_in_a_real_browser() {
+    let repo = repo();
+    let e2e = repo.join("console/e2e");
+    check_prerequisites(&e2e);
+
+    // (a) The bundle, rebuilt only when its sources changed.
+    let started = Instant::now();
+    let build = tokio::process::Command::new(repo.join("console/build.sh"))
+        .arg("--if-stale")
+        .output()
+        .await
+        .expect("run console/build.sh");
+    assert!(
+        build.status.success(),
+        "{}\ninstall with: {INSTALL}",
+        show("console/build.sh --if-stale", &build)
+    );
+    println!(
+        "console/build.sh --if-stale: {:?}\n{}",
+        started.elapsed(),
+        String::from_utf8_lossy(&build.stdout)
+    );
+
+    // (b) A control plane on Postgres serving it.
+    let db = PgTestDb::create().await;
+    let data = tempfile::tempdir().unwrap();
+    let dist = repo.join("console/dist").display().to_string();
+    let server = TestServer::start_with(
+        Some(&db.url),
+        data.path(),
+        &["--console-dir", &dist, "--lease-ttl", "600s"],
+    )
+    .await;
+    let mut admin = server.admin().await;
+    admin
+        .apply_service(doc::<v1::Service>(REVIEWS_SERVICE))
+        .await
+        .expect("apply the reviews service");
+    // Two endpoints, registered over mTLS exactly as proxies do.
+    let mut proxies = Vec::new();
+    for (address, version) in [("10.0.0.1:15443", "v1"), ("10.0.0.2:15443", "v2")] {
+        let proxy = join(&server, "shop", "reviews").await;
+        proxy
+            .client()
+            .await
+            .register(registration("reviews", address, version))
+            .await
+            .expect("register a workload");
+        proxies.push(proxy);
+    }
+    let viewer = admin
+        .create_api_token(v1::CreateApiTokenRequest {
+            role: "viewer".into(),
+            description: "console browser test".into(),
+        })
+        .await
+        .expect("viewer token")
+        .into_inner()
+        .token;
+
+    // (c) The browser scenarios.
+    let mut node = tokio::process::Command::new("node");
+    node.arg("console.test.mjs")
+        .current_dir(&e2e)
+        .env("QUIVER_URL", &server.url)
+        .env("QUIVER_ADMIN_TOKEN", &server.admin)
+        .env("QUIVER_VIEWER_TOKEN", &viewer)
+        .env("QUIVERCTL", env!("CARGO_BIN_EXE_quiverctl"))
+        .env("CHROMIUM", chromium())
+        .kill_on_drop(true);
+    if let Some(dir) = std::env::var_os("QUIVER_CONSOLE_SCREENSHOTS") {
+        node.env("SCREENSHOT_DIR", dir);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(240), node.output())
+        .await
+        .expect("the browser test finished within 240 s")
+        .expect("run node");
+    println!("{}", show("node console.test.mjs", &out));
+    assert!(
+        out.status.success(),
+        "{}",
+        show("node console.test.mjs", &out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("all console browser checks passed"),
+        "{}",
+        show("node console.test.mjs", &out)
+    );
+    drop(proxies);
+    server.stop().await;
+}
