@@ -143,7 +143,13 @@ async fn serves_the_bundle_with_types_caching_and_spa_fallback() {
     // /metrics, gRPC-web and unknown gRPC methods are not the console's.
     let metrics = get(addr, "/metrics").await;
     assert_eq!(metrics.status, 200);
-    assert!(metrics.header("content-type").contains("openmetrics"));
+    // The metrics handler answered (classic text format unless OpenMetrics is asked for),
+    // not the console's index.html.
+    assert!(
+        metrics.header("content-type").contains("version=0.0.4"),
+        "{}",
+        metrics.header("content-type")
+    );
     let status = request(
         addr,
         "POST",
