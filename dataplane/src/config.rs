@@ -325,14 +325,7 @@ pub struct OutboundListener {
 impl ProxyConfig {
     /// Read, parse and validate `path`. Relative file paths inside are relative to its folder.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![FieldError {
-                field: path.display().to_string(),
-                reason: format!("cannot read: {e}"),
-            }])
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base)
+        Self::load_with(path, Overrides::default())
     }
 
     /// Parse and validate YAML text; `base` resolves relative paths.

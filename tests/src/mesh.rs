@@ -14,6 +14,8 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::bench::propagation::control::ScratchDatabase;
+
 /// The admin token every test control plane accepts.
 pub const ADMIN_TOKEN: &str = "qvr_mesh-test-admin-token";
 
@@ -49,10 +51,7 @@ pub fn free_port() -> u16 {
 /// Where the control plane keeps its state.
 pub enum Db {
     /// A private Postgres database, dropped at the end.
-    Postgres {
-        url: String,
-        name: String,
-    },
+    Postgres(ScratchDatabase),
     Sqlite(PathBuf),
 }
 
@@ -60,28 +59,11 @@ impl Db {
     /// A fresh database on the test Postgres (`QUIVER_TEST_DATABASE_URL`, default
     /// postgres://postgres@127.0.0.1:5432/postgres).
     pub async fn postgres() -> Self {
-        use sqlx::Connection;
         let base = std::env::var("QUIVER_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!(
-            "quiver_mesh_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let mut conn = sqlx::PgConnection::connect(&base)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach Postgres at {base}: {e}\n{PG_HINT}"));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}\n{PG_HINT}"));
-        let _ = conn.close().await;
-        let (prefix, _) = base
-            .rsplit_once('/')
-            .expect("QUIVER_TEST_DATABASE_URL ends in /database");
-        Self::Postgres {
-            url: format!("{prefix}/{name}"),
-            name,
+        match ScratchDatabase::create(&base).await {
+            Ok(db) => Self::Postgres(db),
+            Err(e) => panic!("{e:#}\n{PG_HINT}"),
         }
     }
 
@@ -91,40 +73,9 @@ impl Db {
 
     fn args(&self) -> Vec<String> {
         match self {
-            Self::Postgres { url, .. } => vec!["--database-url".into(), url.clone()],
+            Self::Postgres(db) => vec!["--database-url".into(), db.url.clone()],
             Self::Sqlite(dir) => vec!["--data-dir".into(), dir.display().to_string()],
         }
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let Self::Postgres { name, .. } = self else {
-            return;
-        };
-        let name = name.clone();
-        // Drop runs outside async context: a short-lived runtime on its own thread.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                use sqlx::Connection;
-                let base = std::env::var("QUIVER_TEST_DATABASE_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&base).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
     }
 }
 

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use quiver_api::v1::{self, mesh_admin_client::MeshAdminClient};
@@ -178,7 +178,7 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A Postgres database made for one run next to the one `server_url` names (which must let
+/// A Postgres database made for one run (a benchmark, a test) next to the one `server_url` names (which must let
 /// its user CREATE DATABASE), dropped with its connections when this value drops.
 pub struct ScratchDatabase {
     /// The URL of the new database.
@@ -189,10 +189,12 @@ pub struct ScratchDatabase {
 
 impl ScratchDatabase {
     pub async fn create(server_url: &str) -> anyhow::Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("quiver_bench_{}_{nanos}", std::process::id());
+        // Unique across processes (pid) and across tests running at once in one (random).
+        let name = format!(
+            "quiver_scratch_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let url = sibling_database_url(server_url, &name)?;
         let mut conn = sqlx::PgConnection::connect(server_url)
             .await
@@ -232,7 +234,7 @@ impl Drop for ScratchDatabase {
         .join();
         if !matches!(dropped, Ok(Ok(()))) {
             eprintln!(
-                "quiver-bench: could not drop scratch database {}; drop it by hand",
+                "could not drop scratch database {}; drop it by hand",
                 self.name
             );
         }
