@@ -174,16 +174,22 @@ impl<'a> RequestRecord<'a> {
         }
     }
 
-    /// Trace this request: `span` says where it sits; with `telemetry`, a finished span is
-    /// queued when the trace is sampled, the request failed, or it took at least `slow`.
-    pub fn trace(
+    /// Continue the trace the request's headers carry (or start one, sampled per
+    /// `mesh.tracing`) with a new span of `kind`, and rewrite the headers so the next hop sees
+    /// that span as its parent. Returns the span to fill in further.
+    pub fn trace_request(
         &mut self,
-        span: crate::trace::SpanInfo,
-        telemetry: Option<&'a crate::trace::Telemetry>,
-        slow: std::time::Duration,
-    ) {
-        self.span = Some(span);
-        self.telemetry = telemetry.map(|t| (t, slow));
+        inputs: &'a crate::Inputs,
+        headers: &mut http::HeaderMap,
+        kind: crate::trace::SpanKind,
+    ) -> &mut crate::trace::SpanInfo {
+        use crate::trace::{SpanInfo, TraceContext};
+        let tracing_cfg = inputs.snapshot().policy.mesh.tracing.clone();
+        let mut span = SpanInfo::begin(TraceContext::extract(headers), kind, tracing_cfg.rate());
+        span.request_bytes = crate::outbound::content_length(headers).unwrap_or(0);
+        crate::trace::inject(headers, &span.trace_id, &span.span_id, span.sampled);
+        self.telemetry = inputs.telemetry.as_ref().map(|t| (t, tracing_cfg.slow()));
+        self.span.insert(span)
     }
 
     pub fn span_mut(&mut self) -> Option<&mut crate::trace::SpanInfo> {

@@ -30,7 +30,7 @@ use crate::http::{
 };
 use crate::outbound::{content_length, record_tunnel};
 use crate::snapshot::{LocalPort, Protocol, Target};
-use crate::trace::{SpanInfo, SpanKind, TraceContext};
+use crate::trace::SpanKind;
 use crate::transport::{ServerStream, peer_id};
 
 /// Accept peers until drain; while draining, refuse new connections at once (the dialler gets
@@ -140,25 +140,12 @@ async fn request(
     let mut record = RequestRecord::new(&inputs.metrics, "inbound", req.method().clone(), path);
     record.set_peer(peer.as_str());
     // The server span continues the caller's trace; the app sees it as the parent.
-    let tracing_cfg = inputs.snapshot().policy.mesh.tracing.clone();
-    let mut span = SpanInfo::begin(
-        TraceContext::extract(req.headers()),
-        SpanKind::Server,
-        tracing_cfg.rate(),
-    );
+    let span = record.trace_request(&inputs, req.headers_mut(), SpanKind::Server);
     span.peer_identity = peer.to_string();
     span.peer_service = peer
         .workload_parts()
         .map(|(_, sa)| sa.to_string())
         .unwrap_or_default();
-    span.request_bytes = crate::outbound::content_length(req.headers()).unwrap_or(0);
-    crate::trace::inject(
-        req.headers_mut(),
-        &span.trace_id,
-        &span.span_id,
-        span.sampled,
-    );
-    record.trace(span, inputs.telemetry.as_ref(), tracing_cfg.slow());
     let decided = decide(&inputs, &req, &peer);
     let port = match decided {
         Ok(p) => p,

@@ -20,7 +20,7 @@ use crate::errors::ProxyError;
 use crate::http::{RequestRecord, authority_of, check_header_size, error_reason, error_response};
 use crate::metrics::{TcpConnLabels, TcpLabels};
 use crate::snapshot::{Endpoint, Protocol, Target};
-use crate::trace::{SpanInfo, SpanKind, TraceContext};
+use crate::trace::SpanKind;
 use crate::transport::{ClientStream, PeerConn, classify_h3_conn};
 
 /// How an app-facing listener picks the destination.
@@ -121,20 +121,7 @@ async fn handle(
         record.set_service(&target.service);
         // The client span continues the app's trace (or starts one); the peer sees it as
         // the parent of its server span.
-        let tracing_cfg = inputs.snapshot().policy.mesh.tracing.clone();
-        let mut span = SpanInfo::begin(
-            TraceContext::extract(req.headers()),
-            SpanKind::Client,
-            tracing_cfg.rate(),
-        );
-        span.request_bytes = content_length(req.headers()).unwrap_or(0);
-        crate::trace::inject(
-            req.headers_mut(),
-            &span.trace_id,
-            &span.span_id,
-            span.sampled,
-        );
-        record.trace(span, inputs.telemetry.as_ref(), tracing_cfg.slow());
+        record.trace_request(&inputs, req.headers_mut(), SpanKind::Client);
         if req.method() == Method::CONNECT {
             return match entry {
                 Entry::HttpProxy => connect_tunnel(&inputs, target, req).await,
