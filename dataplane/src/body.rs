@@ -429,6 +429,47 @@ pub fn empty() -> ProxyBody {
 }
 
 /// `body`, holding `guard` until it ends or is dropped.
+/// A body that adds the length of every data frame to `counter` as it passes.
+pub struct Counted<B> {
+    inner: B,
+    counter: prometheus_client::metrics::counter::Counter,
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        Self { inner, counter }
+    }
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.counter.inc_by(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub fn guarded(body: ProxyBody, guard: crate::drain::InflightGuard) -> ProxyBody {
     UnsyncBoxBody::new(Guarded {
         inner: body,

@@ -82,6 +82,10 @@ pub struct Args {
     /// [default: 127.0.0.1].
     #[arg(long, env = "QUIVER_APP_HOST", help_heading = "Control-plane mode")]
     app_host: Option<IpAddr>,
+    /// Spans held for the control plane while it is slow or away; beyond that new spans are
+    /// dropped and counted (quiver_spans_dropped_total) [default: 8192].
+    #[arg(long, env = "QUIVER_SPAN_QUEUE", help_heading = "Control-plane mode")]
+    span_queue: Option<usize>,
 
     /// UDP address for QUIC [default: 0.0.0.0:15443].
     #[arg(long, env = "QUIVER_QUIC_LISTEN", help_heading = "Listeners")]
@@ -163,6 +167,7 @@ impl Args {
                 labels: self.labels.iter().cloned().collect(),
                 advertise: self.advertise,
                 app_host: self.app_host,
+                span_queue: self.span_queue,
             },
             quic_listen: self.quic_listen,
             admin_listen: self.admin_listen,

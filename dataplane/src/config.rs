@@ -118,7 +118,15 @@ pub struct ControlPlaneFile {
     /// Where the local app listens (default 127.0.0.1): inbound requests go to
     /// `app_host:targetPort` of the Service's ports.
     pub app_host: Option<IpAddr>,
+    /// Spans held for the control plane while it is slow or away (default 8192); beyond
+    /// that new spans are dropped and counted, never waited for.
+    pub span_queue: Option<usize>,
 }
+
+/// Spans a joined proxy holds for the control plane by default.
+pub const DEFAULT_SPAN_QUEUE: usize = 8192;
+/// The largest span queue accepted (a span is a few hundred bytes).
+pub const MAX_SPAN_QUEUE: usize = 1_000_000;
 
 /// Command-line flags that override (or, without a file, replace) the config file's fields.
 #[derive(Debug, Default, Clone)]
@@ -311,6 +319,7 @@ pub struct ControlPlane {
     pub advertise: Option<SocketAddr>,
     pub app_host: IpAddr,
     pub zone: String,
+    pub span_queue: usize,
 }
 
 /// An app-facing listener bound to one remote service (Consul-style explicit upstream).
@@ -386,7 +395,8 @@ fn apply(mut file: File, o: Overrides) -> File {
         || c.trust_domain.is_some()
         || !c.labels.is_empty()
         || c.advertise.is_some()
-        || c.app_host.is_some();
+        || c.app_host.is_some()
+        || c.span_queue.is_some();
     if cp_flags {
         let f = file.control_plane.get_or_insert_with(Default::default);
         f.address = c.address.or(f.address.take());
@@ -397,6 +407,7 @@ fn apply(mut file: File, o: Overrides) -> File {
         f.labels.extend(c.labels);
         f.advertise = c.advertise.or(f.advertise);
         f.app_host = c.app_host.or(f.app_host);
+        f.span_queue = c.span_queue.or(f.span_queue);
     }
     if let Some(a) = o.quic_listen {
         file.listen.quic = a;
@@ -538,6 +549,13 @@ fn validate_control_plane(
             );
         }
     }
+    let span_queue = c.span_queue.unwrap_or(DEFAULT_SPAN_QUEUE);
+    if !(1..=MAX_SPAN_QUEUE).contains(&span_queue) {
+        err(
+            "control_plane.span_queue".into(),
+            format!("{span_queue}: must be 1 to {MAX_SPAN_QUEUE} spans"),
+        );
+    }
     if let Some(a) = c.advertise
         && (a.ip().is_unspecified() || a.port() == 0)
     {
@@ -570,6 +588,7 @@ fn validate_control_plane(
         advertise: c.advertise,
         app_host: c.app_host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         zone: file.zone.clone(),
+        span_queue,
     })
 }
 

@@ -37,7 +37,7 @@ enum AttemptBody {
     /// Held in memory: can be sent again (retries) or copied (mirror).
     Held(Bytes),
     /// Streamed from the app: one attempt only.
-    Stream(Incoming),
+    Stream(crate::body::Counted<Incoming>),
     /// Streamed by an earlier attempt: nothing left to send.
     Spent,
 }
@@ -121,6 +121,8 @@ async fn carry_out(
     let limit = inputs.tuning.retries.max_buffered_body as u64;
     let replay = plan.retries().is_some() || plan.mirror.is_some();
     let declared = content_length(&parts.headers);
+    // Bytes the app sent, once, however many attempts carry them.
+    let received = Metrics::bytes(&metrics.request_bytes, "outbound", &target.service);
     let mut body = if incoming.is_end_stream() {
         AttemptBody::Held(Bytes::new())
     } else if replay && declared.is_some_and(|n| n <= limit) {
@@ -129,9 +131,10 @@ async fn carry_out(
             .await
             .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?
             .to_bytes();
+        received.inc_by(b.len() as u64);
         AttemptBody::Held(b)
     } else {
-        AttemptBody::Stream(incoming)
+        AttemptBody::Stream(crate::body::Counted::new(incoming, received))
     };
     let h3head = prepare_head(target, parts)?;
 

@@ -137,6 +137,9 @@ pub struct RequestRecord<'a> {
     metrics: &'a Metrics,
     direction: &'static str,
     service: String,
+    /// The calling service (outbound: this proxy's; inbound: the peer's).
+    source: String,
+    route: String,
     method: http::Method,
     path: String,
     peer: String,
@@ -162,6 +165,8 @@ impl<'a> RequestRecord<'a> {
             metrics,
             direction,
             service: String::new(),
+            source: String::new(),
+            route: String::new(),
             method,
             path,
             peer: String::new(),
@@ -200,6 +205,18 @@ impl<'a> RequestRecord<'a> {
         self.service = service.to_string();
     }
 
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    pub fn set_source(&mut self, source: &str) {
+        self.source = source.to_string();
+    }
+
+    pub fn set_route(&mut self, route: &str) {
+        self.route = route.to_string();
+    }
+
     pub fn set_peer(&mut self, peer: &str) {
         self.peer = peer.to_string();
     }
@@ -221,7 +238,10 @@ impl<'a> RequestRecord<'a> {
             .get_or_create(&RequestLabels {
                 direction: self.direction,
                 service: self.service.clone(),
+                source: self.source.clone(),
+                route: self.route.clone(),
                 status_class: class,
+                code: status,
                 error,
             })
             .inc();
@@ -230,6 +250,8 @@ impl<'a> RequestRecord<'a> {
             .get_or_create(&DurationLabels {
                 direction: self.direction,
                 service: self.service.clone(),
+                source: self.source.clone(),
+                route: self.route.clone(),
                 status_class: class,
             })
             .observe(elapsed.as_secs_f64());
@@ -248,6 +270,7 @@ impl<'a> RequestRecord<'a> {
             target: "access",
             direction = self.direction,
             dst.service = %self.service,
+            src.service = %self.source,
             src.peer = %self.peer,
             method = %self.method,
             path = %self.path,

@@ -28,6 +28,7 @@ use crate::http::{
     PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, error_reason,
     rebase_uri, strip_hop_by_hop,
 };
+use crate::metrics::Metrics;
 use crate::outbound::{content_length, record_tunnel};
 use crate::snapshot::{LocalPort, Protocol, Target};
 use crate::trace::SpanKind;
@@ -146,6 +147,8 @@ async fn request(
         .workload_parts()
         .map(|(_, sa)| sa.to_string())
         .unwrap_or_default();
+    let source = span.peer_service.clone();
+    record.set_source(&source);
     let decided = decide(&inputs, &req, &peer);
     let port = match decided {
         Ok(p) => p,
@@ -176,7 +179,8 @@ async fn request(
                 return;
             }
             record.finish(status, error);
-            if let Err(e) = body::send_body(body, &mut tx).await {
+            let sent = Metrics::bytes(&inputs.metrics.response_bytes, "inbound", &port.service);
+            if let Err(e) = body::send_body(body::Counted::new(body, sent), &mut tx).await {
                 tracing::debug!(error = %e, "response body aborted");
             }
         }
@@ -287,7 +291,9 @@ async fn forward(
     ) {
         body.settle().await;
     }
-    let mut out = Request::new(body.boxed());
+    let received = Metrics::bytes(&inputs.metrics.request_bytes, "inbound", &port.service);
+    let counted = crate::body::Counted::new(body.boxed(), received);
+    let mut out = Request::new(http_body_util::BodyExt::boxed_unsync(counted));
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
     *out.headers_mut() = headers;

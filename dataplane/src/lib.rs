@@ -63,6 +63,9 @@ pub struct Inputs {
     budgets: std::sync::Mutex<policy::plan::Budgets>,
     /// Spans and edge counts for the control plane (control-plane mode only).
     pub telemetry: Option<trace::Telemetry>,
+    /// This proxy's own service: `--service` when joined, else the service account of its
+    /// SPIFFE id. The `source` of its outbound requests in metrics.
+    pub local_service: String,
 }
 
 impl Inputs {
@@ -155,7 +158,6 @@ impl Inputs {
 }
 
 /// Finished spans waiting to be shipped; beyond this they are dropped (and counted).
-pub const SPAN_QUEUE: usize = 8192;
 
 /// The addresses a started proxy actually bound (ports may have been 0 in the config).
 #[derive(Debug, Clone)]
@@ -260,6 +262,14 @@ impl Proxy {
             "bootstrap": &config.bootstrap,
         });
         metrics.identity_expiry(identity::not_after_unix(identity));
+        let local_service = match &session {
+            Some(s) => s.settings().service.clone(),
+            None => identity
+                .spiffe_id
+                .workload_parts()
+                .map(|(_, sa)| sa.to_string())
+                .unwrap_or_default(),
+        };
         let inputs = Arc::new(Inputs {
             snapshot: RwLock::new(Arc::new(config.snapshot.clone())),
             transport,
@@ -280,9 +290,10 @@ impl Proxy {
             ),
             balancers: Default::default(),
             budgets: Default::default(),
-            telemetry: session
-                .as_ref()
-                .map(|s| trace::Telemetry::new(s.settings().service.clone(), SPAN_QUEUE)),
+            telemetry: session.as_ref().map(|s| {
+                trace::Telemetry::new(s.settings().service.clone(), s.settings().span_queue)
+            }),
+            local_service,
         });
         let admin = Arc::new(admin::Admin {
             inputs: inputs.clone(),

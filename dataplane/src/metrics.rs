@@ -14,8 +14,16 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: &'static str,
+    /// The destination service (inbound: this proxy's own service).
     pub service: String,
+    /// The calling service (outbound: this proxy's own; inbound: the peer's, from its SPIFFE
+    /// id's service account; "" when unknown).
+    pub source: String,
+    /// The Route that decided an outbound request ("" when none applied, and inbound).
+    pub route: String,
     pub status_class: &'static str,
+    /// The HTTP status code (0 when the caller went away before a response).
+    pub code: u16,
     /// The proxy's `quiver-error` reason, or "" when the response came from an app.
     pub error: &'static str,
 }
@@ -24,6 +32,8 @@ pub struct RequestLabels {
 pub struct DurationLabels {
     pub direction: &'static str,
     pub service: String,
+    pub source: String,
+    pub route: String,
     pub status_class: &'static str,
 }
 
@@ -64,6 +74,14 @@ pub struct Metrics {
     pub quic_rtt: Family<SideLabels, Histogram>,
     pub quic_lost_packets: Family<SideLabels, Counter>,
     pub quic_sent_packets: Family<SideLabels, Counter>,
+    pub quic_lost_bytes: Family<SideLabels, Counter>,
+    pub quic_congestion_events: Family<SideLabels, Counter>,
+    pub quic_cwnd: Family<SideLabels, Histogram>,
+    /// Server side: handshakes that resumed a TLS session this proxy issued.
+    pub quic_resumptions: Family<SideLabels, Counter>,
+    /// HTTP body bytes from the caller (request) and to the caller (response).
+    pub request_bytes: Family<TcpLabels, Counter>,
+    pub response_bytes: Family<TcpLabels, Counter>,
     pub identity_reloads: Family<ResultLabels, Counter>,
     pub identity_expiry: Gauge,
     pub retries: Family<ServiceLabels, Counter>,
@@ -115,6 +133,14 @@ impl Metrics {
             quic_rtt: Family::new_with_constructor(latency),
             quic_lost_packets: Family::default(),
             quic_sent_packets: Family::default(),
+            quic_lost_bytes: Family::default(),
+            quic_congestion_events: Family::default(),
+            quic_cwnd: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(4096.0, 2.0, 14))
+            }),
+            quic_resumptions: Family::default(),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
             identity_reloads: Family::default(),
             identity_expiry: Gauge::default(),
             retries: Family::default(),
@@ -134,7 +160,7 @@ impl Metrics {
         // Counters are registered without `_total`: the encoder appends it.
         r.register(
             "requests",
-            "HTTP requests handled, by direction, service, status class and proxy error",
+            "HTTP requests handled, by direction, destination and source service, route, status code and class, and proxy error",
             m.requests.clone(),
         );
         r.register_with_unit(
@@ -142,6 +168,16 @@ impl Metrics {
             "Time from request received to response head sent",
             Unit::Seconds,
             m.request_duration.clone(),
+        );
+        r.register(
+            "request_bytes",
+            "HTTP request body bytes received from callers, by direction and service",
+            m.request_bytes.clone(),
+        );
+        r.register(
+            "response_bytes",
+            "HTTP response body bytes sent back to callers, by direction and service",
+            m.response_bytes.clone(),
         );
         r.register(
             "tcp_received_bytes",
@@ -176,13 +212,34 @@ impl Metrics {
         );
         r.register(
             "quic_lost_packets",
-            "QUIC packets declared lost",
+            "QUIC packets declared lost (each loss makes their frames be sent again)",
             m.quic_lost_packets.clone(),
         );
         r.register(
             "quic_sent_packets",
             "QUIC packets sent",
             m.quic_sent_packets.clone(),
+        );
+        r.register(
+            "quic_lost_bytes",
+            "Bytes in QUIC packets declared lost (their frames are retransmitted)",
+            m.quic_lost_bytes.clone(),
+        );
+        r.register(
+            "quic_congestion_events",
+            "QUIC congestion events (the congestion window was reduced)",
+            m.quic_congestion_events.clone(),
+        );
+        r.register_with_unit(
+            "quic_congestion_window",
+            "Congestion window of QUIC connections, sampled every 5 s",
+            Unit::Bytes,
+            m.quic_cwnd.clone(),
+        );
+        r.register(
+            "quic_session_resumptions",
+            "Handshakes from peers that resumed a TLS session this proxy issued (no certificate exchange); full handshakes are quic_handshakes{side=server,result=ok} minus these",
+            m.quic_resumptions.clone(),
         );
         r.register(
             "identity_reloads",
@@ -300,6 +357,21 @@ impl Metrics {
             .set(unix.map(|u| u as i64).unwrap_or(0));
     }
 
+    /// The body-bytes counter of `family` for one direction and service, to hand to a
+    /// [`crate::body::Counted`] body.
+    pub fn bytes(
+        family: &Family<TcpLabels, Counter>,
+        direction: &'static str,
+        service: &str,
+    ) -> Counter {
+        family
+            .get_or_create(&TcpLabels {
+                direction,
+                service: service.to_string(),
+            })
+            .clone()
+    }
+
     pub fn handshake(&self, side: &'static str, ok: bool) {
         self.quic_handshakes
             .get_or_create(&HandshakeLabels {
@@ -326,32 +398,67 @@ pub fn status_class(status: u16) -> &'static str {
 pub async fn watch_connection(metrics: Arc<Metrics>, conn: quinn::Connection, side: &'static str) {
     let labels = SideLabels { side };
     metrics.quic_connections.get_or_create(&labels).inc();
-    let (mut lost, mut sent) = (0u64, 0u64);
-    let sample = |lost: &mut u64, sent: &mut u64| {
-        let stats = conn.stats();
-        metrics
-            .quic_lost_packets
-            .get_or_create(&labels)
-            .inc_by(stats.path.lost_packets.saturating_sub(*lost));
-        metrics
-            .quic_sent_packets
-            .get_or_create(&labels)
-            .inc_by(stats.path.sent_packets.saturating_sub(*sent));
-        *lost = stats.path.lost_packets.max(*lost);
-        *sent = stats.path.sent_packets.max(*sent);
+    // Counters move by the difference since the last sample, so they stay monotonic.
+    let mut seen = PathCounts::default();
+    let mut sample = || {
+        let path = conn.stats().path;
+        let now = PathCounts {
+            lost: path.lost_packets,
+            sent: path.sent_packets,
+            lost_bytes: path.lost_bytes,
+            congestion: path.congestion_events,
+        };
+        let add = |family: &Family<SideLabels, Counter>, new: u64, old: u64| {
+            family
+                .get_or_create(&labels)
+                .inc_by(new.saturating_sub(old));
+        };
+        add(&metrics.quic_lost_packets, now.lost, seen.lost);
+        add(&metrics.quic_sent_packets, now.sent, seen.sent);
+        add(&metrics.quic_lost_bytes, now.lost_bytes, seen.lost_bytes);
+        add(
+            &metrics.quic_congestion_events,
+            now.congestion,
+            seen.congestion,
+        );
+        seen = seen.max(now);
         metrics
             .quic_rtt
             .get_or_create(&labels)
-            .observe(stats.path.rtt.as_secs_f64());
+            .observe(path.rtt.as_secs_f64());
+        metrics
+            .quic_cwnd
+            .get_or_create(&labels)
+            .observe(path.cwnd as f64);
     };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     loop {
         tokio::select! {
             _ = conn.closed() => break,
-            _ = tick.tick() => sample(&mut lost, &mut sent),
+            _ = tick.tick() => sample(),
         }
     }
-    sample(&mut lost, &mut sent);
+    sample();
     metrics.quic_connections.get_or_create(&labels).dec();
+}
+
+/// A connection's path counters at the last sample.
+#[derive(Default, Clone, Copy)]
+struct PathCounts {
+    lost: u64,
+    sent: u64,
+    lost_bytes: u64,
+    congestion: u64,
+}
+
+impl PathCounts {
+    fn max(self, o: Self) -> Self {
+        Self {
+            lost: self.lost.max(o.lost),
+            sent: self.sent.max(o.sent),
+            lost_bytes: self.lost_bytes.max(o.lost_bytes),
+            congestion: self.congestion.max(o.congestion),
+        }
+    }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,7 +19,7 @@ use crate::Inputs;
 use crate::body::{self, ProxyBody};
 use crate::errors::ProxyError;
 use crate::http::{RequestRecord, authority_of, check_header_size, error_reason, error_response};
-use crate::metrics::{TcpConnLabels, TcpLabels};
+use crate::metrics::{Metrics, TcpConnLabels, TcpLabels};
 use crate::snapshot::{Endpoint, Protocol, Target};
 use crate::trace::SpanKind;
 use crate::transport::{ClientStream, PeerConn, classify_h3_conn};
@@ -119,6 +120,7 @@ async fn handle(
             )?,
         };
         record.set_service(&target.service);
+        record.set_source(&inputs.local_service);
         // The client span continues the app's trace (or starts one); the peer sees it as
         // the parent of its server span.
         record.trace_request(&inputs, req.headers_mut(), SpanKind::Client);
@@ -131,6 +133,7 @@ async fn handle(
             };
         }
         let (result, decided) = crate::dispatch::forward(&inputs, &target, req).await;
+        record.set_route(&decided.route);
         if let Some(span) = record.span_mut() {
             span.route = decided.route.clone();
             span.endpoint = decided.endpoint.map(|a| a.to_string()).unwrap_or_default();
@@ -147,9 +150,11 @@ async fn handle(
             if let Some(span) = record.span_mut() {
                 span.response_bytes = content_length(resp.headers()).unwrap_or(0);
             }
+            let counter =
+                Metrics::bytes(&inputs.metrics.response_bytes, "outbound", record.service());
             record.finish(resp.status(), error_reason(resp.headers()));
             // The body still streams after this returns; drain waits for it to end.
-            resp.map(|b| body::guarded(b, inflight))
+            resp.map(|b| body::guarded(body::Counted::new(b, counter).boxed_unsync(), inflight))
         }
         Err(e) => {
             tracing::debug!(error = %e, "outbound request failed");

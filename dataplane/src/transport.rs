@@ -89,7 +89,7 @@ impl Transport {
         metrics: Arc<Metrics>,
     ) -> Result<Self, TransportError> {
         let transport = Arc::new(transport_config(tuning));
-        let (server_config, client_config) = quic_configs(identity, &transport)?;
+        let (server_config, client_config) = quic_configs(identity, &transport, &metrics)?;
         let socket = udp_socket(listen, tuning.udp_socket_buffer).map_err(|source| {
             TransportError::Bind {
                 addr: listen,
@@ -124,7 +124,7 @@ impl Transport {
     /// both ways, use it at once; live connections keep the identity they were established
     /// with and are not disturbed.
     pub fn set_identity(&self, identity: &MeshIdentity) -> Result<(), TransportError> {
-        let (server, client) = quic_configs(identity, &self.transport)?;
+        let (server, client) = quic_configs(identity, &self.transport, &self.metrics)?;
         self.endpoint.set_server_config(Some(server));
         *self
             .client_config
@@ -340,8 +340,18 @@ pub fn classify_h3_conn(addr: &str, conn: &quinn::Connection, detail: &str) -> P
 fn quic_configs(
     identity: &MeshIdentity,
     transport: &Arc<TransportConfig>,
+    metrics: &Metrics,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
-    let server_tls = identity.server_config(&[ALPN])?;
+    let mut server_tls = identity.server_config(&[ALPN])?;
+    // A fresh session cache per identity: after a rotation no peer resumes a session that
+    // was authenticated under the old certificate or trust bundle.
+    server_tls.session_storage = Arc::new(CountingSessions {
+        inner: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
+        resumed: metrics
+            .quic_resumptions
+            .get_or_create(&crate::metrics::SideLabels { side: "server" })
+            .clone(),
+    });
     let server_crypto = QuicServerConfig::try_from(server_tls)
         .map_err(|e| TransportError::Crypto(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
@@ -352,6 +362,39 @@ fn quic_configs(
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport.clone());
     Ok((server, client))
+}
+
+/// TLS sessions a proxy remembers for peers to resume.
+const SESSION_CACHE: usize = 4096;
+
+/// rustls' in-memory session store, counting the sessions peers resume: with TLS 1.3
+/// stateful tickets, rustls `take`s the stored session exactly when a peer's ticket resumes it.
+#[derive(Debug)]
+struct CountingSessions {
+    inner: Arc<rustls::server::ServerSessionMemoryCache>,
+    resumed: prometheus_client::metrics::counter::Counter,
+}
+
+impl rustls::server::StoresServerSessions for CountingSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let found = self.inner.take(key);
+        if found.is_some() {
+            self.resumed.inc();
+        }
+        found
+    }
+
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
+    }
 }
 
 fn transport_config(t: &Tuning) -> TransportConfig {

@@ -33,6 +33,19 @@ where
 }
 
 /// Send the proxies' logs to the test output when `QUIVER_TEST_LOG` is set (e.g. `debug`).
+/// The sum of the samples of metric `name` (exact name, before the labels) whose labels
+/// include every one of `labels` (e.g. `direction="inbound"`); 0 when there is none.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn init_log() {
     if let Ok(filter) = std::env::var("QUIVER_TEST_LOG") {
         let _ = tracing_subscriber::fmt()

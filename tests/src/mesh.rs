@@ -201,6 +201,18 @@ impl ControlPlane {
         }
     }
 
+    /// Send `signal` (e.g. "STOP", "CONT") to the process with kill(1): SIGSTOP freezes it
+    /// with its sockets open, the way a wedged or overloaded control plane looks to proxies.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("control plane running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid} failed");
+    }
+
     /// Start again after [`ControlPlane::kill`], same ports and store.
     pub async fn restart(&mut self) {
         self.kill();

@@ -8,9 +8,14 @@ use http::Request;
 use http_body_util::Full;
 use quiver_tests::client::send_h1;
 use quiver_tests::harness::{Apps, Pair, RunningProxy, client_yaml, server_yaml};
+use quiver_tests::metric_sum;
 use quiver_tests::pki::Pki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+const INBOUND: &str = r#"direction="inbound""#;
+const ECHO: &str = r#"service="echo""#;
+const NO_ERROR: &str = r#"error="""#;
 
 fn get(path: &str) -> Request<Full<Bytes>> {
     Request::get(path)
@@ -157,18 +162,69 @@ async fn admin_endpoints_report_health_config_and_metrics() {
 
     let m = quiver_tests::eventually("inbound metrics on B", Duration::from_secs(5), || async {
         let (_, m) = pair.b.admin_get("/metrics").await;
-        m.contains("quiver_requests_total{direction=\"inbound\",service=\"echo\",status_class=\"5xx\",error=\"\"} 1")
+        (metric_sum(
+            &m,
+            "quiver_requests_total",
+            &[
+                INBOUND,
+                ECHO,
+                r#"source="a""#,
+                r#"code="503""#,
+                r#"status_class="5xx""#,
+                NO_ERROR,
+            ],
+        ) == 1.0)
             .then_some(m)
     })
     .await;
-    assert!(m.contains("quiver_requests_total{direction=\"inbound\",service=\"echo\",status_class=\"2xx\",error=\"\"} 1"), "{m}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "quiver_requests_total",
+            &[INBOUND, ECHO, r#"source="a""#, r#"code="200""#, NO_ERROR]
+        ),
+        1.0,
+        "{m}"
+    );
+    // Real body bytes, both ways: the app's answers went back to the caller.
+    assert!(
+        metric_sum(&m, "quiver_response_bytes_total", &[INBOUND, ECHO]) > 0.0,
+        "{m}"
+    );
     assert!(m.contains("quiver_request_duration_seconds_bucket{"), "{m}");
     assert!(
         m.contains("quiver_quic_connections{side=\"server\"} 1"),
         "{m}"
     );
     let (_, m) = pair.a.admin_get("/metrics").await;
-    assert!(m.contains("quiver_requests_total{direction=\"outbound\",service=\"echo\",status_class=\"2xx\",error=\"\"} 1"), "{m}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "quiver_requests_total",
+            &[
+                r#"direction="outbound""#,
+                ECHO,
+                r#"source="a""#,
+                r#"code="200""#,
+                NO_ERROR
+            ]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "quiver_response_bytes_total",
+            &[r#"direction="outbound""#, ECHO]
+        ),
+        metric_sum(
+            &pair.b.admin_get("/metrics").await.1,
+            "quiver_response_bytes_total",
+            &[INBOUND, ECHO]
+        ),
+        "the bytes B sent are the bytes A passed on"
+    );
     assert!(
         m.contains("quiver_quic_handshakes_total{side=\"client\",result=\"ok\"} 1"),
         "{m}"

@@ -265,14 +265,25 @@ async fn split(
     n: usize,
     c: usize,
 ) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
+    split_on(addr, n, c, "/hello").await
+}
+
+/// [`split`] with requests for `path`.
+async fn split_on(
+    addr: SocketAddr,
+    n: usize,
+    c: usize,
+    path: &str,
+) -> (std::collections::BTreeMap<String, usize>, Vec<String>) {
     let client: Client = quiver_tests::client::client(false);
+    let path: Arc<str> = path.into();
     let mut tasks = Vec::new();
     for w in 0..c {
-        let client = client.clone();
+        let (client, path) = (client.clone(), path.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
             for _ in (w..n).step_by(c) {
-                out.push(call(&client, addr, "/hello").await.map(|(_, tag, _)| tag));
+                out.push(call(&client, addr, &path).await.map(|(_, tag, _)| tag));
             }
             out
         }));
@@ -725,6 +736,122 @@ async fn bad_join_tokens_are_refused_with_the_reason() {
 
 /// web -> reviews (a relay app) -> ratings, each behind a joined proxy: one request with a
 /// sampled `traceparent` becomes one stored trace of four proxy spans, linked hop by hop; at
+/// A control plane that stops answering (SIGSTOP: sockets open, nothing read) must not slow
+/// the data path: span shipping backs up, the bounded queue fills, and further spans are
+/// dropped and counted while every request still succeeds. When it wakes, shipping resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_control_plane_costs_spans_not_requests() {
+    quiver_tests::init_log();
+    let db = Db::sqlite(&temp_dir("stall-db"));
+    let dir = temp_dir("stall");
+    let cp = ControlPlane::start(&db, &dir, &[]).await;
+    let host = IpAddr::V4(Ipv4Addr::new(127, 0, 22, 2));
+    let port = apps_on_one_port(&[host], &["stall-v1".to_string()]).await;
+    cp.apply(&format!(
+        "{}---\napiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {{name: mesh, namespace: default}}\n\
+         spec:\n  tracing: {{samplingPercent: 100}}\n",
+        mesh_yaml(port)
+    ))
+    .await;
+    let ca = cp.write_ca(&dir).await;
+    // A small queue, so that the test needs few requests to fill it.
+    let small_queue = ["--span-queue", "64"];
+    let web = MeshProxy::start(
+        &cp,
+        &ca,
+        &dir,
+        ProxySpec {
+            service: "web",
+            token: cp.join_token("default", "web", 1, "10m").await,
+            labels: &[],
+            outbound: &[("reviews", "http1")],
+            extra: &small_queue,
+        },
+    )
+    .await;
+    let host_flag = host.to_string();
+    let _reviews = MeshProxy::start(
+        &cp,
+        &ca,
+        &dir,
+        ProxySpec {
+            service: "reviews",
+            token: cp.join_token("default", "reviews", 1, "10m").await,
+            labels: &[("version", "v1")],
+            outbound: &[],
+            extra: &["--app-host", &host_flag, "--span-queue", "64"],
+        },
+    )
+    .await;
+    let addr = web.outbound[0];
+    let client: Client = quiver_tests::client::client(false);
+    eventually("web reaches reviews", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move { call(&client, addr, "/warm-up").await.ok() }
+    })
+    .await;
+    // Spans flow while the control plane is awake.
+    let (_, failures) = split(addr, 200, 4).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let shipped = |m: &str| metric(m, "quiver_spans_shipped_total").unwrap_or(0.0);
+    let dropped = |m: &str| metric(m, "quiver_spans_dropped_total").unwrap_or(0.0);
+    eventually(
+        "spans shipped before the stall",
+        Duration::from_secs(10),
+        || {
+            let web = &web;
+            async move { (shipped(&web.metrics().await) >= 200.0).then_some(()) }
+        },
+    )
+    .await;
+    let before = web.metrics().await;
+    assert_eq!(dropped(&before), 0.0, "{before}");
+
+    cp.signal("STOP");
+    let started = std::time::Instant::now();
+    // Far more spans than the queue and the stream's flow-control window (1 MiB, about 2,000
+    // spans named after this path) can hold. Each call has a 10 s deadline: a data path
+    // waiting on the control plane fails here.
+    let long_path = format!("/{}", "x".repeat(400));
+    let (tally, failures) = split_on(addr, 6000, 8, &long_path).await;
+    let stalled_for = started.elapsed();
+    let during = web.metrics().await;
+    cp.signal("CONT");
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(tally.get("stall-v1"), Some(&6000), "{tally:?}");
+    // Every span is accounted for: shipped (into the stream), held (the queue of 64 plus one
+    // batch of at most 256 waiting to be sent), or dropped and counted.
+    let lost = dropped(&during);
+    let sent = shipped(&during) - shipped(&before);
+    assert!(lost > 0.0, "{during}");
+    assert!(
+        lost + sent + 64.0 + 256.0 >= 6000.0,
+        "6000 spans: dropped {lost}, shipped {sent}: some went missing uncounted"
+    );
+    println!(
+        "6000 requests with the control plane stopped: {stalled_for:?}; web shipped {sent}, dropped {lost} spans"
+    );
+
+    // Awake again: the backlog drains and new spans are shipped.
+    let (_, failures) = split(addr, 100, 4).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let was = shipped(&during);
+    eventually(
+        "shipping resumes after the stall",
+        Duration::from_secs(20),
+        || {
+            let web = &web;
+            async move { (shipped(&web.metrics().await) >= was + 100.0).then_some(()) }
+        },
+    )
+    .await;
+}
+
 /// 10 % sampling about a tenth of new traces are kept, and every 5xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn traces_cross_two_hops_and_are_stored_by_the_control_plane() {

@@ -175,7 +175,18 @@ async fn weights_80_20_hold_over_5000_requests() {
         v2 * 100.0
     );
     let (_, m) = c.admin_get("/metrics").await;
-    assert!(m.contains("quiver_requests_total{direction=\"outbound\",service=\"reviews\",status_class=\"2xx\",error=\"\"} 5000"), "{m}");
+    let outbound = [
+        r#"direction="outbound""#,
+        r#"service="reviews""#,
+        r#"source="frontend""#,
+        r#"route="split""#,
+        r#"code="200""#,
+    ];
+    assert_eq!(
+        quiver_tests::metric_sum(&m, "quiver_requests_total", &outbound),
+        5000.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,6 +347,15 @@ async fn an_injected_abort_hits_about_half_and_says_so() {
         served("f-v1") as usize,
         answers.iter().filter(|a| a.status == 200).count()
     );
+    // Each injected abort is counted, once.
+    let (_, m) = c.admin_get("/metrics").await;
+    let faults = quiver_tests::metric_sum(
+        &m,
+        "quiver_faults_injected_total",
+        &[r#"service="reviews""#, r#"reason="abort""#],
+    );
+    let aborted = answers.iter().filter(|a| a.error == "fault").count();
+    assert_eq!(faults, aborted as f64, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,6 +374,16 @@ async fn a_mirror_receives_a_copy_and_its_answers_are_discarded() {
         (served("m-v2") == 100).then_some(())
     })
     .await;
+    let (_, m) = c.admin_get("/metrics").await;
+    assert_eq!(
+        quiver_tests::metric_sum(
+            &m,
+            "quiver_mirrored_requests_total",
+            &[r#"service="reviews""#]
+        ),
+        100.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,14 +19,9 @@ fn get() -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// Metric line value, or 0 when absent.
+/// Metric value summed over the lines with `labels`, or 0 when absent.
 fn metric(metrics: &str, name: &str, labels: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    quiver_tests::metric_sum(metrics, name, labels) as u64
 }
 
 async fn server(pki: &Pki, files: quiver_tests::pki::IdentityFiles) -> (RunningProxy, Apps) {

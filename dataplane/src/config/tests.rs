@@ -225,6 +225,7 @@ control_plane:
   service: Web
   labels: {"bad key": v1}
   advertise: "0.0.0.0:15443"
+  span_queue: 0
 "#;
     let errs = errors(bad, &dir);
     assert!(
@@ -246,6 +247,10 @@ control_plane:
     );
     assert!(
         has(&errs, "control_plane.advertise", "concrete IP"),
+        "{errs:?}"
+    );
+    assert!(
+        has(&errs, "control_plane.span_queue", "must be 1 to"),
         "{errs:?}"
     );
     assert!(has(

@@ -19,6 +19,7 @@ pub mod propagation;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod tracing;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Time from an Apply until every watching proxy holds the new version, and the
     /// control plane's RSS.
     Propagation(propagation::Args),
+    /// The h1 load through a pair joined to a control plane, tracing off (0% sampling)
+    /// against on (100%): req/s, CPU per request, spans shipped and stored.
+    Tracing(tracing::Args),
 }
 
 /// The data-plane benchmark: the proxy pair against direct connections.
@@ -290,8 +294,12 @@ mod tests {
                 assert_eq!(p.endpoints, 10);
                 assert!(p.database_url.is_none());
             }
-            None => panic!("propagation not parsed"),
+            other => panic!("propagation not parsed: {other:?}"),
         }
+        let cli = Cli::parse_from(["quiver-bench", "tracing", "--sampling", "50"]);
+        assert!(
+            matches!(cli.command, Some(Command::Tracing(t)) if t.sampling == 50.0 && t.rounds == 3)
+        );
         let cli = Cli::parse_from(["quiver-bench", "--scenarios", "h1", "--json"]);
         assert!(cli.command.is_none());
         assert_eq!(cli.data_plane.scenarios, [Scenario::H1]);

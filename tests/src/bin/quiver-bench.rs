@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Some(Command::Propagation(args)) => bench::propagation::main(args),
+        Some(Command::Tracing(args)) => bench::tracing::main(args),
         None => bench::main(cli.data_plane),
     };
     match outcome {

@@ -36,7 +36,7 @@ pub enum Event {
     Lost(usize, String),
 }
 
-fn yaml<R: quiver_api::resource::Resource>(text: &str) -> anyhow::Result<R> {
+pub(crate) fn yaml<R: quiver_api::resource::Resource>(text: &str) -> anyhow::Result<R> {
     let docs = quiver_api::document::parse_documents(text)?;
     let any = docs.into_iter().next().context("one document")?;
     Ok(serde_yaml::from_value(any.to_yaml_value()?)?)
