@@ -18,8 +18,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 use quiver_api::v1;
 
@@ -93,23 +93,21 @@ async fn receiver() -> (SocketAddr, Received) {
 }
 
 fn string_attr(attrs: &[KeyValue], key: &str) -> Option<String> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
             Value::StringValue(s) => Some(s.clone()),
             _ => None,
-        })
+        }
+    })
 }
 
 fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
             Value::IntValue(n) => Some(*n),
             _ => None,
-        })
+        }
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -161,10 +159,58 @@ fn span(
 /// catalog's client span carries the proxy-made error).
 fn two_hop_trace(trace: &str, t0: i64) -> Vec<v1::Span> {
     vec![
-        span(trace, "b000000000000001", "", "CLIENT", "frontend", "catalog", "GET /items", t0, 40 * MS + 7, 200, ""),
-        span(trace, "b000000000000002", "b000000000000001", "SERVER", "catalog", "frontend", "GET /items", t0 + MS, 38 * MS, 200, ""),
-        span(trace, "b000000000000003", "b000000000000002", "CLIENT", "catalog", "ratings", "GET /stars", t0 + 2 * MS + 1, 30 * MS, 503, "upstream_reset"),
-        span(trace, "b000000000000004", "b000000000000003", "SERVER", "ratings", "catalog", "GET /stars", t0 + 3 * MS, 28 * MS, 503, ""),
+        span(
+            trace,
+            "b000000000000001",
+            "",
+            "CLIENT",
+            "frontend",
+            "catalog",
+            "GET /items",
+            t0,
+            40 * MS + 7,
+            200,
+            "",
+        ),
+        span(
+            trace,
+            "b000000000000002",
+            "b000000000000001",
+            "SERVER",
+            "catalog",
+            "frontend",
+            "GET /items",
+            t0 + MS,
+            38 * MS,
+            200,
+            "",
+        ),
+        span(
+            trace,
+            "b000000000000003",
+            "b000000000000002",
+            "CLIENT",
+            "catalog",
+            "ratings",
+            "GET /stars",
+            t0 + 2 * MS + 1,
+            30 * MS,
+            503,
+            "upstream_reset",
+        ),
+        span(
+            trace,
+            "b000000000000004",
+            "b000000000000003",
+            "SERVER",
+            "ratings",
+            "catalog",
+            "GET /stars",
+            t0 + 3 * MS,
+            28 * MS,
+            503,
+            "",
+        ),
     ]
 }
 
@@ -201,8 +247,45 @@ async fn metrics_text(addr: SocketAddr) -> String {
 /// The value of one series (exact name and labels) in /metrics, 0 when absent.
 fn metric(body: &str, series: &str) -> f64 {
     body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
+}
+
+/// `promtool check metrics` on `text`: (passed, what it said).
+fn promtool(text: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool: {e}\npromtool is required: \
+                 `apt-get install -y --no-install-recommends prometheus`"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
 }
 
 /// The trace as the store has it (GetTrace over the admin API).
@@ -247,10 +330,14 @@ async fn exports_a_two_hop_trace(database_url: Option<&str>, data_dir: &std::pat
     let sent = two_hop_trace(trace, t0);
     assert_eq!(report(&mut client, sent.clone()).await, 4);
 
-    let got = eventually(Duration::from_secs(15), "4 spans at the OTLP receiver", || {
-        let spans = received.spans();
-        async move { (spans.len() >= 4).then_some(spans) }
-    })
+    let got = eventually(
+        Duration::from_secs(15),
+        "4 spans at the OTLP receiver",
+        || {
+            let spans = received.spans();
+            async move { (spans.len() >= 4).then_some(spans) }
+        },
+    )
     .await;
     assert_eq!(got.len(), 4, "each span exactly once: {got:#?}");
     for want in &sent {
@@ -311,7 +398,10 @@ async fn exports_a_two_hop_trace(database_url: Option<&str>, data_dir: &std::pat
     .await;
     assert!(metric(&body, "quiver_otlp_batches_exported_total") >= 1.0);
     assert_eq!(
-        metric(&body, "quiver_otlp_spans_dropped_total{reason=\"export_failed\"}"),
+        metric(
+            &body,
+            "quiver_otlp_spans_dropped_total{reason=\"export_failed\"}"
+        ),
         0.0
     );
     server.stop().await;
@@ -360,13 +450,20 @@ async fn receiver_down_keeps_ingest_and_counts_failures() {
     );
     assert_eq!(stored_span_ids(&server, trace).await.len(), 4);
     // One batch: a first try and three retries (backoff 0.25 + 0.5 + 1 s), then dropped.
-    let body = eventually(Duration::from_secs(20), "the failed batch counted", || async {
-        let body = metrics_text(server.addr).await;
-        (metric(&body, "quiver_otlp_batches_failed_total") >= 1.0).then_some(body)
-    })
+    let body = eventually(
+        Duration::from_secs(20),
+        "the failed batch counted",
+        || async {
+            let body = metrics_text(server.addr).await;
+            (metric(&body, "quiver_otlp_batches_failed_total") >= 1.0).then_some(body)
+        },
+    )
     .await;
     assert_eq!(
-        metric(&body, "quiver_otlp_spans_dropped_total{reason=\"export_failed\"}"),
+        metric(
+            &body,
+            "quiver_otlp_spans_dropped_total{reason=\"export_failed\"}"
+        ),
         4.0
     );
     assert_eq!(
@@ -378,6 +475,8 @@ async fn receiver_down_keeps_ingest_and_counts_failures() {
         "a first try and 3 retries:\n{body}"
     );
     assert_eq!(metric(&body, "quiver_otlp_spans_exported_total"), 0.0);
+    let (ok, said) = promtool(&body);
+    assert!(ok, "promtool refused /metrics:\n{said}\n---\n{body}");
     // Later reports are still stored and answered.
     let trace2 = "4bf92f3577b34da6a3ce929d0e0e4738";
     assert_eq!(
@@ -409,7 +508,12 @@ fn bad_otlp_flags_are_refused_at_start() {
             "http://",
         ),
         (
-            &["--otlp-endpoint", "http://c:4317", "--otlp-header", "novalue"],
+            &[
+                "--otlp-endpoint",
+                "http://c:4317",
+                "--otlp-header",
+                "novalue",
+            ],
             "--otlp-header",
             "name=value",
         ),

@@ -23,7 +23,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span, status,
+};
 use tokio::sync::mpsc;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -324,7 +326,12 @@ pub fn retryable(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(
         code,
-        Cancelled | DeadlineExceeded | Aborted | OutOfRange | Unavailable | DataLoss
+        Cancelled
+            | DeadlineExceeded
+            | Aborted
+            | OutOfRange
+            | Unavailable
+            | DataLoss
             | ResourceExhausted
     )
 }
@@ -589,7 +596,12 @@ mod tests {
     #[test]
     fn endpoint_and_header_flags() {
         assert!("http://127.0.0.1:4317".parse::<OtlpEndpoint>().is_ok());
-        assert!("https://tempo.example.com".parse::<OtlpEndpoint>().unwrap().is_tls());
+        assert!(
+            "https://tempo.example.com"
+                .parse::<OtlpEndpoint>()
+                .unwrap()
+                .is_tls()
+        );
         for bad in [
             "127.0.0.1:4317",
             "ftp://x:4317",
@@ -599,7 +611,10 @@ mod tests {
         ] {
             assert!(bad.parse::<OtlpEndpoint>().is_err(), "{bad}");
         }
-        assert_eq!("X-Tenant=shop".parse::<OtlpHeader>().unwrap().name(), "x-tenant");
+        assert_eq!(
+            "X-Tenant=shop".parse::<OtlpHeader>().unwrap().name(),
+            "x-tenant"
+        );
         assert!("novalue".parse::<OtlpHeader>().is_err());
         assert!("a b=c".parse::<OtlpHeader>().is_err());
         assert!(retryable(tonic::Code::Unavailable));
