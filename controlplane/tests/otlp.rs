@@ -34,7 +34,10 @@ fn now_ns() -> i64 {
 
 /// What the receiver got: each Export call's message and its `x-tenant` header.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(ExportTraceServiceRequest, Option<String>)>>>);
+struct Received(Arc<Mutex<Vec<Call>>>);
+
+/// One Export call: its message and its `x-tenant` header.
+type Call = (ExportTraceServiceRequest, Option<String>);
 
 #[tonic::async_trait]
 impl TraceService for Received {
