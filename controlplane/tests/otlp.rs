@@ -558,3 +558,216 @@ fn bad_otlp_flags_are_refused_at_start() {
         "nothing was created before the flags were checked"
     );
 }
+
+/// An OTLP receiver that accepts calls and never answers them: the exporter is stuck.
+struct Stuck;
+
+#[tonic::async_trait]
+impl TraceService for Stuck {
+    async fn export(
+        &self,
+        _req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_receiver_drops_spans_past_the_queue_and_never_slows_ingest() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Stuck))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let endpoint = format!("http://{addr}");
+    let db = SqliteTestDb::create();
+    let server = TestServer::start_with(
+        None,
+        db.dir.path(),
+        &["--otlp-endpoint", &endpoint, "--otlp-timeout", "60s"],
+    )
+    .await;
+    let proxy = mesh::join(&server, "shop", "web").await;
+    let mut client = proxy.client().await;
+    // 10,000 spans: one batch (up to 512) stuck in its Export call, 8,192 queued, the rest
+    // dropped. 20 traces of 500 root spans each.
+    const SPANS: u64 = 10_000;
+    let t0 = now_ns() - 60_000 * MS;
+    let batches: Vec<v1::TelemetryBatch> = (0..20u64)
+        .map(|t| v1::TelemetryBatch {
+            spans: (0..500u64)
+                .map(|i| {
+                    let mut s = span(
+                        &format!("5a0000000000000000000000{t:08x}"),
+                        &format!("c{:015x}", t * 500 + i),
+                        "",
+                        "SERVER",
+                        "catalog",
+                        "frontend",
+                        "GET /items",
+                        t0 + (t * 500 + i) as i64 * MS,
+                        MS,
+                        200,
+                        "",
+                    );
+                    s.quic_connection_id.clear();
+                    s
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let accepted = client
+        .report_telemetry(tokio_stream::iter(batches))
+        .await
+        .expect("ReportTelemetry")
+        .into_inner()
+        .accepted_spans;
+    assert_eq!(accepted, SPANS, "every span stored");
+    let took = started.elapsed();
+    let body = metrics_text(server.addr).await;
+    let queue_full = metric(
+        &body,
+        "quiver_otlp_spans_dropped_total{reason=\"queue_full\"}",
+    );
+    let min = (SPANS as usize - otlp_queue() - 512) as f64;
+    let max = (SPANS as usize - otlp_queue()) as f64;
+    assert!(
+        (min..=max).contains(&queue_full),
+        "queue_full drops {queue_full} outside {min}..={max}:\n{body}"
+    );
+    assert!(
+        metric(&body, "quiver_otlp_queue_spans") >= otlp_queue() as f64 - 512.0,
+        "the queue is full:\n{body}"
+    );
+    assert_eq!(metric(&body, "quiver_otlp_spans_exported_total"), 0.0);
+    assert_eq!(
+        metric(&body, "quiver_telemetry_spans_accepted_total"),
+        SPANS as f64
+    );
+    // Storing 10,000 spans on a busy machine takes a while; the export adds nothing to it:
+    // stuck for 60 s per try, it would have held ingest for minutes.
+    assert!(took < Duration::from_secs(30), "ingest took {took:?}");
+    server.stop().await;
+}
+
+fn otlp_queue() -> usize {
+    quiver_control::telemetry::otlp::QUEUE_SPANS
+}
+
+/// https:// endpoints are verified against the system's CA certificates; rustls-native-certs
+/// reads SSL_CERT_FILE first, so the real binary, given a test CA there, must trust a
+/// receiver with a certificate from it, and export to it over TLS.
+#[tokio::test]
+async fn exports_over_tls_to_an_https_endpoint() {
+    // A CA and a receiver certificate for "localhost".
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Received::default();
+    let identity = tonic::transport::Identity::from_pem(leaf.pem(), leaf_key.serialize_pem());
+    let service = TraceServiceServer::new(received.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (api, discovery) = (free(), free());
+    let log = dir.path().join("quiver-control.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_quiver-control"))
+        .args(["--listen", &api.to_string()])
+        .args(["--discovery-listen", &discovery.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--admin-token", common::ADMIN_TOKEN])
+        .args(["--otlp-endpoint", &format!("https://localhost:{port}")])
+        .args(["--otlp-header", "x-tenant=shop"])
+        .env("SSL_CERT_FILE", &ca_file)
+        .env_remove("SSL_CERT_DIR")
+        .env_remove("QUIVER_DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start quiver-control");
+    let _child = KillOnDrop(child);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    for addr in [api, discovery] {
+        let up = tokio::time::timeout(Duration::from_secs(30), async {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            up.is_ok(),
+            "quiver-control did not listen on {addr}:\n{}",
+            logged()
+        );
+    }
+    let server = TestServer {
+        running: None,
+        addr: api,
+        discovery,
+        admin: common::ADMIN_TOKEN.into(),
+        url: format!("http://{api}"),
+    };
+    let proxy = mesh::join(&server, "shop", "web").await;
+    let mut client = proxy.client().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4739";
+    let sent = two_hop_trace(trace, now_ns() - 5_000 * MS);
+    assert_eq!(report(&mut client, sent.clone()).await, 4);
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let spans = received.spans();
+            if spans.len() >= 4 {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no spans over TLS; quiver-control said:\n{}", logged()));
+    let mut ids: Vec<String> = got.iter().map(|(_, _, s)| hex(&s.span_id)).collect();
+    ids.sort();
+    let mut want: Vec<String> = sent.iter().map(|s| s.span_id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(
+        got.iter().all(|(_, tenant, s)| {
+            tenant.as_deref() == Some("shop") && hex(&s.trace_id) == trace
+        })
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
