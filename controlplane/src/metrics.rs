@@ -29,12 +29,126 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `queue_full`, `export_failed` or `rejected`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
     calls: Family<CallLabels, Counter>,
     store: Family<StoreLabels, Histogram>,
     watchers: Gauge,
     telemetry: TelemetryMetrics,
+    otlp: OtlpMetrics,
+}
+
+/// What the OTLP exporter (`--otlp-endpoint`) did; all zero when it is off.
+#[derive(Clone, Debug)]
+pub struct OtlpMetrics {
+    spans_exported: Counter,
+    spans_dropped: Family<DropLabels, Counter>,
+    batches_exported: Counter,
+    batches_failed: Counter,
+    attempts_failed: Family<CodeLabels, Counter>,
+    queue: Gauge,
+    duration: Histogram,
+}
+
+impl OtlpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            spans_exported: Counter::default(),
+            spans_dropped: Family::default(),
+            batches_exported: Counter::default(),
+            batches_failed: Counter::default(),
+            attempts_failed: Family::default(),
+            queue: Gauge::default(),
+            duration: Histogram::new(exponential_buckets(0.001, 2.5, 12)),
+        };
+        let r = registry.sub_registry_with_prefix("otlp");
+        r.register(
+            "spans_exported",
+            "Spans the OTLP receiver accepted",
+            m.spans_exported.clone(),
+        );
+        r.register(
+            "spans_dropped",
+            "Spans not exported: queue_full (ingest outran the exporter), export_failed \
+             (the batch failed after its retries), rejected (the receiver refused them)",
+            m.spans_dropped.clone(),
+        );
+        r.register(
+            "batches_exported",
+            "Export calls that succeeded",
+            m.batches_exported.clone(),
+        );
+        r.register(
+            "batches_failed",
+            "Batches dropped after failing every try",
+            m.batches_failed.clone(),
+        );
+        r.register(
+            "export_attempts_failed",
+            "Failed Export calls (each try, retried or not), by gRPC code",
+            m.attempts_failed.clone(),
+        );
+        r.register(
+            "queue_spans",
+            "Spans waiting in the export queue",
+            m.queue.clone(),
+        );
+        r.register_with_unit(
+            "export_duration",
+            "Time taken by each Export call, failed ones included",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        m
+    }
+
+    pub fn exported(&self, spans: u64) {
+        self.spans_exported.inc_by(spans);
+        self.batches_exported.inc();
+    }
+
+    pub fn dropped(&self, reason: &'static str, spans: u64) {
+        self.spans_dropped
+            .get_or_create(&DropLabels { reason })
+            .inc_by(spans);
+    }
+
+    /// A batch given up on: its spans are dropped as `export_failed`.
+    pub fn batch_failed(&self, spans: u64) {
+        self.batches_failed.inc();
+        self.dropped("export_failed", spans);
+    }
+
+    pub fn attempt_failed(&self, code: tonic::Code) {
+        self.attempts_failed
+            .get_or_create(&CodeLabels {
+                code: code_name(code),
+            })
+            .inc();
+    }
+
+    pub fn queued(&self, spans: usize) {
+        self.queue.set(i64::try_from(spans).unwrap_or(i64::MAX));
+    }
+
+    /// Observes the elapsed time when dropped.
+    pub fn export_timer(&self) -> StoreTimer {
+        StoreTimer {
+            histogram: self.duration.clone(),
+            start: Instant::now(),
+        }
+    }
 }
 
 /// What ReportTelemetry and the trace retention did.
@@ -100,12 +214,19 @@ impl Metrics {
             "Spans deleted by trace retention (age or count)",
             telemetry.spans_deleted.clone(),
         );
+        let otlp = OtlpMetrics::register(quiver);
         Self {
             calls,
             store,
             watchers,
             telemetry,
+            otlp,
         }
+    }
+
+    /// The OTLP exporter's metrics (`quiver_otlp_*`).
+    pub fn otlp(&self) -> OtlpMetrics {
+        self.otlp.clone()
     }
 
     /// One reported batch: spans stored, refusals by reason, spans the proxy dropped.

@@ -22,6 +22,7 @@ use crate::ca::{CaError, MeshCa};
 use crate::discovery::{MeshView, listener, sweeper};
 use crate::metrics::{self, Metrics};
 use crate::store::{self, Feed, now_ms};
+use crate::telemetry::otlp::{self, OtlpEndpoint, OtlpHeader};
 
 /// `quiver-control` flags. Every flag also reads a `QUIVER_*` environment variable.
 #[derive(Debug, Clone, clap::Parser, serde::Serialize)]
@@ -88,6 +89,27 @@ pub struct Config {
     /// Directory of the built web console (console/build.sh writes console/dist), served at /.
     #[arg(long, env = "QUIVER_CONSOLE_DIR")]
     pub console_dir: Option<PathBuf>,
+    /// Also export every accepted span over OTLP/gRPC to this endpoint (an OpenTelemetry
+    /// Collector, Jaeger, Tempo): http://host:4317, or https://host[:port] verified against
+    /// the system's CA certificates. See docs/otlp-export.md.
+    #[arg(long, env = "QUIVER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<OtlpEndpoint>,
+    /// A gRPC header sent with every OTLP export, as name=value (e.g. authorization=Bearer
+    /// <token>). Repeatable; the environment variable takes a comma-separated list.
+    #[arg(
+        long = "otlp-header",
+        env = "QUIVER_OTLP_HEADERS",
+        value_name = "NAME=VALUE",
+        value_delimiter = ',',
+        requires = "otlp_endpoint",
+        hide_env_values = true
+    )]
+    #[serde(serialize_with = "header_names")]
+    pub otlp_headers: Vec<OtlpHeader>,
+    /// How long one OTLP export call (and connecting for it) may take.
+    #[arg(long, env = "QUIVER_OTLP_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[serde(with = "quiver_api::duration::serde_human")]
+    pub otlp_timeout: Duration,
     /// Log format: text or json.
     #[arg(long, env = "QUIVER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -105,6 +127,11 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err("must be longer than 0s".into()),
         d => Ok(d),
     }
+}
+
+/// Header names only: values are often credentials.
+fn header_names<S: serde::Serializer>(headers: &[OtlpHeader], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(headers.iter().map(|h| format!("{}=***", h.name())))
 }
 
 fn redact<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -138,6 +165,8 @@ pub struct Running {
     _sweeper: AbortOnDrop,
     /// The trace retention sweeper; stopped with the server.
     _trace_sweeper: AbortOnDrop,
+    /// The OTLP exporter, when --otlp-endpoint is set; stopped (queue and all) with the server.
+    _otlp: Option<AbortOnDrop>,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -237,6 +266,21 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         },
         metrics.clone(),
     )));
+    let (otlp_export, otlp_task) = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let (export, task) = otlp::start(
+                otlp::OtlpConfig {
+                    endpoint: endpoint.clone(),
+                    headers: config.otlp_headers.clone(),
+                    timeout: config.otlp_timeout,
+                },
+                metrics.otlp(),
+            )?;
+            tracing::info!(otlp.endpoint = %endpoint, "exporting accepted spans over OTLP/gRPC");
+            (Some(export), Some(AbortOnDrop(task)))
+        }
+        None => (None, None),
+    };
     let store_engine = store.engine();
     let inputs = Arc::new(Inputs {
         store,
@@ -247,6 +291,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         lease_ttl: config.lease_ttl,
         view,
         started_at: rfc3339(now_ms()),
+        otlp: otlp_export,
     });
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -344,6 +389,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         discovery_addr,
         _sweeper: sweeper,
         _trace_sweeper: trace_sweeper,
+        _otlp: otlp_task,
         new_admin_token,
         store_engine,
         shutdown: Some(shutdown_tx),

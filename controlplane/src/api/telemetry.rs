@@ -80,6 +80,10 @@ impl DiscoveryApi {
                 batch.dropped_spans,
             );
             accepted += stored;
+            if let Some(otlp) = &self.inputs.otlp {
+                // Never waits: a full export queue drops (and counts) spans.
+                otlp.offer(spans);
+            }
         }
         Ok(v1::ReportTelemetryResponse {
             accepted_spans: accepted,

@@ -11,6 +11,7 @@ use quiver_api::v1;
 use crate::discovery::Caller;
 use crate::store::{EdgeRecord, SpanRecord};
 
+pub mod otlp;
 pub mod sweeper;
 #[cfg(test)]
 mod tests;
