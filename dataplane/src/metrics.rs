@@ -121,7 +121,7 @@ pub struct ResultLabels {
 impl Metrics {
     /// Create the metrics and register them under `quiver_`.
     pub fn register(registry: &mut Registry) -> Self {
-        let latency = || Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let latency = || Histogram::new(exponential_buckets(0.0001, 2.0, 20));
         let m = Self {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency),
