@@ -197,7 +197,7 @@ try {
   await step("back to the list keeps the search; a trace opens by pasted id or deep link", async () => {
     await page.getByRole("link", { name: "← Traces" }).click();
     await page.locator(`tr.trace-row[data-trace-id="${traceId}"]`).waitFor();
-    assert.equal(await page.getByLabel("Service", { exact: true }).inputValue(), "demo/catalog");
+    await waitValue(page.getByLabel("Service", { exact: true }), "demo/catalog");
     // A traceparent header value, in capitals, as someone might paste it from a log.
     await page.getByLabel("Trace id", { exact: true }).fill(`00-${traceId.toUpperCase()}-${expected[0].spanId}-01`);
     await page.getByRole("button", { name: "Open trace" }).click();
@@ -218,8 +218,9 @@ try {
   await step("errors only: the demo's requests succeed, so the list is empty or all red", async () => {
     await page.getByRole("navigation").getByRole("link", { name: "Traces" }).click();
     await page.getByLabel("Errors only").check();
+    const before = await page.locator("[data-answered-at]").getAttribute("data-answered-at");
     await page.getByRole("button", { name: "Search" }).click();
-    await page.locator('[data-empty="traces"], tr.trace-row').first().waitFor();
+    await page.waitForFunction((v) => document.querySelector("[data-answered-at]").dataset.answeredAt !== v, before);
     const rows = await page.locator("tr.trace-row").count();
     const red = await page.locator("tr.trace-row.error").count();
     assert.equal(red, rows, "every errors-only result is marked as an error");
@@ -263,6 +264,17 @@ try {
   // Reported by step().
 } finally {
   await browser.close();
+}
+
+async function waitValue(locator, value) {
+  const deadline = Date.now() + TIMEOUT;
+  let last;
+  while (Date.now() < deadline) {
+    last = await locator.inputValue().catch(() => undefined);
+    if (last === value) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`input value stayed ${JSON.stringify(last)}, expected ${JSON.stringify(value)}`);
 }
 
 if (failures > 0 || pageErrors.length > 0) {

@@ -560,7 +560,9 @@ fn Results(search: TraceSearch) -> impl IntoView {
                 .max(1)
         })
     });
+    // `data-answered-at` changes with every answer, so a test can tell a new list from the old.
     view! {
+        <div class="results" data-answered-at=move || search.answered_at.get().to_string()>
         {move || match search.results.get() {
             None => view! { <p class="empty">"Choose filters and press Search."</p> }.into_any(),
             Some(list) if list.is_empty() => view! {
@@ -588,6 +590,7 @@ fn Results(search: TraceSearch) -> impl IntoView {
                 }.into_any()
             }
         }}
+        </div>
     }
 }
 

@@ -14,8 +14,6 @@
 //! fails and says what to install (it never skips). `QUIVER_CONSOLE_SCREENSHOTS=DIR` also
 //! writes the Traces and Topology screenshots used in docs/console.md.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,7 +22,6 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Bearer, Client};
 use quiver_api::v1;
 
 const INSTALL: &str = "apt-get install -y chromium chromium-driver nodejs npm \
@@ -186,16 +183,36 @@ impl Drop for Demo {
 /// `  console + API   http://127.0.0.1:34567/` and `  admin token     qvr_...`.
 fn banner_value(line: &str, label: &str) -> Option<String> {
     let rest = line.trim().strip_prefix(label)?;
-    Some(rest.split_whitespace().next()?.trim_end_matches('/').to_string())
+    Some(
+        rest.split_whitespace()
+            .next()?
+            .trim_end_matches('/')
+            .to_string(),
+    )
 }
 
-async fn admin_client(url: &str, token: &str) -> Client {
+/// Adds the demo's admin token to every call.
+#[derive(Clone)]
+struct AdminToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for AdminToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Admin = v1::mesh_admin_client::MeshAdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AdminToken>,
+>;
+
+async fn admin_client(url: &str, token: &str) -> Admin {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .expect("API URL")
         .connect()
         .await
         .expect("connect to the demo's API");
-    let bearer = Bearer(Some(format!("Bearer {token}").parse().expect("token")));
+    let bearer = AdminToken(format!("Bearer {token}").parse().expect("token"));
     v1::mesh_admin_client::MeshAdminClient::with_interceptor(channel, bearer)
 }
 
