@@ -414,3 +414,67 @@ fn Graph(graph: pb::ServiceGraph) -> impl IntoView {
         </table>
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(nodes: &[&str], edges: &[(&str, &str)]) -> BTreeMap<String, (usize, usize)> {
+        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let edges: Vec<(String, String)> = edges
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        layout(&nodes, &edges)
+            .into_iter()
+            .map(|(k, p)| (k, (p.layer, p.row)))
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_is_laid_out_left_to_right() {
+        let p = place(
+            &["catalog", "frontend", "ratings"],
+            &[("frontend", "catalog"), ("catalog", "ratings")],
+        );
+        assert_eq!(p["frontend"], (0, 0));
+        assert_eq!(p["catalog"], (1, 0));
+        assert_eq!(p["ratings"], (2, 0));
+    }
+
+    #[test]
+    fn a_callee_sits_right_of_its_deepest_caller() {
+        // web -> api -> db and web -> db: db is in layer 2, not 1.
+        let p = place(
+            &["api", "db", "web"],
+            &[("web", "api"), ("api", "db"), ("web", "db")],
+        );
+        assert_eq!(p["db"].0, 2);
+    }
+
+    #[test]
+    fn cycles_end_with_finite_layers_and_every_node_placed() {
+        let p = place(&["a", "b", "c"], &[("a", "b"), ("b", "a"), ("b", "c")]);
+        assert_eq!(p.len(), 3);
+        assert!(p.values().all(|(l, _)| *l < 3));
+    }
+
+    #[test]
+    fn rows_in_a_layer_follow_their_callers() {
+        // x calls q, y calls p: p is drawn next to y and q next to x.
+        let p = place(&["p", "q", "x", "y"], &[("x", "q"), ("y", "p")]);
+        assert_eq!((p["x"].1, p["y"].1), (0, 1));
+        assert_eq!((p["q"].1, p["p"].1), (0, 1));
+    }
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(fmt_rate(0.0), "0/s");
+        assert_eq!(fmt_rate(15.04), "15.0/s");
+        assert_eq!(fmt_rate(0.5), "0.50/s");
+        assert_eq!(fmt_share(0.0), "0%");
+        assert_eq!(fmt_share(0.025), "2.5%");
+        assert_eq!(fmt_ms(3.25, 1.0), "3.2 ms");
+        assert_eq!(fmt_ms(3.25, 0.0), "—");
+    }
+}

@@ -638,3 +638,45 @@ fn ResultRow(t: pb::TraceSummary, longest: Memo<i64>) -> impl IntoView {
         </tr>
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_the_api_reads_them() {
+        assert_eq!(parse_duration_ms("250ms"), Ok(250.0));
+        assert_eq!(parse_duration_ms("1m30s"), Ok(90_000.0));
+        assert_eq!(parse_duration_ms(" 2h "), Ok(7_200_000.0));
+        for bad in ["", "250", "fast", "250 ms", "1.5s", "3w"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trace_ids_and_traceparents_are_accepted_lowercased() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(parse_trace_id(id).as_deref(), Ok(id));
+        assert_eq!(parse_trace_id(&id.to_uppercase()).as_deref(), Ok(id));
+        let header = format!("00-{id}-00f067aa0ba902b7-01");
+        assert_eq!(parse_trace_id(&header).as_deref(), Ok(id));
+        for bad in [
+            "",
+            "xyz",
+            &id[1..],
+            &"0".repeat(32),
+            "4bf92f3577b34da6a3ce929d0e0e473g",
+        ] {
+            assert!(parse_trace_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_are_shown_in_a_fitting_unit() {
+        assert_eq!(fmt_ns(850_000), "850 µs");
+        assert_eq!(fmt_ns(12_340_000), "12.3 ms");
+        assert_eq!(fmt_ns(250_000_000), "250 ms");
+        assert_eq!(fmt_ns(1_240_000_000), "1.24 s");
+        assert_eq!(fmt_ns(-5), "0 µs");
+    }
+}

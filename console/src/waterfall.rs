@@ -317,7 +317,7 @@ fn SpanDetails(
                 <dt>"Status"</dt><dd data-detail="status">{status}</dd>
                 <dt>"Error"</dt><dd data-detail="error">{or_dash(&span.error)}</dd>
                 <dt>"Attempt"</dt><dd data-detail="attempt">{span.attempt}</dd>
-                <dt>"Bytes"</dt><dd data-detail="bytes">{format!("{} sent · {} received", span.request_bytes, span.response_bytes)}</dd>
+                <dt>"Bytes"</dt><dd data-detail="bytes">{format!("request {} · response {} (declared lengths; 0 when none was declared)", span.request_bytes, span.response_bytes)}</dd>
                 <dt>"QUIC connection"</dt><dd data-detail="quic-connection"><code>{or_dash(&span.quic_connection_id)}</code></dd>
                 <dt>"Endpoint"</dt><dd data-detail="endpoint">{or_dash(&span.endpoint)}</dd>
                 <dt>"Start"</dt><dd data-detail="start">{start}</dd>
@@ -326,5 +326,76 @@ fn SpanDetails(
                 <dt>"Parent span"</dt><dd data-detail="parent-span-id">{parent_view}</dd>
             </dl>
         </article>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(id: &str, parent: &str, start: i64) -> pb::Span {
+        pb::Span {
+            span_id: id.into(),
+            parent_span_id: parent.into(),
+            start_unix_nanos: start,
+            duration_nanos: 10,
+            ..Default::default()
+        }
+    }
+
+    fn shape(spans: &[pb::Span]) -> Vec<(String, usize, bool)> {
+        rows(spans)
+            .into_iter()
+            .map(|r| (spans[r.span].span_id.clone(), r.depth, r.orphan))
+            .collect()
+    }
+
+    #[test]
+    fn children_follow_their_parent_depth_first_in_start_order() {
+        // Stored order is by start; the tree puts b's child before c.
+        let spans = [
+            span("a", "", 0),
+            span("b", "a", 1),
+            span("c", "a", 2),
+            span("d", "b", 3),
+        ];
+        let want = [("a", 0), ("b", 1), ("d", 2), ("c", 1)];
+        let got = shape(&spans);
+        assert_eq!(got.len(), 4);
+        for ((id, depth, orphan), (wid, wdepth)) in got.iter().zip(want) {
+            assert_eq!((id.as_str(), *depth, *orphan), (wid, wdepth, false));
+        }
+    }
+
+    #[test]
+    fn a_span_whose_parent_is_missing_is_a_marked_root() {
+        let spans = [span("a", "", 0), span("x", "0000000000000099", 5)];
+        let got = shape(&spans);
+        assert_eq!(got[1], ("x".to_string(), 0, true));
+        assert!(!got[0].2);
+    }
+
+    #[test]
+    fn cycles_and_self_parents_still_show_every_span_once() {
+        let spans = [span("a", "b", 0), span("b", "a", 1), span("s", "s", 2)];
+        let got = shape(&spans);
+        let mut ids: Vec<&str> = got.iter().map(|r| r.0.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "s"]);
+        // The self-parented span is a root; the cycle follows, entered at its earliest span.
+        assert_eq!(got[0], ("s".to_string(), 0, true));
+        assert_eq!(got[1], ("a".to_string(), 0, true));
+        assert_eq!(got[2], ("b".to_string(), 1, false));
+    }
+
+    #[test]
+    fn errors_are_5xx_or_a_proxy_made_error() {
+        let mut s = span("a", "", 0);
+        s.status_code = 503;
+        assert!(is_error(&s));
+        s.status_code = 404;
+        assert!(!is_error(&s));
+        s.error = "no_route".into();
+        assert!(is_error(&s));
     }
 }
