@@ -9,7 +9,10 @@ pub mod canaries;
 pub mod policies;
 pub mod routes;
 pub mod services;
+pub mod topology;
+pub mod traces;
 pub mod ui;
+pub mod waterfall;
 
 /// The generated `quiver.v1` messages and the MeshAdmin client (from ../proto).
 #[allow(clippy::all)]
@@ -60,6 +63,8 @@ pub fn App() -> impl IntoView {
         flash: RwSignal::new(None),
     };
     ctx.init();
+    // The trace search outlives the page, so coming back from a trace shows the same list.
+    provide_context(traces::TraceSearch::new());
     let _ = set_interval_with_handle(
         move || ctx.now.set(js_sys::Date::now()),
         std::time::Duration::from_secs(1),
@@ -200,6 +205,8 @@ fn Shell() -> impl IntoView {
                     {nav("/routes", "Routes")}
                     {nav("/canaries", "Canaries")}
                     {nav("/policies", "Policies")}
+                    {nav("/traces", "Traces")}
+                    {nav("/topology", "Topology")}
                     {nav("/mesh", "Mesh settings")}
                 </ul>
             </nav>
@@ -241,6 +248,9 @@ fn page(path: &str) -> AnyView {
         ["policies", ns, name] => {
             view! { <policies::PolicyEditor key=Some((own(ns), own(name))) /> }.into_any()
         }
+        ["traces"] => view! { <traces::TracesPage /> }.into_any(),
+        ["traces", id] => view! { <waterfall::TracePage trace_id=own(id) /> }.into_any(),
+        ["topology"] => view! { <topology::TopologyPage /> }.into_any(),
         ["mesh"] => view! { <policies::MeshPage /> }.into_any(),
         _ => {
             let p = path.to_string();

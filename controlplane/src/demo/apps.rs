@@ -255,12 +255,18 @@ async fn catalog(state: Arc<Catalog>, req: Request<Incoming>) -> Response<Full<B
     let product = product.to_string();
     let caller = caller_of(req.headers());
     let mut ratings = state.ratings.clone();
-    let (rating, rating_error) = match ratings
-        .get(RatingRequest {
-            product: product.clone(),
-        })
-        .await
-    {
+    let mut call = tonic::Request::new(RatingRequest {
+        product: product.clone(),
+    });
+    // Pass the trace context on, as every app in a mesh must: without it the call to ratings
+    // starts a new trace and frontend -> catalog -> ratings shows up as two unrelated traces.
+    for name in ["traceparent", "tracestate"] {
+        let value = req.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Some(v) = value.and_then(|v| v.parse().ok()) {
+            call.metadata_mut().insert(name, v);
+        }
+    }
+    let (rating, rating_error) = match ratings.get(call).await {
         Ok(r) => {
             let r = r.into_inner();
             (

@@ -1,0 +1,431 @@
+//! The console's Traces and Topology pages in a real headless Chromium against the real demo:
+//! `quiver-control demo` on free ports (control plane on SQLite, four sidecars joined over
+//! mTLS, four sample apps, 15 requests a second, the console served), so every span and edge
+//! count the browser shows was recorded by a real proxy for a real request.
+//!
+//! Before the browser starts, the test asks the API itself (native gRPC) for the ground truth:
+//! a complete frontend -> catalog -> ratings trace (GetTrace: its spans, parent links and
+//! depths) and a service graph in which both calls have a nonzero rate. Then it runs
+//! `console/e2e/traces.test.mjs` (playwright-core), which must find that trace by searching
+//! for catalog, open it, and show exactly those spans in that tree; and must draw the three
+//! services and both calls on the Topology page.
+//!
+//! Needs node, Debian's chromium and `npm ci` in console/e2e; when any is missing the test
+//! fails and says what to install (it never skips). `QUIVER_CONSOLE_SCREENSHOTS=DIR` also
+//! writes the Traces and Topology screenshots used in docs/console.md.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quiver_api::v1;
+
+const INSTALL: &str = "apt-get install -y chromium chromium-driver nodejs npm \
+    rustc-web cargo-web rust-web-src lld-22 && (cd console/e2e && npm ci) \
+    (or run .ci/run, which installs all of it)";
+
+/// Four sidecars joining on a busy 2-core machine (debug build) takes a while.
+const START: Duration = Duration::from_secs(180);
+/// Proxies ship spans every second and edge counts every 10 s.
+const DATA: Duration = Duration::from_secs(90);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("controlplane/ has a parent")
+        .to_path_buf()
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+}
+
+/// Everything the browser test needs that cargo does not install.
+fn check_prerequisites(e2e: &Path) {
+    let mut missing = Vec::new();
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        missing.push("node (apt-get install -y nodejs npm)".to_string());
+    }
+    if !chromium().exists() {
+        missing.push(format!(
+            "{} (apt-get install -y chromium chromium-driver)",
+            chromium().display()
+        ));
+    }
+    if !e2e
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        missing.push("console/e2e/node_modules (cd console/e2e && npm ci)".to_string());
+    }
+    assert!(
+        missing.is_empty(),
+        "the console traces test needs: {}\ninstall with: {INSTALL}",
+        missing.join(", ")
+    );
+}
+
+fn show(what: &str, out: &Output) -> String {
+    format!(
+        "{what} exited with {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The demo process, its output, and its directory. Stopped with SIGINT at the end; killed
+/// (its children follow it) if the test fails first.
+struct Demo {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Demo {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The console is served (no --no-console); the bundle was built just before, so the
+        // demo's own `build.sh --if-stale` returns at once.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-control"))
+            .args(["demo", "--port-base", "0", "--rate", "15"])
+            .arg("--dir")
+            .arg(dir.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start quiver-control demo");
+        let (tx, lines) = mpsc::channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for (stream, tag) in [
+            (Box::new(out) as Box<dyn std::io::Read + Send>, ""),
+            (Box::new(err), "stderr: "),
+        ] {
+            let (tx, seen) = (tx.clone(), seen.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    seen.lock().unwrap().push(format!("{tag}{line}"));
+                    let _ = tx.send(format!("{tag}{line}"));
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            seen,
+            _dir: dir,
+        }
+    }
+
+    fn output(&self) -> String {
+        self.seen.lock().unwrap().join("\n")
+    }
+
+    /// Read output lines until `pick` returns Some.
+    fn until<T>(&mut self, what: &str, timeout: Duration, pick: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(v) = pick(&line) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {what} within {timeout:?} (demo exit status: {:?}); output:\n{}",
+                    self.child.try_wait().ok().flatten(),
+                    self.output()
+                ),
+            }
+        }
+    }
+
+    /// Ctrl-C, as a user stops it; the demo must exit 0.
+    async fn stop(mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo did not exit within 60s of SIGINT:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(status.success(), "demo exit {status:?}:\n{}", self.output());
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `  console + API   http://127.0.0.1:34567/` and `  admin token     qvr_...`.
+fn banner_value(line: &str, label: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix(label)?;
+    Some(
+        rest.split_whitespace()
+            .next()?
+            .trim_end_matches('/')
+            .to_string(),
+    )
+}
+
+/// Adds the demo's admin token to every call.
+#[derive(Clone)]
+struct AdminToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for AdminToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Admin = v1::mesh_admin_client::MeshAdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AdminToken>,
+>;
+
+async fn admin_client(url: &str, token: &str) -> Admin {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("API URL")
+        .connect()
+        .await
+        .expect("connect to the demo's API");
+    let bearer = AdminToken(format!("Bearer {token}").parse().expect("token"));
+    v1::mesh_admin_client::MeshAdminClient::with_interceptor(channel, bearer)
+}
+
+/// Each span's depth in the parent/child tree (0 for a span without a parent in the trace).
+fn depths(spans: &[v1::Span]) -> BTreeMap<String, usize> {
+    let parent: BTreeMap<&str, &str> = spans
+        .iter()
+        .map(|s| (s.span_id.as_str(), s.parent_span_id.as_str()))
+        .collect();
+    spans
+        .iter()
+        .map(|s| {
+            let mut depth = 0;
+            let mut at = s.parent_span_id.as_str();
+            while let Some(p) = parent.get(at) {
+                depth += 1;
+                at = p;
+                assert!(depth <= spans.len(), "a cycle of parent ids: {spans:#?}");
+            }
+            (s.span_id.clone(), depth)
+        })
+        .collect()
+}
+
+/// A trace of one demo request, complete: the shape a frontend -> catalog -> ratings request
+/// takes through four proxies. Returns None while spans are still missing.
+fn complete_request(trace: &v1::Trace) -> Option<()> {
+    // (service that recorded it, kind, peer service), parent before child.
+    const CHAIN: [(&str, &str, &str); 4] = [
+        ("frontend", "CLIENT", "catalog"),
+        ("catalog", "SERVER", "frontend"),
+        ("catalog", "CLIENT", "ratings"),
+        ("ratings", "SERVER", "catalog"),
+    ];
+    if trace.spans.len() < CHAIN.len() {
+        return None;
+    }
+    assert_eq!(
+        trace.spans.len(),
+        CHAIN.len(),
+        "one demo request is one span per proxy hop side: {trace:#?}"
+    );
+    let d = depths(&trace.spans);
+    for (depth, (service, kind, peer)) in CHAIN.iter().enumerate() {
+        let s = trace
+            .spans
+            .iter()
+            .find(|s| d[&s.span_id] == depth)
+            .unwrap_or_else(|| panic!("no span at depth {depth}: {trace:#?}"));
+        assert_eq!(
+            (s.service.as_str(), s.kind.as_str(), s.peer_service.as_str()),
+            (*service, *kind, *peer),
+            "span at depth {depth}: {trace:#?}"
+        );
+    }
+    Some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_and_topology_of_the_demo_in_a_real_browser() {
+    let repo = repo();
+    let e2e = repo.join("console/e2e");
+    check_prerequisites(&e2e);
+
+    // (a) The bundle, rebuilt only when its sources changed (the demo would otherwise run
+    // without a console and this test would fail far from the cause).
+    let started = Instant::now();
+    let build = tokio::process::Command::new(repo.join("console/build.sh"))
+        .arg("--if-stale")
+        .output()
+        .await
+        .expect("run console/build.sh");
+    assert!(
+        build.status.success(),
+        "{}\ninstall with: {INSTALL}",
+        show("console/build.sh --if-stale", &build)
+    );
+    println!("console/build.sh --if-stale: {:?}", started.elapsed());
+
+    // (b) The demo, and its API address and admin token from its banner.
+    let mut demo = tokio::task::block_in_place(Demo::start);
+    let url = tokio::task::block_in_place(|| {
+        demo.until("the console + API line", START, |l| {
+            banner_value(l, "console + API")
+        })
+    });
+    let token = tokio::task::block_in_place(|| {
+        demo.until("the admin token line", Duration::from_secs(5), |l| {
+            banner_value(l, "admin token")
+        })
+    });
+    assert!(
+        !demo.output().contains("running without it"),
+        "the demo runs without the console:\n{}",
+        demo.output()
+    );
+    let mut admin = admin_client(&url, &token).await;
+
+    // (c) Ground truth from the API: a complete trace through catalog, a few seconds old so
+    // every proxy has shipped its span, and a graph with both calls.
+    let deadline = Instant::now() + DATA;
+    let trace = loop {
+        let found = admin
+            .search_traces(v1::SearchTracesRequest {
+                service: "catalog".into(),
+                limit: 50,
+                ..Default::default()
+            })
+            .await
+            .expect("SearchTraces")
+            .into_inner()
+            .traces;
+        let mut complete = None;
+        // Newest first: skip the ones younger than 3 s.
+        for t in found.iter().skip(4) {
+            let full = admin
+                .get_trace(v1::GetTraceRequest {
+                    trace_id: t.trace_id.clone(),
+                })
+                .await
+                .expect("GetTrace")
+                .into_inner();
+            if complete_request(&full).is_some() {
+                complete = Some(full);
+                break;
+            }
+        }
+        if let Some(t) = complete {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no complete frontend -> catalog -> ratings trace within {DATA:?} ({} catalog \
+             traces found); demo output:\n{}",
+            found.len(),
+            demo.output()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let d = depths(&trace.spans);
+    let expected: Vec<serde_json::Value> = trace
+        .spans
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "spanId": s.span_id, "parentSpanId": s.parent_span_id, "depth": d[&s.span_id],
+                "service": s.service, "kind": s.kind, "peerService": s.peer_service,
+                "peerIdentity": s.peer_identity, "statusCode": s.status_code, "error": s.error,
+                "attempt": s.attempt, "quicConnectionId": s.quic_connection_id,
+                "endpoint": s.endpoint,
+            })
+        })
+        .collect();
+    println!(
+        "trace {} has {} spans: {}",
+        trace.trace_id,
+        trace.spans.len(),
+        serde_json::to_string(&expected).unwrap()
+    );
+    loop {
+        let graph = admin
+            .get_service_graph(v1::GetServiceGraphRequest {
+                window: "5m".into(),
+                namespace: String::new(),
+            })
+            .await
+            .expect("GetServiceGraph")
+            .into_inner();
+        let rate = |from: &str, to: &str| {
+            graph
+                .edges
+                .iter()
+                .find(|e| e.source_service == from && e.destination_service == to)
+                .map_or(0.0, |e| e.request_rate)
+        };
+        if rate("frontend", "catalog") > 0.0 && rate("catalog", "ratings") > 0.0 {
+            println!("service graph: {graph:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no frontend -> catalog and catalog -> ratings edges within {DATA:?}: {graph:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // (d) The browser.
+    let mut node = tokio::process::Command::new("node");
+    node.arg("traces.test.mjs")
+        .current_dir(&e2e)
+        .env("QUIVER_URL", &url)
+        .env("QUIVER_ADMIN_TOKEN", &token)
+        .env("TRACE_ID", &trace.trace_id)
+        .env(
+            "TRACE_SPANS",
+            serde_json::to_string(&expected).expect("JSON"),
+        )
+        .env("CHROMIUM", chromium())
+        .kill_on_drop(true);
+    if let Some(dir) = std::env::var_os("QUIVER_CONSOLE_SCREENSHOTS") {
+        node.env("SCREENSHOT_DIR", dir);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(240), node.output())
+        .await
+        .expect("the browser test finished within 240 s")
+        .expect("run node");
+    println!("{}", show("node traces.test.mjs", &out));
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("all traces browser checks passed"),
+        "{}\ndemo output:\n{}",
+        show("node traces.test.mjs", &out),
+        demo.output()
+    );
+    demo.stop().await;
+}
