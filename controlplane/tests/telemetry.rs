@@ -135,7 +135,9 @@ fn edge(src: &str, dst: &str, requests: u64, errors: u64, b: Vec<u64>, end: i64)
         requests,
         errors,
         latency_buckets: b,
-        interval_start_unix_nanos: end - 10 * SEC,
+        // Longer than the 1m window the graph is asked for: the edge has been seen for the
+        // whole window, so its rate divides by all of it.
+        interval_start_unix_nanos: end - 90 * SEC,
         interval_end_unix_nanos: end,
     }
 }

@@ -205,7 +205,7 @@ async fn carry_out(
                 inputs.with_balancer(snapshot, &service, |bal| bal.connected(address));
                 connected.store(true, std::sync::atomic::Ordering::Relaxed);
                 *seen.lock().unwrap_or_else(|p| p.into_inner()) = (
-                    format!("{:x}", conn.stable_id()),
+                    crate::transport::connection_trace_id(conn),
                     endpoint.identity.to_string(),
                 );
             }),

@@ -78,6 +78,7 @@ async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
     };
     inputs.transport.watch(conn.clone(), "server");
     let peer = Arc::new(peer);
+    let connection_id: Arc<str> = crate::transport::connection_trace_id(&conn).into();
     let h3conn = h3::server::builder()
         .max_field_section_size(inputs.tuning.max_header_bytes as u64)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
@@ -96,9 +97,12 @@ async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
                 Ok(Some(resolver)) => {
                     let inputs = inputs.clone();
                     let peer = peer.clone();
+                    let connection_id = connection_id.clone();
                     tokio::spawn(async move {
                         match resolver.resolve_request().await {
-                            Ok((req, stream)) => request(inputs, peer, req, stream).await,
+                            Ok((req, stream)) => {
+                                request(inputs, peer, &connection_id, req, stream).await
+                            }
                             Err(e) => tracing::debug!(error = %e, "malformed request from peer"),
                         }
                     });
@@ -128,6 +132,7 @@ async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
 async fn request(
     inputs: Arc<Inputs>,
     peer: Arc<SpiffeId>,
+    connection_id: &str,
     mut req: Request<()>,
     mut stream: ServerStream,
 ) {
@@ -143,6 +148,7 @@ async fn request(
     // The server span continues the caller's trace; the app sees it as the parent.
     let span = record.trace_request(&inputs, req.headers_mut(), SpanKind::Server);
     span.peer_identity = peer.to_string();
+    span.quic_connection_id = connection_id.to_string();
     span.peer_service = peer
         .workload_parts()
         .map(|(_, sa)| sa.to_string())

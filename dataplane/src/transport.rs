@@ -364,6 +364,19 @@ fn quic_configs(
     Ok((server, client))
 }
 
+/// An id for `conn` that both ends compute alike: 8 bytes of the TLS exporter (RFC 8446
+/// section 7.5) under a label of ours, hex. The CLIENT span of one proxy and the SERVER span
+/// of its peer carry the same value, so a trace shows which requests shared a connection;
+/// exporter output reveals nothing about the connection's keys. quinn's `stable_id` is
+/// local to one side and would not match.
+pub fn connection_trace_id(conn: &quinn::Connection) -> String {
+    let mut out = [0u8; 8];
+    match conn.export_keying_material(&mut out, b"EXPORTER-quiver-connection-id", b"") {
+        Ok(()) => out.iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => String::new(),
+    }
+}
+
 /// TLS sessions a proxy remembers for peers to resume.
 const SESSION_CACHE: usize = 4096;
 

@@ -1021,6 +1021,20 @@ async fn traces_cross_two_hops_and_are_stored_by_the_control_plane() {
         "{spans:#?}"
     );
     assert!(!web_client.quic_connection_id.is_empty() && !web_client.endpoint.is_empty());
+    // Both ends of a hop name the same QUIC connection; the two hops used different ones.
+    assert_eq!(
+        web_client.quic_connection_id,
+        reviews_server.quic_connection_id
+    );
+    assert_eq!(
+        reviews_client.quic_connection_id,
+        ratings_server.quic_connection_id
+    );
+    assert_ne!(
+        web_client.quic_connection_id,
+        reviews_client.quic_connection_id
+    );
+    assert_eq!(web_client.quic_connection_id.len(), 16, "{web_client:?}");
 
     // 10 % head sampling over 1,000 new traces, and every 5xx kept.
     let since = std::time::SystemTime::now();

@@ -241,16 +241,17 @@ impl AdminApi {
             )));
         }
         let _timer = self.inputs.metrics.store_timer("service_graph");
-        let after = now_ns().saturating_sub(nanos(window));
+        let now = now_ns();
+        let after = now.saturating_sub(nanos(window));
         let namespace = (!req.namespace.is_empty()).then_some(req.namespace.as_str());
         let edges = store
             .edge_stats_since(after, namespace)
             .await
             .map_err(store_status)?;
-        Ok(telemetry::service_graph(
-            &edges,
-            window.as_secs_f64(),
-            window_text,
-        ))
+        let span = telemetry::Window {
+            start_ns: after,
+            end_ns: now,
+        };
+        Ok(telemetry::service_graph(&edges, span, window_text))
     }
 }

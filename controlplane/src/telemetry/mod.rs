@@ -224,10 +224,16 @@ struct Totals {
     requests: u64,
     errors: u64,
     buckets: Vec<u64>,
+    /// The earliest start of the intervals added (None: none yet).
+    first_start_ns: Option<i64>,
 }
 
 impl Totals {
     fn add(&mut self, e: &EdgeRecord) {
+        self.first_start_ns = Some(
+            self.first_start_ns
+                .map_or(e.interval_start_ns, |s| s.min(e.interval_start_ns)),
+        );
         self.requests = self
             .requests
             .saturating_add(u64::try_from(e.requests).unwrap_or(0));
@@ -242,9 +248,22 @@ impl Totals {
         }
     }
 
-    /// (request rate /s, error share, p50 ms, p99 ms) over `window_secs`.
-    fn rates(&self, window_secs: f64) -> (f64, f64, f64, f64) {
-        let rate = self.requests as f64 / window_secs;
+    /// (request rate /s, error share, p50 ms, p99 ms) over the part of `window` in which
+    /// this edge was seen: a call that started reporting 30 s ago into a 5 m window is
+    /// divided by 30 s, not 300 (the rate a young mesh shows would otherwise be a tenth of
+    /// the truth); one seen throughout divides by the whole window.
+    fn rates(&self, window: &Window) -> (f64, f64, f64, f64) {
+        let seen_from = self
+            .first_start_ns
+            .map_or(window.start_ns, |s| s.max(window.start_ns));
+        let seen_secs = (window.end_ns - seen_from) as f64 / 1e9;
+        let window_secs = (window.end_ns - window.start_ns) as f64 / 1e9;
+        let divisor = if seen_secs > 0.0 {
+            seen_secs.min(window_secs)
+        } else {
+            window_secs
+        };
+        let rate = self.requests as f64 / divisor.max(1e-9);
         let errors = if self.requests == 0 {
             0.0
         } else {
@@ -259,10 +278,17 @@ impl Totals {
     }
 }
 
-/// The service graph over a window of `window_secs` from the edge intervals in it. Edges are
-/// exact counts (every request, sampled or not); a node's numbers are those of the requests
-/// into it. Services only ever seen as callers appear as nodes with no traffic.
-pub fn service_graph(edges: &[EdgeRecord], window_secs: f64, window: String) -> v1::ServiceGraph {
+/// The look-back window of a service graph, Unix ns.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub start_ns: i64,
+    pub end_ns: i64,
+}
+
+/// The service graph over `span` from the edge intervals that ended in it. Edges are exact
+/// counts (every request, sampled or not); a node's numbers are those of the requests into
+/// it. Services only ever seen as callers appear as nodes with no traffic.
+pub fn service_graph(edges: &[EdgeRecord], span: Window, window: String) -> v1::ServiceGraph {
     let mut by_edge: BTreeMap<(String, String, String), Totals> = BTreeMap::new();
     let mut by_node: BTreeMap<(String, String), Totals> = BTreeMap::new();
     for e in edges {
@@ -285,7 +311,7 @@ pub fn service_graph(edges: &[EdgeRecord], window_secs: f64, window: String) -> 
     let nodes = by_node
         .into_iter()
         .map(|((namespace, service), t)| {
-            let (request_rate, error_rate, p50_ms, p99_ms) = t.rates(window_secs);
+            let (request_rate, error_rate, p50_ms, p99_ms) = t.rates(&span);
             v1::GraphNode {
                 namespace,
                 service,
@@ -299,7 +325,7 @@ pub fn service_graph(edges: &[EdgeRecord], window_secs: f64, window: String) -> 
     let edges = by_edge
         .into_iter()
         .map(|((namespace, source_service, destination_service), t)| {
-            let (request_rate, error_rate, p50_ms, p99_ms) = t.rates(window_secs);
+            let (request_rate, error_rate, p50_ms, p99_ms) = t.rates(&span);
             v1::GraphEdge {
                 source_service,
                 destination_service,

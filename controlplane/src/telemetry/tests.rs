@@ -11,6 +11,7 @@ fn caller() -> Caller {
 }
 
 const NOW: i64 = 1_800_000_000_000_000_000;
+const SEC: i64 = 1_000_000_000;
 
 fn span() -> v1::Span {
     v1::Span {
@@ -146,7 +147,15 @@ fn graph_sums_intervals_and_divides_by_the_window() {
     let c = caller();
     let e1 = check_edge(edge(100, 10, buckets(&[(4, 100)])), &c).unwrap();
     let e2 = check_edge(edge(200, 0, buckets(&[(4, 200)])), &c).unwrap();
-    let g = service_graph(&[e1, e2], 60.0, "1m".into());
+    // Both intervals started before the window: seen throughout, divided by all 60 s.
+    let (mut e1, mut e2) = (e1, e2);
+    e1.interval_start_ns = NOW - 70 * SEC;
+    e2.interval_start_ns = NOW - 65 * SEC;
+    let window = Window {
+        start_ns: NOW - 60 * SEC,
+        end_ns: NOW,
+    };
+    let g = service_graph(&[e1, e2], window, "1m".into());
     assert_eq!(g.edges.len(), 1);
     let edge = &g.edges[0];
     assert!((edge.request_rate - 5.0).abs() < 1e-9);
@@ -156,4 +165,26 @@ fn graph_sums_intervals_and_divides_by_the_window() {
     assert_eq!(names, ["reviews", "web"]);
     assert_eq!(g.nodes[1].request_rate, 0.0, "web is only a caller");
     assert!((g.nodes[0].request_rate - 5.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_young_edge_is_divided_by_the_time_it_was_seen_not_the_whole_window() {
+    let c = caller();
+    // Reported for the last 10 s only, in a 5 m window: 150 requests are 15/s, not 0.5/s.
+    let e = check_edge(edge(150, 0, buckets(&[(4, 150)])), &c).unwrap();
+    let window = Window {
+        start_ns: NOW - 300 * SEC,
+        end_ns: NOW,
+    };
+    let g = service_graph(&[e], window, "5m".into());
+    assert!(
+        (g.edges[0].request_rate - 15.0).abs() < 1e-9,
+        "{:?}",
+        g.edges[0]
+    );
+    assert!(
+        (g.nodes[0].request_rate - 15.0).abs() < 1e-9,
+        "{:?}",
+        g.nodes[0]
+    );
 }
