@@ -161,6 +161,11 @@ fn policy_config(pushed: &v1::ProxySnapshot, errs: &mut Vec<FieldError>) -> Poli
         && let Some(m) = read(Some(mesh), None, "mesh", errs)
     {
         config.mesh = m;
+        // Pruning drops proto3 zeros, also from `optional` fields where 0 was set on
+        // purpose: `samplingPercent: 0` (head sampling off) must not read as unset (1%).
+        if let Some(percent) = mesh.tracing.as_ref().and_then(|t| t.sampling_percent) {
+            config.mesh.tracing.sampling_percent = Some(percent);
+        }
     }
     config
 }

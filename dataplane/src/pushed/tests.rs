@@ -243,3 +243,23 @@ fn an_empty_push_is_an_empty_snapshot_with_default_policy() {
         Verdict::Allowed(_)
     ));
 }
+
+#[test]
+fn sampling_zero_means_off_not_unset() {
+    let with = |sampling_percent| {
+        let mut p = pushed();
+        p.mesh.as_mut().unwrap().tracing = Some(v1::TracingConfig {
+            sampling_percent,
+            slow_threshold: String::new(),
+        });
+        snapshot(&p, "a", local())
+            .unwrap()
+            .policy
+            .mesh
+            .tracing
+            .rate()
+    };
+    assert_eq!(with(Some(0.0)), 0.0, "0% is off");
+    assert_eq!(with(None), 0.01, "unset is the 1% default");
+    assert_eq!(with(Some(25.0)), 0.25);
+}
