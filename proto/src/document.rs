@@ -161,8 +161,35 @@ pub fn to_json(resources: &[AnyResource]) -> Result<String, serde_yaml::Error> {
 /// The canonical form of a resource: what it becomes after rendering and parsing back. Fields
 /// present but at their default (e.g. an empty `retries: {}`) are dropped, so that two objects
 /// meaning the same thing encode to the same bytes and a re-apply is recognised as unchanged.
-pub fn canonicalize<R: Resource>(resource: &R) -> Result<R, serde_yaml::Error> {
-    serde_yaml::from_value(prune(serde_yaml::to_value(resource)?))
+pub fn canonicalize<R: Resource + 'static>(resource: &R) -> Result<R, serde_yaml::Error> {
+    let mut out = serde_yaml::from_value(prune(serde_yaml::to_value(resource)?))?;
+    keep_explicit_zeros(resource, &mut out);
+    Ok(out)
+}
+
+/// Pruning cannot tell an `optional` proto field set to 0 from an unset one; put such values
+/// back. The one such field is `MeshConfig.spec.tracing.samplingPercent`, where 0 means
+/// "sample nothing" and unset means the 1% default.
+fn keep_explicit_zeros<R: Resource + 'static>(original: &R, out: &mut R) {
+    let any: &dyn std::any::Any = original;
+    let Some(original) = any.downcast_ref::<v1::MeshConfig>() else {
+        return;
+    };
+    let Some(percent) = original
+        .spec
+        .as_ref()
+        .and_then(|s| s.tracing.as_ref())
+        .and_then(|t| t.sampling_percent)
+    else {
+        return;
+    };
+    if let Some(out) = (out as &mut dyn std::any::Any).downcast_mut::<v1::MeshConfig>() {
+        out.spec
+            .get_or_insert_with(Default::default)
+            .tracing
+            .get_or_insert_with(Default::default)
+            .sampling_percent = Some(percent);
+    }
 }
 
 /// Any message (e.g. a `ProxySnapshot`'s `RouteSpec`) as a YAML value with proto3 defaults

@@ -118,3 +118,29 @@ fn pruned_value_drops_proto3_defaults_for_the_proxy_config_shape() {
     assert!(!text.contains("match"), "{text}");
     assert_eq!(v["rules"][0]["backends"][0]["weight"].as_u64(), Some(100));
 }
+
+#[test]
+fn canonical_form_keeps_an_explicit_zero_sampling_percent() {
+    let parse = |percent: &str| {
+        let text = format!(
+            "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {{name: mesh}}\n\
+             spec:\n  tracing: {{{percent}}}\n"
+        );
+        let docs = parse_documents(&text).unwrap();
+        let m: v1::MeshConfig = serde_yaml::from_value(docs[0].to_yaml_value().unwrap()).unwrap();
+        canonicalize(&m)
+            .unwrap()
+            .spec
+            .unwrap_or_default()
+            .tracing
+            .unwrap_or_default()
+            .sampling_percent
+    };
+    assert_eq!(
+        parse("samplingPercent: 0"),
+        Some(0.0),
+        "0 is off, not unset"
+    );
+    assert_eq!(parse("samplingPercent: 30"), Some(30.0));
+    assert_eq!(parse("slowThreshold: 2s"), None);
+}
