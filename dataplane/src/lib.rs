@@ -157,8 +157,6 @@ impl Inputs {
     }
 }
 
-/// Finished spans waiting to be shipped; beyond this they are dropped (and counted).
-
 /// The addresses a started proxy actually bound (ports may have been 0 in the config).
 #[derive(Debug, Clone)]
 pub struct Bound {
