@@ -225,7 +225,7 @@ async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
     let ratio = on / off;
     println!(
         "median req/s: off {off:.0}, on {on:.0} -> on/off {ratio:.3} ({} the 15% target); \
-         proxy CPU per request: off {cpu_off:.1} us, on {cpu_on:.1} us (+{:.1}%); control \
+         proxy CPU per request: off {cpu_off:.1} us, on {cpu_on:.1} us ({:+.1}%); control \
          plane stored {:.0} spans/s at the 'on' rate",
         if ratio >= 0.85 { "within" } else { "OUTSIDE" },
         (cpu_on / cpu_off - 1.0) * 100.0,
