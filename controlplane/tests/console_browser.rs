@@ -10,87 +10,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::browser::{build_bundle, check_prerequisites, chromium, repo, show};
 use common::mesh::{join, registration};
 use common::{PgTestDb, REVIEWS_SERVICE, TestServer, doc};
 use quiver_api::v1;
-
-const INSTALL: &str = "apt-get install -y chromium chromium-driver nodejs npm \
-    rustc-web cargo-web rust-web-src lld-22 && (cd console/e2e && npm ci) \
-    (or run .ci/run, which installs all of it)";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("controlplane/ has a parent")
-        .to_path_buf()
-}
-
-fn chromium() -> PathBuf {
-    std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
-}
-
-/// Everything the browser test needs that cargo does not install.
-fn check_prerequisites(e2e: &Path) {
-    let mut missing = Vec::new();
-    let node = std::process::Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        missing.push("node (apt-get install -y nodejs npm)".to_string());
-    }
-    if !chromium().exists() {
-        missing.push(format!(
-            "{} (apt-get install -y chromium chromium-driver)",
-            chromium().display()
-        ));
-    }
-    if !e2e
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        missing.push("console/e2e/node_modules (cd console/e2e && npm ci)".to_string());
-    }
-    assert!(
-        missing.is_empty(),
-        "the console browser test needs: {}\ninstall with: {INSTALL}",
-        missing.join(", ")
-    );
-}
-
-fn show(what: &str, out: &Output) -> String {
-    format!(
-        "{what} exited with {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_works_in_a_real_browser() {
     let repo = repo();
     let e2e = repo.join("console/e2e");
-    check_prerequisites(&e2e);
-
+    check_prerequisites(&e2e, "the console browser test");
     // (a) The bundle, rebuilt only when its sources changed.
-    let started = Instant::now();
-    let build = tokio::process::Command::new(repo.join("console/build.sh"))
-        .arg("--if-stale")
-        .output()
-        .await
-        .expect("run console/build.sh");
-    assert!(
-        build.status.success(),
-        "{}\ninstall with: {INSTALL}",
-        show("console/build.sh --if-stale", &build)
-    );
-    println!(
-        "console/build.sh --if-stale: {:?}\n{}",
-        started.elapsed(),
-        String::from_utf8_lossy(&build.stdout)
-    );
+    build_bundle(&repo).await;
 
     // (b) A control plane on Postgres serving it.
     let db = PgTestDb::create().await;

@@ -14,171 +14,19 @@
 //! fails and says what to install (it never skips). `QUIVER_CONSOLE_SCREENSHOTS=DIR` also
 //! writes the Traces and Topology screenshots used in docs/console.md.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::browser::{build_bundle, check_prerequisites, chromium, repo, show};
+use common::demo::Demo;
 use quiver_api::v1;
-
-const INSTALL: &str = "apt-get install -y chromium chromium-driver nodejs npm \
-    rustc-web cargo-web rust-web-src lld-22 && (cd console/e2e && npm ci) \
-    (or run .ci/run, which installs all of it)";
 
 /// Four sidecars joining on a busy 2-core machine (debug build) takes a while.
 const START: Duration = Duration::from_secs(180);
 /// Proxies ship spans every second and edge counts every 10 s.
 const DATA: Duration = Duration::from_secs(90);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("controlplane/ has a parent")
-        .to_path_buf()
-}
-
-fn chromium() -> PathBuf {
-    std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
-}
-
-/// Everything the browser test needs that cargo does not install.
-fn check_prerequisites(e2e: &Path) {
-    let mut missing = Vec::new();
-    let node = Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        missing.push("node (apt-get install -y nodejs npm)".to_string());
-    }
-    if !chromium().exists() {
-        missing.push(format!(
-            "{} (apt-get install -y chromium chromium-driver)",
-            chromium().display()
-        ));
-    }
-    if !e2e
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
-        missing.push("console/e2e/node_modules (cd console/e2e && npm ci)".to_string());
-    }
-    assert!(
-        missing.is_empty(),
-        "the console traces test needs: {}\ninstall with: {INSTALL}",
-        missing.join(", ")
-    );
-}
-
-fn show(what: &str, out: &Output) -> String {
-    format!(
-        "{what} exited with {}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The demo process, its output, and its directory. Stopped with SIGINT at the end; killed
-/// (its children follow it) if the test fails first.
-struct Demo {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Demo {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // The console is served (no --no-console); the bundle was built just before, so the
-        // demo's own `build.sh --if-stale` returns at once.
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-control"))
-            .args(["demo", "--port-base", "0", "--rate", "15"])
-            .arg("--dir")
-            .arg(dir.path())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start quiver-control demo");
-        let (tx, lines) = mpsc::channel();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        for (stream, tag) in [
-            (Box::new(out) as Box<dyn std::io::Read + Send>, ""),
-            (Box::new(err), "stderr: "),
-        ] {
-            let (tx, seen) = (tx.clone(), seen.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    seen.lock().unwrap().push(format!("{tag}{line}"));
-                    let _ = tx.send(format!("{tag}{line}"));
-                }
-            });
-        }
-        Self {
-            child,
-            lines,
-            seen,
-            _dir: dir,
-        }
-    }
-
-    fn output(&self) -> String {
-        self.seen.lock().unwrap().join("\n")
-    }
-
-    /// Read output lines until `pick` returns Some.
-    fn until<T>(&mut self, what: &str, timeout: Duration, pick: impl Fn(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(v) = pick(&line) {
-                        return v;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {what} within {timeout:?} (demo exit status: {:?}); output:\n{}",
-                    self.child.try_wait().ok().flatten(),
-                    self.output()
-                ),
-            }
-        }
-    }
-
-    /// Ctrl-C, as a user stops it; the demo must exit 0.
-    async fn stop(mut self) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("a pid");
-        rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the demo did not exit within 60s of SIGINT:\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert!(status.success(), "demo exit {status:?}:\n{}", self.output());
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// `  console + API   http://127.0.0.1:34567/` and `  admin token     qvr_...`.
 fn banner_value(line: &str, label: &str) -> Option<String> {
@@ -275,25 +123,15 @@ fn complete_request(trace: &v1::Trace) -> Option<()> {
 async fn traces_and_topology_of_the_demo_in_a_real_browser() {
     let repo = repo();
     let e2e = repo.join("console/e2e");
-    check_prerequisites(&e2e);
-
+    check_prerequisites(&e2e, "the console traces test");
     // (a) The bundle, rebuilt only when its sources changed (the demo would otherwise run
     // without a console and this test would fail far from the cause).
-    let started = Instant::now();
-    let build = tokio::process::Command::new(repo.join("console/build.sh"))
-        .arg("--if-stale")
-        .output()
-        .await
-        .expect("run console/build.sh");
-    assert!(
-        build.status.success(),
-        "{}\ninstall with: {INSTALL}",
-        show("console/build.sh --if-stale", &build)
-    );
-    println!("console/build.sh --if-stale: {:?}", started.elapsed());
+    build_bundle(&repo).await;
 
     // (b) The demo, and its API address and admin token from its banner.
-    let mut demo = tokio::task::block_in_place(Demo::start);
+    // The console is served (no --no-console); the bundle was built just before, so the
+    // demo's own `build.sh --if-stale` returns at once.
+    let mut demo = tokio::task::block_in_place(|| Demo::start(&["--rate", "15"]));
     let url = tokio::task::block_in_place(|| {
         demo.until("the console + API line", START, |l| {
             banner_value(l, "console + API")

@@ -5,108 +5,17 @@
 //! the sidecars proved with mTLS; then Ctrl-C (SIGINT) must stop everything with status 0
 //! and leave no child process behind.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use common::demo::Demo;
 use http_body_util::{BodyExt, Empty};
 use quiver_control::demo::apps::FrontendReply;
 
 /// Debug builds on a busy 2-core CI machine: four sidecars joining takes a while.
 const START: Duration = Duration::from_secs(180);
-
-/// The demo process; killed (with its children, which follow their parent) if the test fails.
-struct Demo {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Demo {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-control"))
-            .args([
-                "demo",
-                "--no-console",
-                "--port-base",
-                "0",
-                "--rate",
-                "20",
-                "--report-every",
-                "1s",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start quiver-control demo");
-        let (tx, lines) = mpsc::channel();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        for (stream, tag) in [
-            (Box::new(out) as Box<dyn std::io::Read + Send>, ""),
-            (Box::new(err), "stderr: "),
-        ] {
-            let (tx, seen) = (tx.clone(), seen.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    seen.lock().unwrap().push(format!("{tag}{line}"));
-                    let _ = tx.send(format!("{tag}{line}"));
-                }
-            });
-        }
-        Self {
-            child,
-            lines,
-            seen,
-            _dir: dir,
-        }
-    }
-
-    fn output(&self) -> String {
-        self.seen.lock().unwrap().join("\n")
-    }
-
-    /// Read output lines until `pick` returns Some.
-    fn until<T>(&mut self, what: &str, timeout: Duration, pick: impl Fn(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(v) = pick(&line) {
-                        return v;
-                    }
-                }
-                Err(_) => {
-                    let status = self.child.try_wait().ok().flatten();
-                    panic!(
-                        "no {what} within {timeout:?} (demo exit status: {status:?}); output:\n{}",
-                        self.output()
-                    );
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// `  catalog-v1  sidecar pid 1234    /tmp/.../logs/catalog-v1-sidecar.log`
 fn child_pid(line: &str) -> Option<(String, u32)> {
@@ -128,7 +37,9 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_meshes_splits_90_10_and_stops_cleanly() {
-    let mut demo = tokio::task::block_in_place(Demo::start);
+    let mut demo = tokio::task::block_in_place(|| {
+        Demo::start(&["--no-console", "--rate", "20", "--report-every", "1s"])
+    });
 
     // Startup: the banner lists every child, then names frontend's address.
     let frontend = tokio::task::block_in_place(|| {
@@ -204,27 +115,7 @@ async fn the_demo_meshes_splits_90_10_and_stops_cleanly() {
     });
 
     // Ctrl-C: status 0, every child gone.
-    let pid = rustix::process::Pid::from_raw(demo.child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = demo.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the demo did not exit within 60s of SIGINT:\n{}",
-            demo.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // Let the reader threads catch the last lines.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        status.success(),
-        "demo exit status {status:?}:\n{}",
-        demo.output()
-    );
+    demo.stop().await;
     for (name, pid) in &pids {
         assert!(
             !alive(*pid),
