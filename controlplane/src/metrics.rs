@@ -230,17 +230,22 @@ impl Metrics {
     }
 
     /// One reported batch: spans stored, refusals by reason, spans the proxy dropped.
-    pub fn telemetry_batch(
+    /// Spans (new ones) and edge intervals one commit of the span writer stored.
+    pub fn telemetry_stored(&self, spans_accepted: u64, edges_accepted: u64) {
+        let t = &self.telemetry;
+        t.spans_accepted.inc_by(spans_accepted);
+        t.edges_accepted.inc_by(edges_accepted);
+    }
+
+    /// What one received batch held that will not be stored: refused spans and edges, and
+    /// the spans its proxy dropped before sending.
+    pub fn telemetry_refused(
         &self,
-        spans_accepted: u64,
-        edges_accepted: u64,
         span_refusals: &[&'static str],
         edge_refusals: &[&'static str],
         proxy_dropped: u64,
     ) {
         let t = &self.telemetry;
-        t.spans_accepted.inc_by(spans_accepted);
-        t.edges_accepted.inc_by(edges_accepted);
         for reason in span_refusals {
             t.spans_refused
                 .get_or_create(&RefusalLabels { reason })

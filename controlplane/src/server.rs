@@ -167,6 +167,7 @@ pub struct Running {
     _trace_sweeper: AbortOnDrop,
     /// The OTLP exporter, when --otlp-endpoint is set; stopped (queue and all) with the server.
     _otlp: Option<AbortOnDrop>,
+    _span_writer: AbortOnDrop,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -281,6 +282,8 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         }
         None => (None, None),
     };
+    let (span_writer, span_writer_task) =
+        crate::telemetry::writer::SpanWriter::start(store.clone(), metrics.clone(), otlp_export);
     let store_engine = store.engine();
     let inputs = Arc::new(Inputs {
         store,
@@ -291,7 +294,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         lease_ttl: config.lease_ttl,
         view,
         started_at: rfc3339(now_ms()),
-        otlp: otlp_export,
+        spans: span_writer,
     });
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -390,6 +393,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         _sweeper: sweeper,
         _trace_sweeper: trace_sweeper,
         _otlp: otlp_task,
+        _span_writer: AbortOnDrop(span_writer_task),
         new_admin_token,
         store_engine,
         shutdown: Some(shutdown_tx),

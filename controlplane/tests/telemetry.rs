@@ -789,3 +789,119 @@ async fn retention_on_postgres() {
     retention(&server).await;
     server.stop().await;
 }
+
+/// `n` one-span traces from `first` on, each with its own duration, status and byte counts,
+/// so a span stored in another row's columns would show.
+fn numbered_spans(first: u32, n: u32, t0: i64) -> Vec<v1::Span> {
+    (first..first + n)
+        .map(|i| {
+            let mut s = span(
+                &trace_id(10_000 + i),
+                &format!("c{i:015x}"),
+                "",
+                if i % 2 == 0 { "CLIENT" } else { "SERVER" },
+                &format!("svc-{}", i % 7),
+                "peer",
+                t0 + i64::from(i) * MS,
+                i64::from(i + 1) * MS,
+                200 + i % 3,
+            );
+            s.request_bytes = u64::from(i) * 3;
+            s.response_bytes = u64::from(i) * 5;
+            s.endpoint = format!("10.0.0.{}:15443", i % 250);
+            s
+        })
+        .collect()
+}
+
+/// Two proxies stream at once; their batches are stored together (one writer, group
+/// commits), yet each call's answer counts exactly its own new spans, a batch sent twice
+/// counts 0 the second time, and every span comes back with its own values, whichever
+/// statement size (64, 16, 4 or 1 rows) carried it.
+async fn concurrent_streams(server: &TestServer) {
+    let web = mesh::join(server, "shop", "web").await;
+    let api = mesh::join(server, "shop", "api").await;
+    let t0 = now_ns() - 60 * SEC;
+    let batch = |spans| v1::TelemetryBatch {
+        spans,
+        ..Default::default()
+    };
+    let a = vec![
+        batch(numbered_spans(0, 300, t0)),
+        batch(numbered_spans(300, 300, t0)),
+        batch(numbered_spans(0, 300, t0)),
+    ];
+    let b = vec![
+        batch(numbered_spans(600, 300, t0)),
+        batch(numbered_spans(900, 77, t0)),
+    ];
+    let (mut ca, mut cb) = (web.client().await, api.client().await);
+    let (na, nb) = tokio::join!(report(&mut ca, a), report(&mut cb, b));
+    assert_eq!((na, nb), (600, 377), "new spans per call");
+    let body = http_get(server.addr, "/metrics").await;
+    assert_eq!(
+        metric(&body, "quiver_telemetry_spans_accepted_total"),
+        977.0
+    );
+
+    let mut admin = server.admin().await;
+    let sent = numbered_spans(0, 977, t0);
+    // First and last of a 64-row statement, a 16-row one, a 4-row one and the 1-row tail.
+    for i in [0usize, 63, 256, 300, 599, 600, 948, 972, 975, 976] {
+        let want = &sent[i];
+        let got = admin
+            .get_trace(v1::GetTraceRequest {
+                trace_id: want.trace_id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("span {i}: {e}"))
+            .into_inner()
+            .spans;
+        assert_eq!(got.len(), 1, "span {i} stored once");
+        let g = &got[0];
+        assert_eq!(
+            (
+                &g.span_id,
+                &g.kind,
+                &g.service,
+                g.start_unix_nanos,
+                g.duration_nanos,
+                g.status_code,
+                g.request_bytes,
+                g.response_bytes,
+                &g.endpoint,
+                &g.namespace,
+            ),
+            (
+                &want.span_id,
+                &want.kind,
+                &want.service,
+                want.start_unix_nanos,
+                want.duration_nanos,
+                want.status_code,
+                want.request_bytes,
+                want.response_bytes,
+                &want.endpoint,
+                &"shop".to_string(),
+            ),
+            "span {i} read back"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_on_sqlite() {
+    let db = SqliteTestDb::create();
+    let server = TestServer::start(None, db.dir.path()).await;
+    concurrent_streams(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_on_postgres() {
+    let db = PgTestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Some(&db.url), dir.path()).await;
+    concurrent_streams(&server).await;
+    server.stop().await;
+}

@@ -30,6 +30,7 @@ use crate::policy::plan::{Plan, Rolls};
 use crate::policy::retry::{self, Attempt, BodyState, Outcome, RetryDecision};
 use crate::policy::route::RequestHead;
 use crate::snapshot::{Endpoint, Snapshot, Target};
+use crate::transport::PeerConn;
 use crate::transport::classify_h3_conn;
 
 /// The request body as one attempt sends it.
@@ -54,8 +55,8 @@ pub struct Decided {
     pub endpoint: Option<std::net::SocketAddr>,
     /// The identity that endpoint proved.
     pub identity: String,
-    /// The QUIC connection of the last attempt (quinn's stable id, hex).
-    pub connection: String,
+    /// The QUIC connection of the last attempt ([`crate::transport::connection_trace_id`]).
+    pub connection: Arc<str>,
     pub attempts: u32,
 }
 
@@ -84,7 +85,7 @@ pub async fn forward(
             );
         }
     };
-    let seen = std::sync::Mutex::new((String::new(), String::new()));
+    let seen = std::sync::Mutex::new((Arc::<str>::default(), String::new()));
     let result = carry_out(inputs, &snapshot, target, parts, incoming, &mut plan, &seen).await;
     let (connection, identity) = seen.into_inner().unwrap_or_else(|p| p.into_inner());
     let decided = Decided {
@@ -105,7 +106,7 @@ async fn carry_out(
     parts: http::request::Parts,
     incoming: Incoming,
     plan: &mut Plan,
-    seen: &std::sync::Mutex<(String, String)>,
+    seen: &std::sync::Mutex<(Arc<str>, String)>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let metrics = &inputs.metrics;
     if let Some(d) = plan.fault.delay {
@@ -201,13 +202,11 @@ async fn carry_out(
         let connected = std::sync::atomic::AtomicBool::new(false);
         let result = match tokio::time::timeout(
             per_try,
-            send_once(inputs, &endpoint, &h3head, this_body, |conn| {
+            send_once(inputs, &endpoint, &h3head, this_body, |peer| {
                 inputs.with_balancer(snapshot, &service, |bal| bal.connected(address));
                 connected.store(true, std::sync::atomic::Ordering::Relaxed);
-                *seen.lock().unwrap_or_else(|p| p.into_inner()) = (
-                    crate::transport::connection_trace_id(conn),
-                    endpoint.identity.to_string(),
-                );
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                    (peer.trace_id.clone(), endpoint.identity.to_string());
             }),
         )
         .await
@@ -342,10 +341,10 @@ async fn send_once(
     endpoint: &Endpoint,
     head: &Request<()>,
     body: AttemptBody,
-    on_connected: impl FnOnce(&quinn::Connection),
+    on_connected: impl FnOnce(&PeerConn),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (peer, stream) = open_stream(inputs, endpoint, head.clone()).await?;
-    on_connected(&peer.conn);
+    on_connected(&peer);
     let (mut tx, mut rx) = stream.split();
     match body {
         AttemptBody::Held(b) if b.is_empty() => tx

@@ -139,7 +139,7 @@ async fn handle(
             span.endpoint = decided.endpoint.map(|a| a.to_string()).unwrap_or_default();
             span.peer_identity = decided.identity.clone();
             span.attempts = decided.attempts;
-            span.quic_connection_id = decided.connection.clone();
+            span.quic_connection_id = decided.connection.to_string();
         }
         record.set_detail(decided.explain);
         result

@@ -59,6 +59,8 @@ pub struct PeerConn {
     pub conn: quinn::Connection,
     pub send: SendRequest,
     pub peer: SpiffeId,
+    /// [`connection_trace_id`], computed once per connection rather than per request.
+    pub trace_id: Arc<str>,
 }
 
 #[derive(Default)]
@@ -232,7 +234,13 @@ impl Transport {
         });
         self.watch(conn.clone(), "client");
         tracing::debug!(peer.addr = %ep.address, peer.id = %peer, "connected to peer");
-        Ok(PeerConn { conn, send, peer })
+        let trace_id = connection_trace_id(&conn).into();
+        Ok(PeerConn {
+            conn,
+            send,
+            peer,
+            trace_id,
+        })
     }
 
     /// Track `conn` for metrics and for the close-time linger, until it closes.
@@ -372,7 +380,7 @@ fn quic_configs(
 pub fn connection_trace_id(conn: &quinn::Connection) -> String {
     let mut out = [0u8; 8];
     match conn.export_keying_material(&mut out, b"EXPORTER-quiver-connection-id", b"") {
-        Ok(()) => out.iter().map(|b| format!("{b:02x}")).collect(),
+        Ok(()) => crate::trace::hex(&out),
         Err(_) => String::new(),
     }
 }

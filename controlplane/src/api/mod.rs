@@ -39,8 +39,8 @@ pub struct Inputs {
     /// This replica's view of what proxies are sent.
     pub view: MeshView,
     pub started_at: String,
-    /// Where accepted spans are also exported (`--otlp-endpoint`), if anywhere.
-    pub otlp: Option<crate::telemetry::otlp::OtlpExport>,
+    /// Stores what proxies report, in group commits (and exports it, with `--otlp-endpoint`).
+    pub spans: crate::telemetry::writer::SpanWriter,
 }
 
 /// `quiver.v1.MeshAdmin`.

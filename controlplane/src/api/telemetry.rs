@@ -9,7 +9,9 @@ use tonic::{Request, Status, Streaming};
 
 use super::{AdminApi, DiscoveryApi, is_dns_label, store_status};
 use crate::auth::{Role, authorize};
-use crate::store::TraceQuery;
+use tokio::sync::oneshot::error::RecvError;
+
+use crate::store::{ReportedBatch, TraceQuery};
 use crate::telemetry::{self, now_ns};
 
 /// SearchTraces limits.
@@ -28,9 +30,11 @@ fn nanos(d: Duration) -> i64 {
 
 impl DiscoveryApi {
     /// Read batches until the proxy closes the stream. Each batch is checked span by span (a
-    /// bad span is refused and counted, the rest of the batch is kept) and stored in one
-    /// transaction. A store failure ends the call with UNAVAILABLE; batches stored before it
-    /// stay stored.
+    /// bad span is refused and counted, the rest of the batch is kept) and handed to the span
+    /// writer, which stores it with other proxies' batches in one transaction; the next batch
+    /// is read meanwhile. The answer comes once every batch is stored and counts the new
+    /// spans. A store failure ends the call with UNAVAILABLE; batches stored before it stay
+    /// stored.
     pub(super) async fn report_telemetry(
         &self,
         req: Request<Streaming<v1::TelemetryBatch>>,
@@ -38,6 +42,7 @@ impl DiscoveryApi {
         let caller = self.caller(&req)?;
         let mut stream = req.into_inner();
         let mut accepted = 0u64;
+        let mut pending = std::collections::VecDeque::new();
         while let Some(batch) = stream.message().await? {
             let now = now_ns();
             let mut spans = Vec::with_capacity(batch.spans.len());
@@ -64,30 +69,40 @@ impl DiscoveryApi {
                     "refused malformed telemetry"
                 );
             }
-            let stored = {
-                let _timer = self.inputs.metrics.store_timer("insert_telemetry");
-                self.inputs
-                    .store
-                    .insert_telemetry(&spans, &edges)
-                    .await
-                    .map_err(store_status)?
-            };
-            self.inputs.metrics.telemetry_batch(
-                stored,
-                edges.len() as u64,
+            self.inputs.metrics.telemetry_refused(
                 &span_refusals,
                 &edge_refusals,
                 batch.dropped_spans,
             );
-            accepted += stored;
-            if let Some(otlp) = &self.inputs.otlp {
-                // Never waits: a full export queue drops (and counts) spans.
-                otlp.offer(spans);
+            let receipt = self
+                .inputs
+                .spans
+                .submit(ReportedBatch { spans, edges })
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            pending.push_back(receipt);
+            // Take the answers that are in without waiting for the others.
+            while let Some(Ok(done)) = pending.front_mut().map(|r| r.try_recv()) {
+                pending.pop_front();
+                accepted += stored(Ok(done))?;
             }
+        }
+        for receipt in pending {
+            accepted += stored(receipt.await)?;
         }
         Ok(v1::ReportTelemetryResponse {
             accepted_spans: accepted,
         })
+    }
+}
+
+/// New spans of one batch from the writer's answer, or UNAVAILABLE.
+fn stored(answer: Result<Result<u64, String>, RecvError>) -> Result<u64, Status> {
+    match answer {
+        Ok(Ok(n)) => Ok(n),
+        // Logged by the writer.
+        Ok(Err(_)) => Err(Status::unavailable("the store is unavailable; try again")),
+        Err(_) => Err(Status::unavailable("the span writer has stopped")),
     }
 }
 

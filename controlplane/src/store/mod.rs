@@ -25,7 +25,7 @@ pub mod telemetry;
 pub use feed::Feed;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-pub use telemetry::{EdgeRecord, SpanRecord, TelemetryStore, TraceQuery};
+pub use telemetry::{EdgeRecord, ReportedBatch, SpanRecord, TelemetryStore, TraceQuery};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]

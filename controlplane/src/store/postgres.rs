@@ -30,6 +30,10 @@ impl PgStore {
     /// Delivered to every listener when the transaction commits (never if it rolls back).
     const NOTIFY: Option<&'static str> = Some("SELECT pg_notify('quiver_changes', $1)");
     const SNAPSHOT: Option<&'static str> = Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ");
+    /// A span batch's commit does not wait for the WAL flush: a crash of the database server
+    /// can lose the last moments of spans (never configuration, never consistency).
+    const SPAN_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
+    const PLACEHOLDERS: super::telemetry::Placeholders = super::telemetry::Placeholders::Numbered;
 
     /// Connect, apply migrations and start listening for changes.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -56,6 +60,10 @@ impl PgStore {
     }
 
     pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn span_pool(&self) -> &PgPool {
         &self.pool
     }
 

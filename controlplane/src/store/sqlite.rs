@@ -1,13 +1,19 @@
 //! The SQLite engine: one database file, WAL, writers serialised by an in-process lock (SQLite
 //! allows one writer; a lock in the process waits instead of failing with SQLITE_BUSY). The
 //! change signal is in-process only: SQLite is for a single control-plane process.
+//!
+//! Spans go through a connection of their own ([`SqliteStore::spans`]): a larger page cache,
+//! statement journals in memory, and `synchronous=NORMAL`, so a span batch's commit does not
+//! wait for an fsync. In WAL mode that cannot corrupt the database; a power cut (not a crash
+//! of this process) can lose the span batches committed since the last fsync, which the next
+//! configuration write (`synchronous=FULL` on the other connections) or checkpoint makes.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
@@ -15,8 +21,13 @@ use super::StoreError;
 use super::sql::impl_store;
 use super::telemetry::impl_telemetry_store;
 
+/// Page cache of the span connection, KiB (SQLite's default is 2 MiB).
+const SPAN_CACHE_KIB: u32 = 64 * 1024;
+
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One connection for span and edge inserts and retention deletes (see the module doc).
+    spans: SqlitePool,
     signal: Arc<Notify>,
     write_lock: Mutex<()>,
 }
@@ -29,6 +40,9 @@ impl SqliteStore {
     const NOTIFY: Option<&'static str> = None;
     /// A read transaction in WAL mode already sees one snapshot.
     const SNAPSHOT: Option<&'static str> = None;
+    /// The span connection is `synchronous=NORMAL` already.
+    const SPAN_COMMIT: Option<&'static str> = None;
+    const PLACEHOLDERS: super::telemetry::Placeholders = super::telemetry::Placeholders::Anonymous;
 
     /// Open (creating) `DIR/quiver.db`. A directory this creates gets mode 0700, and the
     /// database file is created with 0600: it holds the CA key and token hashes.
@@ -71,14 +85,28 @@ impl SqliteStore {
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (a multi-row INSERT inside a transaction needs one) and
+            // temporary b-trees in memory rather than in temp files.
+            .pragma("temp_store", "memory");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        let spans = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                options
+                    .synchronous(SqliteSynchronous::Normal)
+                    // Span batches touch one random page of the (trace_id, span_id) index
+                    // per span: keep the hot part of the indexes cached (KiB, negative).
+                    .pragma("cache_size", format!("-{SPAN_CACHE_KIB}")),
+            )
+            .await?;
         Ok(Self {
             pool,
+            spans,
             signal: Arc::new(Notify::new()),
             write_lock: Mutex::new(()),
         })
@@ -86,6 +114,10 @@ impl SqliteStore {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    fn span_pool(&self) -> &SqlitePool {
+        &self.spans
     }
 
     async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {

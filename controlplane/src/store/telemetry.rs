@@ -105,14 +105,85 @@ pub(super) fn buckets_text(buckets: &[u64]) -> String {
         .join(",")
 }
 
-/// Rows per INSERT statement: 500 spans x 21 columns stays far below both engines' limit on
-/// bound parameters (SQLite 32766, Postgres 65535).
+/// One proxy's checked batch, as ReportTelemetry received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportedBatch {
+    pub spans: Vec<SpanRecord>,
+    pub edges: Vec<EdgeRecord>,
+}
+
+/// Rows per edge INSERT statement: far below both engines' limit on bound parameters
+/// (SQLite 32766, Postgres 65535).
 pub(super) const INSERT_CHUNK: usize = 500;
 
 pub(super) const SPAN_COLUMNS: &str = "trace_id, span_id, parent_span_id, kind, namespace, \
      service, peer_service, peer_identity, name, route, start_ns, duration_ns, status_code, \
      error, is_error, attempt, request_bytes, response_bytes, quic_connection_id, endpoint, \
      reporter";
+const SPAN_COLUMN_COUNT: usize = 21;
+
+/// Rows per span INSERT statement. Spans go in with statements of these sizes only (a batch
+/// of 300 is 4 x 64 + 2 x 16 + 3 x 4), so each engine parses and plans at most four span
+/// INSERTs per connection and keeps them prepared; a statement with as many rows as the batch
+/// would be parsed anew for almost every batch. 256, a proxy's full batch, is 4 x 64.
+pub(super) const SPAN_ROWS: [usize; 4] = [64, 16, 4, 1];
+
+/// How an engine writes bind parameters in SQL text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placeholders {
+    /// `$1, $2, ...` (Postgres).
+    Numbered,
+    /// `?, ?, ...` (SQLite: its driver resolves every named parameter by a linear search
+    /// of the statement's names, which is quadratic in a 1,344-parameter INSERT).
+    Anonymous,
+}
+
+/// The span INSERT for the next statement of a batch with `left` (> 0) spans still to go:
+/// the largest [`SPAN_ROWS`] size that fits, and its SQL (`INSERT INTO spans ... VALUES
+/// (...), ...`, skipping spans already stored).
+pub(super) fn span_insert(left: usize, style: Placeholders) -> (usize, &'static str) {
+    fn sql(rows: usize, style: Placeholders) -> String {
+        let values: Vec<String> = (0..rows)
+            .map(|r| {
+                let cols: Vec<String> = (1..=SPAN_COLUMN_COUNT)
+                    .map(|c| match style {
+                        Placeholders::Numbered => format!("${}", r * SPAN_COLUMN_COUNT + c),
+                        Placeholders::Anonymous => "?".to_string(),
+                    })
+                    .collect();
+                format!("({})", cols.join(", "))
+            })
+            .collect();
+        format!(
+            "INSERT INTO spans ({SPAN_COLUMNS}) VALUES {} \
+             ON CONFLICT (trace_id, span_id) DO NOTHING",
+            values.join(", ")
+        )
+    }
+    static SQL: std::sync::LazyLock<Vec<[String; 2]>> = std::sync::LazyLock::new(|| {
+        SPAN_ROWS
+            .iter()
+            .map(|&rows| {
+                [
+                    sql(rows, Placeholders::Numbered),
+                    sql(rows, Placeholders::Anonymous),
+                ]
+            })
+            .collect()
+    });
+    // The last size is 1, so some size fits whenever left > 0.
+    let i = SPAN_ROWS
+        .iter()
+        .position(|&n| n <= left)
+        .unwrap_or(SPAN_ROWS.len() - 1);
+    let [numbered, anonymous] = &SQL[i];
+    let text = match style {
+        Placeholders::Numbered => numbered,
+        Placeholders::Anonymous => anonymous,
+    };
+    (SPAN_ROWS[i], text)
+}
+
 pub(super) const EDGES_SINCE: &str = "SELECT namespace, source_service, destination_service, \
      interval_start_ns, interval_end_ns, requests, errors, latency_buckets, reporter \
      FROM edge_stats WHERE interval_end_ns > $1";
@@ -123,13 +194,13 @@ pub(super) const NTH_NEWEST_SPAN: &str =
 /// reaches these calls too.
 #[async_trait::async_trait]
 pub trait TelemetryStore: Send + Sync {
-    /// Store one reported batch in one transaction. A span already stored (same trace and
-    /// span id, e.g. a batch sent twice) is skipped. Returns how many spans were new.
+    /// Store reported batches, all in one transaction. A span already stored (same trace
+    /// and span id, e.g. a batch sent twice) is skipped. Returns how many spans of each batch
+    /// were new, in order.
     async fn insert_telemetry(
         &self,
-        spans: &[SpanRecord],
-        edges: &[EdgeRecord],
-    ) -> Result<u64, super::StoreError>;
+        batches: Vec<ReportedBatch>,
+    ) -> Result<Vec<u64>, super::StoreError>;
 
     /// Ids of traces matching `q`, the one with the newest matching span first.
     async fn search_traces(&self, q: &TraceQuery) -> Result<Vec<String>, super::StoreError>;
@@ -166,77 +237,90 @@ pub trait TelemetryStore: Send + Sync {
     async fn span_start_after_newest(&self, n: i64) -> Result<Option<i64>, super::StoreError>;
 }
 
-/// Implements [`TelemetryStore`] for an engine struct with fields `pool`, an inherent const
-/// `ROW_ID` (the physical row id: `ctid` or `rowid`) and an async `write_guard()`.
+/// Implements [`TelemetryStore`] for an engine struct with a field `pool`, a method
+/// `span_pool()` (the pool span writes and retention deletes use), inherent consts `ROW_ID`
+/// (the physical row id: `ctid` or `rowid`), `SPAN_COMMIT` (a statement run first in a
+/// span batch's transaction) and `PLACEHOLDERS`, and an async `write_guard()`.
 macro_rules! impl_telemetry_store {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
         impl $crate::store::telemetry::TelemetryStore for $store {
             async fn insert_telemetry(
                 &self,
-                spans: &[$crate::store::telemetry::SpanRecord],
-                edges: &[$crate::store::telemetry::EdgeRecord],
-            ) -> Result<u64, $crate::store::StoreError> {
+                batches: Vec<$crate::store::telemetry::ReportedBatch>,
+            ) -> Result<Vec<u64>, $crate::store::StoreError> {
                 use $crate::store::telemetry::*;
-                if spans.is_empty() && edges.is_empty() {
-                    return Ok(0);
+                if batches
+                    .iter()
+                    .all(|b| b.spans.is_empty() && b.edges.is_empty())
+                {
+                    return Ok(vec![0; batches.len()]);
                 }
                 let _guard = self.write_guard().await;
-                let mut tx = self.pool.begin().await?;
-                let mut inserted = 0;
-                for chunk in spans.chunks(INSERT_CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(format!(
-                        "INSERT INTO spans ({SPAN_COLUMNS}) "
-                    ));
-                    q.push_values(chunk, |mut row, s| {
-                        row.push_bind(s.trace_id.as_str())
-                            .push_bind(s.span_id.as_str())
-                            .push_bind(s.parent_span_id.as_str())
-                            .push_bind(s.kind.as_str())
-                            .push_bind(s.namespace.as_str())
-                            .push_bind(s.service.as_str())
-                            .push_bind(s.peer_service.as_str())
-                            .push_bind(s.peer_identity.as_str())
-                            .push_bind(s.name.as_str())
-                            .push_bind(s.route.as_str())
-                            .push_bind(s.start_ns)
-                            .push_bind(s.duration_ns)
-                            .push_bind(s.status_code)
-                            .push_bind(s.error.as_str())
-                            .push_bind(s.is_error)
-                            .push_bind(s.attempt)
-                            .push_bind(s.request_bytes)
-                            .push_bind(s.response_bytes)
-                            .push_bind(s.quic_connection_id.as_str())
-                            .push_bind(s.endpoint.as_str())
-                            .push_bind(s.reporter.as_str());
-                    });
-                    q.push(" ON CONFLICT (trace_id, span_id) DO NOTHING");
-                    // Row counts vary per batch: do not fill the statement cache with them.
-                    let done = q.build().persistent(false).execute(&mut *tx).await?;
-                    inserted += done.rows_affected();
+                let mut tx = self.span_pool().begin().await?;
+                if let Some(stmt) = <$store>::SPAN_COMMIT {
+                    sqlx::query(stmt).execute(&mut *tx).await?;
                 }
-                for chunk in edges.chunks(INSERT_CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO edge_stats (namespace, source_service, \
-                         destination_service, interval_start_ns, interval_end_ns, requests, \
-                         errors, latency_buckets, reporter) ",
-                    );
-                    q.push_values(chunk, |mut row, e| {
-                        row.push_bind(e.namespace.as_str())
-                            .push_bind(e.source_service.as_str())
-                            .push_bind(e.destination_service.as_str())
-                            .push_bind(e.interval_start_ns)
-                            .push_bind(e.interval_end_ns)
-                            .push_bind(e.requests)
-                            .push_bind(e.errors)
-                            .push_bind(buckets_text(&e.latency_buckets))
-                            .push_bind(e.reporter.as_str());
-                    });
-                    q.build().persistent(false).execute(&mut *tx).await?;
+                let mut new = Vec::with_capacity(batches.len());
+                for batch in batches {
+                    let mut inserted = 0;
+                    let mut left = batch.spans.len();
+                    let mut spans = batch.spans.into_iter();
+                    while left > 0 {
+                        let (rows, sql) = span_insert(left, <$store>::PLACEHOLDERS);
+                        let mut q = sqlx::query(sql);
+                        // Owned values: the driver keeps them without another copy.
+                        for s in spans.by_ref().take(rows) {
+                            q = q
+                                .bind(s.trace_id)
+                                .bind(s.span_id)
+                                .bind(s.parent_span_id)
+                                .bind(s.kind)
+                                .bind(s.namespace)
+                                .bind(s.service)
+                                .bind(s.peer_service)
+                                .bind(s.peer_identity)
+                                .bind(s.name)
+                                .bind(s.route)
+                                .bind(s.start_ns)
+                                .bind(s.duration_ns)
+                                .bind(s.status_code)
+                                .bind(s.error)
+                                .bind(s.is_error)
+                                .bind(s.attempt)
+                                .bind(s.request_bytes)
+                                .bind(s.response_bytes)
+                                .bind(s.quic_connection_id)
+                                .bind(s.endpoint)
+                                .bind(s.reporter);
+                        }
+                        inserted += q.execute(&mut *tx).await?.rows_affected();
+                        left -= rows;
+                    }
+                    for chunk in batch.edges.chunks(INSERT_CHUNK) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO edge_stats (namespace, source_service, \
+                             destination_service, interval_start_ns, interval_end_ns, \
+                             requests, errors, latency_buckets, reporter) ",
+                        );
+                        q.push_values(chunk, |mut row, e| {
+                            row.push_bind(e.namespace.as_str())
+                                .push_bind(e.source_service.as_str())
+                                .push_bind(e.destination_service.as_str())
+                                .push_bind(e.interval_start_ns)
+                                .push_bind(e.interval_end_ns)
+                                .push_bind(e.requests)
+                                .push_bind(e.errors)
+                                .push_bind(buckets_text(&e.latency_buckets))
+                                .push_bind(e.reporter.as_str());
+                        });
+                        // Row counts vary: do not fill the statement cache with them.
+                        q.build().persistent(false).execute(&mut *tx).await?;
+                    }
+                    new.push(inserted);
                 }
                 tx.commit().await?;
-                Ok(inserted)
+                Ok(new)
             }
 
             async fn search_traces(
@@ -289,8 +373,7 @@ macro_rules! impl_telemetry_store {
             async fn spans_of_traces(
                 &self,
                 trace_ids: &[String],
-            ) -> Result<Vec<$crate::store::telemetry::SpanRecord>, $crate::store::StoreError>
-            {
+            ) -> Result<Vec<$crate::store::telemetry::SpanRecord>, $crate::store::StoreError> {
                 use $crate::store::telemetry::*;
                 if trace_ids.is_empty() {
                     return Ok(Vec::new());
@@ -313,8 +396,7 @@ macro_rules! impl_telemetry_store {
                 &self,
                 after_ns: i64,
                 namespace: Option<&str>,
-            ) -> Result<Vec<$crate::store::telemetry::EdgeRecord>, $crate::store::StoreError>
-            {
+            ) -> Result<Vec<$crate::store::telemetry::EdgeRecord>, $crate::store::StoreError> {
                 use $crate::store::telemetry::*;
                 let rows: Vec<EdgeRow> = match namespace {
                     Some(ns) => {
@@ -349,7 +431,7 @@ macro_rules! impl_telemetry_store {
                 )))
                 .bind(cutoff_ns)
                 .bind(batch)
-                .execute(&self.pool)
+                .execute(self.span_pool())
                 .await?;
                 Ok(done.rows_affected())
             }
@@ -366,7 +448,7 @@ macro_rules! impl_telemetry_store {
                 )
                 .bind(cutoff_ns)
                 .bind(batch)
-                .execute(&self.pool)
+                .execute(self.span_pool())
                 .await?;
                 Ok(done.rows_affected())
             }

@@ -15,6 +15,7 @@ pub mod otlp;
 pub mod sweeper;
 #[cfg(test)]
 mod tests;
+pub mod writer;
 
 /// Upper bounds (ms) of `EdgeStats.latency_buckets`; the last bucket is +Inf.
 pub const LATENCY_BOUNDS_MS: [f64; 13] = [
