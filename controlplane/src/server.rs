@@ -110,6 +110,16 @@ pub struct Config {
     #[arg(long, env = "QUIVER_OTLP_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     #[serde(with = "quiver_api::duration::serde_human")]
     pub otlp_timeout: Duration,
+    /// Spans waiting for the OTLP exporter, at most; beyond it new spans are dropped and
+    /// counted. The default holds two of the span writer's largest commits.
+    #[arg(
+        long,
+        env = "QUIVER_OTLP_QUEUE",
+        default_value_t = crate::telemetry::otlp::QUEUE_SPANS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=10_000_000),
+        requires = "otlp_endpoint"
+    )]
+    pub otlp_queue: u64,
     /// Log format: text or json.
     #[arg(long, env = "QUIVER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -274,6 +284,8 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
                     endpoint: endpoint.clone(),
                     headers: config.otlp_headers.clone(),
                     timeout: config.otlp_timeout,
+                    // At most 10,000,000 (checked by the parser): fits any usize we run on.
+                    queue: usize::try_from(config.otlp_queue).unwrap_or(usize::MAX),
                 },
                 metrics.otlp(),
             )?;

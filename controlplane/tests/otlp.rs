@@ -530,6 +530,11 @@ fn bad_otlp_flags_are_refused_at_start() {
             "--otlp-endpoint",
             "required",
         ),
+        (
+            &["--otlp-endpoint", "http://c:4317", "--otlp-queue", "0"],
+            "--otlp-queue",
+            "not in 1..=10000000",
+        ),
     ];
     for (flags, names, reason) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_quiver-control"))
@@ -586,7 +591,14 @@ async fn a_stuck_receiver_drops_spans_past_the_queue_and_never_slows_ingest() {
     let server = TestServer::start_with(
         None,
         db.dir.path(),
-        &["--otlp-endpoint", &endpoint, "--otlp-timeout", "60s"],
+        &[
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-timeout",
+            "60s",
+            "--otlp-queue",
+            &OTLP_QUEUE.to_string(),
+        ],
     )
     .await;
     let proxy = mesh::join(&server, "shop", "web").await;
@@ -654,8 +666,11 @@ async fn a_stuck_receiver_drops_spans_past_the_queue_and_never_slows_ingest() {
     server.stop().await;
 }
 
+/// `--otlp-queue` of the stuck-receiver test (the default holds 65,536).
+const OTLP_QUEUE: usize = 8192;
+
 fn otlp_queue() -> usize {
-    quiver_control::telemetry::otlp::QUEUE_SPANS
+    OTLP_QUEUE
 }
 
 /// https:// endpoints are verified against the system's CA certificates; rustls-native-certs

@@ -23,6 +23,8 @@ use super::telemetry::impl_telemetry_store;
 
 /// Page cache of the span connection, KiB (SQLite's default is 2 MiB).
 const SPAN_CACHE_KIB: u32 = 64 * 1024;
+/// WAL pages after which a span commit checkpoints (SQLite's default is 1000).
+const SPAN_CHECKPOINT_PAGES: u32 = 8192;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -101,7 +103,10 @@ impl SqliteStore {
                     .synchronous(SqliteSynchronous::Normal)
                     // Span batches touch one random page of the (trace_id, span_id) index
                     // per span: keep the hot part of the indexes cached (KiB, negative).
-                    .pragma("cache_size", format!("-{SPAN_CACHE_KIB}")),
+                    .pragma("cache_size", format!("-{SPAN_CACHE_KIB}"))
+                    // Checkpoint after ~32 MiB of WAL rather than 4 MiB: an index page that
+                    // several commits rewrote is copied into the database once.
+                    .pragma("wal_autocheckpoint", SPAN_CHECKPOINT_PAGES.to_string()),
             )
             .await?;
         Ok(Self {

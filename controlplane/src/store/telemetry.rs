@@ -126,15 +126,20 @@ const SPAN_COLUMN_COUNT: usize = 21;
 /// of 300 is 4 x 64 + 2 x 16 + 3 x 4), so each engine parses and plans at most four span
 /// INSERTs per connection and keeps them prepared; a statement with as many rows as the batch
 /// would be parsed anew for almost every batch. 256, a proxy's full batch, is 4 x 64.
-pub(super) const SPAN_ROWS: [usize; 4] = [64, 16, 4, 1];
+pub(super) const SPAN_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 
-/// How an engine writes bind parameters in SQL text.
+/// How an engine's span INSERT is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Placeholders {
-    /// `$1, $2, ...` (Postgres).
+    /// `INSERT ... VALUES ($1, $2, ...) ON CONFLICT (trace_id, span_id) DO NOTHING`
+    /// (Postgres).
     Numbered,
-    /// `?, ?, ...` (SQLite: its driver resolves every named parameter by a linear search
-    /// of the statement's names, which is quadratic in a 1,344-parameter INSERT).
+    /// `INSERT OR IGNORE ... VALUES (?, ?, ...)` (SQLite). Anonymous placeholders: its driver
+    /// resolves every named parameter by a linear search of the statement's names, which is
+    /// quadratic in a 1,344-parameter INSERT. `OR IGNORE` rather than `ON CONFLICT DO
+    /// NOTHING`: with no constraint left that can abort the statement, SQLite keeps no
+    /// statement journal (a copy of every page the INSERT touches) for it. Every column is
+    /// bound to a non-NULL value, so NOT NULL never ignores a row.
     Anonymous,
 }
 
@@ -154,11 +159,17 @@ pub(super) fn span_insert(left: usize, style: Placeholders) -> (usize, &'static 
                 format!("({})", cols.join(", "))
             })
             .collect();
-        format!(
-            "INSERT INTO spans ({SPAN_COLUMNS}) VALUES {} \
-             ON CONFLICT (trace_id, span_id) DO NOTHING",
-            values.join(", ")
-        )
+        match style {
+            Placeholders::Numbered => format!(
+                "INSERT INTO spans ({SPAN_COLUMNS}) VALUES {} \
+                 ON CONFLICT (trace_id, span_id) DO NOTHING",
+                values.join(", ")
+            ),
+            Placeholders::Anonymous => format!(
+                "INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES {}",
+                values.join(", ")
+            ),
+        }
     }
     static SQL: std::sync::LazyLock<Vec<[String; 2]>> = std::sync::LazyLock::new(|| {
         SPAN_ROWS
@@ -468,3 +479,40 @@ macro_rules! impl_telemetry_store {
 }
 
 pub(super) use impl_telemetry_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_batches_go_in_statements_of_the_fixed_sizes() {
+        let sizes = |mut left: usize| {
+            let mut out = Vec::new();
+            while left > 0 {
+                let (rows, _) = span_insert(left, Placeholders::Anonymous);
+                out.push(rows);
+                left -= rows;
+            }
+            out
+        };
+        assert_eq!(sizes(256), [256]);
+        assert_eq!(sizes(300), [256, 16, 16, 4, 4, 4]);
+        assert_eq!(sizes(77), [64, 4, 4, 4, 1]);
+        assert_eq!(sizes(1), [1]);
+    }
+
+    #[test]
+    fn span_inserts_have_one_placeholder_per_column_and_row() {
+        for rows in SPAN_ROWS {
+            let (got, sqlite) = span_insert(rows, Placeholders::Anonymous);
+            assert_eq!(got, rows);
+            assert_eq!(sqlite.matches('?').count(), rows * SPAN_COLUMN_COUNT);
+            assert!(sqlite.starts_with("INSERT OR IGNORE INTO spans ("));
+            let (_, pg) = span_insert(rows, Placeholders::Numbered);
+            assert_eq!(pg.matches('$').count(), rows * SPAN_COLUMN_COUNT);
+            let last = format!("${})", rows * SPAN_COLUMN_COUNT);
+            assert!(pg.contains(&last), "{last} in {pg:.80}");
+            assert!(pg.ends_with("ON CONFLICT (trace_id, span_id) DO NOTHING"));
+        }
+    }
+}

@@ -33,8 +33,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use crate::metrics::OtlpMetrics;
 use crate::store::SpanRecord;
 
-/// Spans waiting for the exporter; beyond this, new spans are dropped.
-pub const QUEUE_SPANS: usize = 8192;
+/// Spans waiting for the exporter by default (`--otlp-queue`); beyond it, new spans are
+/// dropped. The span writer offers a whole commit at once (up to
+/// [`super::writer::MAX_SPANS`]): the queue holds two.
+pub const QUEUE_SPANS: usize = 2 * super::writer::MAX_SPANS;
 /// At most this many spans per Export call.
 pub const MAX_BATCH: usize = 512;
 /// A batch is sent at the latest this long after its first span arrived.
@@ -159,6 +161,8 @@ pub struct OtlpConfig {
     pub headers: Vec<OtlpHeader>,
     /// Per Export call (and per connection attempt).
     pub timeout: Duration,
+    /// Spans waiting for the exporter, at most (`--otlp-queue`).
+    pub queue: usize,
 }
 
 /// Why the exporter could not be set up.
@@ -203,7 +207,7 @@ pub fn start(
     metrics: OtlpMetrics,
 ) -> Result<(OtlpExport, tokio::task::JoinHandle<()>), OtlpSetupError> {
     let channel = channel(&config)?;
-    let (tx, rx) = mpsc::channel(QUEUE_SPANS);
+    let (tx, rx) = mpsc::channel(config.queue.max(1));
     let exporter = Exporter {
         client: TraceServiceClient::new(channel),
         headers: config.headers,

@@ -1,6 +1,9 @@
 //! The span writer: one task that stores what every proxy's ReportTelemetry stream sends, in
-//! group commits. Batches that arrive while a commit is under way, or within [`LINGER`] of
-//! the first one, go into the next transaction together (up to [`MAX_SPANS`]).
+//! group commits. Batches that arrive while a commit is under way go into the next
+//! transaction together. While ingest is busy (the last commit held at least [`BUSY_SPANS`])
+//! the writer also waits up to [`LINGER`] after the first batch of a commit for more, up to
+//! [`MAX_SPANS`]; when it is quiet it commits what it has at once, so a trickle of spans is
+//! searchable without delay.
 //!
 //! Why one writer: each span adds one entry at a random place of the (trace_id, span_id)
 //! index, so a commit writes about one index page per span it holds, until many spans share
@@ -22,11 +25,13 @@ use super::otlp::OtlpExport;
 use crate::metrics::Metrics;
 use crate::store::{ReportedBatch, Store};
 
-/// How long the writer waits for more batches after the first of a commit.
-pub const LINGER: Duration = Duration::from_millis(200);
+/// How long a busy writer waits for more batches after the first of a commit.
+pub const LINGER: Duration = Duration::from_secs(1);
+/// A commit of at least this many spans makes the next one linger.
+pub const BUSY_SPANS: usize = 1024;
 /// A commit holds at most about this many spans (whole batches: the batch that crosses it is
 /// still in).
-pub const MAX_SPANS: usize = 16_384;
+pub const MAX_SPANS: usize = 32_768;
 /// Batches waiting for the writer, at most.
 pub const QUEUE: usize = 64;
 
@@ -79,19 +84,27 @@ async fn run(
     otlp: Option<OtlpExport>,
     mut rx: mpsc::Receiver<Job>,
 ) {
+    let mut busy = false;
     while let Some(first) = rx.recv().await {
         let mut spans = first.batch.spans.len();
         let mut jobs = vec![first];
-        let until = tokio::time::Instant::now() + LINGER;
+        let until = tokio::time::Instant::now() + if busy { LINGER } else { Duration::ZERO };
         while spans < MAX_SPANS {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(job)) => {
-                    spans += job.batch.spans.len();
-                    jobs.push(job);
+            let next = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::error::TryRecvError::Empty) if busy => {
+                    tokio::time::timeout_at(until, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
                 }
-                Ok(None) | Err(_) => break,
-            }
+                Err(_) => None,
+            };
+            let Some(job) = next else { break };
+            spans += job.batch.spans.len();
+            jobs.push(job);
         }
+        busy = spans >= BUSY_SPANS;
         commit(store.as_ref(), &metrics, otlp.as_ref(), jobs).await;
     }
 }
