@@ -4,26 +4,16 @@
 //   QUIVER_URL, QUIVER_ADMIN_TOKEN, QUIVER_VIEWER_TOKEN, QUIVERCTL (path to the binary),
 //   CHROMIUM (default /usr/bin/chromium), SCREENSHOT_DIR (optional: write docs screenshots).
 // Changes "made elsewhere" go through quiverctl, i.e. the same API over native gRPC.
-import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
 import assert from "node:assert/strict";
-import { tmpdir } from "node:os";
+import { Run, need as needs, signIn, waitValue } from "./harness.mjs";
 
+const need = (name) => needs("console.test.mjs", name);
 const url = need("QUIVER_URL");
 const adminToken = need("QUIVER_ADMIN_TOKEN");
 const viewerToken = need("QUIVER_VIEWER_TOKEN");
 const quiverctl = need("QUIVERCTL");
 const shots = process.env.SCREENSHOT_DIR;
-const TIMEOUT = 20_000;
-
-function need(name) {
-  const v = process.env[name];
-  if (!v) {
-    console.error(`console.test.mjs: set ${name}`);
-    process.exit(2);
-  }
-  return v;
-}
 
 function ctl(args, input) {
   return execFileSync(quiverctl, args, {
@@ -54,54 +44,9 @@ spec:
     timeout: 2s
 `;
 
-let failures = 0;
-async function step(name, fn) {
-  const t = Date.now();
-  try {
-    await fn();
-    console.log(`ok - ${name} (${Date.now() - t} ms)`);
-  } catch (e) {
-    failures++;
-    console.log(`not ok - ${name}\n${String(e.stack || e).replace(/^/gm, "    ")}`);
-    // What each open page showed when it failed.
-    let n = 0;
-    for (const c of browser.contexts()) {
-      for (const p of c.pages()) {
-        const path = `${tmpdir()}/quiver-console-failure-${++n}.png`;
-        await p.screenshot({ path, fullPage: true }).catch(() => {});
-        console.log(`    screenshot of ${p.url()}: ${path}`);
-      }
-    }
-    throw e;
-  }
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const pageErrors = [];
-
-async function session(token, label) {
-  const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
-  context.setDefaultTimeout(TIMEOUT);
-  const page = await context.newPage();
-  page.on("pageerror", (e) => pageErrors.push(`${label}: ${e}`));
-  page.on("console", (m) => {
-    if (m.type() === "error" && !/Failed to load resource/.test(m.text())) pageErrors.push(`${label}: ${m.text()}`);
-  });
-  await page.goto(url + "/");
-  if (token) await signIn(page, token);
-  return page;
-}
-
-async function signIn(page, token) {
-  await page.getByLabel("API token").fill(token);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.getByRole("heading", { name: "Services" }).waitFor();
-}
+const run = await Run.start("console");
+const step = (name, fn) => run.step(name, fn);
+const session = (token, label) => run.session(url, token, label);
 
 async function go(page, path) {
   // Client-side navigation through the nav bar or a full load (SPA fallback) both work.
@@ -284,31 +229,14 @@ try {
   });
 
   await step("no errors in the browser console", async () => {
-    assert.deepEqual(pageErrors, []);
+    assert.deepEqual(run.pageErrors, []);
   });
 } catch {
   // Reported by step().
-} finally {
-  await browser.close();
 }
 
 async function page_text(locator, text) {
   await locator.getByText(text, { exact: false }).first().waitFor();
 }
 
-async function waitValue(locator, value) {
-  const deadline = Date.now() + TIMEOUT;
-  let last;
-  while (Date.now() < deadline) {
-    last = await locator.inputValue().catch(() => undefined);
-    if (last === value) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`input value stayed ${JSON.stringify(last)}, expected ${JSON.stringify(value)}`);
-}
-
-if (failures > 0 || pageErrors.length > 0) {
-  if (pageErrors.length) console.log(`browser errors:\n  ${pageErrors.join("\n  ")}`);
-  process.exit(1);
-}
-console.log("all console browser checks passed");
+await run.finish("all console browser checks passed");

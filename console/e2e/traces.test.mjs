@@ -7,54 +7,18 @@
 //   TRACE_SPANS  its spans as JSON: [{spanId, parentSpanId, depth, service, kind, peerService,
 //                peerIdentity}] (depth from the parent links),
 //   CHROMIUM (default /usr/bin/chromium), SCREENSHOT_DIR (optional: write docs screenshots).
-import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
-import { tmpdir } from "node:os";
+import { Run, need as needs, waitValue } from "./harness.mjs";
 
+const need = (name) => needs("traces.test.mjs", name);
 const url = need("QUIVER_URL");
 const adminToken = need("QUIVER_ADMIN_TOKEN");
 const traceId = need("TRACE_ID");
 const expected = JSON.parse(need("TRACE_SPANS"));
 const shots = process.env.SCREENSHOT_DIR;
-const TIMEOUT = 20_000;
 
-function need(name) {
-  const v = process.env[name];
-  if (!v) {
-    console.error(`traces.test.mjs: set ${name}`);
-    process.exit(2);
-  }
-  return v;
-}
-
-let failures = 0;
-async function step(name, fn) {
-  const t = Date.now();
-  try {
-    await fn();
-    console.log(`ok - ${name} (${Date.now() - t} ms)`);
-  } catch (e) {
-    failures++;
-    console.log(`not ok - ${name}\n${String(e.stack || e).replace(/^/gm, "    ")}`);
-    let n = 0;
-    for (const c of browser.contexts()) {
-      for (const p of c.pages()) {
-        const path = `${tmpdir()}/quiver-traces-failure-${++n}.png`;
-        await p.screenshot({ path, fullPage: true }).catch(() => {});
-        console.log(`    screenshot of ${p.url()}: ${path}`);
-      }
-    }
-    throw e;
-  }
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const pageErrors = [];
+const run = await Run.start("traces");
+const step = (name, fn) => run.step(name, fn);
 
 /// The waterfall as the page shows it, top to bottom.
 async function waterfallRows(page) {
@@ -85,17 +49,7 @@ function assertTree(rows) {
 try {
   let page;
   await step("sign in and open Traces from the navigation", async () => {
-    const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
-    context.setDefaultTimeout(TIMEOUT);
-    page = await context.newPage();
-    page.on("pageerror", (e) => pageErrors.push(String(e)));
-    page.on("console", (m) => {
-      if (m.type() === "error" && !/Failed to load resource/.test(m.text())) pageErrors.push(m.text());
-    });
-    await page.goto(url + "/");
-    await page.getByLabel("API token").fill(adminToken);
-    await page.getByRole("button", { name: "Sign in" }).click();
-    await page.getByRole("heading", { name: "Services" }).waitFor();
+    page = await run.session(url, adminToken, "admin");
     await page.getByRole("navigation").getByRole("link", { name: "Traces" }).click();
     await page.getByRole("heading", { name: "Traces" }).waitFor();
     await page.getByText("Choose filters and press Search.").waitFor();
@@ -258,27 +212,10 @@ try {
   });
 
   await step("no errors in the browser console", async () => {
-    assert.deepEqual(pageErrors, []);
+    assert.deepEqual(run.pageErrors, []);
   });
 } catch {
   // Reported by step().
-} finally {
-  await browser.close();
 }
 
-async function waitValue(locator, value) {
-  const deadline = Date.now() + TIMEOUT;
-  let last;
-  while (Date.now() < deadline) {
-    last = await locator.inputValue().catch(() => undefined);
-    if (last === value) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`input value stayed ${JSON.stringify(last)}, expected ${JSON.stringify(value)}`);
-}
-
-if (failures > 0 || pageErrors.length > 0) {
-  if (pageErrors.length) console.log(`browser errors:\n  ${pageErrors.join("\n  ")}`);
-  process.exit(1);
-}
-console.log("all traces browser checks passed");
+await run.finish("all traces browser checks passed");

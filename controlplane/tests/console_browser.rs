@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::browser::{build_bundle, check_prerequisites, chromium, repo, show};
+use common::browser::{build_bundle, check_prerequisites, repo, run_e2e, show};
 use common::mesh::{join, registration};
 use common::{PgTestDb, REVIEWS_SERVICE, TestServer, doc};
 use quiver_api::v1;
@@ -63,23 +61,17 @@ async fn console_works_in_a_real_browser() {
         .token;
 
     // (c) The browser scenarios.
-    let mut node = tokio::process::Command::new("node");
-    node.arg("console.test.mjs")
-        .current_dir(&e2e)
-        .env("QUIVER_URL", &server.url)
-        .env("QUIVER_ADMIN_TOKEN", &server.admin)
-        .env("QUIVER_VIEWER_TOKEN", &viewer)
-        .env("QUIVERCTL", env!("CARGO_BIN_EXE_quiverctl"))
-        .env("CHROMIUM", chromium())
-        .kill_on_drop(true);
-    if let Some(dir) = std::env::var_os("QUIVER_CONSOLE_SCREENSHOTS") {
-        node.env("SCREENSHOT_DIR", dir);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(240), node.output())
-        .await
-        .expect("the browser test finished within 240 s")
-        .expect("run node");
-    println!("{}", show("node console.test.mjs", &out));
+    let out = run_e2e(
+        &e2e,
+        "console.test.mjs",
+        &[
+            ("QUIVER_URL", &server.url),
+            ("QUIVER_ADMIN_TOKEN", &server.admin),
+            ("QUIVER_VIEWER_TOKEN", &viewer),
+            ("QUIVERCTL", env!("CARGO_BIN_EXE_quiverctl")),
+        ],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",

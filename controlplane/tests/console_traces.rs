@@ -19,7 +19,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::browser::{build_bundle, check_prerequisites, chromium, repo, show};
+use common::browser::{build_bundle, check_prerequisites, repo, run_e2e, show};
 use common::demo::Demo;
 use quiver_api::v1;
 
@@ -238,26 +238,18 @@ async fn traces_and_topology_of_the_demo_in_a_real_browser() {
     }
 
     // (d) The browser.
-    let mut node = tokio::process::Command::new("node");
-    node.arg("traces.test.mjs")
-        .current_dir(&e2e)
-        .env("QUIVER_URL", &url)
-        .env("QUIVER_ADMIN_TOKEN", &token)
-        .env("TRACE_ID", &trace.trace_id)
-        .env(
-            "TRACE_SPANS",
-            serde_json::to_string(&expected).expect("JSON"),
-        )
-        .env("CHROMIUM", chromium())
-        .kill_on_drop(true);
-    if let Some(dir) = std::env::var_os("QUIVER_CONSOLE_SCREENSHOTS") {
-        node.env("SCREENSHOT_DIR", dir);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(240), node.output())
-        .await
-        .expect("the browser test finished within 240 s")
-        .expect("run node");
-    println!("{}", show("node traces.test.mjs", &out));
+    let spans = serde_json::to_string(&expected).expect("JSON");
+    let out = run_e2e(
+        &e2e,
+        "traces.test.mjs",
+        &[
+            ("QUIVER_URL", &url),
+            ("QUIVER_ADMIN_TOKEN", &token),
+            ("TRACE_ID", &trace.trace_id),
+            ("TRACE_SPANS", &spans),
+        ],
+    )
+    .await;
     assert!(
         out.status.success()
             && String::from_utf8_lossy(&out.stdout).contains("all traces browser checks passed"),

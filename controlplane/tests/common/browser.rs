@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const INSTALL: &str = "apt-get install -y chromium chromium-driver nodejs npm \
     rustc-web cargo-web rust-web-src lld-22 && (cd console/e2e && npm ci) \
@@ -54,6 +54,26 @@ pub fn show(what: &str, out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Run `node SCRIPT` in `e2e` with `env` plus CHROMIUM (and SCREENSHOT_DIR when
+/// QUIVER_CONSOLE_SCREENSHOTS is set), at most 240 s; prints and returns what it wrote.
+pub async fn run_e2e(e2e: &Path, script: &str, env: &[(&str, &str)]) -> Output {
+    let mut node = tokio::process::Command::new("node");
+    node.arg(script)
+        .current_dir(e2e)
+        .envs(env.iter().copied())
+        .env("CHROMIUM", chromium())
+        .kill_on_drop(true);
+    if let Some(dir) = std::env::var_os("QUIVER_CONSOLE_SCREENSHOTS") {
+        node.env("SCREENSHOT_DIR", dir);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(240), node.output())
+        .await
+        .expect("the browser test finished within 240 s")
+        .expect("run node");
+    println!("{}", show(&format!("node {script}"), &out));
+    out
 }
 
 /// `console/build.sh --if-stale`: the bundle, rebuilt only when its sources changed.
