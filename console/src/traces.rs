@@ -209,44 +209,17 @@ fn field_problems(e: &ApiError) -> (Vec<FieldProblem>, Option<String>) {
     (fields, rest)
 }
 
+/// The API's own duration grammar (proto/src/duration/grammar.rs), compiled here too: the
+/// console does not depend on the API crate (tonic's transport does not build for wasm).
+/// `format` is not used here.
+#[allow(dead_code)]
+#[path = "../../proto/src/duration/grammar.rs"]
+mod duration;
+
 /// A duration as the API reads it (`250ms`, `1s`, `1m30s`; units ms, s, m, h, d, no bare
 /// numbers), in milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<f64, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty".into());
-    }
-    let mut total = 0.0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "expected a number at {rest:?} (e.g. 250ms, 1s, 1m30s)"
-            ));
-        }
-        let n: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| "number too large".to_string())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let factor = match &rest[..unit_len] {
-            "ms" => 1.0,
-            "s" => 1e3,
-            "m" => 60e3,
-            "h" => 3600e3,
-            "d" => 86400e3,
-            "" => return Err("missing unit (use ms, s, m, h or d, e.g. 250ms)".into()),
-            other => return Err(format!("unknown unit {other:?} (use ms, s, m, h or d)")),
-        };
-        rest = &rest[unit_len..];
-        total += n * factor;
-    }
-    Ok(total)
+    duration::parse(s).map(|d| d.as_secs_f64() * 1e3)
 }
 
 /// A `datetime-local` value (local time) as ms since the epoch.
