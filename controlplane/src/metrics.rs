@@ -229,7 +229,6 @@ impl Metrics {
         self.otlp.clone()
     }
 
-    /// One reported batch: spans stored, refusals by reason, spans the proxy dropped.
     /// Spans (new ones) and edge intervals one commit of the span writer stored.
     pub fn telemetry_stored(&self, spans_accepted: u64, edges_accepted: u64) {
         let t = &self.telemetry;

@@ -177,6 +177,7 @@ pub struct Running {
     _trace_sweeper: AbortOnDrop,
     /// The OTLP exporter, when --otlp-endpoint is set; stopped (queue and all) with the server.
     _otlp: Option<AbortOnDrop>,
+    /// The span writer; stopped with the server (spans it had not committed are lost).
     _span_writer: AbortOnDrop,
 }
 

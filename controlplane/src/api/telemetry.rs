@@ -5,12 +5,11 @@
 use std::time::Duration;
 
 use quiver_api::v1;
+use tokio::sync::oneshot::error::RecvError;
 use tonic::{Request, Status, Streaming};
 
 use super::{AdminApi, DiscoveryApi, is_dns_label, store_status};
 use crate::auth::{Role, authorize};
-use tokio::sync::oneshot::error::RecvError;
-
 use crate::store::{ReportedBatch, TraceQuery};
 use crate::telemetry::{self, now_ns};
 

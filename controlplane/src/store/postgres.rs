@@ -33,7 +33,7 @@ impl PgStore {
     /// A span batch's commit does not wait for the WAL flush: a crash of the database server
     /// can lose the last moments of spans (never configuration, never consistency).
     const SPAN_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
-    const PLACEHOLDERS: super::telemetry::Placeholders = super::telemetry::Placeholders::Numbered;
+    const DIALECT: super::telemetry::Dialect = super::telemetry::Dialect::Postgres;
 
     /// Connect, apply migrations and start listening for changes.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {

@@ -3,8 +3,8 @@
 //! change signal is in-process only: SQLite is for a single control-plane process.
 //!
 //! Spans go through a connection of their own ([`SqliteStore::spans`]): a larger page cache,
-//! statement journals in memory, and `synchronous=NORMAL`, so a span batch's commit does not
-//! wait for an fsync. In WAL mode that cannot corrupt the database; a power cut (not a crash
+//! fewer checkpoints, and `synchronous=NORMAL`, so a span commit does not wait for an
+//! fsync. In WAL mode that cannot corrupt the database; a power cut (not a crash
 //! of this process) can lose the span batches committed since the last fsync, which the next
 //! configuration write (`synchronous=FULL` on the other connections) or checkpoint makes.
 
@@ -44,7 +44,7 @@ impl SqliteStore {
     const SNAPSHOT: Option<&'static str> = None;
     /// The span connection is `synchronous=NORMAL` already.
     const SPAN_COMMIT: Option<&'static str> = None;
-    const PLACEHOLDERS: super::telemetry::Placeholders = super::telemetry::Placeholders::Anonymous;
+    const DIALECT: super::telemetry::Dialect = super::telemetry::Dialect::Sqlite;
 
     /// Open (creating) `DIR/quiver.db`. A directory this creates gets mode 0700, and the
     /// database file is created with 0600: it holds the CA key and token hashes.

@@ -128,44 +128,43 @@ const SPAN_COLUMN_COUNT: usize = 21;
 /// would be parsed anew for almost every batch. 256, a proxy's full batch, is 4 x 64.
 pub(super) const SPAN_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 
-/// How an engine's span INSERT is written.
+/// Which engine a span INSERT is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Placeholders {
-    /// `INSERT ... VALUES ($1, $2, ...) ON CONFLICT (trace_id, span_id) DO NOTHING`
-    /// (Postgres).
-    Numbered,
-    /// `INSERT OR IGNORE ... VALUES (?, ?, ...)` (SQLite). Anonymous placeholders: its driver
+pub(super) enum Dialect {
+    /// `INSERT ... VALUES ($1, $2, ...) ON CONFLICT (trace_id, span_id) DO NOTHING`.
+    Postgres,
+    /// `INSERT OR IGNORE ... VALUES (?, ?, ...)`. Anonymous placeholders: the SQLite driver
     /// resolves every named parameter by a linear search of the statement's names, which is
-    /// quadratic in a 1,344-parameter INSERT. `OR IGNORE` rather than `ON CONFLICT DO
+    /// quadratic in a 5,376-parameter INSERT. `OR IGNORE` rather than `ON CONFLICT DO
     /// NOTHING`: with no constraint left that can abort the statement, SQLite keeps no
     /// statement journal (a copy of every page the INSERT touches) for it. Every column is
     /// bound to a non-NULL value, so NOT NULL never ignores a row.
-    Anonymous,
+    Sqlite,
 }
 
 /// The span INSERT for the next statement of a batch with `left` (> 0) spans still to go:
 /// the largest [`SPAN_ROWS`] size that fits, and its SQL (`INSERT INTO spans ... VALUES
 /// (...), ...`, skipping spans already stored).
-pub(super) fn span_insert(left: usize, style: Placeholders) -> (usize, &'static str) {
-    fn sql(rows: usize, style: Placeholders) -> String {
+pub(super) fn span_insert(left: usize, dialect: Dialect) -> (usize, &'static str) {
+    fn sql(rows: usize, dialect: Dialect) -> String {
         let values: Vec<String> = (0..rows)
             .map(|r| {
                 let cols: Vec<String> = (1..=SPAN_COLUMN_COUNT)
-                    .map(|c| match style {
-                        Placeholders::Numbered => format!("${}", r * SPAN_COLUMN_COUNT + c),
-                        Placeholders::Anonymous => "?".to_string(),
+                    .map(|c| match dialect {
+                        Dialect::Postgres => format!("${}", r * SPAN_COLUMN_COUNT + c),
+                        Dialect::Sqlite => "?".to_string(),
                     })
                     .collect();
                 format!("({})", cols.join(", "))
             })
             .collect();
-        match style {
-            Placeholders::Numbered => format!(
+        match dialect {
+            Dialect::Postgres => format!(
                 "INSERT INTO spans ({SPAN_COLUMNS}) VALUES {} \
                  ON CONFLICT (trace_id, span_id) DO NOTHING",
                 values.join(", ")
             ),
-            Placeholders::Anonymous => format!(
+            Dialect::Sqlite => format!(
                 "INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES {}",
                 values.join(", ")
             ),
@@ -174,12 +173,7 @@ pub(super) fn span_insert(left: usize, style: Placeholders) -> (usize, &'static 
     static SQL: std::sync::LazyLock<Vec<[String; 2]>> = std::sync::LazyLock::new(|| {
         SPAN_ROWS
             .iter()
-            .map(|&rows| {
-                [
-                    sql(rows, Placeholders::Numbered),
-                    sql(rows, Placeholders::Anonymous),
-                ]
-            })
+            .map(|&rows| [sql(rows, Dialect::Postgres), sql(rows, Dialect::Sqlite)])
             .collect()
     });
     // The last size is 1, so some size fits whenever left > 0.
@@ -187,10 +181,10 @@ pub(super) fn span_insert(left: usize, style: Placeholders) -> (usize, &'static 
         .iter()
         .position(|&n| n <= left)
         .unwrap_or(SPAN_ROWS.len() - 1);
-    let [numbered, anonymous] = &SQL[i];
-    let text = match style {
-        Placeholders::Numbered => numbered,
-        Placeholders::Anonymous => anonymous,
+    let [postgres, sqlite] = &SQL[i];
+    let text = match dialect {
+        Dialect::Postgres => postgres,
+        Dialect::Sqlite => sqlite,
     };
     (SPAN_ROWS[i], text)
 }
@@ -251,7 +245,7 @@ pub trait TelemetryStore: Send + Sync {
 /// Implements [`TelemetryStore`] for an engine struct with a field `pool`, a method
 /// `span_pool()` (the pool span writes and retention deletes use), inherent consts `ROW_ID`
 /// (the physical row id: `ctid` or `rowid`), `SPAN_COMMIT` (a statement run first in a
-/// span batch's transaction) and `PLACEHOLDERS`, and an async `write_guard()`.
+/// span batch's transaction) and `DIALECT`, and an async `write_guard()`.
 macro_rules! impl_telemetry_store {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
@@ -278,7 +272,7 @@ macro_rules! impl_telemetry_store {
                     let mut left = batch.spans.len();
                     let mut spans = batch.spans.into_iter();
                     while left > 0 {
-                        let (rows, sql) = span_insert(left, <$store>::PLACEHOLDERS);
+                        let (rows, sql) = span_insert(left, <$store>::DIALECT);
                         let mut q = sqlx::query(sql);
                         // Owned values: the driver keeps them without another copy.
                         for s in spans.by_ref().take(rows) {
@@ -489,7 +483,7 @@ mod tests {
         let sizes = |mut left: usize| {
             let mut out = Vec::new();
             while left > 0 {
-                let (rows, _) = span_insert(left, Placeholders::Anonymous);
+                let (rows, _) = span_insert(left, Dialect::Sqlite);
                 out.push(rows);
                 left -= rows;
             }
@@ -504,11 +498,11 @@ mod tests {
     #[test]
     fn span_inserts_have_one_placeholder_per_column_and_row() {
         for rows in SPAN_ROWS {
-            let (got, sqlite) = span_insert(rows, Placeholders::Anonymous);
+            let (got, sqlite) = span_insert(rows, Dialect::Sqlite);
             assert_eq!(got, rows);
             assert_eq!(sqlite.matches('?').count(), rows * SPAN_COLUMN_COUNT);
             assert!(sqlite.starts_with("INSERT OR IGNORE INTO spans ("));
-            let (_, pg) = span_insert(rows, Placeholders::Numbered);
+            let (_, pg) = span_insert(rows, Dialect::Postgres);
             assert_eq!(pg.matches('$').count(), rows * SPAN_COLUMN_COUNT);
             let last = format!("${})", rows * SPAN_COLUMN_COUNT);
             assert!(pg.contains(&last), "{last} in {pg:.80}");
