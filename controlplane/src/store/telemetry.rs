@@ -3,7 +3,13 @@
 //! sweeper uses.
 //!
 //! Rows arrive already validated (see [`crate::telemetry`]); this module only moves them in
-//! and out of SQL. Like [`super::sql`], one macro body implements both engines; what differs
+//! and out of SQL.
+//!
+//! Spans are grouped by start time into segments (table `span_segments`, migration 0004):
+//! the key that finds a trace's spans and skips a re-sent span is `(segment, trace_id,
+//! span_id)`, so a commit's inserts land in the newest segment's part of that index rather
+//! than all over an index as large as the store, and retention deletes the oldest segment
+//! as one range. Reading a trace probes each segment (there are about nine). Like [`super::sql`], one macro body implements both engines; what differs
 //! (the physical row id used for batched deletes) is an associated constant.
 
 /// One stored span. Field meanings are those of `quiver.v1.Span`; `namespace` and `reporter`
@@ -105,6 +111,41 @@ pub(super) fn buckets_text(buckets: &[u64]) -> String {
         .join(",")
 }
 
+/// A segment of the span store: the spans that started in `[start_ns, the next segment's
+/// start_ns)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct SpanSegment {
+    pub id: i64,
+    pub start_ns: i64,
+    /// For the writer: spans stored into it since it opened. For the sweeper
+    /// ([`TelemetryStore::span_segments`]): spans it holds now.
+    pub spans: i64,
+}
+
+/// The segment that holds a span that started at `start_ns`, given segments ordered by start:
+/// the last one starting at or before it, or the oldest when the span is older than every
+/// segment (its own was swept). 0 when there are none (the writer always opens one first).
+pub fn segment_of(segments: &[SpanSegment], start_ns: i64) -> i64 {
+    let after = segments.partition_point(|s| s.start_ns <= start_ns);
+    segments.get(after.saturating_sub(1)).map_or(0, |s| s.id)
+}
+
+/// The writer's view of the segments, oldest first.
+pub(super) const SEGMENTS: &str =
+    "SELECT id, start_ns, inserted AS spans FROM span_segments ORDER BY start_ns";
+/// The sweeper's view: how many spans each segment holds now.
+pub(super) const SEGMENT_SIZES: &str = "SELECT g.id, g.start_ns, \
+     (SELECT count(*) FROM spans s WHERE s.segment = g.id) AS spans \
+     FROM span_segments g ORDER BY g.start_ns";
+/// Open a segment (a second writer racing to open the same one changes nothing).
+pub(super) const OPEN_SEGMENT: &str = "INSERT INTO span_segments (id, start_ns, inserted) \
+     VALUES ($1, $2, 0) ON CONFLICT DO NOTHING";
+pub(super) const COUNT_INSERTED: &str =
+    "UPDATE span_segments SET inserted = inserted + $1 WHERE id = $2";
+/// Restricts a span lookup by trace id to segments that exist, so that the primary key
+/// `(segment, trace_id, span_id)` is probed once per segment.
+pub(super) const IN_SEGMENTS: &str = "segment IN (SELECT id FROM span_segments)";
+
 /// One proxy's checked batch, as ReportTelemetry received it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReportedBatch {
@@ -120,7 +161,8 @@ pub(super) const SPAN_COLUMNS: &str = "trace_id, span_id, parent_span_id, kind, 
      service, peer_service, peer_identity, name, route, start_ns, duration_ns, status_code, \
      error, is_error, attempt, request_bytes, response_bytes, quic_connection_id, endpoint, \
      reporter";
-const SPAN_COLUMN_COUNT: usize = 21;
+/// Columns an INSERT binds: [`SPAN_COLUMNS`] and the segment.
+const SPAN_COLUMN_COUNT: usize = 22;
 
 /// Rows per span INSERT statement. Spans go in with statements of these sizes only (a batch
 /// of 300 is 4 x 64 + 2 x 16 + 3 x 4), so each engine parses and plans at most four span
@@ -131,11 +173,11 @@ pub(super) const SPAN_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 /// Which engine a span INSERT is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dialect {
-    /// `INSERT ... VALUES ($1, $2, ...) ON CONFLICT (trace_id, span_id) DO NOTHING`.
+    /// `INSERT ... VALUES ($1, $2, ...) ON CONFLICT (segment, trace_id, span_id) DO NOTHING`.
     Postgres,
     /// `INSERT OR IGNORE ... VALUES (?, ?, ...)`. Anonymous placeholders: the SQLite driver
     /// resolves every named parameter by a linear search of the statement's names, which is
-    /// quadratic in a 5,376-parameter INSERT. `OR IGNORE` rather than `ON CONFLICT DO
+    /// quadratic in a 5,632-parameter INSERT. `OR IGNORE` rather than `ON CONFLICT DO
     /// NOTHING`: with no constraint left that can abort the statement, SQLite keeps no
     /// statement journal (a copy of every page the INSERT touches) for it. Every column is
     /// bound to a non-NULL value, so NOT NULL never ignores a row.
@@ -160,12 +202,12 @@ pub(super) fn span_insert(left: usize, dialect: Dialect) -> (usize, &'static str
             .collect();
         match dialect {
             Dialect::Postgres => format!(
-                "INSERT INTO spans ({SPAN_COLUMNS}) VALUES {} \
-                 ON CONFLICT (trace_id, span_id) DO NOTHING",
+                "INSERT INTO spans ({SPAN_COLUMNS}, segment) VALUES {} \
+                 ON CONFLICT (segment, trace_id, span_id) DO NOTHING",
                 values.join(", ")
             ),
             Dialect::Sqlite => format!(
-                "INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES {}",
+                "INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}, segment) VALUES {}",
                 values.join(", ")
             ),
         }
@@ -201,10 +243,12 @@ pub(super) const NTH_NEWEST_SPAN: &str =
 pub trait TelemetryStore: Send + Sync {
     /// Store reported batches, all in one transaction. A span already stored (same trace
     /// and span id, e.g. a batch sent twice) is skipped. Returns how many spans of each batch
-    /// were new, in order.
+    /// were new, in order. A new segment opens, starting now, when the newest one has had
+    /// `segment_spans` spans stored into it.
     async fn insert_telemetry(
         &self,
         batches: Vec<ReportedBatch>,
+        segment_spans: u64,
     ) -> Result<Vec<u64>, super::StoreError>;
 
     /// Ids of traces matching `q`, the one with the newest matching span first.
@@ -222,6 +266,12 @@ pub trait TelemetryStore: Send + Sync {
         after_ns: i64,
         namespace: Option<&str>,
     ) -> Result<Vec<EdgeRecord>, super::StoreError>;
+
+    /// Every segment with the number of spans it holds, oldest first.
+    async fn span_segments(&self) -> Result<Vec<SpanSegment>, super::StoreError>;
+
+    /// Delete segment `id` and every older one, with their spans; returns how many spans.
+    async fn delete_span_segments_through(&self, id: i64) -> Result<u64, super::StoreError>;
 
     /// Delete at most `batch` spans that started before `cutoff_ns`; returns how many.
     async fn delete_spans_before(
@@ -253,6 +303,7 @@ macro_rules! impl_telemetry_store {
             async fn insert_telemetry(
                 &self,
                 batches: Vec<$crate::store::telemetry::ReportedBatch>,
+                segment_spans: u64,
             ) -> Result<Vec<u64>, $crate::store::StoreError> {
                 use $crate::store::telemetry::*;
                 if batches
@@ -265,6 +316,33 @@ macro_rules! impl_telemetry_store {
                 let mut tx = self.span_pool().begin().await?;
                 if let Some(stmt) = <$store>::SPAN_COMMIT {
                     sqlx::query(stmt).execute(&mut *tx).await?;
+                }
+                let mut segments: Vec<SpanSegment> = Vec::new();
+                if batches.iter().any(|b| !b.spans.is_empty()) {
+                    segments = sqlx::query_as(SEGMENTS).fetch_all(&mut *tx).await?;
+                    let full = match segments.last() {
+                        Some(newest) => {
+                            u64::try_from(newest.spans).unwrap_or(0) >= segment_spans.max(1)
+                        }
+                        None => true,
+                    };
+                    if full {
+                        // Starts now (after the newest's start even if the clock went back):
+                        // every span already stored keeps mapping to the segment it is in.
+                        let (id, start) = match segments.last() {
+                            Some(newest) => (
+                                newest.id + 1,
+                                $crate::telemetry::now_ns().max(newest.start_ns.saturating_add(1)),
+                            ),
+                            None => (0, i64::MIN),
+                        };
+                        sqlx::query(OPEN_SEGMENT)
+                            .bind(id)
+                            .bind(start)
+                            .execute(&mut *tx)
+                            .await?;
+                        segments = sqlx::query_as(SEGMENTS).fetch_all(&mut *tx).await?;
+                    }
                 }
                 let mut new = Vec::with_capacity(batches.len());
                 for batch in batches {
@@ -297,7 +375,8 @@ macro_rules! impl_telemetry_store {
                                 .bind(s.response_bytes)
                                 .bind(s.quic_connection_id)
                                 .bind(s.endpoint)
-                                .bind(s.reporter);
+                                .bind(s.reporter)
+                                .bind(segment_of(&segments, s.start_ns));
                         }
                         inserted += q.execute(&mut *tx).await?.rows_affected();
                         left -= rows;
@@ -324,6 +403,16 @@ macro_rules! impl_telemetry_store {
                     }
                     new.push(inserted);
                 }
+                if let Some(newest) = segments.last() {
+                    // Spans that went into older segments (started before the newest opened)
+                    // count towards the newest too: this only decides when the next opens.
+                    let total = new.iter().sum::<u64>();
+                    sqlx::query(COUNT_INSERTED)
+                        .bind(i64::try_from(total).unwrap_or(i64::MAX))
+                        .bind(newest.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(new)
             }
@@ -332,6 +421,7 @@ macro_rules! impl_telemetry_store {
                 &self,
                 tq: &$crate::store::telemetry::TraceQuery,
             ) -> Result<Vec<String>, $crate::store::StoreError> {
+                use $crate::store::telemetry::IN_SEGMENTS;
                 // Only placeholders are pushed as SQL text below; every value is bound.
                 let mut q = sqlx::QueryBuilder::<$db>::new(
                     "SELECT trace_id FROM spans s WHERE start_ns >= ",
@@ -344,7 +434,8 @@ macro_rules! impl_telemetry_store {
                     // service on the trace.
                     q.push(" AND is_error");
                     if tq.service.is_some() || tq.namespace.is_some() {
-                        q.push(" AND EXISTS (SELECT 1 FROM spans x WHERE x.trace_id = s.trace_id");
+                        q.push(" AND EXISTS (SELECT 1 FROM spans x WHERE x.");
+                        q.push(IN_SEGMENTS).push(" AND x.trace_id = s.trace_id");
                         if let Some(svc) = &tq.service {
                             q.push(" AND x.service = ").push_bind(svc.as_str());
                         }
@@ -362,12 +453,11 @@ macro_rules! impl_telemetry_store {
                     }
                 }
                 if let Some(min) = tq.min_duration_ns {
-                    q.push(
-                        " AND EXISTS (SELECT 1 FROM spans d WHERE d.trace_id = s.trace_id \
-                         AND d.duration_ns >= ",
-                    )
-                    .push_bind(min)
-                    .push(")");
+                    q.push(" AND EXISTS (SELECT 1 FROM spans d WHERE d.")
+                        .push(IN_SEGMENTS)
+                        .push(" AND d.trace_id = s.trace_id AND d.duration_ns >= ")
+                        .push_bind(min)
+                        .push(")");
                 }
                 q.push(" GROUP BY trace_id ORDER BY MAX(start_ns) DESC LIMIT ")
                     .push_bind(tq.limit);
@@ -384,7 +474,7 @@ macro_rules! impl_telemetry_store {
                     return Ok(Vec::new());
                 }
                 let mut q = sqlx::QueryBuilder::<$db>::new(format!(
-                    "SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id IN ("
+                    "SELECT {SPAN_COLUMNS} FROM spans WHERE {IN_SEGMENTS} AND trace_id IN ("
                 ));
                 let mut ids = q.separated(", ");
                 for id in trace_ids {
@@ -421,6 +511,33 @@ macro_rules! impl_telemetry_store {
                     }
                 };
                 Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn span_segments(
+                &self,
+            ) -> Result<Vec<$crate::store::telemetry::SpanSegment>, $crate::store::StoreError> {
+                use $crate::store::telemetry::*;
+                Ok(sqlx::query_as(SEGMENT_SIZES).fetch_all(&self.pool).await?)
+            }
+
+            async fn delete_span_segments_through(
+                &self,
+                id: i64,
+            ) -> Result<u64, $crate::store::StoreError> {
+                let _guard = self.write_guard().await;
+                let mut tx = self.span_pool().begin().await?;
+                // `<=`: also spans a writer put into an older segment while it was being
+                // deleted (Postgres replicas write concurrently).
+                let done = sqlx::query("DELETE FROM spans WHERE segment <= $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM span_segments WHERE id <= $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
             }
 
             async fn delete_spans_before(
@@ -506,7 +623,27 @@ mod tests {
             assert_eq!(pg.matches('$').count(), rows * SPAN_COLUMN_COUNT);
             let last = format!("${})", rows * SPAN_COLUMN_COUNT);
             assert!(pg.contains(&last), "{last} in {pg:.80}");
-            assert!(pg.ends_with("ON CONFLICT (trace_id, span_id) DO NOTHING"));
+            assert!(pg.ends_with("ON CONFLICT (segment, trace_id, span_id) DO NOTHING"));
         }
+    }
+
+    #[test]
+    fn a_span_belongs_to_the_last_segment_starting_at_or_before_it() {
+        let seg = |id, start_ns| SpanSegment {
+            id,
+            start_ns,
+            spans: 0,
+        };
+        let segments = [seg(3, 100), seg(4, 200), seg(7, 300)];
+        // Older than every segment (its own was swept): the oldest.
+        assert_eq!(segment_of(&segments, 5), 3);
+        assert_eq!(segment_of(&segments, 100), 3);
+        assert_eq!(segment_of(&segments, 199), 3);
+        assert_eq!(segment_of(&segments, 200), 4);
+        assert_eq!(segment_of(&segments, 299), 4);
+        assert_eq!(segment_of(&segments, 300), 7);
+        assert_eq!(segment_of(&segments, i64::MAX), 7);
+        assert_eq!(segment_of(&[seg(0, i64::MIN)], i64::MIN), 0);
+        assert_eq!(segment_of(&[], 42), 0);
     }
 }

@@ -1,9 +1,15 @@
 //! Retention of the trace store: deletes spans older than `--trace-retention` or beyond the
 //! newest `--trace-max-spans`, and edge intervals older than the retention.
 //!
-//! Every replica runs one. That is safe: each delete is a small batch chosen by a predicate
-//! (never a remembered row), so two replicas deleting at once remove each row once and find
-//! nothing left; batches keep locks and WAL growth short so ingest is not stalled.
+//! Whole segments go first (see [`crate::store::telemetry`]): the oldest segment is deleted
+//! as one range when every span in it is past the retention, when it is empty, or while the
+//! store holds more than the limit (so between 7/8 of `--trace-max-spans` and all of it stay).
+//! The newest segment never goes whole; what is left over the age or count limit after that
+//! (a store of one segment, spans that arrived late) goes row by row, oldest first.
+//!
+//! Every replica runs one. That is safe: each delete is chosen by a predicate (never a
+//! remembered row), so two replicas deleting at once remove each row once and find nothing
+//! left; row-by-row deletes go in small batches so locks and WAL growth stay short.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +53,21 @@ pub async fn sweep(
 ) -> Result<u64, StoreError> {
     let age = i64::try_from(retention.max_age.as_nanos()).unwrap_or(i64::MAX);
     let cutoff = now_ns.saturating_sub(age);
+    let max = i64::try_from(retention.max_spans).unwrap_or(i64::MAX);
     let mut deleted = 0;
+    let segments = store.span_segments().await?;
+    let mut total: i64 = segments.iter().map(|s| s.spans).sum();
+    for pair in segments.windows(2) {
+        let (oldest, next) = (&pair[0], &pair[1]);
+        // Spans in `oldest` started before `next` did.
+        let expired = next.start_ns <= cutoff;
+        if !(expired || oldest.spans == 0 || total > max) {
+            break;
+        }
+        deleted += store.delete_span_segments_through(oldest.id).await?;
+        total -= oldest.spans;
+        tokio::task::yield_now().await;
+    }
     loop {
         let n = store.delete_spans_before(cutoff, BATCH).await?;
         deleted += n;
@@ -60,7 +80,11 @@ pub async fn sweep(
     while store.delete_edge_stats_before(cutoff, BATCH).await? == BATCH as u64 {
         tokio::task::yield_now().await;
     }
-    let max = i64::try_from(retention.max_spans).unwrap_or(i64::MAX);
+    // Row by row only when whole segments were not enough (`total` leaves out the rows just
+    // deleted by age, so this may look once more than needed).
+    if total <= max {
+        return Ok(deleted);
+    }
     if let Some(oldest_kept) = store.span_start_after_newest(max).await? {
         // Everything at or before the (max+1)-th newest start goes.
         let cutoff = oldest_kept.saturating_add(1);

@@ -5,11 +5,11 @@
 //! [`MAX_SPANS`]; when it is quiet it commits what it has at once, so a trickle of spans is
 //! searchable without delay.
 //!
-//! Why one writer: each span adds one entry at a random place of the (trace_id, span_id)
-//! index, so a commit writes about one index page per span it holds, until many spans share
-//! pages. A commit of one proxy's 256 spans wrote ~1 page per span; thousands of spans from
-//! all proxies in one commit write fewer, and the fixed cost of a commit (journal, sync,
-//! checkpoint) is paid a few times a second instead of per batch. See
+//! Why one writer: each span adds one entry at a random place of the newest segment's part
+//! of the (segment, trace_id, span_id) index, so a commit writes about one index page per span
+//! it holds, until many spans share pages. A commit of one proxy's 256 spans wrote ~1 page per
+//! span; thousands of spans from all proxies in one commit write fewer, and the fixed cost of
+//! a commit (journal, sync, checkpoint) is paid a few times a second instead of per batch. See
 //! docs/observability.md, "Cost on the data path".
 //!
 //! The queue is bounded ([`QUEUE`] batches). When it is full, a stream's handler waits before
@@ -57,13 +57,15 @@ pub struct Stopped;
 
 impl SpanWriter {
     /// Start the writer task on `store`; committed spans are also offered to `otlp`.
+    /// `segment_spans`: see [`crate::store::TelemetryStore::insert_telemetry`].
     pub fn start(
         store: Arc<dyn Store>,
         metrics: Metrics,
         otlp: Option<OtlpExport>,
+        segment_spans: u64,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, metrics, otlp, rx));
+        let task = tokio::spawn(run(store, metrics, otlp, segment_spans, rx));
         (Self { tx }, task)
     }
 
@@ -82,6 +84,7 @@ async fn run(
     store: Arc<dyn Store>,
     metrics: Metrics,
     otlp: Option<OtlpExport>,
+    segment_spans: u64,
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut busy = false;
@@ -105,12 +108,18 @@ async fn run(
             jobs.push(job);
         }
         busy = spans >= BUSY_SPANS;
-        commit(store.as_ref(), &metrics, otlp.as_ref(), jobs).await;
+        commit(store.as_ref(), &metrics, otlp.as_ref(), segment_spans, jobs).await;
     }
 }
 
 /// Store `jobs` in one transaction and answer each.
-async fn commit(store: &dyn Store, metrics: &Metrics, otlp: Option<&OtlpExport>, jobs: Vec<Job>) {
+async fn commit(
+    store: &dyn Store,
+    metrics: &Metrics,
+    otlp: Option<&OtlpExport>,
+    segment_spans: u64,
+    jobs: Vec<Job>,
+) {
     let mut batches = Vec::with_capacity(jobs.len());
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -125,7 +134,7 @@ async fn commit(store: &dyn Store, metrics: &Metrics, otlp: Option<&OtlpExport>,
     };
     let result = {
         let _timer = metrics.store_timer("insert_telemetry");
-        store.insert_telemetry(batches).await
+        store.insert_telemetry(batches, segment_spans).await
     };
     match result {
         Ok(new) => {
