@@ -905,3 +905,166 @@ async fn concurrent_streams_on_postgres() {
     concurrent_streams(&server).await;
     server.stop().await;
 }
+
+/// Spans are stored in segments by start time: with ten spans per segment, five batches
+/// (each starting a minute after the previous) fill five segments; a trace whose spans lie
+/// in different segments is read whole and found by searches that join its spans; a batch
+/// sent again after newer segments opened is still recognised; and with --trace-max-spans
+/// 45, retention deletes the oldest segment whole (10 spans, where deleting row by row
+/// would stop at 5).
+async fn segments(server: &TestServer) {
+    let proxy = mesh::join(server, "shop", "web").await;
+    let mut client = proxy.client().await;
+    let base = now_ns();
+    let (x, y, z) = (trace_id(500), trace_id(501), trace_id(502));
+    let mut batches: Vec<Vec<v1::Span>> = (0..5u32)
+        .map(|b| {
+            (0..10u32)
+                .map(|i| {
+                    let start = base + i64::from(b) * 60 * SEC + i64::from(i) * MS;
+                    span(
+                        &trace_id(600 + b * 10 + i),
+                        "d000000000000001",
+                        "",
+                        "CLIENT",
+                        "filler",
+                        "catalog",
+                        start,
+                        MS,
+                        200,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let mut put = |batch: usize, slot: usize, trace: &str, service: &str, duration: i64, status| {
+        let s = &mut batches[batch][slot];
+        s.trace_id = trace.to_string();
+        s.span_id = format!("e00000000000000{batch}");
+        s.service = service.to_string();
+        s.duration_nanos = duration;
+        s.status_code = status;
+    };
+    // x: frontend in segment 1, catalog failing in segment 3.
+    put(1, 0, &x, "frontend", MS, 200);
+    put(3, 0, &x, "catalog", MS, 503);
+    // y: frontend in segment 2, a slow catalog span in segment 4.
+    put(2, 1, &y, "frontend", MS, 200);
+    put(4, 1, &y, "catalog", 5 * SEC, 200);
+    // z: one span in segment 0 (retention deletes it), one in segment 2.
+    put(0, 2, &z, "frontend", MS, 200);
+    put(2, 2, &z, "catalog", MS, 200);
+    let batch = |spans: &Vec<v1::Span>| v1::TelemetryBatch {
+        spans: spans.clone(),
+        ..Default::default()
+    };
+    for (i, spans) in batches.iter().enumerate().take(4) {
+        assert_eq!(
+            report(&mut client, vec![batch(spans)]).await,
+            10,
+            "batch {i}"
+        );
+    }
+    // Batch 1 again, now that segments 2 and 3 exist: nothing new.
+    assert_eq!(report(&mut client, vec![batch(&batches[1])]).await, 0);
+    // 40 spans, within the limit: retention leaves them all.
+    let mut admin = server.admin().await;
+    let reader = admin.clone();
+    let get = |trace: String| {
+        let mut admin = reader.clone();
+        async move {
+            match admin
+                .get_trace(v1::GetTraceRequest { trace_id: trace })
+                .await
+            {
+                Ok(t) => t.into_inner().spans.len(),
+                Err(s) if s.code() == Code::NotFound => 0,
+                Err(s) => panic!("GetTrace: {s:?}"),
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get(z.clone()).await,
+        2,
+        "both of z's spans, segments 0 and 2"
+    );
+    assert_eq!(report(&mut client, vec![batch(&batches[4])]).await, 10);
+    // 50 spans: the oldest segment (batch 0's ten) goes whole, and nothing else.
+    eventually(
+        Duration::from_secs(10),
+        "the oldest segment deleted",
+        || async {
+            let body = http_get(server.addr, "/metrics").await;
+            (metric(&body, "quiver_telemetry_spans_deleted_total") == 10.0).then_some(())
+        },
+    )
+    .await;
+    let wide = v1::SearchTracesRequest {
+        start: rfc3339(base - 60 * SEC),
+        end: rfc3339(base + 6 * 60 * SEC),
+        limit: 200,
+        ..Default::default()
+    };
+    let kept = search(&mut admin, wide.clone()).await;
+    // 40 spans in 38 traces: 35 fillers, x and y with two spans each, z with one left.
+    assert_eq!(kept.len(), 38, "{kept:?}");
+    for i in 0..10u32 {
+        let batch0 = trace_id(600 + i);
+        assert!(
+            !kept.contains(&batch0),
+            "trace {batch0} of the deleted segment"
+        );
+    }
+    assert_eq!(get(z.clone()).await, 1, "z's span in segment 2 stays");
+    assert_eq!(get(x.clone()).await, 2, "x across segments 1 and 3");
+    assert_eq!(get(y.clone()).await, 2, "y across segments 2 and 4");
+    let frontend_errors = search(
+        &mut admin,
+        v1::SearchTracesRequest {
+            service: "frontend".into(),
+            errors_only: true,
+            ..wide.clone()
+        },
+    )
+    .await;
+    assert_eq!(frontend_errors, [x.clone()]);
+    let frontend_slow = search(
+        &mut admin,
+        v1::SearchTracesRequest {
+            service: "frontend".into(),
+            min_duration: "1s".into(),
+            ..wide
+        },
+    )
+    .await;
+    assert_eq!(frontend_slow, [y.clone()]);
+    // The deleted segment's spans are gone from the count the metric reports too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = http_get(server.addr, "/metrics").await;
+    assert_eq!(metric(&body, "quiver_telemetry_spans_deleted_total"), 10.0);
+}
+
+const SEGMENT_FLAGS: &[&str] = &[
+    "--trace-retention=1h",
+    "--trace-max-spans=45",
+    "--trace-segment-spans=10",
+    "--trace-sweep-interval=100ms",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_on_sqlite() {
+    let db = SqliteTestDb::create();
+    let server = TestServer::start_with(None, db.dir.path(), SEGMENT_FLAGS).await;
+    segments(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_on_postgres() {
+    let db = PgTestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(Some(&db.url), dir.path(), SEGMENT_FLAGS).await;
+    segments(&server).await;
+    server.stop().await;
+}

@@ -137,6 +137,8 @@ pub(super) const SEGMENTS: &str =
 pub(super) const SEGMENT_SIZES: &str = "SELECT g.id, g.start_ns, \
      (SELECT count(*) FROM spans s WHERE s.segment = g.id) AS spans \
      FROM span_segments g ORDER BY g.start_ns";
+/// The latest start stored (the `spans_start` index answers it).
+pub(super) const LATEST_START: &str = "SELECT max(start_ns) FROM spans";
 /// Open a segment (a second writer racing to open the same one changes nothing).
 pub(super) const OPEN_SEGMENT: &str = "INSERT INTO span_segments (id, start_ns, inserted) \
      VALUES ($1, $2, 0) ON CONFLICT DO NOTHING";
@@ -327,12 +329,17 @@ macro_rules! impl_telemetry_store {
                         None => true,
                     };
                     if full {
-                        // Starts now (after the newest's start even if the clock went back):
-                        // every span already stored keeps mapping to the segment it is in.
+                        // Starts now, or after the latest start stored (a proxy's clock may
+                        // run ahead), so that every span already stored keeps mapping to the
+                        // segment it is in and a re-sent one is still found there.
+                        let latest: Option<i64> =
+                            sqlx::query_scalar(LATEST_START).fetch_one(&mut *tx).await?;
                         let (id, start) = match segments.last() {
                             Some(newest) => (
                                 newest.id + 1,
-                                $crate::telemetry::now_ns().max(newest.start_ns.saturating_add(1)),
+                                $crate::telemetry::now_ns()
+                                    .max(latest.unwrap_or(i64::MIN).saturating_add(1))
+                                    .max(newest.start_ns.saturating_add(1)),
                             ),
                             None => (0, i64::MIN),
                         };
@@ -437,7 +444,10 @@ macro_rules! impl_telemetry_store {
                         q.push(" AND EXISTS (SELECT 1 FROM spans x WHERE x.");
                         q.push(IN_SEGMENTS).push(" AND x.trace_id = s.trace_id");
                         if let Some(svc) = &tq.service {
-                            q.push(" AND x.service = ").push_bind(svc.as_str());
+                            // `|| ''` keeps SQLite (no statistics) from walking every span of
+                            // the service through (service, start_ns) instead of probing the
+                            // trace's key once per segment.
+                            q.push(" AND x.service || '' = ").push_bind(svc.as_str());
                         }
                         if let Some(ns) = &tq.namespace {
                             q.push(" AND x.namespace = ").push_bind(ns.as_str());
