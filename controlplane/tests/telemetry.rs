@@ -1028,7 +1028,7 @@ async fn segments(server: &TestServer) {
         },
     )
     .await;
-    assert_eq!(frontend_errors, [x.clone()]);
+    assert_eq!(frontend_errors, [x]);
     let frontend_slow = search(
         &mut admin,
         v1::SearchTracesRequest {
@@ -1038,7 +1038,7 @@ async fn segments(server: &TestServer) {
         },
     )
     .await;
-    assert_eq!(frontend_slow, [y.clone()]);
+    assert_eq!(frontend_slow, [y]);
     // The deleted segment's spans are gone from the count the metric reports too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body = http_get(server.addr, "/metrics").await;
