@@ -101,8 +101,9 @@ impl SqliteStore {
             .connect_with(
                 options
                     .synchronous(SqliteSynchronous::Normal)
-                    // Span batches touch one random page of the (trace_id, span_id) index
-                    // per span: keep the hot part of the indexes cached (KiB, negative).
+                    // Span batches touch one random page of the newest segment's part of the
+                    // (segment, trace_id, span_id) key per span: keep the hot part of the
+                    // indexes cached (KiB, negative).
                     .pragma("cache_size", format!("-{SPAN_CACHE_KIB}"))
                     // Checkpoint after ~32 MiB of WAL rather than 4 MiB: an index page that
                     // several commits rewrote is copied into the database once.
