@@ -256,6 +256,31 @@ fn console_bundle() -> Option<PathBuf> {
     }
 }
 
+/// How many endpoints a sidecar's current snapshot lists, over all services (None until its
+/// admin port answers with a snapshot).
+async fn snapshot_endpoints(
+    http: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+    url: &http::Uri,
+) -> Option<usize> {
+    use http_body_util::BodyExt;
+    let response = http.get(url.clone()).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    let config: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let services = config.get("snapshot")?.get("services")?.as_object()?;
+    Some(
+        services
+            .values()
+            .filter_map(|s| s.get("endpoints")?.as_array().map(Vec::len))
+            .sum(),
+    )
+}
+
 /// The server's [`Config`] with every default and no environment variable read.
 fn server_defaults() -> anyhow::Result<Config> {
     use clap::{CommandFactory, FromArgMatches};
@@ -445,6 +470,20 @@ async fn demo(
         },
     )
     .await?;
+    // Registered is not yet known: a sidecar learns the endpoints from its next snapshot. A
+    // first request sent before that is answered 503 no-endpoint, and the tally and the
+    // Topology page would show a failed call the demo made itself. So wait until every
+    // sidecar's snapshot (its admin /config) lists all four endpoints.
+    for s in &ports.sidecars {
+        let url: http::Uri = format!("http://127.0.0.1:{}/config", s.admin).parse()?;
+        let what = format!("the {} sidecar to know all four endpoints ({url})", s.name);
+        let (http, url) = (&http, &url);
+        until(children, START_TIMEOUT, &what, || async move {
+            let endpoints = snapshot_endpoints(http, url).await?;
+            (endpoints >= ports.sidecars.len()).then_some(())
+        })
+        .await?;
+    }
     let frontend = local(ports.frontend_app);
     let first = Instant::now();
     let http = &http;
