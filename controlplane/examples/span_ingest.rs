@@ -9,6 +9,11 @@
 //! the discovery listener, as fast as the server takes them. Prints sustained spans/s (from
 //! the first batch sent to the server's answer, which comes after the last batch is stored)
 //! and the process RSS (control plane and this client together).
+//!
+//! Trace ids are scrambled (a bijection of a counter), as random as a proxy's: sequential ids
+//! would only ever append to the trace key and flatter the store. Retention is off;
+//! `--segment-spans` sets the store's segment size (default 125,000, as at the default
+//! `--trace-max-spans` 1,000,000).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +37,10 @@ struct Args {
     /// Concurrent ReportTelemetry streams (each a proxy connection).
     #[arg(long, default_value_t = 1)]
     streams: usize,
+    /// Spans per segment of the store (the server's --trace-segment-spans; 125,000 is the
+    /// default at --trace-max-spans 1,000,000; a number above --spans keeps one segment).
+    #[arg(long, default_value_t = 125_000)]
+    segment_spans: u64,
 }
 
 const TOKEN: &str = "qvr_bench-admin";
@@ -50,8 +59,9 @@ async fn main() -> anyhow::Result<()> {
         "--discovery-listen=127.0.0.1:0".into(),
         format!("--data-dir={}", dir.path().display()),
         format!("--admin-token={TOKEN}"),
-        // Retention must not delete what is being measured.
+        // Retention must not delete what is being measured; segments as at the default limit.
         "--trace-max-spans=100000000".into(),
+        format!("--trace-segment-spans={}", args.segment_spans),
     ];
     if let Some(url) = &args.database_url {
         flags.push(format!("--database-url={url}"));
@@ -166,7 +176,11 @@ fn spans(stream: u64, trace_no: &mut u64, n: usize) -> Vec<v1::Span> {
     ];
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let trace = format!("{:016x}{:016x}", stream + 1, *trace_no + 1);
+        let trace = format!(
+            "{:016x}{:016x}",
+            scramble(stream + 1),
+            scramble(*trace_no + 1)
+        );
         for (i, (kind, service, peer)) in hops.iter().enumerate() {
             if out.len() == n {
                 break;
@@ -217,4 +231,12 @@ fn proc_status(field: &str) -> String {
                 .map(|l| l[field.len() + 1..].trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// SplitMix64's finaliser: a bijection on u64, so distinct counters stay distinct ids, with
+/// the bits spread as a random id's are.
+fn scramble(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
