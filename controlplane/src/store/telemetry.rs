@@ -9,7 +9,9 @@
 //! the key that finds a trace's spans and skips a re-sent span is `(segment, trace_id,
 //! span_id)`, so a commit's inserts land in the newest segment's part of that index rather
 //! than all over an index as large as the store, and retention deletes the oldest segment
-//! as one range. Reading a trace probes each segment (there are about nine). Like [`super::sql`], one macro body implements both engines; what differs
+//! as one range. Reading a trace probes each segment (there are about nine).
+//!
+//! Like [`super::sql`], one macro body implements both engines; what differs
 //! (the physical row id used for batched deletes) is an associated constant.
 
 /// One stored span. Field meanings are those of `quiver.v1.Span`; `namespace` and `reporter`
@@ -245,8 +247,9 @@ pub(super) const NTH_NEWEST_SPAN: &str =
 pub trait TelemetryStore: Send + Sync {
     /// Store reported batches, all in one transaction. A span already stored (same trace
     /// and span id, e.g. a batch sent twice) is skipped. Returns how many spans of each batch
-    /// were new, in order. A new segment opens, starting now, when the newest one has had
-    /// `segment_spans` spans stored into it.
+    /// were new, in order. A new segment opens when the newest one has had `segment_spans`
+    /// spans stored into it; it starts now, or just after the latest start stored if that is
+    /// later.
     async fn insert_telemetry(
         &self,
         batches: Vec<ReportedBatch>,
