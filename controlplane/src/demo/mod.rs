@@ -258,19 +258,11 @@ fn console_bundle() -> Option<PathBuf> {
 
 /// How many endpoints a sidecar's current snapshot lists, over all services (None until its
 /// admin port answers with a snapshot).
-async fn snapshot_endpoints(
-    http: &hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Empty<bytes::Bytes>,
-    >,
-    url: &http::Uri,
-) -> Option<usize> {
-    use http_body_util::BodyExt;
-    let response = http.get(url.clone()).await.ok()?;
-    if !response.status().is_success() {
+async fn snapshot_endpoints(http: &traffic::HttpClient, url: &http::Uri) -> Option<usize> {
+    let (status, body) = traffic::get(http, url.clone()).await.ok()?;
+    if !status.is_success() {
         return None;
     }
-    let body = response.into_body().collect().await.ok()?.to_bytes();
     let config: serde_json::Value = serde_json::from_slice(&body).ok()?;
     let services = config.get("snapshot")?.get("services")?.as_object()?;
     Some(

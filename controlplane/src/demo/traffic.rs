@@ -118,30 +118,32 @@ pub fn outcome_of(status: http::StatusCode, body: &[u8]) -> Outcome {
 }
 
 /// One `GET /` to frontend.
-pub async fn call(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    frontend: SocketAddr,
-) -> Outcome {
+pub async fn call(client: &HttpClient, frontend: SocketAddr) -> Outcome {
     let uri: http::Uri = match format!("http://{frontend}/").parse() {
         Ok(u) => u,
         Err(e) => return Outcome::Failed(format!("bad frontend address: {e}")),
     };
-    let req = async {
-        let resp = client.get(uri).await.map_err(|e| format!("{e}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("{e}"))?
-            .to_bytes();
-        Ok::<_, String>((status, body))
-    };
-    match tokio::time::timeout(Duration::from_secs(6), req).await {
+    match tokio::time::timeout(Duration::from_secs(6), get(client, uri)).await {
         Ok(Ok((status, body))) => outcome_of(status, &body),
         Ok(Err(e)) => Outcome::Failed(format!("calling frontend: {e}")),
         Err(_) => Outcome::Failed("frontend did not answer within 6s".into()),
     }
+}
+
+/// The demo's plain-HTTP client: traffic to frontend, and the sidecars' admin ports.
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+/// GET `uri`: the status and the whole body, or why not.
+pub async fn get(client: &HttpClient, uri: http::Uri) -> Result<(http::StatusCode, Bytes), String> {
+    let resp = client.get(uri).await.map_err(|e| format!("{e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e}"))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// Send `rate` requests per second to frontend for ever, each outcome to `out`.
