@@ -79,14 +79,10 @@ pub struct Config {
     #[arg(long, env = "QUIVER_TRACE_RETENTION", default_value = "24h", value_parser = positive_duration)]
     #[serde(with = "quiver_api::duration::serde_human")]
     pub trace_retention: Duration,
-    /// At most this many spans are kept; the oldest go first, a segment (an eighth of this)
-    /// at a time, so between 7/8 of it and all of it stay.
+    /// At most this many spans are kept; the oldest go first, a reported batch (up to 256
+    /// spans) at a time.
     #[arg(long, env = "QUIVER_TRACE_MAX_SPANS", default_value_t = 1_000_000)]
     pub trace_max_spans: u64,
-    /// Spans per segment of the trace store (default: --trace-max-spans / 8, at least 1,024;
-    /// tests shorten it). See docs/observability.md, "How it is stored".
-    #[arg(long, env = "QUIVER_TRACE_SEGMENT_SPANS", value_parser = clap::value_parser!(u64).range(1..), hide = true)]
-    pub trace_segment_spans: Option<u64>,
     /// How often the trace retention sweeper runs (tests shorten it).
     #[arg(long, env = "QUIVER_TRACE_SWEEP_INTERVAL", default_value = "30s", value_parser = positive_duration, hide = true)]
     #[serde(with = "quiver_api::duration::serde_human")]
@@ -300,15 +296,8 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         }
         None => (None, None),
     };
-    let segment_spans = config
-        .trace_segment_spans
-        .unwrap_or((config.trace_max_spans / 8).max(1024));
-    let (span_writer, span_writer_task) = crate::telemetry::writer::SpanWriter::start(
-        store.clone(),
-        metrics.clone(),
-        otlp_export,
-        segment_spans,
-    );
+    let (span_writer, span_writer_task) =
+        crate::telemetry::writer::SpanWriter::start(store.clone(), metrics.clone(), otlp_export);
     let store_engine = store.engine();
     let inputs = Arc::new(Inputs {
         store,

@@ -20,6 +20,7 @@ pub mod feed;
 mod postgres;
 mod sql;
 mod sqlite;
+pub mod blocks;
 pub mod telemetry;
 
 pub use feed::Feed;

@@ -23,8 +23,6 @@ pub struct PgStore {
 
 impl PgStore {
     const ENGINE: &'static str = "postgres";
-    /// The physical row id, for batched deletes (`DELETE ... WHERE ctid IN (SELECT ... LIMIT n)`).
-    const ROW_ID: &'static str = "ctid";
     /// The row lock orders writers: versions are handed out in commit order.
     const LOCK_VERSION: &'static str = "SELECT version FROM quiver_version WHERE id = 1 FOR UPDATE";
     /// Delivered to every listener when the transaction commits (never if it rolls back).
@@ -33,7 +31,9 @@ impl PgStore {
     /// A span batch's commit does not wait for the WAL flush: a crash of the database server
     /// can lose the last moments of spans (never configuration, never consistency).
     const SPAN_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
-    const DIALECT: super::telemetry::Dialect = super::telemetry::Dialect::Postgres;
+    /// Whether spans from before migration 0005 still wait to be moved into blocks.
+    const HAS_LEGACY: &'static str = "SELECT count(*) FROM pg_catalog.pg_tables \
+         WHERE schemaname = current_schema() AND tablename = 'spans_legacy'";
 
     /// Connect, apply migrations and start listening for changes.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {

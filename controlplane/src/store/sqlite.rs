@@ -36,15 +36,15 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     const ENGINE: &'static str = "sqlite";
-    /// The physical row id, for batched deletes (`DELETE ... WHERE rowid IN (SELECT ... LIMIT n)`).
-    const ROW_ID: &'static str = "rowid";
     const LOCK_VERSION: &'static str = "SELECT version FROM quiver_version WHERE id = 1";
     const NOTIFY: Option<&'static str> = None;
     /// A read transaction in WAL mode already sees one snapshot.
     const SNAPSHOT: Option<&'static str> = None;
     /// The span connection is `synchronous=NORMAL` already.
     const SPAN_COMMIT: Option<&'static str> = None;
-    const DIALECT: super::telemetry::Dialect = super::telemetry::Dialect::Sqlite;
+    /// Whether spans from before migration 0005 still wait to be moved into blocks.
+    const HAS_LEGACY: &'static str =
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'spans_legacy'";
 
     /// Open (creating) `DIR/quiver.db`. A directory this creates gets mode 0700, and the
     /// database file is created with 0600: it holds the CA key and token hashes.
@@ -101,12 +101,10 @@ impl SqliteStore {
             .connect_with(
                 options
                     .synchronous(SqliteSynchronous::Normal)
-                    // Span batches touch one random page of the newest segment's part of the
-                    // (segment, trace_id, span_id) key per span: keep the hot part of the
-                    // indexes cached (KiB, negative).
+                    // Reads of blocks and their summaries (KiB, negative).
                     .pragma("cache_size", format!("-{SPAN_CACHE_KIB}"))
-                    // Checkpoint after ~32 MiB of WAL rather than 4 MiB: an index page that
-                    // several commits rewrote is copied into the database once.
+                    // Checkpoint after ~32 MiB of WAL rather than 4 MiB: fewer, larger
+                    // checkpoints while blocks stream in.
                     .pragma("wal_autocheckpoint", SPAN_CHECKPOINT_PAGES.to_string()),
             )
             .await?;

@@ -1,15 +1,15 @@
 //! Retention of the trace store: deletes spans older than `--trace-retention` or beyond the
-//! newest `--trace-max-spans`, and edge intervals older than the retention.
+//! newest `--trace-max-spans`, and edge intervals older than the retention. Spans go a block
+//! (one reported batch, see [`crate::store::blocks`]) at a time: a block goes once every span
+//! in it is past the age limit, and the oldest blocks go while the store holds more than the
+//! span limit.
 //!
-//! Whole segments go first (see [`crate::store::telemetry`]): the oldest segment is deleted
-//! as one range when every span in it is past the retention, when it is empty, or while the
-//! store holds more than the limit (so between 7/8 of `--trace-max-spans` and all of it stay).
-//! The newest segment never goes whole; what is left over the age or count limit after that
-//! (a store of one segment, spans that arrived late) goes row by row, oldest first.
+//! The first pass also moves spans stored before the block store (migration 0005) into
+//! blocks.
 //!
-//! Every replica runs one. That is safe: each delete is chosen by a predicate (never a
-//! remembered row), so two replicas deleting at once remove each row once and find nothing
-//! left; row-by-row deletes go in small batches so locks and WAL growth stay short.
+//! Every replica runs one. That is safe: each delete is chosen by a predicate or an id bound
+//! (never a remembered row), so two replicas deleting at once remove each block once and find
+//! nothing left; deletes go in small batches so locks and WAL growth stay short.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +17,8 @@ use std::time::Duration;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
-/// Rows per delete statement.
-const BATCH: i64 = 5_000;
+/// Blocks (or edge rows) per delete statement.
+const BATCH: i64 = 500;
 
 /// What the sweeper keeps.
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +32,19 @@ pub struct Retention {
 pub async fn run(store: Arc<dyn Store>, retention: Retention, metrics: Metrics) {
     let mut tick = tokio::time::interval(retention.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut converted = false;
     loop {
         tick.tick().await;
+        if !converted {
+            match convert_legacy(store.as_ref()).await {
+                Ok(0) => converted = true,
+                Ok(n) => {
+                    converted = true;
+                    tracing::info!(spans = n, "moved spans stored before migration 0005 into span blocks");
+                }
+                Err(e) => tracing::warn!(error = %e, "moving old spans into blocks failed; retrying"),
+            }
+        }
         match sweep(store.as_ref(), retention, super::now_ns()).await {
             Ok(0) => {}
             Ok(n) => {
@@ -45,6 +56,21 @@ pub async fn run(store: Arc<dyn Store>, retention: Retention, metrics: Metrics) 
     }
 }
 
+/// Move every span stored before migration 0005 into blocks, a page at a time (the table is
+/// dropped when empty). Returns how many spans were read; 0 when there were none (or another
+/// replica moved them).
+pub async fn convert_legacy(store: &dyn Store) -> Result<u64, StoreError> {
+    let mut after = None;
+    let mut moved = 0;
+    while let Some((last, n)) = store.convert_legacy_spans(after.take()).await? {
+        moved += n;
+        after = Some(last);
+        // Let ingest and queries in between pages.
+        tokio::task::yield_now().await;
+    }
+    Ok(moved)
+}
+
 /// One pass at time `now_ns`. Returns how many spans were deleted.
 pub async fn sweep(
     store: &dyn Store,
@@ -53,49 +79,28 @@ pub async fn sweep(
 ) -> Result<u64, StoreError> {
     let age = i64::try_from(retention.max_age.as_nanos()).unwrap_or(i64::MAX);
     let cutoff = now_ns.saturating_sub(age);
-    let max = i64::try_from(retention.max_spans).unwrap_or(i64::MAX);
     let mut deleted = 0;
-    let segments = store.span_segments().await?;
-    let mut total: i64 = segments.iter().map(|s| s.spans).sum();
-    for pair in segments.windows(2) {
-        let (oldest, next) = (&pair[0], &pair[1]);
-        // Spans in `oldest` started before `next` did.
-        let expired = next.start_ns <= cutoff;
-        if !(expired || oldest.spans == 0 || total > max) {
-            break;
-        }
-        deleted += store.delete_span_segments_through(oldest.id).await?;
-        total -= oldest.spans;
-        tokio::task::yield_now().await;
-    }
     loop {
-        let n = store.delete_spans_before(cutoff, BATCH).await?;
-        deleted += n;
-        if n < BATCH as u64 {
+        let (blocks, spans) = store.delete_span_blocks_before(cutoff, BATCH).await?;
+        deleted += spans;
+        if blocks < BATCH as u64 {
             break;
         }
-        // Let ingest and queries in between batches.
         tokio::task::yield_now().await;
     }
     while store.delete_edge_stats_before(cutoff, BATCH).await? == BATCH as u64 {
         tokio::task::yield_now().await;
     }
-    // Row by row only when whole segments were not enough (`total` leaves out the rows just
-    // deleted by age, so this may look once more than needed).
-    if total <= max {
-        return Ok(deleted);
-    }
-    if let Some(oldest_kept) = store.span_start_after_newest(max).await? {
-        // Everything at or before the (max+1)-th newest start goes.
-        let cutoff = oldest_kept.saturating_add(1);
-        loop {
-            let n = store.delete_spans_before(cutoff, BATCH).await?;
-            deleted += n;
-            if n < BATCH as u64 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+    // The newest blocks that together hold at most max_spans stay; the first that does not
+    // fit and everything older go.
+    let sizes = store.span_block_sizes().await?;
+    let mut kept: u64 = 0;
+    let over = sizes.iter().rev().find(|(_, spans)| {
+        kept += u64::try_from(*spans).unwrap_or(0);
+        kept > retention.max_spans
+    });
+    if let Some((id, _)) = over {
+        deleted += store.delete_span_blocks_through(*id).await?;
     }
     Ok(deleted)
 }

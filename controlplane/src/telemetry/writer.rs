@@ -5,12 +5,10 @@
 //! [`MAX_SPANS`]; when it is quiet it commits what it has at once, so a trickle of spans is
 //! searchable without delay.
 //!
-//! Why one writer: each span adds one entry at a random place of the newest segment's part
-//! of the (segment, trace_id, span_id) index, so a commit writes about one index page per span
-//! it holds, until many spans share pages. A commit of one proxy's 256 spans wrote ~1 page per
-//! span; thousands of spans from all proxies in one commit write fewer, and the fixed cost of
-//! a commit (journal, sync, checkpoint) is paid a few times a second instead of per batch. See
-//! docs/observability.md, "Cost on the data path".
+//! Why one writer: each batch becomes one block row (see [`crate::store::blocks`]), and the
+//! fixed cost of a commit (journal, sync, checkpoint) is paid a few times a second for all
+//! proxies' batches together instead of once per batch. See docs/observability.md, "Cost on
+//! the data path".
 //!
 //! The queue is bounded ([`QUEUE`] batches). When it is full, a stream's handler waits before
 //! it reads that proxy's next batch: the proxy's own bounded span queue then fills and drops
@@ -57,15 +55,13 @@ pub struct Stopped;
 
 impl SpanWriter {
     /// Start the writer task on `store`; committed spans are also offered to `otlp`.
-    /// `segment_spans`: see [`crate::store::TelemetryStore::insert_telemetry`].
     pub fn start(
         store: Arc<dyn Store>,
         metrics: Metrics,
         otlp: Option<OtlpExport>,
-        segment_spans: u64,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(store, metrics, otlp, segment_spans, rx));
+        let task = tokio::spawn(run(store, metrics, otlp, rx));
         (Self { tx }, task)
     }
 
@@ -84,7 +80,6 @@ async fn run(
     store: Arc<dyn Store>,
     metrics: Metrics,
     otlp: Option<OtlpExport>,
-    segment_spans: u64,
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut busy = false;
@@ -108,7 +103,7 @@ async fn run(
             jobs.push(job);
         }
         busy = spans >= BUSY_SPANS;
-        commit(store.as_ref(), &metrics, otlp.as_ref(), segment_spans, jobs).await;
+        commit(store.as_ref(), &metrics, otlp.as_ref(), jobs).await;
     }
 }
 
@@ -117,7 +112,6 @@ async fn commit(
     store: &dyn Store,
     metrics: &Metrics,
     otlp: Option<&OtlpExport>,
-    segment_spans: u64,
     jobs: Vec<Job>,
 ) {
     let mut batches = Vec::with_capacity(jobs.len());
@@ -134,7 +128,7 @@ async fn commit(
     };
     let result = {
         let _timer = metrics.store_timer("insert_telemetry");
-        store.insert_telemetry(batches, segment_spans).await
+        store.insert_telemetry(batches).await
     };
     match result {
         Ok(new) => {

@@ -25,6 +25,34 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     parse_status_kib(&text, "VmRSS:").with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// The whole machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks:
+/// busy (user, nice, system, irq, softirq) and steal (time the hypervisor gave to others).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineTicks {
+    pub busy: u64,
+    pub steal: u64,
+}
+
+pub fn machine_ticks() -> anyhow::Result<MachineTicks> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_machine(&text).context("parsing the cpu line of /proc/stat")
+}
+
+fn parse_machine(text: &str) -> Option<MachineTicks> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    Some(MachineTicks {
+        busy: at(0) + at(1) + at(2) + at(5) + at(6),
+        steal: at(7),
+    })
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every mainstream Linux if that fails).
 pub fn ticks_per_second() -> u64 {
     static TCK: OnceLock<u64> = OnceLock::new();
@@ -69,6 +97,14 @@ mod tests {
         let stat = "1234 (quiver (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 3 0 \
                     100 1000 200 18446744073709551615";
         assert_eq!(parse_stat_cpu(stat), Some(287));
+    }
+
+    #[test]
+    fn reads_machine_busy_and_steal() {
+        let stat = "cpu  100 5 30 9000 7 2 3 40 0 0\ncpu0 50 2 15 4500 3 1 1 20 0 0\n";
+        let m = parse_machine(stat).unwrap();
+        assert_eq!((m.busy, m.steal), (140, 40));
+        assert!(parse_machine("cpu0 1 2 3\n").is_none());
     }
 
     #[test]

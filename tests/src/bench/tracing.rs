@@ -92,6 +92,13 @@ struct Row {
     proxy_us: f64,
     /// The control plane's CPU per request.
     control_us: f64,
+    /// This process's CPU per request (the load generator and the backend app).
+    bench_us: f64,
+    /// The whole machine's busy CPU per request (everything above, the kernel's interrupt
+    /// work, and whatever else runs).
+    machine_us: f64,
+    /// Share of the machine's CPU time the hypervisor gave to other guests.
+    steal_pct: f64,
     shipped_per_s: f64,
     dropped: f64,
     stored_per_s: f64,
@@ -177,7 +184,7 @@ async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
             .trim(),
     );
     println!(
-        "{:<5} {:>9} {:>8} {:>8} {:>6} {:>14} {:>12} {:>13} {:>9} {:>12}",
+        "{:<5} {:>9} {:>8} {:>8} {:>6} {:>14} {:>12} {:>12} {:>14} {:>7} {:>13} {:>9} {:>12}",
         "mode",
         "req/s",
         "p50 ms",
@@ -185,6 +192,9 @@ async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
         "errors",
         "proxy us/req",
         "cp us/req",
+        "load us/req",
+        "machine us/req",
+        "steal%",
         "shipped/s",
         "dropped",
         "stored/s"
@@ -198,7 +208,7 @@ async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
             }
             let row = measure(args, mode, outbound, &cp, [&caller, &callee]).await?;
             println!(
-                "{:<5} {:>9.0} {:>8.2} {:>8.2} {:>6} {:>14.1} {:>12.1} {:>13.0} {:>9.0} {:>12.0}",
+                "{:<5} {:>9.0} {:>8.2} {:>8.2} {:>6} {:>14.1} {:>12.1} {:>12.1} {:>14.1} {:>7.1} {:>13.0} {:>9.0} {:>12.0}",
                 row.mode,
                 row.rps,
                 row.p50_ms,
@@ -206,6 +216,9 @@ async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
                 row.errors,
                 row.proxy_us,
                 row.control_us,
+                row.bench_us,
+                row.machine_us,
+                row.steal_pct,
                 row.shipped_per_s,
                 row.dropped,
                 row.stored_per_s
@@ -222,13 +235,16 @@ async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
     };
     let (off, on) = (median("off", |r| r.rps), median("on", |r| r.rps));
     let (cpu_off, cpu_on) = (median("off", |r| r.proxy_us), median("on", |r| r.proxy_us));
+    let (all_off, all_on) = (median("off", |r| r.machine_us), median("on", |r| r.machine_us));
     let ratio = on / off;
     println!(
         "median req/s: off {off:.0}, on {on:.0} -> on/off {ratio:.3} ({} the 15% target); \
-         proxy CPU per request: off {cpu_off:.1} us, on {cpu_on:.1} us ({:+.1}%); control \
-         plane stored {:.0} spans/s at the 'on' rate",
+         proxy CPU per request: off {cpu_off:.1} us, on {cpu_on:.1} us ({:+.1}%); machine CPU \
+         per request: off {all_off:.1} us, on {all_on:.1} us ({:+.1}%); control plane stored \
+         {:.0} spans/s at the 'on' rate",
         if ratio >= 0.85 { "within" } else { "OUTSIDE" },
         (cpu_on / cpu_off - 1.0) * 100.0,
+        (all_on / all_off - 1.0) * 100.0,
         median("on", |r| r.stored_per_s),
     );
     Ok(rows.iter().all(|r| r.errors == 0))
@@ -292,12 +308,16 @@ async fn measure(
             read_all(&proxies).await,
             stored(cp).await,
             procstat::cpu_ticks(cp.pid()),
+            procstat::cpu_ticks(std::process::id()),
+            procstat::machine_ticks(),
         );
         tokio::time::sleep_until(window.until.into()).await;
         let after = (
             read_all(&proxies).await,
             stored(cp).await,
             procstat::cpu_ticks(cp.pid()),
+            procstat::cpu_ticks(std::process::id()),
+            procstat::machine_ticks(),
         );
         (before, after)
     };
@@ -311,6 +331,8 @@ async fn measure(
     let per_request = |ticks: u64| procstat::ticks_to_us(ticks) / requests.max(1.0);
     let (s0, d0) = shipped(&before.0);
     let (s1, d1) = shipped(&after.0);
+    let (m0, m1) = (before.4?, after.4?);
+    let (busy, steal) = (m1.busy.saturating_sub(m0.busy), m1.steal.saturating_sub(m0.steal));
     Ok(Row {
         mode,
         rps: requests / m.seconds,
@@ -319,6 +341,9 @@ async fn measure(
         errors: m.outcome.errors,
         proxy_us: per_request(m.cpu_ticks.unwrap_or(0)),
         control_us: per_request(after.2?.saturating_sub(before.2?)),
+        bench_us: per_request(after.3?.saturating_sub(before.3?)),
+        machine_us: per_request(busy),
+        steal_pct: 100.0 * steal as f64 / (busy + steal).max(1) as f64,
         shipped_per_s: (s1 - s0) / m.seconds,
         dropped: d1 - d0,
         stored_per_s: (after.1 - before.1) / m.seconds,
