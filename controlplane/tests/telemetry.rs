@@ -731,11 +731,18 @@ async fn retention(server: &TestServer) {
             200,
         ));
     }
-    let batch = v1::TelemetryBatch {
+    // The old trace in one batch, then one batch per new span: each batch is a block, and
+    // retention removes whole blocks.
+    let new = spans.split_off(2);
+    let mut batches = vec![v1::TelemetryBatch {
         spans,
         ..Default::default()
-    };
-    assert_eq!(report(&mut client, vec![batch]).await, 9);
+    }];
+    batches.extend(new.into_iter().map(|s| v1::TelemetryBatch {
+        spans: vec![s],
+        ..Default::default()
+    }));
+    assert_eq!(report(&mut client, batches).await, 9);
     let mut admin = server.admin().await;
     let wide = v1::SearchTracesRequest {
         start: rfc3339(now - 3 * 3600 * SEC),
@@ -906,13 +913,12 @@ async fn concurrent_streams_on_postgres() {
     server.stop().await;
 }
 
-/// Spans are stored in segments by start time: with ten spans per segment, five batches
-/// (each starting a minute after the previous) fill five segments; a trace whose spans lie
-/// in different segments is read whole and found by searches that join its spans; a batch
-/// sent again after newer segments opened is still recognised; and with --trace-max-spans
-/// 45, retention deletes the oldest segment whole (10 spans, where deleting row by row
-/// would stop at 5).
-async fn segments(server: &TestServer) {
+/// Spans are stored in blocks, one per reported batch: five batches (a minute apart) make five
+/// blocks; a trace whose spans lie in different blocks is read whole and found by searches
+/// that need several of its spans; a batch sent again is stored once, and a span sent again
+/// in a new batch is read once; with --trace-max-spans 45, retention deletes the oldest block
+/// whole; and a search's conditions hold on spans inside its time range.
+async fn blocks(server: &TestServer) {
     let proxy = mesh::join(server, "shop", "web").await;
     let mut client = proxy.client().await;
     let base = now_ns();
@@ -945,13 +951,13 @@ async fn segments(server: &TestServer) {
         s.duration_nanos = duration;
         s.status_code = status;
     };
-    // x: frontend in segment 1, catalog failing in segment 3.
+    // x: frontend in block 1, catalog failing in block 3.
     put(1, 0, &x, "frontend", MS, 200);
     put(3, 0, &x, "catalog", MS, 503);
-    // y: frontend in segment 2, a slow catalog span in segment 4.
+    // y: frontend in block 2, a slow catalog span in block 4.
     put(2, 1, &y, "frontend", MS, 200);
     put(4, 1, &y, "catalog", 5 * SEC, 200);
-    // z: one span in segment 0 (retention deletes it), one in segment 2.
+    // z: one span in block 0 (retention deletes it), one in block 2.
     put(0, 2, &z, "frontend", MS, 200);
     put(2, 2, &z, "catalog", MS, 200);
     let batch = |spans: &Vec<v1::Span>| v1::TelemetryBatch {
@@ -965,7 +971,7 @@ async fn segments(server: &TestServer) {
             "batch {i}"
         );
     }
-    // Batch 1 again, now that segments 2 and 3 exist: nothing new.
+    // Batch 1 again: nothing new.
     assert_eq!(report(&mut client, vec![batch(&batches[1])]).await, 0);
     // 40 spans, within the limit: retention leaves them all.
     let mut admin = server.admin().await;
@@ -987,13 +993,13 @@ async fn segments(server: &TestServer) {
     assert_eq!(
         get(z.clone()).await,
         2,
-        "both of z's spans, segments 0 and 2"
+        "both of z's spans, blocks 0 and 2"
     );
     assert_eq!(report(&mut client, vec![batch(&batches[4])]).await, 10);
-    // 50 spans: the oldest segment (batch 0's ten) goes whole, and nothing else.
+    // 50 spans: the oldest block (batch 0's ten) goes whole, and nothing else.
     eventually(
         Duration::from_secs(10),
-        "the oldest segment deleted",
+        "the oldest block deleted",
         || async {
             let body = http_get(server.addr, "/metrics").await;
             (metric(&body, "quiver_telemetry_spans_deleted_total") == 10.0).then_some(())
@@ -1013,12 +1019,12 @@ async fn segments(server: &TestServer) {
         let batch0 = trace_id(600 + i);
         assert!(
             !kept.contains(&batch0),
-            "trace {batch0} of the deleted segment"
+            "trace {batch0} of the deleted block"
         );
     }
-    assert_eq!(get(z.clone()).await, 1, "z's span in segment 2 stays");
-    assert_eq!(get(x.clone()).await, 2, "x across segments 1 and 3");
-    assert_eq!(get(y.clone()).await, 2, "y across segments 2 and 4");
+    assert_eq!(get(z.clone()).await, 1, "z's span in block 2 stays");
+    assert_eq!(get(x.clone()).await, 2, "x across blocks 1 and 3");
+    assert_eq!(get(y.clone()).await, 2, "y across blocks 2 and 4");
     let frontend_errors = search(
         &mut admin,
         v1::SearchTracesRequest {
@@ -1028,43 +1034,90 @@ async fn segments(server: &TestServer) {
         },
     )
     .await;
-    assert_eq!(frontend_errors, [x]);
+    assert_eq!(frontend_errors, [x.clone()]);
     let frontend_slow = search(
         &mut admin,
         v1::SearchTracesRequest {
             service: "frontend".into(),
             min_duration: "1s".into(),
-            ..wide
+            ..wide.clone()
         },
     )
     .await;
-    assert_eq!(frontend_slow, [y]);
-    // The deleted segment's spans are gone from the count the metric reports too.
+    assert_eq!(frontend_slow, [y.clone()]);
+    // Conditions hold on spans in the range: from just after x's frontend span (block 1) on,
+    // x has an error but no frontend span in range.
+    let after_frontend = v1::SearchTracesRequest {
+        start: rfc3339(base + 90 * SEC),
+        ..wide.clone()
+    };
+    let errors_only = v1::SearchTracesRequest {
+        errors_only: true,
+        ..after_frontend.clone()
+    };
+    assert_eq!(search(&mut admin, errors_only.clone()).await, [x.clone()]);
+    let frontend_errors = v1::SearchTracesRequest {
+        service: "frontend".into(),
+        ..errors_only
+    };
+    assert!(search(&mut admin, frontend_errors).await.is_empty());
+    // The deleted block's spans are gone from the count the metric reports too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body = http_get(server.addr, "/metrics").await;
     assert_eq!(metric(&body, "quiver_telemetry_spans_deleted_total"), 10.0);
+
+    // x's frontend span again, in a new batch with a new span: the batch is new (2 stored),
+    // but GetTrace shows every span once.
+    let mut again = batches[1][0].clone();
+    again.start_unix_nanos = base + 60 * SEC;
+    let mut extra = again.clone();
+    extra.span_id = "e0000000000000ff".into();
+    extra.parent_span_id = again.span_id.clone();
+    extra.start_unix_nanos += MS;
+    assert_eq!(
+        report(
+            &mut client,
+            vec![v1::TelemetryBatch {
+                spans: vec![again, extra],
+                ..Default::default()
+            }]
+        )
+        .await,
+        2
+    );
+    let spans = admin
+        .get_trace(v1::GetTraceRequest {
+            trace_id: x.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .spans;
+    let ids: Vec<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(ids, ["e000000000000001", "e0000000000000ff", "e000000000000003"]);
+    let summary = search(&mut admin, wide).await;
+    assert!(summary.contains(&x));
 }
 
-const SEGMENT_FLAGS: &[&str] = &[
+const BLOCK_FLAGS: &[&str] = &[
     "--trace-retention=1h",
     "--trace-max-spans=45",
-    "--trace-segment-spans=10",
     "--trace-sweep-interval=100ms",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segments_on_sqlite() {
+async fn blocks_on_sqlite() {
     let db = SqliteTestDb::create();
-    let server = TestServer::start_with(None, db.dir.path(), SEGMENT_FLAGS).await;
-    segments(&server).await;
+    let server = TestServer::start_with(None, db.dir.path(), BLOCK_FLAGS).await;
+    blocks(&server).await;
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segments_on_postgres() {
+async fn blocks_on_postgres() {
     let db = PgTestDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(Some(&db.url), dir.path(), SEGMENT_FLAGS).await;
-    segments(&server).await;
+    let server = TestServer::start_with(Some(&db.url), dir.path(), BLOCK_FLAGS).await;
+    blocks(&server).await;
     server.stop().await;
 }
