@@ -8,12 +8,12 @@
 //! streams spans (4-span traces, as a two-hop request produces) in batches over real mTLS to
 //! the discovery listener, as fast as the server takes them. Prints sustained spans/s (from
 //! the first batch sent to the server's answer, which comes after the last batch is stored)
-//! and the process RSS (control plane and this client together).
+//! and the process RSS (control plane and this client together). Then it times what reads
+//! cost on the filled store: GetTrace of traces spread over it, and SearchTraces with the
+//! console's default range (all, by service, errors only, by service with a minimum duration).
 //!
-//! Trace ids are scrambled (a bijection of a counter), as random as a proxy's: sequential ids
-//! would only ever append to the trace key and flatter the store. Retention is off;
-//! `--segment-spans` sets the store's segment size (default 125,000, as at the default
-//! `--trace-max-spans` 1,000,000).
+//! Trace ids are scrambled (a bijection of a counter), as random as a proxy's. Retention is
+//! off.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,10 +37,6 @@ struct Args {
     /// Concurrent ReportTelemetry streams (each a proxy connection).
     #[arg(long, default_value_t = 1)]
     streams: usize,
-    /// Spans per segment of the store (the server's --trace-segment-spans; 125,000 is the
-    /// default at --trace-max-spans 1,000,000; a number above --spans keeps one segment).
-    #[arg(long, default_value_t = 125_000)]
-    segment_spans: u64,
 }
 
 const TOKEN: &str = "qvr_bench-admin";
@@ -59,9 +55,8 @@ async fn main() -> anyhow::Result<()> {
         "--discovery-listen=127.0.0.1:0".into(),
         format!("--data-dir={}", dir.path().display()),
         format!("--admin-token={TOKEN}"),
-        // Retention must not delete what is being measured; segments as at the default limit.
+        // Retention must not delete what is being measured.
         "--trace-max-spans=100000000".into(),
-        format!("--trace-segment-spans={}", args.segment_spans),
     ];
     if let Some(url) = &args.database_url {
         flags.push(format!("--database-url={url}"));
@@ -158,6 +153,71 @@ async fn main() -> anyhow::Result<()> {
         proc_status("VmRSS"),
         proc_status("VmHWM")
     );
+
+    // Reads on the filled store.
+    let traces_per_stream = (per_stream as u64).div_ceil(4);
+    let mut took = Vec::new();
+    for i in 0..10u64 {
+        let trace_id = format!(
+            "{:016x}{:016x}",
+            scramble(1),
+            scramble(1 + i * traces_per_stream / 10)
+        );
+        let t = Instant::now();
+        let trace = admin
+            .get_trace(v1::GetTraceRequest { trace_id })
+            .await?
+            .into_inner();
+        took.push(t.elapsed());
+        anyhow::ensure!(trace.spans.len() == 4, "a trace came back with {} spans", trace.spans.len());
+    }
+    took.sort();
+    println!(
+        "GetTrace of 10 traces spread over the store: median {:.1} ms, max {:.1} ms",
+        took[5].as_secs_f64() * 1e3,
+        took[9].as_secs_f64() * 1e3
+    );
+    let searches = [
+        ("newest 20", v1::SearchTracesRequest::default()),
+        (
+            "service=ratings",
+            v1::SearchTracesRequest {
+                service: "ratings".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "errorsOnly",
+            v1::SearchTracesRequest {
+                errors_only: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "service=frontend errorsOnly",
+            v1::SearchTracesRequest {
+                service: "frontend".into(),
+                errors_only: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "service=catalog minDuration=4ms",
+            v1::SearchTracesRequest {
+                service: "catalog".into(),
+                min_duration: "4ms".into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, req) in searches {
+        let t = Instant::now();
+        let found = admin.search_traces(req).await?.into_inner().traces.len();
+        println!(
+            "SearchTraces {what} (last 15 minutes, limit 20): {found} traces in {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     running.shutdown().await?;
     Ok(())
 }

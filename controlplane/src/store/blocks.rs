@@ -12,7 +12,8 @@
 //!
 //! Nothing here touches SQL; [`super::telemetry`] moves blocks in and out.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use prost::Message;
 use quiver_api::v1;
@@ -20,10 +21,11 @@ use quiver_api::v1;
 use super::StoreError;
 use super::telemetry::{SpanRecord, TelemetryStore, TraceQuery};
 
-/// Bits per trace id in a block's Bloom filter, and probes per id: about 1% false
-/// positives (a false positive costs one needless block decode).
-const BLOOM_BITS_PER_ID: usize = 10;
-const BLOOM_PROBES: u32 = 7;
+/// Bits per trace id in a block's Bloom filter, and probes per id: about 0.05% false
+/// positives. A false positive costs one needless block decode, and a lookup probes every
+/// block (4,000 at a million spans): about two needless decodes per lookup.
+const BLOOM_BITS_PER_ID: usize = 16;
+const BLOOM_PROBES: u32 = 11;
 
 /// The encoded body: the spans of one block, without the fields the block row holds once
 /// (namespace, reporter).
@@ -207,7 +209,7 @@ impl Bloom {
 
     pub fn insert(&mut self, trace_id: &str) {
         let m = self.bits.len() as u64 * 8;
-        for bit in probes(trace_id, m) {
+        for bit in TraceHash::of(trace_id).probes(m) {
             self.bits[(bit / 8) as usize] |= 1 << (bit % 8);
         }
     }
@@ -220,24 +222,38 @@ impl Bloom {
 /// Whether a stored Bloom filter may contain `trace_id` (false: certainly not). An empty or
 /// damaged filter answers "may", so a damaged row costs a decode, never a lost span.
 pub fn may_contain(bits: &[u8], trace_id: &str) -> bool {
-    if bits.is_empty() {
-        return true;
-    }
-    let m = bits.len() as u64 * 8;
-    probes(trace_id, m).all(|bit| bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
+    TraceHash::of(trace_id).in_filter(bits)
 }
 
-/// Bit positions for `trace_id` in a filter of `m` bits: double hashing over a mix of the
-/// id's bytes (ids are random, but B3 64-bit ids have a zero upper half, and a proxy may send
-/// any hex, so the id is mixed rather than used as is).
-fn probes(trace_id: &str, m: u64) -> impl Iterator<Item = u64> {
-    let mut h = 0x9e37_79b9_7f4a_7c15u64;
-    for b in trace_id.bytes() {
-        h = mix(h ^ u64::from(b));
+/// A trace id's hash pair for Bloom filters: computed once per lookup, probed against many.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceHash(u64, u64);
+
+impl TraceHash {
+    /// A mix of the id's bytes (ids are random, but B3 64-bit ids have a zero upper half,
+    /// and a proxy may send any hex, so the id is mixed rather than used as is).
+    pub fn of(trace_id: &str) -> Self {
+        let mut h = 0x9e37_79b9_7f4a_7c15u64;
+        for b in trace_id.bytes() {
+            h = mix(h ^ u64::from(b));
+        }
+        Self(h, mix(h) | 1)
     }
-    let h1 = h;
-    let h2 = mix(h) | 1;
-    (0..u64::from(BLOOM_PROBES)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % m)
+
+    pub fn in_filter(self, bits: &[u8]) -> bool {
+        if bits.is_empty() {
+            return true;
+        }
+        let m = bits.len() as u64 * 8;
+        self.probes(m)
+            .all(|bit| bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
+    }
+
+    /// Bit positions in a filter of `m` bits (double hashing).
+    fn probes(self, m: u64) -> impl Iterator<Item = u64> {
+        let Self(h1, h2) = self;
+        (0..u64::from(BLOOM_PROBES)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % m)
+    }
 }
 
 /// SplitMix64's finaliser.
@@ -251,11 +267,15 @@ fn mix(mut z: u64) -> u64 {
 /// proxy's full batch).
 pub const LEGACY_BLOCK_SPANS: usize = 256;
 
-/// Blocks whose bodies are read per query, at most (bound parameters per statement).
+/// Blocks whose bodies are read per query (bound parameters per statement).
 const BODIES_PER_READ: usize = 64;
-/// Candidate traces times blocks above which a search filter reads every block that may
-/// hold a matching span once, instead of probing Bloom filters per candidate.
-const PROBE_LIMIT: usize = 200_000;
+/// Key blocks a search reads before it looks at what it found.
+const KEY_CHUNK: usize = 16;
+/// Decoded blocks a search keeps for reuse (~230 KB each at 256 spans).
+const CACHE_BLOCKS: usize = 64;
+/// Candidates a search checks one by one against a condition (Bloom probes, then the blocks
+/// that may hold the trace) before it reads every block that may meet the condition once.
+const PROBED_CANDIDATES: usize = 64;
 
 /// The spans of `trace_ids`, every stored one once (a span sent in two batches is stored in
 /// both blocks), ordered by start then span id.
@@ -267,11 +287,12 @@ pub async fn spans_of_traces<S: TelemetryStore + ?Sized>(
         return Ok(Vec::new());
     }
     let wanted: HashSet<&str> = trace_ids.iter().map(String::as_str).collect();
+    let hashes: Vec<TraceHash> = wanted.iter().map(|t| TraceHash::of(t)).collect();
     let ids: Vec<i64> = store
         .span_block_blooms()
         .await?
         .into_iter()
-        .filter(|(_, bloom)| wanted.iter().any(|t| may_contain(bloom, t)))
+        .filter(|(_, bloom)| hashes.iter().any(|h| h.in_filter(bloom)))
         .map(|(id, _)| id)
         .collect();
     let mut seen = HashSet::new();
@@ -302,7 +323,7 @@ fn decode_checked(block: BlockBody) -> Vec<SpanRecord> {
 }
 
 /// A condition of a search, on one span that started in the search's time range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Condition {
     /// Of the service and namespace asked for (either may be absent: any).
     Service,
@@ -338,13 +359,68 @@ impl Condition {
     }
 }
 
+/// Decoded blocks, read through the store and kept (the newest [`CACHE_BLOCKS`]) while one
+/// search runs.
+struct Blocks<'s, S: ?Sized> {
+    store: &'s S,
+    decoded: HashMap<i64, Arc<Vec<SpanRecord>>>,
+    order: VecDeque<i64>,
+}
+
+impl<'s, S: TelemetryStore + ?Sized> Blocks<'s, S> {
+    fn new(store: &'s S) -> Self {
+        Self {
+            store,
+            decoded: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// The spans of each of `ids` (in that order; a block deleted meanwhile has none).
+    async fn get(&mut self, ids: &[i64]) -> Result<Vec<Arc<Vec<SpanRecord>>>, StoreError> {
+        let missing: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.decoded.contains_key(id))
+            .collect();
+        let mut fresh = HashMap::new();
+        for chunk in missing.chunks(BODIES_PER_READ) {
+            for block in self.store.span_block_bodies(chunk).await? {
+                let id = block.id;
+                fresh.insert(id, Arc::new(decode_checked(block)));
+            }
+        }
+        let out = ids
+            .iter()
+            .map(|id| {
+                self.decoded
+                    .get(id)
+                    .or_else(|| fresh.get(id))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        for (id, spans) in fresh {
+            self.decoded.insert(id, spans);
+            self.order.push_back(id);
+            if self.order.len() > CACHE_BLOCKS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.decoded.remove(&old);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Ids of traces matching `q`, newest first; see [`TelemetryStore::search_traces`].
 ///
 /// The key condition (errored spans with `errors_only`, else spans of the service) orders
 /// the result: a trace's key is its newest span meeting it. The other conditions only
-/// filter. Blocks that may hold key spans are read newest first; each new candidate is
-/// checked against the filters (Bloom probes, then the few blocks that may hold it); the
-/// scan stops once `limit` matching traces have keys newer than anything left unread.
+/// filter. Blocks that may hold key spans are read newest first, [`KEY_CHUNK`] at a time.
+/// A candidate whose key is newer than every block still unread has its final key; those
+/// are checked against the filters newest first, and the search ends once `limit` of them
+/// match (nothing unread can rank above them).
 pub async fn search_traces<S: TelemetryStore + ?Sized>(
     store: &S,
     q: &TraceQuery,
@@ -358,153 +434,122 @@ pub async fn search_traces<S: TelemetryStore + ?Sized>(
     } else {
         (Condition::Service, vec![])
     };
+    if q.errors_only && q.service.is_none() && q.namespace.is_none() {
+        filters.clear();
+    }
     if q.min_duration_ns.is_some() {
         filters.push(Condition::Duration);
     }
-    if q.errors_only && q.service.is_none() && q.namespace.is_none() {
-        filters.retain(|f| *f != Condition::Service);
-    }
     // Newest first (by latest start).
     let summaries = store.span_block_summaries(q.start_ns, q.end_ns).await?;
-    let key_blocks: Vec<&BlockSummary> =
-        summaries.iter().filter(|b| key.block(q, b)).collect();
-    let mut decoded: HashMap<i64, Vec<SpanRecord>> = HashMap::new();
+    let key_blocks: Vec<&BlockSummary> = summaries.iter().filter(|b| key.block(q, b)).collect();
+    let mut blocks = Blocks::new(store);
+    let mut check = Filters {
+        q,
+        summaries: &summaries,
+        probed: HashMap::new(),
+        met_all: HashMap::new(),
+    };
     let mut keys: HashMap<String, i64> = HashMap::new();
-    // Per trace: Some(true) matches every filter, Some(false) fails one.
-    let mut verdict: HashMap<String, bool> = HashMap::new();
-    // Per filter: every trace meeting it, once a filter was checked by reading all its blocks.
-    let mut met_all: HashMap<usize, HashSet<String>> = HashMap::new();
-    for (i, chunk) in key_blocks.chunks(BODIES_PER_READ / 4).enumerate() {
+    let mut matched: Vec<(i64, String)> = Vec::new();
+    let mut checked: HashSet<String> = HashSet::new();
+    for (n, chunk) in key_blocks.chunks(KEY_CHUNK).enumerate() {
         let ids: Vec<i64> = chunk.iter().map(|b| b.id).collect();
-        read_blocks(store, &ids, &mut decoded).await?;
-        let mut new = Vec::new();
-        for id in &ids {
-            for s in decoded.get(id).into_iter().flatten() {
-                if !key.span(q, s) {
-                    continue;
-                }
-                let k = keys.entry(s.trace_id.clone()).or_insert(i64::MIN);
-                if *k == i64::MIN {
-                    new.push(s.trace_id.clone());
-                }
+        for spans in blocks.get(&ids).await? {
+            for s in spans.iter().filter(|s| key.span(q, s)) {
+                let k = keys.entry(s.trace_id.clone()).or_insert(s.start_ns);
                 *k = (*k).max(s.start_ns);
             }
         }
-        let mut pending: Vec<String> = new;
-        for (f, filter) in filters.iter().enumerate() {
-            if pending.is_empty() {
-                break;
-            }
-            let blocks: Vec<&BlockSummary> =
-                summaries.iter().filter(|b| filter.block(q, b)).collect();
-            let whole = met_all.contains_key(&f) || pending.len() * blocks.len() > PROBE_LIMIT;
-            if whole && !met_all.contains_key(&f) {
-                let all = meeting(store, q, *filter, &blocks, None, &mut decoded).await?;
-                met_all.insert(f, all);
-            }
-            let probed;
-            let met = if whole {
-                &met_all[&f]
-            } else {
-                probed = meeting(store, q, *filter, &blocks, Some(&pending), &mut decoded).await?;
-                &probed
-            };
-            pending.retain(|t| {
-                let ok = met.contains(t);
-                if !ok {
-                    verdict.insert(t.clone(), false);
-                }
-                ok
-            });
-        }
-        for t in pending {
-            verdict.insert(t, true);
-        }
-        // Keep memory to the blocks still useful: key blocks already read are done.
-        for id in &ids {
-            decoded.remove(id);
-        }
-        let mut matched: Vec<i64> = verdict
+        // Spans in blocks not read yet started no later than this.
+        let unread_max = key_blocks
+            .get((n + 1) * KEY_CHUNK)
+            .map_or(i64::MIN, |b| b.start_max);
+        let mut ready: Vec<(i64, &String)> = keys
             .iter()
-            .filter(|(_, ok)| **ok)
-            .map(|(t, _)| keys[t])
+            .filter(|(t, k)| **k > unread_max && !checked.contains(*t))
+            .map(|(t, k)| (*k, t))
             .collect();
-        if matched.len() >= limit {
-            matched.select_nth_unstable_by(limit - 1, |a, b| b.cmp(a));
-            let kth = matched[limit - 1];
-            let next = (i + 1) * (BODIES_PER_READ / 4);
-            if key_blocks.get(next).is_none_or(|b| b.start_max < kth) {
+        ready.sort_by(|a, b| b.cmp(a));
+        for (k, trace) in ready {
+            if matched.len() >= limit {
                 break;
             }
+            checked.insert(trace.clone());
+            let mut ok = true;
+            for f in &filters {
+                if !check.met(&mut blocks, *f, trace).await? {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                matched.push((k, trace.clone()));
+            }
+        }
+        if matched.len() >= limit {
+            break;
         }
     }
-    let mut matched: Vec<(i64, String)> = verdict
-        .into_iter()
-        .filter(|(_, ok)| *ok)
-        .map(|(t, _)| (keys[&t], t))
-        .collect();
     matched.sort_by(|a, b| b.cmp(a));
     matched.truncate(limit);
     Ok(matched.into_iter().map(|(_, t)| t).collect())
 }
 
-/// Traces (of `only`, or any) that have a span meeting `condition` in `blocks`.
-async fn meeting<S: TelemetryStore + ?Sized>(
-    store: &S,
-    q: &TraceQuery,
-    condition: Condition,
-    blocks: &[&BlockSummary],
-    only: Option<&[String]>,
-    decoded: &mut HashMap<i64, Vec<SpanRecord>>,
-) -> Result<HashSet<String>, StoreError> {
-    let ids: Vec<i64> = blocks
-        .iter()
-        .filter(|b| only.is_none_or(|ts| ts.iter().any(|t| may_contain(&b.bloom, t))))
-        .map(|b| b.id)
-        .collect();
-    let wanted: Option<HashSet<&str>> = only.map(|ts| ts.iter().map(String::as_str).collect());
-    let mut met = HashSet::new();
-    for chunk in ids.chunks(BODIES_PER_READ) {
-        let missing: Vec<i64> = chunk
-            .iter()
-            .copied()
-            .filter(|id| !decoded.contains_key(id))
-            .collect();
-        // Filter blocks are kept only while small; a full pass reads and drops as it goes.
-        let mut scratch = HashMap::new();
-        let target = if only.is_some() {
-            &mut *decoded
-        } else {
-            &mut scratch
-        };
-        read_blocks(store, &missing, target).await?;
-        for id in chunk {
-            let spans = decoded.get(id).or_else(|| scratch.get(id));
-            for s in spans.into_iter().flatten() {
-                if condition.span(q, s)
-                    && wanted.as_ref().is_none_or(|w| w.contains(s.trace_id.as_str()))
-                {
-                    met.insert(s.trace_id.clone());
-                }
-            }
-        }
-    }
-    Ok(met)
+/// Checks of candidate traces against a search's filter conditions.
+struct Filters<'a> {
+    q: &'a TraceQuery,
+    summaries: &'a [BlockSummary],
+    /// Candidates checked one by one, per condition.
+    probed: HashMap<Condition, usize>,
+    /// Every trace meeting a condition, once it was worth reading all its blocks.
+    met_all: HashMap<Condition, HashSet<String>>,
 }
 
-async fn read_blocks<S: TelemetryStore + ?Sized>(
-    store: &S,
-    ids: &[i64],
-    into: &mut HashMap<i64, Vec<SpanRecord>>,
-) -> Result<(), StoreError> {
-    if ids.is_empty() {
-        return Ok(());
+impl Filters<'_> {
+    /// Whether `trace` has a span in range meeting `condition`.
+    async fn met<S: TelemetryStore + ?Sized>(
+        &mut self,
+        blocks: &mut Blocks<'_, S>,
+        condition: Condition,
+        trace: &str,
+    ) -> Result<bool, StoreError> {
+        let q = self.q;
+        let candidates = self
+            .summaries
+            .iter()
+            .filter(|b| condition.block(q, b));
+        if !self.met_all.contains_key(&condition) {
+            let probed = self.probed.entry(condition).or_default();
+            if *probed < PROBED_CANDIDATES {
+                *probed += 1;
+                let hash = TraceHash::of(trace);
+                let ids: Vec<i64> = candidates
+                    .filter(|b| hash.in_filter(&b.bloom))
+                    .map(|b| b.id)
+                    .collect();
+                let spans = blocks.get(&ids).await?;
+                return Ok(spans
+                    .iter()
+                    .flat_map(|v| v.iter())
+                    .any(|s| s.trace_id == trace && condition.span(q, s)));
+            }
+            // Many candidates: one pass over every block that may meet it.
+            let mut all = HashSet::new();
+            let ids: Vec<i64> = candidates.map(|b| b.id).collect();
+            for chunk in ids.chunks(BODIES_PER_READ) {
+                for block in blocks.store.span_block_bodies(chunk).await? {
+                    for s in decode_checked(block) {
+                        if condition.span(q, &s) {
+                            all.insert(s.trace_id);
+                        }
+                    }
+                }
+            }
+            self.met_all.insert(condition, all);
+        }
+        Ok(self.met_all[&condition].contains(trace))
     }
-    for block in store.span_block_bodies(ids).await? {
-        let id = block.id;
-        into.insert(id, decode_checked(block));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -120,10 +120,14 @@ pub struct ReportedBatch {
 /// (SQLite 32766, Postgres 65535).
 pub(super) const INSERT_CHUNK: usize = 500;
 
-/// Store a block unless the same batch is stored already (its digest).
+/// Store a block's summary unless the same batch is stored already (its digest); returns the
+/// new block's id (no row for a batch stored already).
 pub(super) const INSERT_BLOCK: &str = "INSERT INTO span_blocks (namespace, reporter, \
-     start_min, start_max, spans, errors, max_duration_ns, services, digest, bloom, body) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (digest) DO NOTHING";
+     start_min, start_max, spans, errors, max_duration_ns, services, digest, bloom) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (digest) DO NOTHING \
+     RETURNING id";
+pub(super) const INSERT_BODY: &str =
+    "INSERT INTO span_block_bodies (block_id, body) VALUES ($1, $2)";
 /// Blocks that may hold spans started in `[$1, $2)`, newest first.
 pub(super) const BLOCK_SUMMARIES: &str = "SELECT id, namespace, start_min, start_max, errors, \
      max_duration_ns, services, bloom FROM span_blocks WHERE start_max >= $1 AND start_min < $2 \
@@ -281,7 +285,7 @@ macro_rules! impl_telemetry_store {
                 for (blocks, edges) in encoded {
                     let mut stored = 0;
                     for b in blocks {
-                        let done = sqlx::query(INSERT_BLOCK)
+                        let id: Option<i64> = sqlx::query_scalar(INSERT_BLOCK)
                             .bind(b.namespace)
                             .bind(b.reporter)
                             .bind(b.start_min)
@@ -292,10 +296,14 @@ macro_rules! impl_telemetry_store {
                             .bind(b.services)
                             .bind(b.digest)
                             .bind(b.bloom)
-                            .bind(b.body)
-                            .execute(&mut *tx)
+                            .fetch_optional(&mut *tx)
                             .await?;
-                        if done.rows_affected() > 0 {
+                        if let Some(id) = id {
+                            sqlx::query(INSERT_BODY)
+                                .bind(id)
+                                .bind(b.body)
+                                .execute(&mut *tx)
+                                .await?;
                             stored += u64::try_from(b.spans).unwrap_or(0);
                         }
                     }
@@ -353,7 +361,8 @@ macro_rules! impl_telemetry_store {
                     return Ok(Vec::new());
                 }
                 let mut q = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT id, namespace, reporter, body FROM span_blocks WHERE id IN (",
+                    "SELECT b.id, b.namespace, b.reporter, d.body FROM span_blocks b \
+                     JOIN span_block_bodies d ON d.block_id = b.id WHERE b.id IN (",
                 );
                 let mut list = q.separated(", ");
                 for id in ids {
