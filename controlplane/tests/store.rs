@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::{PgTestDb, SqliteTestDb};
 use quiver_api::resource::Kind;
 use quiver_control::store::{
-    ApiTokenRecord, ChangeOp, Feed, JoinTokenRecord, Lease, PutOutcome, RedeemError, Store,
-    StoreError, now_ms,
+    ApiTokenRecord, ChangeOp, Feed, JoinTokenRecord, Lease, PutOutcome, RedeemError, SpanRecord,
+    Store, StoreError, TraceQuery, now_ms,
 };
 
 /// Runs each suite function once per engine, each in a fresh database.
@@ -477,4 +477,180 @@ async fn leases_renew_only_while_live_and_expire_with_their_workload(open: &Open
     );
     let feed = s.changes_since(before, 10).await.unwrap();
     assert_eq!(feed.len(), 1);
+}
+
+/// Spans stored before the block store (migration 0005) survive the upgrade: the database
+/// is left at migration 0004 with spans in the old `spans` table, the upgraded store moves
+/// them into blocks, and reads find every field as stored.
+async fn old_spans_move_into_blocks(store: Arc<dyn Store>, spans: &[SpanRecord], now: i64) {
+    let moved = quiver_control::telemetry::sweeper::convert_legacy(store.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(moved, spans.len() as u64);
+    assert_eq!(
+        quiver_control::telemetry::sweeper::convert_legacy(store.as_ref())
+            .await
+            .unwrap(),
+        0,
+        "the old table is gone"
+    );
+    let t1 = spans[0].trace_id.clone();
+    let got = store
+        .spans_of_traces(std::slice::from_ref(&t1))
+        .await
+        .unwrap();
+    assert_eq!(got, spans[..2].to_vec(), "every field as stored");
+    let q = TraceQuery {
+        errors_only: true,
+        start_ns: now - 60_000_000_000,
+        end_ns: now + 1,
+        limit: 20,
+        ..Default::default()
+    };
+    assert_eq!(store.search_traces(&q).await.unwrap(), [t1]);
+    let all = TraceQuery {
+        limit: 200,
+        errors_only: false,
+        ..q
+    };
+    assert_eq!(store.search_traces(&all).await.unwrap().len(), 200);
+    let sizes = store.span_block_sizes().await.unwrap();
+    assert_eq!(
+        sizes.iter().map(|(_, n)| n).sum::<i64>(),
+        spans.len() as i64
+    );
+    assert!(sizes.iter().all(|(_, n)| *n <= 256), "{sizes:?}");
+}
+
+/// Two traces (one with an error) and 5,000 one-span fillers: more than a conversion page
+/// (4,096), so paging is exercised. `now` in Unix ns.
+fn old_spans(now: i64) -> Vec<SpanRecord> {
+    let old = |trace: String, span: &str, service: &str, start_ns: i64, status: i32| SpanRecord {
+        trace_id: trace,
+        span_id: span.into(),
+        parent_span_id: String::new(),
+        kind: "SERVER".into(),
+        namespace: "shop".into(),
+        service: service.into(),
+        peer_service: "web".into(),
+        peer_identity: "spiffe://mesh.local/ns/shop/sa/web".into(),
+        name: "GET /items".into(),
+        route: "items".into(),
+        start_ns,
+        duration_ns: 7_000_000,
+        status_code: status,
+        error: String::new(),
+        is_error: status >= 500,
+        attempt: 2,
+        request_bytes: 11,
+        response_bytes: 22,
+        quic_connection_id: "00112233aabbccdd".into(),
+        endpoint: "10.0.0.9:80".into(),
+        reporter: format!("spiffe://mesh.local/ns/shop/sa/{service}"),
+    };
+    let (t1, t2) = (format!("{:032x}", 0xa1), format!("{:032x}", 0xa2));
+    let mut spans = vec![
+        old(t1.clone(), "00000000000000b1", "catalog", now - 5_000, 200),
+        old(t1, "00000000000000b2", "ratings", now - 4_000, 503),
+        old(t2, "00000000000000b3", "catalog", now - 3_000, 200),
+    ];
+    for i in 0..5_000u32 {
+        spans.push(old(
+            format!("{:032x}", 0x1000 + i),
+            "00000000000000c1",
+            "filler",
+            now - 10_000_000 - i64::from(i),
+            200,
+        ));
+    }
+    spans
+}
+
+/// INSERTs of `spans` into the table migration 0004 left (every span in segment 0), as SQL
+/// text (test values only: hex, names, numbers).
+fn old_inserts(spans: &[SpanRecord]) -> String {
+    let text = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let mut sql = String::new();
+    for chunk in spans.chunks(500) {
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|s| {
+                format!(
+                    "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, 0)",
+                    text(&s.trace_id),
+                    text(&s.span_id),
+                    text(&s.parent_span_id),
+                    text(&s.kind),
+                    text(&s.namespace),
+                    text(&s.service),
+                    text(&s.peer_service),
+                    text(&s.peer_identity),
+                    text(&s.name),
+                    text(&s.route),
+                    s.start_ns,
+                    s.duration_ns,
+                    s.status_code,
+                    text(&s.error),
+                    if s.is_error { "TRUE" } else { "FALSE" },
+                    s.attempt,
+                    s.request_bytes,
+                    s.response_bytes,
+                    text(&s.quic_connection_id),
+                    text(&s.endpoint),
+                    text(&s.reporter),
+                )
+            })
+            .collect();
+        sql.push_str(&format!(
+            "INSERT INTO spans (trace_id, span_id, parent_span_id, kind, namespace, service, \
+             peer_service, peer_identity, name, route, start_ns, duration_ns, status_code, \
+             error, is_error, attempt, request_bytes, response_bytes, quic_connection_id, \
+             endpoint, reporter, segment) VALUES {};\n",
+            rows.join(", ")
+        ));
+    }
+    sql
+}
+
+/// The migrations up to 0004 of `engine` ("sqlite" or "postgres").
+async fn migrations_to_0004(engine: &str) -> sqlx::migrate::Migrator {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../migrations/{engine}"));
+    let mut m = sqlx::migrate::Migrator::new(dir).await.unwrap();
+    let upto: Vec<_> = m.migrations.iter().filter(|m| m.version <= 4).cloned().collect();
+    assert_eq!(upto.len(), 4);
+    m.migrations = upto.into();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_spans_move_into_blocks_on_sqlite() {
+    let db = SqliteTestDb::create();
+    let now = now_ms() * 1_000_000;
+    let spans = old_spans(now);
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db.dir.path().join("quiver.db"))
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    migrations_to_0004("sqlite").await.run(&pool).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(old_inserts(&spans)))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    old_spans_move_into_blocks(db.store().await, &spans, now).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_spans_move_into_blocks_on_postgres() {
+    let db = PgTestDb::create().await;
+    let now = now_ms() * 1_000_000;
+    let spans = old_spans(now);
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    migrations_to_0004("postgres").await.run(&pool).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(old_inserts(&spans)))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    old_spans_move_into_blocks(db.store().await, &spans, now).await;
 }
