@@ -127,7 +127,9 @@ pub(super) const INSERT_BLOCK: &str = "INSERT INTO span_blocks (namespace, repor
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (digest) DO NOTHING \
      RETURNING id";
 pub(super) const INSERT_BODY: &str =
-    "INSERT INTO span_block_bodies (block_id, body) VALUES ($1, $2)";
+    "INSERT INTO span_block_bodies (block_id, part, body) VALUES ($1, $2, $3)";
+/// Largest part of a stored body (see migration 0005).
+pub(super) const BODY_PART: usize = 32 * 1024;
 /// Blocks that may hold spans started in `[$1, $2)`, newest first.
 pub(super) const BLOCK_SUMMARIES: &str = "SELECT id, namespace, start_min, start_max, errors, \
      max_duration_ns, services, bloom FROM span_blocks WHERE start_max >= $1 AND start_min < $2 \
@@ -299,11 +301,14 @@ macro_rules! impl_telemetry_store {
                             .fetch_optional(&mut *tx)
                             .await?;
                         if let Some(id) = id {
-                            sqlx::query(INSERT_BODY)
-                                .bind(id)
-                                .bind(b.body)
-                                .execute(&mut *tx)
-                                .await?;
+                            for (part, chunk) in b.body.chunks(BODY_PART).enumerate() {
+                                sqlx::query(INSERT_BODY)
+                                    .bind(id)
+                                    .bind(part as i64)
+                                    .bind(chunk)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
                             stored += u64::try_from(b.spans).unwrap_or(0);
                         }
                     }
@@ -368,11 +373,21 @@ macro_rules! impl_telemetry_store {
                 for id in ids {
                     list.push_bind(*id);
                 }
-                q.push(")");
-                Ok(q.build_query_as()
+                q.push(") ORDER BY b.id, d.part");
+                let parts: Vec<$crate::store::blocks::BlockBody> = q
+                    .build_query_as()
                     .persistent(false)
                     .fetch_all(&self.pool)
-                    .await?)
+                    .await?;
+                // Parts of one block are adjacent, in order: join them.
+                let mut out: Vec<$crate::store::blocks::BlockBody> = Vec::new();
+                for p in parts {
+                    match out.last_mut() {
+                        Some(last) if last.id == p.id => last.body.extend_from_slice(&p.body),
+                        _ => out.push(p),
+                    }
+                }
+                Ok(out)
             }
 
             async fn edge_stats_since(
