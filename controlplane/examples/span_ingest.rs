@@ -169,7 +169,11 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .into_inner();
         took.push(t.elapsed());
-        anyhow::ensure!(trace.spans.len() == 4, "a trace came back with {} spans", trace.spans.len());
+        anyhow::ensure!(
+            trace.spans.len() == 4,
+            "a trace came back with {} spans",
+            trace.spans.len()
+        );
     }
     took.sort();
     println!(

@@ -614,9 +614,15 @@ fn old_inserts(spans: &[SpanRecord]) -> String {
 
 /// The migrations up to 0004 of `engine` ("sqlite" or "postgres").
 async fn migrations_to_0004(engine: &str) -> sqlx::migrate::Migrator {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../migrations/{engine}"));
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../migrations/{engine}"));
     let mut m = sqlx::migrate::Migrator::new(dir).await.unwrap();
-    let upto: Vec<_> = m.migrations.iter().filter(|m| m.version <= 4).cloned().collect();
+    let upto: Vec<_> = m
+        .migrations
+        .iter()
+        .filter(|m| m.version <= 4)
+        .cloned()
+        .collect();
     assert_eq!(upto.len(), 4);
     m.migrations = upto.into();
     m
@@ -646,7 +652,11 @@ async fn old_spans_move_into_blocks_on_postgres() {
     let now = now_ms() * 1_000_000;
     let spans = old_spans(now);
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    migrations_to_0004("postgres").await.run(&pool).await.unwrap();
+    migrations_to_0004("postgres")
+        .await
+        .run(&pool)
+        .await
+        .unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(old_inserts(&spans)))
         .execute(&pool)
         .await

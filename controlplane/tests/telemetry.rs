@@ -990,11 +990,7 @@ async fn blocks(server: &TestServer) {
         }
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        get(z.clone()).await,
-        2,
-        "both of z's spans, blocks 0 and 2"
-    );
+    assert_eq!(get(z.clone()).await, 2, "both of z's spans, blocks 0 and 2");
     assert_eq!(report(&mut client, vec![batch(&batches[4])]).await, 10);
     // 50 spans: the oldest block (batch 0's ten) goes whole, and nothing else.
     eventually(
@@ -1094,7 +1090,10 @@ async fn blocks(server: &TestServer) {
         .into_inner()
         .spans;
     let ids: Vec<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
-    assert_eq!(ids, ["e000000000000001", "e0000000000000ff", "e000000000000003"]);
+    assert_eq!(
+        ids,
+        ["e000000000000001", "e0000000000000ff", "e000000000000003"]
+    );
     let summary = search(&mut admin, wide).await;
     assert!(summary.contains(&x));
 }

@@ -26,15 +26,10 @@ CREATE TABLE span_blocks (
 CREATE INDEX span_blocks_start_max ON span_blocks (start_max);
 -- The encoded spans, apart from the summaries: a search reads many summaries and few bodies,
 -- and summaries stay small rows packed together (SQLite keeps a large value's tail on
--- overflow pages; Postgres moves it to TOAST). A body is stored in parts of at most 32 KiB
--- (concatenated in `part` order): one INSERT per part then fits one loopback TCP segment,
--- which a larger one does not, and without TCP_NODELAY (sqlx 0.9 does not set it) its last
--- segment waited ~40 ms for Postgres' delayed ACK.
+-- overflow pages; Postgres moves it to TOAST).
 CREATE TABLE span_block_bodies (
-    block_id INTEGER NOT NULL REFERENCES span_blocks (id) ON DELETE CASCADE,
-    part     INTEGER NOT NULL,
-    body     BLOB    NOT NULL,
-    PRIMARY KEY (block_id, part)
+    block_id INTEGER PRIMARY KEY REFERENCES span_blocks (id) ON DELETE CASCADE,
+    body     BLOB    NOT NULL
 );
 
 -- Spans stored before this migration are moved into blocks by the control plane in the

@@ -107,7 +107,8 @@ fn encode(namespace: String, reporter: String, spans: Vec<SpanRecord>) -> NewBlo
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     digest.update(reporter.as_bytes());
     let mut services = BTreeSet::new();
-    let (mut start_min, mut start_max, mut errors, mut max_duration_ns) = (i64::MAX, i64::MIN, 0, 0);
+    let (mut start_min, mut start_max, mut errors, mut max_duration_ns) =
+        (i64::MAX, i64::MIN, 0, 0);
     let mut body = StoredSpans {
         spans: Vec::with_capacity(spans.len()),
     };
@@ -515,10 +516,7 @@ impl Filters<'_> {
         trace: &str,
     ) -> Result<bool, StoreError> {
         let q = self.q;
-        let candidates = self
-            .summaries
-            .iter()
-            .filter(|b| condition.block(q, b));
+        let candidates = self.summaries.iter().filter(|b| condition.block(q, b));
         if !self.met_all.contains_key(&condition) {
             let probed = self.probed.entry(condition).or_default();
             if *probed < PROBED_CANDIDATES {
@@ -587,7 +585,11 @@ mod tests {
         let mut failed = span(2, 9, "ratings", 300);
         failed.status_code = 503;
         failed.is_error = true;
-        let spans = vec![span(1, 1, "catalog", 200), failed, span(1, 2, "catalog", 100)];
+        let spans = vec![
+            span(1, 1, "catalog", 200),
+            failed,
+            span(1, 2, "catalog", 100),
+        ];
         let blocks = blocks_of(spans.clone());
         assert_eq!(blocks.len(), 1);
         let b = &blocks[0];

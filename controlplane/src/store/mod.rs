@@ -16,11 +16,11 @@ use std::sync::Arc;
 use quiver_api::resource::Kind;
 use tokio::sync::Notify;
 
+pub mod blocks;
 pub mod feed;
 mod postgres;
 mod sql;
 mod sqlite;
-pub mod blocks;
 pub mod telemetry;
 
 pub use feed::Feed;

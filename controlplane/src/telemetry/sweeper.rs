@@ -40,9 +40,14 @@ pub async fn run(store: Arc<dyn Store>, retention: Retention, metrics: Metrics) 
                 Ok(0) => converted = true,
                 Ok(n) => {
                     converted = true;
-                    tracing::info!(spans = n, "moved spans stored before migration 0005 into span blocks");
+                    tracing::info!(
+                        spans = n,
+                        "moved spans stored before migration 0005 into span blocks"
+                    );
                 }
-                Err(e) => tracing::warn!(error = %e, "moving old spans into blocks failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "moving old spans into blocks failed; retrying")
+                }
             }
         }
         match sweep(store.as_ref(), retention, super::now_ns()).await {

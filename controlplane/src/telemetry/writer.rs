@@ -108,12 +108,7 @@ async fn run(
 }
 
 /// Store `jobs` in one transaction and answer each.
-async fn commit(
-    store: &dyn Store,
-    metrics: &Metrics,
-    otlp: Option<&OtlpExport>,
-    jobs: Vec<Job>,
-) {
+async fn commit(store: &dyn Store, metrics: &Metrics, otlp: Option<&OtlpExport>, jobs: Vec<Job>) {
     let mut batches = Vec::with_capacity(jobs.len());
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {

@@ -235,7 +235,10 @@ async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
     };
     let (off, on) = (median("off", |r| r.rps), median("on", |r| r.rps));
     let (cpu_off, cpu_on) = (median("off", |r| r.proxy_us), median("on", |r| r.proxy_us));
-    let (all_off, all_on) = (median("off", |r| r.machine_us), median("on", |r| r.machine_us));
+    let (all_off, all_on) = (
+        median("off", |r| r.machine_us),
+        median("on", |r| r.machine_us),
+    );
     let ratio = on / off;
     println!(
         "median req/s: off {off:.0}, on {on:.0} -> on/off {ratio:.3} ({} the 15% target); \
@@ -332,7 +335,10 @@ async fn measure(
     let (s0, d0) = shipped(&before.0);
     let (s1, d1) = shipped(&after.0);
     let (m0, m1) = (before.4?, after.4?);
-    let (busy, steal) = (m1.busy.saturating_sub(m0.busy), m1.steal.saturating_sub(m0.steal));
+    let (busy, steal) = (
+        m1.busy.saturating_sub(m0.busy),
+        m1.steal.saturating_sub(m0.steal),
+    );
     Ok(Row {
         mode,
         rps: requests / m.seconds,
