@@ -1030,7 +1030,7 @@ async fn blocks(server: &TestServer) {
         },
     )
     .await;
-    assert_eq!(frontend_errors, [x.clone()]);
+    assert_eq!(frontend_errors, [x.as_str()]);
     let frontend_slow = search(
         &mut admin,
         v1::SearchTracesRequest {
@@ -1040,7 +1040,7 @@ async fn blocks(server: &TestServer) {
         },
     )
     .await;
-    assert_eq!(frontend_slow, [y.clone()]);
+    assert_eq!(frontend_slow, [y.as_str()]);
     // Conditions hold on spans in the range: from just after x's frontend span (block 1) on,
     // x has an error but no frontend span in range.
     let after_frontend = v1::SearchTracesRequest {
@@ -1051,7 +1051,7 @@ async fn blocks(server: &TestServer) {
         errors_only: true,
         ..after_frontend.clone()
     };
-    assert_eq!(search(&mut admin, errors_only.clone()).await, [x.clone()]);
+    assert_eq!(search(&mut admin, errors_only.clone()).await, [x.as_str()]);
     let frontend_errors = v1::SearchTracesRequest {
         service: "frontend".into(),
         ..errors_only
