@@ -124,28 +124,10 @@ fn encode(namespace: String, reporter: String, spans: Vec<SpanRecord>) -> NewBlo
         if !services.contains(s.service.as_str()) {
             services.insert(s.service.clone());
         }
-        body.spans.push(v1::Span {
-            trace_id: s.trace_id,
-            span_id: s.span_id,
-            parent_span_id: s.parent_span_id,
-            kind: s.kind,
-            // The row holds it once.
-            namespace: String::new(),
-            service: s.service,
-            peer_service: s.peer_service,
-            peer_identity: s.peer_identity,
-            name: s.name,
-            route: s.route,
-            start_unix_nanos: s.start_ns,
-            duration_nanos: s.duration_ns,
-            status_code: u32::try_from(s.status_code).unwrap_or(0),
-            error: s.error,
-            attempt: u32::try_from(s.attempt).unwrap_or(0),
-            request_bytes: u64::try_from(s.request_bytes).unwrap_or(0),
-            response_bytes: u64::try_from(s.response_bytes).unwrap_or(0),
-            quic_connection_id: s.quic_connection_id,
-            endpoint: s.endpoint,
-        });
+        let mut span = crate::telemetry::to_api(s);
+        // The row holds it once.
+        span.namespace = String::new();
+        body.spans.push(span);
     }
     NewBlock {
         namespace,
@@ -169,29 +151,7 @@ pub fn decode(block: BlockBody) -> Result<Vec<SpanRecord>, prost::DecodeError> {
     Ok(stored
         .spans
         .into_iter()
-        .map(|s| SpanRecord {
-            is_error: s.status_code >= 500 || !s.error.is_empty(),
-            trace_id: s.trace_id,
-            span_id: s.span_id,
-            parent_span_id: s.parent_span_id,
-            kind: s.kind,
-            namespace: block.namespace.clone(),
-            service: s.service,
-            peer_service: s.peer_service,
-            peer_identity: s.peer_identity,
-            name: s.name,
-            route: s.route,
-            start_ns: s.start_unix_nanos,
-            duration_ns: s.duration_nanos,
-            status_code: i32::try_from(s.status_code).unwrap_or(0),
-            error: s.error,
-            attempt: i32::try_from(s.attempt).unwrap_or(i32::MAX),
-            request_bytes: i64::try_from(s.request_bytes).unwrap_or(i64::MAX),
-            response_bytes: i64::try_from(s.response_bytes).unwrap_or(i64::MAX),
-            quic_connection_id: s.quic_connection_id,
-            endpoint: s.endpoint,
-            reporter: block.reporter.clone(),
-        })
+        .map(|s| crate::telemetry::to_record(s, block.namespace.clone(), block.reporter.clone()))
         .collect())
 }
 

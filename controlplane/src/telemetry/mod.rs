@@ -114,14 +114,24 @@ pub fn check_span(span: v1::Span, caller: &Caller, now_ns: i64) -> Result<SpanRe
     if span.status_code > 999 {
         return Err(Refusal::StatusCode);
     }
-    let is_error = span.status_code >= 500 || !span.error.is_empty();
-    Ok(SpanRecord {
+    // The certificate's namespace: a proxy cannot write into another namespace.
+    Ok(to_record(
+        span,
+        caller.namespace.clone(),
+        caller.spiffe_id.clone(),
+    ))
+}
+
+/// A span in its stored shape, with the namespace and reporter given (the span's own
+/// namespace field is not used). Also how stored blocks are read back.
+pub fn to_record(span: v1::Span, namespace: String, reporter: String) -> SpanRecord {
+    SpanRecord {
+        is_error: span.status_code >= 500 || !span.error.is_empty(),
         trace_id: span.trace_id,
         span_id: span.span_id,
         parent_span_id: span.parent_span_id,
         kind: span.kind,
-        // The certificate's namespace: a proxy cannot write into another namespace.
-        namespace: caller.namespace.clone(),
+        namespace,
         service: span.service,
         peer_service: span.peer_service,
         peer_identity: span.peer_identity,
@@ -129,17 +139,16 @@ pub fn check_span(span: v1::Span, caller: &Caller, now_ns: i64) -> Result<SpanRe
         route: span.route,
         start_ns: span.start_unix_nanos,
         duration_ns: span.duration_nanos,
-        // Checked above: at most 999.
+        // At most 999 when checked; a stored value is one that was checked.
         status_code: i32::try_from(span.status_code).unwrap_or(0),
         error: span.error,
-        is_error,
         attempt: i32::try_from(span.attempt).unwrap_or(i32::MAX),
         request_bytes: i64::try_from(span.request_bytes).unwrap_or(i64::MAX),
         response_bytes: i64::try_from(span.response_bytes).unwrap_or(i64::MAX),
         quic_connection_id: span.quic_connection_id,
         endpoint: span.endpoint,
-        reporter: caller.spiffe_id.clone(),
-    })
+        reporter,
+    }
 }
 
 /// An edge interval as it will be stored, or why not.
