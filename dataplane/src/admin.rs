@@ -94,6 +94,9 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
             let mut doc = admin.config_json.clone();
             doc["identity"] = serde_json::to_value(admin.inputs.identity()).unwrap_or_default();
             doc["snapshot"] = serde_json::to_value(&*admin.inputs.snapshot()).unwrap_or_default();
+            // Live: every open peer connection's path (RTT, window, losses, controller).
+            doc["connections"] =
+                serde_json::to_value(admin.inputs.transport.paths()).unwrap_or_default();
             let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
             let mut r = Response::new(body::full(text));
             r.headers_mut().insert(

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{Endpoint, LocalPort, Protocol, RemoteService, Snapshot};
 
+pub mod paths;
+
 /// One problem in a config file: where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -220,12 +222,8 @@ pub struct Tuning {
     pub max_header_bytes: usize,
     /// Concurrent request streams a peer may open on one QUIC connection.
     pub max_concurrent_streams: u32,
-    /// Per-stream QUIC receive window, bytes.
-    pub stream_receive_window: u32,
-    /// Per-connection QUIC receive window, bytes.
-    pub connection_receive_window: u32,
-    /// QUIC send window, bytes.
-    pub send_window: u64,
+    /// Congestion control and flow-control windows per path class (loopback, zone, region).
+    pub paths: paths::PathClasses,
     /// Requested UDP socket SO_RCVBUF/SO_SNDBUF, bytes (the kernel caps it at rmem_max/wmem_max).
     pub udp_socket_buffer: usize,
     /// A QUIC connection with no traffic for this long is closed.
@@ -253,9 +251,7 @@ impl Default for Tuning {
         Self {
             max_header_bytes: 64 * 1024,
             max_concurrent_streams: 4096,
-            stream_receive_window: 8 * 1024 * 1024,
-            connection_receive_window: 32 * 1024 * 1024,
-            send_window: 32 * 1024 * 1024,
+            paths: Default::default(),
             udp_socket_buffer: 4 * 1024 * 1024,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
@@ -717,18 +713,6 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
             "must be at least 1".into(),
         );
     }
-    if t.stream_receive_window < 16 * 1024 {
-        err(
-            "tuning.stream_receive_window".into(),
-            "must be at least 16384".into(),
-        );
-    }
-    if t.connection_receive_window < t.stream_receive_window {
-        err(
-            "tuning.connection_receive_window".into(),
-            "must be at least tuning.stream_receive_window".into(),
-        );
-    }
     if t.idle_timeout.is_zero() {
         err("tuning.idle_timeout".into(), "must be more than 0s".into());
     }
@@ -750,6 +734,8 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
             "must be shorter than tuning.idle_timeout (or 0s to disable)".into(),
         );
     }
+    t.paths.validate(&mut errs);
+    let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
 
     let mut inbound = Vec::new();
     let mut seen_ports = HashSet::new();

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::Inputs;
 use crate::body::{self, H3Body, ProxyBody};
+use crate::config::paths::PathClass;
 use crate::errors::ProxyError;
 use crate::http::{
     PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, error_reason,
@@ -56,7 +57,19 @@ pub async fn serve(inputs: Arc<Inputs>) {
 
 async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout(inputs.tuning.connect_timeout, incoming).await {
+    let class = {
+        let snapshot = inputs.snapshot();
+        PathClass::of(remote.ip(), snapshot.zone_of(remote.ip()), &snapshot.zone)
+    };
+    let connecting = match inputs.transport.accept(incoming, class) {
+        Ok(c) => c,
+        Err(e) => {
+            inputs.metrics.handshake("server", false);
+            tracing::info!(peer.addr = %remote, error = %e, "refused peer handshake");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(inputs.tuning.connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             inputs.metrics.handshake("server", false);
@@ -76,7 +89,7 @@ async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
         conn.close(quinn::VarInt::from_u32(0x101), b"no SPIFFE id");
         return;
     };
-    inputs.transport.watch(conn.clone(), "server");
+    inputs.transport.watch(conn.clone(), "server", class, &peer);
     let peer = Arc::new(peer);
     let connection_id: Arc<str> = crate::transport::connection_trace_id(&conn).into();
     let h3conn = h3::server::builder()

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod congestion;
 pub mod control;
 pub mod dispatch;
 pub mod drain;

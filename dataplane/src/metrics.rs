@@ -1,5 +1,6 @@
 //! The proxy's Prometheus metrics. Labels are bounded: direction, service names from config,
-//! status class and the proxy's own error reasons; never paths, peers' ports or raw ids.
+//! status class, the proxy's own error reasons, and peer proxies' SPIFFE ids (one per
+//! workload identity the proxy talks to); never paths, peers' ports or connection ids.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,18 @@ pub struct SideLabels {
     pub side: &'static str,
 }
 
+/// One peer's path: who, which way, which class and controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    /// The peer proxy's SPIFFE id.
+    pub peer: String,
+    pub side: &'static str,
+    /// The path class: loopback, zone or region.
+    pub class: &'static str,
+    /// The congestion controller under the loss filter: cubic, newreno or bbr.
+    pub congestion: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub side: &'static str,
@@ -79,6 +92,7 @@ pub struct Metrics {
     pub quic_cwnd: Family<SideLabels, Histogram>,
     /// Server side: handshakes that resumed a TLS session this proxy issued.
     pub quic_resumptions: Family<SideLabels, Counter>,
+    pub path: PathMetrics,
     /// HTTP body bytes from the caller (request) and to the caller (response).
     pub request_bytes: Family<TcpLabels, Counter>,
     pub response_bytes: Family<TcpLabels, Counter>,
@@ -139,6 +153,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(4096.0, 2.0, 14))
             }),
             quic_resumptions: Family::default(),
+            path: PathMetrics::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
             identity_reloads: Family::default(),
@@ -227,7 +242,7 @@ impl Metrics {
         );
         r.register(
             "quic_congestion_events",
-            "QUIC congestion events (the congestion window was reduced)",
+            "QUIC loss events the congestion controller acted on (the window was reduced); losses taken as random are quic_path_tolerated_losses",
             m.quic_congestion_events.clone(),
         );
         r.register_with_unit(
@@ -236,6 +251,7 @@ impl Metrics {
             Unit::Bytes,
             m.quic_cwnd.clone(),
         );
+        m.path.register(r);
         r.register(
             "quic_session_resumptions",
             "Handshakes from peers that resumed a TLS session this proxy issued (no certificate exchange); full handshakes are quic_handshakes{side=server,result=ok} minus these",
@@ -393,43 +409,194 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// Track one QUIC connection for its life: the open-connections gauge, RTT samples, and lost
-/// and sent packet counts (as deltas, so counters stay monotonic).
-pub async fn watch_connection(metrics: Arc<Metrics>, conn: quinn::Connection, side: &'static str) {
-    let labels = SideLabels { side };
-    metrics.quic_connections.get_or_create(&labels).inc();
-    // Counters move by the difference since the last sample, so they stay monotonic.
+/// Per-peer path metrics: what an operator reads to see a degraded path.
+#[derive(Default)]
+pub struct PathMetrics {
+    pub connections: Family<PathLabels, Gauge>,
+    pub rtt: Family<PathLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub min_rtt: Family<PathLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub cwnd: Family<PathLabels, Gauge>,
+    pub pacing_rate: Family<PathLabels, Gauge>,
+    pub sent_packets: Family<PathLabels, Counter>,
+    pub lost_packets: Family<PathLabels, Counter>,
+    pub lost_bytes: Family<PathLabels, Counter>,
+    pub congestion_events: Family<PathLabels, Counter>,
+    pub tolerated_losses: Family<PathLabels, Counter>,
+}
+
+impl PathMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "quic_path_connections",
+            "Open QUIC connections per peer proxy, side, path class and congestion controller",
+            self.connections.clone(),
+        );
+        r.register_with_unit(
+            "quic_path_rtt",
+            "Smoothed RTT to the peer (the most recently sampled connection; every 5 s)",
+            Unit::Seconds,
+            self.rtt.clone(),
+        );
+        r.register_with_unit(
+            "quic_path_min_rtt",
+            "Lowest RTT seen to the peer (the most recently sampled connection)",
+            Unit::Seconds,
+            self.min_rtt.clone(),
+        );
+        r.register_with_unit(
+            "quic_path_congestion_window",
+            "Congestion window towards the peer (the most recently sampled connection)",
+            Unit::Bytes,
+            self.cwnd.clone(),
+        );
+        r.register(
+            "quic_path_pacing_rate_bytes_per_second",
+            "Pacing rate towards the peer: quinn paces at 1.25 x congestion window / smoothed RTT",
+            self.pacing_rate.clone(),
+        );
+        r.register(
+            "quic_path_sent_packets",
+            "QUIC packets sent to the peer",
+            self.sent_packets.clone(),
+        );
+        r.register(
+            "quic_path_lost_packets",
+            "QUIC packets to the peer declared lost; their frames were retransmitted in new packets",
+            self.lost_packets.clone(),
+        );
+        r.register_with_unit(
+            "quic_path_lost",
+            "Bytes in QUIC packets to the peer declared lost (and retransmitted)",
+            Unit::Bytes,
+            self.lost_bytes.clone(),
+        );
+        r.register(
+            "quic_path_congestion_events",
+            "Loss events towards the peer that the congestion controller acted on (window reduced)",
+            self.congestion_events.clone(),
+        );
+        r.register(
+            "quic_path_tolerated_losses",
+            "Loss events towards the peer taken as random loss: retransmitted, the window kept",
+            self.tolerated_losses.clone(),
+        );
+    }
+}
+
+/// One connection's path as the transport sees it now: what `/config` lists and what the
+/// metrics sample.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PathStatus {
+    pub peer: String,
+    pub address: String,
+    pub side: &'static str,
+    pub class: &'static str,
+    pub congestion: &'static str,
+    pub rtt_ms: f64,
+    pub min_rtt_ms: f64,
+    pub congestion_window_bytes: u64,
+    pub pacing_rate_bytes_per_second: u64,
+    pub mtu: u16,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub lost_bytes: u64,
+    pub congestion_events: u64,
+    pub tolerated_losses: u64,
+}
+
+impl PathStatus {
+    /// Read `conn`'s path now.
+    pub fn of(conn: &quinn::Connection, labels: &PathLabels) -> Self {
+        let stats = conn.stats().path;
+        let controller = conn
+            .congestion_state()
+            .into_any()
+            .downcast::<crate::congestion::MeshController>()
+            .ok();
+        let (counts, min_rtt) = controller
+            .map(|c| (c.counts(), c.min_rtt()))
+            .unwrap_or_default();
+        let rtt = stats.rtt.as_secs_f64();
+        // quinn's pacer lets out 1.25 windows per smoothed RTT.
+        let pacing = if rtt > 0.0 {
+            (1.25 * stats.cwnd as f64 / rtt) as u64
+        } else {
+            0
+        };
+        Self {
+            peer: labels.peer.clone(),
+            address: conn.remote_address().to_string(),
+            side: labels.side,
+            class: labels.class,
+            congestion: labels.congestion,
+            rtt_ms: rtt * 1e3,
+            min_rtt_ms: min_rtt.unwrap_or(stats.rtt).as_secs_f64() * 1e3,
+            congestion_window_bytes: stats.cwnd,
+            pacing_rate_bytes_per_second: pacing,
+            mtu: stats.current_mtu,
+            sent_packets: stats.sent_packets,
+            lost_packets: stats.lost_packets,
+            lost_bytes: stats.lost_bytes,
+            congestion_events: counts.congestion_events,
+            tolerated_losses: counts.tolerated_events,
+        }
+    }
+}
+
+/// Track one QUIC connection for its life: the open-connections gauges, RTT and window
+/// samples, and lost and sent packet counts (as deltas, so counters stay monotonic), per side
+/// and per peer.
+pub async fn watch_connection(metrics: Arc<Metrics>, conn: quinn::Connection, path: PathLabels) {
+    let side = SideLabels { side: path.side };
+    metrics.quic_connections.get_or_create(&side).inc();
+    metrics.path.connections.get_or_create(&path).inc();
     let mut seen = PathCounts::default();
     let mut sample = || {
-        let path = conn.stats().path;
-        let now = PathCounts {
-            lost: path.lost_packets,
-            sent: path.sent_packets,
-            lost_bytes: path.lost_bytes,
-            congestion: path.congestion_events,
+        let now = PathStatus::of(&conn, &path);
+        let counts = PathCounts {
+            lost: now.lost_packets,
+            sent: now.sent_packets,
+            lost_bytes: now.lost_bytes,
+            congestion: now.congestion_events,
+            tolerated: now.tolerated_losses,
         };
-        let add = |family: &Family<SideLabels, Counter>, new: u64, old: u64| {
-            family
-                .get_or_create(&labels)
-                .inc_by(new.saturating_sub(old));
+        let add_side = |family: &Family<SideLabels, Counter>, new: u64, old: u64| {
+            family.get_or_create(&side).inc_by(new.saturating_sub(old));
         };
-        add(&metrics.quic_lost_packets, now.lost, seen.lost);
-        add(&metrics.quic_sent_packets, now.sent, seen.sent);
-        add(&metrics.quic_lost_bytes, now.lost_bytes, seen.lost_bytes);
-        add(
+        let add_path = |family: &Family<PathLabels, Counter>, new: u64, old: u64| {
+            family.get_or_create(&path).inc_by(new.saturating_sub(old));
+        };
+        add_side(&metrics.quic_lost_packets, counts.lost, seen.lost);
+        add_side(&metrics.quic_sent_packets, counts.sent, seen.sent);
+        add_side(&metrics.quic_lost_bytes, counts.lost_bytes, seen.lost_bytes);
+        add_side(
             &metrics.quic_congestion_events,
-            now.congestion,
+            counts.congestion,
             seen.congestion,
         );
-        seen = seen.max(now);
+        let p = &metrics.path;
+        add_path(&p.lost_packets, counts.lost, seen.lost);
+        add_path(&p.sent_packets, counts.sent, seen.sent);
+        add_path(&p.lost_bytes, counts.lost_bytes, seen.lost_bytes);
+        add_path(&p.congestion_events, counts.congestion, seen.congestion);
+        add_path(&p.tolerated_losses, counts.tolerated, seen.tolerated);
+        seen = seen.max(counts);
         metrics
             .quic_rtt
-            .get_or_create(&labels)
-            .observe(path.rtt.as_secs_f64());
+            .get_or_create(&side)
+            .observe(now.rtt_ms / 1e3);
         metrics
             .quic_cwnd
-            .get_or_create(&labels)
-            .observe(path.cwnd as f64);
+            .get_or_create(&side)
+            .observe(now.congestion_window_bytes as f64);
+        p.rtt.get_or_create(&path).set(now.rtt_ms / 1e3);
+        p.min_rtt.get_or_create(&path).set(now.min_rtt_ms / 1e3);
+        p.cwnd
+            .get_or_create(&path)
+            .set(now.congestion_window_bytes as i64);
+        p.pacing_rate
+            .get_or_create(&path)
+            .set(now.pacing_rate_bytes_per_second as i64);
     };
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
@@ -440,7 +607,17 @@ pub async fn watch_connection(metrics: Arc<Metrics>, conn: quinn::Connection, si
         }
     }
     sample();
-    metrics.quic_connections.get_or_create(&labels).dec();
+    metrics.quic_connections.get_or_create(&side).dec();
+    // The peer's gauges go with its last connection; its counters stay (they are totals).
+    let open = metrics.path.connections.get_or_create(&path);
+    if open.dec() <= 1 {
+        let p = &metrics.path;
+        p.connections.remove(&path);
+        p.rtt.remove(&path);
+        p.min_rtt.remove(&path);
+        p.cwnd.remove(&path);
+        p.pacing_rate.remove(&path);
+    }
 }
 
 /// A connection's path counters at the last sample.
@@ -450,6 +627,7 @@ struct PathCounts {
     sent: u64,
     lost_bytes: u64,
     congestion: u64,
+    tolerated: u64,
 }
 
 impl PathCounts {
@@ -459,6 +637,7 @@ impl PathCounts {
             sent: self.sent.max(o.sent),
             lost_bytes: self.lost_bytes.max(o.lost_bytes),
             congestion: self.congestion.max(o.congestion),
+            tolerated: self.tolerated.max(o.tolerated),
         }
     }
 }

@@ -174,7 +174,10 @@ pub(crate) async fn open_stream(
 ) -> Result<(PeerConn, ClientStream), ProxyError> {
     let mut last = None;
     for _ in 0..2 {
-        let mut peer = inputs.transport.connection(endpoint).await?;
+        let mut peer = inputs
+            .transport
+            .connection(endpoint, || inputs.snapshot().zone.clone())
+            .await?;
         match peer.send.send_request(req.clone()).await {
             Ok(stream) => return Ok((peer, stream)),
             Err(e) => {

@@ -199,6 +199,16 @@ pub struct OutboundDecision<'a> {
 }
 
 impl Snapshot {
+    /// The zone of the endpoint at `ip`, if this snapshot lists one there with a zone (for
+    /// classing an inbound connection's path; a caller this proxy never calls is unknown).
+    pub fn zone_of(&self, ip: std::net::IpAddr) -> Option<&str> {
+        self.services
+            .values()
+            .flat_map(|s| &s.endpoints)
+            .find(|e| e.address.ip() == ip && !e.zone.is_empty())
+            .map(|e| e.zone.as_str())
+    }
+
     /// Choose the endpoint for `target`. `turn` is a caller-kept counter that spreads requests
     /// round-robin over the endpoints.
     pub fn resolve_outbound(

@@ -4,6 +4,11 @@
 //! One UDP socket is both the server for peers and the client for outbound connections.
 //! Outbound, there is one connection per peer address, reused and multiplexed; a peer must
 //! prove the SPIFFE id the config expects for that endpoint before any request is sent.
+//!
+//! Every connection is set up for its path class (loopback, zone, region: see
+//! [`crate::config::paths`]): its congestion controller, loss tolerance and windows. Outbound
+//! the class comes from the endpoint's address and zone; inbound from the caller's address
+//! and, when the snapshot lists it as an endpoint, its zone. docs/transport.md has why.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,8 +23,10 @@ use quiver_api::tls::MeshIdentity;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::Tuning;
+use crate::config::paths::{PathClass, PathClasses};
+use crate::congestion::MeshControllerFactory;
 use crate::errors::ProxyError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PathLabels, PathStatus};
 use crate::snapshot::Endpoint;
 
 /// ALPN for HTTP/3.
@@ -69,16 +76,37 @@ struct PeerSlot {
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// quinn configs for each path class, indexed by [`class_index`].
+struct ClassConfigs {
+    servers: [Arc<quinn::ServerConfig>; 3],
+    clients: [quinn::ClientConfig; 3],
+}
+
+fn class_index(class: PathClass) -> usize {
+    match class {
+        PathClass::Loopback => 0,
+        PathClass::Zone => 1,
+        PathClass::Region => 2,
+    }
+}
+
+/// An open connection as `/config` and the close-time linger see it.
+struct Live {
+    conn: quinn::Connection,
+    labels: PathLabels,
+}
+
 /// The QUIC endpoint and the outbound connection pool.
 pub struct Transport {
     endpoint: quinn::Endpoint,
-    transport: Arc<TransportConfig>,
-    client_config: RwLock<quinn::ClientConfig>,
+    transports: [Arc<TransportConfig>; 3],
+    configs: RwLock<ClassConfigs>,
     pool: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
-    /// Every open connection, both sides, for the close-time linger.
-    live: Arc<Mutex<HashMap<usize, quinn::Connection>>>,
+    /// Every open connection, both sides, for `/config` and the close-time linger.
+    live: Arc<Mutex<HashMap<usize, Live>>>,
     connect_timeout: Duration,
     max_header_bytes: u64,
+    paths: PathClasses,
     metrics: Arc<Metrics>,
 }
 
@@ -90,8 +118,12 @@ impl Transport {
         tuning: &Tuning,
         metrics: Arc<Metrics>,
     ) -> Result<Self, TransportError> {
-        let transport = Arc::new(transport_config(tuning));
-        let (server_config, client_config) = quic_configs(identity, &transport, &metrics)?;
+        let transports =
+            PathClass::ALL.map(|class| Arc::new(transport_config(tuning, &tuning.paths, class)));
+        let configs = quic_configs(identity, &transports, &metrics)?;
+        // Peers are classified before their handshake (`accept`); the endpoint's own default
+        // is the region class's, the one that suits an unknown path.
+        let default_server = (*configs.servers[class_index(PathClass::Region)]).clone();
         let socket = udp_socket(listen, tuning.udp_socket_buffer).map_err(|source| {
             TransportError::Bind {
                 addr: listen,
@@ -102,7 +134,7 @@ impl Transport {
             .ok_or_else(|| TransportError::Crypto("no async runtime for quinn".into()))?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
-            Some(server_config),
+            Some(default_server),
             socket,
             runtime,
         )
@@ -112,12 +144,13 @@ impl Transport {
         })?;
         Ok(Self {
             endpoint,
-            transport,
-            client_config: RwLock::new(client_config),
+            transports,
+            configs: RwLock::new(configs),
             pool: Mutex::new(HashMap::new()),
             live: Arc::default(),
             connect_timeout: tuning.connect_timeout,
             max_header_bytes: tuning.max_header_bytes as u64,
+            paths: tuning.paths.clone(),
             metrics,
         })
     }
@@ -126,12 +159,11 @@ impl Transport {
     /// both ways, use it at once; live connections keep the identity they were established
     /// with and are not disturbed.
     pub fn set_identity(&self, identity: &MeshIdentity) -> Result<(), TransportError> {
-        let (server, client) = quic_configs(identity, &self.transport, &self.metrics)?;
-        self.endpoint.set_server_config(Some(server));
-        *self
-            .client_config
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = client;
+        let configs = quic_configs(identity, &self.transports, &self.metrics)?;
+        self.endpoint.set_server_config(Some(
+            (*configs.servers[class_index(PathClass::Region)]).clone(),
+        ));
+        *self.configs.write().unwrap_or_else(|p| p.into_inner()) = configs;
         Ok(())
     }
 
@@ -143,9 +175,39 @@ impl Transport {
         &self.endpoint
     }
 
+    /// Accept a peer's connection with the settings of its path class.
+    pub fn accept(
+        &self,
+        incoming: quinn::Incoming,
+        class: PathClass,
+    ) -> Result<quinn::Connecting, ConnectionError> {
+        let config = self
+            .configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .servers[class_index(class)]
+        .clone();
+        incoming.accept_with(config)
+    }
+
+    /// Every open connection's path, both sides (for `/config`).
+    pub fn paths(&self) -> Vec<PathStatus> {
+        let mut out: Vec<_> = lock(&self.live)
+            .values()
+            .map(|l| PathStatus::of(&l.conn, &l.labels))
+            .collect();
+        out.sort_by(|a, b| (&a.peer, a.side, &a.address).cmp(&(&b.peer, b.side, &b.address)));
+        out
+    }
+
     /// A connection to `ep` that has proven `ep.identity`: pooled when one is alive,
-    /// otherwise dialled now (concurrent callers share one dial).
-    pub async fn connection(&self, ep: &Endpoint) -> Result<PeerConn, ProxyError> {
+    /// otherwise dialled now (concurrent callers share one dial). `own_zone` is read only
+    /// when dialling, to class the path.
+    pub async fn connection(
+        &self,
+        ep: &Endpoint,
+        own_zone: impl FnOnce() -> String,
+    ) -> Result<PeerConn, ProxyError> {
         let slot = {
             let mut pool = lock(&self.pool);
             pool.entry(ep.address).or_default().clone()
@@ -157,7 +219,8 @@ impl Transport {
         if let Some(c) = alive(&slot) {
             return check_identity(c, ep);
         }
-        let c = self.dial(ep).await?;
+        let class = PathClass::of_addr(ep.address, Some(&ep.zone), &own_zone());
+        let c = self.dial(ep, class).await?;
         *lock(&slot.ready) = Some(c.clone());
         Ok(c)
     }
@@ -176,13 +239,14 @@ impl Transport {
         }
     }
 
-    async fn dial(&self, ep: &Endpoint) -> Result<PeerConn, ProxyError> {
+    async fn dial(&self, ep: &Endpoint, class: PathClass) -> Result<PeerConn, ProxyError> {
         let addr = ep.address.to_string();
         let client_config = self
-            .client_config
+            .configs
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .clients[class_index(class)]
+        .clone();
         let connecting = self
             .endpoint
             .connect_with(client_config, ep.address, "quiver.mesh")
@@ -232,8 +296,8 @@ impl Transport {
             let e = driver.wait_idle().await;
             tracing::debug!(error = %e, "h3 client connection ended");
         });
-        self.watch(conn.clone(), "client");
-        tracing::debug!(peer.addr = %ep.address, peer.id = %peer, "connected to peer");
+        self.watch(conn.clone(), "client", class, &peer);
+        tracing::debug!(peer.addr = %ep.address, peer.id = %peer, path.class = class.name(), "connected to peer");
         let trace_id = connection_trace_id(&conn).into();
         Ok(PeerConn {
             conn,
@@ -243,14 +307,32 @@ impl Transport {
         })
     }
 
-    /// Track `conn` for metrics and for the close-time linger, until it closes.
-    pub fn watch(&self, conn: quinn::Connection, side: &'static str) {
+    /// Track `conn` for metrics, `/config` and the close-time linger, until it closes.
+    pub fn watch(
+        &self,
+        conn: quinn::Connection,
+        side: &'static str,
+        class: PathClass,
+        peer: &SpiffeId,
+    ) {
+        let labels = PathLabels {
+            peer: peer.to_string(),
+            side,
+            class: class.name(),
+            congestion: self.paths.get(class).congestion.name(),
+        };
         let live = self.live.clone();
         let metrics = self.metrics.clone();
         let id = conn.stable_id();
-        lock(&live).insert(id, conn.clone());
+        lock(&live).insert(
+            id,
+            Live {
+                conn: conn.clone(),
+                labels: labels.clone(),
+            },
+        );
         tokio::spawn(async move {
-            crate::metrics::watch_connection(metrics, conn, side).await;
+            crate::metrics::watch_connection(metrics, conn, labels).await;
             lock(&live).remove(&id);
         });
     }
@@ -263,7 +345,7 @@ impl Transport {
     pub async fn close(&self, max_linger: Duration) {
         let rtt = lock(&self.live)
             .values()
-            .map(|c| c.rtt())
+            .map(|l| l.conn.rtt())
             .max()
             .unwrap_or_default();
         let linger = (rtt * 4 + Duration::from_millis(50)).min(max_linger);
@@ -347,9 +429,9 @@ pub fn classify_h3_conn(addr: &str, conn: &quinn::Connection, detail: &str) -> P
 
 fn quic_configs(
     identity: &MeshIdentity,
-    transport: &Arc<TransportConfig>,
+    transports: &[Arc<TransportConfig>; 3],
     metrics: &Metrics,
-) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
+) -> Result<ClassConfigs, TransportError> {
     let mut server_tls = identity.server_config(&[ALPN])?;
     // A fresh session cache per identity: after a rotation no peer resumes a session that
     // was authenticated under the old certificate or trust bundle.
@@ -360,16 +442,28 @@ fn quic_configs(
             .get_or_create(&crate::metrics::SideLabels { side: "server" })
             .clone(),
     });
-    let server_crypto = QuicServerConfig::try_from(server_tls)
-        .map_err(|e| TransportError::Crypto(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server.transport_config(transport.clone());
+    let server_crypto = Arc::new(
+        QuicServerConfig::try_from(server_tls)
+            .map_err(|e| TransportError::Crypto(e.to_string()))?,
+    );
     let client_tls = identity.client_config(&[ALPN])?;
-    let client_crypto = QuicClientConfig::try_from(client_tls)
-        .map_err(|e| TransportError::Crypto(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client.transport_config(transport.clone());
-    Ok((server, client))
+    let client_crypto = Arc::new(
+        QuicClientConfig::try_from(client_tls)
+            .map_err(|e| TransportError::Crypto(e.to_string()))?,
+    );
+    // One TLS config (and session cache) for every class; only the transport differs.
+    Ok(ClassConfigs {
+        servers: transports.clone().map(|t| {
+            let mut server = quinn::ServerConfig::with_crypto(server_crypto.clone());
+            server.transport_config(t);
+            Arc::new(server)
+        }),
+        clients: transports.clone().map(|t| {
+            let mut client = quinn::ClientConfig::new(client_crypto.clone());
+            client.transport_config(t);
+            client
+        }),
+    })
 }
 
 /// An id for `conn` that both ends compute alike: 8 bytes of the TLS exporter (RFC 8446
@@ -418,12 +512,14 @@ impl rustls::server::StoresServerSessions for CountingSessions {
     }
 }
 
-fn transport_config(t: &Tuning) -> TransportConfig {
+fn transport_config(t: &Tuning, paths: &PathClasses, class: PathClass) -> TransportConfig {
+    let p = paths.get(class);
     let mut c = TransportConfig::default();
     c.max_concurrent_bidi_streams(VarInt::from_u32(t.max_concurrent_streams));
-    c.stream_receive_window(VarInt::from_u32(t.stream_receive_window));
-    c.receive_window(VarInt::from_u32(t.connection_receive_window));
-    c.send_window(t.send_window);
+    c.stream_receive_window(VarInt::from_u32(p.stream_receive_window));
+    c.receive_window(VarInt::from_u32(p.connection_receive_window));
+    c.send_window(p.send_window);
+    c.congestion_controller_factory(MeshControllerFactory::new(p.control()));
     // IdleTimeout accepts up to 2^62 ms; validated durations are far below that.
     c.max_idle_timeout(quinn::IdleTimeout::try_from(t.idle_timeout).ok());
     c.keep_alive_interval((!t.keep_alive.is_zero()).then_some(t.keep_alive));

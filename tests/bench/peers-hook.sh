@@ -24,6 +24,9 @@
 # QUIVER_RUST_LOG (default warn: no per-request access log, like Envoy's `-l warn`),
 # QUIVER_TUNING (extra YAML lines for the tuning block, e.g. "stream_receive_window: 2097152"),
 # QUIVER_HOOK_DIR (where the configs are written; default $TMPDIR/quiver-peers-hook).
+# tests/bench/wan.sh also sets MESH_A_QUIC_LISTEN (A's UDP socket; default 127.0.0.1:0, which
+# cannot reach a B in another network namespace) and MESH_A_ADMIN / MESH_B_ADMIN (fixed admin
+# listeners, so it can read B's /metrics after a row; default 127.0.0.1:0).
 set -euo pipefail
 
 side=${1:?usage: peers-hook.sh a|b}
@@ -57,7 +60,7 @@ case $side in
     fi
     {
       echo "identity: {cert: \"$MESH_A_CERT\", key: \"$MESH_A_KEY\", trust_bundle: \"$MESH_CA\"}"
-      echo "listen: {quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}"
+      echo "listen: {quic: \"${MESH_A_QUIC_LISTEN:-127.0.0.1:0}\", admin: \"${MESH_A_ADMIN:-127.0.0.1:0}\"}"
       echo "drain_timeout: 1s"
       echo "outbound:"
       echo "  - {listen: \"$MESH_A_HTTP_LISTEN\", service: b, port: 80, protocol: http1}"
@@ -72,7 +75,7 @@ case $side in
     need MESH_B_CERT MESH_B_KEY MESH_B_QUIC_LISTEN MESH_BACKEND
     {
       echo "identity: {cert: \"$MESH_B_CERT\", key: \"$MESH_B_KEY\", trust_bundle: \"$MESH_CA\"}"
-      echo "listen: {quic: \"$MESH_B_QUIC_LISTEN\", admin: \"127.0.0.1:0\"}"
+      echo "listen: {quic: \"$MESH_B_QUIC_LISTEN\", admin: \"${MESH_B_ADMIN:-127.0.0.1:0}\"}"
       echo "drain_timeout: 1s"
       echo "inbound:"
       echo "  - {service: b, port: 80, protocol: http1, app: \"$MESH_BACKEND\"}"
