@@ -42,7 +42,7 @@ impl Window {
         }
     }
 
-    fn counts(&self, t: Instant) -> bool {
+    pub(crate) fn counts(&self, t: Instant) -> bool {
         t >= self.from && t < self.until
     }
 

@@ -1,5 +1,7 @@
-//! `quiver-bench`: the data-plane benchmark (the default command) and `quiver-bench
-//! propagation`, the control plane's config push ([`propagation`]).
+//! `quiver-bench`: the data-plane benchmark (the default command), `quiver-bench
+//! propagation`, the control plane's config push ([`propagation`]), `quiver-bench tracing`
+//! ([`tracing`]) and `quiver-bench load`, load against an address given on the command line
+//! ([`remote_load`]).
 //!
 //! The data-plane benchmark starts its own backends in process, a proxy
 //! pair as two child processes of the release `quiver-proxy`, and measures the same loads
@@ -16,6 +18,7 @@ pub mod load;
 pub mod pair;
 pub mod procstat;
 pub mod propagation;
+pub mod remote_load;
 pub mod report;
 pub mod run;
 pub mod stats;
@@ -30,7 +33,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use self::backends::Backends;
 
 /// Benchmark Quiver on loopback: without a command, the proxy pair against direct
-/// connections; `propagation`, config push from the control plane to watching proxies.
+/// connections; `propagation`, config push from the control plane to watching proxies;
+/// `load`, HTTP/1.1 load against a URL (a proxy set up elsewhere).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "quiver-bench", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -48,6 +52,10 @@ pub enum Command {
     /// The h1 load through a pair joined to a control plane, tracing off (0% sampling)
     /// against on (100%): req/s, CPU per request, spans shipped and stored.
     Tracing(tracing::Args),
+    /// Standalone HTTP/1.1 keep-alive load against a listener somewhere else (e.g. a proxy
+    /// across an emulated WAN link): latency percentiles, requests still in flight when the
+    /// window closes, throughput, and an optional bulk download sharing the path.
+    Load(Box<remote_load::Args>),
 }
 
 /// The data-plane benchmark: the proxy pair against direct connections.
@@ -175,18 +183,7 @@ pub fn main(args: Args) -> anyhow::Result<bool> {
     // The backends get their own runtime (and threads) before the client's starts; both are
     // dropped outside any async context, which tokio requires.
     let backends = Backends::start(args.backend_threads)?;
-    let runtime = if args.client_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.client_threads)
-            .thread_name("bench-client")
-            .enable_all()
-            .build()
-    }
-    .context("starting the client runtime")?;
+    let runtime = client_runtime(args.client_threads)?;
     let result = runtime.block_on(async {
         // Dropping the losing future drops any running proxy pair, which kills the children.
         tokio::select! {
@@ -203,6 +200,23 @@ pub fn main(args: Args) -> anyhow::Result<bool> {
     drop(runtime);
     drop(backends);
     result
+}
+
+/// The load generator's runtime: `threads` <= 1 is a current-thread runtime (it leaves the
+/// cores to what is measured), more is a multi-thread runtime with that many workers.
+fn client_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("bench-client")
+            .enable_all()
+            .build()
+    }
+    .context("starting the client runtime")
 }
 
 async fn interrupted() -> &'static str {

@@ -1,4 +1,4 @@
-//! `quiver-bench`: the data-plane benchmark and `quiver-bench propagation`
+//! `quiver-bench`: the data-plane benchmark, `quiver-bench propagation`, `tracing` and `load`
 //! (docs/benchmarks.md). Everything lives in `quiver_tests::bench`; this only parses the
 //! command line and maps the outcome to an exit code.
 #![forbid(unsafe_code)]
@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Some(Command::Propagation(args)) => bench::propagation::main(args),
         Some(Command::Tracing(args)) => bench::tracing::main(args),
+        Some(Command::Load(args)) => bench::remote_load::main(*args),
         None => bench::main(cli.data_plane),
     };
     match outcome {
