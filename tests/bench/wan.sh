@@ -297,6 +297,17 @@ pair_start() {
   wait_body "$A_URL/2b" 20 || { log "$scen: no 200 through the pair (see $LOGS/a.log, $LOGS/b.log)"; return 1; }
 }
 pair_stop() { stop_svc a; stop_svc b; }
+# cpu_ticks PID...: user+system clock ticks of the processes together ("" if one is gone)
+cpu_ticks() {
+  local pid sum=0 f
+  for pid; do
+    f=$(cat "/proc/$pid/stat" 2>/dev/null) || { echo ""; return; }
+    f=${f##*) }
+    read -r -a x <<<"$f"
+    sum=$((sum + x[11] + x[12]))
+  done
+  echo "$sum"
+}
 
 # ------------------------------------------------------------------------------ one row
 run_row() { # round row scenario
@@ -316,20 +327,27 @@ run_row() { # round row scenario
     once) args+=(--once --timeout 600s) ;;
   esac
   log "round $round  $row  $scen  (${link} ${delay} ms ${loss}%: $path x $conns $mode)"
+  local cpu0 t0 cpu1 t1
+  cpu0=$(cpu_ticks "${PIDS[a]}" "${PIDS[b]}") t0=$(date +%s.%N)
   in_a "$BENCH" "${args[@]}" >"$raw.json" 2>"$raw.err"
+  cpu1=$(cpu_ticks "${PIDS[a]}" "${PIDS[b]}") t1=$(date +%s.%N)
   if [[ $scen == quiver ]]; then
     in_b curl -s --max-time 5 "http://127.0.0.1:$PORT_OURS_ADMIN_B/metrics" >"$raw.b-metrics" 2>/dev/null
     in_b curl -s --max-time 5 "http://127.0.0.1:$PORT_OURS_ADMIN_B/config" >"$raw.b-config" 2>/dev/null
   fi
   pair_stop
-  python3 - "$raw.json" "$round" "$row" "$scen" "$link" "$delay" "$loss" "$raw.b-metrics" >>"$RESULTS" <<'PY'
+  python3 - "$raw.json" "$round" "$row" "$scen" "$link" "$delay" "$loss" "$raw.b-metrics" \
+    "$cpu0" "$cpu1" "$t0" "$t1" "$(getconf CLK_TCK)" >>"$RESULTS" <<'PY'
 import json, sys, os, re
-path, rnd, row, scen, link, delay, loss, metrics = sys.argv[1:9]
+path, rnd, row, scen, link, delay, loss, metrics, cpu0, cpu1, t0, t1, hz = sys.argv[1:14]
 try:
     r = json.load(open(path))
 except Exception as e:
     r = {"failed": f"no load result ({e}); see {path[:-5]}.err"}
 r.update(round=int(rnd), row=row, scenario=scen, link=link, delay_ms=float(delay), loss_pct=float(loss))
+# Both proxies' CPU over the whole load command (warm-up included), in cores.
+if cpu0 and cpu1:
+    r["proxy_cores"] = round((int(cpu1) - int(cpu0)) / int(hz) / (float(t1) - float(t0)), 3)
 if os.path.exists(metrics):
     # B's view of the path (B sends the answers): sums over its QUIC connections.
     m = {}

@@ -35,7 +35,7 @@ def main():
                 first = ok[0]
                 s.update(link=first["link"], delay_ms=first["delay_ms"], loss_pct=first["loss_pct"], mode=first.get("mode"))
                 for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mib_per_s", "seconds",
-                          "oldest_in_flight_ms"):
+                          "oldest_in_flight_ms", "proxy_cores"):
                     s[k] = median([r.get(k) for r in ok])
                 s["errors"] = sum(r.get("errors", 0) for r in ok)
                 s["in_flight_at_end"] = sum(r.get("in_flight_at_end", 0) or 0 for r in ok)
@@ -60,11 +60,11 @@ def main():
         for s in summary.values():
             print(json.dumps(s))
         return
-    print("| row | scenario | req/s | p50 ms | p99 ms | p999 ms | max ms | MiB/s | errors | p99 / req/s (MiB/s) vs envoy-h2 | B's path: lost/sent pkts, congestion events |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| row | scenario | req/s | p50 ms | p99 ms | p999 ms | max ms | MiB/s | proxy CPU (cores) | errors | p99 / req/s (MiB/s) vs envoy-h2 | B's path: lost/sent pkts, congestion events |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (row, scen), s in summary.items():
         if "rps" not in s and "mib_per_s" not in s:
-            print(f"| {row} | {scen} | failed in {s['failed_rounds']} of {s['rounds']} rounds | | | | | | | | |")
+            print(f"| {row} | {scen} | failed in {s['failed_rounds']} of {s['rounds']} rounds | | | | | | | | | |")
             continue
         once = s.get("mode") == "once"
         mib = s.get("mib_per_s")
@@ -77,7 +77,7 @@ def main():
         elif "p99_ms_vs_envoy_h2" in s:
             ratio = f"{s['p99_ms_vs_envoy_h2']:.2f}x / {s.get('rps_vs_envoy_h2', 0):.2f}x"
         errors = str(s["errors"])
-        if s.get("in_flight_at_end"):
+        if s.get("oldest_in_flight_ms") and s.get("oldest_in_flight_ms") > (s.get("p99_ms") or 0):
             errors += f" (+{s['in_flight_at_end']} in flight, oldest {fmt(s.get('oldest_in_flight_ms'))} ms)"
         if s["failed_rounds"]:
             errors += f" [{s['failed_rounds']} round(s) failed]"
@@ -86,11 +86,12 @@ def main():
         if p:
             path = (f"{fmt(p.get('quiver_quic_lost_packets'))}/{fmt(p.get('quiver_quic_sent_packets'))}, "
                     f"{fmt(p.get('quiver_quic_congestion_events'))}")
+        cores = fmt(s.get("proxy_cores"), 2)
         if once:
-            print(f"| {row} | {scen} | - | {fmt(s.get('seconds'), 1)} s total | | | | {mib_txt} | {errors} | {ratio} | {path} |")
+            print(f"| {row} | {scen} | - | {fmt(s.get('seconds'), 1)} s total | | | | {mib_txt} | {cores} | {errors} | {ratio} | {path} |")
         else:
             print(f"| {row} | {scen} | {fmt(s.get('rps'))} | {fmt(s.get('p50_ms'), 1)} | {fmt(s.get('p99_ms'), 1)} | "
-                  f"{fmt(s.get('p999_ms'), 1)} | {fmt(s.get('max_ms'), 1)} | {mib_txt} | {errors} | {ratio} | {path} |")
+                  f"{fmt(s.get('p999_ms'), 1)} | {fmt(s.get('max_ms'), 1)} | {mib_txt} | {cores} | {errors} | {ratio} | {path} |")
     samples = {e for s in summary.values() for e in s.get("error_samples", [])}
     if samples:
         print("\nerror samples: " + "; ".join(sorted(samples)))
