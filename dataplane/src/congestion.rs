@@ -5,14 +5,22 @@
 //! example does: at 50 ms RTT and 0.5% random loss that holds Cubic's window near 40 KB
 //! (the Mathis bound, about 1 MB/s), whatever the link could carry. The kernel's TCP on these
 //! machines runs BBR, which does not. [`MeshController`] wraps one of quinn's controllers and
-//! passes a loss on only when it looks like congestion: more than `loss_tolerance` of the
-//! bytes sent over the last two round trips were lost, and at least
-//! [`MIN_LOST_PACKETS`] packets of them. Sparse random loss is still detected and
-//! retransmitted (that is loss recovery, untouched), it just does not shrink the window. A
-//! queue that overflows loses bursts, which pass the filter at once; persistent congestion
-//! and ECN marks always pass. RFC 9002 §7 leaves the congestion response to the sender, and
-//! BBRv2's loss threshold (2% per round) is the same idea. docs/transport.md has the
-//! measurements behind the defaults.
+//! passes a loss on only when it looks like congestion:
+//!
+//! - a queue is building: the smoothed RTT is above the path's minimum by a quarter, and by
+//!   at least [`QUEUE_DELAY_FLOOR`]. A loss then is what a full buffer does, as for Cubic;
+//! - or the loss rate is clearly above `loss_tolerance`: over the last two round trips, more
+//!   packets were lost than the tolerance predicts by [`SIGNIFICANCE`] standard deviations
+//!   (so a small window's sample, where three losses in forty packets happen by chance at 2%
+//!   loss, does not spiral the window down), and at least [`MIN_LOST_PACKETS`] of them. A
+//!   queue that overflows without delay first (a policer, a shallow buffer) loses bursts,
+//!   which pass this at once;
+//! - persistent congestion and ECN marks always pass.
+//!
+//! Sparse random loss is still detected and retransmitted (loss recovery is quinn's,
+//! untouched); it just does not shrink the window. RFC 9002 §7 leaves the congestion response
+//! to the sender, and BBRv2's loss threshold (2% per round) is the same idea.
+//! docs/transport.md has the measurements behind the defaults.
 //!
 //! Pure logic over quinn-proto's `Controller` trait: quinn calls it with its own `now`; no
 //! sockets, no clock of its own, so it is tested in memory below.
@@ -30,6 +38,12 @@ use serde::{Deserialize, Serialize};
 /// Losses in the sample window below this count are never congestion on their own: one or two
 /// drops say nothing about a queue (a queue overflowing drops a run of packets).
 pub const MIN_LOST_PACKETS: u64 = 3;
+/// How many standard deviations (Poisson: the square root of the expected count) above the
+/// tolerated loss count a sample must be to count as congestion.
+pub const SIGNIFICANCE: f64 = 3.0;
+/// The least queueing delay (smoothed RTT over the minimum) that says a queue is building.
+/// Below it, scheduling noise on a busy host moves the RTT as much.
+pub const QUEUE_DELAY_FLOOR: Duration = Duration::from_millis(10);
 
 /// The controller underneath the loss filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,7 +171,7 @@ impl Controller for MeshController {
         app_limited: bool,
         rtt: &RttEstimator,
     ) {
-        self.filter.round = rtt.get();
+        self.filter.on_rtt(rtt.get(), rtt.min());
         self.min_rtt = Some(rtt.min());
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
     }
@@ -232,15 +246,18 @@ struct Round {
     lost: u64,
 }
 
-/// Tells random loss from congestion by the share of recent bytes lost. The sample is the
-/// current round plus the one before it (a round is one smoothed RTT): losses are declared
-/// about a round trip after their packets were sent.
+/// Tells random loss from congestion by queueing delay and by how far the share of recent
+/// bytes lost exceeds the tolerance. The sample is the current round plus the one before it
+/// (a round is one smoothed RTT): losses are declared about a round trip after their packets
+/// were sent.
 #[derive(Debug, Clone)]
 struct LossFilter {
     tolerance: f64,
     mtu: u64,
     /// Length of a round: the latest smoothed RTT (quinn's initial estimate until a sample).
     round: Duration,
+    /// The path's minimum RTT (`None` until the first acknowledgement).
+    min_rtt: Option<Duration>,
     started: Option<Instant>,
     current: Round,
     previous: Round,
@@ -252,6 +269,7 @@ impl LossFilter {
             tolerance,
             mtu: u64::from(mtu).max(1),
             round: Duration::from_millis(333),
+            min_rtt: None,
             started: None,
             current: Round::default(),
             previous: Round::default(),
@@ -274,6 +292,19 @@ impl LossFilter {
         }
     }
 
+    fn on_rtt(&mut self, smoothed: Duration, min: Duration) {
+        self.round = smoothed;
+        self.min_rtt = Some(min);
+    }
+
+    /// A queue is building on the path: the smoothed RTT stands above the minimum.
+    fn queueing(&self) -> bool {
+        self.min_rtt.is_some_and(|min| {
+            let margin = (min / 4).max(QUEUE_DELAY_FLOOR);
+            self.round > min + margin
+        })
+    }
+
     fn on_sent(&mut self, now: Instant, bytes: u64) {
         self.roll(now);
         self.current.sent += bytes;
@@ -284,13 +315,15 @@ impl LossFilter {
     fn is_congestion(&mut self, now: Instant, lost_bytes: u64, persistent: bool) -> bool {
         self.roll(now);
         self.current.lost += lost_bytes;
-        if persistent || lost_bytes == 0 || self.tolerance <= 0.0 {
+        if persistent || lost_bytes == 0 || self.tolerance <= 0.0 || self.queueing() {
             return true;
         }
+        let lost_packets = (self.current.lost + self.previous.lost).div_ceil(self.mtu);
         let sent = self.current.sent + self.previous.sent;
-        let lost = self.current.lost + self.previous.lost;
-        let lost_packets = lost.div_ceil(self.mtu);
-        lost_packets >= MIN_LOST_PACKETS && lost as f64 > self.tolerance * sent as f64
+        let sent_packets = (sent as f64 / self.mtu as f64).max(lost_packets as f64);
+        let expected = self.tolerance * sent_packets;
+        lost_packets >= MIN_LOST_PACKETS
+            && lost_packets as f64 > expected + SIGNIFICANCE * expected.sqrt()
     }
 }
 

@@ -520,6 +520,11 @@ fn transport_config(t: &Tuning, paths: &PathClasses, class: PathClass) -> Transp
     c.receive_window(VarInt::from_u32(p.connection_receive_window));
     c.send_window(p.send_window);
     c.congestion_controller_factory(MeshControllerFactory::new(p.control()));
+    if p.ack_eliciting_threshold != 1 {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(p.ack_eliciting_threshold));
+        c.ack_frequency_config(Some(ack));
+    }
     // IdleTimeout accepts up to 2^62 ms; validated durations are far below that.
     c.max_idle_timeout(quinn::IdleTimeout::try_from(t.idle_timeout).ok());
     c.keep_alive_interval((!t.keep_alive.is_zero()).then_some(t.keep_alive));

@@ -77,6 +77,10 @@ pub struct PathTuning {
     pub connection_receive_window: u32,
     /// QUIC send window, bytes: unacknowledged data buffered per connection.
     pub send_window: u64,
+    /// Ack-eliciting packets the peer may receive before it must acknowledge (the QUIC ACK
+    /// frequency extension; 1 is the RFC 9000 default of one ACK per two packets, and sends
+    /// no ACK_FREQUENCY frame). Fewer ACKs cost both proxies less CPU per byte.
+    pub ack_eliciting_threshold: u32,
 }
 
 impl PathTuning {
@@ -101,6 +105,7 @@ impl PathTuning {
                 stream_receive_window: 8 << 20,
                 connection_receive_window: 32 << 20,
                 send_window: 32 << 20,
+                ack_eliciting_threshold: 1,
             },
             PathClass::Zone => PathTuning {
                 congestion: Algorithm::Cubic,
@@ -109,6 +114,7 @@ impl PathTuning {
                 stream_receive_window: 8 << 20,
                 connection_receive_window: 32 << 20,
                 send_window: 32 << 20,
+                ack_eliciting_threshold: 1,
             },
             PathClass::Region => PathTuning {
                 congestion: Algorithm::Cubic,
@@ -117,6 +123,7 @@ impl PathTuning {
                 stream_receive_window: 24 << 20,
                 connection_receive_window: 96 << 20,
                 send_window: 96 << 20,
+                ack_eliciting_threshold: 1,
             },
         }
     }
@@ -187,6 +194,12 @@ impl PathClasses {
             if t.send_window < 16 * 1024 {
                 err("send_window", "must be at least 16384".into());
             }
+            if t.ack_eliciting_threshold > 100 {
+                err(
+                    "ack_eliciting_threshold",
+                    format!("must be at most 100, not {}", t.ack_eliciting_threshold),
+                );
+            }
         }
     }
 }
@@ -209,6 +222,7 @@ struct PathTuningFile {
     stream_receive_window: Option<u32>,
     connection_receive_window: Option<u32>,
     send_window: Option<u64>,
+    ack_eliciting_threshold: Option<u32>,
 }
 
 impl PathTuningFile {
@@ -229,6 +243,9 @@ impl PathTuningFile {
                 .connection_receive_window
                 .unwrap_or(d.connection_receive_window),
             send_window: self.send_window.unwrap_or(d.send_window),
+            ack_eliciting_threshold: self
+                .ack_eliciting_threshold
+                .unwrap_or(d.ack_eliciting_threshold),
         }
     }
 }

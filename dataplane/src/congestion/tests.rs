@@ -69,6 +69,39 @@ fn one_or_two_lost_packets_are_never_enough() {
 }
 
 #[test]
+fn a_small_window_sample_needs_a_significant_excess() {
+    // 40 packets over two rounds at 2% loss: three losses happen by chance (about 5% of such
+    // samples). Taking them as congestion would shrink the window, shrink the next sample and
+    // spiral down; they are not, while seven (17%) are.
+    let mut f = filter(0.05);
+    let t = Instant::now();
+    send_round(&mut f, t, 20);
+    send_round(&mut f, t + Duration::from_millis(50), 20);
+    let at = t + Duration::from_millis(95);
+    assert!(!f.is_congestion(at, 3 * PKT, false));
+    assert!(!f.is_congestion(at, 3 * PKT, false), "six of forty");
+    assert!(f.is_congestion(at, PKT, false), "seven of forty");
+}
+
+#[test]
+fn a_loss_while_a_queue_builds_is_congestion() {
+    let mut f = filter(0.05);
+    let t = Instant::now();
+    send_round(&mut f, t, 100);
+    // 5 ms over a 50 ms minimum: noise, not a queue.
+    f.on_rtt(Duration::from_millis(55), Duration::from_millis(50));
+    assert!(!f.is_congestion(t + Duration::from_millis(40), PKT, false));
+    // 20 ms over it: a buffer is filling, and a loss now is the buffer overflowing.
+    f.on_rtt(Duration::from_millis(70), Duration::from_millis(50));
+    assert!(f.is_congestion(t + Duration::from_millis(45), PKT, false));
+    // On a sub-millisecond path the floor (10 ms) applies, not a quarter of the minimum.
+    let mut lan = filter(0.05);
+    send_round(&mut lan, t, 100);
+    lan.on_rtt(Duration::from_millis(3), Duration::from_micros(200));
+    assert!(!lan.is_congestion(t + Duration::from_millis(1), PKT, false));
+}
+
+#[test]
 fn persistent_congestion_and_ecn_always_count() {
     let mut f = filter(0.5);
     let t = Instant::now();
