@@ -2,6 +2,7 @@
 //! status class, the proxy's own error reasons, and peer proxies' SPIFFE ids (one per
 //! workload identity the proxy talks to); never paths, peers' ports or connection ids.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -422,6 +423,36 @@ pub struct PathMetrics {
     pub lost_bytes: Family<PathLabels, Counter>,
     pub congestion_events: Family<PathLabels, Counter>,
     pub tolerated_losses: Family<PathLabels, Counter>,
+    /// Open connections per path, the source of truth for `connections`: opening, closing
+    /// and removing a closed peer's gauges happen under this lock, so a connection opened
+    /// while the previous one closes never loses its gauges.
+    open: std::sync::Mutex<HashMap<PathLabels, usize>>,
+}
+
+impl PathMetrics {
+    fn opened(&self, path: &PathLabels) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(path.clone()).or_default();
+        *n += 1;
+        self.connections.get_or_create(path).set(*n as i64);
+    }
+
+    /// The peer's gauges go with its last connection; its counters stay (they are totals).
+    fn closed(&self, path: &PathLabels) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(path.clone()).or_default();
+        *n = n.saturating_sub(1);
+        if *n > 0 {
+            self.connections.get_or_create(path).set(*n as i64);
+            return;
+        }
+        open.remove(path);
+        self.connections.remove(path);
+        self.rtt.remove(path);
+        self.min_rtt.remove(path);
+        self.cwnd.remove(path);
+        self.pacing_rate.remove(path);
+    }
 }
 
 impl PathMetrics {
@@ -549,7 +580,7 @@ impl PathStatus {
 pub async fn watch_connection(metrics: Arc<Metrics>, conn: quinn::Connection, path: PathLabels) {
     let side = SideLabels { side: path.side };
     metrics.quic_connections.get_or_create(&side).inc();
-    metrics.path.connections.get_or_create(&path).inc();
+    metrics.path.opened(&path);
     let mut seen = PathCounts::default();
     let mut sample = || {
         let now = PathStatus::of(&conn, &path);
@@ -608,16 +639,7 @@ pub async fn watch_connection(metrics: Arc<Metrics>, conn: quinn::Connection, pa
     }
     sample();
     metrics.quic_connections.get_or_create(&side).dec();
-    // The peer's gauges go with its last connection; its counters stay (they are totals).
-    let open = metrics.path.connections.get_or_create(&path);
-    if open.dec() <= 1 {
-        let p = &metrics.path;
-        p.connections.remove(&path);
-        p.rtt.remove(&path);
-        p.min_rtt.remove(&path);
-        p.cwnd.remove(&path);
-        p.pacing_rate.remove(&path);
-    }
+    metrics.path.closed(&path);
 }
 
 /// A connection's path counters at the last sample.

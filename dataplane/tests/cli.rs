@@ -174,7 +174,10 @@ async fn sigterm_drains_a_real_process_with_a_request_in_flight() {
     let pid = child.id().expect("pid").to_string();
     let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(st.success());
-    let (head, body) = slow.await.unwrap();
+    let (head, body) = tokio::time::timeout(Duration::from_secs(20), slow)
+        .await
+        .expect("the in-flight request finishes while B drains")
+        .unwrap();
     assert_eq!(head.status(), 200, "{}", String::from_utf8_lossy(&body));
     assert!(
         body == vec![b'x'; 256 * 1024],
