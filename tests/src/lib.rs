@@ -6,6 +6,7 @@ pub mod apps;
 pub mod bench;
 pub mod client;
 pub mod harness;
+pub mod lossy;
 pub mod mesh;
 pub mod pki;
 

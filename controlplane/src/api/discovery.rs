@@ -21,6 +21,9 @@ use crate::discovery::view::service_account;
 use crate::discovery::{Caller, snapshot};
 use crate::store::now_ms;
 
+/// How long a new Watch waits for this replica's view to reach the store's version.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What Watch returns.
 pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<v1::ProxySnapshot, Status>> + Send>>;
 
@@ -121,6 +124,23 @@ impl DiscoveryApi {
         }
         if !errors.is_empty() {
             return Err(Status::invalid_argument(errors.join("; ")));
+        }
+        // Read-your-writes: the first snapshot reflects everything committed before this
+        // call (the feed delivers local writes at once, other replicas' within its poll).
+        let committed = self
+            .inputs
+            .store
+            .current_version()
+            .await
+            .map_err(super::store_status)?;
+        if tokio::time::timeout(CATCH_UP, self.inputs.view.caught_up(committed))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                version = committed,
+                "the mesh view is behind the store; sending the state it has"
+            );
         }
         let mut states = self.inputs.view.subscribe();
         {

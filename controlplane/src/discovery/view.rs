@@ -54,6 +54,8 @@ pub struct MeshState {
 /// A running view. Dropping it stops the task.
 pub struct MeshView {
     rx: watch::Receiver<Arc<MeshState>>,
+    /// The last store version this view has read from the feed, of any kind.
+    seen: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -73,9 +75,18 @@ impl MeshView {
         // Subscribe before listing, so nothing committed in between is missed.
         let live = feed.subscribe();
         let mut model = Model::load(store.as_ref(), trust_domain).await?;
+        let (seen_tx, seen) = watch::channel(model.seen);
         let (tx, rx) = watch::channel(model.publish(None));
-        let task = tokio::spawn(follow(store, model, live, tx));
-        Ok(Self { rx, task })
+        let task = tokio::spawn(follow(store, model, live, tx, seen_tx));
+        Ok(Self { rx, seen, task })
+    }
+
+    /// Wait until this view reflects every change up to `version` (for example the store's
+    /// version when a proxy asked for its first snapshot), so a caller never gets a state
+    /// older than a write that had already returned. Returns false if the view stopped.
+    pub async fn caught_up(&self, version: u64) -> bool {
+        let mut seen = self.seen.clone();
+        seen.wait_for(|v| *v >= version).await.is_ok()
     }
 
     /// The latest state, and a receiver that is told when a newer one is published.
@@ -93,6 +104,7 @@ async fn follow(
     mut model: Model,
     mut live: broadcast::Receiver<Arc<Change>>,
     tx: watch::Sender<Arc<MeshState>>,
+    seen: watch::Sender<u64>,
 ) {
     loop {
         let first = match live.recv().await {
@@ -105,6 +117,7 @@ async fn follow(
                 );
                 model = reload(store.as_ref(), &model.trust_domain, &mut live).await;
                 tx.send_replace(model.publish(None));
+                seen.send_replace(model.seen);
                 continue;
             }
         };
@@ -127,6 +140,8 @@ async fn follow(
         if mesh_touched || !touched.is_empty() {
             tx.send_replace(model.publish(Some(&touched)));
         }
+        // After publishing: whoever waits on `seen` then reads a state that includes it.
+        seen.send_replace(model.seen);
     }
 }
 
@@ -152,6 +167,9 @@ async fn reload(
 struct Model {
     trust_domain: String,
     version: u64,
+    /// The last change read from the feed or list, of any kind (`version` counts only the
+    /// kinds proxies are sent).
+    seen: u64,
     /// Per kind, the version its initial list reflected: older changes are already in.
     listed_at: HashMap<Kind, u64>,
     mesh: Arc<v1::MeshConfigSpec>,
@@ -173,6 +191,7 @@ impl Model {
         let mut model = Model {
             trust_domain: trust_domain.into(),
             version: 0,
+            seen: 0,
             listed_at: HashMap::new(),
             mesh: Arc::default(),
             namespaces: BTreeMap::new(),
@@ -182,6 +201,7 @@ impl Model {
             let (objects, at) = store.list(kind, None).await?;
             model.listed_at.insert(kind, at);
             model.version = model.version.max(at);
+            model.seen = model.seen.max(at);
             for obj in &objects {
                 model.put(obj);
             }
@@ -192,6 +212,7 @@ impl Model {
     /// Apply one change; returns whether the MeshConfig changed and records the namespace.
     fn apply(&mut self, change: &Change, touched: &mut BTreeSet<String>) -> bool {
         let obj = &change.object;
+        self.seen = self.seen.max(change.resource_version);
         if !KINDS.contains(&obj.kind)
             || self
                 .listed_at
