@@ -1,6 +1,7 @@
-//! Carrying out an outbound HTTP request's plan: faults, mirroring, then attempts — pick an
-//! endpoint (balancer, circuit limits, locality), send, judge the outcome, retry within the
-//! budget and the deadlines — and the response streamed back.
+//! Carrying out an outbound HTTP request's plan, in plain phases: faults; hold the body if
+//! it may be sent again; mirror; then attempts — lease an endpoint ([`crate::upstream`]:
+//! balancer, circuit limits, locality), send, report the outcome, judge it against the
+//! retry policy and budget within the deadlines — and the response streamed back.
 //!
 //! The decisions are all in [`crate::policy`]; this module performs them and reports what
 //! happened back to it. It must not decide anything itself.
@@ -17,21 +18,20 @@ use hyper::body::Incoming;
 
 use crate::Inputs;
 use crate::body::{self, H3Body, ProxyBody};
-use crate::errors::ProxyError;
+use crate::errors::{AttemptFailure, Direction, ProxyError};
 use crate::http::{
     PEER_IDENTITY_HEADER, TARGET_HEADER, authority_of, rebase_uri, strip_hop_by_hop,
 };
 use crate::metrics::Metrics;
 use crate::outbound::{content_length, open_stream, peer_addr};
-use crate::policy::balance::{LOAD_HEADER, Pick, parse_load};
-use crate::policy::breaker::Stage;
-use crate::policy::outlier::Recorded;
+use crate::policy::balance::{LOAD_HEADER, parse_load};
 use crate::policy::plan::{Plan, Rolls};
 use crate::policy::retry::{self, Attempt, BodyState, Outcome, RetryDecision};
-use crate::policy::route::RequestHead;
-use crate::snapshot::{Endpoint, Snapshot, Target};
+use crate::policy::route::{Backend, RequestHead};
+use crate::snapshot::Target;
 use crate::transport::PeerConn;
 use crate::transport::classify_h3_conn;
+use crate::upstream::{Lease, Report, Routing};
 
 /// The request body as one attempt sends it.
 enum AttemptBody {
@@ -43,8 +43,6 @@ enum AttemptBody {
     Spent,
 }
 
-/// Plan and carry out one outbound HTTP request. Returns the result and a line for the
-/// access log saying what the policy decided.
 /// What was decided for one request, for its span and the access log.
 #[derive(Debug, Default)]
 pub struct Decided {
@@ -60,12 +58,13 @@ pub struct Decided {
     pub attempts: u32,
 }
 
+/// Plan and carry out one outbound HTTP request. Returns the result and what was decided.
 pub async fn forward(
     inputs: &Arc<Inputs>,
     target: &Target,
     req: Request<Incoming>,
 ) -> (Result<Response<ProxyBody>, ProxyError>, Decided) {
-    let snapshot = inputs.snapshot();
+    let routing = inputs.routing();
     let (parts, incoming) = req.into_parts();
     let head = RequestHead {
         method: parts.method.as_str(),
@@ -73,21 +72,27 @@ pub async fn forward(
         headers: &parts.headers,
     };
     let rolls = Rolls::draw(&mut rand::rng());
-    let mut plan = match snapshot.policy.plan(&target.service, &head, rolls) {
-        Ok(p) => p,
-        Err(_) => {
-            return (
-                Err(ProxyError::NoRoute(format!(
-                    "no rule of the route for {:?} matches",
-                    target.service
-                ))),
-                Decided::default(),
-            );
-        }
+    let Ok(plan) = routing.snapshot.policy.plan(&target.service, &head, rolls) else {
+        let e = ProxyError::NoRoute(format!(
+            "no rule of the route for {:?} matches",
+            target.service
+        ));
+        return (Err(e), Decided::default());
     };
-    let seen = std::sync::Mutex::new((Arc::<str>::default(), String::new()));
-    let result = carry_out(inputs, &snapshot, target, parts, incoming, &mut plan, &seen).await;
-    let (connection, identity) = seen.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut exchange = Exchange {
+        inputs,
+        routing: &routing,
+        plan,
+        connection: Arc::default(),
+        identity: String::new(),
+    };
+    let result = exchange.run(target, parts, incoming).await;
+    let Exchange {
+        plan,
+        connection,
+        identity,
+        ..
+    } = exchange;
     let decided = Decided {
         explain: plan.explain(),
         route: plan.route().to_string(),
@@ -99,191 +104,201 @@ pub async fn forward(
     (result, decided)
 }
 
-async fn carry_out(
-    inputs: &Arc<Inputs>,
-    snapshot: &Arc<Snapshot>,
-    target: &Target,
-    parts: http::request::Parts,
-    incoming: Incoming,
-    plan: &mut Plan,
-    seen: &std::sync::Mutex<(Arc<str>, String)>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let metrics = &inputs.metrics;
-    if let Some(d) = plan.fault.delay {
-        Metrics::count_reason(&metrics.faults, &plan.service, "delay");
-        tokio::time::sleep(d).await;
-    }
-    if let Some(status) = plan.fault.abort {
-        Metrics::count_reason(&metrics.faults, &plan.service, "abort");
-        return Err(ProxyError::Fault(status));
+/// One outbound request being carried out: its plan, and what its attempts learned.
+struct Exchange<'a> {
+    inputs: &'a Arc<Inputs>,
+    routing: &'a Arc<Routing>,
+    plan: Plan,
+    /// The QUIC connection and peer identity of the last attempt that got a connection.
+    connection: Arc<str>,
+    identity: String,
+}
+
+impl Exchange<'_> {
+    /// Faults, then hold the body if it may be sent again, mirror, then attempts until one
+    /// is final.
+    async fn run(
+        &mut self,
+        target: &Target,
+        parts: http::request::Parts,
+        incoming: Incoming,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.inject_faults().await?;
+        let mut body = self.hold_body(target, &parts.headers, incoming).await?;
+        let head = prepare_head(target, parts)?;
+        if let (Some(mirror), AttemptBody::Held(b)) = (self.plan.mirror.clone(), &body) {
+            Metrics::count(&self.inputs.metrics.mirrored, &self.plan.service);
+            mirror_copy(self.inputs, self.routing, &mirror, &head, b.clone());
+        }
+        let overall = self
+            .plan
+            .timeout
+            .unwrap_or(self.inputs.tuning.response_timeout);
+        let deadline = Instant::now() + overall;
+        let budget_owner = self.routing.upstream(&self.plan.service).cloned();
+        let tuning = &self.inputs.tuning.retries;
+        if let (Some(_), Some(up)) = (self.plan.retries(), &budget_owner) {
+            let now = Instant::now();
+            up.with_budget(&self.plan, tuning, now, |b| b.deposit(now));
+        }
+        loop {
+            let (result, outcome) = self.attempt(&head, &mut body, deadline).await?;
+            let (Some(retries), Some(up)) = (self.plan.retries().cloned(), &budget_owner) else {
+                return result;
+            };
+            let attempt = Attempt {
+                made: self.plan.attempts,
+                outcome,
+                method: head.method().as_str(),
+                body: body.state(),
+            };
+            let now = Instant::now();
+            let decision = up.with_budget(&self.plan, tuning, now, |budget| {
+                retry::decide(
+                    &retries,
+                    tuning,
+                    budget,
+                    &attempt,
+                    now,
+                    Some(deadline),
+                    rand::random::<f64>(),
+                )
+            });
+            match decision {
+                RetryDecision::Retry { backoff, .. } => {
+                    Metrics::count(&self.inputs.metrics.retries, &self.plan.service);
+                    // The failed attempt's response (if any) is dropped here, resetting its
+                    // stream.
+                    drop(result);
+                    tokio::time::sleep(backoff).await;
+                }
+                RetryDecision::Final(f) => {
+                    if !outcome.is_success() && !matches!(f, retry::Final::NotRetriable) {
+                        let stops = &self.inputs.metrics.retry_stops;
+                        Metrics::count_reason(stops, &self.plan.service, f.as_str());
+                    }
+                    return result;
+                }
+            }
+        }
     }
 
-    // Hold the body when a retry or a mirror may need it again and it is small enough.
-    let limit = inputs.tuning.retries.max_buffered_body as u64;
-    let replay = plan.retries().is_some() || plan.mirror.is_some();
-    let declared = content_length(&parts.headers);
-    // Bytes the app sent, once, however many attempts carry them.
-    let received = Metrics::bytes(&metrics.request_bytes, "outbound", &target.service);
-    let mut body = if incoming.is_end_stream() {
-        AttemptBody::Held(Bytes::new())
-    } else if replay && declared.is_some_and(|n| n <= limit) {
-        let b = incoming
-            .collect()
-            .await
-            .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?
-            .to_bytes();
-        received.inc_by(b.len() as u64);
-        AttemptBody::Held(b)
-    } else {
-        AttemptBody::Stream(crate::body::Counted::new(incoming, received))
-    };
-    let h3head = prepare_head(target, parts)?;
+    async fn inject_faults(&self) -> Result<(), ProxyError> {
+        let metrics = &self.inputs.metrics;
+        if let Some(d) = self.plan.fault.delay {
+            Metrics::count_reason(&metrics.faults, &self.plan.service, "delay");
+            tokio::time::sleep(d).await;
+        }
+        if let Some(status) = self.plan.fault.abort {
+            Metrics::count_reason(&metrics.faults, &self.plan.service, "abort");
+            return Err(ProxyError::Fault(status));
+        }
+        Ok(())
+    }
 
-    if let (Some(mirror), AttemptBody::Held(b)) = (plan.mirror.clone(), &body) {
-        Metrics::count(&metrics.mirrored, &plan.service);
-        mirror_copy(
-            inputs,
-            snapshot,
-            &mirror.service,
-            &mirror.selector,
-            &h3head,
-            b.clone(),
+    /// Hold the body when a retry or a mirror may need it again and it is small enough;
+    /// otherwise stream it (one attempt only).
+    async fn hold_body(
+        &self,
+        target: &Target,
+        headers: &http::HeaderMap,
+        incoming: Incoming,
+    ) -> Result<AttemptBody, ProxyError> {
+        let limit = self.inputs.tuning.retries.max_buffered_body as u64;
+        let replay = self.plan.retries().is_some() || self.plan.mirror.is_some();
+        // Bytes the app sent, once, however many attempts carry them.
+        let received = Metrics::bytes(
+            &self.inputs.metrics.request_bytes,
+            Direction::Outbound,
+            &target.service,
         );
+        if incoming.is_end_stream() {
+            return Ok(AttemptBody::Held(Bytes::new()));
+        }
+        if replay && content_length(headers).is_some_and(|n| n <= limit) {
+            let b = incoming
+                .collect()
+                .await
+                .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?
+                .to_bytes();
+            received.inc_by(b.len() as u64);
+            return Ok(AttemptBody::Held(b));
+        }
+        Ok(AttemptBody::Stream(crate::body::Counted::new(
+            incoming, received,
+        )))
     }
 
-    let overall = plan.timeout.unwrap_or(inputs.tuning.response_timeout);
-    let deadline = Instant::now() + overall;
-    if plan.retries().is_some() {
-        inputs
-            .budgets()
-            .for_plan(plan, &inputs.tuning.retries, Instant::now())
-            .deposit(Instant::now());
-    }
-    loop {
-        plan.attempts += 1;
-        let service = plan.backend.service.clone();
-        let svc = snapshot
-            .services
-            .get(&service)
-            .ok_or_else(|| ProxyError::NoRoute(format!("service {service:?} is not known")))?;
-        let now = Instant::now();
+    /// One attempt: lease an endpoint of the plan's backend, send within the per-try
+    /// timeout, and report the outcome to the balancer. An error here (no endpoint, every
+    /// endpoint at its limit) is final; a failed send is judged by the caller.
+    async fn attempt(
+        &mut self,
+        head: &Request<()>,
+        body: &mut AttemptBody,
+        deadline: Instant,
+    ) -> Result<(Result<Response<ProxyBody>, ProxyError>, Outcome), ProxyError> {
+        self.plan.attempts += 1;
+        let backend = self.plan.backend.clone();
         let rolls = [rand::random::<u32>(), rand::random::<u32>()];
-        let picked = inputs.with_balancer(snapshot, &service, |bal| {
-            match plan.pick_endpoint(&svc.workloads, bal, &snapshot.zone, now, rolls) {
-                Pick::Endpoint { address, .. } => bal
-                    .start(address, Stage::Pending, now)
-                    .map(|()| address)
-                    .map_err(|limit| limit.as_str()),
-                Pick::NoEndpoint => Err("no-endpoint"),
-                Pick::Overloaded => Err("max-requests"),
-            }
-        });
-        let address = match picked {
-            Ok(a) => a,
-            Err("no-endpoint") => return Err(ProxyError::NoEndpoint(service)),
-            Err(limit) => {
-                Metrics::count_reason(&metrics.overloads, &service, limit);
-                return Err(ProxyError::Overloaded(limit));
-            }
-        };
-        let Some(endpoint) = svc.endpoint(address).cloned() else {
-            inputs.with_balancer(snapshot, &service, |bal| bal.end(address, Stage::Pending));
-            return Err(ProxyError::NoEndpoint(service));
-        };
+        let mut lease = self
+            .routing
+            .lease(&backend.service, &backend.selector, Instant::now(), rolls)
+            .inspect_err(|e| {
+                if let ProxyError::Overloaded(limit) = e {
+                    let overloads = &self.inputs.metrics.overloads;
+                    Metrics::count_reason(overloads, &backend.service, limit);
+                }
+            })?;
+        self.plan.endpoint = Some((lease.address(), lease.tier));
         let left = deadline.saturating_duration_since(Instant::now());
-        let per_try = plan.per_try_timeout().map_or(left, |t| t.min(left));
-        let this_body = match &mut body {
+        let per_try = self.plan.per_try_timeout().map_or(left, |t| t.min(left));
+        let this_body = match body {
             AttemptBody::Held(b) => AttemptBody::Held(b.clone()),
             other => std::mem::replace(other, AttemptBody::Spent),
         };
         let sent_at = Instant::now();
-        // Pending until the attempt has its connection (circuit limit `max_pending`), then
-        // active until the response head (`max_requests`).
-        let connected = std::sync::atomic::AtomicBool::new(false);
-        let result = match tokio::time::timeout(
-            per_try,
-            send_once(inputs, &endpoint, &h3head, this_body, |peer| {
-                inputs.with_balancer(snapshot, &service, |bal| bal.connected(address));
-                connected.store(true, std::sync::atomic::Ordering::Relaxed);
-                *seen.lock().unwrap_or_else(|p| p.into_inner()) =
-                    (peer.trace_id.clone(), endpoint.identity.to_string());
-            }),
-        )
-        .await
-        {
+        let identity = lease.endpoint.identity.to_string();
+        let sent = send_once(self.inputs, &mut lease, head, this_body, |peer| {
+            self.connection = peer.trace_id.clone();
+            self.identity = identity;
+        });
+        let result = match tokio::time::timeout(per_try, sent).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::UpstreamTimeout(per_try)),
         };
         let now = Instant::now();
         let outcome = outcome_of(&result);
-        let ejected = inputs.with_balancer(snapshot, &service, |bal| {
-            bal.end(
-                address,
-                if connected.load(std::sync::atomic::Ordering::Relaxed) {
-                    Stage::Active
-                } else {
-                    Stage::Pending
-                },
-            );
-            if let Ok(resp) = &result {
-                bal.observe(address, now - sent_at, now);
-                if let Some(load) = resp
+        let report = match &result {
+            Ok(resp) => Report {
+                success: outcome.is_success(),
+                latency: Some(now - sent_at),
+                load: resp
                     .headers()
                     .get(LOAD_HEADER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(parse_load)
-                {
-                    bal.report_load(address, load, now);
-                }
-            }
-            matches!(
-                bal.record(address, outcome.is_success(), now),
-                Recorded::Ejected { .. }
-            )
-        });
-        if ejected {
-            Metrics::count(&metrics.ejections, &service);
-        }
-        let Some(retries) = plan.retries().cloned() else {
-            return result;
+                    .and_then(parse_load),
+            },
+            Err(_) => Report {
+                success: false,
+                latency: None,
+                load: None,
+            },
         };
-        let body_state = match &body {
+        if lease.finish(report, now) {
+            Metrics::count(&self.inputs.metrics.ejections, &backend.service);
+        }
+        Ok((result, outcome))
+    }
+}
+
+impl AttemptBody {
+    /// What retries need to know about the body.
+    fn state(&self) -> BodyState {
+        match self {
             AttemptBody::Held(b) if b.is_empty() => BodyState::Empty,
             AttemptBody::Held(b) => BodyState::Buffered(b.len()),
             _ => BodyState::NotHeld,
-        };
-        let attempt = Attempt {
-            made: plan.attempts,
-            outcome,
-            method: h3head.method().as_str(),
-            body: body_state,
-        };
-        let decision = {
-            let mut budgets = inputs.budgets();
-            let budget = budgets.for_plan(plan, &inputs.tuning.retries, now);
-            retry::decide(
-                &retries,
-                &inputs.tuning.retries,
-                budget,
-                &attempt,
-                now,
-                Some(deadline),
-                rand::random::<f64>(),
-            )
-        };
-        match decision {
-            RetryDecision::Retry { backoff, .. } => {
-                Metrics::count(&metrics.retries, &plan.service);
-                // The failed attempt's response (if any) is dropped here, resetting its stream.
-                drop(result);
-                tokio::time::sleep(backoff).await;
-            }
-            RetryDecision::Final(f) => {
-                if !outcome.is_success() && !matches!(f, retry::Final::NotRetriable) {
-                    Metrics::count_reason(&metrics.retry_stops, &plan.service, f.as_str());
-                }
-                return result;
-            }
         }
     }
 }
@@ -299,17 +314,12 @@ fn outcome_of(result: &Result<Response<ProxyBody>, ProxyError>) -> Outcome {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
         },
-        Err(e) => match e {
-            ProxyError::PeerConnect { .. }
-            | ProxyError::PeerHandshake { .. }
-            | ProxyError::PeerIdentityMismatch { .. }
-            | ProxyError::UpstreamConnect(_)
-            | ProxyError::Overloaded(_)
-            | ProxyError::Draining => Outcome::ConnectFailure,
-            ProxyError::UpstreamTimeout(_) => Outcome::Timeout,
-            ProxyError::UpstreamReset(_) => Outcome::Reset,
-            other => Outcome::Response {
-                status: other.status().as_u16(),
+        Err(e) => match e.kind().attempt_failure() {
+            AttemptFailure::Connect => Outcome::ConnectFailure,
+            AttemptFailure::Timeout => Outcome::Timeout,
+            AttemptFailure::Reset => Outcome::Reset,
+            AttemptFailure::Answered => Outcome::Response {
+                status: e.status().as_u16(),
                 grpc_status: None,
             },
         },
@@ -334,16 +344,17 @@ fn prepare_head(target: &Target, parts: http::request::Parts) -> Result<Request<
     Ok(h3req)
 }
 
-/// One attempt: send the head and body to `endpoint`, return the response head with its body
-/// streaming.
+/// One attempt: send the head and body to the leased endpoint, return the response head with
+/// its body streaming.
 async fn send_once(
     inputs: &Inputs,
-    endpoint: &Endpoint,
+    lease: &mut Lease,
     head: &Request<()>,
     body: AttemptBody,
     on_connected: impl FnOnce(&PeerConn),
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (peer, stream) = open_stream(inputs, endpoint, head.clone()).await?;
+    let (peer, stream) = open_stream(inputs, &lease.endpoint, head.clone()).await?;
+    lease.connected();
     on_connected(&peer);
     let (mut tx, mut rx) = stream.split();
     match body {
@@ -389,39 +400,47 @@ async fn send_once(
 }
 
 /// Send a copy of the request to an endpoint of the mirror backend and discard the answer.
-/// Runs on its own task: the primary request never waits for it.
+/// Runs on its own task: the primary request never waits for it. The copy takes a lease
+/// like any attempt (circuit limits, outlier detection of the mirror's endpoints).
 fn mirror_copy(
     inputs: &Arc<Inputs>,
-    snapshot: &Arc<Snapshot>,
-    service: &str,
-    selector: &crate::policy::Labels,
+    routing: &Arc<Routing>,
+    mirror: &Backend,
     head: &Request<()>,
     body: Bytes,
 ) {
-    let Some(svc) = snapshot.services.get(service) else {
+    let rolls = [rand::random::<u32>(), rand::random::<u32>()];
+    let Ok(mut lease) = routing.lease(&mirror.service, &mirror.selector, Instant::now(), rolls)
+    else {
         return;
     };
-    let candidates: Vec<&Endpoint> = svc
-        .endpoints
-        .iter()
-        .filter(|e| crate::policy::selects(selector, &e.labels))
-        .collect();
-    if candidates.is_empty() {
-        return;
-    }
-    let endpoint = candidates[inputs.next_turn() % candidates.len()].clone();
     let mut head = head.clone();
-    if let Ok(v) = HeaderValue::from_str(service) {
+    if let Ok(v) = HeaderValue::from_str(&mirror.service) {
         head.headers_mut().insert(TARGET_HEADER, v);
     }
     let inputs = inputs.clone();
     tokio::spawn(async move {
         let timeout = Duration::from_secs(10).min(inputs.tuning.response_timeout);
-        let r = tokio::time::timeout(
-            timeout,
-            send_once(&inputs, &endpoint, &head, AttemptBody::Held(body), |_| {}),
-        )
-        .await;
+        let sent_at = Instant::now();
+        let sent = send_once(&inputs, &mut lease, &head, AttemptBody::Held(body), |_| {});
+        let r = tokio::time::timeout(timeout, sent).await;
+        let now = Instant::now();
+        let service = lease.service().to_string();
+        let report = match &r {
+            Ok(Ok(resp)) => Report {
+                success: resp.status().as_u16() < 500,
+                latency: Some(now - sent_at),
+                load: None,
+            },
+            _ => Report {
+                success: false,
+                latency: None,
+                load: None,
+            },
+        };
+        if lease.finish(report, now) {
+            Metrics::count(&inputs.metrics.ejections, &service);
+        }
         if let Ok(Ok(resp)) = r {
             // Read and drop the mirror's answer so its stream ends cleanly.
             let _ = resp.into_body().collect().await;

@@ -1,10 +1,168 @@
-//! The data path's error, classified at the edge: each maps to a status code, the
-//! `quiver-error` reason an app sees, a metric label, and whether a retry may help.
+//! The data path's error, classified at the edge. [`ErrorKind`] is the one table of what
+//! each kind means: the `quiver-error` reason on the wire (also the metric label), the
+//! status code, whether another attempt is safe, which side failed, and what a retry or
+//! outlier policy sees. Header round-trips, metrics and retry judgement all read it.
+
+use std::time::Duration;
 
 use http::StatusCode;
 
 /// Header carrying the reason on every response the proxy itself generates.
 pub const ERROR_HEADER: &str = "quiver-error";
+
+/// Which way a request or stream crosses this proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the local app, out to the mesh.
+    Outbound,
+    /// From the mesh, in to the local app.
+    Inbound,
+}
+
+impl Direction {
+    /// The metric label and access-log field.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// Where a failure happened, for an operator deciding whom to page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// This proxy refused or could not route (policy, bad input, draining, overload).
+    Local,
+    /// The peer proxy or the path to it (QUIC, TLS, identity).
+    Peer,
+    /// The app behind the serving proxy.
+    App,
+}
+
+/// What an attempt's failure looks like to retry and outlier policies. It also decides
+/// retry safety: after `Connect` nothing reached an app, so any method may be tried again;
+/// after `Timeout` or `Reset` the app may have done the work, so only idempotent methods
+/// are (`policy::retry::eligible`); `Answered` is judged by its status like any response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// Nothing reached an app.
+    Connect,
+    /// No response head in time.
+    Timeout,
+    /// The stream broke before a response head.
+    Reset,
+    /// The proxy answered itself; policies see its status code.
+    Answered,
+}
+
+/// The kinds of [`ProxyError`], with everything that is decided per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    NoRoute,
+    NoEndpoint,
+    PeerIdentityMismatch,
+    PeerHandshake,
+    PeerConnect,
+    UpstreamConnect,
+    UpstreamTimeout,
+    UpstreamReset,
+    BadRequest,
+    HeaderTooLarge,
+    Draining,
+    Overloaded,
+    Denied,
+    Fault,
+}
+
+/// One row of the table.
+struct Row {
+    reason: &'static str,
+    status: StatusCode,
+    side: Side,
+    attempt: AttemptFailure,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 14] = [
+        ErrorKind::NoRoute,
+        ErrorKind::NoEndpoint,
+        ErrorKind::PeerIdentityMismatch,
+        ErrorKind::PeerHandshake,
+        ErrorKind::PeerConnect,
+        ErrorKind::UpstreamConnect,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::UpstreamReset,
+        ErrorKind::BadRequest,
+        ErrorKind::HeaderTooLarge,
+        ErrorKind::Draining,
+        ErrorKind::Overloaded,
+        ErrorKind::Denied,
+        ErrorKind::Fault,
+    ];
+
+    const fn row(self) -> Row {
+        use AttemptFailure::{Answered, Connect, Reset, Timeout};
+        use Side::{App, Local, Peer};
+        use StatusCode as S;
+        let (reason, status, side, attempt) = match self {
+            ErrorKind::NoRoute => ("no-route", S::NOT_FOUND, Local, Answered),
+            ErrorKind::NoEndpoint => ("no-endpoint", S::SERVICE_UNAVAILABLE, Local, Answered),
+            ErrorKind::PeerIdentityMismatch => {
+                ("peer-identity-mismatch", S::BAD_GATEWAY, Peer, Connect)
+            }
+            ErrorKind::PeerHandshake => ("peer-handshake", S::BAD_GATEWAY, Peer, Connect),
+            ErrorKind::PeerConnect => ("peer-connect", S::SERVICE_UNAVAILABLE, Peer, Connect),
+            ErrorKind::UpstreamConnect => {
+                ("upstream-connect", S::SERVICE_UNAVAILABLE, App, Connect)
+            }
+            ErrorKind::UpstreamTimeout => ("upstream-timeout", S::GATEWAY_TIMEOUT, App, Timeout),
+            ErrorKind::UpstreamReset => ("upstream-reset", S::BAD_GATEWAY, App, Reset),
+            ErrorKind::BadRequest => ("bad-request", S::BAD_REQUEST, Local, Answered),
+            ErrorKind::HeaderTooLarge => (
+                "header-too-large",
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Local,
+                Answered,
+            ),
+            ErrorKind::Draining => ("draining", S::SERVICE_UNAVAILABLE, Local, Connect),
+            ErrorKind::Overloaded => ("overloaded", S::SERVICE_UNAVAILABLE, Local, Connect),
+            ErrorKind::Denied => ("denied", S::FORBIDDEN, Local, Answered),
+            // The status is the route's; this one is only the fallback.
+            ErrorKind::Fault => ("fault", S::SERVICE_UNAVAILABLE, Local, Answered),
+        };
+        Row {
+            reason,
+            status,
+            side,
+            attempt,
+        }
+    }
+
+    /// The `quiver-error` value and metric label.
+    pub const fn reason(self) -> &'static str {
+        self.row().reason
+    }
+
+    /// The kind a `quiver-error` value names; None for anything else, so a label built
+    /// from a peer's header stays bounded.
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.reason() == reason)
+    }
+
+    pub const fn status(self) -> StatusCode {
+        self.row().status
+    }
+
+    pub const fn side(self) -> Side {
+        self.row().side
+    }
+
+    /// How retry and outlier policies count an attempt that failed this way.
+    pub const fn attempt_failure(self) -> AttemptFailure {
+        self.row().attempt
+    }
+}
 
 /// Why the proxy could not deliver a request or stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,7 +191,7 @@ pub enum ProxyError {
     UpstreamConnect(String),
     /// No response head within the response timeout.
     #[error("no response within {0:?}")]
-    UpstreamTimeout(std::time::Duration),
+    UpstreamTimeout(Duration),
     /// The stream or connection broke mid-request.
     #[error("upstream reset: {0}")]
     UpstreamReset(String),
@@ -58,56 +216,118 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ProxyError::NoRoute(_) => ErrorKind::NoRoute,
+            ProxyError::NoEndpoint(_) => ErrorKind::NoEndpoint,
+            ProxyError::PeerIdentityMismatch { .. } => ErrorKind::PeerIdentityMismatch,
+            ProxyError::PeerHandshake { .. } => ErrorKind::PeerHandshake,
+            ProxyError::PeerConnect { .. } => ErrorKind::PeerConnect,
+            ProxyError::UpstreamConnect(_) => ErrorKind::UpstreamConnect,
+            ProxyError::UpstreamTimeout(_) => ErrorKind::UpstreamTimeout,
+            ProxyError::UpstreamReset(_) => ErrorKind::UpstreamReset,
+            ProxyError::BadRequest(_) => ErrorKind::BadRequest,
+            ProxyError::HeaderTooLarge { .. } => ErrorKind::HeaderTooLarge,
+            ProxyError::Draining => ErrorKind::Draining,
+            ProxyError::Overloaded(_) => ErrorKind::Overloaded,
+            ProxyError::Denied(_) => ErrorKind::Denied,
+            ProxyError::Fault(_) => ErrorKind::Fault,
+        }
+    }
+
     /// The `quiver-error` value and metric label.
     pub fn reason(&self) -> &'static str {
-        match self {
-            ProxyError::NoRoute(_) => "no-route",
-            ProxyError::NoEndpoint(_) => "no-endpoint",
-            ProxyError::PeerIdentityMismatch { .. } => "peer-identity-mismatch",
-            ProxyError::PeerHandshake { .. } => "peer-handshake",
-            ProxyError::PeerConnect { .. } => "peer-connect",
-            ProxyError::UpstreamConnect(_) => "upstream-connect",
-            ProxyError::UpstreamTimeout(_) => "upstream-timeout",
-            ProxyError::UpstreamReset(_) => "upstream-reset",
-            ProxyError::BadRequest(_) => "bad-request",
-            ProxyError::HeaderTooLarge { .. } => "header-too-large",
-            ProxyError::Draining => "draining",
-            ProxyError::Overloaded(_) => "overloaded",
-            ProxyError::Denied(_) => "denied",
-            ProxyError::Fault(_) => "fault",
-        }
+        self.kind().reason()
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::PeerIdentityMismatch { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::PeerHandshake { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::PeerConnect { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamConnect(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
-            ProxyError::Fault(s) => {
-                StatusCode::from_u16(*s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
-            }
+            ProxyError::Fault(s) => StatusCode::from_u16(*s).unwrap_or(self.kind().status()),
+            _ => self.kind().status(),
         }
     }
 
-    /// Whether the request certainly did not reach an app, so another attempt is safe.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::NoEndpoint(_)
-                | ProxyError::PeerConnect { .. }
-                | ProxyError::UpstreamConnect(_)
-                | ProxyError::Draining
-                | ProxyError::Overloaded(_)
-        )
+    /// The error a peer proxy meant by refusing a stream with `status` and the `quiver-error`
+    /// `kind` (`what` says what was asked, for the message). A refusal without a known
+    /// reason came from the peer's app; kinds that only make sense on the peer's side (its
+    /// policy, its overload) arrive here as a reset of this stream.
+    pub fn from_peer(kind: Option<ErrorKind>, status: StatusCode, what: &str) -> ProxyError {
+        let detail = format!("peer answered {status} to {what}");
+        match kind {
+            Some(ErrorKind::NoRoute) => ProxyError::NoRoute(detail),
+            Some(ErrorKind::UpstreamTimeout) => ProxyError::UpstreamTimeout(Duration::ZERO),
+            Some(ErrorKind::Draining) => ProxyError::Draining,
+            Some(ErrorKind::UpstreamConnect) | None => ProxyError::UpstreamConnect(detail),
+            Some(other) => ProxyError::UpstreamReset(format!("{detail} ({})", other.reason())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_round_trips_and_is_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in ErrorKind::ALL {
+            assert!(seen.insert(kind.reason()), "{kind:?} reuses a reason");
+            assert_eq!(ErrorKind::from_reason(kind.reason()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_reason("made-up"), None);
+        assert_eq!(ErrorKind::from_reason(""), None);
+    }
+
+    #[test]
+    fn failures_before_any_app_saw_the_request_count_as_connect_failures() {
+        use AttemptFailure::*;
+        let connect: Vec<_> = ErrorKind::ALL
+            .into_iter()
+            .filter(|k| k.attempt_failure() == Connect)
+            .collect();
+        assert_eq!(
+            connect,
+            [
+                ErrorKind::PeerIdentityMismatch,
+                ErrorKind::PeerHandshake,
+                ErrorKind::PeerConnect,
+                ErrorKind::UpstreamConnect,
+                ErrorKind::Draining,
+                ErrorKind::Overloaded,
+            ]
+        );
+        assert_eq!(ErrorKind::UpstreamTimeout.attempt_failure(), Timeout);
+        assert_eq!(ErrorKind::UpstreamReset.attempt_failure(), Reset);
+        assert_eq!(ErrorKind::NoEndpoint.attempt_failure(), Answered);
+    }
+
+    #[test]
+    fn a_fault_answers_with_the_routes_status() {
+        assert_eq!(
+            ProxyError::Fault(429).status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(ProxyError::Fault(429).reason(), "fault");
+        assert_eq!(
+            ProxyError::Fault(42).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn a_peer_refusal_keeps_its_kind() {
+        let s = StatusCode::SERVICE_UNAVAILABLE;
+        assert_eq!(
+            ProxyError::from_peer(Some(ErrorKind::Draining), s, "CONNECT"),
+            ProxyError::Draining
+        );
+        assert_eq!(
+            ProxyError::from_peer(None, s, "CONNECT").kind(),
+            ErrorKind::UpstreamConnect
+        );
+        assert_eq!(
+            ProxyError::from_peer(Some(ErrorKind::Overloaded), s, "CONNECT").kind(),
+            ErrorKind::UpstreamReset
+        );
     }
 }

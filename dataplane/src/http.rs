@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Uri};
 
 use crate::body::{self, ProxyBody};
-use crate::errors::{ERROR_HEADER, ProxyError};
+use crate::errors::{Direction, ERROR_HEADER, ErrorKind, ProxyError};
 use crate::metrics::{DurationLabels, Metrics, RequestLabels, status_class};
 
 /// Mesh-internal header naming the destination `service[:port]` on the hop between proxies.
@@ -104,30 +104,14 @@ pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
     resp
 }
 
-/// The `quiver-error` reason on a response, if the proxy (this one or the peer) made it.
-pub fn error_reason(headers: &HeaderMap) -> &'static str {
-    const KNOWN: [&str; 14] = [
-        "no-route",
-        "no-endpoint",
-        "peer-identity-mismatch",
-        "peer-handshake",
-        "peer-connect",
-        "upstream-connect",
-        "upstream-timeout",
-        "upstream-reset",
-        "bad-request",
-        "header-too-large",
-        "draining",
-        "overloaded",
-        "denied",
-        "fault",
-    ];
-    // Matching against our own list keeps the metric label bounded whatever a peer sends.
+/// The `quiver-error` kind on a response, if a proxy (this one or the peer) made it. Only
+/// kinds from [`ErrorKind`]'s table are recognised, which keeps metric labels bounded
+/// whatever a peer sends.
+pub fn error_kind(headers: &HeaderMap) -> Option<ErrorKind> {
     headers
         .get(ERROR_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| KNOWN.iter().find(|k| **k == v).copied())
-        .unwrap_or("")
+        .and_then(ErrorKind::from_reason)
 }
 
 /// One request's outcome, recorded exactly once: in [`RequestRecord::finish`] when the
@@ -135,7 +119,7 @@ pub fn error_reason(headers: &HeaderMap) -> &'static str {
 /// before a response. Drain accounting is separate: it must cover the body too.
 pub struct RequestRecord<'a> {
     metrics: &'a Metrics,
-    direction: &'static str,
+    direction: Direction,
     service: String,
     /// The calling service (outbound: this proxy's; inbound: the peer's).
     source: String,
@@ -157,7 +141,7 @@ pub struct RequestRecord<'a> {
 impl<'a> RequestRecord<'a> {
     pub fn new(
         metrics: &'a Metrics,
-        direction: &'static str,
+        direction: Direction,
         method: http::Method,
         path: String,
     ) -> Self {
@@ -225,9 +209,15 @@ impl<'a> RequestRecord<'a> {
         self.detail = detail;
     }
 
-    /// Record the response status (and the proxy's error reason, "" for app responses).
-    pub fn finish(mut self, status: StatusCode, error: &'static str) {
-        self.record(status_class(status.as_u16()), status.as_u16(), error);
+    /// Record the response status, and the kind of error when a proxy made the response.
+    pub fn finish(mut self, status: StatusCode, error: Option<ErrorKind>) {
+        let reason = error.map_or("", ErrorKind::reason);
+        self.record(status_class(status.as_u16()), status.as_u16(), reason);
+    }
+
+    /// Record a request this proxy answered with an error.
+    pub fn fail(self, e: &ProxyError) {
+        self.finish(e.status(), Some(e.kind()));
     }
 
     fn record(&mut self, class: &'static str, status: u16, error: &'static str) {
@@ -236,7 +226,7 @@ impl<'a> RequestRecord<'a> {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                direction: self.direction,
+                direction: self.direction.as_str(),
                 service: self.service.clone(),
                 source: self.source.clone(),
                 route: self.route.clone(),
@@ -248,7 +238,7 @@ impl<'a> RequestRecord<'a> {
         self.metrics
             .request_duration
             .get_or_create(&DurationLabels {
-                direction: self.direction,
+                direction: self.direction.as_str(),
                 service: self.service.clone(),
                 source: self.source.clone(),
                 route: self.route.clone(),
@@ -268,7 +258,7 @@ impl<'a> RequestRecord<'a> {
         };
         tracing::info!(
             target: "access",
-            direction = self.direction,
+            direction = self.direction.as_str(),
             dst.service = %self.service,
             src.service = %self.source,
             src.peer = %self.peer,
@@ -375,11 +365,12 @@ mod tests {
     }
 
     #[test]
-    fn error_reason_is_bounded_to_known_values() {
+    fn error_kind_is_bounded_to_known_values() {
         let mut h = HeaderMap::new();
+        assert_eq!(error_kind(&h), None);
         h.insert(ERROR_HEADER, HeaderValue::from_static("no-endpoint"));
-        assert_eq!(error_reason(&h), "no-endpoint");
+        assert_eq!(error_kind(&h), Some(ErrorKind::NoEndpoint));
         h.insert(ERROR_HEADER, HeaderValue::from_static("made-up-by-a-peer"));
-        assert_eq!(error_reason(&h), "");
+        assert_eq!(error_kind(&h), None);
     }
 }

@@ -24,10 +24,10 @@ use tokio::net::TcpStream;
 use crate::Inputs;
 use crate::body::{self, H3Body, ProxyBody};
 use crate::config::paths::PathClass;
-use crate::errors::ProxyError;
+use crate::errors::{Direction, ProxyError};
 use crate::http::{
-    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, error_reason,
-    rebase_uri, strip_hop_by_hop,
+    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, error_kind, rebase_uri,
+    strip_hop_by_hop,
 };
 use crate::metrics::Metrics;
 use crate::outbound::{content_length, record_tunnel};
@@ -156,7 +156,12 @@ async fn request(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let mut record = RequestRecord::new(&inputs.metrics, "inbound", req.method().clone(), path);
+    let mut record = RequestRecord::new(
+        &inputs.metrics,
+        Direction::Inbound,
+        req.method().clone(),
+        path,
+    );
     record.set_peer(peer.as_str());
     // The server span continues the caller's trace; the app sees it as the parent.
     let span = record.trace_request(&inputs, req.headers_mut(), SpanKind::Server);
@@ -172,7 +177,7 @@ async fn request(
     let port = match decided {
         Ok(p) => p,
         Err(e) => {
-            record.finish(e.status(), e.reason());
+            record.fail(&e);
             send_error(&mut stream, &e).await;
             return;
         }
@@ -188,7 +193,7 @@ async fn request(
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
             let status = parts.status;
-            let error = error_reason(&parts.headers);
+            let error = error_kind(&parts.headers);
             if let Some(span) = record.span_mut() {
                 span.response_bytes = crate::outbound::content_length(&parts.headers).unwrap_or(0);
             }
@@ -198,13 +203,17 @@ async fn request(
                 return;
             }
             record.finish(status, error);
-            let sent = Metrics::bytes(&inputs.metrics.response_bytes, "inbound", &port.service);
+            let sent = Metrics::bytes(
+                &inputs.metrics.response_bytes,
+                Direction::Inbound,
+                &port.service,
+            );
             if let Err(e) = body::send_body(body::Counted::new(body, sent), &mut tx).await {
                 tracing::debug!(error = %e, "response body aborted");
             }
         }
         Err(e) => {
-            record.finish(e.status(), e.reason());
+            record.fail(&e);
             send_error(&mut tx, &e).await;
         }
     }
@@ -310,7 +319,11 @@ async fn forward(
     ) {
         body.settle().await;
     }
-    let received = Metrics::bytes(&inputs.metrics.request_bytes, "inbound", &port.service);
+    let received = Metrics::bytes(
+        &inputs.metrics.request_bytes,
+        Direction::Inbound,
+        &port.service,
+    );
     let counted = crate::body::Counted::new(body.boxed(), received);
     let mut out = Request::new(http_body_util::BodyExt::boxed_unsync(counted));
     *out.method_mut() = parts.method;
@@ -356,13 +369,25 @@ async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
         Ok(Err(e)) => {
             let err = ProxyError::UpstreamConnect(format!("{}: {e}", port.app));
             send_error(&mut stream, &err).await;
-            record_tunnel(inputs, "inbound", &port.service, Default::default(), true);
+            record_tunnel(
+                inputs,
+                Direction::Inbound,
+                &port.service,
+                Default::default(),
+                true,
+            );
             return;
         }
         Err(_) => {
             let err = ProxyError::UpstreamConnect(format!("{}: connect timed out", port.app));
             send_error(&mut stream, &err).await;
-            record_tunnel(inputs, "inbound", &port.service, Default::default(), true);
+            record_tunnel(
+                inputs,
+                Direction::Inbound,
+                &port.service,
+                Default::default(),
+                true,
+            );
             return;
         }
     };
@@ -374,7 +399,13 @@ async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
     }
     let (tx, rx) = stream.split();
     let (bytes, err) = crate::tunnel::pump(sock, tx, rx).await;
-    record_tunnel(inputs, "inbound", &port.service, bytes, err.is_some());
+    record_tunnel(
+        inputs,
+        Direction::Inbound,
+        &port.service,
+        bytes,
+        err.is_some(),
+    );
 }
 
 /// Pooled HTTP clients to local apps, one per (address, protocol).

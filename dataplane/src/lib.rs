@@ -27,9 +27,9 @@ pub mod snapshot;
 pub mod trace;
 pub mod transport;
 pub mod tunnel;
+pub mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
@@ -45,23 +45,17 @@ use crate::transport::Transport;
 
 /// Everything the data path shares, passed as one `Arc`.
 pub struct Inputs {
-    snapshot: RwLock<Arc<Snapshot>>,
+    /// The installed snapshot with its services' runtime state ([`upstream`]).
+    routing: RwLock<Arc<upstream::Routing>>,
     pub transport: Transport,
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
     pub tuning: Tuning,
     pub apps: inbound::AppClients,
-    turn: AtomicUsize,
     identity: RwLock<identity::IdentityStatus>,
     /// Why the proxy is not ready to serve yet (`None`: ready). Control-plane mode starts
     /// with "waiting for the first snapshot"; static mode starts ready.
     waiting: tokio::sync::watch::Sender<Option<String>>,
-    /// Per-service balancer state (latency, outstanding, ejections), kept across snapshots;
-    /// the number is the address of the snapshot it was last synced with.
-    balancers:
-        std::sync::Mutex<std::collections::HashMap<String, (usize, policy::balance::Balancer)>>,
-    /// Retry budgets per (service, rule), kept across snapshots.
-    budgets: std::sync::Mutex<policy::plan::Budgets>,
     /// Spans and edge counts for the control plane (control-plane mode only).
     pub telemetry: Option<trace::Telemetry>,
     /// This proxy's own service: `--service` when joined, else the service account of its
@@ -72,15 +66,27 @@ pub struct Inputs {
 impl Inputs {
     /// The current snapshot (cheap: an `Arc` clone).
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
+        self.routing().snapshot.clone()
+    }
+
+    /// The current snapshot with its services' runtime state (cheap: an `Arc` clone).
+    pub fn routing(&self) -> Arc<upstream::Routing> {
+        self.routing
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Replace the snapshot; requests already decided keep the one they started with.
+    /// Install a snapshot, carrying each service's balancer and budget state over by name;
+    /// requests already decided keep the routing they started with.
     pub fn set_snapshot(&self, s: Snapshot) {
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+        let mut cur = self.routing.write().unwrap_or_else(|p| p.into_inner());
+        *cur = Arc::new(upstream::Routing::install(
+            Arc::new(s),
+            Some(&cur),
+            &self.tuning.balancing,
+            std::time::Instant::now(),
+        ));
     }
 
     /// The identity currently presented to new peers.
@@ -118,43 +124,6 @@ impl Inputs {
             *w = why;
             changed
         });
-    }
-
-    /// Run `f` on `service`'s balancer, first bringing its endpoint set in line with
-    /// `snapshot` if the snapshot changed since the last call.
-    pub fn with_balancer<T>(
-        &self,
-        snapshot: &Arc<Snapshot>,
-        service: &str,
-        f: impl FnOnce(&mut policy::balance::Balancer) -> T,
-    ) -> T {
-        let mut map = self.balancers.lock().unwrap_or_else(|p| p.into_inner());
-        let stamp = Arc::as_ptr(snapshot) as usize;
-        let entry = map.entry(service.to_string()).or_insert_with(|| {
-            (
-                0,
-                policy::balance::Balancer::new(self.tuning.balancing.clone()),
-            )
-        });
-        if entry.0 != stamp {
-            let addrs: Vec<SocketAddr> = snapshot
-                .services
-                .get(service)
-                .map(|s| s.endpoints.iter().map(|e| e.address).collect())
-                .unwrap_or_default();
-            entry.1.sync(&addrs, std::time::Instant::now());
-            entry.0 = stamp;
-        }
-        f(&mut entry.1)
-    }
-
-    /// The retry budgets.
-    pub fn budgets(&self) -> std::sync::MutexGuard<'_, policy::plan::Budgets> {
-        self.budgets.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn next_turn(&self) -> usize {
-        self.turn.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -270,13 +239,17 @@ impl Proxy {
                 .unwrap_or_default(),
         };
         let inputs = Arc::new(Inputs {
-            snapshot: RwLock::new(Arc::new(config.snapshot.clone())),
+            routing: RwLock::new(Arc::new(upstream::Routing::install(
+                Arc::new(config.snapshot.clone()),
+                None,
+                &b.tuning.balancing,
+                std::time::Instant::now(),
+            ))),
             transport,
             metrics,
             drain: Drain::new(),
             tuning: b.tuning.clone(),
             apps: inbound::AppClients::default(),
-            turn: AtomicUsize::new(0),
             identity: RwLock::new(identity::IdentityStatus::of(
                 identity,
                 b.identity.as_ref(),
@@ -287,8 +260,6 @@ impl Proxy {
                     .as_ref()
                     .map(|_| "waiting for the first snapshot from the control plane".to_string()),
             ),
-            balancers: Default::default(),
-            budgets: Default::default(),
             telemetry: session.as_ref().map(|s| {
                 trace::Telemetry::new(s.settings().service.clone(), s.settings().span_queue)
             }),

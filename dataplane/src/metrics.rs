@@ -378,12 +378,12 @@ impl Metrics {
     /// [`crate::body::Counted`] body.
     pub fn bytes(
         family: &Family<TcpLabels, Counter>,
-        direction: &'static str,
+        direction: crate::errors::Direction,
         service: &str,
     ) -> Counter {
         family
             .get_or_create(&TcpLabels {
-                direction,
+                direction: direction.as_str(),
                 service: service.to_string(),
             })
             .clone()

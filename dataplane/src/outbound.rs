@@ -6,10 +6,11 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::Inputs;
 use crate::body::{self, ProxyBody};
-use crate::errors::ProxyError;
-use crate::http::{RequestRecord, authority_of, check_header_size, error_reason, error_response};
+use crate::errors::{Direction, ErrorKind, ProxyError};
+use crate::http::{RequestRecord, authority_of, check_header_size, error_kind, error_response};
 use crate::metrics::{Metrics, TcpConnLabels, TcpLabels};
 use crate::snapshot::{Endpoint, Protocol, Target};
 use crate::trace::SpanKind;
@@ -106,7 +107,12 @@ async fn handle(
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let inflight = inputs.drain.track();
-    let mut record = RequestRecord::new(&inputs.metrics, "outbound", req.method().clone(), path);
+    let mut record = RequestRecord::new(
+        &inputs.metrics,
+        Direction::Outbound,
+        req.method().clone(),
+        path,
+    );
     let result = async {
         if inputs.drain.is_draining() {
             return Err(ProxyError::Draining);
@@ -150,15 +156,18 @@ async fn handle(
             if let Some(span) = record.span_mut() {
                 span.response_bytes = content_length(resp.headers()).unwrap_or(0);
             }
-            let counter =
-                Metrics::bytes(&inputs.metrics.response_bytes, "outbound", record.service());
-            record.finish(resp.status(), error_reason(resp.headers()));
+            let counter = Metrics::bytes(
+                &inputs.metrics.response_bytes,
+                Direction::Outbound,
+                record.service(),
+            );
+            record.finish(resp.status(), error_kind(resp.headers()));
             // The body still streams after this returns; drain waits for it to end.
             resp.map(|b| body::guarded(body::Counted::new(b, counter).boxed_unsync(), inflight))
         }
         Err(e) => {
             tracing::debug!(error = %e, "outbound request failed");
-            record.finish(e.status(), e.reason());
+            record.fail(&e);
             error_response(&e)
         }
     }
@@ -224,35 +233,49 @@ async fn open_tunnel(
         .uri(authority.as_str())
         .body(())
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    let snapshot = inputs.snapshot();
-    // Tunnels are opaque: Routes (HTTP rules) do not apply; the service's endpoints take
-    // turns.
-    let endpoint = snapshot
-        .resolve_outbound(target, inputs.next_turn())?
-        .endpoint
-        .clone();
-    let (peer, mut stream) = open_stream(inputs, &endpoint, req).await?;
+    // Tunnels are opaque: Routes (HTTP rules) do not apply; any endpoint of the service,
+    // chosen by the same balancer as HTTP attempts. The lease covers the CONNECT (to the
+    // peer's 2xx), like an HTTP attempt's covers the request to its response head.
+    let rolls = [rand::random::<u32>(), rand::random::<u32>()];
+    let mut lease = inputs.routing().lease(
+        &target.service,
+        &crate::policy::Labels::default(),
+        Instant::now(),
+        rolls,
+    )?;
+    let sent_at = Instant::now();
+    let result = connect_stream(inputs, &mut lease, req).await;
+    let now = Instant::now();
+    let report = crate::upstream::Report {
+        success: result.is_ok(),
+        latency: result.as_ref().ok().map(|_| now - sent_at),
+        load: None,
+    };
+    if lease.finish(report, now) {
+        Metrics::count(&inputs.metrics.ejections, &target.service);
+    }
+    result
+}
+
+async fn connect_stream(
+    inputs: &Inputs,
+    lease: &mut crate::upstream::Lease,
+    req: Request<()>,
+) -> Result<(PeerConn, ClientStream), ProxyError> {
+    let (peer, mut stream) = open_stream(inputs, &lease.endpoint, req).await?;
+    lease.connected();
     let resp = tokio::time::timeout(inputs.tuning.response_timeout, stream.recv_response())
         .await
         .map_err(|_| ProxyError::UpstreamTimeout(inputs.tuning.response_timeout))?
         .map_err(|e| classify_h3_conn(&peer_addr(&peer), &peer.conn, &e.to_string()))?;
     if !resp.status().is_success() {
-        return Err(remote_refusal(resp.status(), resp.headers()));
+        return Err(ProxyError::from_peer(
+            error_kind(resp.headers()),
+            resp.status(),
+            "CONNECT",
+        ));
     }
     Ok((peer, stream))
-}
-
-/// Rebuild the peer's error (its reason header) for a refused CONNECT.
-fn remote_refusal(status: StatusCode, headers: &http::HeaderMap) -> ProxyError {
-    match error_reason(headers) {
-        "no-route" => ProxyError::NoRoute(format!("peer answered {status}")),
-        "upstream-timeout" => ProxyError::UpstreamTimeout(std::time::Duration::ZERO),
-        "draining" => ProxyError::Draining,
-        "upstream-connect" | "" => {
-            ProxyError::UpstreamConnect(format!("peer answered {status} to CONNECT"))
-        }
-        other => ProxyError::UpstreamReset(format!("peer answered {status} ({other})")),
-    }
 }
 
 /// `CONNECT host:port` on the HTTP proxy listener: answer 200 once the mesh tunnel is up,
@@ -287,12 +310,12 @@ async fn tcp(inputs: Arc<Inputs>, stream: TcpStream, target: Target) {
             run_tunnel(&inputs, &target.service, stream, tx, rx).await;
         }
         Err(e) => {
-            tracing::info!(target: "access", direction = "outbound", dst.service = %target.service, error = e.reason(), detail = %e, "tcp tunnel refused");
+            tracing::info!(target: "access", direction = Direction::Outbound.as_str(), dst.service = %target.service, error = e.reason(), detail = %e, "tcp tunnel refused");
             inputs
                 .metrics
                 .tcp_connections
                 .get_or_create(&TcpConnLabels {
-                    direction: "outbound",
+                    direction: Direction::Outbound.as_str(),
                     service: target.service.clone(),
                     error: e.reason(),
                 })
@@ -313,17 +336,18 @@ async fn run_tunnel<IO>(
 {
     let _inflight = inputs.drain.track();
     let (bytes, err) = crate::tunnel::pump(io, tx, rx).await;
-    record_tunnel(inputs, "outbound", service, bytes, err.is_some());
+    record_tunnel(inputs, Direction::Outbound, service, bytes, err.is_some());
 }
 
 /// Record a finished tunnel's bytes and outcome.
 pub fn record_tunnel(
     inputs: &Inputs,
-    direction: &'static str,
+    direction: Direction,
     service: &str,
     bytes: crate::tunnel::TunnelBytes,
     failed: bool,
 ) {
+    let direction = direction.as_str();
     let labels = TcpLabels {
         direction,
         service: service.to_string(),
@@ -338,7 +362,11 @@ pub fn record_tunnel(
         .tcp_sent
         .get_or_create(&labels)
         .inc_by(bytes.sent);
-    let error = if failed { "upstream-reset" } else { "" };
+    let error = if failed {
+        ErrorKind::UpstreamReset.reason()
+    } else {
+        ""
+    };
     inputs
         .metrics
         .tcp_connections

@@ -1,10 +1,10 @@
 //! The in-memory config the data path runs on, and the pure decisions made over it.
 //!
-//! A [`Snapshot`] comes from the static file today and from the control plane's watch stream
-//! later; both produce this one type. Every routing decision (which service a request is
-//! for, which endpoint serves it, which identity that endpoint must prove, which local app
-//! port an inbound request maps to) is a function here, without sockets or clocks, so it is
-//! tested on its own.
+//! A [`Snapshot`] comes from the static file or from the control plane's watch stream; both
+//! produce this one type. The decisions that need no runtime state (which service a request
+//! is for, which identity an endpoint must prove, which local app port an inbound request
+//! maps to) are functions here, without sockets or clocks, so they are tested on their own.
+//! Choosing among a service's endpoints needs runtime state: that is [`crate::upstream`]'s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -191,13 +191,6 @@ impl Target {
     }
 }
 
-/// Where one outbound request goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboundDecision<'a> {
-    pub service: &'a str,
-    pub endpoint: &'a Endpoint,
-}
-
 impl Snapshot {
     /// The zone of the endpoint at `ip`, if this snapshot lists one there with a zone (for
     /// classing an inbound connection's path; a caller this proxy never calls is unknown).
@@ -207,25 +200,6 @@ impl Snapshot {
             .flat_map(|s| &s.endpoints)
             .find(|e| e.address.ip() == ip && !e.zone.is_empty())
             .map(|e| e.zone.as_str())
-    }
-
-    /// Choose the endpoint for `target`. `turn` is a caller-kept counter that spreads requests
-    /// round-robin over the endpoints.
-    pub fn resolve_outbound(
-        &self,
-        target: &Target,
-        turn: usize,
-    ) -> Result<OutboundDecision<'_>, ProxyError> {
-        let svc = self.services.get(&target.service).ok_or_else(|| {
-            ProxyError::NoRoute(format!("service {:?} is not known", target.service))
-        })?;
-        if svc.endpoints.is_empty() {
-            return Err(ProxyError::NoEndpoint(target.service.clone()));
-        }
-        Ok(OutboundDecision {
-            service: &svc.name,
-            endpoint: &svc.endpoints[turn % svc.endpoints.len()],
-        })
     }
 
     /// The local app port an inbound request for `target` maps to. Without a port, the

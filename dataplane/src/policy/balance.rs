@@ -222,6 +222,23 @@ impl Balancer {
             / (1.0 - load)
     }
 
+    /// Choose an endpoint among the `workloads` that `selector` selects (a backend's subset;
+    /// empty selects all) for a caller in `zone`: [`Balancer::pick`] over those.
+    pub fn pick_selected(
+        &mut self,
+        workloads: &[Workload],
+        selector: &Labels,
+        zone: &str,
+        now: Instant,
+        rolls: [u32; 2],
+    ) -> Pick {
+        let candidates: Vec<&Workload> = workloads
+            .iter()
+            .filter(|w| super::selects(selector, &w.labels))
+            .collect();
+        self.pick(&candidates, zone, now, rolls)
+    }
+
     /// Choose an endpoint among `candidates` (the backend's workloads) for a caller in
     /// `zone` (empty: no locality). `rolls` are two random numbers (P2C's two choices).
     pub fn pick(

@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::authz::{AuthorizationPolicy, Authorizer, MeshConfig};
-use super::balance::{Balancer, Pick, Tier, Workload};
+use super::balance::Tier;
 use super::fault::FaultDecision;
 use super::retry::{Retries, RetryBudget, RetryTuning};
 use super::route::{Backend, CompiledRule, RequestHead, Route, RouteTable, SubsetIndex};
-use super::selects;
 use crate::config::FieldError;
 
 /// The policy blocks of a proxy config (and of a control-plane snapshot, converted).
@@ -93,8 +92,8 @@ pub struct Plan {
     pub fault: FaultDecision,
     /// Where to send a copy, if this request is mirrored.
     pub mirror: Option<Arc<Backend>>,
-    /// The endpoint of the latest attempt and how it was found (set by
-    /// [`Plan::pick_endpoint`]).
+    /// The endpoint of the latest attempt and how it was found (set by the data path from
+    /// its [`crate::upstream::Lease`]).
     pub endpoint: Option<(SocketAddr, Tier)>,
     /// Attempts made so far (the data path increments it per attempt).
     pub attempts: u32,
@@ -147,6 +146,11 @@ impl Policy {
         } else {
             Err(errors)
         }
+    }
+
+    /// The services that have a Route.
+    pub fn routed_services(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(String::as_str)
     }
 
     /// The route table of `service`'s Route, if it has one.
@@ -218,27 +222,6 @@ impl Plan {
         self.retries().and_then(|r| r.per_try_timeout)
     }
 
-    /// Choose the endpoint for the next attempt among `workloads` (all of the backend
-    /// service's), keeping those the backend's subset selects, and record it on the plan.
-    pub fn pick_endpoint(
-        &mut self,
-        workloads: &[Workload],
-        balancer: &mut Balancer,
-        zone: &str,
-        now: Instant,
-        rolls: [u32; 2],
-    ) -> Pick {
-        let candidates: Vec<&Workload> = workloads
-            .iter()
-            .filter(|w| selects(&self.backend.selector, &w.labels))
-            .collect();
-        let pick = balancer.pick(&candidates, zone, now, rolls);
-        if let Pick::Endpoint { address, tier } = pick {
-            self.endpoint = Some((address, tier));
-        }
-        pick
-    }
-
     /// One line for the access log: what was decided and why.
     pub fn explain(&self) -> String {
         let mut s = format!(
@@ -296,9 +279,9 @@ impl Budgets {
         b
     }
 
-    /// Forget the budgets of services `keep` says no longer exist.
-    pub fn retain_services(&mut self, keep: impl Fn(&str) -> bool) {
-        self.budgets.retain(|(s, _), _| keep(s));
+    /// Keep only the budgets of rules `keep` names (the others' rules are gone).
+    pub fn retain_rules(&mut self, keep: impl Fn(&str) -> bool) {
+        self.budgets.retain(|(_, rule), _| keep(rule));
     }
 }
 

@@ -71,36 +71,6 @@ fn authority_parsing() {
 }
 
 #[test]
-fn outbound_picks_endpoints_round_robin_with_their_identities() {
-    let s = snap();
-    let t = Target::from_authority("reviews").unwrap();
-    let picks: Vec<_> = (0..4)
-        .map(|turn| s.resolve_outbound(&t, turn).unwrap().endpoint.clone())
-        .collect();
-    assert_eq!(picks[0].address.to_string(), "10.0.0.1:15443");
-    assert_eq!(picks[1].address.to_string(), "10.0.0.2:15443");
-    assert_eq!(picks[2], picks[0]);
-    assert_eq!(
-        picks[1].identity.as_str(),
-        "spiffe://mesh.local/ns/default/sa/reviews-v2"
-    );
-}
-
-#[test]
-fn outbound_errors_name_the_reason() {
-    let s = snap();
-    let e = s
-        .resolve_outbound(&Target::from_authority("nope").unwrap(), 0)
-        .unwrap_err();
-    assert_eq!(e.reason(), "no-route");
-    let e = s
-        .resolve_outbound(&Target::from_authority("empty").unwrap(), 0)
-        .unwrap_err();
-    assert_eq!(e.reason(), "no-endpoint");
-    assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
-}
-
-#[test]
 fn inbound_maps_service_and_port_to_the_app() {
     let s = snap();
     let p = s

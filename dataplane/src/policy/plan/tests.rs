@@ -2,7 +2,7 @@ use http::{HeaderMap, HeaderValue};
 
 use super::*;
 use crate::policy::Subset;
-use crate::policy::balance::BalanceConfig;
+use crate::policy::balance::{BalanceConfig, Balancer, Pick, Workload};
 
 const CONFIG: &str = r#"
 mesh:
@@ -95,7 +95,7 @@ fn a_plan_carries_every_decision() {
 
     let t0 = Instant::now();
     let mut b = Balancer::new(BalanceConfig::default());
-    let pick = plan.pick_endpoint(&workloads(), &mut b, "b", t0, [0, 0]);
+    let pick = b.pick_selected(&workloads(), &plan.backend.selector, "b", t0, [0, 0]);
     // Only v2 workloads are candidates; the one in the caller's zone b wins.
     assert_eq!(
         pick,
@@ -104,6 +104,9 @@ fn a_plan_carries_every_decision() {
             tier: Tier::Local
         }
     );
+    if let Pick::Endpoint { address, tier } = pick {
+        plan.endpoint = Some((address, tier));
+    }
     plan.attempts = 1;
     assert_eq!(
         plan.explain(),
@@ -160,9 +163,8 @@ fn unmatched_is_no_rule_and_services_without_routes_get_the_default() {
         ("default", "details".to_string())
     );
     let mut b = Balancer::new(BalanceConfig::default());
-    let mut plan = plan;
     assert_eq!(
-        plan.pick_endpoint(&[], &mut b, "", Instant::now(), [0, 0]),
+        b.pick_selected(&[], &plan.backend.selector, "", Instant::now(), [0, 0]),
         Pick::NoEndpoint
     );
 }
