@@ -1,5 +1,9 @@
 //! The admin API over real gRPC on 127.0.0.1: CRUD, auth, validation, conflicts, watch,
 //! reflection and metrics.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

@@ -1,5 +1,9 @@
 //! Who may call what on the discovery listener: Renew signs exactly the caller's id, and
 //! Renew/Register/Watch are refused without a client certificate or with a foreign one.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

@@ -1,4 +1,8 @@
 //! The CA through the API: join tokens, CSRs, SVIDs and the trust bundle.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

@@ -1,4 +1,8 @@
 //! `quiverctl certs ca|issue` as an operator runs them.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;

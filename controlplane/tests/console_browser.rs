@@ -7,6 +7,10 @@
 //! Needs node, Debian's chromium and `npm ci` in console/e2e; when any is missing the test
 //! fails and says what to install (it never skips). `QUIVER_CONSOLE_SCREENSHOTS=DIR` also
 //! writes the screenshots used in docs/console.md.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! The console bundle served on the API port: content types, caching, the SPA fallback, the
 //! "not built" answer, and that gRPC, gRPC-web and /metrics are never shadowed by it.
 //! (The real bundle in a real browser: console_browser.rs.)
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

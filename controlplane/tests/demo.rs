@@ -4,6 +4,10 @@
 //! Route's 90/10 split, carry a rating fetched from ratings over gRPC, and name the SPIFFE ids
 //! the sidecars proved with mTLS; then Ctrl-C (SIGINT) must stop everything with status 0
 //! and leave no child process behind.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 
@@ -111,7 +115,7 @@ async fn the_demo_meshes_splits_90_10_and_stops_cleanly() {
                 };
                 (share("v1")? > 50.0 && share("v2")? > 0.0).then_some(())
             },
-        )
+        );
     });
 
     // Ctrl-C: status 0, every child gone.

@@ -1,5 +1,9 @@
 //! MeshDiscovery end to end over real TLS sockets, on Postgres and SQLite: proxies join,
 //! register with a lease, and follow their Watch snapshots.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

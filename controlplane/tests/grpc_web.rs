@@ -1,5 +1,9 @@
 //! The same calls over gRPC-web: a hand-made HTTP/1.1 POST with `application/grpc-web+proto`
 //! framing, as a browser sends it, compared with native gRPC answers.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

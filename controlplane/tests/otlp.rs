@@ -3,6 +3,10 @@
 //! mTLS reporting a two-hop trace with ReportTelemetry. The receiver must get every span with
 //! its ids, parent links, kinds, names, status, times and service; with the receiver down,
 //! ingest and storage go on and the failure is counted; a bad flag is refused at start.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

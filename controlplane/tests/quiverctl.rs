@@ -1,5 +1,9 @@
 //! The real `quiverctl` binary against a real server: apply from a directory, get in every
 //! format, the `get -o yaml | apply -f -` round trip, tokens, errors and exit codes.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

@@ -1,5 +1,9 @@
 //! Two control-plane replicas on one Postgres: a write through one is seen by a watcher of the
 //! other, and both sign with the same CA.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

@@ -1,4 +1,8 @@
 //! Server start-up: the first-start admin token, optional TLS, and Watch resume.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

@@ -1,4 +1,8 @@
 //! One store suite, run against real Postgres and real SQLite.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! The trace store end to end, on Postgres and SQLite: a proxy joined over real mTLS streams
 //! spans and edge statistics with ReportTelemetry; SearchTraces, GetTrace and GetServiceGraph
 //! read them back; retention deletes old and excess spans.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 mod common;
 

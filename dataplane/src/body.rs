@@ -117,7 +117,7 @@ pub fn poll_batch<R: RecvHalf>(
     let mut buf: Option<bytes::BytesMut> = None;
     let mut ended = false;
     loop {
-        let len = buf.as_ref().map_or(first.len(), |b| b.len());
+        let len = buf.as_ref().map_or(first.len(), bytes::BytesMut::len);
         if len >= max {
             break;
         }
@@ -568,7 +568,7 @@ mod tests {
         // A chunk at or above the limit goes through as it is, without the next one.
         match poll(&mut s, 8) {
             Poll::Ready(Ok(Batch::Data(b, false))) => {
-                assert_eq!(b.as_ptr(), BIG.as_ptr(), "single chunk was copied")
+                assert_eq!(b.as_ptr(), BIG.as_ptr(), "single chunk was copied");
             }
             _ => panic!("expected the big chunk"),
         }

@@ -150,11 +150,16 @@ impl Session {
 
     /// The control plane's discovery address, as last resolved.
     pub fn address(&self) -> SocketAddr {
-        *self.addr.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A client on the cached channel, dialling (with the current identity) when there is none.
@@ -170,7 +175,10 @@ impl Session {
         // Resolve again: behind one DNS name, replicas come and go.
         let addr = match resolve(&self.settings.address).await {
             Ok(a) => {
-                *self.addr.lock().unwrap_or_else(|p| p.into_inner()) = a;
+                *self
+                    .addr
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = a;
                 a
             }
             Err(e) => {
@@ -207,7 +215,7 @@ impl Session {
         let Some(name) = self
             .registered
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
         else {
             return;
@@ -226,7 +234,7 @@ impl Session {
         match result {
             Ok(_) => tracing::info!(workload = %name, "deregistered"),
             Err(e) => {
-                tracing::warn!(workload = %name, error = %e, "deregister failed; the lease will lapse")
+                tracing::warn!(workload = %name, error = %e, "deregister failed; the lease will lapse");
             }
         }
     }
@@ -374,8 +382,10 @@ pub async fn keep_registered(session: Arc<Session>, advertise: SocketAddr) {
             None => match register(&session, &registration).await {
                 Ok((name, ttl)) => {
                     tracing::info!(workload = %name, address = %advertise, lease = ?ttl, "registered");
-                    *session.registered.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(name.clone());
+                    *session
+                        .registered
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(name.clone());
                     lease = Some((name, ttl));
                     backoff.reset();
                     ttl / 3

@@ -65,7 +65,10 @@ pub fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 
 /// `uri`'s path and query under a new scheme and authority (the next hop's view).
 pub fn rebase_uri(scheme: &str, authority: &str, uri: &Uri) -> Result<Uri, ProxyError> {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path = uri
+        .path_and_query()
+        .map(http::uri::PathAndQuery::as_str)
+        .unwrap_or("/");
     Uri::builder()
         .scheme(scheme)
         .authority(authority)

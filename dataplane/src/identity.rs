@@ -68,11 +68,8 @@ pub async fn watch_files(inputs: Arc<Inputs>, files: IdentityPaths, interval: Du
     tick.tick().await;
     loop {
         tick.tick().await;
-        let now = match read_all(&files) {
-            Ok(b) => b,
-            // Mid-rotation (a file briefly missing) is normal; try again next tick.
-            Err(_) => continue,
-        };
+        // Mid-rotation (a file briefly missing) is normal; try again next tick.
+        let Ok(now) = read_all(&files) else { continue };
         if last.as_ref() == Some(&now) {
             continue;
         }

@@ -114,7 +114,7 @@ async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
                     tokio::spawn(async move {
                         match resolver.resolve_request().await {
                             Ok((req, stream)) => {
-                                request(inputs, peer, &connection_id, req, stream).await
+                                request(inputs, peer, &connection_id, req, stream).await;
                             }
                             Err(e) => tracing::debug!(error = %e, "malformed request from peer"),
                         }
@@ -421,7 +421,10 @@ impl AppClients {
         http2: bool,
         connect_timeout: Duration,
     ) -> Client<AppConnector, ProxyBody> {
-        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry((addr, http2))
             .or_insert_with(|| {
                 let mut b = Client::builder(TokioExecutor::new());

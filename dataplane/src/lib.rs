@@ -73,14 +73,17 @@ impl Inputs {
     pub fn routing(&self) -> Arc<upstream::Routing> {
         self.routing
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     /// Install a snapshot, carrying each service's balancer and budget state over by name;
     /// requests already decided keep the routing they started with.
     pub fn set_snapshot(&self, s: Snapshot) {
-        let mut cur = self.routing.write().unwrap_or_else(|p| p.into_inner());
+        let mut cur = self
+            .routing
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *cur = Arc::new(upstream::Routing::install(
             Arc::new(s),
             Some(&cur),
@@ -93,12 +96,15 @@ impl Inputs {
     pub fn identity(&self) -> identity::IdentityStatus {
         self.identity
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     fn identity_reloaded(&self, id: &MeshIdentity, files: Option<&config::IdentityPaths>) {
-        let mut cur = self.identity.write().unwrap_or_else(|p| p.into_inner());
+        let mut cur = self
+            .identity
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *cur = identity::IdentityStatus::of(id, files, cur.reloads + 1);
         self.metrics.identity_reload(true);
         self.metrics.identity_expiry(identity::not_after_unix(id));
@@ -214,7 +220,10 @@ impl Proxy {
         let bound = Bound {
             quic,
             admin: admin_listener.local_addr()?,
-            http_proxy: http_proxy.as_ref().map(|l| l.local_addr()).transpose()?,
+            http_proxy: http_proxy
+                .as_ref()
+                .map(tokio::net::TcpListener::local_addr)
+                .transpose()?,
             outbound: outbound
                 .iter()
                 .map(|(l, _, _)| l.local_addr())
@@ -225,7 +234,7 @@ impl Proxy {
                 "quic": quic.to_string(),
                 "admin": bound.admin.to_string(),
                 "http_proxy": bound.http_proxy.map(|a| a.to_string()),
-                "outbound": bound.outbound.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "outbound": bound.outbound.iter().map(std::string::ToString::to_string).collect::<Vec<_>>(),
             },
             "bootstrap": &config.bootstrap,
         });

@@ -431,7 +431,10 @@ pub struct PathMetrics {
 
 impl PathMetrics {
     fn opened(&self, path: &PathLabels) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = open.entry(path.clone()).or_default();
         *n += 1;
         self.connections.get_or_create(path).set(*n as i64);
@@ -439,7 +442,10 @@ impl PathMetrics {
 
     /// The peer's gauges go with its last connection; its counters stay (they are totals).
     fn closed(&self, path: &PathLabels) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = open.entry(path.clone()).or_default();
         *n = n.saturating_sub(1);
         if *n > 0 {

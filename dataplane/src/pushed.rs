@@ -34,15 +34,12 @@ pub fn snapshot(
         let mut endpoints = Vec::new();
         for (j, e) in s.endpoints.iter().enumerate() {
             let eat = format!("{at}.endpoints[{j}]");
-            let address = match e.address.parse::<SocketAddr>() {
-                Ok(a) => a,
-                Err(_) => {
-                    err(
-                        format!("{eat}.address"),
-                        format!("{:?} is not ip:port", e.address),
-                    );
-                    continue;
-                }
+            let Ok(address) = e.address.parse::<SocketAddr>() else {
+                err(
+                    format!("{eat}.address"),
+                    format!("{:?} is not ip:port", e.address),
+                );
+                continue;
             };
             let identity = match SpiffeId::parse(&e.spiffe_id) {
                 Ok(id) => id,

@@ -147,7 +147,7 @@ fn parse_b3_single(s: &str) -> Option<TraceContext> {
     let span = parts.next()?;
     let sampled = match parts.next() {
         None => true,
-        Some("1") | Some("d") => true,
+        Some("1" | "d") => true,
         Some("0") => false,
         Some(_) => return None,
     };
@@ -163,7 +163,7 @@ fn parse_b3_multi(h: &HeaderMap) -> Option<TraceContext> {
     let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
     let trace_id = b3_trace_id(get("x-b3-traceid")?)?;
     let span: [u8; 8] = unhex(get("x-b3-spanid")?)?;
-    let sampled = !matches!(get("x-b3-sampled"), Some("0") | Some("false"));
+    let sampled = !matches!(get("x-b3-sampled"), Some("0" | "false"));
     if trace_id == [0; 16] || span == [0; 8] {
         return None;
     }
@@ -487,7 +487,10 @@ impl Telemetry {
 
     /// The queue's receiving end, once (for the shipping task).
     pub fn receiver(&self) -> Option<tokio::sync::mpsc::Receiver<FinishedSpan>> {
-        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Count one outbound request to `destination`.
@@ -497,7 +500,10 @@ impl Telemetry {
             .iter()
             .position(|b| ms <= *b)
             .unwrap_or(LATENCY_BOUNDS_MS.len());
-        let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+        let mut edges = self
+            .edges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let e = match edges.get_mut(destination) {
             Some(e) => e,
             None => edges.entry(destination.to_string()).or_default(),
@@ -509,7 +515,10 @@ impl Telemetry {
 
     /// The counts since the last call, per destination.
     pub fn take_edges(&self) -> Vec<(String, EdgeCounts)> {
-        let mut edges = self.edges.lock().unwrap_or_else(|p| p.into_inner());
+        let mut edges = self
+            .edges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         std::mem::take(&mut *edges).into_iter().collect()
     }
 }

@@ -163,7 +163,10 @@ impl Transport {
         self.endpoint.set_server_config(Some(
             (*configs.servers[class_index(PathClass::Region)]).clone(),
         ));
-        *self.configs.write().unwrap_or_else(|p| p.into_inner()) = configs;
+        *self
+            .configs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = configs;
         Ok(())
     }
 
@@ -184,7 +187,7 @@ impl Transport {
         let config = self
             .configs
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .servers[class_index(class)]
         .clone();
         incoming.accept_with(config)
@@ -244,7 +247,7 @@ impl Transport {
         let client_config = self
             .configs
             .read()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clients[class_index(class)]
         .clone();
         let connecting = self
@@ -269,15 +272,12 @@ impl Transport {
             }
         };
         self.metrics.handshake("client", true);
-        let peer = match peer_id(&conn) {
-            Some(p) => p,
-            None => {
-                conn.close(VarInt::from_u32(CLOSE_IDENTITY), b"no SPIFFE id");
-                return Err(ProxyError::PeerHandshake {
-                    addr,
-                    detail: "peer presented no SPIFFE id".into(),
-                });
-            }
+        let Some(peer) = peer_id(&conn) else {
+            conn.close(VarInt::from_u32(CLOSE_IDENTITY), b"no SPIFFE id");
+            return Err(ProxyError::PeerHandshake {
+                addr,
+                detail: "peer presented no SPIFFE id".into(),
+            });
         };
         if peer != ep.identity {
             conn.close(VarInt::from_u32(CLOSE_IDENTITY), b"unexpected identity");
@@ -361,7 +361,7 @@ impl Transport {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these short critical sections cannot leave them half-updated
     // (each is a single assignment), so a poisoned lock is still safe to use.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn alive(slot: &PeerSlot) -> Option<PeerConn> {

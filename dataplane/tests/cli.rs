@@ -1,5 +1,9 @@
 //! The `quiver-proxy` binary itself: `--check` on every class of config mistake, and a
 //! SIGTERM drain of a real process with a request in flight.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};

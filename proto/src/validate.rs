@@ -71,7 +71,7 @@ pub fn referenced_services(resource: &AnyResource) -> BTreeSet<String> {
         }
         AnyResource::Canary(c) => add(c.spec.as_ref().map(|s| s.service.as_str()).unwrap_or("")),
         AnyResource::AuthorizationPolicy(p) => {
-            add(p.spec.as_ref().map(|s| s.service.as_str()).unwrap_or(""))
+            add(p.spec.as_ref().map(|s| s.service.as_str()).unwrap_or(""));
         }
         AnyResource::MeshConfig(_) | AnyResource::Service(_) | AnyResource::Workload(_) => {}
     }

@@ -60,14 +60,16 @@ static SERVED: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec:
 pub fn served(tag: &str) -> u64 {
     SERVED
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .find(|(t, _)| t == tag)
         .map_or(0, |(_, n)| *n)
 }
 
 fn count_served(tag: &str) -> u64 {
-    let mut v = SERVED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut v = SERVED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     match v.iter_mut().find(|(t, _)| t == tag) {
         Some((_, n)) => {
             *n += 1;
@@ -138,7 +140,11 @@ async fn behave(b: &Behaviour, req: Request<Incoming>) -> Response<Body> {
 
 async fn echo(req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let mut names: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+    let mut names: Vec<String> = req
+        .headers()
+        .keys()
+        .map(std::string::ToString::to_string)
+        .collect();
     names.sort();
     names.dedup();
     let mut h = HeaderMap::new();
@@ -152,7 +158,7 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
         "x-echo-path",
         req.uri()
             .path_and_query()
-            .map(|p| p.to_string())
+            .map(std::string::ToString::to_string)
             .unwrap_or_default(),
     );
     set(
@@ -161,7 +167,7 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
             .get("host")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .or_else(|| req.uri().authority().map(std::string::ToString::to_string))
             .unwrap_or_default(),
     );
     set("x-echo-version", format!("{:?}", req.version()));
@@ -236,7 +242,7 @@ impl Sleeping {
     fn enter(tag: &str) -> Self {
         SLEEPING
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(tag.to_string());
         Sleeping(tag.to_string())
     }
@@ -244,7 +250,9 @@ impl Sleeping {
 
 impl Drop for Sleeping {
     fn drop(&mut self) {
-        let mut v = SLEEPING.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = SLEEPING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(i) = v.iter().position(|t| *t == self.0) {
             v.remove(i);
         }
@@ -255,7 +263,7 @@ impl Drop for Sleeping {
 pub fn sleeping(tag: &str) -> usize {
     SLEEPING
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
         .filter(|t| *t == tag)
         .count()
@@ -445,13 +453,16 @@ pub async fn start_relay(addr: SocketAddr, downstream: SocketAddr) -> (SocketAdd
                                 out = out.header(name, v.clone());
                             }
                         }
-                        seen.0.lock().unwrap_or_else(|p| p.into_inner()).push(
-                            req.headers()
-                                .get("traceparent")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string(),
-                        );
+                        seen.0
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(
+                                req.headers()
+                                    .get("traceparent")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string(),
+                            );
                         let out = out.body(Full::new(Bytes::new())).expect("request");
                         let resp = match client.request(out).await {
                             Ok(r) => {
@@ -463,7 +474,11 @@ pub async fn start_relay(addr: SocketAddr, downstream: SocketAddr) -> (SocketAdd
                                     .filter(|(k, _)| k.as_str().starts_with("x-echo-"))
                                     .map(|(k, v)| (k.clone(), v.clone()))
                                     .collect();
-                                let body = r.into_body().collect().await.map(|b| b.to_bytes());
+                                let body = r
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(http_body_util::Collected::to_bytes);
                                 let text =
                                     String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
                                 let mut resp = Response::new(full(text));
@@ -495,6 +510,9 @@ pub struct RelaySeen(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 impl RelaySeen {
     pub fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }

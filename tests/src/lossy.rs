@@ -64,7 +64,11 @@ struct Dice {
 
 impl Dice {
     fn keep(&self) -> bool {
-        let roll: f64 = self.rng.lock().unwrap_or_else(|p| p.into_inner()).random();
+        let roll: f64 = self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .random();
         let keep = roll >= self.loss;
         let c = if keep {
             &self.counts.forwarded

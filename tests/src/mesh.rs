@@ -124,7 +124,7 @@ impl ControlPlane {
             discovery.to_string(),
         ];
         args.extend(db.args());
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(std::string::ToString::to_string));
         let mut cp = Self {
             child: None,
             api,

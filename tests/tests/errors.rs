@@ -1,5 +1,9 @@
 //! Failures the app sees as explicit reasons (`quiver-error`), and bad input from the app that
 //! is refused without disturbing the proxy.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use std::time::Duration;
 

@@ -1,4 +1,8 @@
 //! gRPC (unary and server streaming, OK and non-OK statuses) across the mesh.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use quiver_tests::echo_proto::EchoRequest;
 use quiver_tests::echo_proto::echo_client::EchoClient;

@@ -1,4 +1,8 @@
 //! HTTP/1.1 and HTTP/2 through two real proxies over HTTP/3 + mTLS on loopback.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -95,7 +99,7 @@ async fn fifty_mib_both_ways_chunked_is_byte_exact() {
         .unwrap();
     let c = client(false);
     let resp = c
-        .request(req.map(|b| b.boxed_unsync()))
+        .request(req.map(http_body_util::BodyExt::boxed_unsync))
         .await
         .map_err(|e| format!("{e:?}"))
         .unwrap();

@@ -1,6 +1,10 @@
 //! The mesh as a mesh: a `quiver-control` process (Postgres unless said otherwise), proxies
 //! that join it with tokens, get and renew certificates, register, and follow Watch; echo apps
 //! behind them. Every request crosses real mTLS HTTP/3 between two proxy processes.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;

@@ -1,5 +1,9 @@
 //! Every `/metrics` endpoint passes `promtool check metrics` (Prometheus' own linter): the
 //! proxy's admin port after real traffic, and the control plane's API port.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -1,5 +1,9 @@
 //! Traffic policy through real proxies: weighted subsets, header routing, load-aware
 //! balancing, retries under a budget, outlier ejection, faults, mirroring, authorization.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

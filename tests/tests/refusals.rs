@@ -1,5 +1,9 @@
 //! mTLS refusals: every peer that cannot prove the right identity is refused, and the app
 //! calling through the mesh gets an explicit reason, never an opaque failure.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +20,7 @@ fn get() -> Request<Full<Bytes>> {
     Request::get("/")
         .header("host", "echo")
         .body(Full::new(Bytes::new()))
-        .unwrap()
+        .expect("request")
 }
 
 /// Metric value summed over the lines with `labels`, or 0 when absent.

@@ -1,5 +1,9 @@
 //! Identity rotation in static mode: rewritten certificate files are picked up without a
 //! restart, new connections use them, live ones are not disturbed, and bad files are ignored.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use std::time::Duration;
 

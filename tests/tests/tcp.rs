@@ -1,4 +1,8 @@
 //! Opaque TCP carried as HTTP/3 CONNECT streams, with half-close honoured both ways.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -1,4 +1,8 @@
 //! Trace context across the mesh: what the app behind the callee's proxy receives.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use bytes::Bytes;
 use http::Request;

@@ -2,6 +2,10 @@
 //! share of the real QUIC packets each way. Bytes must arrive intact; the loss filter must
 //! tolerate random loss only where the path class allows it; the path must show in `/config`
 //! and `/metrics`, and its gauges must go when the connection closes.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
 
 use std::time::Duration;
 

@@ -81,7 +81,10 @@ impl DiscoveryApi {
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             pending.push_back(receipt);
             // Take the answers that are in without waiting for the others.
-            while let Some(Ok(done)) = pending.front_mut().map(|r| r.try_recv()) {
+            while let Some(Ok(done)) = pending
+                .front_mut()
+                .map(tokio::sync::oneshot::Receiver::try_recv)
+            {
                 pending.pop_front();
                 accepted += stored(Ok(done))?;
             }

@@ -172,7 +172,7 @@ fn table(kind: Kind, items: &[AnyResource]) -> String {
         ["NAMESPACE", "NAME", "VERSION"]
             .iter()
             .chain(extra)
-            .map(|s| s.to_string())
+            .map(std::string::ToString::to_string)
             .collect::<Vec<_>>(),
     ];
     for item in items {

@@ -493,17 +493,23 @@ async fn demo(
                 traffic::Outcome::Served { .. } => "frontend answered without a rating".into(),
                 traffic::Outcome::Failed(e) => e,
             };
-            *last.lock().unwrap_or_else(|p| p.into_inner()) = why;
+            *last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
             None
         },
     )
     .await
-    .map_err(
-        |e| match last.lock().unwrap_or_else(|p| p.into_inner()).as_str() {
+    .map_err(|e| {
+        match last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_str()
+        {
             "" => e,
             why => anyhow::anyhow!("{e:#}; the last try got: {why}"),
-        },
-    )?;
+        }
+    })?;
     tracing::info!(after = ?first.elapsed(), "first answer through the mesh");
 
     print_banner(args, files, ports, api, admin_token, children);

@@ -303,7 +303,10 @@ mod tests {
         };
         let docs = quiver_api::document::parse_documents(&mesh_yaml(&ports, "mesh.local"))
             .expect("demo mesh parses and validates");
-        let kinds: Vec<Kind> = docs.iter().map(|d| d.kind()).collect();
+        let kinds: Vec<Kind> = docs
+            .iter()
+            .map(quiver_api::resource::AnyResource::kind)
+            .collect();
         assert_eq!(kinds.len(), 7, "{kinds:?}");
         for split in [route_yaml(50), route_yaml(100), route_yaml(0)] {
             quiver_api::document::parse_documents(&split).expect("route parses");

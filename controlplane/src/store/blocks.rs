@@ -599,7 +599,7 @@ mod tests {
         // B3's 64-bit ids (upper half zero) spread as well.
         let mut b3 = Bloom::with_capacity(256);
         for i in 0..256u64 {
-            b3.insert(&format!("{:032x}", i));
+            b3.insert(&format!("{i:032x}"));
         }
         let bits = b3.into_bytes();
         let fp = (1_000..11_000u64)

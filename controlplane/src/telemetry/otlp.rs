@@ -112,7 +112,9 @@ impl FromStr for OtlpEndpoint {
         if uri.query().is_some() || !matches!(uri.path(), "" | "/") {
             return Err(format!(
                 "a path ({:?}) is not used by OTLP/gRPC: give only scheme://host:port",
-                uri.path_and_query().map(|p| p.as_str()).unwrap_or_default()
+                uri.path_and_query()
+                    .map(http::uri::PathAndQuery::as_str)
+                    .unwrap_or_default()
             ));
         }
         Ok(Self { uri, tls })

@@ -46,7 +46,7 @@ pub async fn run(store: Arc<dyn Store>, retention: Retention, metrics: Metrics) 
                     );
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "moving old spans into blocks failed; retrying")
+                    tracing::warn!(error = %e, "moving old spans into blocks failed; retrying");
                 }
             }
         }

@@ -40,7 +40,9 @@ impl Demo {
             let (tx, seen) = (tx.clone(), seen.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    seen.lock().unwrap().push(format!("{tag}{line}"));
+                    seen.lock()
+                        .expect("output lock")
+                        .push(format!("{tag}{line}"));
                     let _ = tx.send(format!("{tag}{line}"));
                 }
             });
@@ -55,7 +57,7 @@ impl Demo {
 
     /// Everything it printed so far (stderr lines prefixed `stderr: `).
     pub fn output(&self) -> String {
-        self.seen.lock().unwrap().join("\n")
+        self.seen.lock().expect("output lock").join("\n")
     }
 
     /// Read output lines until `pick` returns Some.

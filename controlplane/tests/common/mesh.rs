@@ -29,14 +29,15 @@ pub async fn bundle(server: &TestServer) -> String {
         .await
         .get_trust_bundle(v1::GetTrustBundleRequest {})
         .await
-        .unwrap()
+        .expect("GetTrustBundle")
         .into_inner()
         .pem
 }
 
 /// A client without a certificate (what a proxy has before joining).
 pub async fn anonymous(addr: SocketAddr, bundle_pem: &str) -> Discovery {
-    let tls = client_config_without_identity(bundle_pem, "mesh.local", &[b"h2"]).unwrap();
+    let tls = client_config_without_identity(bundle_pem, "mesh.local", &[b"h2"])
+        .expect("client TLS config");
     MeshDiscoveryClient::new(client::connect(addr, tls).await.expect("TLS to discovery"))
 }
 
@@ -52,11 +53,11 @@ pub async fn join(server: &TestServer, ns: &str, sa: &str) -> Proxy {
             uses: 1,
         })
         .await
-        .unwrap()
+        .expect("CreateJoinToken")
         .into_inner()
         .token;
     let bundle_pem = bundle(server).await;
-    let (key_pem, csr_der) = certs::new_key_and_csr().unwrap();
+    let (key_pem, csr_der) = certs::new_key_and_csr().expect("key and CSR");
     let joined = anonymous(server.discovery, &bundle_pem)
         .await
         .join(v1::JoinRequest {
@@ -78,8 +79,9 @@ pub async fn join(server: &TestServer, ns: &str, sa: &str) -> Proxy {
 impl Proxy {
     /// A MeshDiscovery client presenting this proxy's SVID, to `addr` (a replica).
     pub async fn client_to(&self, addr: SocketAddr) -> Discovery {
-        let id = MeshIdentity::from_pem(&self.chain_pem, &self.key_pem, &self.bundle_pem).unwrap();
-        let tls = id.client_config(&[b"h2"]).unwrap();
+        let id = MeshIdentity::from_pem(&self.chain_pem, &self.key_pem, &self.bundle_pem)
+            .expect("joined identity");
+        let tls = id.client_config(&[b"h2"]).expect("client TLS config");
         MeshDiscoveryClient::new(client::connect(addr, tls).await.expect("mTLS to discovery"))
     }
 
@@ -98,7 +100,10 @@ impl Watcher {
     pub async fn open(client: &mut Discovery, fronts: &[&str]) -> Self {
         let stream = client
             .watch(v1::ProxyWatchRequest {
-                services: fronts.iter().map(|s| s.to_string()).collect(),
+                services: fronts
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect(),
             })
             .await
             .expect("watch")

@@ -162,10 +162,12 @@ impl TestServer {
             args.push("--database-url".into());
             args.push(url.into());
         }
-        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(extra.iter().map(std::string::ToString::to_string));
         let config =
             <quiver_control::server::Config as clap::Parser>::try_parse_from(args).expect("config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let running = quiver_control::server::start_on(&config, listener)
             .await
             .expect("server starts");
@@ -182,11 +184,11 @@ impl TestServer {
 
     pub async fn client(&self, token: Option<&str>) -> Client {
         let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .unwrap()
+            .expect("API URL")
             .connect()
             .await
             .expect("connect");
-        let token = token.map(|t| format!("Bearer {t}").parse().unwrap());
+        let token = token.map(|t| format!("Bearer {t}").parse().expect("token header"));
         quiver_api::v1::mesh_admin_client::MeshAdminClient::with_interceptor(channel, Bearer(token))
     }
 
@@ -221,7 +223,7 @@ pub type Client = quiver_api::v1::mesh_admin_client::MeshAdminClient<
 pub fn doc<R: quiver_api::resource::Resource>(yaml: &str) -> R {
     let docs = quiver_api::document::parse_documents(yaml).expect("test YAML parses");
     let any = docs.into_iter().next().expect("one document");
-    let value = any.to_yaml_value().unwrap();
+    let value = any.to_yaml_value().expect("YAML value");
     serde_yaml::from_value(value).expect("document of the expected kind")
 }
 

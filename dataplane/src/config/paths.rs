@@ -165,7 +165,7 @@ impl PathClasses {
                 errs.push(FieldError {
                     field: format!("tuning.paths.{}.{field}", class.name()),
                     reason,
-                })
+                });
             };
             if !(0.0..=50.0).contains(&t.loss_tolerance_percent) {
                 err(

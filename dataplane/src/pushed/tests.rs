@@ -209,7 +209,7 @@ fn a_bad_push_is_refused_whole_with_field_paths() {
         });
     }
     let errs = snapshot(&p, "", local()).unwrap_err();
-    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let text: Vec<String> = errs.iter().map(std::string::ToString::to_string).collect();
     let has = |f: &str| text.iter().any(|t| t.starts_with(f));
     assert!(has("services[0].endpoints[0].address"), "{text:#?}");
     assert!(has("services[0].endpoints[1].spiffeId"), "{text:#?}");

@@ -58,7 +58,7 @@ pub async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
         "quiver-bench: {cores} cores; proxy workers {w}; conns {c}; duration {d:?} (+{wu:?} warm-up); \
          rate {r}/s; bulk {b} MiB; client {client}; backends {bt} thread(s); proxy log {log}; \
          load average {load}",
-        cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         w = args.workers,
         c = args.connections,
         d = args.duration,

@@ -250,7 +250,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(0, |n| n.get())
+    std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
 }
 
 fn load_average() -> String {
