@@ -422,7 +422,7 @@ async fn metrics_count_calls_by_method_and_code() {
         .unwrap();
     let _ = c.get_route(get("shop", "missing")).await;
     let _watch = c.watch_services(v1::WatchRequest::default()).await.unwrap();
-    let body = common::eventually(Duration::from_secs(5), "watcher gauge", || async {
+    let body = quiver_tests::eventually("watcher gauge", Duration::from_secs(5), || async {
         let body = http_get(server.addr, "/metrics").await;
         body.contains("quiver_watchers 1").then_some(body)
     })

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::mesh::{self, Discovery};
-use common::{PgTestDb, SqliteTestDb, TestServer, eventually};
+use common::{PgTestDb, SqliteTestDb, TestServer};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -26,6 +26,7 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 use quiver_api::v1;
+use quiver_tests::eventually;
 
 const MS: i64 = 1_000_000;
 
@@ -338,8 +339,8 @@ async fn exports_a_two_hop_trace(database_url: Option<&str>, data_dir: &std::pat
     assert_eq!(report(&mut client, sent.clone()).await, 4);
 
     let got = eventually(
-        Duration::from_secs(15),
         "4 spans at the OTLP receiver",
+        Duration::from_secs(15),
         || {
             let spans = received.spans();
             async move { (spans.len() >= 4).then_some(spans) }
@@ -398,7 +399,7 @@ async fn exports_a_two_hop_trace(database_url: Option<&str>, data_dir: &std::pat
     }
     // Storage is untouched by the export.
     assert_eq!(stored_span_ids(&server, trace).await.len(), 4);
-    let body = eventually(Duration::from_secs(5), "exported spans counted", || async {
+    let body = eventually("exported spans counted", Duration::from_secs(5), || async {
         let body = metrics_text(server.addr).await;
         (metric(&body, "quiver_otlp_spans_exported_total") == 4.0).then_some(body)
     })
@@ -458,8 +459,8 @@ async fn receiver_down_keeps_ingest_and_counts_failures() {
     assert_eq!(stored_span_ids(&server, trace).await.len(), 4);
     // One batch: a first try and three retries (backoff 0.25 + 0.5 + 1 s), then dropped.
     let body = eventually(
-        Duration::from_secs(20),
         "the failed batch counted",
+        Duration::from_secs(20),
         || async {
             let body = metrics_text(server.addr).await;
             (metric(&body, "quiver_otlp_batches_failed_total") >= 1.0).then_some(body)

@@ -11,8 +11,9 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::mesh::{self, Discovery};
-use common::{PgTestDb, SqliteTestDb, TestServer, eventually};
+use common::{PgTestDb, SqliteTestDb, TestServer};
 use quiver_api::v1;
+use quiver_tests::eventually;
 use tonic::Code;
 
 const MS: i64 = 1_000_000;
@@ -753,7 +754,7 @@ async fn retention(server: &TestServer) {
         limit: 200,
         ..Default::default()
     };
-    let kept = eventually(Duration::from_secs(10), "retention to delete spans", || {
+    let kept = eventually("retention to delete spans", Duration::from_secs(10), || {
         let mut admin = admin.clone();
         let wide = wide.clone();
         async move {
@@ -768,8 +769,8 @@ async fn retention(server: &TestServer) {
     assert_eq!(gone.unwrap_err().code(), Code::NotFound);
     // The counter moves just after the delete commits: poll it.
     eventually(
-        Duration::from_secs(5),
         "4 deleted spans counted",
+        Duration::from_secs(5),
         || async {
             let body = http_get(server.addr, "/metrics").await;
             (metric(&body, "quiver_telemetry_spans_deleted_total") == 4.0).then_some(())
@@ -998,8 +999,8 @@ async fn blocks(server: &TestServer) {
     assert_eq!(report(&mut client, vec![batch(&batches[4])]).await, 10);
     // 50 spans: the oldest block (batch 0's ten) goes whole, and nothing else.
     eventually(
-        Duration::from_secs(10),
         "the oldest block deleted",
+        Duration::from_secs(10),
         || async {
             let body = http_get(server.addr, "/metrics").await;
             (metric(&body, "quiver_telemetry_spans_deleted_total") == 10.0).then_some(())

@@ -151,7 +151,7 @@ fn parse_outbound(s: &str) -> Result<(SocketAddr, String, Option<u16>, Protocol)
             _ => return Err(format!("port {p:?} is not 1-65535")),
         },
     };
-    crate::config::check_service_name(service)?;
+    quiver_api::validate::check_dns_label(service)?;
     Ok((listen, service.to_string(), port, protocol))
 }
 
@@ -379,13 +379,13 @@ mod tests {
         ])
         .unwrap();
         let errs = ProxyConfig::from_overrides(args.overrides()).unwrap_err().0;
-        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        let fields: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert!(fields.contains(&"control_plane.join_token"), "{errs:?}");
         assert!(fields.contains(&"control_plane.ca_cert"), "{errs:?}");
         assert!(fields.contains(&"control_plane.service"), "{errs:?}");
         assert!(
             errs.iter()
-                .any(|e| e.field == "control_plane.join_token" && e.reason.contains("--join-token")),
+                .any(|e| e.path == "control_plane.join_token" && e.reason.contains("--join-token")),
             "{errs:?}"
         );
     }

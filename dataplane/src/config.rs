@@ -13,24 +13,16 @@ use std::time::Duration;
 
 use quiver_api::SpiffeId;
 use quiver_api::duration::serde_human;
+use quiver_api::validate::check_dns_label;
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{Endpoint, LocalPort, Protocol, RemoteService, Snapshot};
 
 pub mod paths;
 
-/// One problem in a config file: where and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
+/// One problem in a config file: where (the field path) and why. The same type the API's
+/// validation and the policy compiler report.
+pub use quiver_api::validate::FieldError;
 
 /// Every problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +65,11 @@ struct File {
     #[serde(default)]
     zone: String,
     #[serde(default)]
-    routes: Vec<crate::policy::route::Route>,
+    routes: Vec<quiver_policy::route::Route>,
     #[serde(default)]
-    authorization: Vec<crate::policy::authz::AuthorizationPolicy>,
+    authorization: Vec<quiver_policy::authz::AuthorizationPolicy>,
     #[serde(default)]
-    mesh: crate::policy::authz::MeshConfig,
+    mesh: quiver_policy::authz::MeshConfig,
     #[serde(default)]
     tuning: Tuning,
 }
@@ -188,7 +180,7 @@ struct OutboundFile {
 struct ServiceFile {
     name: String,
     #[serde(default)]
-    subsets: Vec<crate::policy::Subset>,
+    subsets: Vec<quiver_policy::Subset>,
     #[serde(default)]
     endpoints: Vec<EndpointFile>,
 }
@@ -199,7 +191,7 @@ struct EndpointFile {
     address: SocketAddr,
     identity: String,
     #[serde(default)]
-    labels: crate::policy::Labels,
+    labels: quiver_policy::Labels,
     #[serde(default)]
     zone: String,
 }
@@ -241,9 +233,9 @@ pub struct Tuning {
     /// Tokio worker threads (0: one per core).
     pub workers: usize,
     /// Load balancing, circuit breaking and outlier detection (see docs/traffic.md).
-    pub balancing: crate::policy::balance::BalanceConfig,
+    pub balancing: quiver_policy::balance::BalanceConfig,
     /// Retry mechanics the Route does not carry: body buffering, backoff, budget window.
-    pub retries: crate::policy::retry::RetryTuning,
+    pub retries: quiver_policy::retry::RetryTuning,
 }
 
 impl Default for Tuning {
@@ -347,7 +339,7 @@ impl ProxyConfig {
     pub fn load_with(path: &Path, overrides: Overrides) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![FieldError {
-                field: path.display().to_string(),
+                path: path.display().to_string(),
                 reason: format!("cannot read: {e}"),
             }])
         })?;
@@ -373,7 +365,7 @@ impl ProxyConfig {
                 path
             };
             ConfigErrors(vec![FieldError {
-                field,
+                path: field,
                 reason: format!("{inner}{location}"),
             }])
         })?;
@@ -523,7 +515,7 @@ fn validate_control_plane(
             err("control_plane.service".into(), missing("--service"));
             None
         }
-        Some(s) => match check_service_name(s) {
+        Some(s) => match check_dns_label(s) {
             Ok(()) => Some(s.to_string()),
             Err(r) => {
                 err("control_plane.service".into(), r);
@@ -590,7 +582,12 @@ fn validate_control_plane(
 
 fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     let mut errs = Vec::new();
-    let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
+    let mut err = |field: String, reason: String| {
+        errs.push(FieldError {
+            path: field,
+            reason,
+        });
+    };
 
     let resolve = |p: &Path| {
         if p.is_absolute() {
@@ -679,7 +676,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         }
         if let Some(prev) = listens.get(&addr) {
             errs.push(FieldError {
-                field: field.clone(),
+                path: field.clone(),
                 reason: format!("{addr} is already used by {prev}"),
             });
         } else {
@@ -695,7 +692,12 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         claim(o.listen, format!("outbound[{i}].listen"), &mut tcp_errs);
     }
     errs.extend(tcp_errs);
-    let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
+    let mut err = |field: String, reason: String| {
+        errs.push(FieldError {
+            path: field,
+            reason,
+        });
+    };
 
     if file.drain_timeout > Duration::from_secs(3600) {
         err("drain_timeout".into(), "must be at most 1h".into());
@@ -735,13 +737,18 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         );
     }
     t.paths.validate(&mut errs);
-    let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
+    let mut err = |field: String, reason: String| {
+        errs.push(FieldError {
+            path: field,
+            reason,
+        });
+    };
 
     let mut inbound = Vec::new();
     let mut seen_ports = HashSet::new();
     for (i, p) in file.inbound.iter().enumerate() {
         let f = format!("inbound[{i}]");
-        if let Err(r) = check_service_name(&p.service) {
+        if let Err(r) = check_dns_label(&p.service) {
             err(format!("{f}.service"), r);
         }
         if p.port == 0 {
@@ -767,7 +774,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     let mut services = BTreeMap::new();
     for (i, s) in file.services.iter().enumerate() {
         let f = format!("services[{i}]");
-        if let Err(r) = check_service_name(&s.name) {
+        if let Err(r) = check_dns_label(&s.name) {
             err(format!("{f}.name"), r);
         }
         if services.contains_key(&s.name) {
@@ -841,7 +848,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         });
     }
 
-    let policy = crate::policy::plan::PolicyConfig {
+    let policy = quiver_policy::plan::PolicyConfig {
         routes: file.routes,
         authorization: file.authorization,
         mesh: file.mesh,
@@ -869,24 +876,6 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
             snapshot,
         }),
         _ => Err(ConfigErrors(errs)),
-    }
-}
-
-/// Service names are DNS labels: they travel as HTTP authorities and TLS server names.
-pub fn check_service_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a DNS label (1-63 of a-z, 0-9, '-', not starting or ending with '-')"
-        ))
     }
 }
 

@@ -3,7 +3,7 @@
 //! balancer, circuit limits, locality), send, report the outcome, judge it against the
 //! retry policy and budget within the deadlines — and the response streamed back.
 //!
-//! The decisions are all in [`crate::policy`]; this module performs them and reports what
+//! The decisions are all in [`quiver_policy`]; this module performs them and reports what
 //! happened back to it. It must not decide anything itself.
 
 use std::sync::Arc;
@@ -20,18 +20,17 @@ use crate::Inputs;
 use crate::body::{self, H3Body, ProxyBody};
 use crate::errors::{AttemptFailure, Direction, ProxyError};
 use crate::http::{
-    PEER_IDENTITY_HEADER, TARGET_HEADER, authority_of, rebase_uri, strip_hop_by_hop,
+    PEER_IDENTITY_HEADER, TARGET_HEADER, authority_of, content_length, rebase_uri, strip_hop_by_hop,
 };
 use crate::metrics::Metrics;
-use crate::outbound::{content_length, open_stream, peer_addr};
-use crate::policy::balance::{LOAD_HEADER, parse_load};
-use crate::policy::plan::{Plan, Rolls};
-use crate::policy::retry::{self, Attempt, BodyState, Outcome, RetryDecision};
-use crate::policy::route::{Backend, RequestHead};
 use crate::snapshot::Target;
 use crate::transport::PeerConn;
 use crate::transport::classify_h3_conn;
 use crate::upstream::{Lease, Report, Routing};
+use quiver_policy::balance::{LOAD_HEADER, parse_load};
+use quiver_policy::plan::{Plan, Rolls};
+use quiver_policy::retry::{self, Attempt, BodyState, Outcome, RetryDecision};
+use quiver_policy::route::{Backend, RequestHead};
 
 /// The request body as one attempt sends it.
 enum AttemptBody {
@@ -353,7 +352,12 @@ async fn send_once(
     body: AttemptBody,
     on_connected: impl FnOnce(&PeerConn),
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (peer, stream) = open_stream(inputs, &lease.endpoint, head.clone()).await?;
+    let (peer, stream) = inputs
+        .transport
+        .open_stream(&lease.endpoint, head.clone(), || {
+            inputs.snapshot().zone.clone()
+        })
+        .await?;
     lease.connected();
     on_connected(&peer);
     let (mut tx, mut rx) = stream.split();
@@ -361,7 +365,7 @@ async fn send_once(
         AttemptBody::Held(b) if b.is_empty() => tx
             .finish()
             .await
-            .map_err(|e| classify_h3_conn(&peer_addr(&peer), &peer.conn, &e.to_string()))?,
+            .map_err(|e| classify_h3_conn(&peer.addr(), &peer.conn, &e.to_string()))?,
         AttemptBody::Held(b) => {
             tokio::spawn(async move {
                 let full = http_body_util::Full::new(b);
@@ -388,7 +392,7 @@ async fn send_once(
     let resp = rx
         .recv_response()
         .await
-        .map_err(|e| classify_h3_conn(&peer_addr(&peer), &peer.conn, &e.to_string()))?;
+        .map_err(|e| classify_h3_conn(&peer.addr(), &peer.conn, &e.to_string()))?;
     let (mut rparts, ()) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     rparts.version = http::Version::HTTP_11;

@@ -85,6 +85,14 @@ pub fn header_bytes(headers: &HeaderMap) -> usize {
         .sum()
 }
 
+/// The declared `content-length`, if any and valid.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Refuse a header block above `limit`.
 pub fn check_header_size(headers: &HeaderMap, limit: usize) -> Result<(), ProxyError> {
     let size = header_bytes(headers);
@@ -178,7 +186,7 @@ impl<'a> RequestRecord<'a> {
         use crate::trace::{SpanInfo, TraceContext};
         let tracing_cfg = inputs.snapshot().policy.mesh.tracing.clone();
         let mut span = SpanInfo::begin(TraceContext::extract(headers), kind, tracing_cfg.rate());
-        span.request_bytes = crate::outbound::content_length(headers).unwrap_or(0);
+        span.request_bytes = content_length(headers).unwrap_or(0);
         crate::trace::inject(headers, &span.trace_id, &span.span_id, span.sampled);
         self.telemetry = inputs.telemetry.as_ref().map(|t| (t, tracing_cfg.slow()));
         self.span.insert(span)

@@ -26,11 +26,10 @@ use crate::body::{self, H3Body, ProxyBody};
 use crate::config::paths::PathClass;
 use crate::errors::{Direction, ProxyError};
 use crate::http::{
-    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, error_kind, rebase_uri,
-    strip_hop_by_hop,
+    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, content_length,
+    error_kind, rebase_uri, strip_hop_by_hop,
 };
 use crate::metrics::Metrics;
-use crate::outbound::{content_length, record_tunnel};
 use crate::snapshot::{LocalPort, Protocol, Target};
 use crate::trace::SpanKind;
 use crate::transport::{ServerStream, peer_id};
@@ -195,7 +194,7 @@ async fn request(
             let status = parts.status;
             let error = error_kind(&parts.headers);
             if let Some(span) = record.span_mut() {
-                span.response_bytes = crate::outbound::content_length(&parts.headers).unwrap_or(0);
+                span.response_bytes = content_length(&parts.headers).unwrap_or(0);
             }
             let head = Response::from_parts(parts, ());
             if let Err(e) = tx.send_response(head).await {
@@ -252,7 +251,7 @@ fn decide(inputs: &Inputs, req: &Request<()>, peer: &SpiffeId) -> Result<LocalPo
             req.uri().path(),
         )
     };
-    if let crate::policy::authz::Verdict::Denied(reason) = verdict {
+    if let quiver_policy::authz::Verdict::Denied(reason) = verdict {
         crate::metrics::Metrics::count(&inputs.metrics.denied, &port.service);
         return Err(ProxyError::Denied(format!(
             "{peer} may not call {} ({reason})",
@@ -364,25 +363,17 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 /// CONNECT from a peer: dial the app, answer 200, pump bytes.
 async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
     let dial = tokio::time::timeout(inputs.tuning.connect_timeout, TcpStream::connect(port.app));
-    let sock = match dial.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let err = ProxyError::UpstreamConnect(format!("{}: {e}", port.app));
-            send_error(&mut stream, &err).await;
-            record_tunnel(
-                inputs,
-                Direction::Inbound,
-                &port.service,
-                Default::default(),
-                true,
-            );
-            return;
-        }
-        Err(_) => {
-            let err = ProxyError::UpstreamConnect(format!("{}: connect timed out", port.app));
-            send_error(&mut stream, &err).await;
-            record_tunnel(
-                inputs,
+    let refused = match dial.await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("{}: {e}", port.app)),
+        Err(_) => Err(format!("{}: connect timed out", port.app)),
+    };
+    let sock = match refused {
+        Ok(s) => s,
+        Err(detail) => {
+            send_error(&mut stream, &ProxyError::UpstreamConnect(detail)).await;
+            crate::tunnel::record(
+                &inputs.metrics,
                 Direction::Inbound,
                 &port.service,
                 Default::default(),
@@ -399,8 +390,8 @@ async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
     }
     let (tx, rx) = stream.split();
     let (bytes, err) = crate::tunnel::pump(sock, tx, rx).await;
-    record_tunnel(
-        inputs,
+    crate::tunnel::record(
+        &inputs.metrics,
         Direction::Inbound,
         &port.service,
         bytes,

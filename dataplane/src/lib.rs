@@ -21,7 +21,6 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
-pub mod policy;
 pub mod pushed;
 pub mod snapshot;
 pub mod trace;

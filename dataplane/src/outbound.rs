@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,10 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::Inputs;
 use crate::body::{self, ProxyBody};
-use crate::errors::{Direction, ErrorKind, ProxyError};
-use crate::http::{RequestRecord, authority_of, check_header_size, error_kind, error_response};
-use crate::metrics::{Metrics, TcpConnLabels, TcpLabels};
-use crate::snapshot::{Endpoint, Protocol, Target};
+use crate::errors::{Direction, ProxyError};
+use crate::http::{
+    RequestRecord, authority_of, check_header_size, content_length, error_kind, error_response,
+};
+use crate::metrics::{Metrics, TcpConnLabels};
+use crate::snapshot::{Protocol, Target};
 use crate::trace::SpanKind;
 use crate::transport::{ClientStream, PeerConn, classify_h3_conn};
 
@@ -173,55 +174,6 @@ async fn handle(
     }
 }
 
-/// Open a request stream to `endpoint`. A pooled connection that can no longer open
-/// streams is replaced once: a failed `send_request` never delivered a complete request (no
-/// FIN was sent), so the retry cannot duplicate it.
-pub(crate) async fn open_stream(
-    inputs: &Inputs,
-    endpoint: &Endpoint,
-    req: Request<()>,
-) -> Result<(PeerConn, ClientStream), ProxyError> {
-    let mut last = None;
-    for _ in 0..2 {
-        let mut peer = inputs
-            .transport
-            .connection(endpoint, || inputs.snapshot().zone.clone())
-            .await?;
-        match peer.send.send_request(req.clone()).await {
-            Ok(stream) => return Ok((peer, stream)),
-            Err(e) => {
-                let err =
-                    classify_h3_conn(&endpoint.address.to_string(), &peer.conn, &e.to_string());
-                // This connection takes no new requests (closed, or the peer sent GOAWAY while
-                // draining): never hand it out again. Requests already on it finish.
-                inputs.transport.evict(endpoint.address, &peer.conn);
-                if matches!(
-                    err,
-                    ProxyError::PeerHandshake { .. } | ProxyError::PeerIdentityMismatch { .. }
-                ) {
-                    return Err(err);
-                }
-                last = Some(err);
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| ProxyError::PeerConnect {
-        addr: endpoint.address.to_string(),
-        detail: "no usable connection".into(),
-    }))
-}
-
-pub(crate) fn peer_addr(peer: &PeerConn) -> String {
-    peer.conn.remote_address().to_string()
-}
-
-pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 /// Open an HTTP/3 CONNECT stream to `target` and wait for the peer's 2xx.
 async fn open_tunnel(
     inputs: &Inputs,
@@ -239,7 +191,7 @@ async fn open_tunnel(
     let rolls = [rand::random::<u32>(), rand::random::<u32>()];
     let mut lease = inputs.routing().lease(
         &target.service,
-        &crate::policy::Labels::default(),
+        &quiver_policy::Labels::default(),
         Instant::now(),
         rolls,
     )?;
@@ -262,12 +214,15 @@ async fn connect_stream(
     lease: &mut crate::upstream::Lease,
     req: Request<()>,
 ) -> Result<(PeerConn, ClientStream), ProxyError> {
-    let (peer, mut stream) = open_stream(inputs, &lease.endpoint, req).await?;
+    let (peer, mut stream) = inputs
+        .transport
+        .open_stream(&lease.endpoint, req, || inputs.snapshot().zone.clone())
+        .await?;
     lease.connected();
     let resp = tokio::time::timeout(inputs.tuning.response_timeout, stream.recv_response())
         .await
         .map_err(|_| ProxyError::UpstreamTimeout(inputs.tuning.response_timeout))?
-        .map_err(|e| classify_h3_conn(&peer_addr(&peer), &peer.conn, &e.to_string()))?;
+        .map_err(|e| classify_h3_conn(&peer.addr(), &peer.conn, &e.to_string()))?;
     if !resp.status().is_success() {
         return Err(ProxyError::from_peer(
             error_kind(resp.headers()),
@@ -336,53 +291,11 @@ async fn run_tunnel<IO>(
 {
     let _inflight = inputs.drain.track();
     let (bytes, err) = crate::tunnel::pump(io, tx, rx).await;
-    record_tunnel(inputs, Direction::Outbound, service, bytes, err.is_some());
-}
-
-/// Record a finished tunnel's bytes and outcome.
-pub fn record_tunnel(
-    inputs: &Inputs,
-    direction: Direction,
-    service: &str,
-    bytes: crate::tunnel::TunnelBytes,
-    failed: bool,
-) {
-    let direction = direction.as_str();
-    let labels = TcpLabels {
-        direction,
-        service: service.to_string(),
-    };
-    inputs
-        .metrics
-        .tcp_received
-        .get_or_create(&labels)
-        .inc_by(bytes.received);
-    inputs
-        .metrics
-        .tcp_sent
-        .get_or_create(&labels)
-        .inc_by(bytes.sent);
-    let error = if failed {
-        ErrorKind::UpstreamReset.reason()
-    } else {
-        ""
-    };
-    inputs
-        .metrics
-        .tcp_connections
-        .get_or_create(&TcpConnLabels {
-            direction,
-            service: service.to_string(),
-            error,
-        })
-        .inc();
-    tracing::info!(
-        target: "access",
-        direction,
-        dst.service = %service,
-        bytes.received = bytes.received,
-        bytes.sent = bytes.sent,
-        error,
-        "tcp tunnel closed"
+    crate::tunnel::record(
+        &inputs.metrics,
+        Direction::Outbound,
+        service,
+        bytes,
+        err.is_some(),
     );
 }

@@ -10,10 +10,11 @@ use std::net::{IpAddr, SocketAddr};
 use quiver_api::SpiffeId;
 use quiver_api::v1;
 
-use crate::config::{FieldError, check_service_name};
-use crate::policy::Subset;
-use crate::policy::plan::PolicyConfig;
+use crate::config::FieldError;
 use crate::snapshot::{Endpoint, LocalPort, Protocol, RemoteService, Snapshot};
+use quiver_api::validate::check_dns_label;
+use quiver_policy::Subset;
+use quiver_policy::plan::PolicyConfig;
 
 /// Convert a pushed snapshot. `zone` is where this proxy runs (it knows, the control plane
 /// need not); `app_host` is where its local apps listen (usually 127.0.0.1).
@@ -23,12 +24,17 @@ pub fn snapshot(
     app_host: IpAddr,
 ) -> Result<Snapshot, Vec<FieldError>> {
     let mut errs = Vec::new();
-    let mut err = |field: String, reason: String| errs.push(FieldError { field, reason });
+    let mut err = |field: String, reason: String| {
+        errs.push(FieldError {
+            path: field,
+            reason,
+        });
+    };
 
     let mut services = BTreeMap::new();
     for (i, s) in pushed.services.iter().enumerate() {
         let at = format!("services[{i}]");
-        if let Err(r) = check_service_name(&s.name) {
+        if let Err(r) = check_dns_label(&s.name) {
             err(format!("{at}.name"), r);
         }
         let mut endpoints = Vec::new();
@@ -178,7 +184,7 @@ fn read<T: serde::de::DeserializeOwned>(
 ) -> Option<T> {
     let Some(message) = message else {
         errs.push(FieldError {
-            field: format!("{at}.spec"),
+            path: format!("{at}.spec"),
             reason: "missing".into(),
         });
         return None;
@@ -198,7 +204,7 @@ fn read<T: serde::de::DeserializeOwned>(
         Ok(t) => Some(t),
         Err(reason) => {
             errs.push(FieldError {
-                field: at.to_string(),
+                path: at.to_string(),
                 reason,
             });
             None

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use quiver_api::SpiffeId;
 use serde::{Deserialize, Serialize};
 
-use crate::config::FieldError;
 use crate::errors::ProxyError;
-use crate::policy::balance::Workload;
-use crate::policy::plan::{Policy, PolicyConfig};
-use crate::policy::{Labels, Subset};
+use quiver_api::validate::FieldError;
+use quiver_policy::balance::Workload;
+use quiver_policy::plan::{Policy, PolicyConfig};
+use quiver_policy::{Labels, Subset};
 
 /// What the app behind a port speaks; decides how the inbound side talks to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -175,7 +175,7 @@ impl Target {
             }
             None => (authority, None),
         };
-        crate::config::check_service_name(name).map_err(|_| bad())?;
+        quiver_api::validate::check_dns_label(name).map_err(|_| bad())?;
         Ok(Target {
             service: name.to_string(),
             port,

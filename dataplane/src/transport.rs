@@ -70,6 +70,13 @@ pub struct PeerConn {
     pub trace_id: Arc<str>,
 }
 
+impl PeerConn {
+    /// The peer's address, for error messages.
+    pub fn addr(&self) -> String {
+        self.conn.remote_address().to_string()
+    }
+}
+
 #[derive(Default)]
 struct PeerSlot {
     ready: Mutex<Option<PeerConn>>,
@@ -176,6 +183,42 @@ impl Transport {
 
     pub fn endpoint(&self) -> &quinn::Endpoint {
         &self.endpoint
+    }
+
+    /// Open a request stream to `endpoint`. A pooled connection that can no longer open
+    /// streams is replaced once: a failed `send_request` never delivered a complete request (no
+    /// FIN was sent), so the retry cannot duplicate it.
+    pub async fn open_stream(
+        &self,
+        endpoint: &Endpoint,
+        req: http::Request<()>,
+        zone: impl Fn() -> String,
+    ) -> Result<(PeerConn, ClientStream), ProxyError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let mut peer = self.connection(endpoint, &zone).await?;
+            match peer.send.send_request(req.clone()).await {
+                Ok(stream) => return Ok((peer, stream)),
+                Err(e) => {
+                    let err =
+                        classify_h3_conn(&endpoint.address.to_string(), &peer.conn, &e.to_string());
+                    // This connection takes no new requests (closed, or the peer sent GOAWAY while
+                    // draining): never hand it out again. Requests already on it finish.
+                    self.evict(endpoint.address, &peer.conn);
+                    if matches!(
+                        err,
+                        ProxyError::PeerHandshake { .. } | ProxyError::PeerIdentityMismatch { .. }
+                    ) {
+                        return Err(err);
+                    }
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ProxyError::PeerConnect {
+            addr: endpoint.address.to_string(),
+            detail: "no usable connection".into(),
+        }))
     }
 
     /// Accept a peer's connection with the settings of its path class.

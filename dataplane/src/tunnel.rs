@@ -6,6 +6,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{Batch, BodyError, RecvHalf, SendHalf, poll_batch};
+use crate::errors::{Direction, ErrorKind};
+use crate::metrics::{Metrics, TcpConnLabels, TcpLabels};
 
 /// Bytes moved by one tunnel, from the local socket's point of view.
 #[derive(Debug, Default, Clone, Copy)]
@@ -68,4 +70,46 @@ where
             (bytes, Some(e))
         }
     }
+}
+
+/// Record a finished tunnel's bytes and outcome.
+pub fn record(
+    metrics: &Metrics,
+    direction: Direction,
+    service: &str,
+    bytes: TunnelBytes,
+    failed: bool,
+) {
+    let direction = direction.as_str();
+    let labels = TcpLabels {
+        direction,
+        service: service.to_string(),
+    };
+    metrics
+        .tcp_received
+        .get_or_create(&labels)
+        .inc_by(bytes.received);
+    metrics.tcp_sent.get_or_create(&labels).inc_by(bytes.sent);
+    let error = if failed {
+        ErrorKind::UpstreamReset.reason()
+    } else {
+        ""
+    };
+    metrics
+        .tcp_connections
+        .get_or_create(&TcpConnLabels {
+            direction,
+            service: service.to_string(),
+            error,
+        })
+        .inc();
+    tracing::info!(
+        target: "access",
+        direction,
+        dst.service = %service,
+        bytes.received = bytes.received,
+        bytes.sent = bytes.sent,
+        error,
+        "tcp tunnel closed"
+    );
 }

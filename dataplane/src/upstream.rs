@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::errors::ProxyError;
-use crate::policy::Labels;
-use crate::policy::balance::{BalanceConfig, Balancer, Pick, Tier};
-use crate::policy::breaker::Stage;
-use crate::policy::outlier::Recorded;
-use crate::policy::plan::{Budgets, Plan};
-use crate::policy::retry::{RetryBudget, RetryTuning};
 use crate::snapshot::{Endpoint, Snapshot};
+use quiver_policy::Labels;
+use quiver_policy::balance::{BalanceConfig, Balancer, Pick, Tier};
+use quiver_policy::breaker::Stage;
+use quiver_policy::outlier::Recorded;
+use quiver_policy::plan::{Budgets, Plan};
+use quiver_policy::retry::{RetryBudget, RetryTuning};
 
 /// A snapshot as the data path runs it: the config plus the state of every service it names.
 /// Immutable once installed; requests hold the `Arc` they started with.
@@ -154,7 +154,7 @@ impl Routing {
             Pick::NoEndpoint => return Err(ProxyError::NoEndpoint(service.to_string())),
             Pick::Overloaded => {
                 return Err(ProxyError::Overloaded(
-                    crate::policy::breaker::Overloaded::MaxRequests.as_str(),
+                    quiver_policy::breaker::Overloaded::MaxRequests.as_str(),
                 ));
             }
         };

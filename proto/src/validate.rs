@@ -26,6 +26,26 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// The one DNS-label rule (RFC 1123 label: 1-63 lowercase letters, digits and '-', starting
+/// and ending with a letter or digit). Names of namespaces, services, service accounts and
+/// subsets follow it: they travel as HTTP authorities, TLS server names and SPIFFE path parts.
+pub fn check_dns_label(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS label (1-63 lowercase letters, digits or '-', starting and \
+             ending with a letter or digit)"
+        ))
+    }
+}
+
 /// Every problem with a document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Invalid {
@@ -174,22 +194,9 @@ impl Validator {
         }
     }
 
-    /// RFC 1123 label: lowercase letters, digits and '-', 1-63, starting and ending alphanumeric.
     fn dns_label(&mut self, path: &str, s: &str) {
-        let ok = !s.is_empty()
-            && s.len() <= 63
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !s.starts_with('-')
-            && !s.ends_with('-');
-        if !ok {
-            self.err(
-                path,
-                format!(
-                    "{s:?} is not a DNS label (1-63 lowercase letters, digits or '-', \
-                     starting and ending with a letter or digit)"
-                ),
-            );
+        if let Err(reason) = check_dns_label(s) {
+            self.err(path, reason);
         }
     }
 
@@ -364,16 +371,21 @@ impl Validator {
         }
     }
 
+    /// `spec.service`: required, and an existing Service.
+    fn target_service(&mut self, service: &str, services: &Services) {
+        if service.is_empty() {
+            self.err("spec.service", "required");
+        } else {
+            self.service_ref("spec", service, None, services);
+        }
+    }
+
     fn route(&mut self, r: &v1::Route, services: &Services) {
         let Some(spec) = &r.spec else {
             self.err("spec", "required");
             return;
         };
-        if spec.service.is_empty() {
-            self.err("spec.service", "required");
-        } else {
-            self.service_ref("spec", &spec.service, None, services);
-        }
+        self.target_service(&spec.service, services);
         if spec.rules.is_empty() {
             self.err("spec.rules", "at least one rule is required");
         }
@@ -565,11 +577,7 @@ impl Validator {
             self.err("spec", "required");
             return;
         };
-        if spec.service.is_empty() {
-            self.err("spec.service", "required");
-        } else {
-            self.service_ref("spec", &spec.service, None, services);
-        }
+        self.target_service(&spec.service, services);
         for (list, rules) in [("allow", &spec.allow), ("deny", &spec.deny)] {
             for (i, rule) in rules.iter().enumerate() {
                 let path = format!("spec.{list}[{i}]");

@@ -9,6 +9,7 @@ pub mod harness;
 pub mod lossy;
 pub mod mesh;
 pub mod pki;
+pub mod scratch;
 
 /// Generated code for the test gRPC service (proto/echo.proto).
 pub mod echo_proto {

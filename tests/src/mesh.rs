@@ -14,14 +14,10 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::bench::propagation::control::ScratchDatabase;
+use crate::scratch::{PG_HINT, ScratchDatabase, server_url};
 
 /// The admin token every test control plane accepts.
 pub const ADMIN_TOKEN: &str = "qvr_mesh-test-admin-token";
-
-pub const PG_HINT: &str = "Postgres is required: `apt-get install -y postgresql && \
-     pg_ctlcluster 15 main start` (or point QUIVER_TEST_DATABASE_URL at a server where the \
-     user may CREATE DATABASE)";
 
 /// A binary of this workspace, next to the test executable's `deps/` folder.
 pub fn binary(name: &str) -> PathBuf {
@@ -59,9 +55,7 @@ impl Db {
     /// A fresh database on the test Postgres (`QUIVER_TEST_DATABASE_URL`, default
     /// postgres://postgres@127.0.0.1:5432/postgres).
     pub async fn postgres() -> Self {
-        let base = std::env::var("QUIVER_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        match ScratchDatabase::create(&base).await {
+        match ScratchDatabase::create(&server_url()).await {
             Ok(db) => Self::Postgres(db),
             Err(e) => panic!("{e:#}\n{PG_HINT}"),
         }

@@ -239,12 +239,7 @@ fn trust_bundle(ca: &MeshCa) -> v1::TrustBundle {
 }
 
 fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+    quiver_api::validate::check_dns_label(s).is_ok()
 }
 
 /// Map a store error to the status a client can act on.

@@ -163,7 +163,7 @@ impl PathClasses {
             let t = self.get(class);
             let mut err = |field: &str, reason: String| {
                 errs.push(FieldError {
-                    field: format!("tuning.paths.{}.{field}", class.name()),
+                    path: format!("tuning.paths.{}.{field}", class.name()),
                     reason,
                 });
             };
@@ -312,7 +312,7 @@ mod tests {
         p.loopback.stream_receive_window = 2 * 1024 * 1024;
         let mut errs = Vec::new();
         p.validate(&mut errs);
-        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        let fields: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             fields,
             [

@@ -46,7 +46,7 @@ fn errors(yaml: &str, dir: &Path) -> Vec<FieldError> {
 
 fn has(errs: &[FieldError], field: &str, reason_part: &str) -> bool {
     errs.iter()
-        .any(|e| e.field == field && e.reason.contains(reason_part))
+        .any(|e| e.path == field && e.reason.contains(reason_part))
 }
 
 #[test]

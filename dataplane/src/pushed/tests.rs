@@ -4,9 +4,9 @@ use http::HeaderMap;
 use quiver_api::v1;
 
 use super::*;
-use crate::policy::authz::Verdict;
-use crate::policy::plan::Rolls;
-use crate::policy::route::RequestHead;
+use quiver_policy::authz::Verdict;
+use quiver_policy::plan::Rolls;
+use quiver_policy::route::RequestHead;
 
 fn endpoint(addr: &str, version: &str, zone: &str) -> v1::SnapshotEndpoint {
     v1::SnapshotEndpoint {
@@ -228,7 +228,7 @@ fn a_bad_push_is_refused_whole_with_field_paths() {
     let errs = snapshot(&p, "", local()).unwrap_err();
     assert!(
         errs.iter()
-            .any(|e| e.field.contains("rules[1].match.path.regex")),
+            .any(|e| e.path.contains("rules[1].match.path.regex")),
         "{errs:#?}"
     );
 }

@@ -3,12 +3,12 @@ use std::collections::BTreeMap;
 use quiver_api::SpiffeId;
 
 use super::*;
-use crate::policy::balance::Algorithm;
-use crate::policy::breaker::CircuitLimits;
-use crate::policy::plan::{PolicyConfig, Rolls};
-use crate::policy::retry::RetryTuning;
-use crate::policy::route::RequestHead;
 use crate::snapshot::RemoteService;
+use quiver_policy::balance::Algorithm;
+use quiver_policy::breaker::CircuitLimits;
+use quiver_policy::plan::{PolicyConfig, Rolls};
+use quiver_policy::retry::RetryTuning;
+use quiver_policy::route::RequestHead;
 
 fn endpoint(address: &str, sa: &str) -> Endpoint {
     Endpoint {

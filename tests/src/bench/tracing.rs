@@ -17,9 +17,10 @@ use super::backends::Backends;
 use super::load::{self, Window};
 use super::pair::free_tcp_ports;
 use super::procstat;
-use super::propagation::control::{ControlPlane, ScratchDatabase, redact};
+use super::propagation::control::ControlPlane;
 use super::propagation::mesh::yaml;
 use crate::mesh::{admin_get, metric};
+use crate::scratch::{ScratchDatabase, redact};
 
 /// Tracing on versus off, through a joined proxy pair.
 #[derive(Debug, Clone, clap::Args)]

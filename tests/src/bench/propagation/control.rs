@@ -5,7 +5,8 @@
 //!
 //! The child is SIGKILLed and its files removed when [`ControlPlane`] drops; the scratch
 //! database is dropped (with `FORCE`) when [`ScratchDatabase`] drops, so an error, a panic or
-//! Ctrl-C never leaves either behind.
+//! Ctrl-C never leaves either behind. The scratch database is the test kit's
+//! ([`crate::scratch`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use quiver_api::v1::{self, mesh_admin_client::MeshAdminClient};
-use sqlx::Connection;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -175,124 +175,5 @@ impl Drop for ControlPlane {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A Postgres database made for one run (a benchmark, a test) next to the one `server_url` names (which must let
-/// its user CREATE DATABASE), dropped with its connections when this value drops.
-pub struct ScratchDatabase {
-    /// The URL of the new database.
-    pub url: String,
-    name: String,
-    server_url: String,
-}
-
-impl ScratchDatabase {
-    pub async fn create(server_url: &str) -> anyhow::Result<Self> {
-        // Unique across processes (pid) and across tests running at once in one (random).
-        let name = format!(
-            "quiver_scratch_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let url = sibling_database_url(server_url, &name)?;
-        let mut conn = sqlx::PgConnection::connect(server_url)
-            .await
-            .with_context(|| format!("connecting to Postgres at {}", redact(server_url)))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("CREATE DATABASE {name}"))?;
-        let _ = conn.close().await;
-        Ok(Self {
-            url,
-            name,
-            server_url: server_url.to_string(),
-        })
-    }
-}
-
-impl Drop for ScratchDatabase {
-    fn drop(&mut self) {
-        let (server_url, name) = (self.server_url.clone(), self.name.clone());
-        // Drop may run inside the benchmark's runtime, which must not block on itself: a
-        // short-lived runtime on its own thread does the DROP.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&server_url).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await?;
-                anyhow::Ok(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!(
-                "could not drop scratch database {}; drop it by hand",
-                self.name
-            );
-        }
-    }
-}
-
-/// `postgres://u@h:5432/postgres?x=y` with the database part replaced by `name`.
-fn sibling_database_url(server_url: &str, name: &str) -> anyhow::Result<String> {
-    let (base, query) = match server_url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (server_url, None),
-    };
-    let authority = base
-        .find("://")
-        .map(|i| i + 3)
-        .with_context(|| format!("--database-url {}: not a URL", redact(server_url)))?;
-    let head = match base[authority..].find('/') {
-        Some(slash) => &base[..authority + slash],
-        None => base,
-    };
-    Ok(match query {
-        Some(q) => format!("{head}/{name}?{q}"),
-        None => format!("{head}/{name}"),
-    })
-}
-
-/// A URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scratch_database_sits_next_to_the_named_one() {
-        let url = |s| sibling_database_url(s, "scratch").unwrap();
-        assert_eq!(
-            url("postgres://postgres@127.0.0.1:5432/postgres"),
-            "postgres://postgres@127.0.0.1:5432/scratch"
-        );
-        assert_eq!(
-            url("postgres://u:pw@db/quiver?sslmode=disable"),
-            "postgres://u:pw@db/scratch?sslmode=disable"
-        );
-        assert_eq!(url("postgres://db:5432"), "postgres://db:5432/scratch");
-        assert!(sibling_database_url("nonsense", "x").is_err());
-    }
-
-    #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(redact("postgres://u:secret@db/q"), "postgres://***@db/q");
-        assert_eq!(redact("postgres://db/q"), "postgres://db/q");
     }
 }

@@ -19,10 +19,11 @@ use anyhow::{Context, anyhow, bail};
 use quiver_api::v1;
 use tokio::sync::mpsc;
 
-use self::control::{ControlPlane, ScratchDatabase, redact};
+use self::control::ControlPlane;
 use self::mesh::Event;
 use self::round::{Latency, Memory, ROUND_HEADER, Report, RoundTracker, round_line, summary};
 use crate::bench::stats::Outcome;
+use crate::scratch::{ScratchDatabase, redact};
 
 /// Config propagation: N proxies Watch, one Apply, time until every one holds it.
 #[derive(Debug, Clone, clap::Args)]

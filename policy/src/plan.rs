@@ -19,7 +19,7 @@ use super::balance::Tier;
 use super::fault::FaultDecision;
 use super::retry::{Retries, RetryBudget, RetryTuning};
 use super::route::{Backend, CompiledRule, RequestHead, Route, RouteTable, SubsetIndex};
-use crate::config::FieldError;
+use quiver_api::validate::FieldError;
 
 /// The policy blocks of a proxy config (and of a control-plane snapshot, converted).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -93,7 +93,7 @@ pub struct Plan {
     /// Where to send a copy, if this request is mirrored.
     pub mirror: Option<Arc<Backend>>,
     /// The endpoint of the latest attempt and how it was found (set by the data path from
-    /// its [`crate::upstream::Lease`]).
+    /// the endpoint lease of that attempt).
     pub endpoint: Option<(SocketAddr, Tier)>,
     /// Attempts made so far (the data path increments it per attempt).
     pub attempts: u32,
@@ -110,12 +110,12 @@ impl Policy {
             let at = format!("routes[{i}]");
             if r.service.is_empty() {
                 errors.push(FieldError {
-                    field: format!("{at}.service"),
+                    path: format!("{at}.service"),
                     reason: "required".into(),
                 });
             } else if let Some(first) = seen.insert(&r.service, i) {
                 errors.push(FieldError {
-                    field: format!("{at}.service"),
+                    path: format!("{at}.service"),
                     reason: format!(
                         "service {:?} already has a route (routes[{first}])",
                         r.service

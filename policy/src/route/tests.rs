@@ -22,7 +22,7 @@ fn errors(yaml: &str) -> Vec<(String, String)> {
     RouteTable::compile(&route, "routes[0]", &subsets())
         .unwrap_err()
         .into_iter()
-        .map(|e| (e.field, e.reason))
+        .map(|e| (e.path, e.reason))
         .collect()
 }
 

@@ -1,8 +1,8 @@
 use http::{HeaderMap, HeaderValue};
 
 use super::*;
-use crate::policy::Subset;
-use crate::policy::balance::{BalanceConfig, Balancer, Pick, Workload};
+use crate::Subset;
+use crate::balance::{BalanceConfig, Balancer, Pick, Workload};
 
 const CONFIG: &str = r#"
 mesh:
@@ -223,7 +223,7 @@ authorization:
     )
     .unwrap();
     let e = Policy::compile(&bad, &subsets()).unwrap_err();
-    let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+    let fields: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         fields,
         [
@@ -263,7 +263,7 @@ fn budgets_are_per_rule_and_survive_swaps() {
 #[test]
 fn every_example_in_the_traffic_docs_compiles() {
     use serde_yaml::{Mapping, Value};
-    let doc = include_str!("../../../../docs/traffic.md");
+    let doc = include_str!("../../../docs/traffic.md");
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
     for line in doc.lines() {
@@ -298,7 +298,7 @@ fn every_example_in_the_traffic_docs_compiles() {
             #[derive(serde::Deserialize)]
             struct E {
                 address: std::net::SocketAddr,
-                labels: crate::policy::Labels,
+                labels: crate::Labels,
                 zone: String,
             }
             let services: Vec<S> = serde_yaml::from_value(services.clone()).unwrap();
@@ -308,7 +308,7 @@ fn every_example_in_the_traffic_docs_compiles() {
                     assert!(
                         s.subsets
                             .iter()
-                            .any(|x| crate::policy::selects(&x.labels, &e.labels))
+                            .any(|x| crate::selects(&x.labels, &e.labels))
                     );
                 }
                 subsets.insert(s.name, s.subsets);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::opt_duration;
-use crate::config::FieldError;
+use quiver_api::validate::FieldError;
 
 /// A route rule's retry settings, as configured (`quiver.v1.Retries`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,13 +43,13 @@ impl Retries {
     pub fn check(&self, at: &str, errors: &mut Vec<FieldError>) {
         if !(1..=10).contains(&self.attempts) {
             errors.push(FieldError {
-                field: format!("{at}.attempts"),
+                path: format!("{at}.attempts"),
                 reason: format!("{} is outside 1..10", self.attempts),
             });
         }
         if !(0.0..=100.0).contains(&self.budget_percent) {
             errors.push(FieldError {
-                field: format!("{at}.budgetPercent"),
+                path: format!("{at}.budgetPercent"),
                 reason: format!("{} is outside 0..100", self.budget_percent),
             });
         }

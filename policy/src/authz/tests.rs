@@ -152,7 +152,7 @@ fn bad_patterns_are_named() {
     let e = Authorizer::compile(&policies, &MeshConfig::default(), "authorization").unwrap_err();
     let got: Vec<(&str, &str)> = e
         .iter()
-        .map(|e| (e.field.as_str(), e.reason.as_str()))
+        .map(|e| (e.path.as_str(), e.reason.as_str()))
         .collect();
     let fields: Vec<&str> = got.iter().map(|g| g.0).collect();
     assert_eq!(

@@ -16,7 +16,7 @@ use quiver_api::SpiffeId;
 use serde::{Deserialize, Serialize};
 
 use super::opt_duration;
-use crate::config::FieldError;
+use quiver_api::validate::FieldError;
 
 /// Who may call a service (`quiver.v1.AuthorizationPolicy`: `metadata.name` + spec).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,11 +120,11 @@ impl TracingConfig {
     }
 
     /// Problems, with `at` as the field prefix (e.g. `mesh.tracing`).
-    pub fn check(&self, at: &str) -> Vec<crate::config::FieldError> {
+    pub fn check(&self, at: &str) -> Vec<quiver_api::validate::FieldError> {
         match self.sampling_percent {
             Some(p) if !(0.0..=100.0).contains(&p) || !p.is_finite() => {
-                vec![crate::config::FieldError {
-                    field: format!("{at}.samplingPercent"),
+                vec![quiver_api::validate::FieldError {
+                    path: format!("{at}.samplingPercent"),
                     reason: format!("{p} is not a percentage (0-100)"),
                 }]
             }
@@ -377,7 +377,7 @@ impl Authorizer {
 
 fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
     FieldError {
-        field: field.into(),
+        path: field.into(),
         reason: reason.into(),
     }
 }

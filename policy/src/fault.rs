@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::hits;
-use crate::config::FieldError;
+use quiver_api::validate::FieldError;
 
 /// Faults a rule injects (`quiver.v1.Fault`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -60,7 +60,7 @@ pub struct Mirror {
 fn check_percent(field: String, p: f64, errors: &mut Vec<FieldError>) {
     if !(0.0..=100.0).contains(&p) {
         errors.push(FieldError {
-            field,
+            path: field,
             reason: format!("{p} is outside 0..100"),
         });
     }
@@ -75,7 +75,7 @@ impl Fault {
         if let Some(a) = &self.abort {
             if !(200..=599).contains(&a.http_status) {
                 errors.push(FieldError {
-                    field: format!("{at}.abort.httpStatus"),
+                    path: format!("{at}.abort.httpStatus"),
                     reason: format!("{} is outside 200..599", a.http_status),
                 });
             }
@@ -212,7 +212,7 @@ mod tests {
             }),
         }
         .check("r", &mut e);
-        let fields: Vec<_> = e.iter().map(|e| e.field.as_str()).collect();
+        let fields: Vec<_> = e.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             fields,
             ["r.delay.percent", "r.abort.httpStatus", "r.abort.percent"]

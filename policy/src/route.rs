@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::fault::{Fault, Mirror};
 use super::retry::Retries;
 use super::{Labels, Subset, opt_duration};
-use crate::config::FieldError;
+use quiver_api::validate::FieldError;
 
 // ---- the shape (as written in YAML and sent by the control plane) ----
 
@@ -318,7 +318,7 @@ impl CompiledRule {
 
 fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
     FieldError {
-        field: field.into(),
+        path: field.into(),
         reason: reason.into(),
     }
 }

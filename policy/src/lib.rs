@@ -52,12 +52,12 @@ pub const METHODS: &[&str] = &[
 pub(crate) fn check_methods(
     methods: &[String],
     at: &str,
-    errors: &mut Vec<crate::config::FieldError>,
+    errors: &mut Vec<quiver_api::validate::FieldError>,
 ) {
     for (i, m) in methods.iter().enumerate() {
         if !METHODS.contains(&m.as_str()) {
-            errors.push(crate::config::FieldError {
-                field: format!("{at}[{i}]"),
+            errors.push(quiver_api::validate::FieldError {
+                path: format!("{at}[{i}]"),
                 reason: format!(
                     "{m:?} is not an HTTP method (one of {})",
                     METHODS.join(", ")
