@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
-pub mod bench;
 pub mod client;
 pub mod harness;
 pub mod lossy;

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::apps;
+use quiver_tests::apps;
 
 /// Running backends; dropping this stops them.
 pub struct Backends {

@@ -6,7 +6,7 @@
 //! The child is SIGKILLed and its files removed when [`ControlPlane`] drops; the scratch
 //! database is dropped (with `FORCE`) when [`ScratchDatabase`] drops, so an error, a panic or
 //! Ctrl-C never leaves either behind. The scratch database is the test kit's
-//! ([`crate::scratch`]).
+//! ([`quiver_tests::scratch`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,9 +19,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::bench::pair::free_tcp_ports;
-use crate::bench::procstat;
-use crate::pki::temp_dir;
+use crate::pair::free_tcp_ports;
+use crate::procstat;
+use quiver_tests::pki::temp_dir;
 
 /// The admin token the child is started with (`QUIVER_ADMIN_TOKEN`).
 const ADMIN_TOKEN: &str = "qvr_bench-admin";

@@ -17,8 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::stats::Outcome;
-use crate::echo_proto::EchoRequest;
-use crate::echo_proto::echo_client::EchoClient;
+use quiver_tests::echo_proto::EchoRequest;
+use quiver_tests::echo_proto::echo_client::EchoClient;
 
 /// One request that takes longer than this counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

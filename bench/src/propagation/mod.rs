@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use self::control::ControlPlane;
 use self::mesh::Event;
 use self::round::{Latency, Memory, ROUND_HEADER, Report, RoundTracker, round_line, summary};
-use crate::bench::stats::Outcome;
-use crate::scratch::{ScratchDatabase, redact};
+use crate::stats::Outcome;
+use quiver_tests::scratch::{ScratchDatabase, redact};
 
 /// Config propagation: N proxies Watch, one Apply, time until every one holds it.
 #[derive(Debug, Clone, clap::Args)]

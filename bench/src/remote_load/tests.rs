@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::bench::{Cli, Command};
+use crate::{Cli, Command};
 
 fn parse(flags: &[&str]) -> Result<Args, String> {
     let argv = ["quiver-bench", "load"].iter().chain(flags);

@@ -19,8 +19,8 @@ use super::pair::free_tcp_ports;
 use super::procstat;
 use super::propagation::control::ControlPlane;
 use super::propagation::mesh::yaml;
-use crate::mesh::{admin_get, metric};
-use crate::scratch::{ScratchDatabase, redact};
+use quiver_tests::mesh::{admin_get, metric};
+use quiver_tests::scratch::{ScratchDatabase, redact};
 
 /// Tracing on versus off, through a joined proxy pair.
 #[derive(Debug, Clone, clap::Args)]
@@ -145,7 +145,7 @@ async fn run(args: &Args, backends: &Backends) -> anyhow::Result<bool> {
     set_sampling(&mut admin, 0.0, &[]).await?;
     let mut sampling = 0.0;
 
-    let dir = crate::pki::temp_dir("bench-tracing");
+    let dir = quiver_tests::pki::temp_dir("bench-tracing");
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, &cp.bundle_pem).context("writing the trust bundle")?;
     let tuning = dir.join("tuning.yaml");
@@ -371,7 +371,7 @@ async fn stored(cp: &ControlPlane) -> f64 {
         .await
         .map(|(_, t)| t)
         .unwrap_or_default();
-    crate::metric_sum(&text, "quiver_telemetry_spans_accepted_total", &[])
+    quiver_tests::metric_sum(&text, "quiver_telemetry_spans_accepted_total", &[])
 }
 
 /// GET / through the caller's outbound listener until the callee's app answers.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench::stats::Outcome;
+use crate::stats::Outcome;
 
 /// Why a round cannot count.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

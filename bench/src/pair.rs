@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 
 use super::backends::Backends;
 use super::procstat;
-use crate::harness::identity_yaml;
-use crate::pki::{Pki, temp_dir};
+use quiver_tests::harness::identity_yaml;
+use quiver_tests::pki::{Pki, temp_dir};
 
 /// How to start the pair.
 #[derive(Debug, Clone)]
