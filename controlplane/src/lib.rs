@@ -1,4 +1,5 @@
 //! quiver-control: the control plane (store, CA, API) and the library behind `quiverctl`.
+//! ARCHITECTURE.md at the repository root has the map and the config flow.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::Inputs;
-use crate::body::{self, ProxyBody};
+use crate::mesh::body::{self, ProxyBody};
 
 /// What the admin endpoints read.
 pub struct Admin {

@@ -18,8 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::snapshot::{Endpoint, LocalPort, Protocol, RemoteService, Snapshot};
 
-pub mod paths;
-
 /// One problem in a config file: where (the field path) and why. The same type the API's
 /// validation and the policy compiler report.
 pub use quiver_api::validate::FieldError;
@@ -215,7 +213,7 @@ pub struct Tuning {
     /// Concurrent request streams a peer may open on one QUIC connection.
     pub max_concurrent_streams: u32,
     /// Congestion control and flow-control windows per path class (loopback, zone, region).
-    pub paths: paths::PathClasses,
+    pub paths: crate::mesh::paths::PathClasses,
     /// Requested UDP socket SO_RCVBUF/SO_SNDBUF, bytes (the kernel caps it at rmem_max/wmem_max).
     pub udp_socket_buffer: usize,
     /// A QUIC connection with no traffic for this long is closed.
@@ -236,6 +234,21 @@ pub struct Tuning {
     pub balancing: quiver_policy::balance::BalanceConfig,
     /// Retry mechanics the Route does not carry: body buffering, backoff, budget window.
     pub retries: quiver_policy::retry::RetryTuning,
+}
+
+impl Tuning {
+    /// What the QUIC transport takes from the tuning.
+    pub fn transport(&self) -> crate::mesh::transport::Settings {
+        crate::mesh::transport::Settings {
+            paths: self.paths.clone(),
+            max_concurrent_streams: self.max_concurrent_streams,
+            idle_timeout: self.idle_timeout,
+            keep_alive: self.keep_alive,
+            udp_socket_buffer: self.udp_socket_buffer,
+            connect_timeout: self.connect_timeout,
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
 }
 
 impl Default for Tuning {

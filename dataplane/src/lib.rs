@@ -1,32 +1,22 @@
 //! quiver-proxy: the sidecar. Apps speak plain HTTP/1.1, h2c, gRPC or TCP to it on localhost;
 //! it carries everything to peer proxies over mutually authenticated HTTP/3.
 //!
-//! Where things live: [`config`] parses the static file into a [`snapshot::Snapshot`];
-//! [`snapshot`] holds every routing decision as pure functions; [`outbound`] is app -> mesh,
-//! [`inbound`] is mesh -> app; [`transport`] owns QUIC, the peer pool and h3; [`admin`]
-//! serves metrics, health and the running config; [`drain`] coordinates shutdown.
+//! [`proxy`] is the request path, [`mesh`] what lies between proxies, [`telemetry`] what the
+//! proxy reports, [`control`] control-plane mode. ARCHITECTURE.md at the repository root has
+//! the map: every file, both request paths step by step, and the config flow.
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod body;
 pub mod cli;
 pub mod config;
-pub mod congestion;
 pub mod control;
-pub mod dispatch;
 pub mod drain;
 pub mod errors;
-pub mod http;
 pub mod identity;
-pub mod inbound;
-pub mod metrics;
-pub mod outbound;
-pub mod pushed;
+pub mod mesh;
+pub mod proxy;
 pub mod snapshot;
-pub mod trace;
-pub mod transport;
-pub mod tunnel;
-pub mod upstream;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -38,25 +28,25 @@ use tokio::net::TcpListener;
 
 use crate::config::{ProxyConfig, Tuning};
 use crate::drain::Drain;
-use crate::metrics::Metrics;
+use crate::mesh::transport::Transport;
 use crate::snapshot::{Snapshot, Target};
-use crate::transport::Transport;
+use crate::telemetry::metrics::Metrics;
 
 /// Everything the data path shares, passed as one `Arc`.
 pub struct Inputs {
     /// The installed snapshot with its services' runtime state ([`upstream`]).
-    routing: RwLock<Arc<upstream::Routing>>,
+    routing: RwLock<Arc<proxy::upstream::Routing>>,
     pub transport: Transport,
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
     pub tuning: Tuning,
-    pub apps: inbound::AppClients,
+    pub apps: proxy::inbound::AppClients,
     identity: RwLock<identity::IdentityStatus>,
     /// Why the proxy is not ready to serve yet (`None`: ready). Control-plane mode starts
     /// with "waiting for the first snapshot"; static mode starts ready.
     waiting: tokio::sync::watch::Sender<Option<String>>,
     /// Spans and edge counts for the control plane (control-plane mode only).
-    pub telemetry: Option<trace::Telemetry>,
+    pub telemetry: Option<telemetry::trace::Telemetry>,
     /// This proxy's own service: `--service` when joined, else the service account of its
     /// SPIFFE id. The `source` of its outbound requests in metrics.
     pub local_service: String,
@@ -69,7 +59,7 @@ impl Inputs {
     }
 
     /// The current snapshot with its services' runtime state (cheap: an `Arc` clone).
-    pub fn routing(&self) -> Arc<upstream::Routing> {
+    pub fn routing(&self) -> Arc<proxy::upstream::Routing> {
         self.routing
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -83,7 +73,7 @@ impl Inputs {
             .routing
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *cur = Arc::new(upstream::Routing::install(
+        *cur = Arc::new(proxy::upstream::Routing::install(
             Arc::new(s),
             Some(&cur),
             &self.tuning.balancing,
@@ -148,7 +138,7 @@ pub struct Proxy {
     admin: Arc<admin::Admin>,
     admin_listener: TcpListener,
     http_proxy: Option<TcpListener>,
-    outbound: Vec<(TcpListener, outbound::Entry, snapshot::Protocol)>,
+    outbound: Vec<(TcpListener, proxy::outbound::Entry, snapshot::Protocol)>,
     drain_timeout: std::time::Duration,
     identity_files: Option<config::IdentityPaths>,
     /// Control-plane mode: the joined session.
@@ -191,8 +181,13 @@ impl Proxy {
         let b = &config.bootstrap;
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
-        let transport = Transport::bind(b.quic_listen, identity, &b.tuning, metrics.clone())
-            .context("starting QUIC")?;
+        let transport = Transport::bind(
+            b.quic_listen,
+            identity,
+            &b.tuning.transport(),
+            metrics.clone(),
+        )
+        .context("starting QUIC")?;
         let quic = transport.local_addr().context("QUIC local address")?;
         let admin_listener = TcpListener::bind(b.admin_listen)
             .await
@@ -210,7 +205,7 @@ impl Proxy {
             let l = TcpListener::bind(o.listen)
                 .await
                 .with_context(|| format!("binding outbound listener {}", o.listen))?;
-            let entry = outbound::Entry::Fixed(Target {
+            let entry = proxy::outbound::Entry::Fixed(Target {
                 service: o.service.clone(),
                 port: o.port,
             });
@@ -247,7 +242,7 @@ impl Proxy {
                 .unwrap_or_default(),
         };
         let inputs = Arc::new(Inputs {
-            routing: RwLock::new(Arc::new(upstream::Routing::install(
+            routing: RwLock::new(Arc::new(proxy::upstream::Routing::install(
                 Arc::new(config.snapshot.clone()),
                 None,
                 &b.tuning.balancing,
@@ -257,7 +252,7 @@ impl Proxy {
             metrics,
             drain: Drain::new(),
             tuning: b.tuning.clone(),
-            apps: inbound::AppClients::default(),
+            apps: proxy::inbound::AppClients::default(),
             identity: RwLock::new(identity::IdentityStatus::of(
                 identity,
                 b.identity.as_ref(),
@@ -269,7 +264,10 @@ impl Proxy {
                     .map(|_| "waiting for the first snapshot from the control plane".to_string()),
             ),
             telemetry: session.as_ref().map(|s| {
-                trace::Telemetry::new(s.settings().service.clone(), s.settings().span_queue)
+                telemetry::trace::Telemetry::new(
+                    s.settings().service.clone(),
+                    s.settings().span_queue,
+                )
             }),
             local_service,
         });
@@ -349,7 +347,7 @@ impl Proxy {
                 }
             }
         }
-        tasks.push(tokio::spawn(inbound::serve(inputs.clone())));
+        tasks.push(tokio::spawn(proxy::inbound::serve(inputs.clone())));
         if let Some(files) = &self.identity_files
             && !files.reload_interval.is_zero()
         {
@@ -368,15 +366,15 @@ impl Proxy {
             )));
         }
         if let Some(l) = self.http_proxy {
-            tasks.push(tokio::spawn(outbound::serve(
+            tasks.push(tokio::spawn(proxy::outbound::serve(
                 inputs.clone(),
                 l,
-                outbound::Entry::HttpProxy,
+                proxy::outbound::Entry::HttpProxy,
                 snapshot::Protocol::Http1,
             )));
         }
         for (l, entry, protocol) in self.outbound {
-            tasks.push(tokio::spawn(outbound::serve(
+            tasks.push(tokio::spawn(proxy::outbound::serve(
                 inputs.clone(),
                 l,
                 entry,

@@ -4,7 +4,7 @@
 //! produce this one type. The decisions that need no runtime state (which service a request
 //! is for, which identity an endpoint must prove, which local app port an inbound request
 //! maps to) are functions here, without sockets or clocks, so they are tested on their own.
-//! Choosing among a service's endpoints needs runtime state: that is [`crate::upstream`]'s.
+//! Choosing among a service's endpoints needs runtime state: that is [`crate::proxy::upstream`]'s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

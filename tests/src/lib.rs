@@ -1,5 +1,7 @@
-//! Test and benchmark support: real sample apps, run-time PKI, and a harness that starts real
-//! proxies on loopback. Nothing here is a mock: every test talks to real sockets.
+//! The test kit: real sample apps, run-time PKI, a harness that starts real proxies on
+//! loopback, a whole mesh with a control plane, one Postgres scratch database, a lossy UDP
+//! relay. Nothing here is a mock: every test talks to real sockets. The benchmarks build on
+//! it (crate `quiver-bench`); ARCHITECTURE.md has the map.
 #![forbid(unsafe_code)]
 
 pub mod apps;

@@ -1,5 +1,5 @@
 //! Carrying out an outbound HTTP request's plan, in plain phases: faults; hold the body if
-//! it may be sent again; mirror; then attempts — lease an endpoint ([`crate::upstream`]:
+//! it may be sent again; mirror; then attempts — lease an endpoint ([`crate::proxy::upstream`]:
 //! balancer, circuit limits, locality), send, report the outcome, judge it against the
 //! retry policy and budget within the deadlines — and the response streamed back.
 //!
@@ -17,16 +17,16 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::Inputs;
-use crate::body::{self, H3Body, ProxyBody};
 use crate::errors::{AttemptFailure, Direction, ProxyError};
-use crate::http::{
+use crate::mesh::body::{self, H3Body, ProxyBody};
+use crate::mesh::transport::PeerConn;
+use crate::mesh::transport::classify_h3_conn;
+use crate::proxy::http::{
     PEER_IDENTITY_HEADER, TARGET_HEADER, authority_of, content_length, rebase_uri, strip_hop_by_hop,
 };
-use crate::metrics::Metrics;
+use crate::proxy::upstream::{Lease, Report, Routing};
 use crate::snapshot::Target;
-use crate::transport::PeerConn;
-use crate::transport::classify_h3_conn;
-use crate::upstream::{Lease, Report, Routing};
+use crate::telemetry::metrics::Metrics;
 use quiver_policy::balance::{LOAD_HEADER, parse_load};
 use quiver_policy::plan::{Plan, Rolls};
 use quiver_policy::retry::{self, Attempt, BodyState, Outcome, RetryDecision};
@@ -37,7 +37,7 @@ enum AttemptBody {
     /// Held in memory: can be sent again (retries) or copied (mirror).
     Held(Bytes),
     /// Streamed from the app: one attempt only.
-    Stream(crate::body::Counted<Incoming>),
+    Stream(crate::mesh::body::Counted<Incoming>),
     /// Streamed by an earlier attempt: nothing left to send.
     Spent,
 }
@@ -52,7 +52,7 @@ pub struct Decided {
     pub endpoint: Option<std::net::SocketAddr>,
     /// The identity that endpoint proved.
     pub identity: String,
-    /// The QUIC connection of the last attempt ([`crate::transport::connection_trace_id`]).
+    /// The QUIC connection of the last attempt ([`crate::mesh::transport::connection_trace_id`]).
     pub connection: Arc<str>,
     pub attempts: u32,
 }
@@ -223,7 +223,7 @@ impl Exchange<'_> {
             received.inc_by(b.len() as u64);
             return Ok(AttemptBody::Held(b));
         }
-        Ok(AttemptBody::Stream(crate::body::Counted::new(
+        Ok(AttemptBody::Stream(crate::mesh::body::Counted::new(
             incoming, received,
         )))
     }

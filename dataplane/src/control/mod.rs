@@ -3,13 +3,15 @@
 //! [`Session::join`] generates a key here (it never leaves the process), exchanges a join
 //! token and a CSR for an SVID, and keeps the result. Once the proxy is bound, three tasks
 //! run beside the data path:
-//! - [`follow`]: the Watch stream; each snapshot is converted ([`crate::pushed`]) and applied
+//! - [`follow`]: the Watch stream; each snapshot is converted ([`crate::control::pushed`]) and applied
 //!   atomically. A lost stream is retried with backoff and jitter while the proxy keeps
 //!   serving on the last good snapshot.
 //! - [`keep_registered`]: Register, then KeepAlive every third of the lease; a lapsed lease
 //!   (the control plane was away too long) is registered again.
 //! - [`renew`]: a new key and certificate at two thirds of the lifetime, swapped into the
 //!   QUIC endpoint for new connections without touching live ones.
+
+pub mod pushed;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -320,7 +322,7 @@ async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -
 /// Apply one pushed snapshot, whole or not at all.
 fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
     let s = &session.settings;
-    let snapshot = match crate::pushed::snapshot(pushed, &s.zone, s.app_host) {
+    let snapshot = match crate::control::pushed::snapshot(pushed, &s.zone, s.app_host) {
         Ok(snap) => snap,
         Err(errs) => {
             inputs.metrics.config_reload(false);
@@ -710,8 +712,8 @@ fn unix_nanos(t: SystemTime) -> i64 {
         .unwrap_or_default()
 }
 
-fn to_proto(s: &crate::trace::FinishedSpan, namespace: &str) -> v1::Span {
-    use crate::trace::hex;
+fn to_proto(s: &crate::telemetry::trace::FinishedSpan, namespace: &str) -> v1::Span {
+    use crate::telemetry::trace::hex;
     v1::Span {
         trace_id: hex(&s.trace_id),
         span_id: hex(&s.span_id),
@@ -736,7 +738,7 @@ fn to_proto(s: &crate::trace::FinishedSpan, namespace: &str) -> v1::Span {
 }
 
 fn edge_stats(
-    telemetry: &crate::trace::Telemetry,
+    telemetry: &crate::telemetry::trace::Telemetry,
     namespace: &str,
     start: SystemTime,
     end: SystemTime,

@@ -16,15 +16,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::Inputs;
-use crate::body::{self, ProxyBody};
 use crate::errors::{Direction, ProxyError};
-use crate::http::{
-    RequestRecord, authority_of, check_header_size, content_length, error_kind, error_response,
+use crate::mesh::body::{self, ProxyBody};
+use crate::mesh::transport::{ClientStream, PeerConn, classify_h3_conn};
+use crate::proxy::http::{
+    authority_of, check_header_size, content_length, error_kind, error_response,
 };
-use crate::metrics::{Metrics, TcpConnLabels};
 use crate::snapshot::{Protocol, Target};
-use crate::trace::SpanKind;
-use crate::transport::{ClientStream, PeerConn, classify_h3_conn};
+use crate::telemetry::metrics::{Metrics, TcpConnLabels};
+use crate::telemetry::record::RequestRecord;
+use crate::telemetry::trace::SpanKind;
 
 /// How an app-facing listener picks the destination.
 #[derive(Debug, Clone)]
@@ -130,7 +131,8 @@ async fn handle(
         record.set_source(&inputs.local_service);
         // The client span continues the app's trace (or starts one); the peer sees it as
         // the parent of its server span.
-        record.trace_request(&inputs, req.headers_mut(), SpanKind::Client);
+        let declared = content_length(req.headers()).unwrap_or(0);
+        record.trace_request(&inputs, req.headers_mut(), SpanKind::Client, declared);
         if req.method() == Method::CONNECT {
             return match entry {
                 Entry::HttpProxy => connect_tunnel(&inputs, target, req).await,
@@ -139,7 +141,7 @@ async fn handle(
                 )),
             };
         }
-        let (result, decided) = crate::dispatch::forward(&inputs, &target, req).await;
+        let (result, decided) = crate::proxy::dispatch::forward(&inputs, &target, req).await;
         record.set_route(&decided.route);
         if let Some(span) = record.span_mut() {
             span.route = decided.route.clone();
@@ -198,7 +200,7 @@ async fn open_tunnel(
     let sent_at = Instant::now();
     let result = connect_stream(inputs, &mut lease, req).await;
     let now = Instant::now();
-    let report = crate::upstream::Report {
+    let report = crate::proxy::upstream::Report {
         success: result.is_ok(),
         latency: result.as_ref().ok().map(|_| now - sent_at),
         load: None,
@@ -211,7 +213,7 @@ async fn open_tunnel(
 
 async fn connect_stream(
     inputs: &Inputs,
-    lease: &mut crate::upstream::Lease,
+    lease: &mut crate::proxy::upstream::Lease,
     req: Request<()>,
 ) -> Result<(PeerConn, ClientStream), ProxyError> {
     let (peer, mut stream) = inputs
@@ -290,8 +292,8 @@ async fn run_tunnel<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let _inflight = inputs.drain.track();
-    let (bytes, err) = crate::tunnel::pump(io, tx, rx).await;
-    crate::tunnel::record(
+    let (bytes, err) = crate::proxy::tunnel::pump(io, tx, rx).await;
+    crate::proxy::tunnel::record(
         &inputs.metrics,
         Direction::Outbound,
         service,

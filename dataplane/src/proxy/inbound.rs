@@ -22,17 +22,18 @@ use quiver_api::SpiffeId;
 use tokio::net::TcpStream;
 
 use crate::Inputs;
-use crate::body::{self, H3Body, ProxyBody};
-use crate::config::paths::PathClass;
 use crate::errors::{Direction, ProxyError};
-use crate::http::{
-    PEER_IDENTITY_HEADER, RequestRecord, TARGET_HEADER, check_header_size, content_length,
-    error_kind, rebase_uri, strip_hop_by_hop,
+use crate::mesh::body::{self, H3Body, ProxyBody};
+use crate::mesh::paths::PathClass;
+use crate::mesh::transport::{ServerStream, peer_id};
+use crate::proxy::http::{
+    PEER_IDENTITY_HEADER, TARGET_HEADER, check_header_size, content_length, error_kind, rebase_uri,
+    strip_hop_by_hop,
 };
-use crate::metrics::Metrics;
 use crate::snapshot::{LocalPort, Protocol, Target};
-use crate::trace::SpanKind;
-use crate::transport::{ServerStream, peer_id};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::record::RequestRecord;
+use crate::telemetry::trace::SpanKind;
 
 /// Accept peers until drain; while draining, refuse new connections at once (the dialler gets
 /// CONNECTION_REFUSED instead of waiting for a handshake timeout).
@@ -90,7 +91,7 @@ async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
     };
     inputs.transport.watch(conn.clone(), "server", class, &peer);
     let peer = Arc::new(peer);
-    let connection_id: Arc<str> = crate::transport::connection_trace_id(&conn).into();
+    let connection_id: Arc<str> = crate::mesh::transport::connection_trace_id(&conn).into();
     let h3conn = h3::server::builder()
         .max_field_section_size(inputs.tuning.max_header_bytes as u64)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
@@ -163,7 +164,8 @@ async fn request(
     );
     record.set_peer(peer.as_str());
     // The server span continues the caller's trace; the app sees it as the parent.
-    let span = record.trace_request(&inputs, req.headers_mut(), SpanKind::Server);
+    let declared = content_length(req.headers()).unwrap_or(0);
+    let span = record.trace_request(&inputs, req.headers_mut(), SpanKind::Server, declared);
     span.peer_identity = peer.to_string();
     span.quic_connection_id = connection_id.to_string();
     span.peer_service = peer
@@ -252,7 +254,7 @@ fn decide(inputs: &Inputs, req: &Request<()>, peer: &SpiffeId) -> Result<LocalPo
         )
     };
     if let quiver_policy::authz::Verdict::Denied(reason) = verdict {
-        crate::metrics::Metrics::count(&inputs.metrics.denied, &port.service);
+        crate::telemetry::metrics::Metrics::count(&inputs.metrics.denied, &port.service);
         return Err(ProxyError::Denied(format!(
             "{peer} may not call {} ({reason})",
             port.service
@@ -323,7 +325,7 @@ async fn forward(
         Direction::Inbound,
         &port.service,
     );
-    let counted = crate::body::Counted::new(body.boxed(), received);
+    let counted = crate::mesh::body::Counted::new(body.boxed(), received);
     let mut out = Request::new(http_body_util::BodyExt::boxed_unsync(counted));
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
@@ -372,7 +374,7 @@ async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
         Ok(s) => s,
         Err(detail) => {
             send_error(&mut stream, &ProxyError::UpstreamConnect(detail)).await;
-            crate::tunnel::record(
+            crate::proxy::tunnel::record(
                 &inputs.metrics,
                 Direction::Inbound,
                 &port.service,
@@ -389,8 +391,8 @@ async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
         return;
     }
     let (tx, rx) = stream.split();
-    let (bytes, err) = crate::tunnel::pump(sock, tx, rx).await;
-    crate::tunnel::record(
+    let (bytes, err) = crate::proxy::tunnel::pump(sock, tx, rx).await;
+    crate::proxy::tunnel::record(
         &inputs.metrics,
         Direction::Inbound,
         &port.service,

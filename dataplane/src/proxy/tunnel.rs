@@ -5,9 +5,9 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::body::{Batch, BodyError, RecvHalf, SendHalf, poll_batch};
 use crate::errors::{Direction, ErrorKind};
-use crate::metrics::{Metrics, TcpConnLabels, TcpLabels};
+use crate::mesh::body::{Batch, BodyError, RecvHalf, SendHalf, poll_batch};
+use crate::telemetry::metrics::{Metrics, TcpConnLabels, TcpLabels};
 
 /// Bytes moved by one tunnel, from the local socket's point of view.
 #[derive(Debug, Default, Clone, Copy)]

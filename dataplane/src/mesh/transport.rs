@@ -6,7 +6,7 @@
 //! prove the SPIFFE id the config expects for that endpoint before any request is sent.
 //!
 //! Every connection is set up for its path class (loopback, zone, region: see
-//! [`crate::config::paths`]): its congestion controller, loss tolerance and windows. Outbound
+//! [`crate::mesh::paths`]): its congestion controller, loss tolerance and windows. Outbound
 //! the class comes from the endpoint's address and zone; inbound from the caller's address
 //! and, when the snapshot lists it as an endpoint, its zone. docs/transport.md has why.
 
@@ -22,12 +22,12 @@ use quiver_api::SpiffeId;
 use quiver_api::tls::MeshIdentity;
 use rustls_pki_types::CertificateDer;
 
-use crate::config::Tuning;
-use crate::config::paths::{PathClass, PathClasses};
-use crate::congestion::MeshControllerFactory;
 use crate::errors::ProxyError;
-use crate::metrics::{Metrics, PathLabels, PathStatus};
+use crate::mesh::congestion::MeshControllerFactory;
+use crate::mesh::path::PathStatus;
+use crate::mesh::paths::{PathClass, PathClasses};
 use crate::snapshot::Endpoint;
+use crate::telemetry::metrics::{Metrics, PathLabels};
 
 /// ALPN for HTTP/3.
 pub const ALPN: &[u8] = b"h3";
@@ -45,6 +45,18 @@ pub type ClientStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, B
 pub type ServerStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 /// Server-side h3 connection.
 pub type ServerConn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+
+/// What the transport takes from the proxy's `tuning` (see `Tuning::transport`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub paths: PathClasses,
+    pub max_concurrent_streams: u32,
+    pub idle_timeout: Duration,
+    pub keep_alive: Duration,
+    pub udp_socket_buffer: usize,
+    pub connect_timeout: Duration,
+    pub max_header_bytes: usize,
+}
 
 /// Why the transport could not start.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +134,7 @@ impl Transport {
     pub fn bind(
         listen: SocketAddr,
         identity: &MeshIdentity,
-        tuning: &Tuning,
+        tuning: &Settings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, TransportError> {
         let transports =
@@ -375,7 +387,7 @@ impl Transport {
             },
         );
         tokio::spawn(async move {
-            crate::metrics::watch_connection(metrics, conn, labels).await;
+            crate::mesh::path::watch_connection(metrics, conn, labels).await;
             lock(&live).remove(&id);
         });
     }
@@ -482,7 +494,7 @@ fn quic_configs(
         inner: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
         resumed: metrics
             .quic_resumptions
-            .get_or_create(&crate::metrics::SideLabels { side: "server" })
+            .get_or_create(&crate::telemetry::metrics::SideLabels { side: "server" })
             .clone(),
     });
     let server_crypto = Arc::new(
@@ -517,7 +529,7 @@ fn quic_configs(
 pub fn connection_trace_id(conn: &quinn::Connection) -> String {
     let mut out = [0u8; 8];
     match conn.export_keying_material(&mut out, b"EXPORTER-quiver-connection-id", b"") {
-        Ok(()) => crate::trace::hex(&out),
+        Ok(()) => crate::telemetry::trace::hex(&out),
         Err(_) => String::new(),
     }
 }
@@ -555,7 +567,7 @@ impl rustls::server::StoresServerSessions for CountingSessions {
     }
 }
 
-fn transport_config(t: &Tuning, paths: &PathClasses, class: PathClass) -> TransportConfig {
+fn transport_config(t: &Settings, paths: &PathClasses, class: PathClass) -> TransportConfig {
     let p = paths.get(class);
     let mut c = TransportConfig::default();
     c.max_concurrent_bidi_streams(VarInt::from_u32(t.max_concurrent_streams));

@@ -9,8 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::FieldError;
-use crate::congestion::{Algorithm, ControlSettings};
+use crate::mesh::congestion::{Algorithm, ControlSettings};
+use quiver_api::validate::FieldError;
 
 /// Where a peer is, as far as the transport cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
