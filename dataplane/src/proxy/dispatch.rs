@@ -269,20 +269,15 @@ impl Exchange<'_> {
         let now = Instant::now();
         let outcome = outcome_of(&result);
         let report = match &result {
-            Ok(resp) => Report {
-                success: outcome.is_success(),
-                latency: Some(now - sent_at),
-                load: resp
+            Ok(resp) => {
+                let load = resp
                     .headers()
                     .get(LOAD_HEADER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(parse_load),
-            },
-            Err(_) => Report {
-                success: false,
-                latency: None,
-                load: None,
-            },
+                    .and_then(parse_load);
+                Report::answered(outcome.is_success(), now - sent_at, load)
+            }
+            Err(_) => Report::failed(),
         };
         if lease.finish(report, now) {
             Metrics::count(&self.inputs.metrics.ejections, &backend.service);
@@ -427,25 +422,20 @@ fn mirror_copy(
         let timeout = Duration::from_secs(10).min(inputs.tuning.response_timeout);
         let sent_at = Instant::now();
         let sent = send_once(&inputs, &mut lease, &head, AttemptBody::Held(body), |_| {});
-        let r = tokio::time::timeout(timeout, sent).await;
+        let result = tokio::time::timeout(timeout, sent)
+            .await
+            .unwrap_or(Err(ProxyError::UpstreamTimeout(timeout)));
         let now = Instant::now();
         let service = lease.service().to_string();
-        let report = match &r {
-            Ok(Ok(resp)) => Report {
-                success: resp.status().as_u16() < 500,
-                latency: Some(now - sent_at),
-                load: None,
-            },
-            _ => Report {
-                success: false,
-                latency: None,
-                load: None,
-            },
+        // Judged like an attempt (no 5xx); the mirror's reported load is not taken.
+        let report = match &result {
+            Ok(_) => Report::answered(outcome_of(&result).is_success(), now - sent_at, None),
+            Err(_) => Report::failed(),
         };
         if lease.finish(report, now) {
             Metrics::count(&inputs.metrics.ejections, &service);
         }
-        if let Ok(Ok(resp)) = r {
+        if let Ok(resp) = result {
             // Read and drop the mirror's answer so its stream ends cleanly.
             let _ = resp.into_body().collect().await;
         }

@@ -200,10 +200,9 @@ async fn open_tunnel(
     let sent_at = Instant::now();
     let result = connect_stream(inputs, &mut lease, req).await;
     let now = Instant::now();
-    let report = crate::proxy::upstream::Report {
-        success: result.is_ok(),
-        latency: result.as_ref().ok().map(|_| now - sent_at),
-        load: None,
+    let report = match &result {
+        Ok(_) => crate::proxy::upstream::Report::answered(true, now - sent_at, None),
+        Err(_) => crate::proxy::upstream::Report::failed(),
     };
     if lease.finish(report, now) {
         Metrics::count(&inputs.metrics.ejections, &target.service);

@@ -77,7 +77,8 @@ impl Upstream {
         f(self.lock().budgets.for_plan(plan, tuning, now))
     }
 
-    /// Run `f` on this service's balancer (tests and `/config` inspection).
+    /// Run `f` on this service's balancer (tests inspect its state through this).
+    #[cfg(test)]
     pub fn with_balancer<T>(&self, f: impl FnOnce(&Balancer) -> T) -> T {
         f(&self.lock().balancer)
     }
@@ -198,6 +199,26 @@ pub struct Report {
     pub latency: Option<Duration>,
     /// The load the endpoint reported with its answer.
     pub load: Option<f64>,
+}
+
+impl Report {
+    /// No response head came (connect failure, reset, timeout): a failure, nothing measured.
+    pub fn failed() -> Self {
+        Self {
+            success: false,
+            latency: None,
+            load: None,
+        }
+    }
+
+    /// A response head came after `latency`.
+    pub fn answered(success: bool, latency: Duration, load: Option<f64>) -> Self {
+        Self {
+            success,
+            latency: Some(latency),
+            load,
+        }
+    }
 }
 
 impl Lease {
