@@ -1,5 +1,6 @@
-//! Generates the quiver.v1 client code (no server, no transport) from the workspace's
-//! proto/ files: the console speaks the same API as quiverctl, from the same source.
+//! Generates the quiver.v1 MeshAdmin client (no server, no transport) from the workspace's
+//! proto/ files, over quiver-api's message types: the console speaks the same API as
+//! quiverctl, with the same Rust types the policy compiler takes.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .build_transport(false)
         .btree_map(".")
+        // The messages are quiver-api's own types; only the client is generated here.
+        .extern_path(".quiver.v1", "::quiver_api::v1")
         .compile_with_config(
             config,
             &["quiver/v1/resources.proto", "quiver/v1/admin.proto"],

@@ -29,9 +29,9 @@ for arg in "$@"; do
   esac
 done
 
-# proto/src/duration/grammar.rs is compiled into the console too (console/src/traces.rs).
+# The console compiles quiver-api (without its "full" feature) and quiver-policy in.
 inputs=("$here/src" "$here/Cargo.toml" "$here/Cargo.lock" "$here/build.rs" "$here/index.html"
-        "$here/style.css" "$root/proto/quiver" "$root/proto/src/duration/grammar.rs")
+        "$here/style.css" "$root/proto" "$root/policy" "$root/Cargo.toml")
 if [ "$if_stale" = 1 ] && [ -f "$dist/.stamp" ] && [ -f "$dist/index.html" ]; then
   newer="$(find "${inputs[@]}" -newer "$dist/.stamp" -print -quit 2>/dev/null || true)"
   if [ -z "$newer" ]; then

@@ -55,7 +55,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
 
+    // Without the `full` feature: the messages alone (no tonic, so wasm32 builds them).
+    let services = std::env::var_os("CARGO_FEATURE_FULL").is_some();
     let mut builder = tonic_prost_build::configure()
+        .build_client(services)
+        .build_server(services)
+        .build_transport(services)
         .file_descriptor_set_path(out_dir.join("quiver_v1_descriptor.bin"))
         .btree_map(".");
     for ty in DOCUMENT_TYPES {

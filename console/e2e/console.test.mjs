@@ -77,7 +77,11 @@ try {
     if (shots) await admin.screenshot({ path: `${shots}/console-services.png` });
   });
 
-  await step("weights that sum to 90 show the error next to the backends, from the form and from the API", async () => {
+  await step("a bad route shows the API's field errors before any Apply: the console runs the policy compiler", async () => {
+    // Every gRPC-web call the page makes to ApplyRoute in this step (there must be none).
+    const applies = [];
+    const onRequest = (r) => { if (r.url().includes("/quiver.v1.MeshAdmin/ApplyRoute")) applies.push(r.url()); };
+    admin.on("request", onRequest);
     await admin.getByRole("link", { name: "Routes" }).click();
     await admin.getByRole("button", { name: "New route" }).click();
     await admin.locator("#route-namespace").fill("shop");
@@ -93,11 +97,12 @@ try {
     await err.getByText("weights sum to 90, must sum to 100").waitFor();
     await admin.getByRole("button", { name: "Create route" }).click();
     await admin.locator(".banner.error").getByText("Route shop/web is invalid").waitFor();
-    // The API's own message sits next to the same field.
-    // The API's own messages sit next to their fields: the weights (which the form checks
-    // too) and the timeout (which only the API checks).
+    // The control plane's own messages (quiver_policy::validate, compiled into the console)
+    // sit next to their fields: the weights (also shown live while editing) and the timeout.
     await admin.locator('[data-field="spec.rules[0].timeout"]').getByText("not a duration").waitFor();
     await page_text(err, "weights sum to 90, must sum to 100");
+    admin.off("request", onRequest);
+    assert.deepEqual(applies, [], "refused in the browser: no ApplyRoute call was made");
     if (shots) await admin.screenshot({ path: `${shots}/console-route-editor.png`, fullPage: true });
     assert.throws(() => storedRoute("web"), /not found|NotFound|NOT_FOUND/i, "nothing was stored");
   });

@@ -1,7 +1,10 @@
 //! The console's only way to the control plane: the generated `quiver.v1.MeshAdmin` client
 //! over gRPC-web (`tonic-web-wasm-client`, i.e. `fetch`) with the signed-in user's token.
 //! It owns error classification (field errors, stale versions) and the live lists fed by the
-//! API's Watch streams. It must never decide what is valid: the API does.
+//! API's Watch streams. It must never decide what is valid by rules of its own: before a
+//! save, [`check`] runs the control plane's own validation (`quiver_policy::validate`) in the
+//! browser, so the form shows the API's field errors without a round trip; the API checks
+//! again.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,6 +15,9 @@ use leptos::task::spawn_local;
 use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
+
+use quiver_api::resource::{AnyResource, DEFAULT_NAMESPACE};
+use quiver_policy::validate::ServiceSpecs;
 
 use crate::pb;
 use crate::pb::mesh_admin_client::MeshAdminClient;
@@ -93,6 +99,44 @@ impl ApiError {
             Code::Unauthenticated => format!("Not signed in: {}", self.message),
             _ => self.message.clone(),
         }
+    }
+}
+
+/// `resource` checked with the control plane's own validation (the policy compiler), against
+/// the Services of its namespace in `services`: the same field paths and reasons an Apply
+/// would answer.
+pub fn check(resource: &AnyResource, services: &[pb::Service]) -> Result<(), ApiError> {
+    let ns = resource
+        .metadata()
+        .map(|m| m.namespace.as_str())
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(DEFAULT_NAMESPACE);
+    let specs: ServiceSpecs = services
+        .iter()
+        .filter_map(|s| {
+            let m = s.metadata.as_ref()?;
+            let spec = s.spec.clone().unwrap_or_default();
+            (m.namespace == ns).then(|| (m.name.clone(), spec))
+        })
+        .collect();
+    quiver_policy::validate::validate(resource, &specs).map_err(|e| ApiError {
+        code: Code::InvalidArgument,
+        message: format!("{} {} is invalid:", e.kind, e.key),
+        fields: e.errors.into_iter().map(|f| (f.path, f.reason)).collect(),
+    })
+}
+
+/// [`check`] before a save: `Err` (for the form's banner and fields) when the API would refuse
+/// the resource. Until the services list has arrived the API alone decides (checked against
+/// an empty list, every reference would look unknown). `None`: a kind that names no Service.
+pub fn check_before_save(
+    resource: &AnyResource,
+    services: Option<Live<pb::Service>>,
+) -> Result<(), ApiError> {
+    match services {
+        Some(live) if !live.synced.get_untracked() => Ok(()),
+        Some(live) => live.items.with_untracked(|items| check(resource, items)),
+        None => check(resource, &[]),
     }
 }
 

@@ -6,7 +6,9 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use crate::api::{ApiError, Live, Watched, client, live, split_list};
+use quiver_api::resource::AnyResource;
+
+use crate::api::{ApiError, Live, Watched, check_before_save, client, live, split_list};
 use crate::pb;
 use crate::ui::{Ctx, FieldErr, FormState, FormStatus, Link, LiveState, key_of, navigate};
 
@@ -274,6 +276,11 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                     "a canary with this name exists in this namespace; open it to edit".into(),
                 )],
             }));
+            return;
+        }
+        // The control plane's own validation, here: its field errors without a round trip.
+        if let Err(e) = check_before_save(&AnyResource::Canary(canary.clone()), Some(services)) {
+            form.refused(e);
             return;
         }
         form.start();

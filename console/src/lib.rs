@@ -14,9 +14,10 @@ pub mod traces;
 pub mod ui;
 pub mod waterfall;
 
-/// The generated `quiver.v1` messages and the MeshAdmin client (from ../proto).
+/// The `quiver.v1` messages (quiver-api's) and the MeshAdmin client generated for them here.
 #[allow(clippy::all)]
 pub mod pb {
+    pub use quiver_api::v1::*;
     tonic::include_proto!("quiver.v1");
 }
 

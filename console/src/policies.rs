@@ -4,7 +4,9 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use crate::api::{ApiError, Live, Watched, client, live};
+use quiver_api::resource::AnyResource;
+
+use crate::api::{ApiError, Live, Watched, check_before_save, client, live};
 use crate::pb;
 use crate::ui::{
     Ctx, FieldErr, FormState, FormStatus, Link, ListInput, LiveState, key_of, navigate,
@@ -204,6 +206,11 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
                     "a policy with this name exists in this namespace; open it to edit".into(),
                 )],
             }));
+            return;
+        }
+        // The control plane's own validation, here: its field errors without a round trip.
+        if let Err(e) = check_before_save(&AnyResource::AuthorizationPolicy(policy.clone()), Some(services)) {
+            form.refused(e);
             return;
         }
         form.start();
@@ -441,6 +448,11 @@ pub fn MeshPage() -> impl IntoView {
         let Some(config) = draft.get_untracked() else {
             return;
         };
+        // The control plane's own validation, here: its field errors without a round trip.
+        if let Err(e) = check_before_save(&AnyResource::MeshConfig(config.clone()), None) {
+            form.refused(e);
+            return;
+        }
         form.start();
         let token = ctx.token();
         spawn_local(async move {

@@ -6,7 +6,9 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use crate::api::{ApiError, Live, Watched, client, live};
+use quiver_api::resource::AnyResource;
+
+use crate::api::{ApiError, Live, Watched, check, check_before_save, client, live};
 use crate::pb;
 use crate::ui::{
     Ctx, FieldErr, FormState, FormStatus, Link, ListInput, LiveState, key_of, navigate,
@@ -282,6 +284,11 @@ pub fn RouteEditor(key: Option<(String, String)>) -> impl IntoView {
             }));
             return;
         }
+        // The control plane's own validation, here: its field errors without a round trip.
+        if let Err(e) = check_before_save(&AnyResource::Route(route.clone()), Some(services)) {
+            form.refused(e);
+            return;
+        }
         form.start();
         let token = ctx.token();
         spawn_local(async move {
@@ -474,10 +481,20 @@ fn RuleEditor(
             .read(i, |r| r.backends.iter().map(|b| b.weight).sum::<u32>())
             .unwrap_or(0)
     };
+    // The policy compiler's verdict on this rule's backends, live as the weights move: the
+    // very words an Apply would answer.
+    let p_backends = format!("{p}.backends");
     let sum_error = Signal::derive(move || {
-        let n = backend_count.get();
-        let s = sum();
-        (n > 0 && s != 100).then(|| format!("weights sum to {s}, must sum to 100"))
+        let route = draft.0.get();
+        let refused = services
+            .items
+            .with(|items| check(&AnyResource::Route(route), items))
+            .err()?;
+        refused
+            .fields
+            .into_iter()
+            .find(|(path, _)| *path == p_backends)
+            .map(|(_, reason)| reason)
     });
     let path_kind = move || {
         draft

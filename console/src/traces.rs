@@ -209,17 +209,10 @@ fn field_problems(e: &ApiError) -> (Vec<FieldProblem>, Option<String>) {
     (fields, rest)
 }
 
-/// The API's own duration grammar (proto/src/duration/grammar.rs), compiled here too: the
-/// console does not depend on the API crate (tonic's transport does not build for wasm).
-/// `format` is not used here.
-#[allow(dead_code)]
-#[path = "../../proto/src/duration/grammar.rs"]
-mod duration;
-
 /// A duration as the API reads it (`250ms`, `1s`, `1m30s`; units ms, s, m, h, d, no bare
 /// numbers), in milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<f64, String> {
-    duration::parse(s).map(|d| d.as_secs_f64() * 1e3)
+    quiver_api::duration::parse(s).map(|d| d.as_secs_f64() * 1e3)
 }
 
 /// A `datetime-local` value (local time) as ms since the epoch.

@@ -114,6 +114,14 @@ impl FormState {
         self.notice.set(None);
     }
 
+    /// The draft was refused before it was sent (the console's own check): the errors
+    /// describe the draft as it is now.
+    pub fn refused(&self, e: ApiError) {
+        self.edited.set(false);
+        self.notice.set(None);
+        self.error.set(Some(e));
+    }
+
     pub fn done(&self, result: Result<String, ApiError>) {
         self.saving.set(false);
         match result {

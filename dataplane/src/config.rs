@@ -63,11 +63,11 @@ struct File {
     #[serde(default)]
     zone: String,
     #[serde(default)]
-    routes: Vec<quiver_policy::route::Route>,
+    routes: Vec<quiver_api::v1::RouteSpec>,
     #[serde(default)]
-    authorization: Vec<quiver_policy::authz::AuthorizationPolicy>,
+    authorization: Vec<quiver_policy::authz::NamedPolicy>,
     #[serde(default)]
-    mesh: quiver_policy::authz::MeshConfig,
+    mesh: quiver_api::v1::MeshConfigSpec,
     #[serde(default)]
     tuning: Tuning,
 }
@@ -866,7 +866,15 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         authorization: file.authorization,
         mesh: file.mesh,
     };
-    let snapshot = Snapshot::build("static".into(), file.zone, inbound, services, policy);
+    // The file lists every service this proxy may call: a route naming another is a mistake.
+    let snapshot = Snapshot::build(
+        "static".into(),
+        file.zone,
+        inbound,
+        services,
+        policy,
+        quiver_policy::services::Unknown::Refuse,
+    );
     let snapshot = match snapshot {
         Ok(s) => Some(s),
         Err(e) => {

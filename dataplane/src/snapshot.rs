@@ -17,6 +17,7 @@ use crate::errors::ProxyError;
 use quiver_api::validate::FieldError;
 use quiver_policy::balance::Workload;
 use quiver_policy::plan::{Policy, PolicyConfig};
+use quiver_policy::services::{Services, Unknown};
 use quiver_policy::{Labels, Subset};
 
 /// What the app behind a port speaks; decides how the inbound side talks to it.
@@ -61,7 +62,7 @@ pub struct Endpoint {
 }
 
 /// A service this proxy may call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RemoteService {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
@@ -114,8 +115,11 @@ pub struct Snapshot {
 impl Default for Snapshot {
     fn default() -> Self {
         // An empty policy always compiles; the expect documents that invariant.
-        let policy = Policy::compile(&PolicyConfig::default(), &Default::default())
-            .expect("the empty policy compiles");
+        let policy = Policy::compile(
+            &PolicyConfig::default(),
+            &Services::new([], Unknown::Refuse),
+        )
+        .expect("the empty policy compiles");
         Self {
             version: String::new(),
             zone: String::new(),
@@ -128,20 +132,25 @@ impl Default for Snapshot {
 }
 
 impl Snapshot {
-    /// Assemble a snapshot, compiling its policy against the services' subsets. Every
-    /// problem is returned with its field path; nothing is half-applied.
+    /// Assemble a snapshot, compiling its policy against the services' subsets; `unknown`
+    /// says what a reference to a service not in `services` is (see
+    /// `quiver_policy::services`). Every problem is returned with its field path; nothing is
+    /// half-applied.
     pub fn build(
         version: String,
         zone: String,
         inbound: Vec<LocalPort>,
         services: BTreeMap<String, RemoteService>,
         policy_config: PolicyConfig,
+        unknown: Unknown,
     ) -> Result<Self, Vec<FieldError>> {
-        let subsets = services
-            .iter()
-            .map(|(name, s)| (name.clone(), s.subsets.clone()))
-            .collect();
-        let policy = Policy::compile(&policy_config, &subsets)?;
+        let index = Services::new(
+            services
+                .iter()
+                .map(|(name, s)| (name.as_str(), s.subsets.as_slice())),
+            unknown,
+        );
+        let policy = Policy::compile(&policy_config, &index)?;
         Ok(Self {
             version,
             zone,

@@ -1,8 +1,8 @@
 //! Inbound authorization: may this caller (its SPIFFE id) call this method and path of
 //! this service?
 //!
-//! Owns the `AuthorizationPolicy` and `MeshConfig` shapes (`quiver.v1`), their compilation
-//! (patterns checked once, errors with field paths) and the evaluation: deny rules first,
+//! Owns the compilation of `quiver.v1.AuthorizationPolicySpec` (patterns checked once, errors
+//! with field paths) and the evaluation: deny rules first,
 //! then allow rules, then the mesh default. It must not read certificates or answer
 //! requests: the data path passes the peer's verified SPIFFE id and answers a
 //! [`Verdict::Denied`] with 403 and `quiver-error: denied` (or refuses a CONNECT).
@@ -10,126 +10,50 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
-use quiver_api::SpiffeId;
-use serde::{Deserialize, Serialize};
-
-use super::opt_duration;
 use quiver_api::validate::FieldError;
+use quiver_api::{SpiffeId, v1};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Who may call a service (`quiver.v1.AuthorizationPolicy`: `metadata.name` + spec).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthorizationPolicy {
-    /// The policy's name, quoted in verdicts and access logs.
+use crate::fields::{self, err};
+use crate::mesh::DefaultPolicy;
+
+/// An AuthorizationPolicy's spec with its name (`metadata.name`), quoted in verdicts and
+/// access logs. A proxy's static file writes it flat: `name` beside the spec's fields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NamedPolicy {
     pub name: String,
-    /// The service this policy protects.
-    pub service: String,
-    #[serde(default)]
-    pub allow: Vec<AuthorizationRule>,
-    #[serde(default)]
-    pub deny: Vec<AuthorizationRule>,
+    pub spec: v1::AuthorizationPolicySpec,
 }
 
-/// Conditions on a caller; every non-empty list must have a match (`quiver.v1.AuthorizationRule`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthorizationRule {
-    /// SPIFFE id patterns, any of; a path segment may be `*` (any one segment), e.g.
-    /// `spiffe://mesh.local/ns/shop/sa/*`. Empty: any caller.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sources: Vec<String>,
-    /// HTTP methods, any of. Empty: any method.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// Paths, any of: exact, or a prefix ending in `*` (`/api/*`). Empty: any path.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub paths: Vec<String>,
-}
-
-/// The decision for requests no policy speaks about.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum DefaultPolicy {
-    #[default]
-    Allow,
-    Deny,
-}
-
-/// Mesh-wide settings the data path uses (`quiver.v1.MeshConfigSpec`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct MeshConfig {
-    #[serde(default)]
-    pub default_policy: DefaultPolicy,
-    /// Request timeout for rules that set none.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub default_timeout: Option<Duration>,
-    /// Certificate lifetime; read by the control plane only, accepted here so a MeshConfig
-    /// spec can be pasted whole.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub svid_ttl: Option<Duration>,
-    /// Distributed tracing: head sampling and the tail rule.
-    #[serde(default, skip_serializing_if = "TracingConfig::is_default")]
-    pub tracing: TracingConfig,
-}
-
-/// `mesh.tracing` (`quiver.v1.TracingConfig`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TracingConfig {
-    /// Share of traces kept by head sampling, percent (0-100); default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sampling_percent: Option<f64>,
-    /// Requests at least this slow are kept whatever the sampling said; default 1s.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub slow_threshold: Option<Duration>,
-}
-
-// The percent is checked to be a finite number when the config is compiled.
-impl Eq for TracingConfig {}
-
-impl TracingConfig {
-    pub const DEFAULT_PERCENT: f64 = 1.0;
-    pub const DEFAULT_SLOW: Duration = Duration::from_secs(1);
-
-    fn is_default(&self) -> bool {
-        *self == Self::default()
+impl<'de> Deserialize<'de> for NamedPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut map = serde_yaml::Mapping::deserialize(d)?;
+        let name = match map.remove("name") {
+            None => String::new(),
+            Some(serde_yaml::Value::String(s)) => s,
+            Some(_) => return Err(D::Error::custom("name: must be a string")),
+        };
+        let spec = v1::AuthorizationPolicySpec::deserialize(serde_yaml::Value::Mapping(map))
+            .map_err(D::Error::custom)?;
+        Ok(Self { name, spec })
     }
+}
 
-    /// The head-sampling rate, 0-1.
-    pub fn rate(&self) -> f64 {
-        self.sampling_percent.unwrap_or(Self::DEFAULT_PERCENT) / 100.0
-    }
-
-    pub fn slow(&self) -> Duration {
-        self.slow_threshold.unwrap_or(Self::DEFAULT_SLOW)
-    }
-
-    /// Problems, with `at` as the field prefix (e.g. `mesh.tracing`).
-    pub fn check(&self, at: &str) -> Vec<quiver_api::validate::FieldError> {
-        match self.sampling_percent {
-            Some(p) if !(0.0..=100.0).contains(&p) || !p.is_finite() => {
-                vec![quiver_api::validate::FieldError {
-                    path: format!("{at}.samplingPercent"),
-                    reason: format!("{p} is not a percentage (0-100)"),
-                }]
-            }
-            _ => Vec::new(),
+impl Serialize for NamedPolicy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Flat<'a> {
+            name: &'a str,
+            #[serde(flatten)]
+            spec: &'a v1::AuthorizationPolicySpec,
         }
+        Flat {
+            name: &self.name,
+            spec: &self.spec,
+        }
+        .serialize(s)
     }
 }
 
@@ -203,6 +127,15 @@ impl SourcePattern {
                 }
             }
         }
+        // The pattern with each `*` made concrete must be a SPIFFE id (characters, lengths).
+        let concrete = segments
+            .iter()
+            .fold(format!("spiffe://{td}"), |mut id, seg| {
+                id.push('/');
+                id.push_str(seg.as_deref().unwrap_or("x"));
+                id
+            });
+        SpiffeId::parse(&concrete).map_err(|e| format!("{p:?} is not a SPIFFE id pattern: {e}"))?;
         Ok(Self {
             trust_domain: td.to_string(),
             segments,
@@ -278,41 +211,46 @@ pub struct Authorizer {
 impl Authorizer {
     /// Compile `policies`; `at` is their list's field path (e.g. `authorization`).
     pub fn compile(
-        policies: &[AuthorizationPolicy],
-        mesh: &MeshConfig,
+        policies: &[NamedPolicy],
+        default: DefaultPolicy,
         at: &str,
     ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let mut services: HashMap<String, ServiceRules> = HashMap::new();
+        let mut authorizer = Self {
+            services: HashMap::new(),
+            default,
+        };
         for (i, p) in policies.iter().enumerate() {
-            let ppath = format!("{at}[{i}]");
+            let path = format!("{at}[{i}]");
             if p.name.is_empty() {
-                errors.push(err(format!("{ppath}.name"), "required"));
+                errors.push(err(format!("{path}.name"), "required"));
             }
-            if p.service.is_empty() {
-                errors.push(err(format!("{ppath}.service"), "required"));
-            }
-            let entry = services.entry(p.service.clone()).or_default();
-            for (list, rules, out) in [
-                ("allow", &p.allow, &mut entry.allow),
-                ("deny", &p.deny, &mut entry.deny),
-            ] {
-                for (j, r) in rules.iter().enumerate() {
-                    let rpath = format!("{ppath}.{list}[{j}]");
-                    let label = Arc::from(format!("{}.{list}[{j}]", p.name));
-                    if let Some(rule) = compile_rule(r, label, &rpath, &mut errors) {
-                        out.push(rule);
-                    }
-                }
-            }
+            authorizer.add(p, &path, &mut errors);
         }
         if errors.is_empty() {
-            Ok(Self {
-                services,
-                default: mesh.default_policy,
-            })
+            Ok(authorizer)
         } else {
             Err(errors)
+        }
+    }
+
+    /// Compile one policy (its spec's fields at `at`, e.g. `spec`) and add its rules.
+    pub fn add(&mut self, policy: &NamedPolicy, at: &str, errors: &mut Vec<FieldError>) {
+        let spec = &policy.spec;
+        if spec.service.is_empty() {
+            errors.push(err(format!("{at}.service"), "required"));
+        }
+        let entry = self.services.entry(spec.service.clone()).or_default();
+        for (list, rules, out) in [
+            ("allow", &spec.allow, &mut entry.allow),
+            ("deny", &spec.deny, &mut entry.deny),
+        ] {
+            for (j, r) in rules.iter().enumerate() {
+                let label = Arc::from(format!("{}.{list}[{j}]", policy.name));
+                if let Some(rule) = compile_rule(r, label, &format!("{at}.{list}[{j}]"), errors) {
+                    out.push(rule);
+                }
+            }
         }
     }
 
@@ -375,15 +313,8 @@ impl Authorizer {
     }
 }
 
-fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError {
-        path: field.into(),
-        reason: reason.into(),
-    }
-}
-
 fn compile_rule(
-    r: &AuthorizationRule,
+    r: &v1::AuthorizationRule,
     label: Arc<str>,
     at: &str,
     errors: &mut Vec<FieldError>,
@@ -396,7 +327,7 @@ fn compile_rule(
             Err(e) => errors.push(err(format!("{at}.sources[{k}]"), e)),
         }
     }
-    super::check_methods(&r.methods, &format!("{at}.methods"), errors);
+    fields::methods(errors, &format!("{at}.methods"), &r.methods);
     let mut paths = Vec::new();
     for (k, p) in r.paths.iter().enumerate() {
         let field = format!("{at}.paths[{k}]");

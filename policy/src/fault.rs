@@ -1,41 +1,38 @@
 //! Fault injection (delay, abort) and mirroring: the per-request "does this one get it?"
 //! decisions, given random rolls.
 //!
-//! Owns the `Fault` and `Mirror` shapes (`quiver.v1.Fault`, `quiver.v1.Mirror`) and their
-//! percentage decisions. It must not sleep, answer or copy anything: the data path waits the
+//! Owns the compiled forms of `quiver.v1.Fault` and `quiver.v1.Mirror` and their percentage
+//! decisions. It must not sleep, answer or copy anything: the data path waits the
 //! delay, answers the abort (marked `quiver-error: fault`) and sends the mirror copy without
 //! waiting for it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use super::hits;
+use quiver_api::v1;
 use quiver_api::validate::FieldError;
 
-/// Faults a rule injects (`quiver.v1.Fault`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+use crate::fields::{self, err};
+use crate::hits;
+use crate::services::{Backend, Services};
+
+/// Faults a rule injects, compiled from `quiver.v1.Fault`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Fault {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<FaultDelay>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<FaultAbort>,
 }
 
 /// Added latency for a share of requests.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FaultDelay {
-    #[serde(with = "quiver_api::duration::serde_human")]
     pub fixed_delay: Duration,
     /// 0..100.
     pub percent: f64,
 }
 
 /// A proxy-made response for a share of requests.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FaultAbort {
     /// 200..599.
     pub http_status: u16,
@@ -43,44 +40,48 @@ pub struct FaultAbort {
     pub percent: f64,
 }
 
-/// A copy of a share of requests to another backend (`quiver.v1.Mirror`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// A copy of a share of a rule's requests to another backend, compiled from
+/// `quiver.v1.Mirror`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Mirror {
-    /// Empty means the route's service.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub service: String,
-    /// Empty means all its workloads.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub subset: String,
+    pub backend: Arc<Backend>,
     /// 0..100.
     pub percent: f64,
 }
 
-fn check_percent(field: String, p: f64, errors: &mut Vec<FieldError>) {
-    if !(0.0..=100.0).contains(&p) {
-        errors.push(FieldError {
-            path: field,
-            reason: format!("{p} is outside 0..100"),
-        });
-    }
-}
-
 impl Fault {
-    /// Append every problem to `errors`, each under `at`.
-    pub fn check(&self, at: &str, errors: &mut Vec<FieldError>) {
-        if let Some(d) = &self.delay {
-            check_percent(format!("{at}.delay.percent"), d.percent, errors);
-        }
-        if let Some(a) = &self.abort {
-            if !(200..=599).contains(&a.http_status) {
-                errors.push(FieldError {
-                    path: format!("{at}.abort.httpStatus"),
-                    reason: format!("{} is outside 200..599", a.http_status),
-                });
+    /// Compile `spec` (at `at`, e.g. `spec.rules[0].fault`), appending every problem to
+    /// `errors`.
+    pub fn compile(spec: &v1::Fault, at: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        let before = errors.len();
+        let delay = spec.delay.as_ref().and_then(|d| {
+            let path = format!("{at}.delay");
+            fields::percent(errors, &format!("{path}.percent"), d.percent);
+            let fixed_delay =
+                fields::duration(errors, &format!("{path}.fixedDelay"), &d.fixed_delay, true)?;
+            Some(FaultDelay {
+                fixed_delay,
+                percent: d.percent,
+            })
+        });
+        let abort = spec.abort.as_ref().and_then(|a| {
+            let path = format!("{at}.abort");
+            let status = u16::try_from(a.http_status)
+                .ok()
+                .filter(|s| (200..=599).contains(s));
+            if status.is_none() {
+                errors.push(err(
+                    format!("{path}.httpStatus"),
+                    format!("{} is outside 200..599", a.http_status),
+                ));
             }
-            check_percent(format!("{at}.abort.percent"), a.percent, errors);
-        }
+            fields::percent(errors, &format!("{path}.percent"), a.percent);
+            Some(FaultAbort {
+                http_status: status?,
+                percent: a.percent,
+            })
+        });
+        (errors.len() == before).then_some(Self { delay, abort })
     }
 
     /// The faults for one request. `delay_roll` and `abort_roll` are independent random
@@ -101,6 +102,35 @@ impl Fault {
     }
 }
 
+impl Mirror {
+    /// Compile `spec` (at `at`); an empty `service` means `own`, the route's service.
+    pub fn compile(
+        spec: &v1::Mirror,
+        own: &str,
+        at: &str,
+        services: &Services<'_>,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<Self> {
+        let service = if spec.service.is_empty() {
+            own
+        } else {
+            &spec.service
+        };
+        let before = errors.len();
+        let backend = services.resolve(errors, at, service, &spec.subset);
+        fields::percent(errors, &format!("{at}.percent"), spec.percent);
+        (errors.len() == before).then_some(Self {
+            backend: Arc::new(backend?),
+            percent: spec.percent,
+        })
+    }
+
+    /// Whether this request is copied, for a roll in `[0, 1)`.
+    pub fn decide(&self, roll: f64) -> bool {
+        hits(self.percent, roll)
+    }
+}
+
 /// The faults injected into one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultDecision {
@@ -114,18 +144,6 @@ impl FaultDecision {
     /// Whether any fault applies.
     pub fn any(&self) -> bool {
         self.delay.is_some() || self.abort.is_some()
-    }
-}
-
-impl Mirror {
-    /// Append every problem to `errors`, each under `at`.
-    pub fn check(&self, at: &str, errors: &mut Vec<FieldError>) {
-        check_percent(format!("{at}.percent"), self.percent, errors);
-    }
-
-    /// Whether this request is copied, for a roll in `[0, 1)`.
-    pub fn decide(&self, roll: f64) -> bool {
-        hits(self.percent, roll)
     }
 }
 
@@ -168,8 +186,12 @@ mod tests {
     fn percentages_hold_over_many_requests() {
         let f = fault(10.0, 50.0);
         let m = Mirror {
+            backend: Arc::new(Backend {
+                service: "reviews".into(),
+                subset: String::new(),
+                selector: Default::default(),
+            }),
             percent: 25.0,
-            ..Mirror::default()
         };
         let mut rng = StdRng::seed_from_u64(7);
         let (mut delayed, mut aborted, mut mirrored) = (0, 0, 0);
@@ -201,21 +223,40 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let mut e = Vec::new();
-        Fault {
-            delay: Some(FaultDelay {
-                fixed_delay: Duration::ZERO,
+        let spec = v1::Fault {
+            delay: Some(v1::FaultDelay {
+                fixed_delay: String::new(),
                 percent: 101.0,
             }),
-            abort: Some(FaultAbort {
+            abort: Some(v1::FaultAbort {
                 http_status: 99,
                 percent: -1.0,
             }),
-        }
-        .check("r", &mut e);
+        };
+        assert_eq!(Fault::compile(&spec, "r", &mut e), None);
         let fields: Vec<_> = e.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             fields,
-            ["r.delay.percent", "r.abort.httpStatus", "r.abort.percent"]
+            [
+                "r.delay.percent",
+                "r.delay.fixedDelay",
+                "r.abort.httpStatus",
+                "r.abort.percent"
+            ]
         );
+    }
+
+    #[test]
+    fn a_compiled_fault_keeps_its_values() {
+        let spec = v1::Fault {
+            delay: Some(v1::FaultDelay {
+                fixed_delay: "250ms".into(),
+                percent: 10.0,
+            }),
+            abort: None,
+        };
+        let f = Fault::compile(&spec, "r", &mut Vec::new()).unwrap();
+        assert_eq!(f.decide(0.0, 0.0).delay, Some(Duration::from_millis(250)));
+        assert_eq!(f.decide(0.0, 0.0).abort, None);
     }
 }

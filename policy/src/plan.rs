@@ -12,25 +12,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use super::authz::{AuthorizationPolicy, Authorizer, MeshConfig};
-use super::balance::Tier;
-use super::fault::FaultDecision;
-use super::retry::{Retries, RetryBudget, RetryTuning};
-use super::route::{Backend, CompiledRule, RequestHead, Route, RouteTable, SubsetIndex};
+use quiver_api::v1;
 use quiver_api::validate::FieldError;
 
-/// The policy blocks of a proxy config (and of a control-plane snapshot, converted).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+use crate::authz::{Authorizer, NamedPolicy};
+use crate::balance::Tier;
+use crate::fault::FaultDecision;
+use crate::fields::err;
+use crate::mesh::Mesh;
+use crate::retry::{Retries, RetryBudget, RetryTuning};
+use crate::route::{CompiledRule, RequestHead, RouteTable};
+use crate::services::{Backend, Services};
+
+/// The policy a proxy runs on, as `quiver.v1` specs: from a control-plane push or the
+/// `routes:` / `authorization:` / `mesh:` blocks of its static file.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
-    #[serde(default)]
-    pub routes: Vec<Route>,
-    #[serde(default)]
-    pub authorization: Vec<AuthorizationPolicy>,
-    #[serde(default)]
-    pub mesh: MeshConfig,
+    pub routes: Vec<v1::RouteSpec>,
+    pub authorization: Vec<NamedPolicy>,
+    pub mesh: v1::MeshConfigSpec,
 }
 
 /// Compiled, immutable policy. A config change compiles a new one and swaps the `Arc`;
@@ -42,7 +43,7 @@ pub struct Policy {
     default_rule: Arc<CompiledRule>,
     /// Inbound authorization.
     pub authz: Authorizer,
-    pub mesh: MeshConfig,
+    pub mesh: Mesh,
 }
 
 /// The random numbers one plan needs, drawn by the caller (tests pass exact values).
@@ -100,48 +101,49 @@ pub struct Plan {
 }
 
 impl Policy {
-    /// Compile `config` in one pass, reporting every problem with its field path.
-    /// `subsets` resolves backend subset names to label selectors.
-    pub fn compile(config: &PolicyConfig, subsets: &SubsetIndex) -> Result<Self, Vec<FieldError>> {
+    /// Compile `config` in one pass, reporting every problem with its field path
+    /// (`routes[i]...`, `authorization[i]...`, `mesh...`). `services` resolves backends.
+    pub fn compile(
+        config: &PolicyConfig,
+        services: &Services<'_>,
+    ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
+        let mesh = Mesh::compile(&config.mesh, "mesh", &mut errors).unwrap_or_default();
         let mut routes = HashMap::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, r) in config.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if r.service.is_empty() {
-                errors.push(FieldError {
-                    path: format!("{at}.service"),
-                    reason: "required".into(),
-                });
-            } else if let Some(first) = seen.insert(&r.service, i) {
-                errors.push(FieldError {
-                    path: format!("{at}.service"),
-                    reason: format!(
+            if let Some(first) = seen.insert(&r.service, i)
+                && !r.service.is_empty()
+            {
+                errors.push(err(
+                    format!("{at}.service"),
+                    format!(
                         "service {:?} already has a route (routes[{first}])",
                         r.service
                     ),
-                });
+                ));
             }
-            match RouteTable::compile(r, &at, subsets) {
+            match RouteTable::compile(r, &at, services) {
                 Ok(t) => {
                     routes.insert(r.service.clone(), Arc::new(t));
                 }
                 Err(e) => errors.extend(e),
             }
         }
-        let authz = Authorizer::compile(&config.authorization, &config.mesh, "authorization")
-            .unwrap_or_else(|e| {
-                errors.extend(e);
-                Authorizer::default()
-            });
-        errors.extend(config.mesh.tracing.check("mesh.tracing"));
+        let authz =
+            Authorizer::compile(&config.authorization, mesh.default_policy, "authorization")
+                .unwrap_or_else(|e| {
+                    errors.extend(e);
+                    Authorizer::default()
+                });
         let default_rule = Arc::new(CompiledRule::default_for(""));
         if errors.is_empty() {
             Ok(Self {
                 routes,
                 default_rule,
                 authz,
-                mesh: config.mesh.clone(),
+                mesh,
             })
         } else {
             Err(errors)
@@ -182,17 +184,17 @@ impl Policy {
                 }),
             ),
         };
-        let r = &rule.rule;
-        let fault = r
+        let fault = rule
             .fault
             .as_ref()
             .map(|f| f.decide(rolls.delay, rolls.abort))
             .unwrap_or_default();
-        let mirror = match (&r.mirror, rule.mirror_backend()) {
-            (Some(m), Some(b)) if m.decide(rolls.mirror) => Some(b.clone()),
-            _ => None,
-        };
-        let timeout = r.timeout.or(self.mesh.default_timeout);
+        let mirror = rule
+            .mirror
+            .as_ref()
+            .filter(|m| m.decide(rolls.mirror))
+            .map(|m| m.backend.clone());
+        let timeout = rule.timeout.or(self.mesh.default_timeout);
         Ok(Plan {
             service: service.to_string(),
             backend,
@@ -214,7 +216,7 @@ impl Plan {
 
     /// The rule's retry settings, if it retries.
     pub fn retries(&self) -> Option<&Retries> {
-        self.rule.rule.retries.as_ref()
+        self.rule.retries.as_ref()
     }
 
     /// Timeout of each attempt, if set.
@@ -270,7 +272,7 @@ impl Budgets {
         let ratio = plan
             .retries()
             .map(Retries::budget_ratio)
-            .unwrap_or(super::retry::DEFAULT_BUDGET_RATIO);
+            .unwrap_or(crate::retry::DEFAULT_BUDGET_RATIO);
         let b = self
             .budgets
             .entry((plan.service.clone(), plan.route().to_string()))

@@ -1,58 +1,69 @@
 //! Retries: whether a failed attempt may be tried again, how long to wait first, and the
 //! budget that keeps retries from turning an outage into a storm.
 //!
-//! Owns the `Retries` shape (`quiver.v1.Retries`), the retry-on conditions, the replay-safety
+//! Owns the compiled form of `quiver.v1.Retries`, the retry-on conditions, the replay-safety
 //! rule, exponential backoff with injected jitter and the sliding-window retry budget. It
 //! must not send anything, sleep or read the clock: the data path reports each attempt's
 //! [`Outcome`] and the time, and carries out the [`RetryDecision`].
 
 use std::time::{Duration, Instant};
 
+use quiver_api::v1;
+use quiver_api::validate::FieldError;
 use serde::{Deserialize, Serialize};
 
-use super::opt_duration;
-use quiver_api::validate::FieldError;
+use crate::fields::{self, err};
 
-/// A route rule's retry settings, as configured (`quiver.v1.Retries`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// A route rule's retry settings, compiled from `quiver.v1.Retries`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Retries {
     /// Total attempts including the first, 1..10.
     pub attempts: u32,
     /// Timeout of each attempt; absent means only the rule's overall timeout applies.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
     pub per_try_timeout: Option<Duration>,
     /// Conditions that make an attempt worth repeating.
-    #[serde(default)]
     pub retry_on: Vec<RetryOn>,
     /// Extra load retries may add, percent of requests (0..100; 0 means the default 20).
-    #[serde(default, skip_serializing_if = "is_zero")]
     pub budget_percent: f64,
 }
 
-fn is_zero(v: &f64) -> bool {
-    *v == 0.0
-}
-
 impl Retries {
-    /// Append every problem to `errors`, each under `at` (e.g. `routes[0].rules[1].retries`).
-    pub fn check(&self, at: &str, errors: &mut Vec<FieldError>) {
-        if !(1..=10).contains(&self.attempts) {
-            errors.push(FieldError {
-                path: format!("{at}.attempts"),
-                reason: format!("{} is outside 1..10", self.attempts),
-            });
+    /// Compile `spec` (at `at`, e.g. `spec.rules[1].retries`), appending every problem to
+    /// `errors`.
+    pub fn compile(spec: &v1::Retries, at: &str, errors: &mut Vec<FieldError>) -> Option<Self> {
+        let before = errors.len();
+        if !(1..=10).contains(&spec.attempts) {
+            errors.push(err(
+                format!("{at}.attempts"),
+                format!("{} is outside 1..10", spec.attempts),
+            ));
         }
-        if !(0.0..=100.0).contains(&self.budget_percent) {
-            errors.push(FieldError {
-                path: format!("{at}.budgetPercent"),
-                reason: format!("{} is outside 0..100", self.budget_percent),
-            });
+        let per_try_timeout = fields::duration(
+            errors,
+            &format!("{at}.perTryTimeout"),
+            &spec.per_try_timeout,
+            false,
+        );
+        let mut retry_on = Vec::new();
+        for (k, on) in spec.retry_on.iter().enumerate() {
+            match RetryOn::parse(on) {
+                Some(c) => retry_on.push(c),
+                None => errors.push(err(
+                    format!("{at}.retryOn[{k}]"),
+                    format!(
+                        "{on:?} is not one of {}",
+                        RetryOn::ALL.map(RetryOn::as_str).join(", ")
+                    ),
+                )),
+            }
         }
+        fields::percent(errors, &format!("{at}.budgetPercent"), spec.budget_percent);
+        (errors.len() == before).then_some(Self {
+            attempts: spec.attempts,
+            per_try_timeout,
+            retry_on,
+            budget_percent: spec.budget_percent,
+        })
     }
 
     /// The budget ratio: `budget_percent / 100`, or the default 0.2.
@@ -69,29 +80,62 @@ impl Retries {
 pub const DEFAULT_BUDGET_RATIO: f64 = 0.2;
 
 /// A retry-on condition (`retryOn` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryOn {
-    /// Any 5xx status, a reset, a connect failure or a per-try timeout.
-    #[serde(rename = "5xx")]
+    /// `5xx`: any 5xx status, a reset, a connect failure or a per-try timeout.
     FiveXx,
-    /// 502, 503 or 504, a connect failure or a per-try timeout.
+    /// `gateway-error`: 502, 503 or 504, a connect failure or a per-try timeout.
     GatewayError,
-    /// The stream or connection broke before a response head arrived.
+    /// `reset`: the stream or connection broke before a response head arrived.
     Reset,
-    /// The peer proxy or the app could not be reached; the request never left.
+    /// `connect-failure`: the peer proxy or the app could not be reached; the request never
+    /// left.
     ConnectFailure,
-    /// 409 Conflict.
-    #[serde(rename = "retriable-4xx")]
+    /// `retriable-4xx`: 409 Conflict.
     Retriable4xx,
-    /// grpc-status 14.
+    /// `unavailable`: grpc-status 14.
     Unavailable,
-    /// grpc-status 1.
+    /// `cancelled`: grpc-status 1.
     Cancelled,
-    /// grpc-status 4.
+    /// `deadline-exceeded`: grpc-status 4.
     DeadlineExceeded,
-    /// grpc-status 8.
+    /// `resource-exhausted`: grpc-status 8.
     ResourceExhausted,
+}
+
+impl RetryOn {
+    /// Every condition, in the order the docs list them.
+    pub const ALL: [RetryOn; 9] = [
+        RetryOn::FiveXx,
+        RetryOn::GatewayError,
+        RetryOn::Reset,
+        RetryOn::ConnectFailure,
+        RetryOn::Retriable4xx,
+        RetryOn::Unavailable,
+        RetryOn::Cancelled,
+        RetryOn::DeadlineExceeded,
+        RetryOn::ResourceExhausted,
+    ];
+
+    /// The name as written in `retryOn`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::FiveXx => "5xx",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Reset => "reset",
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::Retriable4xx => "retriable-4xx",
+            RetryOn::Unavailable => "unavailable",
+            RetryOn::Cancelled => "cancelled",
+            RetryOn::DeadlineExceeded => "deadline-exceeded",
+            RetryOn::ResourceExhausted => "resource-exhausted",
+        }
+    }
+
+    /// The condition named `s`, if any.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
 }
 
 /// What one attempt came to, as the data path saw it.

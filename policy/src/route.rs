@@ -1,146 +1,24 @@
 //! Route tables: which rule of a service's Route handles a request, and which weighted
 //! backend (service + subset) it goes to.
 //!
-//! Owns the `Route` shape (one-to-one with `quiver.v1.Route`'s spec), its compilation into a
-//! [`RouteTable`] (regexes compiled once, every problem reported with its field path) and the
-//! first-match-wins lookup. It must not pick endpoints (that is [`super::balance`]) nor know
+//! Owns the compilation of a `quiver.v1.RouteSpec` into a [`RouteTable`] (regexes compiled
+//! once, durations parsed, backends resolved to label selectors, every problem reported with
+//! its field path) and the first-match-wins lookup. It must not pick endpoints (that is [`super::balance`]) nor know
 //! about sockets or the clock.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
-use regex::Regex;
-use serde::{Deserialize, Serialize};
-
-use super::fault::{Fault, Mirror};
-use super::retry::Retries;
-use super::{Labels, Subset, opt_duration};
+use quiver_api::v1;
 use quiver_api::validate::FieldError;
+use regex::Regex;
 
-// ---- the shape (as written in YAML and sent by the control plane) ----
-
-/// How requests to one service are routed: ordered rules, the first match wins
-/// (`quiver.v1.RouteSpec`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Route {
-    /// The service whose traffic this route governs.
-    pub service: String,
-    /// Ordered rules.
-    #[serde(default)]
-    pub rules: Vec<RouteRule>,
-}
-
-/// One rule: conditions and what to do with the requests that meet them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteRule {
-    /// Unique within the route; names the rule in metrics and access logs.
-    pub name: String,
-    /// Conditions, all of which must hold; absent means every request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub r#match: Option<RouteMatch>,
-    /// Weighted backends; weights sum to 100. Empty means the route's service, all workloads.
-    #[serde(default)]
-    pub backends: Vec<WeightedBackend>,
-    /// Overall request timeout (all attempts); absent means the mesh default.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub timeout: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<Retries>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fault: Option<Fault>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<Mirror>,
-}
-
-/// Conditions on a request (`quiver.v1.RouteMatch`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathMatch>,
-    /// HTTP methods, any of (case-sensitive, as HTTP says).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub methods: Vec<String>,
-    /// Header conditions, all of which must hold.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<HeaderMatch>,
-}
-
-/// Exactly one of `exact`, `prefix`, `regex` (`quiver.v1.PathMatch`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PathMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    /// Plain string prefix: `/api` matches `/api`, `/api/x` and `/apix`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// Regular expression matched against the whole path (implicitly anchored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
-}
-
-/// A header condition: `name` and exactly one of `exact`, `regex`, `present`
-/// (`quiver.v1.HeaderMatch`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HeaderMatch {
-    /// Header name, case-insensitive.
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    /// Matched against the whole value (implicitly anchored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub present: bool,
-}
-
-/// A share of a rule's traffic (`quiver.v1.WeightedBackend`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WeightedBackend {
-    /// Target service; empty means the route's service.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub service: String,
-    /// Subset of that service; empty means all its workloads.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub subset: String,
-    /// 0..100.
-    #[serde(default)]
-    pub weight: u32,
-}
-
-// ---- the compiled form ----
-
-/// Where a request goes: a service and the labels its endpoints must carry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    pub service: String,
-    /// Subset name; empty means every workload of the service.
-    pub subset: String,
-    /// The subset's label selector (empty for "every workload").
-    pub selector: Labels,
-}
-
-impl Backend {
-    /// `service` or `service/subset`, as written in access logs.
-    pub fn label(&self) -> String {
-        if self.subset.is_empty() {
-            self.service.clone()
-        } else {
-            format!("{}/{}", self.service, self.subset)
-        }
-    }
-}
+use crate::Labels;
+use crate::fault::{Fault, Mirror};
+use crate::fields::{self, err};
+use crate::retry::Retries;
+use crate::services::{Backend, Services};
 
 #[derive(Debug)]
 enum PathCond {
@@ -156,17 +34,22 @@ enum HeaderCond {
     Present,
 }
 
-/// A rule ready to match: the original rule (for its actions) plus compiled conditions.
+/// A rule ready to match and act on: its conditions compiled, its actions parsed.
 #[derive(Debug)]
 pub struct CompiledRule {
-    /// The rule as configured (timeout, retries, fault, mirror are read from here).
-    pub rule: RouteRule,
+    name: String,
+    /// HTTP methods, any of; empty: any method.
+    methods: Vec<String>,
     path: Option<PathCond>,
     headers: Vec<(http::HeaderName, HeaderCond)>,
     /// Backends with their cumulative weight bound: a roll `r` in 0..100 takes the first
     /// backend whose bound is greater than `r`.
     backends: Vec<(u32, Arc<Backend>)>,
-    mirror: Option<Arc<Backend>>,
+    /// Overall request timeout (all attempts); `None` means the mesh default.
+    pub timeout: Option<Duration>,
+    pub retries: Option<Retries>,
+    pub fault: Option<Fault>,
+    pub mirror: Option<Mirror>,
 }
 
 /// What the matcher needs of a request: nothing it could mutate, nothing from I/O.
@@ -186,18 +69,23 @@ pub struct RouteTable {
     rules: Vec<Arc<CompiledRule>>,
 }
 
-/// The subsets of every service a route may name, by service name.
-pub type SubsetIndex = BTreeMap<String, Vec<Subset>>;
-
 impl RouteTable {
-    /// Compile `route`; `at` is its field path (e.g. `routes[0]`), prefixed to every error.
-    /// `subsets` resolves backend and mirror subset names to label selectors.
+    /// Compile `route`; `at` is its field path (`spec` in the API, `routes[0]` in a proxy),
+    /// prefixed to every error. `services` resolves backend and mirror references.
     pub fn compile(
-        route: &Route,
+        route: &v1::RouteSpec,
         at: &str,
-        subsets: &SubsetIndex,
+        services: &Services<'_>,
     ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
+        if route.service.is_empty() {
+            errors.push(err(format!("{at}.service"), "required"));
+        } else {
+            services.check(&mut errors, at, &route.service);
+        }
+        if route.rules.is_empty() {
+            errors.push(err(format!("{at}.rules"), "at least one rule is required"));
+        }
         let mut rules = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, rule) in route.rules.iter().enumerate() {
@@ -210,7 +98,7 @@ impl RouteTable {
                     format!("duplicate name {:?}", rule.name),
                 ));
             }
-            if let Some(rule) = compile_rule(rule, &route.service, &path, subsets, &mut errors) {
+            if let Some(rule) = compile_rule(rule, &route.service, &path, services, &mut errors) {
                 rules.push(Arc::new(rule));
             }
         }
@@ -248,35 +136,27 @@ impl CompiledRule {
     /// The implicit rule `default`: every request, all of `service`'s workloads, no retries,
     /// faults or mirror.
     pub fn default_for(service: &str) -> Self {
-        let rule = RouteRule {
-            name: "default".into(),
-            r#match: None,
-            backends: Vec::new(),
-            timeout: None,
-            retries: None,
-            fault: None,
-            mirror: None,
-        };
         Self {
-            rule,
+            name: "default".into(),
+            methods: Vec::new(),
             path: None,
             headers: Vec::new(),
             backends: vec![(100, Arc::new(whole_service(service)))],
+            timeout: None,
+            retries: None,
+            fault: None,
             mirror: None,
         }
     }
 
     /// The rule's name.
     pub fn name(&self) -> &str {
-        &self.rule.name
+        &self.name
     }
 
     /// Whether every condition of this rule holds for `req`.
     pub fn matches(&self, req: &RequestHead<'_>) -> bool {
-        let Some(m) = &self.rule.r#match else {
-            return true;
-        };
-        if !m.methods.is_empty() && !m.methods.iter().any(|x| x == req.method) {
+        if !self.methods.is_empty() && !self.methods.iter().any(|x| x == req.method) {
             return false;
         }
         let path_ok = match &self.path {
@@ -309,18 +189,6 @@ impl CompiledRule {
             .or(self.backends.last())
             .map(|(_, b)| b)
     }
-
-    /// The mirror target, if the rule mirrors.
-    pub fn mirror_backend(&self) -> Option<&Arc<Backend>> {
-        self.mirror.as_ref()
-    }
-}
-
-fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError {
-        path: field.into(),
-        reason: reason.into(),
-    }
 }
 
 fn whole_service(service: &str) -> Backend {
@@ -331,160 +199,142 @@ fn whole_service(service: &str) -> Backend {
     }
 }
 
-/// `^(?:re)$`: regexes in routes match the whole path or value, never a substring.
-fn anchored(re: &str, field: String, errors: &mut Vec<FieldError>) -> Option<Regex> {
-    match Regex::new(&format!("^(?:{re})$")) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            errors.push(err(field, format!("regex does not compile: {e}")));
-            None
+/// The path condition: exactly one of `exact`, `prefix` (both starting with '/'), `regex`.
+fn path_cond(p: &v1::PathMatch, at: &str, errors: &mut Vec<FieldError>) -> Option<PathCond> {
+    let set = [&p.exact, &p.prefix, &p.regex]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .count();
+    if set != 1 {
+        errors.push(err(at, "set exactly one of exact, prefix, regex"));
+    }
+    for (field, value) in [("exact", &p.exact), ("prefix", &p.prefix)] {
+        if !value.is_empty() && !value.starts_with('/') {
+            errors.push(err(format!("{at}.{field}"), "must start with '/'"));
         }
+    }
+    if !p.regex.is_empty() {
+        fields::anchored_regex(errors, &format!("{at}.regex"), &p.regex).map(PathCond::Regex)
+    } else if !p.exact.is_empty() {
+        Some(PathCond::Exact(p.exact.clone()))
+    } else if !p.prefix.is_empty() {
+        Some(PathCond::Prefix(p.prefix.clone()))
+    } else {
+        None
     }
 }
 
-fn resolve(
-    service: &str,
-    subset: &str,
-    field: &str,
-    subsets: &SubsetIndex,
+/// A header condition: a valid name and exactly one of `exact`, `regex`, `present`.
+fn header_cond(
+    h: &v1::HeaderMatch,
+    at: &str,
     errors: &mut Vec<FieldError>,
-) -> Option<Backend> {
-    if subset.is_empty() {
-        return Some(whole_service(service));
+) -> Option<(http::HeaderName, HeaderCond)> {
+    let name = http::HeaderName::from_bytes(h.name.as_bytes());
+    if name.is_err() {
+        errors.push(err(format!("{at}.name"), "not a valid header name"));
     }
-    let found = subsets
-        .get(service)
-        .and_then(|list| list.iter().find(|s| s.name == subset));
-    match found {
-        Some(s) => Some(Backend {
-            service: service.to_string(),
-            subset: subset.to_string(),
-            selector: s.labels.clone(),
-        }),
-        None => {
+    let set = usize::from(!h.exact.is_empty())
+        + usize::from(!h.regex.is_empty())
+        + usize::from(h.present);
+    if set != 1 {
+        errors.push(err(at, "set exactly one of exact, regex, present"));
+    }
+    let cond = if !h.regex.is_empty() {
+        fields::anchored_regex(errors, &format!("{at}.regex"), &h.regex).map(HeaderCond::Regex)
+    } else if !h.exact.is_empty() {
+        Some(HeaderCond::Exact(h.exact.clone()))
+    } else {
+        Some(HeaderCond::Present)
+    };
+    Some((name.ok()?, cond?))
+}
+
+/// Weighted backends, each 0..100, summing to exactly 100; none means the route's service.
+fn backends(
+    rule: &v1::RouteRule,
+    own: &str,
+    at: &str,
+    services: &Services<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Vec<(u32, Arc<Backend>)> {
+    if rule.backends.is_empty() {
+        return vec![(100, Arc::new(whole_service(own)))];
+    }
+    let mut out = Vec::new();
+    let mut bound = 0u32;
+    for (j, b) in rule.backends.iter().enumerate() {
+        let path = format!("{at}.backends[{j}]");
+        if b.weight > 100 {
             errors.push(err(
-                format!("{field}.subset"),
-                format!("service {service:?} has no subset {subset:?}"),
+                format!("{path}.weight"),
+                format!("{} is outside 0..100", b.weight),
             ));
-            None
+        }
+        let service = if b.service.is_empty() {
+            own
+        } else {
+            &b.service
+        };
+        bound = bound.saturating_add(b.weight);
+        if let Some(backend) = services.resolve(errors, &path, service, &b.subset) {
+            out.push((bound, Arc::new(backend)));
         }
     }
+    if bound != 100 {
+        errors.push(err(
+            format!("{at}.backends"),
+            format!("weights sum to {bound}, must sum to 100"),
+        ));
+    }
+    out
 }
 
 fn compile_rule(
-    rule: &RouteRule,
+    rule: &v1::RouteRule,
     own: &str,
     at: &str,
-    subsets: &SubsetIndex,
+    services: &Services<'_>,
     errors: &mut Vec<FieldError>,
 ) -> Option<CompiledRule> {
     let before = errors.len();
     let mut path = None;
     let mut headers = Vec::new();
+    let mut methods = Vec::new();
     if let Some(m) = &rule.r#match {
-        let mat = format!("{at}.match");
+        let at = format!("{at}.match");
         if let Some(p) = &m.path {
-            let ppath = format!("{mat}.path");
-            let set = [&p.exact, &p.prefix, &p.regex]
-                .iter()
-                .filter(|s| s.is_some())
-                .count();
-            if set != 1 {
-                errors.push(err(&ppath, "set exactly one of exact, prefix, regex"));
-            }
-            for (field, value) in [("exact", &p.exact), ("prefix", &p.prefix)] {
-                if value.as_ref().is_some_and(|v| !v.starts_with('/')) {
-                    errors.push(err(format!("{ppath}.{field}"), "must start with '/'"));
-                }
-            }
-            path = if let Some(re) = &p.regex {
-                anchored(re, format!("{ppath}.regex"), errors).map(PathCond::Regex)
-            } else if let Some(e) = &p.exact {
-                Some(PathCond::Exact(e.clone()))
-            } else {
-                p.prefix.clone().map(PathCond::Prefix)
-            };
+            path = path_cond(p, &format!("{at}.path"), errors);
         }
-        super::check_methods(&m.methods, &format!("{mat}.methods"), errors);
+        fields::methods(errors, &format!("{at}.methods"), &m.methods);
+        methods.clone_from(&m.methods);
         for (i, h) in m.headers.iter().enumerate() {
-            let hpath = format!("{mat}.headers[{i}]");
-            let name = match http::HeaderName::from_bytes(h.name.as_bytes()) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    errors.push(err(format!("{hpath}.name"), "not a valid header name"));
-                    None
-                }
-            };
-            let set = usize::from(h.exact.is_some())
-                + usize::from(h.regex.is_some())
-                + usize::from(h.present);
-            if set != 1 {
-                errors.push(err(&hpath, "set exactly one of exact, regex, present"));
-            }
-            let cond = if let Some(re) = &h.regex {
-                anchored(re, format!("{hpath}.regex"), errors).map(HeaderCond::Regex)
-            } else if let Some(v) = &h.exact {
-                Some(HeaderCond::Exact(v.clone()))
-            } else {
-                Some(HeaderCond::Present)
-            };
-            if let (Some(n), Some(c)) = (name, cond) {
-                headers.push((n, c));
-            }
+            headers.extend(header_cond(h, &format!("{at}.headers[{i}]"), errors));
         }
     }
-    let mut backends = Vec::new();
-    if rule.backends.is_empty() {
-        backends.push((100, Arc::new(whole_service(own))));
-    } else {
-        let mut bound = 0u32;
-        for (j, b) in rule.backends.iter().enumerate() {
-            let bpath = format!("{at}.backends[{j}]");
-            if b.weight > 100 {
-                errors.push(err(
-                    format!("{bpath}.weight"),
-                    format!("{} is outside 0..100", b.weight),
-                ));
-            }
-            let service = if b.service.is_empty() {
-                own
-            } else {
-                &b.service
-            };
-            bound = bound.saturating_add(b.weight);
-            if let Some(backend) = resolve(service, &b.subset, &bpath, subsets, errors) {
-                backends.push((bound, Arc::new(backend)));
-            }
-        }
-        if bound != 100 {
-            errors.push(err(
-                format!("{at}.backends"),
-                format!("weights sum to {bound}, must sum to 100"),
-            ));
-        }
-    }
-    if let Some(r) = &rule.retries {
-        r.check(&format!("{at}.retries"), errors);
-    }
-    if let Some(f) = &rule.fault {
-        f.check(&format!("{at}.fault"), errors);
-    }
-    let mut mirror = None;
-    if let Some(m) = &rule.mirror {
-        let mpath = format!("{at}.mirror");
-        m.check(&mpath, errors);
-        let service = if m.service.is_empty() {
-            own
-        } else {
-            &m.service
-        };
-        mirror = resolve(service, &m.subset, &mpath, subsets, errors).map(Arc::new);
-    }
+    let backends = backends(rule, own, at, services, errors);
+    let timeout = fields::duration(errors, &format!("{at}.timeout"), &rule.timeout, false);
+    let retries = rule
+        .retries
+        .as_ref()
+        .and_then(|r| Retries::compile(r, &format!("{at}.retries"), errors));
+    let fault = rule
+        .fault
+        .as_ref()
+        .and_then(|f| Fault::compile(f, &format!("{at}.fault"), errors));
+    let mirror = rule
+        .mirror
+        .as_ref()
+        .and_then(|m| Mirror::compile(m, own, &format!("{at}.mirror"), services, errors));
     (errors.len() == before).then(|| CompiledRule {
-        rule: rule.clone(),
+        name: rule.name.clone(),
+        methods,
         path,
         headers,
         backends,
+        timeout,
+        retries,
+        fault,
         mirror,
     })
 }

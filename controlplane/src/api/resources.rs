@@ -6,9 +6,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
+use quiver_api::document;
 use quiver_api::resource::{DEFAULT_NAMESPACE, Kind, Resource};
 use quiver_api::v1::{self, watch_event};
-use quiver_api::{document, validate};
+use quiver_policy::validate;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Status};
 
@@ -117,7 +118,7 @@ impl AdminApi {
         );
 
         let any = obj.clone().into_any();
-        let mut services = validate::Services::new();
+        let mut services = validate::ServiceSpecs::new();
         for svc in validate::referenced_services(&any) {
             let _t = self.inputs.metrics.store_timer("get");
             if let Some(stored) = store

@@ -13,8 +13,9 @@ use quiver_api::v1;
 use crate::config::FieldError;
 use crate::snapshot::{Endpoint, LocalPort, Protocol, RemoteService, Snapshot};
 use quiver_api::validate::check_dns_label;
-use quiver_policy::Subset;
+use quiver_policy::authz::NamedPolicy;
 use quiver_policy::plan::PolicyConfig;
+use quiver_policy::services::Unknown;
 
 /// Convert a pushed snapshot. `zone` is where this proxy runs (it knows, the control plane
 /// need not); `app_host` is where its local apps listen (usually 127.0.0.1).
@@ -65,21 +66,9 @@ pub fn snapshot(
                 zone: e.zone.clone(),
             });
         }
-        let subsets = s
-            .subsets
-            .iter()
-            .map(|x| Subset {
-                name: x.name.clone(),
-                labels: x
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            })
-            .collect();
         services.insert(
             s.name.clone(),
-            RemoteService::new(s.name.clone(), endpoints, subsets),
+            RemoteService::new(s.name.clone(), endpoints, s.subsets.clone()),
         );
     }
 
@@ -130,86 +119,49 @@ pub fn snapshot(
     if !errs.is_empty() {
         return Err(errs);
     }
+    // A Service deleted while a Route still names it must not stop the rest of the push:
+    // its backends get no endpoints.
     Snapshot::build(
         pushed.version.to_string(),
         zone.to_string(),
         inbound,
         services,
         policy,
+        Unknown::NoEndpoints,
     )
 }
 
-/// Routes, authorization policies and mesh settings, read through the same serde shapes as
-/// the static file (proto3 defaults dropped first, so "unset" reads as absent).
+/// Routes, authorization policies and mesh settings: the pushed specs themselves, compiled by
+/// [`Snapshot::build`] (a missing spec is reported here).
 fn policy_config(pushed: &v1::ProxySnapshot, errs: &mut Vec<FieldError>) -> PolicyConfig {
-    let mut config = PolicyConfig::default();
-    for (i, r) in pushed.routes.iter().enumerate() {
-        if let Some(route) = read(r.spec.as_ref(), None, &format!("routes[{i}]"), errs) {
-            config.routes.push(route);
-        }
-    }
-    for (i, p) in pushed.authorization_policies.iter().enumerate() {
-        // The policy's name lives in its metadata; the proxy's shape carries it inline.
-        let name = p
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        let at = format!("authorizationPolicies[{i}]");
-        if let Some(policy) = read(p.spec.as_ref(), Some(name), &at, errs) {
-            config.authorization.push(policy);
-        }
-    }
-    if let Some(mesh) = &pushed.mesh
-        && let Some(m) = read(Some(mesh), None, "mesh", errs)
-    {
-        config.mesh = m;
-        // Pruning drops proto3 zeros, also from `optional` fields where 0 was set on
-        // purpose: `samplingPercent: 0` (head sampling off) must not read as unset (1%).
-        if let Some(percent) = mesh.tracing.as_ref().and_then(|t| t.sampling_percent) {
-            config.mesh.tracing.sampling_percent = Some(percent);
-        }
-    }
-    config
-}
-
-/// Read a pushed message into the proxy's serde shape (proto3 defaults dropped first, so
-/// "unset" reads as absent; an all-default message reads as an empty mapping), with `name`
-/// inserted when given. A missing message or one that does not fit is reported at `at`.
-fn read<T: serde::de::DeserializeOwned>(
-    message: Option<&impl serde::Serialize>,
-    name: Option<String>,
-    at: &str,
-    errs: &mut Vec<FieldError>,
-) -> Option<T> {
-    let Some(message) = message else {
+    let mut missing = |at: String| {
         errs.push(FieldError {
             path: format!("{at}.spec"),
             reason: "missing".into(),
         });
-        return None;
     };
-    let converted = quiver_api::document::pruned_value(message)
-        .map_err(|e| e.to_string())
-        .and_then(|mut v| {
-            if v.is_null() {
-                v = serde_yaml::Value::Mapping(Default::default());
-            }
-            if let (Some(name), serde_yaml::Value::Mapping(m)) = (name, &mut v) {
-                m.insert("name".into(), name.into());
-            }
-            serde_yaml::from_value(v).map_err(|e| e.to_string())
-        });
-    match converted {
-        Ok(t) => Some(t),
-        Err(reason) => {
-            errs.push(FieldError {
-                path: at.to_string(),
-                reason,
-            });
-            None
+    let mut config = PolicyConfig::default();
+    for (i, r) in pushed.routes.iter().enumerate() {
+        match &r.spec {
+            Some(spec) => config.routes.push(spec.clone()),
+            None => missing(format!("routes[{i}]")),
         }
     }
+    for (i, p) in pushed.authorization_policies.iter().enumerate() {
+        match &p.spec {
+            Some(spec) => config.authorization.push(NamedPolicy {
+                name: p
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default(),
+                spec: spec.clone(),
+            }),
+            None => missing(format!("authorizationPolicies[{i}]")),
+        }
+    }
+    config.mesh = pushed.mesh.clone().unwrap_or_default();
+    config
 }
 
 #[cfg(test)]

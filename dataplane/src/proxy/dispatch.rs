@@ -30,7 +30,8 @@ use crate::telemetry::metrics::Metrics;
 use quiver_policy::balance::{LOAD_HEADER, parse_load};
 use quiver_policy::plan::{Plan, Rolls};
 use quiver_policy::retry::{self, Attempt, BodyState, Outcome, RetryDecision};
-use quiver_policy::route::{Backend, RequestHead};
+use quiver_policy::route::RequestHead;
+use quiver_policy::services::Backend;
 
 /// The request body as one attempt sends it.
 enum AttemptBody {

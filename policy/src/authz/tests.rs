@@ -5,12 +5,8 @@ fn id(s: &str) -> SpiffeId {
 }
 
 fn authorizer(yaml: &str, default: DefaultPolicy) -> Authorizer {
-    let policies: Vec<AuthorizationPolicy> = serde_yaml::from_str(yaml).unwrap();
-    let mesh = MeshConfig {
-        default_policy: default,
-        ..MeshConfig::default()
-    };
-    Authorizer::compile(&policies, &mesh, "authorization").unwrap()
+    let policies: Vec<NamedPolicy> = serde_yaml::from_str(yaml).unwrap();
+    Authorizer::compile(&policies, default, "authorization").unwrap()
 }
 
 const POLICIES: &str = r#"
@@ -100,7 +96,7 @@ fn deny_all_default_blocks_unlisted_services_only() {
         Verdict::Denied(Reason::MeshDefault)
     );
     assert!(a.evaluate("reviews", Some(&web), "GET", "/").is_allowed());
-    let empty = Authorizer::compile(&[], &MeshConfig::default(), "authorization").unwrap();
+    let empty = Authorizer::compile(&[], DefaultPolicy::default(), "authorization").unwrap();
     assert!(
         empty.evaluate("x", None, "GET", "/").is_allowed(),
         "ALLOW is the default"
@@ -134,7 +130,7 @@ fn several_policies_on_one_service_combine() {
 
 #[test]
 fn bad_patterns_are_named() {
-    let policies: Vec<AuthorizationPolicy> = serde_yaml::from_str(
+    let policies: Vec<NamedPolicy> = serde_yaml::from_str(
         r#"
 - name: p
   service: reviews
@@ -149,7 +145,7 @@ fn bad_patterns_are_named() {
 "#,
     )
     .unwrap();
-    let e = Authorizer::compile(&policies, &MeshConfig::default(), "authorization").unwrap_err();
+    let e = Authorizer::compile(&policies, DefaultPolicy::Allow, "authorization").unwrap_err();
     let got: Vec<(&str, &str)> = e
         .iter()
         .map(|e| (e.path.as_str(), e.reason.as_str()))
@@ -173,15 +169,6 @@ fn bad_patterns_are_named() {
     assert!(got[1].1.contains("must start with \"spiffe://\""));
     assert!(got[2].1.contains("trust domain cannot be a wildcard"));
     assert!(got[5].1.contains("only allowed at the end"));
-}
-
-#[test]
-fn mesh_config_reads_the_proto_spelling() {
-    let m: MeshConfig =
-        serde_yaml::from_str("defaultPolicy: DENY\ndefaultTimeout: 15s\nsvidTtl: 24h\n").unwrap();
-    assert_eq!(m.default_policy, DefaultPolicy::Deny);
-    assert_eq!(m.default_timeout, Some(Duration::from_secs(15)));
-    assert!(serde_yaml::from_str::<MeshConfig>("defaultPolicy: MAYBE\n").is_err());
 }
 
 #[test]

@@ -3,23 +3,29 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::services::Unknown;
 
-fn subsets() -> SubsetIndex {
-    let s = |name: &str, version: &str| Subset {
+fn subsets() -> Vec<crate::Subset> {
+    let s = |name: &str, version: &str| crate::Subset {
         name: name.into(),
         labels: [("version".to_string(), version.to_string())].into(),
     };
-    [("reviews".to_string(), vec![s("v1", "v1"), s("v2", "v2")])].into()
+    vec![s("v1", "v1"), s("v2", "v2")]
+}
+
+fn compile(yaml: &str) -> Result<RouteTable, Vec<FieldError>> {
+    let route: v1::RouteSpec = serde_yaml::from_str(yaml).unwrap();
+    let subsets = subsets();
+    let services = Services::new([("reviews", subsets.as_slice())], Unknown::Refuse);
+    RouteTable::compile(&route, "routes[0]", &services)
 }
 
 fn table(yaml: &str) -> RouteTable {
-    let route: Route = serde_yaml::from_str(yaml).unwrap();
-    RouteTable::compile(&route, "routes[0]", &subsets()).unwrap()
+    compile(yaml).unwrap()
 }
 
 fn errors(yaml: &str) -> Vec<(String, String)> {
-    let route: Route = serde_yaml::from_str(yaml).unwrap();
-    RouteTable::compile(&route, "routes[0]", &subsets())
+    compile(yaml)
         .unwrap_err()
         .into_iter()
         .map(|e| (e.path, e.reason))
@@ -137,8 +143,14 @@ fn header_conditions_all_hold_and_names_are_case_insensitive() {
 fn no_match_is_none() {
     let t = table("service: reviews\nrules:\n  - name: only\n    match: {path: {exact: /x}}\n");
     assert_eq!(find(&t, "GET", "/y", &[]), None);
-    let empty = table("service: reviews\n");
-    assert_eq!(find(&empty, "GET", "/", &[]), None);
+    // A route without rules would match nothing: refused, as the API refuses it.
+    assert_eq!(
+        errors("service: reviews\n"),
+        [(
+            "routes[0].rules".to_string(),
+            "at least one rule is required".to_string()
+        )]
+    );
     let default = RouteTable::default_for("reviews");
     assert_eq!(find(&default, "GET", "/anything", &[]), Some("default"));
 }
@@ -235,7 +247,10 @@ rules:
     assert!(e[0].1.contains("regex does not compile"), "{:?}", e[0]);
     assert_eq!(e[7].1, "weights sum to 90, must sum to 100");
     assert_eq!(e[8].1, "duplicate name \"a\"");
-    assert_eq!(e[6].1, "service \"reviews\" has no subset \"v9\"");
+    assert_eq!(
+        e[6].1,
+        "unknown subset \"v9\" of service \"reviews\" (it has: v1, v2)"
+    );
 }
 
 #[test]

@@ -35,7 +35,17 @@ fn snapshot(reviews: &[(&str, &str)], routes: &str) -> Arc<Snapshot> {
         RemoteService::new("empty".into(), vec![], vec![]),
     );
     let policy: PolicyConfig = serde_yaml::from_str(routes).unwrap();
-    Arc::new(Snapshot::build("1".into(), String::new(), vec![], services, policy).unwrap())
+    Arc::new(
+        Snapshot::build(
+            "1".into(),
+            String::new(),
+            vec![],
+            services,
+            policy,
+            quiver_policy::services::Unknown::Refuse,
+        )
+        .unwrap(),
+    )
 }
 
 const TWO: [(&str, &str); 2] = [

@@ -1,9 +1,9 @@
 //! One test per error class: each asserts the field path and the reason the user would read.
 
 use super::*;
-use crate::document::parse_documents;
+use quiver_api::document::parse_documents;
 
-fn services() -> Services {
+fn services() -> ServiceSpecs {
     let svc = &parse_documents(
         r#"
 apiVersion: quiver.dev/v1
@@ -162,7 +162,8 @@ fn every_error_is_reported_at_once() {
     at(&e, "spec.rules[0].name");
     at(&e, "spec.rules[0].backends");
     at(&e, "spec.rules[0].backends[0].subset");
-    assert_eq!(e.len(), 5, "{e:?}");
+    at(&e, "spec.rules[0].backends[0].weight");
+    assert_eq!(e.len(), 6, "{e:?}");
 }
 
 #[test]

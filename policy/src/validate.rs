@@ -1,0 +1,302 @@
+//! Resource validation, as the API applies it: a Route, AuthorizationPolicy or MeshConfig is
+//! valid when it compiles ([`RouteTable::compile`], [`Authorizer::add`], [`Mesh::compile`]),
+//! so the control plane refuses exactly what a proxy would refuse, with the same field paths.
+//! Services and Canaries, which no proxy compiles, are checked here; so is every resource's
+//! metadata.
+//!
+//! A document is refused whole: validation collects every error, each naming the field path
+//! (`spec.rules[1].backends`) and the reason. References to other resources are checked
+//! against the Services the caller looked up (see [`referenced_services`]): a Route or
+//! AuthorizationPolicy naming a Service that does not exist is refused (apply the Service
+//! first).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use quiver_api::resource::AnyResource;
+use quiver_api::v1;
+use quiver_api::validate::{FieldError, Invalid, check_dns_label};
+
+use crate::authz::{Authorizer, NamedPolicy};
+use crate::fields::{self, err};
+use crate::mesh::Mesh;
+use crate::route::RouteTable;
+use crate::services::{Services, Unknown};
+
+/// The Services a document may refer to, by name, in the document's namespace.
+pub type ServiceSpecs = BTreeMap<String, v1::ServiceSpec>;
+
+/// Names of the services `resource` refers to (in its own namespace), for the caller to look up.
+pub fn referenced_services(resource: &AnyResource) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut add = |s: &str| {
+        if !s.is_empty() {
+            out.insert(s.to_string());
+        }
+    };
+    match resource {
+        AnyResource::Route(r) => {
+            if let Some(spec) = &r.spec {
+                add(&spec.service);
+                for rule in &spec.rules {
+                    for b in &rule.backends {
+                        add(&b.service);
+                    }
+                    if let Some(m) = &rule.mirror {
+                        add(&m.service);
+                    }
+                }
+            }
+        }
+        AnyResource::Canary(c) => add(c.spec.as_ref().map_or("", |s| s.service.as_str())),
+        AnyResource::AuthorizationPolicy(p) => {
+            add(p.spec.as_ref().map_or("", |s| s.service.as_str()));
+        }
+        AnyResource::MeshConfig(_) | AnyResource::Service(_) | AnyResource::Workload(_) => {}
+    }
+    out
+}
+
+/// Validate any resource against the services it refers to.
+pub fn validate(resource: &AnyResource, services: &ServiceSpecs) -> Result<(), Invalid> {
+    let mut errors = Vec::new();
+    metadata(&mut errors, resource);
+    let services = Services::from_specs(services, Unknown::Refuse);
+    match resource {
+        AnyResource::MeshConfig(r) => mesh_config(&mut errors, r),
+        AnyResource::Service(r) => service(&mut errors, r),
+        AnyResource::AuthorizationPolicy(r) => authorization_policy(&mut errors, r, &services),
+        AnyResource::Route(r) => match &r.spec {
+            Some(spec) => {
+                if let Err(e) = RouteTable::compile(spec, "spec", &services) {
+                    errors.extend(e);
+                }
+            }
+            None => errors.push(err("spec", "required")),
+        },
+        AnyResource::Canary(r) => canary(&mut errors, r, &services),
+        AnyResource::Workload(_) => {
+            errors.push(err(
+                "kind",
+                "Workload is registered by proxies, not applied",
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Invalid {
+            kind: resource.kind().as_str(),
+            key: resource.key(),
+            errors,
+        })
+    }
+}
+
+const PROTOCOLS: &[&str] = &["http1", "http2", "grpc", "tcp"];
+
+fn dns_label(errors: &mut Vec<FieldError>, path: &str, s: &str) {
+    if let Err(reason) = check_dns_label(s) {
+        errors.push(err(path, reason));
+    }
+}
+
+fn metadata(errors: &mut Vec<FieldError>, resource: &AnyResource) {
+    let Some(meta) = resource.metadata() else {
+        errors.push(err("metadata", "required"));
+        return;
+    };
+    if meta.name.is_empty() {
+        errors.push(err("metadata.name", "required"));
+    } else if matches!(resource, AnyResource::Service(_)) {
+        // Service names become host names and SPIFFE path segments.
+        dns_label(errors, "metadata.name", &meta.name);
+    } else {
+        object_name(errors, "metadata.name", &meta.name);
+    }
+    if !meta.namespace.is_empty() {
+        dns_label(errors, "metadata.namespace", &meta.namespace);
+    }
+    for key in meta.labels.keys() {
+        if key.is_empty() || key.len() > 253 || key.chars().any(char::is_control) {
+            errors.push(err(
+                format!("metadata.labels[{key:?}]"),
+                "label keys are 1-253 characters without control characters",
+            ));
+        }
+    }
+}
+
+/// Names of routes, policies and canaries are free text, stored verbatim: anything printable
+/// except '/', which separates namespace and name on the command line.
+fn object_name(errors: &mut Vec<FieldError>, path: &str, name: &str) {
+    if name.len() > 253 {
+        errors.push(err(path, "longer than 253 bytes"));
+    }
+    if name.contains('/') {
+        errors.push(err(path, "may not contain '/'"));
+    }
+    if name.chars().any(char::is_control) {
+        errors.push(err(path, "may not contain control characters"));
+    }
+    if name.trim() != name {
+        errors.push(err(path, "may not start or end with white space"));
+    }
+}
+
+fn mesh_config(errors: &mut Vec<FieldError>, r: &v1::MeshConfig) {
+    if let Some(meta) = &r.metadata {
+        if !meta.name.is_empty() && meta.name != "mesh" {
+            errors.push(err("metadata.name", "the MeshConfig is named \"mesh\""));
+        }
+        if !matches!(meta.namespace.as_str(), "" | "default") {
+            errors.push(err(
+                "metadata.namespace",
+                "the MeshConfig lives in namespace \"default\"",
+            ));
+        }
+    }
+    if let Some(spec) = &r.spec {
+        Mesh::compile(spec, "spec", errors);
+    }
+}
+
+fn service(errors: &mut Vec<FieldError>, r: &v1::Service) {
+    let Some(spec) = &r.spec else { return };
+    fields::unique_names(
+        errors,
+        "spec.ports",
+        spec.ports.iter().map(|p| p.name.as_str()),
+    );
+    for (i, p) in spec.ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        if p.port == 0 || p.port > 65535 {
+            errors.push(err(
+                format!("{path}.port"),
+                format!("{} is outside 1..65535", p.port),
+            ));
+        }
+        if p.target_port > 65535 {
+            errors.push(err(
+                format!("{path}.targetPort"),
+                format!("{} is outside 1..65535", p.target_port),
+            ));
+        }
+        if !PROTOCOLS.contains(&p.protocol.as_str()) {
+            errors.push(err(
+                format!("{path}.protocol"),
+                format!("{:?} is not one of {}", p.protocol, PROTOCOLS.join(", ")),
+            ));
+        }
+    }
+    fields::unique_names(
+        errors,
+        "spec.subsets",
+        spec.subsets.iter().map(|s| s.name.as_str()),
+    );
+    for (i, s) in spec.subsets.iter().enumerate() {
+        let path = format!("spec.subsets[{i}]");
+        if s.name.is_empty() {
+            errors.push(err(format!("{path}.name"), "required"));
+        } else {
+            dns_label(errors, &format!("{path}.name"), &s.name);
+        }
+        if s.labels.is_empty() {
+            errors.push(err(
+                format!("{path}.labels"),
+                "a subset selects by at least one label",
+            ));
+        }
+    }
+    if !spec.service_account.is_empty() {
+        dns_label(errors, "spec.serviceAccount", &spec.service_account);
+    }
+}
+
+fn authorization_policy(
+    errors: &mut Vec<FieldError>,
+    r: &v1::AuthorizationPolicy,
+    services: &Services<'_>,
+) {
+    let Some(spec) = &r.spec else {
+        errors.push(err("spec", "required"));
+        return;
+    };
+    if !spec.service.is_empty() {
+        services.check(errors, "spec", &spec.service);
+    }
+    let policy = NamedPolicy {
+        name: r
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default(),
+        spec: spec.clone(),
+    };
+    Authorizer::default().add(&policy, "spec", errors);
+}
+
+fn canary(errors: &mut Vec<FieldError>, r: &v1::Canary, services: &Services<'_>) {
+    let Some(spec) = &r.spec else {
+        errors.push(err("spec", "required"));
+        return;
+    };
+    let known = if spec.service.is_empty() {
+        errors.push(err("spec.service", "required"));
+        false
+    } else {
+        services.check(errors, "spec", &spec.service)
+    };
+    for (field, subset) in [
+        ("stableSubset", &spec.stable_subset),
+        ("canarySubset", &spec.canary_subset),
+    ] {
+        let path = format!("spec.{field}");
+        if subset.is_empty() {
+            errors.push(err(path, "required"));
+        } else if known {
+            services.selector(errors, &path, &spec.service, subset);
+        }
+    }
+    if !spec.stable_subset.is_empty() && spec.stable_subset == spec.canary_subset {
+        errors.push(err("spec.canarySubset", "must differ from stableSubset"));
+    }
+    if spec.steps.is_empty() {
+        errors.push(err("spec.steps", "at least one step is required"));
+    }
+    let mut last = 0;
+    for (i, &s) in spec.steps.iter().enumerate() {
+        if !(1..=100).contains(&s) {
+            errors.push(err(
+                format!("spec.steps[{i}]"),
+                format!("{s} is outside 1..100"),
+            ));
+        } else if s <= last {
+            errors.push(err(
+                format!("spec.steps[{i}]"),
+                format!("{s} does not increase on the step before ({last})"),
+            ));
+        }
+        last = s;
+    }
+    if let Some(d) = fields::duration(errors, "spec.interval", &spec.interval, true)
+        && d.is_zero()
+    {
+        errors.push(err("spec.interval", "must be longer than 0s"));
+    }
+    if let Some(c) = &spec.success_criteria {
+        fields::percent(
+            errors,
+            "spec.successCriteria.minSuccessRate",
+            c.min_success_rate,
+        );
+        fields::duration(
+            errors,
+            "spec.successCriteria.maxP99Latency",
+            &c.max_p99_latency,
+            false,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
