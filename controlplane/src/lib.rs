@@ -7,7 +7,6 @@ pub mod auth;
 pub mod ca;
 pub mod cli;
 pub mod console;
-pub mod demo;
 pub mod discovery;
 pub mod metrics;
 pub mod server;

@@ -30,8 +30,8 @@ use crate::telemetry::otlp::{self, OtlpEndpoint, OtlpHeader};
     name = "quiver-control",
     version,
     about = "The Quiver control plane",
-    after_help = "Also: `quiver-control demo` runs a whole sample mesh on this machine \
-                  (see `quiver-control demo --help`)."
+    after_help = "Also: `quiver-demo` (`cargo run --release -- demo` from the repository root) \
+                  runs a whole sample mesh on this machine."
 )]
 pub struct Config {
     /// Address of the API port: gRPC, gRPC-web, reflection and /metrics.

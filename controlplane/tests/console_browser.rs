@@ -14,10 +14,10 @@
 
 mod common;
 
-use common::browser::{build_bundle, check_prerequisites, repo, run_e2e, show};
 use common::mesh::{join, registration};
 use common::{PgTestDb, REVIEWS_SERVICE, TestServer, doc};
 use quiver_api::v1;
+use quiver_tests::browser::{build_bundle, check_prerequisites, repo, run_e2e, show};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_works_in_a_real_browser() {

@@ -1,10 +1,11 @@
 //! The test kit: real sample apps, run-time PKI, a harness that starts real proxies on
 //! loopback, a whole mesh with a control plane, one Postgres scratch database, a lossy UDP
-//! relay. Nothing here is a mock: every test talks to real sockets. The benchmarks build on
+//! relay, what the browser tests share (`browser`). Nothing here is a mock: every test talks to real sockets. The benchmarks build on
 //! it (crate `quiver-bench`); ARCHITECTURE.md has the map.
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod browser;
 pub mod client;
 pub mod harness;
 pub mod lossy;

@@ -1,61 +1,13 @@
-//! quiver-control: the Quiver control plane server, and `quiver-control demo`.
-//!
-//! Without a subcommand the flags are the server's ([`Config`]), exactly as always. The first
-//! argument may instead name a subcommand: `demo` (a whole sample mesh on this machine), and,
-//! hidden, the demo's child processes `demo-app NAME` and `sidecar ARGS...` (the quiver-proxy
-//! library), so that one binary is all the demo needs.
+//! quiver-control: the Quiver control plane server. The flags are [`Config`]'s.
+//! (The demo, which runs this control plane next to sidecars, is the `quiver-demo` crate.)
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use quiver_control::demo;
 use quiver_control::server::{self, Config};
 
 fn main() -> ExitCode {
-    let mut args = std::env::args_os();
-    let _program = args.next();
-    match args.next().as_ref().and_then(|a| a.to_str()) {
-        Some("demo") => {
-            return match parse::<demo::DemoArgs>(std::env::args_os().skip(1)) {
-                Ok(a) => demo::main(a),
-                Err(code) => code,
-            };
-        }
-        Some("demo-app") => {
-            return match parse::<demo::apps::AppArgs>(std::env::args_os().skip(1)) {
-                Ok(a) => {
-                    demo::children::exit_with_parent();
-                    demo::apps::main(a)
-                }
-                Err(code) => code,
-            };
-        }
-        Some("sidecar") => {
-            // The proxy's own command line, unchanged: `quiver-control sidecar --help` is
-            // `quiver-proxy --help`.
-            demo::children::exit_with_parent();
-            let argv = std::iter::once("quiver-control sidecar".into()).chain(args);
-            return quiver_proxy::cli::main_from(argv);
-        }
-        _ => {}
-    }
-    server_main()
-}
-
-/// Parse a subcommand's flags; on error print it and give the exit status (64 for bad flags).
-fn parse<P: Parser>(args: impl Iterator<Item = std::ffi::OsString>) -> Result<P, ExitCode> {
-    P::try_parse_from(args).map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() {
-            ExitCode::from(64)
-        } else {
-            ExitCode::SUCCESS
-        }
-    })
-}
-
-fn server_main() -> ExitCode {
     let config = match Config::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {

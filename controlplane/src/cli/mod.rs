@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod certs;
-pub(crate) mod client;
-pub(crate) mod resources;
+pub mod client;
+pub mod resources;
 mod tokens;
 mod trust;
 

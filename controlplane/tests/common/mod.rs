@@ -1,8 +1,6 @@
 //! Shared test fixtures: a private Postgres database per test, SQLite in a temp dir, polling.
 #![allow(dead_code)]
 
-pub mod browser;
-pub mod demo;
 pub mod mesh;
 
 use std::sync::Arc;

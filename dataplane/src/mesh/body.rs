@@ -1,12 +1,13 @@
 //! Moving HTTP bodies between hyper and HTTP/3 streams without buffering them whole.
 //!
-//! [`H3Body`] turns the receiving half of an h3 stream into an `http_body::Body` (data frames,
-//! then trailers) that hyper can send on; [`send_body`] drives any body into the sending half.
+//! [`H3Body`] turns the receiving half of a request stream ([`crate::mesh::stream`]) into an
+//! `http_body::Body` (data frames, then trailers) that hyper can send on; [`send_body`] drives
+//! any body into the sending half.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -17,7 +18,7 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every proxied response and request is carried in.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BodyError>;
 
-/// The receiving half of an h3 stream (client or server side).
+/// The receiving half of a request stream, client or server side ([`crate::mesh::stream`]).
 pub trait RecvHalf: Send + Unpin + 'static {
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, BodyError>>;
     fn poll_trailers(&mut self, cx: &mut Context<'_>)
@@ -26,7 +27,7 @@ pub trait RecvHalf: Send + Unpin + 'static {
     fn stop(&mut self, code: h3::error::Code);
 }
 
-/// The sending half of an h3 stream (client or server side).
+/// The sending half of a request stream, client or server side ([`crate::mesh::stream`]).
 pub trait SendHalf: Send + 'static {
     fn send_data(&mut self, b: Bytes) -> impl Future<Output = Result<(), BodyError>> + Send;
     fn send_trailers(&mut self, t: HeaderMap)
@@ -35,55 +36,6 @@ pub trait SendHalf: Send + 'static {
     /// Abort the sending side (RESET_STREAM), so the peer never mistakes a failure for an end.
     fn reset(&mut self);
 }
-
-macro_rules! h3_halves {
-    ($recv:ty, $send:ty) => {
-        impl RecvHalf for $recv {
-            fn poll_data(
-                &mut self,
-                cx: &mut Context<'_>,
-            ) -> Poll<Result<Option<Bytes>, BodyError>> {
-                self.poll_recv_data(cx).map(|r| match r {
-                    Ok(Some(mut buf)) => Ok(Some(buf.copy_to_bytes(buf.remaining()))),
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(e.into()),
-                })
-            }
-            fn poll_trailers(
-                &mut self,
-                cx: &mut Context<'_>,
-            ) -> Poll<Result<Option<HeaderMap>, BodyError>> {
-                self.poll_recv_trailers(cx).map_err(Into::into)
-            }
-            fn stop(&mut self, code: h3::error::Code) {
-                self.stop_sending(code);
-            }
-        }
-        impl SendHalf for $send {
-            async fn send_data(&mut self, b: Bytes) -> Result<(), BodyError> {
-                <$send>::send_data(self, b).await.map_err(Into::into)
-            }
-            async fn send_trailers(&mut self, t: HeaderMap) -> Result<(), BodyError> {
-                <$send>::send_trailers(self, t).await.map_err(Into::into)
-            }
-            async fn finish(&mut self) -> Result<(), BodyError> {
-                <$send>::finish(self).await.map_err(Into::into)
-            }
-            fn reset(&mut self) {
-                self.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-            }
-        }
-    };
-}
-
-h3_halves!(
-    h3::client::RequestStream<h3_quinn::RecvStream, Bytes>,
-    h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>
-);
-h3_halves!(
-    h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
-    h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>
-);
 
 /// Upper bound on bytes coalesced into one chunk by [`poll_batch`].
 pub const BATCH_BYTES: usize = 256 * 1024;

@@ -23,9 +23,12 @@ use quiver_api::tls::MeshIdentity;
 use rustls_pki_types::CertificateDer;
 
 use crate::errors::ProxyError;
+use crate::mesh::body::{H3Body, ProxyBody};
 use crate::mesh::congestion::MeshControllerFactory;
 use crate::mesh::path::PathStatus;
 use crate::mesh::paths::{PathClass, PathClasses};
+use crate::mesh::server::{Connection, Incoming};
+use crate::mesh::stream::{ClientRecv, ClientStream};
 use crate::snapshot::Endpoint;
 use crate::telemetry::metrics::{Metrics, PathLabels};
 
@@ -38,13 +41,7 @@ pub const CLOSE_SHUTDOWN: u32 = 0x100;
 const CLOSE_IDENTITY: u32 = 0x10b;
 
 /// An h3 request-sending handle on a pooled connection.
-pub type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
-/// Client-side request stream.
-pub type ClientStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
-/// Server-side request stream.
-pub type ServerStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
-/// Server-side h3 connection.
-pub type ServerConn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
 /// What the transport takes from the proxy's `tuning` (see `Tuning::transport`).
 #[derive(Debug, Clone)]
@@ -75,8 +72,8 @@ pub enum TransportError {
 /// A ready connection to a peer proxy.
 #[derive(Clone)]
 pub struct PeerConn {
-    pub conn: quinn::Connection,
-    pub send: SendRequest,
+    conn: quinn::Connection,
+    send: SendRequest,
     pub peer: SpiffeId,
     /// [`connection_trace_id`], computed once per connection rather than per request.
     pub trace_id: Arc<str>,
@@ -86,6 +83,20 @@ impl PeerConn {
     /// The peer's address, for error messages.
     pub fn addr(&self) -> String {
         self.conn.remote_address().to_string()
+    }
+
+    /// Classify a failure of a request stream on this connection (see [`classify_h3_conn`]).
+    pub fn stream_error(&self, e: &impl std::fmt::Display) -> ProxyError {
+        classify_h3_conn(&self.addr(), &self.conn, &e.to_string())
+    }
+
+    /// The response body arriving on `rx`, a stream of this connection. The body holds a
+    /// request handle: h3 closes a client connection when its last handle goes, and the pool
+    /// may let go of this one (GOAWAY) while the body still streams.
+    pub fn response_body(&self, rx: ClientRecv, length: Option<u64>) -> ProxyBody {
+        H3Body::new(rx, length)
+            .keep_alive(self.send.clone())
+            .boxed()
     }
 }
 
@@ -193,10 +204,6 @@ impl Transport {
         self.endpoint.local_addr()
     }
 
-    pub fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
-    }
-
     /// Open a request stream to `endpoint`. A pooled connection that can no longer open
     /// streams is replaced once: a failed `send_request` never delivered a complete request (no
     /// FIN was sent), so the retry cannot duplicate it.
@@ -210,7 +217,7 @@ impl Transport {
         for _ in 0..2 {
             let mut peer = self.connection(endpoint, &zone).await?;
             match peer.send.send_request(req.clone()).await {
-                Ok(stream) => return Ok((peer, stream)),
+                Ok(stream) => return Ok((peer, ClientStream(stream))),
                 Err(e) => {
                     let err =
                         classify_h3_conn(&endpoint.address.to_string(), &peer.conn, &e.to_string());
@@ -233,19 +240,69 @@ impl Transport {
         }))
     }
 
-    /// Accept a peer's connection with the settings of its path class.
-    pub fn accept(
-        &self,
-        incoming: quinn::Incoming,
-        class: PathClass,
-    ) -> Result<quinn::Connecting, ConnectionError> {
+    /// The next peer's connection attempt; `None` once the endpoint is closed.
+    pub async fn incoming(&self) -> Option<Incoming> {
+        self.endpoint.accept().await.map(Incoming)
+    }
+
+    /// Refuse every connection attempt until the endpoint closes (while draining: the dialler
+    /// gets CONNECTION_REFUSED instead of waiting for a handshake timeout).
+    pub async fn refuse_incoming(&self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            incoming.refuse();
+        }
+    }
+
+    /// Accept a peer's connection with the settings of its path class and set up HTTP/3 on
+    /// it. The TLS handshake has already required a certificate chaining to the trust bundle
+    /// with one SPIFFE id of our trust domain. `None` (counted and logged) when the handshake
+    /// or the HTTP/3 setup fails.
+    pub async fn accept(&self, incoming: Incoming, class: PathClass) -> Option<Connection> {
+        let remote = incoming.remote_address();
         let config = self
             .configs
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .servers[class_index(class)]
         .clone();
-        incoming.accept_with(config)
+        let connecting = match incoming.0.accept_with(config) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.handshake("server", false);
+                tracing::info!(peer.addr = %remote, error = %e, "refused peer handshake");
+                return None;
+            }
+        };
+        let conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.metrics.handshake("server", false);
+                tracing::info!(peer.addr = %remote, error = %e, "refused peer handshake");
+                return None;
+            }
+            Err(_) => {
+                self.metrics.handshake("server", false);
+                tracing::info!(peer.addr = %remote, "peer handshake timed out");
+                return None;
+            }
+        };
+        self.metrics.handshake("server", true);
+        // The client verifier only completes a handshake for a certificate that chains to the
+        // bundle and carries one SPIFFE id of our trust domain, so this is always present.
+        let Some(peer) = peer_id(&conn) else {
+            conn.close(VarInt::from_u32(0x101), b"no SPIFFE id");
+            return None;
+        };
+        self.watch(conn.clone(), "server", class, &peer);
+        let trace_id = connection_trace_id(&conn).into();
+        Connection::setup(
+            conn,
+            remote,
+            Arc::new(peer),
+            trace_id,
+            self.max_header_bytes,
+        )
+        .await
     }
 
     /// Every open connection's path, both sides (for `/config`).
@@ -284,7 +341,7 @@ impl Transport {
     }
 
     /// Drop the pooled connection to `addr` if it is `conn` (after a connection-level failure).
-    pub fn evict(&self, addr: SocketAddr, conn: &quinn::Connection) {
+    fn evict(&self, addr: SocketAddr, conn: &quinn::Connection) {
         let slot = lock(&self.pool).get(&addr).cloned();
         if let Some(slot) = slot {
             let mut ready = lock(&slot.ready);
@@ -363,7 +420,7 @@ impl Transport {
     }
 
     /// Track `conn` for metrics, `/config` and the close-time linger, until it closes.
-    pub fn watch(
+    fn watch(
         &self,
         conn: quinn::Connection,
         side: &'static str,
@@ -439,7 +496,7 @@ fn check_identity(c: PeerConn, ep: &Endpoint) -> Result<PeerConn, ProxyError> {
 }
 
 /// The verified SPIFFE id of the peer on `conn`.
-pub fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
+fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
     let any = conn.peer_identity()?;
     let chain = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     quiver_api::tls::peer_spiffe_id(&chain).ok()
@@ -447,7 +504,7 @@ pub fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
 
 /// Map a QUIC connection error to the proxy's vocabulary. TLS alerts (QUIC crypto error codes
 /// 0x100-0x1ff) mean a certificate was refused, by us or by the peer.
-pub fn classify_close(addr: &str, e: &ConnectionError) -> ProxyError {
+fn classify_close(addr: &str, e: &ConnectionError) -> ProxyError {
     let crypto = |code: quinn::TransportErrorCode| {
         let v = u64::from(code);
         (0x100..0x200).contains(&v)
@@ -475,7 +532,7 @@ pub fn classify_close(addr: &str, e: &ConnectionError) -> ProxyError {
 /// Classify an h3 failure on `conn`: if the connection is closed, its reason says why (for
 /// example the peer rejecting our certificate, which TLS 1.3 reports only after the client
 /// believes the handshake done); otherwise it is a reset of this one stream.
-pub fn classify_h3_conn(addr: &str, conn: &quinn::Connection, detail: &str) -> ProxyError {
+fn classify_h3_conn(addr: &str, conn: &quinn::Connection, detail: &str) -> ProxyError {
     match conn.close_reason() {
         Some(reason) => classify_close(addr, &reason),
         None => ProxyError::UpstreamReset(detail.to_string()),

@@ -18,9 +18,8 @@ use hyper::body::Incoming;
 
 use crate::Inputs;
 use crate::errors::{AttemptFailure, Direction, ProxyError};
-use crate::mesh::body::{self, H3Body, ProxyBody};
+use crate::mesh::body::{self, ProxyBody, SendHalf};
 use crate::mesh::transport::PeerConn;
-use crate::mesh::transport::classify_h3_conn;
 use crate::proxy::http::{
     PEER_IDENTITY_HEADER, TARGET_HEADER, authority_of, content_length, rebase_uri, strip_hop_by_hop,
 };
@@ -358,10 +357,9 @@ async fn send_once(
     on_connected(&peer);
     let (mut tx, mut rx) = stream.split();
     match body {
-        AttemptBody::Held(b) if b.is_empty() => tx
-            .finish()
-            .await
-            .map_err(|e| classify_h3_conn(&peer.addr(), &peer.conn, &e.to_string()))?,
+        AttemptBody::Held(b) if b.is_empty() => {
+            tx.finish().await.map_err(|e| peer.stream_error(&e))?;
+        }
         AttemptBody::Held(b) => {
             tokio::spawn(async move {
                 let full = http_body_util::Full::new(b);
@@ -388,15 +386,14 @@ async fn send_once(
     let resp = rx
         .recv_response()
         .await
-        .map_err(|e| classify_h3_conn(&peer.addr(), &peer.conn, &e.to_string()))?;
+        .map_err(|e| peer.stream_error(&e))?;
     let (mut rparts, ()) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     rparts.version = http::Version::HTTP_11;
     let length = content_length(&rparts.headers);
-    // The body holds a request handle: h3 closes a client connection when its last handle
-    // goes, and the pool may let go of this one (GOAWAY) while the body still streams.
-    let body = H3Body::new(rx, length).keep_alive(peer.send.clone());
-    Ok(Response::from_parts(rparts, body.boxed()))
+    // The body keeps the connection open while it streams (see `PeerConn::response_body`).
+    let body = peer.response_body(rx, length);
+    Ok(Response::from_parts(rparts, body))
 }
 
 /// Send a copy of the request to an endpoint of the mirror backend and discard the answer.

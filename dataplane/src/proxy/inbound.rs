@@ -25,7 +25,8 @@ use crate::Inputs;
 use crate::errors::{Direction, ProxyError};
 use crate::mesh::body::{self, H3Body, ProxyBody};
 use crate::mesh::paths::PathClass;
-use crate::mesh::transport::{ServerStream, peer_id};
+use crate::mesh::server::Incoming;
+use crate::mesh::stream::{Respond, ServerRecv, ServerStream};
 use crate::proxy::http::{
     PEER_IDENTITY_HEADER, TARGET_HEADER, check_header_size, content_length, error_kind, rebase_uri,
     strip_hop_by_hop,
@@ -38,10 +39,9 @@ use crate::telemetry::trace::SpanKind;
 /// Accept peers until drain; while draining, refuse new connections at once (the dialler gets
 /// CONNECTION_REFUSED instead of waiting for a handshake timeout).
 pub async fn serve(inputs: Arc<Inputs>) {
-    let endpoint = inputs.transport.endpoint().clone();
     loop {
         let incoming = tokio::select! {
-            i = endpoint.accept() => match i {
+            i = inputs.transport.incoming() => match i {
                 Some(i) => i,
                 None => return,
             },
@@ -50,96 +50,42 @@ pub async fn serve(inputs: Arc<Inputs>) {
         let inputs = inputs.clone();
         tokio::spawn(async move { connection(inputs, incoming).await });
     }
-    while let Some(incoming) = endpoint.accept().await {
-        incoming.refuse();
-    }
+    inputs.transport.refuse_incoming().await;
 }
 
-async fn connection(inputs: Arc<Inputs>, incoming: quinn::Incoming) {
+/// One peer's connection: each request on its own task; GOAWAY on drain.
+async fn connection(inputs: Arc<Inputs>, incoming: Incoming) {
     let remote = incoming.remote_address();
     let class = {
         let snapshot = inputs.snapshot();
         PathClass::of(remote.ip(), snapshot.zone_of(remote.ip()), &snapshot.zone)
     };
-    let connecting = match inputs.transport.accept(incoming, class) {
-        Ok(c) => c,
-        Err(e) => {
-            inputs.metrics.handshake("server", false);
-            tracing::info!(peer.addr = %remote, error = %e, "refused peer handshake");
-            return;
-        }
-    };
-    let conn = match tokio::time::timeout(inputs.tuning.connect_timeout, connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            inputs.metrics.handshake("server", false);
-            tracing::info!(peer.addr = %remote, error = %e, "refused peer handshake");
-            return;
-        }
-        Err(_) => {
-            inputs.metrics.handshake("server", false);
-            tracing::info!(peer.addr = %remote, "peer handshake timed out");
-            return;
-        }
-    };
-    inputs.metrics.handshake("server", true);
-    // The client verifier only completes a handshake for a certificate that chains to the
-    // bundle and carries one SPIFFE id of our trust domain, so this is always present.
-    let Some(peer) = peer_id(&conn) else {
-        conn.close(quinn::VarInt::from_u32(0x101), b"no SPIFFE id");
+    let Some(mut conn) = inputs.transport.accept(incoming, class).await else {
         return;
-    };
-    inputs.transport.watch(conn.clone(), "server", class, &peer);
-    let peer = Arc::new(peer);
-    let connection_id: Arc<str> = crate::mesh::transport::connection_trace_id(&conn).into();
-    let h3conn = h3::server::builder()
-        .max_field_section_size(inputs.tuning.max_header_bytes as u64)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
-        .await;
-    let mut h3conn = match h3conn {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(peer.addr = %remote, error = %e, "h3 setup failed");
-            return;
-        }
     };
     let mut goaway_sent = false;
     loop {
         tokio::select! {
-            r = h3conn.accept() => match r {
-                Ok(Some(resolver)) => {
+            r = conn.next() => match r {
+                Some(pending) => {
                     let inputs = inputs.clone();
-                    let peer = peer.clone();
-                    let connection_id = connection_id.clone();
+                    let peer = conn.peer().clone();
+                    let connection_id = conn.trace_id().clone();
                     tokio::spawn(async move {
-                        match resolver.resolve_request().await {
-                            Ok((req, stream)) => {
-                                request(inputs, peer, &connection_id, req, stream).await;
-                            }
-                            Err(e) => tracing::debug!(error = %e, "malformed request from peer"),
+                        if let Some((req, stream)) = pending.resolve().await {
+                            request(inputs, peer, &connection_id, req, stream).await;
                         }
                     });
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    if !e.is_h3_no_error() {
-                        tracing::debug!(peer.addr = %remote, error = %e, "peer connection ended");
-                    }
-                    break;
-                }
+                None => break,
             },
             _ = inputs.drain.signaled(), if !goaway_sent => {
-                // GOAWAY: the peer sends nothing new here; requests already open complete.
                 goaway_sent = true;
-                let _ = h3conn.shutdown(0).await;
+                conn.goaway().await;
             }
         }
     }
-    // Dropping the h3 connection closes the QUIC connection, which would cut requests still
-    // streaming on it (after a GOAWAY, accept ends while they run). Keep it until the
-    // connection closes: by the peer, by idle timeout, or by the proxy's shutdown.
-    let _ = conn.closed().await;
-    drop(h3conn);
+    conn.closed().await;
 }
 
 async fn request(
@@ -274,10 +220,7 @@ fn error_head(e: &ProxyError) -> Response<()> {
 }
 
 /// Answer with the proxy's own error, on a whole request stream or its sending half.
-async fn send_error<S: h3::quic::SendStream<Bytes>>(
-    stream: &mut h3::server::RequestStream<S, Bytes>,
-    e: &ProxyError,
-) {
+async fn send_error(stream: &mut impl Respond, e: &ProxyError) {
     if stream.send_response(error_head(e)).await.is_ok() {
         let _ = stream.send_data(Bytes::from(format!("{e}\n"))).await;
         let _ = stream.finish().await;
@@ -290,7 +233,7 @@ async fn forward(
     peer: &SpiffeId,
     port: &LocalPort,
     req: Request<()>,
-    rx: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+    rx: ServerRecv,
 ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
     check_header_size(req.headers(), inputs.tuning.max_header_bytes)?;
     let (parts, ()) = req.into_parts();

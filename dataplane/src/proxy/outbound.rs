@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::Inputs;
 use crate::errors::{Direction, ProxyError};
 use crate::mesh::body::{self, ProxyBody};
-use crate::mesh::transport::{ClientStream, PeerConn, classify_h3_conn};
+use crate::mesh::stream::{ClientRecv, ClientSend, ClientStream};
+use crate::mesh::transport::PeerConn;
 use crate::proxy::http::{
     authority_of, check_header_size, content_length, error_kind, error_response,
 };
@@ -223,7 +223,7 @@ async fn connect_stream(
     let resp = tokio::time::timeout(inputs.tuning.response_timeout, stream.recv_response())
         .await
         .map_err(|_| ProxyError::UpstreamTimeout(inputs.tuning.response_timeout))?
-        .map_err(|e| classify_h3_conn(&peer.addr(), &peer.conn, &e.to_string()))?;
+        .map_err(|e| peer.stream_error(&e))?;
     if !resp.status().is_success() {
         return Err(ProxyError::from_peer(
             error_kind(resp.headers()),
@@ -281,13 +281,8 @@ async fn tcp(inputs: Arc<Inputs>, stream: TcpStream, target: Target) {
     }
 }
 
-async fn run_tunnel<IO>(
-    inputs: &Inputs,
-    service: &str,
-    io: IO,
-    tx: h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
-    rx: h3::client::RequestStream<h3_quinn::RecvStream, Bytes>,
-) where
+async fn run_tunnel<IO>(inputs: &Inputs, service: &str, io: IO, tx: ClientSend, rx: ClientRecv)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let _inflight = inputs.drain.track();

@@ -1,4 +1,4 @@
-//! `quiver-control demo`, the README's first command, run as a user would: the real binary
+//! `quiver-demo demo`, the README's first command, run as a user would: the real binary
 //! on free ports. Through the mesh it starts (four sidecars joined to the in-process control
 //! plane, four sample apps), frontend's answers must come from both catalog versions in the
 //! Route's 90/10 split, carry a rating fetched from ratings over gRPC, and name the SPIFFE ids
@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::demo::Demo;
 use http_body_util::{BodyExt, Empty};
-use quiver_control::demo::apps::FrontendReply;
+use quiver_demo::apps::FrontendReply;
 
 /// Debug builds on a busy 2-core CI machine: four sidecars joining takes a while.
 const START: Duration = Duration::from_secs(180);
@@ -35,7 +35,7 @@ fn child_pid(line: &str) -> Option<(String, u32)> {
 /// Whether `pid` is still a process running our binary (not a reused pid).
 fn alive(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("quiver-control"))
+        .map(|c| String::from_utf8_lossy(&c).contains("quiver-demo"))
         .unwrap_or(false)
 }
 

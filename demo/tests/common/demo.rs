@@ -1,4 +1,4 @@
-//! `quiver-control demo` as a child process on free ports, its output read line by line.
+//! `quiver-demo` as a child process on free ports, its output read line by line.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -15,10 +15,10 @@ pub struct Demo {
 }
 
 impl Demo {
-    /// `quiver-control demo --port-base 0 --dir <temp> <args>`.
+    /// `quiver-demo demo --port-base 0 --dir <temp> <args>` (the README's command).
     pub fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-control"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-demo"))
             .args(["demo", "--port-base", "0"])
             .args(args)
             .arg("--dir")
@@ -28,7 +28,7 @@ impl Demo {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start quiver-control demo");
+            .expect("start quiver-demo");
         let (tx, lines) = mpsc::channel();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().expect("stdout");

@@ -12,7 +12,7 @@ pub const INSTALL: &str = "apt-get install -y chromium chromium-driver nodejs np
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("controlplane/ has a parent")
+        .expect("tests/ has a parent")
         .to_path_buf()
 }
 

@@ -204,7 +204,7 @@ pub fn mesh_yaml(ports: &Ports, trust_domain: &str) -> String {
     let frontend = spiffe_id(trust_domain, "frontend");
     let catalog = spiffe_id(trust_domain, "catalog");
     format!(
-        r#"# The Quiver demo mesh, applied by `quiver-control demo` at start.
+        r#"# The Quiver demo mesh, applied by `quiver-demo` at start.
 # Re-apply it (or an edited copy) with: quiverctl apply -f <this file>
 apiVersion: quiver.dev/v1
 kind: MeshConfig

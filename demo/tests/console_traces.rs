@@ -1,5 +1,5 @@
 //! The console's Traces and Topology pages in a real headless Chromium against the real demo:
-//! `quiver-control demo` on free ports (control plane on SQLite, four sidecars joined over
+//! `quiver-demo` on free ports (control plane on SQLite, four sidecars joined over
 //! mTLS, four sample apps, 15 requests a second, the console served), so every span and edge
 //! count the browser shows was recorded by a real proxy for a real request.
 //!
@@ -23,9 +23,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::browser::{build_bundle, check_prerequisites, repo, run_e2e, show};
 use common::demo::Demo;
 use quiver_api::v1;
+use quiver_tests::browser::{build_bundle, check_prerequisites, repo, run_e2e, show};
 
 /// Four sidecars joining on a busy 2-core machine (debug build) takes a while.
 const START: Duration = Duration::from_secs(180);

@@ -12,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
-use super::apps::FrontendReply;
+use crate::apps::FrontendReply;
 
 /// The outcome of one request to frontend.
 #[derive(Debug, Clone, PartialEq)]

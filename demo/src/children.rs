@@ -1,4 +1,4 @@
-//! The demo's child processes (sample apps and sidecars, all `quiver-control` itself): spawn
+//! The demo's child processes (sample apps and sidecars, all `quiver-demo` itself): spawn
 //! them with their output in a log file, notice when one exits on its own, and stop them in
 //! order with SIGTERM, then SIGKILL after a grace period.
 //!
@@ -93,7 +93,7 @@ impl Children {
         &self.procs
     }
 
-    /// Start `quiver-control ARGS...` with stdout and stderr in `log`.
+    /// Start `quiver-demo ARGS...` with stdout and stderr in `log`.
     pub fn spawn(
         &mut self,
         name: &str,

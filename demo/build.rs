@@ -1,5 +1,5 @@
 //! Generates the demo's `quiver.demo.Ratings` gRPC code (the sample app behind
-//! `quiver-control demo`). protoc: `$PROTOC` when set, else the vendored binary.
+//! the demo). protoc: `$PROTOC` when set, else the vendored binary.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-env-changed=PROTOC");

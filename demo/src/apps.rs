@@ -1,4 +1,4 @@
-//! The demo's sample services, run as `quiver-control demo-app NAME` child processes next to
+//! The demo's sample services, run as `quiver-demo demo-app NAME` child processes next to
 //! their sidecars. They are plain apps: they listen on loopback, speak plain HTTP/1.1 or
 //! gRPC (h2c), and reach each other only through their sidecar's outbound listener. They
 //! never see TLS; what they report about their callers (`x-quiver-peer-identity`) is what the
@@ -26,9 +26,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use super::proto::ratings_client::RatingsClient;
-use super::proto::ratings_server::{Ratings, RatingsServer};
-use super::proto::{RatingReply, RatingRequest};
+use crate::proto::ratings_client::RatingsClient;
+use crate::proto::ratings_server::{Ratings, RatingsServer};
+use crate::proto::{RatingReply, RatingRequest};
 
 /// Set by the receiving sidecar: the caller's SPIFFE id from its mTLS certificate.
 const PEER_IDENTITY: &str = "x-quiver-peer-identity";
@@ -42,9 +42,9 @@ pub enum AppName {
     Ratings,
 }
 
-/// `quiver-control demo-app NAME`: one of the demo's sample services.
+/// `quiver-demo demo-app NAME`: one of the demo's sample services.
 #[derive(Debug, clap::Parser)]
-#[command(name = "quiver-control demo-app", bin_name = "quiver-control demo-app")]
+#[command(name = "quiver-demo demo-app", bin_name = "quiver-demo demo-app")]
 pub struct AppArgs {
     /// Which service to run.
     #[arg(value_enum)]
@@ -90,7 +90,7 @@ pub struct Rating {
     pub caller: String,
 }
 
-/// `quiver-control demo-app`: run the app on its own runtime; the process's exit status.
+/// `quiver-demo demo-app`: run the app on its own runtime; the process's exit status.
 pub fn main(args: AppArgs) -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -147,7 +147,7 @@ pub async fn run(args: AppArgs) -> anyhow::Result<()> {
     };
     tokio::select! {
         r = serve => r,
-        _ = super::children::stop_signal() => Ok(()),
+        _ = crate::children::stop_signal() => Ok(()),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `quiver-control demo`: a whole mesh on one machine, for a new user's first five minutes.
+//! quiver-demo: a whole mesh on one machine, for a new user's first five minutes
+//! (`cargo run --release -- demo`).
 //!
 //! In this process: the control plane (embedded SQLite under `--dir`), the admin client that
 //! applies the sample mesh and mints join tokens, and a traffic generator with a running
@@ -6,8 +7,10 @@
 //! apps (`demo-app`, see [`apps`]) and one sidecar each (`sidecar`, the quiver-proxy library
 //! in control-plane mode). Ctrl-C or SIGTERM stops them in order and exits 0.
 //!
-//! This module wires things together; it must not grow mesh logic of its own: everything the
-//! demo shows goes through the same API, proxies and resources a real deployment uses.
+//! This crate wires things together; it must not grow mesh logic of its own: everything the
+//! demo shows goes through the same API, proxies and resources a real deployment uses. It is
+//! the one crate that depends on both planes (`quiver-control` and `quiver-proxy`).
+#![forbid(unsafe_code)]
 
 pub mod apps;
 pub mod children;
@@ -23,22 +26,22 @@ use anyhow::{Context, bail};
 use quiver_api::v1;
 use tokio::sync::mpsc;
 
-use crate::cli::Connection;
-use crate::cli::client as admin_client;
-use crate::server::{self, Config};
 use children::{Children, Role};
 use plan::{NAMESPACE, Ports};
+use quiver_control::cli::Connection;
+use quiver_control::cli::client as admin_client;
+use quiver_control::server::{self, Config};
 
 /// Generated code for the ratings service (proto/demo.proto).
 pub mod proto {
     tonic::include_proto!("quiver.demo");
 }
 
-/// `quiver-control demo` flags.
+/// `quiver-demo` flags.
 #[derive(Debug, clap::Parser)]
 #[command(
-    name = "quiver-control demo",
-    bin_name = "quiver-control demo",
+    name = "quiver-demo",
+    bin_name = "quiver-demo",
     about = "Run a sample mesh on this machine: the control plane (SQLite), three services \
              with sidecars, steady traffic and a live tally. Ctrl-C stops everything."
 )]
@@ -169,7 +172,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let files = Files::prepare(&args.dir)?;
     init_tracing(&files.logs.join("control-plane.log"))?;
-    let admin_token = crate::auth::new_secret("qvr_");
+    let admin_token = quiver_control::auth::new_secret("qvr_");
     // The server's defaults for whatever the demo does not set (so new server flags need no
     // change here), with the environment ignored: the user's QUIVER_DATABASE_URL or
     // QUIVER_CA_CERT (a proxy setting too) are not for the demo's own control plane.
@@ -310,7 +313,7 @@ async fn demo(
         "applying {} (what `quiverctl apply -f` does):",
         mesh.display()
     );
-    crate::cli::resources::apply(&conn, std::slice::from_ref(&mesh)).await?;
+    quiver_control::cli::resources::apply(&conn, std::slice::from_ref(&mesh)).await?;
     let bundle = admin
         .get_trust_bundle(v1::GetTrustBundleRequest {})
         .await
@@ -616,7 +619,7 @@ fn print_banner(
     }
     println!();
     println!("Try, in another terminal (from the repository root):");
-    println!("  alias quiverctl='cargo run -q --release --bin quiverctl --'");
+    println!("  alias quiverctl='cargo run -q --release -p quiver-control --bin quiverctl --'");
     println!("  export QUIVER_SERVER={api} QUIVER_TOKEN={admin_token}");
     println!(
         "  quiverctl get workloads                      # the four sidecars, their labels and leases"

@@ -1,0 +1,4 @@
+//! What the demo's tests share: the demo binary as a child process.
+#![allow(dead_code)]
+
+pub mod demo;
