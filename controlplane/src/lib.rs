@@ -11,4 +11,5 @@ pub mod discovery;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod stored;
 pub mod telemetry;

@@ -16,12 +16,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::api::{AdminApi, DiscoveryApi, Inputs, rfc3339};
+use crate::api::{AdminApi, DiscoveryApi, Inputs};
 use crate::auth;
 use crate::ca::{CaError, MeshCa};
 use crate::discovery::{MeshView, listener, sweeper};
 use crate::metrics::{self, Metrics};
 use crate::store::{self, Feed, now_ms};
+use crate::stored::rfc3339;
 use crate::telemetry::otlp::{self, OtlpEndpoint, OtlpHeader};
 
 /// `quiver-control` flags. Every flag also reads a `QUIVER_*` environment variable.

@@ -13,8 +13,9 @@ use common::{PgTestDb, SqliteTestDb};
 use quiver_api::resource::Kind;
 use quiver_control::store::{
     ApiTokenRecord, ChangeOp, Feed, JoinTokenRecord, Lease, PutOutcome, RedeemError, SpanRecord,
-    Store, StoreError, TraceQuery, now_ms,
+    Store, StoreError, now_ms,
 };
+use quiver_control::telemetry::blocks::{TraceQuery, search_traces, spans_of_traces};
 
 /// Runs each suite function once per engine, each in a fresh database.
 macro_rules! both_engines {
@@ -499,8 +500,7 @@ async fn old_spans_move_into_blocks(store: Arc<dyn Store>, spans: &[SpanRecord],
         "the old table is gone"
     );
     let t1 = spans[0].trace_id.clone();
-    let got = store
-        .spans_of_traces(std::slice::from_ref(&t1))
+    let got = spans_of_traces(store.as_ref(), std::slice::from_ref(&t1))
         .await
         .unwrap();
     assert_eq!(got, spans[..2].to_vec(), "every field as stored");
@@ -511,13 +511,16 @@ async fn old_spans_move_into_blocks(store: Arc<dyn Store>, spans: &[SpanRecord],
         limit: 20,
         ..Default::default()
     };
-    assert_eq!(store.search_traces(&q).await.unwrap(), [t1]);
+    assert_eq!(search_traces(store.as_ref(), &q).await.unwrap(), [t1]);
     let all = TraceQuery {
         limit: 200,
         errors_only: false,
         ..q
     };
-    assert_eq!(store.search_traces(&all).await.unwrap().len(), 200);
+    assert_eq!(
+        search_traces(store.as_ref(), &all).await.unwrap().len(),
+        200
+    );
     let sizes = store.span_block_sizes().await.unwrap();
     assert_eq!(
         sizes.iter().map(|(_, n)| n).sum::<i64>(),

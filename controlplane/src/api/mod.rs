@@ -14,6 +14,7 @@ use crate::ca::MeshCa;
 use crate::discovery::MeshView;
 use crate::metrics::Metrics;
 use crate::store::{Feed, JoinTokenRecord, RedeemError, Store, StoreError, now_ms};
+use crate::stored::rfc3339;
 
 mod admin;
 mod discovery;
@@ -23,7 +24,7 @@ mod telemetry;
 mod workloads;
 
 pub use discovery::{DiscoveryApi, SnapshotStream};
-pub use resources::{WatchStream, decode, rfc3339};
+pub use resources::{WatchStream, decode};
 pub use workloads::workload_name;
 
 /// Everything the handlers share.

@@ -72,30 +72,10 @@ fn require_name(name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Decode a stored object, filling metadata the store owns (version, timestamps).
+/// Decode a stored object ([`crate::stored::decode`]); a body that does not decode is an
+/// internal error.
 pub fn decode<R: Resource>(obj: &StoredObject) -> Result<R, Status> {
-    let mut r = R::decode(obj.body.as_slice()).map_err(|e| {
-        tracing::error!(error = %e, kind = %obj.kind, name = %obj.name, "stored body does not decode");
-        Status::internal("stored object does not decode")
-    })?;
-    let meta = r.metadata_mut();
-    meta.namespace = obj.namespace.clone();
-    meta.name = obj.name.clone();
-    meta.resource_version = obj.resource_version;
-    meta.created_at = rfc3339(obj.created_at);
-    meta.updated_at = rfc3339(obj.updated_at);
-    Ok(r)
-}
-
-/// Unix milliseconds as RFC 3339 (UTC).
-pub fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    crate::stored::decode(obj).map_err(|_| Status::internal("stored object does not decode"))
 }
 
 impl AdminApi {

@@ -10,8 +10,8 @@ use tonic::{Request, Status, Streaming};
 
 use super::{AdminApi, DiscoveryApi, is_dns_label, store_status};
 use crate::auth::{Role, authorize};
-use crate::store::{ReportedBatch, TraceQuery};
-use crate::telemetry::{self, now_ns};
+use crate::telemetry::blocks::{self, TraceQuery};
+use crate::telemetry::{self, ReportedBatch, now_ns};
 
 /// SearchTraces limits.
 const DEFAULT_LIMIT: u32 = 20;
@@ -207,8 +207,12 @@ impl AdminApi {
         authorize(store, req.metadata(), Role::Viewer, "SearchTraces").await?;
         let query = trace_query(req.get_ref(), now_ns())?;
         let _timer = self.inputs.metrics.store_timer("search_traces");
-        let ids = store.search_traces(&query).await.map_err(store_status)?;
-        let spans = store.spans_of_traces(&ids).await.map_err(store_status)?;
+        let ids = blocks::search_traces(store, &query)
+            .await
+            .map_err(store_status)?;
+        let spans = blocks::spans_of_traces(store, &ids)
+            .await
+            .map_err(store_status)?;
         Ok(v1::SearchTracesResponse {
             traces: telemetry::summaries(spans),
         })
@@ -228,8 +232,7 @@ impl AdminApi {
             )));
         }
         let _timer = self.inputs.metrics.store_timer("get_trace");
-        let spans = store
-            .spans_of_traces(std::slice::from_ref(&trace_id))
+        let spans = blocks::spans_of_traces(store, std::slice::from_ref(&trace_id))
             .await
             .map_err(store_status)?;
         if spans.is_empty() {

@@ -15,8 +15,8 @@ use quiver_api::resource::{DEFAULT_NAMESPACE, Kind};
 use quiver_api::v1;
 use tokio::sync::{broadcast, watch};
 
-use crate::api::decode;
 use crate::store::{Change, ChangeOp, Feed, Store, StoreError, StoredObject};
+use crate::stored::decode;
 
 /// The name of the one MeshConfig (in namespace `default`).
 pub const MESH_CONFIG_NAME: &str = "mesh";

@@ -4,24 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPoolOptions, PgQueryResult};
 use sqlx::{PgPool, Postgres};
 use tokio::sync::Notify;
 
 use super::StoreError;
-use super::sql::impl_store;
-use super::telemetry::impl_telemetry_store;
+use super::engine::{Engine, SqlStore};
+
+/// The store on Postgres.
+pub type PgStore = SqlStore<Postgres>;
 
 /// The NOTIFY channel every replica listens on; the payload is the new version.
 pub const CHANNEL: &str = "quiver_changes";
 
-pub struct PgStore {
-    pool: PgPool,
-    signal: Arc<Notify>,
-    listener: tokio::task::JoinHandle<()>,
-}
-
-impl PgStore {
+impl Engine for Postgres {
     const ENGINE: &'static str = "postgres";
     /// The row lock orders writers: versions are handed out in commit order.
     const LOCK_VERSION: &'static str = "SELECT version FROM quiver_version WHERE id = 1 FOR UPDATE";
@@ -31,10 +27,15 @@ impl PgStore {
     /// A span batch's commit does not wait for the WAL flush: a crash of the database server
     /// can lose the last moments of spans (never configuration, never consistency).
     const SPAN_COMMIT: Option<&'static str> = Some("SET LOCAL synchronous_commit = off");
-    /// Whether spans from before migration 0005 still wait to be moved into blocks.
     const HAS_LEGACY: &'static str = "SELECT count(*) FROM pg_catalog.pg_tables \
          WHERE schemaname = current_schema() AND tablename = 'spans_legacy'";
 
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+impl SqlStore<Postgres> {
     /// Connect, apply migrations and start listening for changes.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
@@ -53,29 +54,13 @@ impl PgStore {
         listener.listen(CHANNEL).await?;
         let listener = tokio::spawn(listen(listener, signal.clone()));
         Ok(Self {
+            span_pool: pool.clone(),
             pool,
             signal,
-            listener,
+            // Postgres serialises writers itself (the version row lock).
+            write_lock: None,
+            listener: Some(listener),
         })
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn span_pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Postgres serialises writers itself (the version row lock).
-    async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        None
-    }
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        self.listener.abort();
     }
 }
 
@@ -94,6 +79,3 @@ async fn listen(mut listener: PgListener, signal: Arc<Notify>) {
         }
     }
 }
-
-impl_store!(PgStore, Postgres);
-impl_telemetry_store!(PgStore, Postgres);

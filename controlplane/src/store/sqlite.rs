@@ -2,7 +2,7 @@
 //! allows one writer; a lock in the process waits instead of failing with SQLITE_BUSY). The
 //! change signal is in-process only: SQLite is for a single control-plane process.
 //!
-//! Spans go through a connection of their own ([`SqliteStore::spans`]): a larger page cache,
+//! Spans go through a connection of their own (`span_pool`): a larger page cache,
 //! fewer checkpoints, and `synchronous=NORMAL`, so a span commit does not wait for an
 //! fsync. In WAL mode that cannot corrupt the database; a power cut (not a crash
 //! of this process) can lose the span batches committed since the last fsync, which the next
@@ -13,39 +13,43 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool};
-use tokio::sync::{Mutex, MutexGuard, Notify};
+use sqlx::Sqlite;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
+};
+use tokio::sync::{Mutex, Notify};
 
 use super::StoreError;
-use super::sql::impl_store;
-use super::telemetry::impl_telemetry_store;
+use super::engine::{Engine, SqlStore};
+
+/// The store on SQLite.
+pub type SqliteStore = SqlStore<Sqlite>;
 
 /// Page cache of the span connection, KiB (SQLite's default is 2 MiB).
 const SPAN_CACHE_KIB: u32 = 64 * 1024;
 /// WAL pages after which a span commit checkpoints (SQLite's default is 1000).
 const SPAN_CHECKPOINT_PAGES: u32 = 8192;
 
-pub struct SqliteStore {
-    pool: SqlitePool,
-    /// One connection for span and edge inserts and retention deletes (see the module doc).
-    spans: SqlitePool,
-    signal: Arc<Notify>,
-    write_lock: Mutex<()>,
-}
-
-impl SqliteStore {
+impl Engine for Sqlite {
     const ENGINE: &'static str = "sqlite";
+    /// The in-process write lock orders writers (see [`SqlStore::write_guard`]).
     const LOCK_VERSION: &'static str = "SELECT version FROM quiver_version WHERE id = 1";
+    /// One process: the change signal is in-process only.
     const NOTIFY: Option<&'static str> = None;
     /// A read transaction in WAL mode already sees one snapshot.
     const SNAPSHOT: Option<&'static str> = None;
     /// The span connection is `synchronous=NORMAL` already.
     const SPAN_COMMIT: Option<&'static str> = None;
-    /// Whether spans from before migration 0005 still wait to be moved into blocks.
     const HAS_LEGACY: &'static str =
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'spans_legacy'";
 
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+}
+
+impl SqlStore<Sqlite> {
     /// Open (creating) `DIR/quiver.db`. A directory this creates gets mode 0700, and the
     /// database file is created with 0600: it holds the CA key and token hashes.
     pub async fn open_dir(dir: &Path) -> Result<Self, StoreError> {
@@ -110,24 +114,10 @@ impl SqliteStore {
             .await?;
         Ok(Self {
             pool,
-            spans,
+            span_pool: spans,
             signal: Arc::new(Notify::new()),
-            write_lock: Mutex::new(()),
+            write_lock: Some(Mutex::new(())),
+            listener: None,
         })
     }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    fn span_pool(&self) -> &SqlitePool {
-        &self.spans
-    }
-
-    async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
-        Some(self.write_lock.lock().await)
-    }
 }
-
-impl_store!(SqliteStore, Sqlite);
-impl_telemetry_store!(SqliteStore, Sqlite);

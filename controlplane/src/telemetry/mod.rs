@@ -2,7 +2,9 @@
 //! statistics as they arrive from proxies, turning them into store records (with the
 //! reporter's namespace from its certificate), building trace summaries and the service
 //! graph, and the latency-quantile math. The gRPC handlers (`api::telemetry`) and the
-//! retention sweeper ([`sweeper`]) call this; nothing here touches a socket or the store.
+//! retention sweeper ([`sweeper`]) call this; nothing in this file touches a socket or the
+//! store. How spans are kept (the span-block codec, and the searches that read blocks
+//! back through the store) is [`blocks`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,6 +13,7 @@ use quiver_api::v1;
 use crate::discovery::Caller;
 use crate::store::{EdgeRecord, SpanRecord};
 
+pub mod blocks;
 pub mod otlp;
 pub mod sweeper;
 #[cfg(test)]
@@ -31,6 +34,13 @@ const MAX_TEXT: usize = 1024;
 const MAX_FUTURE_NANOS: i64 = 10 * 60 * 1_000_000_000;
 /// Longest accepted span or edge interval.
 const MAX_DURATION_NANOS: i64 = 24 * 3600 * 1_000_000_000;
+
+/// One proxy's checked batch, as ReportTelemetry received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportedBatch {
+    pub spans: Vec<SpanRecord>,
+    pub edges: Vec<EdgeRecord>,
+}
 
 /// Why a span or an edge interval was refused; the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

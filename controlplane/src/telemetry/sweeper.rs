@@ -1,6 +1,6 @@
 //! Retention of the trace store: deletes spans older than `--trace-retention` or beyond the
 //! newest `--trace-max-spans`, and edge intervals older than the retention. Spans go a block
-//! (one reported batch, see [`crate::store::blocks`]) at a time: a block goes once every span
+//! (one reported batch, see [`super::blocks`]) at a time: a block goes once every span
 //! in it is past the age limit, and the oldest blocks go while the store holds more than the
 //! span limit.
 //!
@@ -67,8 +67,11 @@ pub async fn run(store: Arc<dyn Store>, retention: Retention, metrics: Metrics) 
 pub async fn convert_legacy(store: &dyn Store) -> Result<u64, StoreError> {
     let mut after = None;
     let mut moved = 0;
-    while let Some((last, n)) = store.convert_legacy_spans(after.take()).await? {
-        moved += n;
+    while let Some((last, spans)) = store.legacy_spans(after.take()).await? {
+        moved += spans.len() as u64;
+        store
+            .insert_telemetry(super::blocks::legacy_batches(&spans))
+            .await?;
         after = Some(last);
         // Let ingest and queries in between pages.
         tokio::task::yield_now().await;

@@ -5,7 +5,7 @@
 //! [`MAX_SPANS`]; when it is quiet it commits what it has at once, so a trickle of spans is
 //! searchable without delay.
 //!
-//! Why one writer: each batch becomes one block row (see [`crate::store::blocks`]), and the
+//! Why one writer: each batch becomes one block row (see [`super::blocks`]), and the
 //! fixed cost of a commit (journal, sync, checkpoint) is paid a few times a second for all
 //! proxies' batches together instead of once per batch. See docs/observability.md, "Cost on
 //! the data path".
@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::ReportedBatch;
 use super::otlp::OtlpExport;
 use crate::metrics::Metrics;
-use crate::store::{ReportedBatch, Store};
+use crate::store::Store;
 
 /// How long a busy writer waits for more batches after the first of a commit.
 pub const LINGER: Duration = Duration::from_secs(1);
@@ -123,7 +124,9 @@ async fn commit(store: &dyn Store, metrics: &Metrics, otlp: Option<&OtlpExport>,
     };
     let result = {
         let _timer = metrics.store_timer("insert_telemetry");
-        store.insert_telemetry(batches).await
+        store
+            .insert_telemetry(super::blocks::encode_batches(batches))
+            .await
     };
     match result {
         Ok(new) => {

@@ -10,7 +10,8 @@
 //! and decodes the few that may hold the trace; a search decodes the blocks whose summary
 //! matches, newest first. See docs/observability.md, "How it is stored".
 //!
-//! Nothing here touches SQL; [`super::telemetry`] moves blocks in and out.
+//! Nothing here touches SQL: the store ([`crate::store::Traces`]) keeps blocks as rows and
+//! bytes, and this module is the only one that knows what is inside them.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -18,8 +19,11 @@ use std::sync::Arc;
 use prost::Message;
 use quiver_api::v1;
 
-use super::StoreError;
-use super::telemetry::{SpanRecord, TelemetryStore, TraceQuery};
+use crate::store::{
+    BlockBody, BlockSummary, EncodedBatch, NewBlock, SpanRecord, StoreError, Traces,
+};
+
+use super::ReportedBatch;
 
 /// Bits per trace id in a block's Bloom filter, and probes per id: about 0.05% false
 /// positives. A false positive costs one needless block decode, and a lookup probes every
@@ -35,52 +39,46 @@ struct StoredSpans {
     spans: Vec<v1::Span>,
 }
 
-/// A block ready to be inserted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewBlock {
-    pub namespace: String,
-    pub reporter: String,
-    pub start_min: i64,
-    pub start_max: i64,
-    pub spans: i64,
-    pub errors: i64,
-    pub max_duration_ns: i64,
-    /// The distinct services of its spans, sorted, one per line.
-    pub services: String,
-    /// Identifies the batch (reporter and every trace and span id, in order): a batch sent
-    /// twice has the same digest and is stored once.
-    pub digest: Vec<u8>,
-    pub bloom: Vec<u8>,
-    pub body: Vec<u8>,
+/// What SearchTraces asks the store for (already parsed and checked).
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    pub namespace: Option<String>,
+    pub service: Option<String>,
+    pub errors_only: bool,
+    pub min_duration_ns: Option<i64>,
+    /// Span start times in `[start_ns, end_ns)`.
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub limit: i64,
 }
 
-/// What a search reads of a block before deciding to decode it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct BlockSummary {
-    pub id: i64,
-    pub namespace: String,
-    pub start_min: i64,
-    pub start_max: i64,
-    pub errors: i64,
-    pub max_duration_ns: i64,
-    pub services: String,
-    pub bloom: Vec<u8>,
+/// Whether a block may hold a span of `service` (None: any); `services` is one per line.
+fn may_hold_service(block: &BlockSummary, service: Option<&str>) -> bool {
+    service.is_none_or(|s| block.services.split('\n').any(|x| x == s))
 }
 
-impl BlockSummary {
-    /// Whether the block may hold a span of `service` (None: any).
-    pub fn may_hold_service(&self, service: Option<&str>) -> bool {
-        service.is_none_or(|s| self.services.split('\n').any(|x| x == s))
-    }
+/// Encode checked batches for the store, each batch's spans as one block (a batch holds one
+/// reporter's spans of one namespace; see [`blocks_of`]).
+pub fn encode_batches(batches: Vec<ReportedBatch>) -> Vec<EncodedBatch> {
+    batches
+        .into_iter()
+        .map(|b| EncodedBatch {
+            blocks: blocks_of(b.spans),
+            edges: b.edges,
+        })
+        .collect()
 }
 
-/// A block's body as read back, with the row fields a span needs.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct BlockBody {
-    pub id: i64,
-    pub namespace: String,
-    pub reporter: String,
-    pub body: Vec<u8>,
+/// Spans stored before migration 0005, as batches of at most a proxy batch's size (so reads
+/// decode no more per hit than for reported spans).
+pub fn legacy_batches(spans: &[SpanRecord]) -> Vec<EncodedBatch> {
+    spans
+        .chunks(LEGACY_BLOCK_SPANS)
+        .map(|c| EncodedBatch {
+            blocks: blocks_of(c.to_vec()),
+            edges: Vec::new(),
+        })
+        .collect()
 }
 
 /// Group checked spans into blocks, one per (namespace, reporter) in order of first
@@ -124,7 +122,7 @@ fn encode(namespace: String, reporter: String, spans: Vec<SpanRecord>) -> NewBlo
         if !services.contains(s.service.as_str()) {
             services.insert(s.service.clone());
         }
-        let mut span = crate::telemetry::to_api(s);
+        let mut span = super::to_api(s);
         // The row holds it once.
         span.namespace = String::new();
         body.spans.push(span);
@@ -151,7 +149,7 @@ pub fn decode(block: BlockBody) -> Result<Vec<SpanRecord>, prost::DecodeError> {
     Ok(stored
         .spans
         .into_iter()
-        .map(|s| crate::telemetry::to_record(s, block.namespace.clone(), block.reporter.clone()))
+        .map(|s| super::to_record(s, block.namespace.clone(), block.reporter.clone()))
         .collect())
 }
 
@@ -240,7 +238,7 @@ const PROBED_CANDIDATES: usize = 64;
 
 /// The spans of `trace_ids`, every stored one once (a span sent in two batches is stored in
 /// both blocks), ordered by start then span id.
-pub async fn spans_of_traces<S: TelemetryStore + ?Sized>(
+pub async fn spans_of_traces<S: Traces + ?Sized>(
     store: &S,
     trace_ids: &[String],
 ) -> Result<Vec<SpanRecord>, StoreError> {
@@ -311,7 +309,7 @@ impl Condition {
     fn block(self, q: &TraceQuery, b: &BlockSummary) -> bool {
         match self {
             Condition::Service => {
-                b.may_hold_service(q.service.as_deref())
+                may_hold_service(b, q.service.as_deref())
                     && q.namespace.as_deref().is_none_or(|x| b.namespace == x)
             }
             Condition::Error => b.errors > 0,
@@ -328,7 +326,7 @@ struct Blocks<'s, S: ?Sized> {
     order: VecDeque<i64>,
 }
 
-impl<'s, S: TelemetryStore + ?Sized> Blocks<'s, S> {
+impl<'s, S: Traces + ?Sized> Blocks<'s, S> {
     fn new(store: &'s S) -> Self {
         Self {
             store,
@@ -374,7 +372,11 @@ impl<'s, S: TelemetryStore + ?Sized> Blocks<'s, S> {
     }
 }
 
-/// Ids of traces matching `q`, newest first; see [`TelemetryStore::search_traces`].
+/// Ids of traces matching `q`, the one with the newest key span first. Conditions apply
+/// to spans that started in `[q.start_ns, q.end_ns)`: with `errors_only` a trace needs an
+/// errored span (its key spans) and, when a service or namespace is given, a span of it;
+/// without, a span of the service and namespace asked for (key spans; any span when none
+/// is given); with `min_duration_ns`, also a span at least that long.
 ///
 /// The key condition (errored spans with `errors_only`, else spans of the service) orders
 /// the result: a trace's key is its newest span meeting it. The other conditions only
@@ -382,7 +384,7 @@ impl<'s, S: TelemetryStore + ?Sized> Blocks<'s, S> {
 /// A candidate whose key is newer than every block still unread has its final key; those
 /// are checked against the filters newest first, and the search ends once `limit` of them
 /// match (nothing unread can rank above them).
-pub async fn search_traces<S: TelemetryStore + ?Sized>(
+pub async fn search_traces<S: Traces + ?Sized>(
     store: &S,
     q: &TraceQuery,
 ) -> Result<Vec<String>, StoreError> {
@@ -469,7 +471,7 @@ struct Filters<'a> {
 
 impl Filters<'_> {
     /// Whether `trace` has a span in range meeting `condition`.
-    async fn met<S: TelemetryStore + ?Sized>(
+    async fn met<S: Traces + ?Sized>(
         &mut self,
         blocks: &mut Blocks<'_, S>,
         condition: Condition,

@@ -1,0 +1,184 @@
+//! Credentials: API tokens and join tokens (only the SHA-256 of a secret is stored), and the
+//! mesh CA's certificate and key.
+
+use sqlx::{ColumnIndex, Executor, IntoArguments, Type};
+
+use super::StoreError;
+use super::engine::{Engine, SqlStore, Value, version};
+
+/// An API token's stored form: only the SHA-256 of the secret is kept.
+#[derive(Debug, Clone)]
+pub struct ApiTokenRecord {
+    pub id: String,
+    pub token_hash: String,
+    pub role: String,
+    pub description: String,
+    pub created_at: i64,
+}
+
+/// A join token's stored form.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct JoinTokenRecord {
+    pub id: String,
+    pub token_hash: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub expires_at: i64,
+    pub max_uses: i32,
+    pub uses: i32,
+    pub created_at: i64,
+}
+
+/// Why a join token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    #[error("join token is not known")]
+    Unknown,
+    #[error("join token expired")]
+    Expired,
+    #[error("join token has been used {0} times, its limit")]
+    UsedUp(i32),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Tokens and the CA.
+#[async_trait::async_trait]
+pub trait Credentials: Send + Sync {
+    async fn insert_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
+    /// The role of the token with this hash.
+    async fn api_token_role(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
+    async fn count_api_tokens(&self) -> Result<u64, StoreError>;
+
+    async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
+    /// Use a join token once, atomically: refused when unknown, expired or used up.
+    async fn redeem_join_token(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<JoinTokenRecord, RedeemError>;
+
+    /// The mesh CA (cert PEM, key PEM), if one was stored.
+    async fn certificate_authority(&self) -> Result<Option<(String, String)>, StoreError>;
+    /// Store a CA unless one exists; returns whichever is stored (so replicas that start
+    /// together agree on one CA).
+    async fn init_certificate_authority(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<(String, String), StoreError>;
+}
+
+const INSERT_API_TOKEN: &str = "INSERT INTO api_tokens \
+     (id, token_hash, role, description, created_at) VALUES ($1, $2, $3, $4, $5)";
+const API_TOKEN_ROLE: &str = "SELECT role FROM api_tokens WHERE token_hash = $1";
+const COUNT_API_TOKENS: &str = "SELECT COUNT(*) FROM api_tokens";
+const INSERT_JOIN_TOKEN: &str = "INSERT INTO join_tokens \
+     (id, token_hash, namespace, service_account, expires_at, max_uses, uses, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+const REDEEM_JOIN_TOKEN: &str = "UPDATE join_tokens SET uses = uses + 1 \
+     WHERE token_hash = $1 AND uses < max_uses AND expires_at > $2 \
+     RETURNING id, token_hash, namespace, service_account, expires_at, max_uses, uses, created_at";
+const JOIN_TOKEN: &str = "SELECT id, token_hash, namespace, service_account, expires_at, max_uses, uses, created_at \
+     FROM join_tokens WHERE token_hash = $1";
+const GET_CA: &str = "SELECT cert_pem, key_pem FROM certificate_authority WHERE id = 1";
+const INSERT_CA: &str = "INSERT INTO certificate_authority (id, cert_pem, key_pem, created_at) \
+     VALUES (1, $1, $2, $3) ON CONFLICT (id) DO NOTHING";
+
+#[async_trait::async_trait]
+impl<DB: Engine> Credentials for SqlStore<DB>
+where
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + Type<DB> + ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    i64: Value<DB>,
+    i32: Value<DB>,
+    String: Value<DB>,
+{
+    async fn insert_api_token(&self, t: &ApiTokenRecord) -> Result<(), StoreError> {
+        sqlx::query(INSERT_API_TOKEN)
+            .bind(t.id.as_str())
+            .bind(t.token_hash.as_str())
+            .bind(t.role.as_str())
+            .bind(t.description.as_str())
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn api_token_role(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(API_TOKEN_ROLE)
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn count_api_tokens(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(COUNT_API_TOKENS)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(version(n))
+    }
+
+    async fn insert_join_token(&self, t: &JoinTokenRecord) -> Result<(), StoreError> {
+        sqlx::query(INSERT_JOIN_TOKEN)
+            .bind(t.id.as_str())
+            .bind(t.token_hash.as_str())
+            .bind(t.namespace.as_str())
+            .bind(t.service_account.as_str())
+            .bind(t.expires_at)
+            .bind(t.max_uses)
+            .bind(t.uses)
+            .bind(t.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn redeem_join_token(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> Result<JoinTokenRecord, RedeemError> {
+        let redeemed: Option<JoinTokenRecord> = sqlx::query_as(REDEEM_JOIN_TOKEN)
+            .bind(token_hash)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+        if let Some(token) = redeemed {
+            return Ok(token);
+        }
+        // Say why, from the row as it is now.
+        let row: Option<JoinTokenRecord> = sqlx::query_as(JOIN_TOKEN)
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+        Err(match row {
+            None => RedeemError::Unknown,
+            Some(r) if r.expires_at <= now_ms => RedeemError::Expired,
+            Some(r) => RedeemError::UsedUp(r.uses),
+        })
+    }
+
+    async fn certificate_authority(&self) -> Result<Option<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(GET_CA).fetch_optional(&self.pool).await?)
+    }
+
+    async fn init_certificate_authority(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<(String, String), StoreError> {
+        sqlx::query(INSERT_CA)
+            .bind(cert_pem)
+            .bind(key_pem)
+            .bind(super::now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_as(GET_CA).fetch_one(&self.pool).await?)
+    }
+}
