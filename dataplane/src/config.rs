@@ -234,6 +234,9 @@ pub struct Tuning {
     pub balancing: quiver_policy::balance::BalanceConfig,
     /// Retry mechanics the Route does not carry: body buffering, backoff, budget window.
     pub retries: quiver_policy::retry::RetryTuning,
+    /// How request paths are normalized before routes and authorization see them
+    /// (`quiver_policy::path`; docs/security.md).
+    pub request_paths: quiver_policy::path::PathRules,
 }
 
 impl Tuning {
@@ -265,6 +268,7 @@ impl Default for Tuning {
             workers: 0,
             balancing: Default::default(),
             retries: Default::default(),
+            request_paths: Default::default(),
         }
     }
 }

@@ -189,7 +189,9 @@ impl Rule {
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
             && (self.paths.is_empty()
                 || self.paths.iter().any(|p| match p {
-                    PathPattern::Exact(e) => path == e,
+                    // `/admin` and `/admin/` are one resource to most apps: an exact
+                    // pattern covers both, so a trailing slash cannot slip past a deny.
+                    PathPattern::Exact(e) => path == e || path.strip_suffix('/') == Some(e),
                     PathPattern::Prefix(pre) => path.starts_with(pre.as_str()),
                 }))
     }

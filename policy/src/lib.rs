@@ -27,6 +27,7 @@ pub mod fault;
 mod fields;
 pub mod mesh;
 pub mod outlier;
+pub mod path;
 pub mod plan;
 pub mod retry;
 pub mod route;

@@ -21,7 +21,8 @@ use crate::errors::{AttemptFailure, Direction, ProxyError};
 use crate::mesh::body::{self, ProxyBody, SendHalf};
 use crate::mesh::transport::PeerConn;
 use crate::proxy::http::{
-    PEER_IDENTITY_HEADER, TARGET_HEADER, authority_of, content_length, rebase_uri, strip_hop_by_hop,
+    PEER_IDENTITY_HEADER, TARGET_HEADER, authority_of, content_length, normalize_path, rebase_uri,
+    strip_hop_by_hop,
 };
 use crate::proxy::upstream::{Lease, Report, Routing};
 use crate::snapshot::Target;
@@ -64,7 +65,11 @@ pub async fn forward(
     req: Request<Incoming>,
 ) -> (Result<Response<ProxyBody>, ProxyError>, Decided) {
     let routing = inputs.routing();
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
+    // Routes match, and the peer receives, the normalized path.
+    if let Err(e) = normalize_path(&mut parts.uri, &inputs.tuning.request_paths) {
+        return (Err(e), Decided::default());
+    }
     let head = RequestHead {
         method: parts.method.as_str(),
         path: parts.uri.path(),

@@ -2,7 +2,10 @@
 //! `content-length`, and the proxy's own error responses.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::borrow::Cow;
+
 use http::{Response, Uri};
+use quiver_policy::path::PathRules;
 
 use crate::errors::{ERROR_HEADER, ErrorKind, ProxyError};
 use crate::mesh::body::{self, ProxyBody};
@@ -72,6 +75,36 @@ pub fn rebase_uri(scheme: &str, authority: &str, uri: &Uri) -> Result<Uri, Proxy
         .path_and_query(path)
         .build()
         .map_err(|e| ProxyError::BadRequest(format!("authority {authority:?}: {e}")))
+}
+
+/// Normalize `uri`'s path in place (`quiver_policy::path`): what routes and authorization
+/// match is what the next hop receives. The query is kept as it is; a path that is already
+/// normal costs no allocation. A refused path is a 400 `bad-request` that does not echo it.
+pub fn normalize_path(uri: &mut Uri, rules: &PathRules) -> Result<(), ProxyError> {
+    let Some(pq) = uri.path_and_query() else {
+        return Ok(());
+    };
+    if pq.path() == "*" {
+        // `OPTIONS *`: the server itself, no path to normalize.
+        return Ok(());
+    }
+    let normalized = match quiver_policy::path::normalize(pq.path(), rules) {
+        Ok(Cow::Borrowed(_)) => return Ok(()),
+        Ok(Cow::Owned(p)) => p,
+        Err(e) => return Err(ProxyError::BadRequest(e.to_string())),
+    };
+    let pq = match pq.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        pq.parse()
+            .map_err(|e| ProxyError::BadRequest(format!("normalized path: {e}")))?,
+    );
+    *uri = Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("normalized path: {e}")))?;
+    Ok(())
 }
 
 /// Size of a header block as HTTP/2 and HTTP/3 count it (name + value + 32 per field).

@@ -28,8 +28,8 @@ use crate::mesh::paths::PathClass;
 use crate::mesh::server::Incoming;
 use crate::mesh::stream::{Respond, ServerRecv, ServerStream};
 use crate::proxy::http::{
-    PEER_IDENTITY_HEADER, TARGET_HEADER, check_header_size, content_length, error_kind, rebase_uri,
-    strip_hop_by_hop,
+    PEER_IDENTITY_HEADER, TARGET_HEADER, check_header_size, content_length, error_kind,
+    normalize_path, rebase_uri, strip_hop_by_hop,
 };
 use crate::snapshot::{LocalPort, Protocol, Target};
 use crate::telemetry::metrics::Metrics;
@@ -120,7 +120,13 @@ async fn request(
         .unwrap_or_default();
     let source = span.peer_service.clone();
     record.set_source(&source);
-    let decided = decide(&inputs, &req, &peer);
+    // Authorization and the app see one path: the normalized one (CONNECT has none).
+    let normalized = if req.method() == Method::CONNECT {
+        Ok(())
+    } else {
+        normalize_path(req.uri_mut(), &inputs.tuning.request_paths)
+    };
+    let decided = normalized.and_then(|()| decide(&inputs, &req, &peer));
     let port = match decided {
         Ok(p) => p,
         Err(e) => {
