@@ -107,8 +107,8 @@ impl MeshCa {
     ) -> Result<(SpiffeId, String, SystemTime), CaError> {
         let id = SpiffeId::workload(&self.trust_domain, namespace, service_account)
             .map_err(|e| CaError::TrustDomain(self.trust_domain.clone(), e))?;
-        let chain = self.authority.sign_csr(csr_der, &id, ttl)?;
-        Ok((id, chain, SystemTime::now() + ttl))
+        let (chain, not_after) = self.authority.sign_csr(csr_der, &id, ttl)?;
+        Ok((id, chain, not_after))
     }
 }
 

@@ -189,6 +189,25 @@ async fn expired_unknown_and_malformed_requests_are_refused() {
     for field in ["namespace", "serviceAccount", "ttl"] {
         assert!(err.message().contains(field), "{field} in {err:?}");
     }
+    // A TTL past the maximum (or one that overflows) is refused, naming the field.
+    for ttl in ["91d", "9999999999999999999d"] {
+        let err = server
+            .admin()
+            .await
+            .create_join_token(v1::CreateJoinTokenRequest {
+                namespace: "shop".into(),
+                service_account: "web".into(),
+                ttl: ttl.into(),
+                uses: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{ttl}");
+        assert!(
+            err.message().contains("ttl:") && err.message().contains("maximum"),
+            "{err:?}"
+        );
+    }
     server.stop().await;
 }
 

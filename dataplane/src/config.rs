@@ -732,6 +732,17 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
             "must be at least 1".into(),
         );
     }
+    // Beyond a day these are mistakes, and unbounded ones overflow clock arithmetic.
+    for (field, d) in [
+        ("tuning.idle_timeout", t.idle_timeout),
+        ("tuning.keep_alive", t.keep_alive),
+        ("tuning.connect_timeout", t.connect_timeout),
+        ("tuning.response_timeout", t.response_timeout),
+    ] {
+        if d > Duration::from_secs(86_400) {
+            err(field.into(), "must be at most 24h".into());
+        }
+    }
     if t.idle_timeout.is_zero() {
         err("tuning.idle_timeout".into(), "must be more than 0s".into());
     }

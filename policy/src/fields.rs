@@ -18,13 +18,29 @@ pub(crate) fn err(path: impl Into<String>, reason: impl Into<String>) -> FieldEr
     }
 }
 
-/// A duration field (`250ms`, `5s`, `1h30m`; see `quiver_api::duration`). Empty means unset:
-/// `None`, and an error only when `required`.
+/// The longest request-scale duration (timeouts, delays, latency thresholds): an hour. Longer
+/// ones are mistakes, and unbounded ones overflow the clock arithmetic of every request.
+pub const LONGEST_REQUEST_DURATION: Duration = Duration::from_secs(3600);
+
+/// A request-scale duration field (`250ms`, `5s`, `1h30m`; see `quiver_api::duration`), at
+/// most [`LONGEST_REQUEST_DURATION`]. Empty means unset: `None`, and an error only when
+/// `required`.
 pub(crate) fn duration(
     errors: &mut Vec<FieldError>,
     path: &str,
     s: &str,
     required: bool,
+) -> Option<Duration> {
+    duration_up_to(errors, path, s, required, LONGEST_REQUEST_DURATION)
+}
+
+/// [`duration`] with its own maximum.
+pub(crate) fn duration_up_to(
+    errors: &mut Vec<FieldError>,
+    path: &str,
+    s: &str,
+    required: bool,
+    max: Duration,
 ) -> Option<Duration> {
     if s.is_empty() {
         if required {
@@ -40,6 +56,16 @@ pub(crate) fn duration(
         return None;
     }
     match quiver_api::duration::parse(s) {
+        Ok(d) if d > max => {
+            errors.push(err(
+                path,
+                format!(
+                    "{s:?} is longer than the maximum, {}",
+                    quiver_api::duration::format(max)
+                ),
+            ));
+            None
+        }
         Ok(d) => Some(d),
         Err(e) => {
             errors.push(err(path, format!("not a duration: {e}")));

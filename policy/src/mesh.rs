@@ -42,6 +42,8 @@ pub struct Tracing {
 
 /// The shortest certificate lifetime a MeshConfig may ask for.
 pub const MIN_SVID_TTL: Duration = Duration::from_secs(300);
+/// The longest: a leaked SVID stays valid this long at most.
+pub const MAX_SVID_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 impl Mesh {
     /// Compile `spec` (at `at`, e.g. `spec` or `mesh`), appending every problem to `errors`.
@@ -65,7 +67,13 @@ impl Mesh {
             &spec.default_timeout,
             false,
         );
-        let svid_ttl = fields::duration(errors, &format!("{at}.svidTtl"), &spec.svid_ttl, false);
+        let svid_ttl = fields::duration_up_to(
+            errors,
+            &format!("{at}.svidTtl"),
+            &spec.svid_ttl,
+            false,
+            MAX_SVID_TTL,
+        );
         if svid_ttl.is_some_and(|t| t < MIN_SVID_TTL) {
             errors.push(err(format!("{at}.svidTtl"), "must be at least 5m"));
         }

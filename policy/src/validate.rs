@@ -94,6 +94,9 @@ pub fn validate(resource: &AnyResource, services: &ServiceSpecs) -> Result<(), I
 
 const PROTOCOLS: &[&str] = &["http1", "http2", "grpc", "tcp"];
 
+/// The longest interval between a canary's checks.
+const LONGEST_CANARY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 fn dns_label(errors: &mut Vec<FieldError>, path: &str, s: &str) {
     if let Err(reason) = check_dns_label(s) {
         errors.push(err(path, reason));
@@ -278,8 +281,13 @@ fn canary(errors: &mut Vec<FieldError>, r: &v1::Canary, services: &Services<'_>)
         }
         last = s;
     }
-    if let Some(d) = fields::duration(errors, "spec.interval", &spec.interval, true)
-        && d.is_zero()
+    if let Some(d) = fields::duration_up_to(
+        errors,
+        "spec.interval",
+        &spec.interval,
+        true,
+        LONGEST_CANARY_INTERVAL,
+    ) && d.is_zero()
     {
         errors.push(err("spec.interval", "must be longer than 0s"));
     }

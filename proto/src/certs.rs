@@ -63,6 +63,8 @@ pub struct CertificateAuthority {
     /// intermediate; nothing when it is the root, which peers already hold in their bundle).
     chain_tail_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// The CA's own expiry: no leaf outlives it.
+    not_after: SystemTime,
 }
 
 impl CertificateAuthority {
@@ -104,6 +106,10 @@ impl CertificateAuthority {
             return Err(CertError::NotCa);
         }
         let self_signed = parsed.subject() == parsed.issuer();
+        let ca_not_after = u64::try_from(parsed.validity().not_after.timestamp())
+            .ok()
+            .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+            .ok_or_else(|| CertError::Parse("the CA's notAfter is out of range".into()))?;
         let issuer = Issuer::from_ca_cert_der(&der, key)?;
         Ok(Self {
             cert_pem: cert_pem.to_string(),
@@ -114,7 +120,15 @@ impl CertificateAuthority {
                 cert_pem.to_string()
             },
             issuer,
+            not_after: ca_not_after,
         })
+    }
+
+    /// When a leaf issued now for `ttl` expires: `now + ttl`, never past the CA's own expiry
+    /// (and without overflow for any `ttl`).
+    fn leaf_expiry(&self, now: SystemTime, ttl: Duration) -> SystemTime {
+        now.checked_add(ttl)
+            .map_or(self.not_after, |t| t.min(self.not_after))
     }
 
     /// The CA certificate (PEM).
@@ -130,7 +144,11 @@ impl CertificateAuthority {
     /// Issue an SVID for `id` with a new key, valid from a minute ago for `ttl`.
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<IssuedCert, CertError> {
         let now = SystemTime::now();
-        self.issue_between(id, now - Duration::from_secs(60), now + ttl)
+        self.issue_between(
+            id,
+            now - Duration::from_secs(60),
+            self.leaf_expiry(now, ttl),
+        )
     }
 
     /// Issue an SVID for `id` with a new key and an explicit validity window (tests use this to
@@ -151,23 +169,26 @@ impl CertificateAuthority {
     }
 
     /// Sign a CSR's public key into an SVID for `id`. Nothing but the public key is taken from
-    /// the CSR: names, extensions and validity come from us. Returns the chain PEM.
+    /// the CSR: names, extensions and validity come from us. Returns the chain PEM and the
+    /// leaf's expiry (`ttl` from now, never past the CA's own).
     pub fn sign_csr(
         &self,
         csr_der: &[u8],
         id: &SpiffeId,
         ttl: Duration,
-    ) -> Result<String, CertError> {
+    ) -> Result<(String, SystemTime), CertError> {
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
             csr_der.to_vec(),
         ))?;
         let now = SystemTime::now();
-        self.sign(
+        let not_after = self.leaf_expiry(now, ttl);
+        let chain = self.sign(
             &csr.public_key,
             id,
             now - Duration::from_secs(60),
-            now + ttl,
-        )
+            not_after,
+        )?;
+        Ok((chain, not_after))
     }
 
     fn sign(
@@ -252,7 +273,7 @@ pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertErr
     Ok(certs)
 }
 
-fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>, CertError> {
+pub(crate) fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>, CertError> {
     certs_from_pem(pem)?
         .into_iter()
         .next()

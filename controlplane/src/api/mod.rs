@@ -116,6 +116,14 @@ impl AdminApi {
             Duration::from_secs(3600)
         } else {
             match quiver_api::duration::parse(&req.ttl) {
+                Ok(d) if d > MAX_JOIN_TOKEN_TTL => {
+                    errors.push(format!(
+                        "ttl: {:?} is longer than the maximum, {}",
+                        req.ttl,
+                        quiver_api::duration::format(MAX_JOIN_TOKEN_TTL)
+                    ));
+                    Duration::ZERO
+                }
                 Ok(d) if !d.is_zero() => d,
                 Ok(_) => {
                     errors.push("ttl: must be longer than 0s".into());
@@ -263,7 +271,11 @@ fn redeem_status(e: RedeemError) -> Status {
     }
 }
 
-/// The SVID lifetime: MeshConfig `spec.svidTtl` when set, else the server default.
+/// The longest a join token may stay redeemable.
+const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(90 * 86_400);
+
+/// The SVID lifetime: MeshConfig `spec.svidTtl` when set, else the server default; never
+/// more than the API accepts (a MeshConfig stored before the maximum existed is clamped).
 async fn svid_ttl(inputs: &Inputs) -> Duration {
     let stored = inputs
         .store
@@ -276,4 +288,5 @@ async fn svid_ttl(inputs: &Inputs) -> Duration {
         .and_then(|m| m.spec)
         .and_then(|s| quiver_api::duration::parse(&s.svid_ttl).ok())
         .unwrap_or(inputs.svid_ttl)
+        .min(quiver_policy::mesh::MAX_SVID_TTL)
 }

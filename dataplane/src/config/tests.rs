@@ -134,6 +134,18 @@ tuning: {max_header_bytes: 10, keep_alive: 1m, idle_timeout: 30s}
 }
 
 #[test]
+fn unbounded_durations_are_refused_not_overflowed() {
+    let dir = identity_dir();
+    let yaml = format!(
+        "{GOOD}tuning: {{response_timeout: 9999999999999999999d, connect_timeout: 25h}}\nmesh: {{defaultTimeout: 9999999999999999999d}}\n"
+    );
+    let e = errors(&yaml, &dir);
+    assert!(has(&e, "tuning.response_timeout", "at most 24h"), "{e:#?}");
+    assert!(has(&e, "tuning.connect_timeout", "at most 24h"), "{e:#?}");
+    assert!(has(&e, "mesh.defaultTimeout", "maximum"), "{e:#?}");
+}
+
+#[test]
 fn identity_problems_are_config_errors() {
     let dir = identity_dir();
     // A key that does not belong to the certificate.

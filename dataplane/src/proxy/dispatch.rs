@@ -138,7 +138,11 @@ impl Exchange<'_> {
             .plan
             .timeout
             .unwrap_or(self.inputs.tuning.response_timeout);
-        let deadline = Instant::now() + overall;
+        // Validated timeouts are at most a day; saturate anyway rather than panic.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(overall)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400));
         let budget_owner = self.routing.upstream(&self.plan.service).cloned();
         let tuning = &self.inputs.tuning.retries;
         if let (Some(_), Some(up)) = (self.plan.retries(), &budget_owner) {

@@ -233,3 +233,32 @@ fn mesh_config_tracing_is_checked() {
         "-1 is outside 0..100"
     );
 }
+
+#[test]
+fn durations_have_maximums() {
+    let e = errors(
+        "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec:\n  defaultTimeout: 9999999999999999999d\n  svidTtl: 31d\n  tracing: {slowThreshold: 2h}\n",
+    );
+    assert!(at(&e, "spec.defaultTimeout").contains("longer than the maximum, 1h"));
+    assert!(at(&e, "spec.svidTtl").contains("longer than the maximum, 720h"));
+    assert!(at(&e, "spec.tracing.slowThreshold").contains("maximum"));
+    let e = errors(&route(
+        "  - name: a\n    timeout: 61m\n    retries: {attempts: 2, perTryTimeout: 99999999999999d}\n    fault: {delay: {fixedDelay: 9999999999999999999d, percent: 1}}\n",
+    ));
+    for field in ["timeout", "retries.perTryTimeout", "fault.delay.fixedDelay"] {
+        assert!(at(&e, &format!("spec.rules[0].{field}")).contains("maximum"));
+    }
+    // The maximums themselves are accepted.
+    assert_eq!(
+        errors(&route(
+            "  - name: a\n    timeout: 1h\n    retries: {attempts: 2, perTryTimeout: 1h}\n"
+        )),
+        vec![]
+    );
+    assert_eq!(
+        errors(
+            "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {svidTtl: 30d, defaultTimeout: 1h}\n"
+        ),
+        vec![]
+    );
+}

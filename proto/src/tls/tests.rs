@@ -87,7 +87,7 @@ fn issued_svid_carries_exactly_the_entitled_id_and_verifies() {
 fn csr_signing_takes_only_the_public_key() {
     let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
     let (key_pem, csr) = certs::new_key_and_csr().unwrap();
-    let chain = ca
+    let (chain, _) = ca
         .sign_csr(
             &csr,
             &id("spiffe://mesh.local/ns/prod/sa/web"),
@@ -97,6 +97,25 @@ fn csr_signing_takes_only_the_public_key() {
     let ident = MeshIdentity::from_pem(&chain, &key_pem, ca.cert_pem()).unwrap();
     assert_eq!(ident.spiffe_id.workload_parts(), Some(("prod", "web")));
     ident.server_config(&[b"h3"]).unwrap();
+}
+
+#[test]
+fn no_leaf_outlives_its_ca_whatever_the_ttl() {
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let ca_expiry = certs::not_after(&certs::first_cert_der(ca.cert_pem()).unwrap()).unwrap();
+    let (_, csr) = certs::new_key_and_csr().unwrap();
+    let web = id("spiffe://mesh.local/ns/prod/sa/web");
+    for ttl in [
+        Duration::from_secs(7200),
+        Duration::from_secs(u64::MAX),
+        Duration::MAX,
+    ] {
+        let (chain, not_after) = ca.sign_csr(&csr, &web, ttl).unwrap();
+        let leaf = certs::not_after(&certs::first_cert_der(&chain).unwrap()).unwrap();
+        assert_eq!(not_after, ca_expiry, "{ttl:?}");
+        assert_eq!(leaf, ca_expiry, "{ttl:?}");
+        assert_eq!(ca.issue(&web, ttl).unwrap().not_after, ca_expiry);
+    }
 }
 
 #[test]
