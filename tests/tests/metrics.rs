@@ -142,3 +142,49 @@ async fn a_redial_resumes_the_tls_session_and_keeps_the_callers_identity() {
     assert_eq!(handshakes, 2.0, "{m}");
     assert_eq!(resumed, 1.0, "the second handshake resumed: {m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_unknown_hosts_make_one_series() {
+    let pair = Pair::start().await;
+    let proxy = pair.http_proxy();
+    let client = quiver_tests::client::client::<http_body_util::Empty<bytes::Bytes>>(false);
+    let hosts = 10_000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for i in (worker..hosts).step_by(8) {
+                let req = http::Request::get(format!("http://{proxy}/"))
+                    .header("host", format!("nosuch{i}"))
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let resp = client.request(req).await.unwrap();
+                assert_eq!(resp.status(), 404);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let (_, text) = admin_get(pair.a.bound.admin, "/metrics")
+        .await
+        .expect("metrics");
+    let leaked: Vec<_> = text
+        .lines()
+        .filter(|l| l.contains("nosuch"))
+        .take(3)
+        .collect();
+    assert!(leaked.is_empty(), "a Host became a label: {leaked:?}");
+    let unknown = text
+        .lines()
+        .filter(|l| l.starts_with("quiver_requests_total{") && l.contains("service=\"(unknown)\""))
+        .collect::<Vec<_>>();
+    let all: Vec<_> = text
+        .lines()
+        .filter(|l| l.starts_with("quiver_requests_total"))
+        .collect();
+    assert_eq!(unknown.len(), 1, "{all:?}");
+    assert!(unknown[0].ends_with(&format!(" {hosts}")), "{unknown:?}");
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(series < 500, "{series} series after {hosts} hosts");
+}

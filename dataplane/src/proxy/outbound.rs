@@ -24,7 +24,7 @@ use crate::proxy::http::{
 };
 use crate::snapshot::{Protocol, Target};
 use crate::telemetry::metrics::{Metrics, TcpConnLabels};
-use crate::telemetry::record::RequestRecord;
+use crate::telemetry::record::{RequestRecord, UNKNOWN_SERVICE};
 use crate::telemetry::trace::SpanKind;
 
 /// How an app-facing listener picks the destination.
@@ -127,12 +127,26 @@ async fn handle(
                     .ok_or_else(|| ProxyError::BadRequest("request names no host".into()))?,
             )?,
         };
-        record.set_service(&target.service);
+        // Metric labels and edge stats name only services this proxy knows: a Host header is
+        // the app's input, and 10,000 distinct ones must not make 10,000 series. A service it
+        // does not know is answered here, before anything is counted under its name.
+        let known = inputs.snapshot().services.contains_key(&target.service);
+        record.set_service(if known {
+            &target.service
+        } else {
+            UNKNOWN_SERVICE
+        });
         record.set_source(&inputs.local_service);
         // The client span continues the app's trace (or starts one); the peer sees it as
         // the parent of its server span.
         let declared = content_length(req.headers()).unwrap_or(0);
         record.trace_request(&inputs, req.headers_mut(), SpanKind::Client, declared);
+        if !known {
+            return Err(ProxyError::NoRoute(format!(
+                "{:?} is not a service of this mesh",
+                target.service
+            )));
+        }
         if req.method() == Method::CONNECT {
             return match entry {
                 Entry::HttpProxy => connect_tunnel(&inputs, target, req).await,

@@ -9,6 +9,11 @@ use crate::telemetry::metrics::{DurationLabels, Metrics, RequestLabels, status_c
 
 /// One request's outcome, recorded exactly once: in [`RequestRecord::finish`] when the
 /// response head is known, or on drop when the task was cancelled (the caller went away)
+/// The `service` label (and edge destination) of a request to a destination this proxy does
+/// not know: one value however many Hosts an app names. Not a DNS label, so no Service can
+/// share it.
+pub const UNKNOWN_SERVICE: &str = "(unknown)";
+
 /// before a response. Drain accounting is separate: it must cover the body too.
 pub struct RequestRecord<'a> {
     metrics: &'a Metrics,
