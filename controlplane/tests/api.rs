@@ -168,6 +168,32 @@ async fn invalid_documents_are_refused_with_field_paths() {
         err.items.is_empty(),
         "nothing of a refused document is stored"
     );
+
+    // A 100 KB name is refused without coming back whole in grpc-message.
+    let mut huge: v1::Route = doc(&route_yaml("r", 100));
+    huge.metadata.as_mut().unwrap().name = "x".repeat(100_000);
+    let err = c.apply_route(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("metadata.name: longer than 253 bytes"),
+        "{}",
+        &err.message()[..300]
+    );
+    assert!(
+        err.message().len() < 4096,
+        "{} bytes echoed",
+        err.message().len()
+    );
+    let err = c
+        .get_route(get("default", &"y".repeat(100_000)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().len() < 4096,
+        "{} bytes echoed",
+        err.message().len()
+    );
     server.stop().await;
 }
 

@@ -53,7 +53,7 @@ impl DiscoveryApi {
             Err(s) => s.code(),
         };
         self.inputs.metrics.call(method, code);
-        result.map(Response::new)
+        result.map(Response::new).map_err(super::bounded)
     }
 
     async fn join(&self, req: v1::JoinRequest) -> Result<v1::JoinResponse, Status> {

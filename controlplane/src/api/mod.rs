@@ -50,6 +50,44 @@ pub struct AdminApi {
     inputs: Arc<Inputs>,
 }
 
+/// The longest line of an error message, and the most lines, that a caller gets back.
+const MAX_MESSAGE_LINE: usize = 256;
+const MAX_MESSAGE_LINES: usize = 64;
+
+/// `status` with a message that cannot echo unbounded input: every line (a field error, or
+/// the first line naming the object) is cut at [`MAX_MESSAGE_LINE`] bytes and at most
+/// [`MAX_MESSAGE_LINES`] lines are kept, so a 100 KB name does not come back in
+/// `grpc-message`. The line structure the console and quiverctl read is kept.
+pub(crate) fn bounded(status: Status) -> Status {
+    let message = status.message();
+    let too_long = message.lines().count() > MAX_MESSAGE_LINES
+        || message.lines().any(|l| l.len() > MAX_MESSAGE_LINE);
+    if !too_long {
+        return status;
+    }
+    let mut out = String::new();
+    for (i, line) in message.lines().enumerate() {
+        if i == MAX_MESSAGE_LINES {
+            out.push_str("\n  ... (more errors left out)");
+            break;
+        }
+        if i > 0 {
+            out.push('\n');
+        }
+        if line.len() > MAX_MESSAGE_LINE {
+            let mut cut = MAX_MESSAGE_LINE;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push_str(&line[..cut]);
+            out.push_str(&format!("... ({} bytes)", line.len()));
+        } else {
+            out.push_str(line);
+        }
+    }
+    Status::new(status.code(), out)
+}
+
 impl AdminApi {
     pub fn new(inputs: Arc<Inputs>) -> Self {
         Self { inputs }
@@ -67,7 +105,7 @@ impl AdminApi {
             Err(s) => s.code(),
         };
         self.inputs.metrics.call(method, code);
-        result.map(Response::new)
+        result.map(Response::new).map_err(bounded)
     }
 
     async fn create_api_token(
