@@ -216,6 +216,16 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// What the caller is told in the response body. A denial says no more than that: which
+    /// policy and rule decided is for the serving side's access log, not for the caller to
+    /// probe.
+    pub fn public_message(&self) -> String {
+        match self {
+            ProxyError::Denied(_) => "denied by an authorization policy".to_string(),
+            e => e.to_string(),
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProxyError::NoRoute(_) => ErrorKind::NoRoute,

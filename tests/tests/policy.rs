@@ -429,6 +429,10 @@ async fn authorization_allows_listed_callers_and_denies_the_rest() {
         m.contains("quiver_authz_denied_total{service=\"reviews\"} 20"),
         "{m}"
     );
+    // The caller learns that it was denied, not which policy or rule decided.
+    let (status, body) = quiver_tests::client::get_text(stranger.bound.outbound[0], "/").await;
+    assert_eq!(status, 403);
+    assert_eq!(body.trim(), "denied by an authorization policy");
 
     // Deny-all by default: a service no policy speaks about refuses everyone.
     let app = start_tagged_echo(Behaviour {

@@ -134,7 +134,7 @@ pub fn check_header_size(headers: &HeaderMap, limit: usize) -> Result<(), ProxyE
 
 /// The response the proxy sends when it cannot deliver a request.
 pub fn error_response(e: &ProxyError) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(format!("{e}\n")));
+    let mut resp = Response::new(body::full(format!("{}\n", e.public_message())));
     *resp.status_mut() = e.status();
     resp.headers_mut()
         .insert(ERROR_HEADER, HeaderValue::from_static(e.reason()));

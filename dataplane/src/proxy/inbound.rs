@@ -130,6 +130,8 @@ async fn request(
     let port = match decided {
         Ok(p) => p,
         Err(e) => {
+            // The deciding rule goes to the access log (`policy=`), not to the caller.
+            record.set_detail(e.to_string());
             record.fail(&e);
             send_error(&mut stream, &e).await;
             return;
@@ -228,7 +230,9 @@ fn error_head(e: &ProxyError) -> Response<()> {
 /// Answer with the proxy's own error, on a whole request stream or its sending half.
 async fn send_error(stream: &mut impl Respond, e: &ProxyError) {
     if stream.send_response(error_head(e)).await.is_ok() {
-        let _ = stream.send_data(Bytes::from(format!("{e}\n"))).await;
+        let _ = stream
+            .send_data(Bytes::from(format!("{}\n", e.public_message())))
+            .await;
         let _ = stream.finish().await;
     }
 }
