@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use prometheus_client::registry::Registry;
 use quiver_api::v1;
 use tokio::net::TcpListener;
@@ -91,6 +91,17 @@ pub struct Config {
     /// Directory of the built web console (console/build.sh writes console/dist), served at /.
     #[arg(long, env = "QUIVER_CONSOLE_DIR")]
     pub console_dir: Option<PathBuf>,
+    /// An origin, besides the API's own, whose pages may call the API from a browser
+    /// (gRPC-web, CORS), as scheme://host[:port]. Repeatable; the environment variable takes
+    /// a comma-separated list. The console is served from the API's own origin and needs none.
+    #[arg(
+        long = "cors-origin",
+        env = "QUIVER_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        value_parser = cors_origin
+    )]
+    pub cors_origins: Vec<String>,
     /// Also export every accepted span over OTLP/gRPC to this endpoint (an OpenTelemetry
     /// Collector, Jaeger, Tempo): http://host:4317, or https://host[:port] verified against
     /// the system's CA certificates. See docs/otlp-export.md.
@@ -132,6 +143,21 @@ fn lease_ttl(s: &str) -> Result<Duration, String> {
         d if d < Duration::from_secs(1) => Err("must be at least 1s".into()),
         d => Ok(d),
     }
+}
+
+/// `scheme://host[:port]` as a browser sends it in `Origin` (no path, no trailing slash).
+fn cors_origin(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let scheme = uri.scheme_str().unwrap_or_default();
+    if !matches!(scheme, "http" | "https") || uri.authority().is_none() {
+        return Err(format!(
+            "{s:?}: an origin is http:// or https:// and a host"
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("{s:?}: an origin has no path or query"));
+    }
+    Ok(s.trim_end_matches('/').to_string())
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -379,7 +405,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let server = builder
-        .layer(cors())
+        .layer(cors(config.cors_origins.clone()))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), stopped(shutdown_rx.clone()));
     let discovery = tonic::transport::Server::builder()
@@ -417,13 +443,34 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// CORS for the console and other browser clients speaking gRPC-web.
-fn cors() -> CorsLayer {
+/// CORS for browser clients speaking gRPC-web from another origin: only the API's own origin
+/// (the console; same-origin requests need no CORS, but browsers send `Origin` on them) and
+/// the operator's `--cors-origin` list. A page anywhere else cannot read an answer, so a
+/// token in a browser cannot be used by another site.
+fn cors(allowed: Vec<String>) -> CorsLayer {
     let names = |list: &[&'static str]| -> Vec<HeaderName> {
         list.iter().map(|h| HeaderName::from_static(h)).collect()
     };
     CorsLayer::new()
-        .allow_origin(AllowOrigin::mirror_request())
+        .allow_origin(AllowOrigin::predicate(
+            move |origin: &HeaderValue, req: &http::request::Parts| {
+                let Ok(origin) = origin.to_str() else {
+                    return false;
+                };
+                let own = req
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| req.uri.authority().map(http::uri::Authority::as_str))
+                    .is_some_and(|host| {
+                        origin
+                            .strip_prefix("http://")
+                            .or_else(|| origin.strip_prefix("https://"))
+                            == Some(host)
+                    });
+                own || allowed.iter().any(|a| a == origin)
+            },
+        ))
         .allow_methods([http::Method::POST, http::Method::GET, http::Method::OPTIONS])
         .allow_headers(names(&[
             "content-type",

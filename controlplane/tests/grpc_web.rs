@@ -28,6 +28,16 @@ async fn grpc_web_call(
     token: Option<&str>,
     msg: &impl Message,
 ) -> WebResponse {
+    grpc_web_call_from(addr, method, token, msg, "http://console.example").await
+}
+
+async fn grpc_web_call_from(
+    addr: std::net::SocketAddr,
+    method: &str,
+    token: Option<&str>,
+    msg: &impl Message,
+    origin: &str,
+) -> WebResponse {
     let payload = msg.encode_to_vec();
     let mut body = BytesMut::new();
     body.put_u8(0);
@@ -43,7 +53,7 @@ async fn grpc_web_call(
         .header("host", addr.to_string())
         .header("content-type", "application/grpc-web+proto")
         .header("x-grpc-web", "1")
-        .header("origin", "http://console.example");
+        .header("origin", origin);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -95,7 +105,12 @@ async fn grpc_web_call(
 #[tokio::test]
 async fn grpc_web_and_native_grpc_give_the_same_answers() {
     let db = SqliteTestDb::create();
-    let server = TestServer::start(None, db.dir.path()).await;
+    let server = TestServer::start_with(
+        None,
+        db.dir.path(),
+        &["--cors-origin", "http://console.example"],
+    )
+    .await;
     let admin = server.admin.clone();
 
     // Apply over gRPC-web, read back over native gRPC.
@@ -170,33 +185,70 @@ async fn grpc_web_and_native_grpc_give_the_same_answers() {
 #[tokio::test]
 async fn cors_preflight_is_answered() {
     let db = SqliteTestDb::create();
-    let server = TestServer::start(None, db.dir.path()).await;
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::options("/quiver.v1.MeshAdmin/ListRoutes")
-        .header("host", server.addr.to_string())
-        .header("origin", "http://console.example")
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "content-type,x-grpc-web,authorization",
-        )
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    assert!(resp.status().is_success(), "{:?}", resp.status());
-    let allowed = resp
-        .headers()
-        .get("access-control-allow-headers")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    assert!(
-        allowed.contains("authorization") && allowed.contains("x-grpc-web"),
-        "{allowed}"
-    );
+    let server = TestServer::start_with(
+        None,
+        db.dir.path(),
+        &["--cors-origin", "http://console.example"],
+    )
+    .await;
+    // The allowed foreign origin, the API's own origin, and a stranger.
+    let own = format!("http://{}", server.addr);
+    for (origin, allowed) in [
+        ("http://console.example", true),
+        (own.as_str(), true),
+        ("http://evil.example", false),
+        ("http://console.example.evil.example", false),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::options("/quiver.v1.MeshAdmin/ListRoutes")
+            .header("host", server.addr.to_string())
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,x-grpc-web,authorization",
+            )
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert!(resp.status().is_success(), "{:?}", resp.status());
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        };
+        if allowed {
+            assert_eq!(header("access-control-allow-origin"), origin, "{origin}");
+            let headers = header("access-control-allow-headers");
+            assert!(
+                headers.contains("authorization") && headers.contains("x-grpc-web"),
+                "{headers}"
+            );
+        } else {
+            assert_eq!(
+                header("access-control-allow-origin"),
+                "",
+                "{origin} was allowed"
+            );
+        }
+    }
+    // A gRPC-web call from a stranger's page is served (CORS is the browser's check), but
+    // its answer carries no allow-origin, so the browser withholds it from the page.
+    let r = grpc_web_call_from(
+        server.addr,
+        "ListServices",
+        Some(&server.admin),
+        &v1::ListRequest::default(),
+        "http://evil.example",
+    )
+    .await;
+    assert_eq!(r.allow_origin, None);
     server.stop().await;
 }
