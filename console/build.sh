@@ -31,7 +31,7 @@ done
 
 # The console compiles quiver-api (without its "full" feature) and quiver-policy in.
 inputs=("$here/src" "$here/Cargo.toml" "$here/Cargo.lock" "$here/build.rs" "$here/index.html"
-        "$here/style.css" "$root/proto" "$root/policy" "$root/Cargo.toml")
+        "$here/boot.js" "$here/style.css" "$root/proto" "$root/policy" "$root/Cargo.toml")
 if [ "$if_stale" = 1 ] && [ -f "$dist/.stamp" ] && [ -f "$dist/index.html" ]; then
   newer="$(find "${inputs[@]}" -newer "$dist/.stamp" -print -quit 2>/dev/null || true)"
   if [ -z "$newer" ]; then
@@ -129,7 +129,11 @@ mkdir "$stage/dist"
 cp "$stage/bg/quiver_console.js" "$stage/dist/$js"
 cp "$stage/bg/quiver_console_bg.wasm" "$stage/dist/$bg"
 cp style.css "$stage/dist/$css"
-sed -e "s|@JS@|$js|g" -e "s|@WASM@|$bg|g" -e "s|@STYLE@|$css|g" index.html > "$stage/dist/index.html"
+sed -e "s|@JS@|$js|g" -e "s|@WASM@|$bg|g" boot.js > "$stage/boot.js"
+boot="boot-$(hash "$stage/boot.js").js"
+cp "$stage/boot.js" "$stage/dist/$boot"
+sed -e "s|@BOOT@|$boot|g" -e "s|@JS@|$js|g" -e "s|@WASM@|$bg|g" -e "s|@STYLE@|$css|g" \
+  index.html > "$stage/dist/index.html"
 touch "$stage/dist/.stamp"
 rm -rf "$dist"
 mv "$stage/dist" "$dist"
@@ -137,7 +141,7 @@ mv "$stage/dist" "$dist"
 size() { stat -c %s "$1"; }
 gz() { gzip -9 -c "$1" | wc -c; }
 total=0; total_gz=0
-for f in "$dist/$bg" "$dist/$js" "$dist/$css" "$dist/index.html"; do
+for f in "$dist/$bg" "$dist/$js" "$dist/$boot" "$dist/$css" "$dist/index.html"; do
   total=$((total + $(size "$f"))); total_gz=$((total_gz + $(gz "$f")))
 done
 say "built $dist in $(( $(date +%s) - started ))s"

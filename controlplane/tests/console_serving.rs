@@ -96,6 +96,18 @@ async fn serves_the_bundle_with_types_caching_and_spa_fallback() {
     assert_eq!(index.header("content-type"), "text/html; charset=utf-8");
     assert_eq!(index.header("cache-control"), "no-cache");
     assert!(index.text().contains("Quiver console"));
+    // No framing by other sites, and a policy without inline scripts or foreign sources.
+    assert_eq!(index.header("x-frame-options"), "DENY");
+    let csp = index.header("content-security-policy");
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self' 'wasm-unsafe-eval'",
+        "frame-ancestors 'none'",
+        "object-src 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert!(!csp.contains("script-src 'self' 'unsafe-inline'"), "{csp}");
     let etag = index.header("etag").to_string();
     assert!(etag.starts_with('"'), "{etag:?}");
 
