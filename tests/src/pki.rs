@@ -75,7 +75,7 @@ impl Pki {
             bundle: d.join("bundle.pem"),
         };
         std::fs::write(&files.cert, &leaf.chain_pem).expect("write");
-        std::fs::write(&files.key, &leaf.key_pem).expect("write");
+        write_private(&files.key, &leaf.key_pem);
         std::fs::write(&files.bundle, bundle_pem).expect("write");
         files
     }
@@ -113,4 +113,11 @@ fn rand_u64() -> u64 {
 /// Render a path for YAML.
 pub fn yaml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
+}
+
+/// Write a private key readable by its owner only (mode 0600), as a proxy requires.
+pub fn write_private(path: &Path, pem: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }

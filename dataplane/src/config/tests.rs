@@ -21,7 +21,7 @@ fn identity_dir() -> PathBuf {
         )
         .unwrap();
     std::fs::write(dir.join("cert.pem"), &leaf.chain_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), &leaf.key_pem).unwrap();
+    write_private(&dir.join("key.pem"), &leaf.key_pem);
     std::fs::write(dir.join("bundle.pem"), ca.cert_pem()).unwrap();
     dir
 }
@@ -39,6 +39,26 @@ services:
     endpoints:
       - {address: "127.0.0.1:15444", identity: "spiffe://mesh.local/ns/default/sa/reviews"}
 "#;
+
+/// A private key file (0600), as the proxy requires.
+fn write_private(path: &Path, pem: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn a_key_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = identity_dir();
+    let key = dir.join("key.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = errors(GOOD, &dir);
+    assert!(has(&e, "identity.key", "mode 644"), "{e:#?}");
+    assert!(has(&e, "identity.key", "chmod 600"), "{e:#?}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ProxyConfig::parse(GOOD, &dir).unwrap();
+}
 
 fn errors(yaml: &str, dir: &Path) -> Vec<FieldError> {
     ProxyConfig::parse(yaml, dir).unwrap_err().0
@@ -150,7 +170,7 @@ fn identity_problems_are_config_errors() {
     let dir = identity_dir();
     // A key that does not belong to the certificate.
     let other = CertificateAuthority::generate("mesh.local", Duration::from_secs(60)).unwrap();
-    std::fs::write(dir.join("other.key"), other.key_pem()).unwrap();
+    write_private(&dir.join("other.key"), other.key_pem());
     let e = errors(&GOOD.replace("key: key.pem", "key: other.key"), &dir);
     assert!(has(&e, "identity.key", "does not match"), "{e:#?}");
     // An endpoint identity from another trust domain could never be accepted.
