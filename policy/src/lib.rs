@@ -10,7 +10,8 @@
 //! Map: [`route`] (rules and weighted backends), [`balance`] (which endpoint: P2C over
 //! peak-EWMA, round-robin, locality, reported load), [`breaker`] (concurrency limits),
 //! [`outlier`] (ejection), [`retry`] (eligibility, backoff, budget), [`fault`] (delay, abort,
-//! mirror), [`authz`] (inbound allow/deny), [`mesh`] (mesh-wide defaults), [`plan`] (one
+//! mirror), [`authz`] (inbound allow/deny), [`mesh`] (mesh-wide defaults), [`path`] (the one
+//! normal form of a request path that routes and authorization match), [`plan`] (one
 //! request's combined decision).
 //!
 //! The input is the `quiver.v1` specs themselves (`RouteSpec`, `AuthorizationPolicySpec`,
