@@ -121,20 +121,15 @@ fn read(path: &Path) -> Result<String, CaError> {
 
 /// Read a private key, refusing one that group or others can read.
 fn read_private(path: &Path) -> Result<String, CaError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|source| CaError::Read {
+    let shared = quiver_api::certs::shared_key_mode(path).map_err(|source| CaError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if let Some(mode) = shared {
+        return Err(CaError::KeyMode {
             path: path.display().to_string(),
-            source,
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(CaError::KeyMode {
-                path: path.display().to_string(),
-                mode,
-            });
-        }
+            mode,
+        });
     }
     read(path)
 }

@@ -597,20 +597,6 @@ fn validate_control_plane(
     })
 }
 
-/// The permission bits of `path` when group or others may read or write it (a private key
-/// must be the owner's alone); None when it is private or cannot be read.
-#[cfg(unix)]
-fn shared_mode(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then_some(mode)
-}
-
-#[cfg(not(unix))]
-fn shared_mode(_path: &Path) -> Option<u32> {
-    None
-}
-
 fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     let mut errs = Vec::new();
     let mut err = |field: String, reason: String| {
@@ -665,7 +651,8 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
                     err(field.into(), format!("{}: {e}", p.display()));
                 }
             }
-            if let Some(mode) = shared_mode(&paths.key) {
+            // A missing key is reported above; here only one that others can read.
+            if let Ok(Some(mode)) = quiver_api::certs::shared_key_mode(&paths.key) {
                 err(
                     "identity.key".into(),
                     format!(

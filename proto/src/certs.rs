@@ -290,3 +290,18 @@ fn random_serial() -> SerialNumber {
 fn to_offset(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
 }
+/// The permission bits of a private-key file when group or others may read or write it
+/// (`Ok(None)` when it is the owner's alone). The one rule for the control plane's CA key and
+/// a static-mode proxy's key.
+pub fn shared_key_mode(path: &std::path::Path) -> std::io::Result<Option<u32>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        Ok((mode & 0o077 != 0).then_some(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).map(|_| None)
+    }
+}

@@ -47,13 +47,7 @@ impl DiscoveryApi {
         method: &'static str,
         f: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
-        let result = f.await;
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        self.inputs.metrics.call(method, code);
-        result.map(Response::new).map_err(super::bounded)
+        super::answer(&self.inputs, method, f).await
     }
 
     async fn join(&self, req: v1::JoinRequest) -> Result<v1::JoinResponse, Status> {

@@ -50,6 +50,22 @@ pub struct AdminApi {
     inputs: Arc<Inputs>,
 }
 
+/// Run a handler of either service: count its outcome by method and code, and bound its
+/// error message ([`bounded`]).
+pub(crate) async fn answer<T>(
+    inputs: &Inputs,
+    method: &'static str,
+    f: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let result = f.await;
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    };
+    inputs.metrics.call(method, code);
+    result.map(Response::new).map_err(bounded)
+}
+
 /// The longest line of an error message, and the most lines, that a caller gets back.
 const MAX_MESSAGE_LINE: usize = 256;
 const MAX_MESSAGE_LINES: usize = 64;
@@ -58,7 +74,7 @@ const MAX_MESSAGE_LINES: usize = 64;
 /// the first line naming the object) is cut at [`MAX_MESSAGE_LINE`] bytes and at most
 /// [`MAX_MESSAGE_LINES`] lines are kept, so a 100 KB name does not come back in
 /// `grpc-message`. The line structure the console and quiverctl read is kept.
-pub(crate) fn bounded(status: Status) -> Status {
+fn bounded(status: Status) -> Status {
     let message = status.message();
     let too_long = message.lines().count() > MAX_MESSAGE_LINES
         || message.lines().any(|l| l.len() > MAX_MESSAGE_LINE);
@@ -99,13 +115,7 @@ impl AdminApi {
         method: &'static str,
         f: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
-        let result = f.await;
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        self.inputs.metrics.call(method, code);
-        result.map(Response::new).map_err(bounded)
+        answer(&self.inputs, method, f).await
     }
 
     async fn create_api_token(
