@@ -443,6 +443,13 @@ pub fn MeshPage() -> impl IntoView {
             s.default_policy.clone()
         }
     });
+    let cross = get(|s| {
+        if s.cross_namespace_policy.is_empty() {
+            "DENY".into()
+        } else {
+            s.cross_namespace_policy.clone()
+        }
+    });
     let save = move |e: leptos::ev::SubmitEvent| {
         e.prevent_default();
         let Some(config) = draft.get_untracked() else {
@@ -489,6 +496,17 @@ pub fn MeshPage() -> impl IntoView {
                                 </label>
                             }).collect_view()}
                             <FieldErr form=form path="spec.defaultPolicy" />
+                        </fieldset>
+                        <fieldset class="radio-group">
+                            <legend>"Callers from another namespace"</legend>
+                            {["DENY", "ALLOW"].into_iter().map(|p| view! {
+                                <label class="radio">
+                                    <input type="radio" name="cross-namespace-policy" value=p prop:checked=move || cross() == p
+                                        on:change=move |_| set(|s, v| s.cross_namespace_policy = v, p.to_string()) />
+                                    {if p == "DENY" { " Only where an allow rule names them (default)" } else { " Judge them like callers of the same namespace" }}
+                                </label>
+                            }).collect_view()}
+                            <FieldErr form=form path="spec.crossNamespacePolicy" />
                         </fieldset>
                         <div class="row">
                             <div class="field">

@@ -111,6 +111,44 @@ async fn quiverctl_end_to_end() {
         "{table}"
     );
 
+    // The authorization defaults in effect are always shown, stored or not.
+    let mesh = ctl.ok(&["get", "meshconfig"], None).await;
+    assert_eq!(
+        mesh.trim(),
+        "No MeshConfig resources found: the defaults apply (defaultPolicy ALLOW, \
+         crossNamespacePolicy DENY)."
+    );
+    ctl.ok(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {name: mesh}\n\
+             spec: {defaultPolicy: DENY}\n"
+                .into(),
+        ),
+    )
+    .await;
+    let mesh = ctl.ok(&["get", "meshconfig"], None).await;
+    assert!(
+        mesh.contains("DEFAULT-POLICY   CROSS-NAMESPACE")
+            && mesh.contains("default     mesh   ")
+            && mesh.trim_end().ends_with("DENY             DENY"),
+        "{mesh}"
+    );
+    let err = ctl
+        .fails(
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {name: mesh}\n\
+                 spec: {crossNamespacePolicy: open}\n"
+                    .into(),
+            ),
+        )
+        .await;
+    assert!(
+        err.contains("spec.crossNamespacePolicy") && err.contains("must be ALLOW or DENY"),
+        "{err}"
+    );
+
     // Editing a stale copy is refused with the conflict and a non-zero exit.
     let edited = yaml
         .replace("weight: 90", "weight: 80")

@@ -617,6 +617,8 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     let mut identity = None;
     let mut control_plane = None;
     let mut trust_domain = None;
+    // The namespace of the identity: authorization scopes callers by it.
+    let mut namespace = None;
     match (&file.identity, &file.control_plane) {
         (Some(_), Some(_)) => err(
             "control_plane".into(),
@@ -676,6 +678,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
                             );
                         }
                         trust_domain = Some(id.trust_domain().to_string());
+                        namespace = id.spiffe_id.workload_parts().map(|(ns, _)| ns.to_string());
                     }
                     Err(e) => err("identity".into(), e.to_string()),
                 }
@@ -891,6 +894,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         routes: file.routes,
         authorization: file.authorization,
         mesh: file.mesh,
+        namespace,
     };
     // The file lists every service this proxy may call: a route naming another is a mistake.
     let snapshot = Snapshot::build(

@@ -2,8 +2,10 @@
 //! this service?
 //!
 //! Owns the compilation of `quiver.v1.AuthorizationPolicySpec` (patterns checked once, errors
-//! with field paths) and the evaluation: deny rules first,
-//! then allow rules, then the mesh default. It must not read certificates or answer
+//! with field paths) and the evaluation: deny rules first, then the namespace scope (a caller
+//! from another namespace needs an allow rule that names it, unless MeshConfig
+//! `crossNamespacePolicy: ALLOW`), then allow rules, then the mesh default. It must not read
+//! certificates or answer
 //! requests: the data path passes the peer's verified SPIFFE id and answers a
 //! [`Verdict::Denied`] with 403 and `quiver-error: denied` (or refuses a CONNECT).
 
@@ -16,7 +18,7 @@ use quiver_api::{SpiffeId, v1};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::fields::{self, err};
-use crate::mesh::DefaultPolicy;
+use crate::mesh::{CrossNamespace, DefaultPolicy};
 
 /// An AuthorizationPolicy's spec with its name (`metadata.name`), quoted in verdicts and
 /// access logs. A proxy's static file writes it flat: `name` beside the spec's fields.
@@ -66,6 +68,9 @@ pub enum Reason {
     NoAllowMatched,
     /// No policy's rules decided; the mesh default did.
     MeshDefault,
+    /// The caller is from another namespace and no allow rule names it
+    /// (`crossNamespacePolicy: DENY`).
+    OtherNamespace,
 }
 
 impl fmt::Display for Reason {
@@ -74,6 +79,9 @@ impl fmt::Display for Reason {
             Reason::Rule(r) => f.write_str(r),
             Reason::NoAllowMatched => f.write_str("no allow rule matched"),
             Reason::MeshDefault => f.write_str("mesh default"),
+            Reason::OtherNamespace => {
+                f.write_str("caller from another namespace, and no allow rule names it")
+            }
         }
     }
 }
@@ -166,12 +174,40 @@ enum PathPattern {
     Prefix(String),
 }
 
+impl PathPattern {
+    fn matches(&self, path: &str, ignore_case: bool) -> bool {
+        let same = |a: &[u8], b: &[u8]| {
+            if ignore_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        let path = path.as_bytes();
+        match self {
+            // `/admin` and `/admin/` are one resource to most apps: an exact pattern covers
+            // both, so a trailing slash cannot slip past a deny.
+            PathPattern::Exact(e) => {
+                same(path, e.as_bytes())
+                    || path
+                        .strip_suffix(b"/")
+                        .is_some_and(|p| same(p, e.as_bytes()))
+            }
+            PathPattern::Prefix(pre) => path
+                .get(..pre.len())
+                .is_some_and(|head| same(head, pre.as_bytes())),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Rule {
     label: Arc<str>,
     sources: Vec<SourcePattern>,
     methods: Vec<String>,
     paths: Vec<PathPattern>,
+    /// `ignoreCase`: paths compare without regard to ASCII case.
+    ignore_case: bool,
 }
 
 impl Rule {
@@ -188,12 +224,7 @@ impl Rule {
         self.source_matches(source)
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
             && (self.paths.is_empty()
-                || self.paths.iter().any(|p| match p {
-                    // `/admin` and `/admin/` are one resource to most apps: an exact
-                    // pattern covers both, so a trailing slash cannot slip past a deny.
-                    PathPattern::Exact(e) => path == e || path.strip_suffix('/') == Some(e),
-                    PathPattern::Prefix(pre) => path.starts_with(pre.as_str()),
-                }))
+                || self.paths.iter().any(|p| p.matches(path, self.ignore_case)))
     }
 }
 
@@ -203,24 +234,52 @@ struct ServiceRules {
     deny: Vec<Rule>,
 }
 
-/// Every policy compiled and grouped by service, with the mesh default.
+/// What decides a request no rule speaks about: where the guarded services live and the
+/// mesh's defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope {
+    /// The namespace of the services this authorizer guards: the serving proxy's own (the
+    /// namespace of its SPIFFE id). `None` when its id has none: callers are then not told
+    /// apart by namespace.
+    pub namespace: Option<String>,
+    /// MeshConfig `defaultPolicy`.
+    pub default: DefaultPolicy,
+    /// MeshConfig `crossNamespacePolicy`.
+    pub cross_namespace: CrossNamespace,
+}
+
+impl Scope {
+    /// Whether `source` must pass the cross-namespace rule: scoping is on and the caller is
+    /// not a workload of the guarded namespace (no id, or an id of another shape, counts as
+    /// foreign).
+    fn is_foreign(&self, source: Option<&SpiffeId>) -> bool {
+        match (&self.namespace, self.cross_namespace) {
+            (Some(home), CrossNamespace::Deny) => source
+                .and_then(SpiffeId::workload_parts)
+                .is_none_or(|(ns, _)| ns != home),
+            _ => false,
+        }
+    }
+}
+
+/// Every policy compiled and grouped by service, with the scope they are judged in.
 #[derive(Debug, Clone, Default)]
 pub struct Authorizer {
     services: HashMap<String, ServiceRules>,
-    default: DefaultPolicy,
+    scope: Scope,
 }
 
 impl Authorizer {
     /// Compile `policies`; `at` is their list's field path (e.g. `authorization`).
     pub fn compile(
         policies: &[NamedPolicy],
-        default: DefaultPolicy,
+        scope: Scope,
         at: &str,
     ) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut authorizer = Self {
             services: HashMap::new(),
-            default,
+            scope,
         };
         for (i, p) in policies.iter().enumerate() {
             let path = format!("{at}[{i}]");
@@ -256,18 +315,49 @@ impl Authorizer {
         }
     }
 
+    /// The scope requests are judged in.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
     fn mesh_default(&self) -> Verdict {
-        match self.default {
+        match self.scope.default {
             DefaultPolicy::Allow => Verdict::Allowed(Reason::MeshDefault),
             DefaultPolicy::Deny => Verdict::Denied(Reason::MeshDefault),
+        }
+    }
+
+    /// After the deny rules: the first allow rule `admits` (all of them when the caller is
+    /// of the guarded namespace; only those naming their sources when it is foreign), else
+    /// the mesh default for a service without allow rules.
+    fn allow_or_default(
+        &self,
+        rules: Option<&ServiceRules>,
+        source: Option<&SpiffeId>,
+        admits: impl Fn(&Rule) -> bool,
+    ) -> Verdict {
+        let allow = rules.map_or(&[][..], |r| &r.allow[..]);
+        if self.scope.is_foreign(source) {
+            return match allow.iter().find(|r| !r.sources.is_empty() && admits(r)) {
+                Some(r) => Verdict::Allowed(Reason::Rule(r.label.clone())),
+                None => Verdict::Denied(Reason::OtherNamespace),
+            };
+        }
+        if allow.is_empty() {
+            return self.mesh_default();
+        }
+        match allow.iter().find(|r| admits(r)) {
+            Some(r) => Verdict::Allowed(Reason::Rule(r.label.clone())),
+            None => Verdict::Denied(Reason::NoAllowMatched),
         }
     }
 
     /// Decide an HTTP request to `service` from `source` (the caller's verified SPIFFE id;
     /// `None` if it has none, which only rules without `sources` match) for `method` and
     /// `path` (without the query). Deny rules of every policy on the service come first;
-    /// then, if the service has any allow rule, one must match; otherwise the mesh default
-    /// decides.
+    /// a caller from another namespace then needs an allow rule that names it (unless the
+    /// mesh allows cross-namespace calls); otherwise, if the service has any allow rule, one
+    /// must match, and without allow rules the mesh default decides.
     pub fn evaluate(
         &self,
         service: &str,
@@ -275,19 +365,13 @@ impl Authorizer {
         method: &str,
         path: &str,
     ) -> Verdict {
-        let Some(rules) = self.services.get(service) else {
-            return self.mesh_default();
-        };
-        if let Some(r) = rules.deny.iter().find(|r| r.matches(source, method, path)) {
+        let rules = self.services.get(service);
+        if let Some(r) =
+            rules.and_then(|rs| rs.deny.iter().find(|r| r.matches(source, method, path)))
+        {
             return Verdict::Denied(Reason::Rule(r.label.clone()));
         }
-        if rules.allow.is_empty() {
-            return self.mesh_default();
-        }
-        match rules.allow.iter().find(|r| r.matches(source, method, path)) {
-            Some(r) => Verdict::Allowed(Reason::Rule(r.label.clone())),
-            None => Verdict::Denied(Reason::NoAllowMatched),
-        }
+        self.allow_or_default(rules, source, |r| r.matches(source, method, path))
     }
 
     /// Decide an opaque TCP connection (a CONNECT stream) to `service` from `source`. It has
@@ -295,23 +379,13 @@ impl Authorizer {
     /// does): a deny rule ignores them and denies on its sources alone; an allow rule with
     /// them never matches.
     pub fn evaluate_tcp(&self, service: &str, source: Option<&SpiffeId>) -> Verdict {
-        let Some(rules) = self.services.get(service) else {
-            return self.mesh_default();
-        };
-        if let Some(r) = rules.deny.iter().find(|r| r.source_matches(source)) {
+        let rules = self.services.get(service);
+        if let Some(r) = rules.and_then(|rs| rs.deny.iter().find(|r| r.source_matches(source))) {
             return Verdict::Denied(Reason::Rule(r.label.clone()));
         }
-        if rules.allow.is_empty() {
-            return self.mesh_default();
-        }
-        let allow = rules
-            .allow
-            .iter()
-            .find(|r| !r.is_http_only() && r.source_matches(source));
-        match allow {
-            Some(r) => Verdict::Allowed(Reason::Rule(r.label.clone())),
-            None => Verdict::Denied(Reason::NoAllowMatched),
-        }
+        self.allow_or_default(rules, source, |r| {
+            !r.is_http_only() && r.source_matches(source)
+        })
     }
 }
 
@@ -352,6 +426,7 @@ fn compile_rule(
         sources,
         methods: r.methods.clone(),
         paths,
+        ignore_case: r.ignore_case,
     })
 }
 

@@ -1,5 +1,5 @@
-//! Mesh-wide settings, compiled from `quiver.v1.MeshConfigSpec`: the authorization default,
-//! the request timeout of rules that set none, the certificate lifetime and tracing.
+//! Mesh-wide settings, compiled from `quiver.v1.MeshConfigSpec`: the authorization default
+//! and cross-namespace rule, the request timeout of rules that set none, the certificate lifetime and tracing.
 //!
 //! It must not apply any of them: [`crate::authz`] reads the default, [`crate::plan`] the
 //! timeout, the control plane's CA the lifetime and the proxy's telemetry the tracing rule.
@@ -19,10 +19,44 @@ pub enum DefaultPolicy {
     Deny,
 }
 
+/// What a serving proxy does with a caller from another namespace. The control plane offers
+/// a proxy only the services of its own namespace; this is the same scope held at the callee,
+/// where a caller that dials a proxy directly cannot get around it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CrossNamespace {
+    /// Only an allow rule that names the caller in its `sources` admits it; rules without
+    /// `sources` and the mesh default never do.
+    #[default]
+    Deny,
+    /// Callers of other namespaces are judged like callers of the same namespace.
+    Allow,
+}
+
+impl DefaultPolicy {
+    /// The MeshConfig spelling (`defaultPolicy`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "ALLOW",
+            Self::Deny => "DENY",
+        }
+    }
+}
+
+impl CrossNamespace {
+    /// The MeshConfig spelling (`crossNamespacePolicy`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "ALLOW",
+            Self::Deny => "DENY",
+        }
+    }
+}
+
 /// Mesh-wide settings (an unset MeshConfig compiles to the defaults).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Mesh {
     pub default_policy: DefaultPolicy,
+    pub cross_namespace: CrossNamespace,
     /// Request timeout for rules that set none.
     pub default_timeout: Option<Duration>,
     /// Certificate lifetime (read by the control plane only).
@@ -61,6 +95,17 @@ impl Mesh {
                 DefaultPolicy::Allow
             }
         };
+        let cross_namespace = match spec.cross_namespace_policy.as_str() {
+            "" | "DENY" => CrossNamespace::Deny,
+            "ALLOW" => CrossNamespace::Allow,
+            _ => {
+                errors.push(err(
+                    format!("{at}.crossNamespacePolicy"),
+                    "must be ALLOW or DENY",
+                ));
+                CrossNamespace::Deny
+            }
+        };
         let default_timeout = fields::duration(
             errors,
             &format!("{at}.defaultTimeout"),
@@ -95,6 +140,7 @@ impl Mesh {
         }
         (errors.len() == before).then_some(Self {
             default_policy,
+            cross_namespace,
             default_timeout,
             svid_ttl,
             tracing,
@@ -132,6 +178,7 @@ mod tests {
     fn unset_is_the_defaults() {
         let m = compile("{}").unwrap();
         assert_eq!(m, Mesh::default());
+        assert_eq!(m.cross_namespace, CrossNamespace::Deny);
         assert_eq!(m.tracing.rate(), 0.01);
         assert_eq!(m.tracing.slow(), Duration::from_secs(1));
     }
@@ -139,10 +186,11 @@ mod tests {
     #[test]
     fn values_are_read_and_zero_sampling_is_kept() {
         let m = compile(
-            "defaultPolicy: DENY\ndefaultTimeout: 15s\nsvidTtl: 1h\ntracing: {samplingPercent: 0, slowThreshold: 250ms}\n",
+            "defaultPolicy: DENY\ncrossNamespacePolicy: ALLOW\ndefaultTimeout: 15s\nsvidTtl: 1h\ntracing: {samplingPercent: 0, slowThreshold: 250ms}\n",
         )
         .unwrap();
         assert_eq!(m.default_policy, DefaultPolicy::Deny);
+        assert_eq!(m.cross_namespace, CrossNamespace::Allow);
         assert_eq!(m.default_timeout, Some(Duration::from_secs(15)));
         assert_eq!(m.svid_ttl, Some(Duration::from_secs(3600)));
         assert_eq!(m.tracing.rate(), 0.0);
@@ -152,7 +200,7 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let e = compile(
-            "defaultPolicy: deny\ndefaultTimeout: soon\nsvidTtl: 1m\ntracing: {samplingPercent: 120, slowThreshold: -1s}\n",
+            "defaultPolicy: deny\ncrossNamespacePolicy: open\ndefaultTimeout: soon\nsvidTtl: 1m\ntracing: {samplingPercent: 120, slowThreshold: -1s}\n",
         )
         .unwrap_err();
         let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
@@ -160,12 +208,13 @@ mod tests {
             paths,
             [
                 "mesh.defaultPolicy",
+                "mesh.crossNamespacePolicy",
                 "mesh.defaultTimeout",
                 "mesh.svidTtl",
                 "mesh.tracing.samplingPercent",
                 "mesh.tracing.slowThreshold"
             ]
         );
-        assert_eq!(e[3].1, "120 is outside 0..100");
+        assert_eq!(e[4].1, "120 is outside 0..100");
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use quiver_api::v1;
 use quiver_api::validate::FieldError;
 
-use crate::authz::{Authorizer, NamedPolicy};
+use crate::authz::{Authorizer, NamedPolicy, Scope};
 use crate::balance::Tier;
 use crate::fault::FaultDecision;
 use crate::fields::err;
@@ -32,6 +32,9 @@ pub struct PolicyConfig {
     pub routes: Vec<v1::RouteSpec>,
     pub authorization: Vec<NamedPolicy>,
     pub mesh: v1::MeshConfigSpec,
+    /// The namespace of the services this proxy serves (its SPIFFE id's), which
+    /// authorization scopes callers by; `None` when the id has none.
+    pub namespace: Option<String>,
 }
 
 /// Compiled, immutable policy. A config change compiles a new one and swaps the `Arc`;
@@ -131,12 +134,16 @@ impl Policy {
                 Err(e) => errors.extend(e),
             }
         }
-        let authz =
-            Authorizer::compile(&config.authorization, mesh.default_policy, "authorization")
-                .unwrap_or_else(|e| {
-                    errors.extend(e);
-                    Authorizer::default()
-                });
+        let scope = Scope {
+            namespace: config.namespace.clone(),
+            default: mesh.default_policy,
+            cross_namespace: mesh.cross_namespace,
+        };
+        let authz = Authorizer::compile(&config.authorization, scope, "authorization")
+            .unwrap_or_else(|e| {
+                errors.extend(e);
+                Authorizer::default()
+            });
         let default_rule = Arc::new(CompiledRule::default_for(""));
         if errors.is_empty() {
             Ok(Self {

@@ -51,6 +51,17 @@ impl Pki {
         self.write(sa, &leaf, self.ca.cert_pem())
     }
 
+    /// A valid 1 h SVID for `spiffe://<td>/ns/<namespace>/sa/<sa>` (files under
+    /// `<namespace>.<sa>`).
+    pub fn issue_in(&self, namespace: &str, sa: &str) -> IdentityFiles {
+        let id = SpiffeId::workload(&self.trust_domain, namespace, sa).expect("valid id");
+        let leaf = self
+            .ca
+            .issue(&id, Duration::from_secs(3600))
+            .expect("issue");
+        self.write(&format!("{namespace}.{sa}"), &leaf, self.ca.cert_pem())
+    }
+
     /// An SVID that expired an hour ago.
     pub fn issue_expired(&self, sa: &str) -> IdentityFiles {
         let now = SystemTime::now();

@@ -14,7 +14,7 @@ use http_body_util::Full;
 use quiver_tests::apps::{Behaviour, served, start_tagged_echo};
 use quiver_tests::client::{client, collect};
 use quiver_tests::harness::{RunningProxy, identity_yaml};
-use quiver_tests::pki::Pki;
+use quiver_tests::pki::{IdentityFiles, Pki};
 
 /// What one request came back with: status, which app answered, the proxy's reason.
 #[derive(Debug)]
@@ -101,7 +101,17 @@ async fn caller(
     endpoints: &[(SocketAddr, &str, &str)],
     extra: &str,
 ) -> RunningProxy {
-    let mut y = identity_yaml(&pki.issue(sa));
+    caller_as(pki, &pki.issue(sa), endpoints, extra).await
+}
+
+/// [`caller`] with the given identity files.
+async fn caller_as(
+    pki: &Pki,
+    identity: &IdentityFiles,
+    endpoints: &[(SocketAddr, &str, &str)],
+    extra: &str,
+) -> RunningProxy {
+    let mut y = identity_yaml(identity);
     y.push_str(
         "listen: {quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}
 outbound:
@@ -449,6 +459,84 @@ async fn authorization_allows_listed_callers_and_denies_the_rest() {
             .all(|a| a.status == 403 && a.error == "denied")
     );
     assert_eq!(served("z2"), 0);
+}
+
+/// A workload of another namespace dials the serving proxy directly (the control plane
+/// would never have told it about `reviews`): the serving proxy refuses it unless an allow
+/// rule names it, whatever the mesh default, and `crossNamespacePolicy: ALLOW` lifts that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_from_another_namespace_needs_a_rule_that_names_it() {
+    let pki = Pki::new();
+    let bot = pki.issue_in("games", "bot");
+    let other = pki.issue_in("games", "other");
+    let app = start_tagged_echo(Behaviour {
+        tag: "xns".into(),
+        ..Default::default()
+    })
+    .await;
+    // No policy at all, mesh default ALLOW: the same namespace gets in, games does not.
+    let b = server(&pki, "reviews", app, "").await;
+    let eps = [(b.bound.quic, "reviews", "v1")];
+    let neighbour = caller(&pki, "frontend", &eps, "").await;
+    assert!(
+        run(neighbour.bound.outbound[0], 5, 1, &[])
+            .await
+            .iter()
+            .all(|a| a.status == 200 && a.tag == "xns")
+    );
+    let foreign = caller_as(&pki, &bot, &eps, "").await;
+    let denied = run(foreign.bound.outbound[0], 10, 1, &[]).await;
+    assert!(
+        denied
+            .iter()
+            .all(|a| a.status == 403 && a.error == "denied"),
+        "{:?}",
+        denied.first()
+    );
+    assert_eq!(served("xns"), 5, "a foreign caller reached the app");
+
+    // A rule without sources does not open the service to other namespaces; one naming bot does.
+    let policy = "authorization:
+  - name: open-reads
+    service: reviews
+    allow:
+      - methods: [GET]
+      - sources: [\"spiffe://mesh.local/ns/games/sa/bot\"]
+";
+    let b = server(&pki, "reviews", app, policy).await;
+    let eps = [(b.bound.quic, "reviews", "v1")];
+    let bot_caller = caller_as(&pki, &bot, &eps, "").await;
+    let other_caller = caller_as(&pki, &other, &eps, "").await;
+    assert!(
+        run(bot_caller.bound.outbound[0], 5, 1, &[])
+            .await
+            .iter()
+            .all(|a| a.status == 200)
+    );
+    assert!(
+        run(other_caller.bound.outbound[0], 5, 1, &[])
+            .await
+            .iter()
+            .all(|a| a.status == 403 && a.error == "denied")
+    );
+    assert_eq!(served("xns"), 10);
+
+    // The mesh may choose to judge other namespaces like its own.
+    let b = server(
+        &pki,
+        "reviews",
+        app,
+        "mesh: {crossNamespacePolicy: ALLOW}\n",
+    )
+    .await;
+    let c = caller_as(&pki, &other, &[(b.bound.quic, "reviews", "v1")], "").await;
+    assert!(
+        run(c.bound.outbound[0], 5, 1, &[])
+            .await
+            .iter()
+            .all(|a| a.status == 200)
+    );
+    assert_eq!(served("xns"), 15);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -165,7 +165,7 @@ fn table(kind: Kind, items: &[AnyResource]) -> String {
         Kind::Route => &["SERVICE", "RULES"],
         Kind::Canary => &["SERVICE", "PHASE", "WEIGHT"],
         Kind::AuthorizationPolicy => &["SERVICE", "ALLOW", "DENY"],
-        Kind::MeshConfig => &["DEFAULT-POLICY"],
+        Kind::MeshConfig => &["DEFAULT-POLICY", "CROSS-NAMESPACE"],
         Kind::Workload => &["SERVICE", "ADDRESS", "READY"],
     };
     let mut rows = vec![
@@ -182,6 +182,15 @@ fn table(kind: Kind, items: &[AnyResource]) -> String {
         rows.push(row);
     }
     if rows.len() == 1 {
+        if kind == Kind::MeshConfig {
+            // The settings in effect are never a mystery: say what the defaults are.
+            let mesh = effective_mesh(&v1::MeshConfigSpec::default());
+            return format!(
+                "No MeshConfig resources found: the defaults apply (defaultPolicy {}, \
+                 crossNamespacePolicy {}).\n",
+                mesh[0], mesh[1]
+            );
+        }
         return format!("No {kind} resources found.\n");
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -247,18 +256,22 @@ fn columns(item: &AnyResource) -> Vec<String> {
                 spec.deny.len().to_string(),
             ]
         }
-        AnyResource::MeshConfig(m) => {
-            let spec = m.spec.clone().unwrap_or_default();
-            vec![if spec.default_policy.is_empty() {
-                "ALLOW".into()
-            } else {
-                spec.default_policy
-            }]
-        }
+        AnyResource::MeshConfig(m) => effective_mesh(&m.spec.clone().unwrap_or_default()),
         AnyResource::Workload(w) => {
             let spec = w.spec.clone().unwrap_or_default();
             let ready = w.status.as_ref().is_some_and(|s| s.ready);
             vec![spec.service, spec.address, ready.to_string()]
         }
     }
+}
+
+/// The authorization settings a MeshConfig spec puts in effect (defaults filled in):
+/// `[defaultPolicy, crossNamespacePolicy]`.
+fn effective_mesh(spec: &v1::MeshConfigSpec) -> Vec<String> {
+    let mesh =
+        quiver_policy::mesh::Mesh::compile(spec, "spec", &mut Vec::new()).unwrap_or_default();
+    vec![
+        mesh.default_policy.as_str().into(),
+        mesh.cross_namespace.as_str().into(),
+    ]
 }

@@ -161,6 +161,8 @@ fn policy_config(pushed: &v1::ProxySnapshot, errs: &mut Vec<FieldError>) -> Poli
         }
     }
     config.mesh = pushed.mesh.clone().unwrap_or_default();
+    // The namespace the control plane derived from this proxy's certificate.
+    config.namespace = Some(pushed.namespace.clone()).filter(|ns| !ns.is_empty());
     config
 }
 

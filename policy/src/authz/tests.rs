@@ -4,9 +4,23 @@ fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
 }
 
+/// The scope of these tables: callers of every namespace are judged alike (the
+/// cross-namespace rule has its own tests below).
+fn open_scope(default: DefaultPolicy) -> Scope {
+    Scope {
+        namespace: Some("shop".into()),
+        default,
+        cross_namespace: CrossNamespace::Allow,
+    }
+}
+
 fn authorizer(yaml: &str, default: DefaultPolicy) -> Authorizer {
+    scoped(yaml, open_scope(default))
+}
+
+fn scoped(yaml: &str, scope: Scope) -> Authorizer {
     let policies: Vec<NamedPolicy> = serde_yaml::from_str(yaml).unwrap();
-    Authorizer::compile(&policies, default, "authorization").unwrap()
+    Authorizer::compile(&policies, scope, "authorization").unwrap()
 }
 
 const POLICIES: &str = r#"
@@ -96,10 +110,10 @@ fn deny_all_default_blocks_unlisted_services_only() {
         Verdict::Denied(Reason::MeshDefault)
     );
     assert!(a.evaluate("reviews", Some(&web), "GET", "/").is_allowed());
-    let empty = Authorizer::compile(&[], DefaultPolicy::default(), "authorization").unwrap();
+    let empty = Authorizer::compile(&[], Scope::default(), "authorization").unwrap();
     assert!(
         empty.evaluate("x", None, "GET", "/").is_allowed(),
-        "ALLOW is the default"
+        "ALLOW is the default (without a namespace to scope by)"
     );
 }
 
@@ -145,7 +159,7 @@ fn bad_patterns_are_named() {
 "#,
     )
     .unwrap();
-    let e = Authorizer::compile(&policies, DefaultPolicy::Allow, "authorization").unwrap_err();
+    let e = Authorizer::compile(&policies, Scope::default(), "authorization").unwrap_err();
     let got: Vec<(&str, &str)> = e
         .iter()
         .map(|e| (e.path.as_str(), e.reason.as_str()))
@@ -207,5 +221,136 @@ fn tcp_connections_read_http_fields_the_safe_way() {
     assert_eq!(
         b.evaluate_tcp("redis", Some(&id(PAYMENTS))),
         Verdict::Denied(Reason::MeshDefault)
+    );
+}
+
+#[test]
+fn callers_from_other_namespaces_need_an_allow_rule_that_names_them() {
+    const SHOP_ONLY: &str = r#"
+- name: open
+  service: reviews
+  allow:
+    - paths: ["/public/*"]
+    - sources: ["spiffe://mesh.local/ns/billing/sa/payments"]
+      methods: [GET]
+  deny:
+    - sources: ["spiffe://mesh.local/ns/billing/sa/payments"]
+      paths: ["/admin/*"]
+"#;
+    let scope = Scope {
+        namespace: Some("shop".into()),
+        default: DefaultPolicy::Allow,
+        cross_namespace: CrossNamespace::Deny,
+    };
+    let a = scoped(SHOP_ONLY, scope.clone());
+    let foreign = Verdict::Denied(Reason::OtherNamespace);
+    #[rustfmt::skip]
+    let table: &[(&str, &str, &str, &str, Verdict)] = &[
+        // Same namespace: rules without sources and the mesh default apply as always.
+        ("reviews", WEB, "GET", "/public/a", Verdict::Allowed(Reason::Rule("open.allow[0]".into()))),
+        ("details", WEB, "GET", "/", Verdict::Allowed(Reason::MeshDefault)),
+        // Another namespace: the mesh default (ALLOW) and a rule without sources do not admit it.
+        ("details", STRANGER, "GET", "/", foreign.clone()),
+        ("reviews", STRANGER, "GET", "/public/a", foreign.clone()),
+        ("reviews", OPS, "GET", "/public/a", foreign.clone()),
+        // A rule naming it does, within that rule's methods; deny rules still come first.
+        ("reviews", PAYMENTS, "GET", "/x", Verdict::Allowed(Reason::Rule("open.allow[1]".into()))),
+        ("reviews", PAYMENTS, "POST", "/x", foreign.clone()),
+        ("reviews", PAYMENTS, "GET", "/admin/x", Verdict::Denied(Reason::Rule("open.deny[0]".into()))),
+        // A namespace that only looks alike, another trust domain, or no workload shape.
+        ("details", "spiffe://mesh.local/ns/shop2/sa/web", "GET", "/", foreign.clone()),
+        ("details", "spiffe://mesh.local/ns/shop", "GET", "/", foreign.clone()),
+        ("details", "spiffe://mesh.local/sa/web/ns/shop", "GET", "/", foreign.clone()),
+    ];
+    for (service, source, method, path, want) in table {
+        assert_eq!(
+            a.evaluate(service, Some(&id(source)), method, path),
+            *want,
+            "{service} {source} {method} {path}"
+        );
+    }
+    assert_eq!(a.evaluate("details", None, "GET", "/"), foreign);
+    // TCP: the same rule. deny[0] names payments (its paths do not narrow it for a tunnel);
+    // allow[1] names a method, so it never admits a tunnel.
+    assert_eq!(
+        a.evaluate_tcp("reviews", Some(&id(PAYMENTS))),
+        Verdict::Denied(Reason::Rule("open.deny[0]".into()))
+    );
+    assert_eq!(a.evaluate_tcp("reviews", Some(&id(STRANGER))), foreign);
+    assert!(a.evaluate_tcp("details", Some(&id(WEB))).is_allowed());
+    // crossNamespacePolicy: ALLOW judges them like everyone else.
+    let open = scoped(
+        SHOP_ONLY,
+        Scope {
+            cross_namespace: CrossNamespace::Allow,
+            ..scope.clone()
+        },
+    );
+    assert!(
+        open.evaluate("details", Some(&id(STRANGER)), "GET", "/")
+            .is_allowed()
+    );
+    assert!(
+        open.evaluate("reviews", Some(&id(STRANGER)), "GET", "/public/a")
+            .is_allowed()
+    );
+    // Without a namespace of its own, a proxy cannot tell callers apart by it.
+    let unscoped = scoped(
+        SHOP_ONLY,
+        Scope {
+            namespace: None,
+            ..scope
+        },
+    );
+    assert!(
+        unscoped
+            .evaluate("details", Some(&id(STRANGER)), "GET", "/")
+            .is_allowed()
+    );
+}
+
+#[test]
+fn ignore_case_folds_ascii_case_of_paths_for_its_rule_only() {
+    let a = authorizer(
+        r#"
+- name: p
+  service: reviews
+  deny:
+    - paths: ["/admin", "/internal/*"]
+      ignoreCase: true
+    - paths: ["/Secret"]
+"#,
+        DefaultPolicy::Allow,
+    );
+    let web = id(WEB);
+    for path in [
+        "/admin",
+        "/ADMIN",
+        "/Admin/",
+        "/internal/x",
+        "/INTERNAL/x",
+        "/Internal/",
+    ] {
+        assert_eq!(
+            a.evaluate("reviews", Some(&web), "GET", path),
+            Verdict::Denied(Reason::Rule("p.deny[0]".into())),
+            "{path}"
+        );
+    }
+    // Folding never makes a shorter path match, nor different letters.
+    for path in ["/admi", "/adminx", "/internal", "/intern", "/\u{e9}dmin"] {
+        assert!(
+            a.evaluate("reviews", Some(&web), "GET", path).is_allowed(),
+            "{path}"
+        );
+    }
+    // The other rule stays case-sensitive.
+    assert!(
+        !a.evaluate("reviews", Some(&web), "GET", "/Secret")
+            .is_allowed()
+    );
+    assert!(
+        a.evaluate("reviews", Some(&web), "GET", "/secret")
+            .is_allowed()
     );
 }
