@@ -150,7 +150,7 @@ impl Transport {
     ) -> Result<Self, TransportError> {
         let transports =
             PathClass::ALL.map(|class| Arc::new(transport_config(tuning, &tuning.paths, class)));
-        let configs = quic_configs(identity, &transports, &metrics)?;
+        let configs = quic_configs(identity, &transports)?;
         // Peers are classified before their handshake (`accept`); the endpoint's own default
         // is the region class's, the one that suits an unknown path.
         let default_server = (*configs.servers[class_index(PathClass::Region)]).clone();
@@ -189,7 +189,7 @@ impl Transport {
     /// both ways, use it at once; live connections keep the identity they were established
     /// with and are not disturbed.
     pub fn set_identity(&self, identity: &MeshIdentity) -> Result<(), TransportError> {
-        let configs = quic_configs(identity, &self.transports, &self.metrics)?;
+        let configs = quic_configs(identity, &self.transports)?;
         self.endpoint.set_server_config(Some(
             (*configs.servers[class_index(PathClass::Region)]).clone(),
         ));
@@ -542,18 +542,10 @@ fn classify_h3_conn(addr: &str, conn: &quinn::Connection, detail: &str) -> Proxy
 fn quic_configs(
     identity: &MeshIdentity,
     transports: &[Arc<TransportConfig>; 3],
-    metrics: &Metrics,
 ) -> Result<ClassConfigs, TransportError> {
-    let mut server_tls = identity.server_config(&[ALPN])?;
-    // A fresh session cache per identity: after a rotation no peer resumes a session that
-    // was authenticated under the old certificate or trust bundle.
-    server_tls.session_storage = Arc::new(CountingSessions {
-        inner: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
-        resumed: metrics
-            .quic_resumptions
-            .get_or_create(&crate::telemetry::metrics::SideLabels { side: "server" })
-            .clone(),
-    });
+    // quiver_api::tls turns session resumption off on both sides: every handshake, and so
+    // every connection, is judged by the certificate verifiers (docs/security.md).
+    let server_tls = identity.server_config(&[ALPN])?;
     let server_crypto = Arc::new(
         QuicServerConfig::try_from(server_tls)
             .map_err(|e| TransportError::Crypto(e.to_string()))?,
@@ -588,39 +580,6 @@ pub fn connection_trace_id(conn: &quinn::Connection) -> String {
     match conn.export_keying_material(&mut out, b"EXPORTER-quiver-connection-id", b"") {
         Ok(()) => crate::telemetry::trace::hex(&out),
         Err(_) => String::new(),
-    }
-}
-
-/// TLS sessions a proxy remembers for peers to resume.
-const SESSION_CACHE: usize = 4096;
-
-/// rustls' in-memory session store, counting the sessions peers resume: with TLS 1.3
-/// stateful tickets, rustls `take`s the stored session exactly when a peer's ticket resumes it.
-#[derive(Debug)]
-struct CountingSessions {
-    inner: Arc<rustls::server::ServerSessionMemoryCache>,
-    resumed: prometheus_client::metrics::counter::Counter,
-}
-
-impl rustls::server::StoresServerSessions for CountingSessions {
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.inner.put(key, value)
-    }
-
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.inner.get(key)
-    }
-
-    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let found = self.inner.take(key);
-        if found.is_some() {
-            self.resumed.inc();
-        }
-        found
-    }
-
-    fn can_cache(&self) -> bool {
-        self.inner.can_cache()
     }
 }
 

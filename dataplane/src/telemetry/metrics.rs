@@ -89,8 +89,6 @@ pub struct Metrics {
     pub quic_lost_bytes: Family<SideLabels, Counter>,
     pub quic_congestion_events: Family<SideLabels, Counter>,
     pub quic_cwnd: Family<SideLabels, Histogram>,
-    /// Server side: handshakes that resumed a TLS session this proxy issued.
-    pub quic_resumptions: Family<SideLabels, Counter>,
     pub path: PathMetrics,
     /// HTTP body bytes from the caller (request) and to the caller (response).
     pub request_bytes: Family<TcpLabels, Counter>,
@@ -151,7 +149,6 @@ impl Metrics {
             quic_cwnd: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(4096.0, 2.0, 14))
             }),
-            quic_resumptions: Family::default(),
             path: PathMetrics::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
@@ -251,11 +248,6 @@ impl Metrics {
             m.quic_cwnd.clone(),
         );
         m.path.register(r);
-        r.register(
-            "quic_session_resumptions",
-            "Handshakes from peers that resumed a TLS session this proxy issued (no certificate exchange); full handshakes are quic_handshakes{side=server,result=ok} minus these",
-            m.quic_resumptions.clone(),
-        );
         r.register(
             "identity_reloads",
             "Identity (certificate, key, trust bundle) reloads, by result",
