@@ -89,6 +89,12 @@ pub struct Metrics {
     pub quic_lost_bytes: Family<SideLabels, Counter>,
     pub quic_congestion_events: Family<SideLabels, Counter>,
     pub quic_cwnd: Family<SideLabels, Histogram>,
+    /// Inbound handshakes in progress (`tuning.limits.max_handshakes` bounds it).
+    pub quic_handshaking: Gauge,
+    /// Connection attempts answered with a QUIC Retry (address validation).
+    pub quic_retries: Counter,
+    /// Connections refused and connections, streams and tunnels closed by `tuning.limits`.
+    pub limit_refusals: crate::limits::Refusals,
     pub path: PathMetrics,
     /// HTTP body bytes from the caller (request) and to the caller (response).
     pub request_bytes: Family<TcpLabels, Counter>,
@@ -149,6 +155,9 @@ impl Metrics {
             quic_cwnd: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(4096.0, 2.0, 14))
             }),
+            quic_handshaking: Gauge::default(),
+            quic_retries: Counter::default(),
+            limit_refusals: Family::default(),
             path: PathMetrics::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
@@ -246,6 +255,21 @@ impl Metrics {
             "Congestion window of QUIC connections, sampled every 5 s",
             Unit::Bytes,
             m.quic_cwnd.clone(),
+        );
+        r.register(
+            "quic_handshakes_in_progress",
+            "Inbound QUIC handshakes in progress (bounded by tuning.limits.max_handshakes)",
+            m.quic_handshaking.clone(),
+        );
+        r.register(
+            "quic_retries",
+            "Inbound connection attempts answered with a QUIC Retry (the peer must prove its address first; tuning.limits.retry_above_handshakes)",
+            m.quic_retries.clone(),
+        );
+        r.register(
+            "limit_refusals",
+            "Connections refused, and connections, streams and tunnels closed, by the tuning.limits field that decided",
+            m.limit_refusals.clone(),
         );
         m.path.register(r);
         r.register(
