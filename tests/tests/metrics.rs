@@ -7,7 +7,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use quiver_tests::client::get_text;
 use quiver_tests::harness::Pair;
