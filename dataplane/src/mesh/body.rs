@@ -2,7 +2,8 @@
 //!
 //! [`H3Body`] turns the receiving half of a request stream ([`crate::mesh::stream`]) into an
 //! `http_body::Body` (data frames, then trailers) that hyper can send on; [`send_body`] drives
-//! any body into the sending half.
+//! any body into the sending half; [`StartBy`] cuts an app's request body that does not start
+//! in time (`tuning.limits.request_body_timeout`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -3,6 +3,7 @@
 //! and carries it to the peer proxy over HTTP/3.
 //!
 //! Per request: accept -> decide (snapshot) -> connect (pooled QUIC) -> copy -> record.
+//! A caller that is slow to send its request head or body is cut (`tuning.limits`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
