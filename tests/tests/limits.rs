@@ -329,6 +329,63 @@ async fn the_connection_after_the_per_peer_limit_is_refused() {
     .await;
 }
 
+/// With `retry_above_handshakes: 0` every attempt must first prove its address (a Retry),
+/// which real peers do without noticing; a proven address over `max_connections_per_peer`
+/// is then refused before any handshake work (QUIC CONNECTION_REFUSED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proven_address_over_its_limit_is_refused_before_the_handshake() {
+    let (pki, _a, b, _apps) = pair(
+        "{}",
+        "{limits: {retry_above_handshakes: 0, max_connections_per_peer: 2}}",
+    )
+    .await;
+    let config = raw_peer_config(&pki.issue("many"));
+    let peer = || {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(config.clone());
+        ep
+    };
+    let (ep1, ep2, ep3) = (peer(), peer(), peer());
+    let (_c1, mut s1) = h3_peer(&ep1, b.bound.quic).await.unwrap();
+    let (_c2, mut s2) = h3_peer(&ep2, b.bound.quic).await.unwrap();
+    assert_eq!(h3_get(&mut s1).await.unwrap(), 200);
+    assert_eq!(h3_get(&mut s2).await.unwrap(), 200);
+    let third = tokio::time::timeout(BOUND, async {
+        ep3.connect(b.bound.quic, "quiver.mesh").unwrap().await
+    })
+    .await
+    .expect("an answer in time");
+    match third {
+        Ok(_) => panic!("a third proven connection from one address completed its handshake"),
+        Err(e) => {
+            eprintln!("the third connection was refused: {e}");
+            assert!(e.to_string().contains("refused"), "{e}");
+        }
+    }
+    let (_, m) = b.admin_get("/metrics").await;
+    assert!(
+        metric_sum(&m, "quiver_quic_retries_total", &[]) >= 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "quiver_limit_refusals_total",
+            &["limit=\"max_connections_per_peer\""]
+        ),
+        1.0
+    );
+    // No handshake was started for it: two succeeded, none failed.
+    let handshakes = |result: &str| {
+        metric_sum(
+            &m,
+            "quiver_quic_handshakes_total",
+            &["side=\"server\"", &format!("result=\"{result}\"")],
+        )
+    };
+    assert_eq!((handshakes("ok"), handshakes("failed")), (2.0, 0.0), "{m}");
+}
+
 /// 5,000 QUIC Initial packets from 250 source ports, each starting a handshake that is never
 /// continued. B answers all but a few with a Retry (keeping no state for them), its
 /// handshakes in progress stay bounded, and callers through A, including a proxy that starts

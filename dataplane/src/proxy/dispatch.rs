@@ -401,11 +401,14 @@ async fn send_once(
         // A body that never started is the app's fault, answered here: the peer only sees
         // its stream reset, and must not be blamed (no outlier ejection, no retry).
         Some(mut sending) => tokio::select! {
-            r = rx.recv_response() => r,
+            // The stalled body first: the peer's answer to the stream reset it caused (a
+            // 502 for the cut body) must not win a tie and blame the peer.
+            biased;
             Ok(Err(e)) = &mut sending => match e.downcast_ref::<body::BodyStalled>() {
                 Some(stalled) => return Err(ProxyError::BadRequest(stalled.to_string())),
                 None => rx.recv_response().await,
             },
+            r = rx.recv_response() => r,
         },
         None => rx.recv_response().await,
     }
