@@ -237,6 +237,9 @@ pub struct Tuning {
     /// How request paths are normalized before routes and authorization see them
     /// (`quiver_policy::path`; docs/security.md).
     pub request_paths: quiver_policy::path::PathRules,
+    /// Connection, handshake and stream limits and the timeouts of slow callers
+    /// ([`crate::limits`]; docs/security.md).
+    pub limits: crate::limits::Limits,
 }
 
 impl Tuning {
@@ -250,6 +253,7 @@ impl Tuning {
             udp_socket_buffer: self.udp_socket_buffer,
             connect_timeout: self.connect_timeout,
             max_header_bytes: self.max_header_bytes,
+            limits: self.limits.clone(),
         }
     }
 }
@@ -269,6 +273,7 @@ impl Default for Tuning {
             balancing: Default::default(),
             retries: Default::default(),
             request_paths: Default::default(),
+            limits: Default::default(),
         }
     }
 }
@@ -779,6 +784,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         );
     }
     t.paths.validate(&mut errs);
+    t.limits.validate(&mut errs);
     let mut err = |field: String, reason: String| {
         errs.push(FieldError {
             path: field,

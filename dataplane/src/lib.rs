@@ -13,6 +13,7 @@ pub mod control;
 pub mod drain;
 pub mod errors;
 pub mod identity;
+pub mod limits;
 pub mod mesh;
 pub mod proxy;
 pub mod snapshot;

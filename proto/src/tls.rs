@@ -5,6 +5,11 @@
 //! the server is *the* identity expected for that endpoint is decided by the caller after the
 //! handshake ([`peer_spiffe_id`]) so that a mismatch is reported with both ids, before any
 //! request is sent.
+//!
+//! Both sides refuse TLS session resumption: a resumed handshake skips the verifiers, so an
+//! expired (or, later, revoked) certificate would keep connecting on a ticket. With
+//! resumption off, the verifiers below are the one place that judges every connection's
+//! certificate (docs/security.md, "Every connection shows a valid certificate").
 
 use std::path::Path;
 use std::sync::Arc;
@@ -119,7 +124,8 @@ impl MeshIdentity {
         Ok(Arc::new(roots))
     }
 
-    /// TLS 1.3 server config requiring a mesh client certificate.
+    /// TLS 1.3 server config requiring a mesh client certificate, on every handshake (no
+    /// session tickets, no resumption).
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, IdentityError> {
         let provider = provider();
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
@@ -134,11 +140,15 @@ impl MeshIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // No session to resume: every client shows its certificate to the verifier again.
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         Ok(cfg)
     }
 
     /// TLS 1.3 client config presenting our SVID and accepting servers whose chain reaches the
-    /// bundle and whose certificate carries one SPIFFE id of our trust domain.
+    /// bundle and whose certificate carries one SPIFFE id of our trust domain, on every
+    /// handshake (it never resumes a session).
     pub fn client_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, IdentityError> {
         let provider = provider();
         let verifier = Arc::new(SpiffeServerVerifier {
@@ -152,6 +162,8 @@ impl MeshIdentity {
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // Never offer a ticket: the server's certificate is verified on every connection.
+        cfg.resumption = rustls::client::Resumption::disabled();
         Ok(cfg)
     }
 }
@@ -186,6 +198,7 @@ pub fn client_config_without_identity(
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
 

@@ -7,7 +7,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use quiver_tests::client::get_text;
 use quiver_tests::harness::Pair;
@@ -82,65 +81,6 @@ async fn the_control_plane_metrics_pass_promtool() {
         ok,
         "promtool refused the control plane's metrics:\n{said}\n---\n{text}"
     );
-}
-
-/// A connection that closed on idle and is dialled again resumes the TLS session B issued:
-/// no certificate exchange, B counts it, and B still knows who the caller is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redial_resumes_the_tls_session_and_keeps_the_callers_identity() {
-    use quiver_tests::harness::{Apps, RunningProxy, client_yaml, server_yaml};
-    use quiver_tests::metric_sum;
-    use quiver_tests::pki::Pki;
-
-    let pki = Pki::new();
-    let apps = Apps::start().await;
-    let dir = temp_dir("resume");
-    let b = RunningProxy::start(&server_yaml(&pki.issue("b"), &apps, "5s"), &dir)
-        .await
-        .expect("start B");
-    let a_yaml = format!(
-        "{}tuning: {{idle_timeout: 1s, keep_alive: 0s}}\n",
-        client_yaml(&pki.issue("a"), b.bound.quic, pki.id("b").as_str())
-    );
-    let a = RunningProxy::start(&a_yaml, &dir).await.expect("start A");
-    let echo = a.bound.outbound[0];
-    let peer_seen = |addr| async move {
-        let req = http::Request::get("/who")
-            .header("host", "echo")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap();
-        let (head, _) = quiver_tests::client::send_h1(addr, req).await;
-        assert_eq!(head.status(), 200);
-        head.headers()
-            .get("x-echo-peer-identity")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
-    assert_eq!(peer_seen(echo).await, pki.id("a").as_str());
-    // Wait for the idle timeout to close the connection on both sides.
-    quiver_tests::eventually(
-        "the idle connection closes",
-        Duration::from_secs(10),
-        || {
-            let a = &a;
-            async move {
-                let (_, m) = a.admin_get("/metrics").await;
-                (metric_sum(&m, "quiver_quic_connections", &[r#"side="client""#]) == 0.0)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
-    assert_eq!(peer_seen(echo).await, pki.id("a").as_str());
-    let (_, m) = b.admin_get("/metrics").await;
-    let handshakes = metric_sum(
-        &m,
-        "quiver_quic_handshakes_total",
-        &[r#"side="server""#, r#"result="ok""#],
-    );
-    let resumed = metric_sum(&m, "quiver_quic_session_resumptions_total", &[]);
-    assert_eq!(handshakes, 2.0, "{m}");
-    assert_eq!(resumed, 1.0, "the second handshake resumed: {m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,3 +232,94 @@ async fn peer_without_a_client_cert_is_refused() {
         "{m}"
     );
 }
+
+/// A hostile client keeps the session ticket of a connection made while its certificate was
+/// valid and offers it after the certificate has expired. The serving proxy must judge the
+/// certificate again (it issues no tickets and resumes nothing), so the second connection is
+/// refused and nothing reaches the app. The client here is not a Quiver proxy: it keeps
+/// rustls' default session cache, as an attacker would.
+#[tokio::test]
+async fn an_expired_client_cert_cannot_resume_a_session() {
+    use rustls_pki_types::pem::PemObject;
+    use std::time::SystemTime;
+
+    let pki = Pki::new();
+    let (b, _) = server(&pki, pki.issue("b")).await;
+    let now = SystemTime::now();
+    let not_after = now + Duration::from_secs(3);
+    let leaf = pki
+        .ca
+        .issue_between(&pki.id("a"), now - Duration::from_secs(60), not_after)
+        .unwrap();
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(leaf.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = quiver_api::tls::provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    // rustls' default resumption: an in-memory cache that stores the tickets servers send
+    // and offers them on the next connection to the same server.
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let target = b.bound.quic;
+    let call = || {
+        let ep = ep.clone();
+        async move {
+            let conn = ep.connect(target, "quiver.mesh")?.await?;
+            let (mut driver, mut send) =
+                h3::client::new(h3_quinn::Connection::new(conn.clone())).await?;
+            tokio::spawn(async move { driver.wait_idle().await });
+            let req = Request::get("https://echo/")
+                .header("quiver-target", "echo")
+                .body(())
+                .unwrap();
+            let mut stream = send.send_request(req).await?;
+            stream.finish().await?;
+            let resp = stream.recv_response().await?;
+            while stream.recv_data().await?.is_some() {}
+            conn.close(0u32.into(), b"done");
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(resp.status())
+        }
+    };
+    // While the certificate is valid: served (and, before the fix, handed a ticket).
+    let first = tokio::time::timeout(Duration::from_secs(10), call())
+        .await
+        .expect("first call in time")
+        .expect("the valid certificate is served");
+    assert_eq!(first, 200);
+    // Wait until the leaf has expired (a wait on the clock, not an assertion about time).
+    let left = not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_secs(1)).await;
+    match tokio::time::timeout(Duration::from_secs(10), call()).await {
+        Ok(Err(e)) => {
+            let msg = e.to_string().to_lowercase();
+            eprintln!("refusal seen by the expired client: {msg}");
+            // TLS alert 45 is certificate_expired (RFC 8446 §6.2).
+            assert!(
+                msg.contains("error 45") || msg.contains("expired"),
+                "unexpected refusal: {msg}"
+            );
+        }
+        Ok(Ok(status)) => {
+            panic!("an expired certificate was served on a resumed session: {status}")
+        }
+        Err(_) => panic!("no answer within 10 s"),
+    }
+    let (_, m) = b.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&m, "quiver_requests_total", &["direction=\"inbound\""]),
+        1,
+        "only the call made while the certificate was valid reached the app:\n{m}"
+    );
+}

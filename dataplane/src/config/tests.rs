@@ -166,6 +166,55 @@ fn unbounded_durations_are_refused_not_overflowed() {
 }
 
 #[test]
+fn limits_are_bounded_and_name_their_field() {
+    let dir = identity_dir();
+    let yaml = format!(
+        "{GOOD}tuning: {{limits: {{max_connections: 0, max_handshakes: 8, retry_above_handshakes: 9, tunnel_idle_timeout: 25h, request_header_timeout: 0s}}}}\n"
+    );
+    let e = errors(&yaml, &dir);
+    assert!(
+        has(&e, "tuning.limits.max_connections", "at least 1"),
+        "{e:#?}"
+    );
+    assert!(
+        has(
+            &e,
+            "tuning.limits.retry_above_handshakes",
+            "more than max_handshakes"
+        ),
+        "{e:#?}"
+    );
+    assert!(
+        has(&e, "tuning.limits.tunnel_idle_timeout", "at most 24h"),
+        "{e:#?}"
+    );
+    assert!(
+        has(&e, "tuning.limits.request_header_timeout", "more than 0s"),
+        "{e:#?}"
+    );
+    let e = errors(
+        &format!("{GOOD}tuning: {{limits: {{max_conns: 5}}}}\n"),
+        &dir,
+    );
+    assert!(
+        has(&e, "tuning.limits.max_conns", "unknown field"),
+        "{e:#?}"
+    );
+    // Omitted, every limit has its default.
+    let ok = ProxyConfig::parse(
+        &format!("{GOOD}tuning: {{limits: {{max_handshakes: 100}}}}\n"),
+        &dir,
+    )
+    .unwrap();
+    let limits = &ok.bootstrap.tuning.limits;
+    assert_eq!(limits.max_handshakes, 100);
+    assert_eq!(
+        limits.max_connections,
+        crate::limits::Limits::default().max_connections
+    );
+}
+
+#[test]
 fn identity_problems_are_config_errors() {
     let dir = identity_dir();
     // A key that does not belong to the certificate.

@@ -2,7 +2,8 @@
 //!
 //! [`H3Body`] turns the receiving half of a request stream ([`crate::mesh::stream`]) into an
 //! `http_body::Body` (data frames, then trailers) that hyper can send on; [`send_body`] drives
-//! any body into the sending half.
+//! any body into the sending half; [`StartBy`] cuts an app's request body that does not start
+//! in time (`tuning.limits.request_body_timeout`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -533,5 +534,88 @@ mod tests {
             _ => panic!("expected z"),
         }
         assert!(poll(&mut s, 2).is_pending());
+    }
+}
+
+/// Why a request body was cut: it did not start in time (`tuning.limits.request_body_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not start within {0:?}")]
+pub struct BodyStalled(pub std::time::Duration);
+
+/// An app's request body that must show its first frame by a deadline set when the head
+/// arrived: an app that announces a body and never sends it would otherwise hold the request,
+/// its stream to the peer and the peer's app connection for as long as it likes. After the
+/// first frame the body flows at the app's pace. The timer is made only if the body is
+/// actually waited for (most bodies arrive with their head).
+pub struct StartBy<B> {
+    inner: B,
+    timeout: std::time::Duration,
+    deadline: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    started: bool,
+    refusals: crate::limits::Refusals,
+}
+
+impl<B> StartBy<B> {
+    pub fn new(inner: B, timeout: std::time::Duration, refusals: crate::limits::Refusals) -> Self {
+        Self {
+            inner,
+            timeout,
+            deadline: tokio::time::Instant::now() + timeout,
+            timer: None,
+            started: false,
+            refusals,
+        }
+    }
+}
+
+impl<B> Body for StartBy<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.started = true;
+                this.timer = None;
+                Poll::Ready(r.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending if this.started => Poll::Pending,
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => {
+                        // The error ends the body for whoever reads it; count it once.
+                        this.started = true;
+                        this.timer = None;
+                        crate::limits::count(
+                            &this.refusals,
+                            crate::limits::Limit::RequestBodyTimeout,
+                        );
+                        Poll::Ready(Some(Err(Box::new(BodyStalled(this.timeout)))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

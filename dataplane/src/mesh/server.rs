@@ -12,15 +12,20 @@ use bytes::Bytes;
 use http::Request;
 use quiver_api::SpiffeId;
 
+use crate::mesh::admission::Permit;
 use crate::mesh::stream::ServerStream;
 
-/// A peer's connection attempt, before its handshake.
-pub struct Incoming(pub(super) quinn::Incoming);
+/// A peer's connection attempt that `tuning.limits` admitted, before its handshake.
+pub struct Incoming {
+    pub(super) quinn: quinn::Incoming,
+    /// Counts the attempt, then the connection, until it ends.
+    pub(super) permit: Permit,
+}
 
 impl Incoming {
     /// The address the peer connects from.
     pub fn remote_address(&self) -> SocketAddr {
-        self.0.remote_address()
+        self.quinn.remote_address()
     }
 }
 
@@ -31,6 +36,8 @@ pub struct Connection {
     remote: SocketAddr,
     peer: Arc<SpiffeId>,
     trace_id: Arc<str>,
+    /// Counted against `tuning.limits` until the connection is dropped.
+    _permit: Permit,
 }
 
 impl Connection {
@@ -41,6 +48,7 @@ impl Connection {
         peer: Arc<SpiffeId>,
         trace_id: Arc<str>,
         max_header_bytes: u64,
+        permit: Permit,
     ) -> Option<Self> {
         let h3 = h3::server::builder()
             .max_field_section_size(max_header_bytes)
@@ -53,6 +61,7 @@ impl Connection {
                 remote,
                 peer,
                 trace_id,
+                _permit: permit,
             }),
             Err(e) => {
                 tracing::debug!(peer.addr = %remote, error = %e, "h3 setup failed");

@@ -23,6 +23,7 @@ use quiver_api::tls::MeshIdentity;
 use rustls_pki_types::CertificateDer;
 
 use crate::errors::ProxyError;
+use crate::mesh::admission::{Admission, Decision};
 use crate::mesh::body::{H3Body, ProxyBody};
 use crate::mesh::congestion::MeshControllerFactory;
 use crate::mesh::path::PathStatus;
@@ -39,6 +40,9 @@ pub const CLOSE_SHUTDOWN: u32 = 0x100;
 /// Application close code for a peer that proved the wrong identity: H3_REQUEST_REJECTED (no
 /// request was processed), with the reason in the close frame's text.
 const CLOSE_IDENTITY: u32 = 0x10b;
+/// Application close code for a connection over `tuning.limits.max_connections_per_peer`
+/// found once its handshake proved the address: H3_EXCESSIVE_LOAD.
+const CLOSE_LIMIT: u32 = 0x107;
 
 /// An h3 request-sending handle on a pooled connection.
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
@@ -53,6 +57,7 @@ pub struct Settings {
     pub udp_socket_buffer: usize,
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
+    pub limits: crate::limits::Limits,
 }
 
 /// Why the transport could not start.
@@ -138,6 +143,8 @@ pub struct Transport {
     max_header_bytes: u64,
     paths: PathClasses,
     metrics: Arc<Metrics>,
+    /// Which inbound attempts are taken on (`tuning.limits`).
+    admission: Admission,
 }
 
 impl Transport {
@@ -150,7 +157,7 @@ impl Transport {
     ) -> Result<Self, TransportError> {
         let transports =
             PathClass::ALL.map(|class| Arc::new(transport_config(tuning, &tuning.paths, class)));
-        let configs = quic_configs(identity, &transports, &metrics)?;
+        let configs = quic_configs(identity, &transports)?;
         // Peers are classified before their handshake (`accept`); the endpoint's own default
         // is the region class's, the one that suits an unknown path.
         let default_server = (*configs.servers[class_index(PathClass::Region)]).clone();
@@ -181,6 +188,12 @@ impl Transport {
             connect_timeout: tuning.connect_timeout,
             max_header_bytes: tuning.max_header_bytes as u64,
             paths: tuning.paths.clone(),
+            admission: Admission::new(
+                &tuning.limits,
+                metrics.limit_refusals.clone(),
+                metrics.quic_retries.clone(),
+                metrics.quic_handshaking.clone(),
+            ),
             metrics,
         })
     }
@@ -189,7 +202,7 @@ impl Transport {
     /// both ways, use it at once; live connections keep the identity they were established
     /// with and are not disturbed.
     pub fn set_identity(&self, identity: &MeshIdentity) -> Result<(), TransportError> {
-        let configs = quic_configs(identity, &self.transports, &self.metrics)?;
+        let configs = quic_configs(identity, &self.transports)?;
         self.endpoint.set_server_config(Some(
             (*configs.servers[class_index(PathClass::Region)]).clone(),
         ));
@@ -240,9 +253,35 @@ impl Transport {
         }))
     }
 
-    /// The next peer's connection attempt; `None` once the endpoint is closed.
+    /// The next peer's connection attempt that `tuning.limits` admits; `None` once the
+    /// endpoint is closed. Attempts over a limit are refused here, and while handshakes pile
+    /// up, attempts from unproven addresses are answered with a Retry (no state kept).
     pub async fn incoming(&self) -> Option<Incoming> {
-        self.endpoint.accept().await.map(Incoming)
+        loop {
+            let incoming = self.endpoint.accept().await?;
+            let peer = incoming.remote_address().ip();
+            match self
+                .admission
+                .decide(peer, incoming.remote_address_validated())
+            {
+                Decision::Accept(permit) => {
+                    return Some(Incoming {
+                        quinn: incoming,
+                        permit,
+                    });
+                }
+                // Not validated (checked by `decide`), so quinn can always send the Retry.
+                Decision::Retry => {
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().refuse();
+                    }
+                }
+                Decision::Refuse(limit) => {
+                    tracing::debug!(peer.addr = %peer, limit = limit.name(), "refused a connection attempt");
+                    incoming.refuse();
+                }
+            }
+        }
     }
 
     /// Refuse every connection attempt until the endpoint closes (while draining: the dialler
@@ -259,13 +298,17 @@ impl Transport {
     /// or the HTTP/3 setup fails.
     pub async fn accept(&self, incoming: Incoming, class: PathClass) -> Option<Connection> {
         let remote = incoming.remote_address();
+        let Incoming {
+            quinn: incoming,
+            mut permit,
+        } = incoming;
         let config = self
             .configs
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .servers[class_index(class)]
         .clone();
-        let connecting = match incoming.0.accept_with(config) {
+        let connecting = match incoming.accept_with(config) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.handshake("server", false);
@@ -287,6 +330,14 @@ impl Transport {
             }
         };
         self.metrics.handshake("server", true);
+        if !self.admission.handshake_done(&mut permit) {
+            tracing::info!(peer.addr = %remote, "refused a connection over tuning.limits.max_connections_per_peer");
+            conn.close(
+                VarInt::from_u32(CLOSE_LIMIT),
+                b"too many connections from this address",
+            );
+            return None;
+        }
         // The client verifier only completes a handshake for a certificate that chains to the
         // bundle and carries one SPIFFE id of our trust domain, so this is always present.
         let Some(peer) = peer_id(&conn) else {
@@ -301,6 +352,7 @@ impl Transport {
             Arc::new(peer),
             trace_id,
             self.max_header_bytes,
+            permit,
         )
         .await
     }
@@ -542,18 +594,10 @@ fn classify_h3_conn(addr: &str, conn: &quinn::Connection, detail: &str) -> Proxy
 fn quic_configs(
     identity: &MeshIdentity,
     transports: &[Arc<TransportConfig>; 3],
-    metrics: &Metrics,
 ) -> Result<ClassConfigs, TransportError> {
-    let mut server_tls = identity.server_config(&[ALPN])?;
-    // A fresh session cache per identity: after a rotation no peer resumes a session that
-    // was authenticated under the old certificate or trust bundle.
-    server_tls.session_storage = Arc::new(CountingSessions {
-        inner: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE),
-        resumed: metrics
-            .quic_resumptions
-            .get_or_create(&crate::telemetry::metrics::SideLabels { side: "server" })
-            .clone(),
-    });
+    // quiver_api::tls turns session resumption off on both sides: every handshake, and so
+    // every connection, is judged by the certificate verifiers (docs/security.md).
+    let server_tls = identity.server_config(&[ALPN])?;
     let server_crypto = Arc::new(
         QuicServerConfig::try_from(server_tls)
             .map_err(|e| TransportError::Crypto(e.to_string()))?,
@@ -588,39 +632,6 @@ pub fn connection_trace_id(conn: &quinn::Connection) -> String {
     match conn.export_keying_material(&mut out, b"EXPORTER-quiver-connection-id", b"") {
         Ok(()) => crate::telemetry::trace::hex(&out),
         Err(_) => String::new(),
-    }
-}
-
-/// TLS sessions a proxy remembers for peers to resume.
-const SESSION_CACHE: usize = 4096;
-
-/// rustls' in-memory session store, counting the sessions peers resume: with TLS 1.3
-/// stateful tickets, rustls `take`s the stored session exactly when a peer's ticket resumes it.
-#[derive(Debug)]
-struct CountingSessions {
-    inner: Arc<rustls::server::ServerSessionMemoryCache>,
-    resumed: prometheus_client::metrics::counter::Counter,
-}
-
-impl rustls::server::StoresServerSessions for CountingSessions {
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.inner.put(key, value)
-    }
-
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.inner.get(key)
-    }
-
-    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let found = self.inner.take(key);
-        if found.is_some() {
-            self.resumed.inc();
-        }
-        found
-    }
-
-    fn can_cache(&self) -> bool {
-        self.inner.can_cache()
     }
 }
 

@@ -14,7 +14,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::Inputs;
 use crate::errors::{AttemptFailure, Direction, ProxyError};
@@ -33,12 +32,15 @@ use quiver_policy::retry::{self, Attempt, BodyState, Outcome, RetryDecision};
 use quiver_policy::route::RequestHead;
 use quiver_policy::services::Backend;
 
+/// An app's request body, which must start within `tuning.limits.request_body_timeout`.
+pub type AppBody = body::StartBy<hyper::body::Incoming>;
+
 /// The request body as one attempt sends it.
 enum AttemptBody {
     /// Held in memory: can be sent again (retries) or copied (mirror).
     Held(Bytes),
     /// Streamed from the app: one attempt only.
-    Stream(crate::mesh::body::Counted<Incoming>),
+    Stream(crate::mesh::body::Counted<AppBody>),
     /// Streamed by an earlier attempt: nothing left to send.
     Spent,
 }
@@ -62,7 +64,7 @@ pub struct Decided {
 pub async fn forward(
     inputs: &Arc<Inputs>,
     target: &Target,
-    req: Request<Incoming>,
+    req: Request<AppBody>,
 ) -> (Result<Response<ProxyBody>, ProxyError>, Decided) {
     let routing = inputs.routing();
     let (mut parts, incoming) = req.into_parts();
@@ -125,7 +127,7 @@ impl Exchange<'_> {
         &mut self,
         target: &Target,
         parts: http::request::Parts,
-        incoming: Incoming,
+        incoming: AppBody,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         self.inject_faults().await?;
         let mut body = self.hold_body(target, &parts.headers, incoming).await?;
@@ -210,7 +212,7 @@ impl Exchange<'_> {
         &self,
         target: &Target,
         headers: &http::HeaderMap,
-        incoming: Incoming,
+        incoming: AppBody,
     ) -> Result<AttemptBody, ProxyError> {
         let limit = self.inputs.tuning.retries.max_buffered_body as u64;
         let replay = self.plan.retries().is_some() || self.plan.mirror.is_some();
@@ -365,6 +367,7 @@ async fn send_once(
     lease.connected();
     on_connected(&peer);
     let (mut tx, mut rx) = stream.split();
+    let mut sending = None;
     match body {
         AttemptBody::Held(b) if b.is_empty() => {
             tx.finish().await.map_err(|e| peer.stream_error(&e))?;
@@ -380,11 +383,13 @@ async fn send_once(
         AttemptBody::Stream(incoming) => {
             // Streams on its own task so that a response (e.g. gRPC bidirectional
             // streaming) can flow back while the app is still sending.
-            tokio::spawn(async move {
-                if let Err(e) = body::send_body(incoming, &mut tx).await {
+            sending = Some(tokio::spawn(async move {
+                let sent = body::send_body(incoming, &mut tx).await;
+                if let Err(e) = &sent {
                     tracing::debug!(error = %e, "request body aborted");
                 }
-            });
+                sent
+            }));
         }
         AttemptBody::Spent => {
             return Err(ProxyError::BadRequest(
@@ -392,10 +397,22 @@ async fn send_once(
             ));
         }
     }
-    let resp = rx
-        .recv_response()
-        .await
-        .map_err(|e| peer.stream_error(&e))?;
+    let resp = match sending {
+        // A body that never started is the app's fault, answered here: the peer only sees
+        // its stream reset, and must not be blamed (no outlier ejection, no retry).
+        Some(mut sending) => tokio::select! {
+            // The stalled body first: the peer's answer to the stream reset it caused (a
+            // 502 for the cut body) must not win a tie and blame the peer.
+            biased;
+            Ok(Err(e)) = &mut sending => match e.downcast_ref::<body::BodyStalled>() {
+                Some(stalled) => return Err(ProxyError::BadRequest(stalled.to_string())),
+                None => rx.recv_response().await,
+            },
+            r = rx.recv_response() => r,
+        },
+        None => rx.recv_response().await,
+    }
+    .map_err(|e| peer.stream_error(&e))?;
     let (mut rparts, ()) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     rparts.version = http::Version::HTTP_11;

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::Inputs;
 use crate::errors::{Direction, ProxyError};
+use crate::limits::{self, Limit};
 use crate::mesh::body::{self, H3Body, ProxyBody};
 use crate::mesh::paths::PathClass;
 use crate::mesh::server::Incoming;
@@ -72,8 +73,18 @@ async fn connection(inputs: Arc<Inputs>, incoming: Incoming) {
                     let peer = conn.peer().clone();
                     let connection_id = conn.trace_id().clone();
                     tokio::spawn(async move {
-                        if let Some((req, stream)) = pending.resolve().await {
-                            request(inputs, peer, &connection_id, req, stream).await;
+                        // A stream whose head never completes would hold one of the peer's
+                        // stream slots (and this task) for the connection's life.
+                        let wait = inputs.tuning.limits.stream_header_timeout;
+                        match tokio::time::timeout(wait, pending.resolve()).await {
+                            Ok(Some((req, stream))) => {
+                                request(inputs, peer, &connection_id, req, stream).await;
+                            }
+                            Ok(None) => {}
+                            Err(_) => {
+                                limits::count(&inputs.metrics.limit_refusals, Limit::StreamHeaderTimeout);
+                                tracing::debug!(peer.id = %peer, "request stream sent no complete head in time");
+                            }
                         }
                     });
                 }
@@ -327,12 +338,13 @@ async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
         Ok(s) => s,
         Err(detail) => {
             send_error(&mut stream, &ProxyError::UpstreamConnect(detail)).await;
+            let failed: crate::mesh::body::BodyError = "the app refused the connection".into();
             crate::proxy::tunnel::record(
                 &inputs.metrics,
                 Direction::Inbound,
                 &port.service,
                 Default::default(),
-                true,
+                Some(&failed),
             );
             return;
         }
@@ -344,13 +356,14 @@ async fn tunnel(inputs: &Inputs, port: &LocalPort, mut stream: ServerStream) {
         return;
     }
     let (tx, rx) = stream.split();
-    let (bytes, err) = crate::proxy::tunnel::pump(sock, tx, rx).await;
+    let idle = inputs.tuning.limits.tunnel_idle_timeout;
+    let (bytes, err) = crate::proxy::tunnel::pump(sock, tx, rx, idle).await;
     crate::proxy::tunnel::record(
         &inputs.metrics,
         Direction::Inbound,
         &port.service,
         bytes,
-        err.is_some(),
+        err.as_ref(),
     );
 }
 

@@ -3,9 +3,11 @@
 //! and carries it to the peer proxy over HTTP/3.
 //!
 //! Per request: accept -> decide (snapshot) -> connect (pooled QUIC) -> copy -> record.
+//! A caller that is slow to send its request head or body is cut (`tuning.limits`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::{Method, Request, Response};
@@ -16,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::Inputs;
 use crate::errors::{Direction, ProxyError};
+use crate::limits::{self, Limit};
 use crate::mesh::body::{self, ProxyBody};
 use crate::mesh::stream::{ClientRecv, ClientSend, ClientStream};
 use crate::mesh::transport::PeerConn;
@@ -64,9 +67,18 @@ pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, entry: Entry, pro
 }
 
 /// One app connection speaking HTTP/1.1 or h2c (detected from the preface).
+///
+/// A caller that connects and never completes a request head (silence, or a head dribbled a
+/// byte at a time) is cut after `tuning.limits.request_header_timeout`: counted from the
+/// accept to the first complete head here (hyper's protocol detection has no timer of its
+/// own), and for each later HTTP/1.1 head by hyper's header timer, set to the same value.
 async fn http_conn(inputs: Arc<Inputs>, stream: TcpStream, entry: Entry) {
+    let limits = &inputs.tuning.limits;
+    let first_head = Arc::new(AtomicBool::new(false));
     let svc_inputs = inputs.clone();
+    let seen = first_head.clone();
     let svc = hyper::service::service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
         let inputs = svc_inputs.clone();
         let entry = entry.clone();
         async move { Ok::<_, Infallible>(handle(inputs, entry, req).await) }
@@ -78,22 +90,42 @@ async fn http_conn(inputs: Arc<Inputs>, stream: TcpStream, entry: Entry) {
         .max_buf_size((limit + 64 * 1024).max(8192))
         .max_headers(512)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Some(std::time::Duration::from_secs(30)));
+        .header_read_timeout(Some(limits.request_header_timeout));
     builder
         .http2()
         .max_header_list_size(limit as u32)
         .max_concurrent_streams(Some(inputs.tuning.max_concurrent_streams));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "app connection ended with an error");
+    let head_deadline = tokio::time::sleep(limits.request_header_timeout);
+    tokio::pin!(head_deadline);
+    let mut awaiting_head = true;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    // hyper's own header timer (a later HTTP/1.1 head) ends here.
+                    if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                        limits::count(&inputs.metrics.limit_refusals, Limit::RequestHeaderTimeout);
+                    }
+                    tracing::debug!(error = %e, "app connection ended with an error");
+                }
+                return;
             }
-        }
-        _ = inputs.drain.signaled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            () = &mut head_deadline, if awaiting_head => {
+                awaiting_head = false;
+                if !first_head.load(Ordering::Relaxed) {
+                    limits::count(&inputs.metrics.limit_refusals, Limit::RequestHeaderTimeout);
+                    tracing::debug!("app connection sent no complete request head in time");
+                    // Dropping the connection closes the socket.
+                    return;
+                }
+            }
+            () = inputs.drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
         }
     }
 }
@@ -155,6 +187,13 @@ async fn handle(
                 )),
             };
         }
+        let req = req.map(|b| {
+            body::StartBy::new(
+                b,
+                inputs.tuning.limits.request_body_timeout,
+                inputs.metrics.limit_refusals.clone(),
+            )
+        });
         let (result, decided) = crate::proxy::dispatch::forward(&inputs, &target, req).await;
         record.set_route(&decided.route);
         if let Some(span) = record.span_mut() {
@@ -300,12 +339,13 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let _inflight = inputs.drain.track();
-    let (bytes, err) = crate::proxy::tunnel::pump(io, tx, rx).await;
+    let idle = inputs.tuning.limits.tunnel_idle_timeout;
+    let (bytes, err) = crate::proxy::tunnel::pump(io, tx, rx, idle).await;
     crate::proxy::tunnel::record(
         &inputs.metrics,
         Direction::Outbound,
         service,
         bytes,
-        err.is_some(),
+        err.as_ref(),
     );
 }

@@ -89,8 +89,12 @@ pub struct Metrics {
     pub quic_lost_bytes: Family<SideLabels, Counter>,
     pub quic_congestion_events: Family<SideLabels, Counter>,
     pub quic_cwnd: Family<SideLabels, Histogram>,
-    /// Server side: handshakes that resumed a TLS session this proxy issued.
-    pub quic_resumptions: Family<SideLabels, Counter>,
+    /// Inbound handshakes in progress (`tuning.limits.max_handshakes` bounds it).
+    pub quic_handshaking: Gauge,
+    /// Connection attempts answered with a QUIC Retry (address validation).
+    pub quic_retries: Counter,
+    /// Connections refused and connections, streams and tunnels closed by `tuning.limits`.
+    pub limit_refusals: crate::limits::Refusals,
     pub path: PathMetrics,
     /// HTTP body bytes from the caller (request) and to the caller (response).
     pub request_bytes: Family<TcpLabels, Counter>,
@@ -151,7 +155,9 @@ impl Metrics {
             quic_cwnd: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(4096.0, 2.0, 14))
             }),
-            quic_resumptions: Family::default(),
+            quic_handshaking: Gauge::default(),
+            quic_retries: Counter::default(),
+            limit_refusals: Family::default(),
             path: PathMetrics::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
@@ -250,12 +256,22 @@ impl Metrics {
             Unit::Bytes,
             m.quic_cwnd.clone(),
         );
-        m.path.register(r);
         r.register(
-            "quic_session_resumptions",
-            "Handshakes from peers that resumed a TLS session this proxy issued (no certificate exchange); full handshakes are quic_handshakes{side=server,result=ok} minus these",
-            m.quic_resumptions.clone(),
+            "quic_handshakes_in_progress",
+            "Inbound QUIC handshakes in progress (bounded by tuning.limits.max_handshakes)",
+            m.quic_handshaking.clone(),
         );
+        r.register(
+            "quic_retries",
+            "Inbound connection attempts answered with a QUIC Retry (the peer must prove its address first; tuning.limits.retry_above_handshakes)",
+            m.quic_retries.clone(),
+        );
+        r.register(
+            "limit_refusals",
+            "Connections refused, and connections, streams and tunnels closed, by the tuning.limits field that decided",
+            m.limit_refusals.clone(),
+        );
+        m.path.register(r);
         r.register(
             "identity_reloads",
             "Identity (certificate, key, trust bundle) reloads, by result",

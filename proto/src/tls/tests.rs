@@ -179,3 +179,65 @@ fn refuses_a_non_ca_as_ca_and_non_svid_leaves() {
         Err(CertError::NoSpiffeId)
     ));
 }
+
+/// Two in-memory handshakes between the same configs: what kind the second one was.
+fn second_handshake(
+    client: &Arc<rustls::ClientConfig>,
+    server: &Arc<rustls::ServerConfig>,
+) -> Option<rustls::HandshakeKind> {
+    let mut kind = None;
+    for _ in 0..2 {
+        let name = ServerName::try_from("quiver.mesh").unwrap();
+        let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
+        let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+        // Until both are done, then once more so the client reads any ticket sent after.
+        for _ in 0..8 {
+            let mut wire = Vec::new();
+            c.write_tls(&mut wire).unwrap();
+            s.read_tls(&mut &wire[..]).unwrap();
+            s.process_new_packets().unwrap();
+            let mut wire = Vec::new();
+            s.write_tls(&mut wire).unwrap();
+            c.read_tls(&mut &wire[..]).unwrap();
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() && !s.wants_write() {
+                break;
+            }
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        kind = s.handshake_kind();
+    }
+    kind
+}
+
+#[test]
+fn mesh_connections_never_resume_a_session() {
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let issue = |sa: &str| {
+        let leaf = ca
+            .issue(
+                &id(&format!("spiffe://mesh.local/ns/default/sa/{sa}")),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        MeshIdentity::from_pem(&leaf.chain_pem, &leaf.key_pem, ca.cert_pem()).unwrap()
+    };
+    let (a, b) = (issue("a"), issue("b"));
+    let client = Arc::new(a.client_config(&[b"h3"]).unwrap());
+    let server = Arc::new(b.server_config(&[b"h3"]).unwrap());
+    // Every handshake is a full one: the certificate verifiers judge each connection.
+    assert_eq!(
+        second_handshake(&client, &server),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // The check can see a resumption: with rustls' defaults on both sides there is one.
+    let mut resuming_server = b.server_config(&[b"h3"]).unwrap();
+    resuming_server.session_storage = rustls::server::ServerSessionMemoryCache::new(16);
+    resuming_server.send_tls13_tickets = 2;
+    let mut resuming_client = a.client_config(&[b"h3"]).unwrap();
+    resuming_client.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    assert_eq!(
+        second_handshake(&Arc::new(resuming_client), &Arc::new(resuming_server)),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
