@@ -4,7 +4,8 @@
 //! one SPIFFE id of our trust domain. The client side checks the chain the same way; whether
 //! the server is *the* identity expected for that endpoint is decided by the caller after the
 //! handshake ([`peer_spiffe_id`]) so that a mismatch is reported with both ids, before any
-//! request is sent.
+//! request is sent. Both sides refuse a peer leaf that the deny-list covers
+//! ([`crate::revocation::DenyList::check`]) with a `certificate_revoked` alert.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::certs::{self, CertError};
+use crate::revocation::DenyList;
 use crate::spiffe::SpiffeId;
 
 /// Why an identity or trust bundle could not be loaded.
@@ -121,6 +123,16 @@ impl MeshIdentity {
 
     /// TLS 1.3 server config requiring a mesh client certificate.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, IdentityError> {
+        self.server_config_denying(alpn, &DenyList::default())
+    }
+
+    /// [`Self::server_config`] that also refuses client certificates `deny` covers (read at
+    /// each handshake, so a replaced list applies at once).
+    pub fn server_config_denying(
+        &self,
+        alpn: &[&[u8]],
+        deny: &DenyList,
+    ) -> Result<rustls::ServerConfig, IdentityError> {
         let provider = provider();
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
             .build()
@@ -128,6 +140,7 @@ impl MeshIdentity {
         let verifier = Arc::new(SpiffeClientVerifier {
             inner,
             trust_domain: self.trust_domain().to_string(),
+            deny: deny.clone(),
         });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -140,11 +153,21 @@ impl MeshIdentity {
     /// TLS 1.3 client config presenting our SVID and accepting servers whose chain reaches the
     /// bundle and whose certificate carries one SPIFFE id of our trust domain.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, IdentityError> {
+        self.client_config_denying(alpn, &DenyList::default())
+    }
+
+    /// [`Self::client_config`] that also refuses server certificates `deny` covers.
+    pub fn client_config_denying(
+        &self,
+        alpn: &[&[u8]],
+        deny: &DenyList,
+    ) -> Result<rustls::ClientConfig, IdentityError> {
         let provider = provider();
         let verifier = Arc::new(SpiffeServerVerifier {
             roots: self.roots()?,
             algs: provider.signature_verification_algorithms,
             trust_domain: self.trust_domain().to_string(),
+            deny: deny.clone(),
         });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -179,6 +202,7 @@ pub fn client_config_without_identity(
         roots: Arc::new(roots),
         algs: provider.signature_verification_algorithms,
         trust_domain: trust_domain.to_string(),
+        deny: DenyList::default(),
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -201,19 +225,30 @@ pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, CertErro
 #[error("{0}")]
 struct SvidRefused(String);
 
-fn check_svid(end_entity: &CertificateDer<'_>, trust_domain: &str) -> Result<(), rustls::Error> {
+/// The checks both sides run on the peer's leaf after its chain: one SPIFFE id of our trust
+/// domain, and not revoked (refused with rustls' `Revoked`, which sends the
+/// `certificate_revoked` alert).
+fn check_svid(
+    end_entity: &CertificateDer<'_>,
+    trust_domain: &str,
+    deny: &DenyList,
+) -> Result<(), rustls::Error> {
     let refuse = |msg: String| {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
             SvidRefused(msg),
         ))))
     };
     match certs::spiffe_id_of(end_entity) {
-        Ok(id) if id.trust_domain() == trust_domain => Ok(()),
-        Ok(id) => Err(refuse(format!(
-            "peer {id} is not in trust domain {trust_domain}"
-        ))),
-        Err(e) => Err(refuse(format!("peer certificate is not an SVID: {e}"))),
+        Ok(id) if id.trust_domain() == trust_domain => {}
+        Ok(id) => {
+            return Err(refuse(format!(
+                "peer {id} is not in trust domain {trust_domain}"
+            )));
+        }
+        Err(e) => return Err(refuse(format!("peer certificate is not an SVID: {e}"))),
     }
+    deny.check(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::Revoked))
 }
 
 #[derive(Debug)]
@@ -221,6 +256,7 @@ struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     algs: WebPkiSupportedAlgorithms,
     trust_domain: String,
+    deny: DenyList,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -241,7 +277,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algs.all,
         )?;
-        check_svid(end_entity, &self.trust_domain)?;
+        check_svid(end_entity, &self.trust_domain, &self.deny)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -275,6 +311,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
+    deny: DenyList,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -294,7 +331,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_svid(end_entity, &self.trust_domain)?;
+        check_svid(end_entity, &self.trust_domain, &self.deny)?;
         Ok(ClientCertVerified::assertion())
     }
 

@@ -4,7 +4,7 @@
 //! token and a CSR for an SVID, and keeps the result. Once the proxy is bound, three tasks
 //! run beside the data path:
 //! - [`follow`]: the Watch stream; each snapshot is converted ([`crate::control::pushed`]) and applied
-//!   atomically. A lost stream is retried with backoff and jitter while the proxy keeps
+//!   atomically, its deny-list (revoked identities) handed to the transport first. A lost stream is retried with backoff and jitter while the proxy keeps
 //!   serving on the last good snapshot.
 //! - [`keep_registered`]: Register, then KeepAlive every third of the lease; a lapsed lease
 //!   (the control plane was away too long) is registered again.
@@ -319,18 +319,31 @@ async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -
     }
 }
 
-/// Apply one pushed snapshot, whole or not at all.
+/// Apply one pushed snapshot, whole or not at all. Its deny-list is enforced first: live
+/// connections to peers it covers close before the new config routes anything.
 fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
     let s = &session.settings;
-    let snapshot = match crate::control::pushed::snapshot(pushed, &s.zone, s.app_host) {
-        Ok(snap) => snap,
-        Err(errs) => {
+    let converted = crate::control::pushed::snapshot(pushed, &s.zone, s.app_host)
+        .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>());
+    let deny = quiver_api::revocation::DenyList::parse(&pushed.revocations, &s.trust_domain);
+    let (snapshot, deny) = match (converted, deny) {
+        (Ok(snap), Ok(deny)) => (snap, deny),
+        (converted, deny) => {
+            let errs: Vec<String> = converted
+                .err()
+                .into_iter()
+                .flatten()
+                .chain(deny.err().into_iter().flatten())
+                .collect();
             inputs.metrics.config_reload(false);
-            let errs: Vec<String> = errs.iter().map(ToString::to_string).collect();
             tracing::warn!(version = pushed.version, errors = %errs.join("; "), "refused a pushed snapshot; keeping the current config");
             return;
         }
     };
+    let closed = inputs.transport.set_revocations(deny);
+    if closed > 0 {
+        tracing::warn!(closed, "closed live connections of revoked peers");
+    }
     // A rotated trust bundle travels with the config: combine it with our certificate.
     if !pushed.trust_bundle_pem.is_empty() {
         let current = session.held();

@@ -91,6 +91,11 @@ pub struct Metrics {
     pub quic_cwnd: Family<SideLabels, Histogram>,
     /// Server side: handshakes that resumed a TLS session this proxy issued.
     pub quic_resumptions: Family<SideLabels, Counter>,
+    /// Peer connections closed or refused after the handshake because the deny-list covers
+    /// the peer's certificate (handshakes the verifiers refuse count as failed handshakes).
+    pub revoked_peers: Family<SideLabels, Counter>,
+    /// Identities in the deny-list this proxy enforces.
+    pub revocations: Gauge,
     pub path: PathMetrics,
     /// HTTP body bytes from the caller (request) and to the caller (response).
     pub request_bytes: Family<TcpLabels, Counter>,
@@ -152,6 +157,8 @@ impl Metrics {
                 Histogram::new(exponential_buckets(4096.0, 2.0, 14))
             }),
             quic_resumptions: Family::default(),
+            revoked_peers: Family::default(),
+            revocations: Gauge::default(),
             path: PathMetrics::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
@@ -255,6 +262,17 @@ impl Metrics {
             "quic_session_resumptions",
             "Handshakes from peers that resumed a TLS session this proxy issued (no certificate exchange); full handshakes are quic_handshakes{side=server,result=ok} minus these",
             m.quic_resumptions.clone(),
+        );
+        r.register(
+            "revoked_peer_connections",
+            "Peer connections closed (live ones when a deny-list arrives) or refused right after \
+             the handshake (resumed sessions) because the peer's certificate is revoked, by side",
+            m.revoked_peers.clone(),
+        );
+        r.register(
+            "revocations",
+            "Revoked identities in the deny-list this proxy enforces",
+            m.revocations.clone(),
         );
         r.register(
             "identity_reloads",
