@@ -9,7 +9,7 @@
 //! on every live connection when a new list arrives. This module decides nothing else: who
 //! may revoke, how long entries are kept and how they travel belong to the control plane.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use crate::certs::{self, CertError};
@@ -38,40 +38,66 @@ pub enum Denied {
     Unreadable(String),
 }
 
+/// Which field of a revocation entry is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryField {
+    SpiffeId,
+    NotBefore,
+}
+
+/// A refused revocation entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryError {
+    /// Its position in the list.
+    pub index: usize,
+    pub field: EntryField,
+    pub reason: String,
+}
+
 /// Revoked identities: SPIFFE id -> the notBefore (Unix seconds) below which its certificates
 /// are denied. Cheap to clone: clones share the list, so the verifiers built into TLS configs
 /// see a replaced list at once.
 #[derive(Debug, Clone, Default)]
 pub struct DenyList {
-    entries: Arc<RwLock<Arc<HashMap<String, i64>>>>,
+    entries: Arc<RwLock<Arc<BTreeMap<String, i64>>>>,
 }
 
 impl DenyList {
-    /// Validate pushed revocations: every entry names a SPIFFE id of `trust_domain` and a
-    /// positive instant. Errors name the entry's field.
-    pub fn parse(
-        revocations: &[v1::Revocation],
+    /// Validate revocations (SPIFFE id, notBefore in Unix seconds), from a push or a static
+    /// file: every entry names a SPIFFE id of `trust_domain` and a positive instant. Each
+    /// error says which entry and which of its two fields; the caller names them in its own
+    /// spelling.
+    pub fn parse<'a>(
+        entries: impl IntoIterator<Item = (&'a str, i64)>,
         trust_domain: &str,
-    ) -> Result<HashMap<String, i64>, Vec<String>> {
-        let mut out = HashMap::with_capacity(revocations.len());
+    ) -> Result<BTreeMap<String, i64>, Vec<EntryError>> {
+        let mut out = BTreeMap::new();
         let mut errors = Vec::new();
-        for (i, r) in revocations.iter().enumerate() {
-            match SpiffeId::parse(&r.spiffe_id) {
+        for (index, (spiffe_id, not_before)) in entries.into_iter().enumerate() {
+            let mut fail = |field, reason| {
+                errors.push(EntryError {
+                    index,
+                    field,
+                    reason,
+                });
+            };
+            match SpiffeId::parse(spiffe_id) {
                 Ok(id) if id.trust_domain() == trust_domain => {}
-                Ok(id) => errors.push(format!(
-                    "revocations[{i}].spiffeId: {id} is not in trust domain {trust_domain}"
-                )),
-                Err(e) => errors.push(format!("revocations[{i}].spiffeId: {e}")),
+                Ok(id) => fail(
+                    EntryField::SpiffeId,
+                    format!("{id} is not in trust domain {trust_domain}"),
+                ),
+                Err(e) => fail(EntryField::SpiffeId, format!("{spiffe_id:?}: {e}")),
             }
-            if r.not_before_unix <= 0 {
-                errors.push(format!(
-                    "revocations[{i}].notBeforeUnix: {} is not a positive Unix time",
-                    r.not_before_unix
-                ));
+            if not_before <= 0 {
+                fail(
+                    EntryField::NotBefore,
+                    format!("{not_before} is not a positive Unix time"),
+                );
             }
             // Two entries for one id: the later instant covers the earlier one.
-            let slot = out.entry(r.spiffe_id.clone()).or_insert(r.not_before_unix);
-            *slot = (*slot).max(r.not_before_unix);
+            let slot = out.entry(spiffe_id.to_string()).or_insert(not_before);
+            *slot = (*slot).max(not_before);
         }
         if errors.is_empty() {
             Ok(out)
@@ -80,8 +106,34 @@ impl DenyList {
         }
     }
 
+    /// [`Self::parse`] for a pushed `quiver.v1.ProxySnapshot.revocations`, with its field
+    /// paths (`revocations[i].spiffeId`).
+    pub fn parse_pushed(
+        revocations: &[v1::Revocation],
+        trust_domain: &str,
+    ) -> Result<BTreeMap<String, i64>, Vec<(String, String)>> {
+        Self::parse(
+            revocations
+                .iter()
+                .map(|r| (r.spiffe_id.as_str(), r.not_before_unix)),
+            trust_domain,
+        )
+        .map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| {
+                    let field = match e.field {
+                        EntryField::SpiffeId => "spiffeId",
+                        EntryField::NotBefore => "notBeforeUnix",
+                    };
+                    (format!("revocations[{}].{field}", e.index), e.reason)
+                })
+                .collect()
+        })
+    }
+
     /// Replace the list; true when it changed.
-    pub fn replace(&self, entries: HashMap<String, i64>) -> bool {
+    pub fn replace(&self, entries: BTreeMap<String, i64>) -> bool {
         let mut current = self
             .entries
             .write()
@@ -102,7 +154,7 @@ impl DenyList {
         self.current().is_empty()
     }
 
-    fn current(&self) -> Arc<HashMap<String, i64>> {
+    fn current(&self) -> Arc<BTreeMap<String, i64>> {
         self.entries
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -177,8 +229,8 @@ mod tests {
             not_before_unix: unix(now),
             ..Default::default()
         }];
-        assert!(list.replace(DenyList::parse(&pushed, "mesh.local").unwrap()));
-        assert!(!list.replace(DenyList::parse(&pushed, "mesh.local").unwrap()));
+        assert!(list.replace(DenyList::parse_pushed(&pushed, "mesh.local").unwrap()));
+        assert!(!list.replace(DenyList::parse_pushed(&pushed, "mesh.local").unwrap()));
         let denied = list.check(&der(&old.chain_pem)).unwrap_err();
         assert!(
             denied
@@ -193,7 +245,7 @@ mod tests {
             list.check(&der(&other.chain_pem)).is_ok(),
             "another identity"
         );
-        assert!(list.replace(HashMap::new()));
+        assert!(list.replace(BTreeMap::new()));
         assert!(list.check(&der(&old.chain_pem)).is_ok(), "list emptied");
     }
 
@@ -211,17 +263,18 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let errors = DenyList::parse(&bad, "mesh.local").unwrap_err();
-        assert!(
-            errors[0].starts_with("revocations[0].spiffeId:"),
-            "{errors:?}"
+        let errors = DenyList::parse_pushed(&bad, "mesh.local").unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "revocations[0].spiffeId",
+                "revocations[1].spiffeId",
+                "revocations[1].notBeforeUnix"
+            ]
         );
         assert!(
-            errors[1].starts_with("revocations[1].spiffeId:"),
-            "{errors:?}"
-        );
-        assert!(
-            errors[2].starts_with("revocations[1].notBeforeUnix:"),
+            errors[0].1.contains("not in trust domain mesh.local"),
             "{errors:?}"
         );
     }

@@ -346,3 +346,109 @@ async fn a_revoked_workload_is_cut_off_within_seconds_while_other_pairs_lose_not
     assert!(ok > 100, "only {ok} requests");
     assert!(failed.is_empty(), "web -> reviews failed: {failed:?}");
 }
+
+fn unix_now() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+/// Static mode: a deny-list in the config file (re-read live) closes the live connection of
+/// the peer it revokes and refuses that peer's next handshake, even a resumed one (no
+/// certificate is sent, so no verifier runs: the check after the handshake refuses it); on
+/// the client side too; and taking the entry out lets the peer back in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_deny_list_closes_live_and_resumed_connections_both_ways() {
+    use quiver_tests::harness::{Apps, RunningProxy, client_yaml, server_yaml};
+    use quiver_tests::pki::Pki;
+
+    let pki = Pki::new();
+    let apps = Apps::start().await;
+    let b_yaml = server_yaml(&pki.issue("b"), &apps, "1s");
+    let b_file = pki.dir.join("b-revocation.yaml");
+    std::fs::write(&b_file, &b_yaml).unwrap();
+    let b = RunningProxy::start_file(&b_file, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let a_yaml = client_yaml(&pki.issue("a"), b.bound.quic, pki.id("b").as_str());
+    let a_file = pki.dir.join("a-revocation.yaml");
+    std::fs::write(&a_file, &a_yaml).unwrap();
+    let a = RunningProxy::start_file(&a_file, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let client: Client = quiver_tests::client::client(false);
+    let echo = a.bound.outbound[0];
+    call(&client, echo, "/first").await.unwrap();
+    let metrics = |p: &RunningProxy| {
+        let admin = p.bound.admin;
+        async move { admin_get(admin, "/metrics").await.unwrap().1 }
+    };
+    let resumed_before = sample(
+        &metrics(&b).await,
+        "quiver_quic_session_resumptions_total{side=\"server\"}",
+    );
+
+    // B revokes A: the live connection closes, and A's next handshakes (A holds a session
+    // ticket from B, so it resumes) are refused after the handshake.
+    let revoke = |yaml: &str, id: &str| {
+        format!(
+            "{yaml}revocations:\n  - {{spiffe_id: \"{id}\", not_before_unix: {}}}\n",
+            unix_now()
+        )
+    };
+    std::fs::write(&b_file, revoke(&b_yaml, pki.id("a").as_str())).unwrap();
+    eventually(
+        "B closes A's live connection",
+        Duration::from_secs(10),
+        || async {
+            (sample(
+                &metrics(&b).await,
+                "quiver_revoked_peer_connections_total{side=\"server\"}",
+            ) >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    // Refused after the (resumed) handshake: the connection closes before h3 is set up.
+    let refused = call(&client, echo, "/revoked").await.unwrap_err();
+    assert!(refused.contains("quiver-error \"peer-"), "{refused}");
+    let m = metrics(&b).await;
+    assert!(
+        sample(&m, "quiver_quic_session_resumptions_total{side=\"server\"}") > resumed_before,
+        "A did not resume a session:\n{m}"
+    );
+    assert!(
+        sample(&m, "quiver_revoked_peer_connections_total{side=\"server\"}") >= 2.0,
+        "the resumed handshake was not refused:\n{m}"
+    );
+    assert_eq!(sample(&m, "quiver_revocations"), 1.0);
+
+    // Taken out of the file: A is served again.
+    std::fs::write(&b_file, &b_yaml).unwrap();
+    eventually("A is served again", Duration::from_secs(10), || async {
+        call(&client, echo, "/back").await.ok()
+    })
+    .await;
+
+    // A revokes B (the serving peer): A closes its pooled connection and refuses B's
+    // certificate on the next handshake.
+    std::fs::write(&a_file, revoke(&a_yaml, pki.id("b").as_str())).unwrap();
+    eventually(
+        "A closes its connection to B",
+        Duration::from_secs(10),
+        || async {
+            (sample(
+                &metrics(&a).await,
+                "quiver_revoked_peer_connections_total{side=\"client\"}",
+            ) >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let refused = call(&client, echo, "/revoked-server").await.unwrap_err();
+    assert!(refused.contains("peer-handshake"), "{refused}");
+}

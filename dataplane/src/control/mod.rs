@@ -319,15 +319,23 @@ async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -
     }
 }
 
-/// Apply one pushed snapshot, whole or not at all. Its deny-list is enforced first: live
-/// connections to peers it covers close before the new config routes anything.
+/// Apply one pushed snapshot, whole or not at all (its deny-list included).
 fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
     let s = &session.settings;
     let converted = crate::control::pushed::snapshot(pushed, &s.zone, s.app_host)
         .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>());
-    let deny = quiver_api::revocation::DenyList::parse(&pushed.revocations, &s.trust_domain);
-    let (snapshot, deny) = match (converted, deny) {
-        (Ok(snap), Ok(deny)) => (snap, deny),
+    // Revoked identities are checked against this proxy's own trust domain, not the push's.
+    let deny = quiver_api::revocation::DenyList::parse_pushed(&pushed.revocations, &s.trust_domain)
+        .map_err(|errs| {
+            errs.into_iter()
+                .map(|(field, reason)| format!("{field}: {reason}"))
+                .collect::<Vec<_>>()
+        });
+    let snapshot = match (converted, deny) {
+        (Ok(mut snap), Ok(deny)) => {
+            snap.revocations = deny;
+            snap
+        }
         (converted, deny) => {
             let errs: Vec<String> = converted
                 .err()
@@ -340,10 +348,6 @@ fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
             return;
         }
     };
-    let closed = inputs.transport.set_revocations(deny);
-    if closed > 0 {
-        tracing::warn!(closed, "closed live connections of revoked peers");
-    }
     // A rotated trust bundle travels with the config: combine it with our certificate.
     if !pushed.trust_bundle_pem.is_empty() {
         let current = session.held();

@@ -220,7 +220,7 @@ impl Transport {
     /// connection whose peer it covers is closed now, pooled and accepted alike (requests on
     /// it fail; the pool dials again, and that handshake is refused). Returns how many
     /// connections were closed.
-    pub fn set_revocations(&self, entries: HashMap<String, i64>) -> usize {
+    pub fn set_revocations(&self, entries: std::collections::BTreeMap<String, i64>) -> usize {
         self.metrics
             .revocations
             .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
