@@ -99,6 +99,12 @@ pub async fn revoke(
                 })?;
             let w: v1::Workload = decode(&stored)?;
             let id = w.spec.map(|s| s.spiffe_id).unwrap_or_default();
+            if SpiffeId::parse(&id).is_err() {
+                return Err(Status::failed_precondition(format!(
+                    "workload: {namespace}/{name} carries no valid SPIFFE id ({id:?}); revoke \
+                     its identity by spiffeId"
+                )));
+            }
             (id, Some((name, stored.resource_version)))
         }
     };
