@@ -370,3 +370,51 @@ async fn revoke_refuses_bad_input_naming_the_field() {
     );
     server.stop().await;
 }
+
+/// Two replicas on one Postgres: a revocation made through one reaches the proxies watching
+/// the other (its one-second poll of the table) and is enforced there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_on_one_replica_is_pushed_and_enforced_by_the_other() {
+    let db = PgTestDb::create().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestServer::start(Some(&db.url), dir_a.path()).await;
+    let b = TestServer::start(Some(&db.url), dir_b.path()).await;
+    let mut admin_a = a.admin().await;
+    admin_a
+        .apply_service(doc::<v1::Service>(REVIEWS_SERVICE))
+        .await
+        .unwrap();
+    admin_a
+        .apply_service(doc::<v1::Service>(WEB_SERVICE))
+        .await
+        .unwrap();
+    let reviews = mesh::join(&a, "shop", "reviews").await;
+    let web = mesh::join(&a, "shop", "web").await;
+    let mut web_on_b = web.client_to(b.discovery).await;
+    let mut watch = Watcher::open(&mut web_on_b, &["web"]).await;
+    watch.until("the first snapshot", |_| true).await;
+
+    let revoked = admin_a
+        .revoke(revoke_identity(REVIEWS_ID, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let pushed = watch
+        .until("replica B pushes the revocation made on A", |s| {
+            !s.revocations.is_empty()
+        })
+        .await;
+    assert_eq!(pushed.revocations, vec![revoked]);
+    let err = reviews
+        .client_to(b.discovery)
+        .await
+        .register(registration("reviews", "127.0.0.1:20030", "v1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = renew(&reviews, b.discovery).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    drop(web_on_b);
+    a.stop().await;
+    b.stop().await;
+}
