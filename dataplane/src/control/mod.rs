@@ -4,8 +4,8 @@
 //! token and a CSR for an SVID, and keeps the result. Once the proxy is bound, three tasks
 //! run beside the data path:
 //! - [`follow`]: the Watch stream; each snapshot is converted ([`crate::control::pushed`]) and applied
-//!   atomically, its deny-list (revoked identities) handed to the transport first. A lost stream is retried with backoff and jitter while the proxy keeps
-//!   serving on the last good snapshot.
+//!   atomically, its deny-list of revoked identities included. A lost stream is retried with
+//!   backoff and jitter while the proxy keeps serving on the last good snapshot.
 //! - [`keep_registered`]: Register, then KeepAlive every third of the lease; a lapsed lease
 //!   (the control plane was away too long) is registered again.
 //! - [`renew`]: a new key and certificate at two thirds of the lifetime, swapped into the

@@ -149,7 +149,7 @@ pub struct Transport {
     max_header_bytes: u64,
     paths: PathClasses,
     metrics: Arc<Metrics>,
-    /// Revoked identities (control-plane mode), consulted by both sides' verifiers.
+    /// Revoked identities (the snapshot's deny-list), consulted by both sides' verifiers.
     deny: DenyList,
 }
 
