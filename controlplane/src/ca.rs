@@ -97,17 +97,21 @@ impl MeshCa {
         Ok(self.authority.issue(id, ttl)?)
     }
 
-    /// Sign the public key of `csr_der` into an SVID for `ns`/`service_account`.
+    /// Sign the public key of `csr_der` into an SVID for `ns`/`service_account`, valid from no
+    /// earlier than `not_before_floor` (the identity's revocation instant, if any).
     pub fn sign(
         &self,
         csr_der: &[u8],
         namespace: &str,
         service_account: &str,
         ttl: Duration,
+        not_before_floor: SystemTime,
     ) -> Result<(SpiffeId, String, SystemTime), CaError> {
         let id = SpiffeId::workload(&self.trust_domain, namespace, service_account)
             .map_err(|e| CaError::TrustDomain(self.trust_domain.clone(), e))?;
-        let (chain, not_after) = self.authority.sign_csr(csr_der, &id, ttl)?;
+        let (chain, not_after) =
+            self.authority
+                .sign_csr_not_before(csr_der, &id, ttl, not_before_floor)?;
         Ok((id, chain, not_after))
     }
 }

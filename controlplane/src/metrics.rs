@@ -36,6 +36,11 @@ pub struct DropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
     pub code: &'static str,
 }
@@ -45,6 +50,8 @@ pub struct Metrics {
     calls: Family<CallLabels, Counter>,
     store: Family<StoreLabels, Histogram>,
     watchers: Gauge,
+    revocations: Gauge,
+    revoked_refusals: Family<MethodLabels, Counter>,
     telemetry: TelemetryMetrics,
     otlp: OtlpMetrics,
 }
@@ -182,6 +189,19 @@ impl Metrics {
         );
         let watchers = Gauge::default();
         quiver.register("watchers", "Open Watch streams", watchers.clone());
+        let revocations = Gauge::default();
+        quiver.register(
+            "revocations",
+            "Revocations in force that proxies are sent (their deny-list)",
+            revocations.clone(),
+        );
+        let revoked_refusals = Family::<MethodLabels, Counter>::default();
+        quiver.register(
+            "revoked_refusals",
+            "MeshDiscovery calls refused because the caller's certificate or join token is \
+             covered by a revocation, by method",
+            revoked_refusals.clone(),
+        );
         let telemetry = TelemetryMetrics::default();
         let t = quiver.sub_registry_with_prefix("telemetry");
         t.register(
@@ -219,9 +239,23 @@ impl Metrics {
             calls,
             store,
             watchers,
+            revocations,
+            revoked_refusals,
             telemetry,
             otlp,
         }
+    }
+
+    /// The gauge of revocations proxies are sent (`quiver_revocations`).
+    pub fn revocations(&self) -> Gauge {
+        self.revocations.clone()
+    }
+
+    /// A discovery call refused because its caller (or join token) is revoked.
+    pub fn revoked_refusal(&self, method: &'static str) {
+        self.revoked_refusals
+            .get_or_create(&MethodLabels { method })
+            .inc();
     }
 
     /// The OTLP exporter's metrics (`quiver_otlp_*`).

@@ -1,5 +1,5 @@
 //! Start-up wiring of the `quiver-control` server: configuration, store, CA, first admin
-//! token, change feed, mesh view, lease sweeper and trace retention sweeper; the API listener
+//! token, change feed, mesh view, revocations in force, lease sweeper and trace retention sweeper; the API listener
 //! (native gRPC, gRPC-web, reflection and `/metrics`) and the discovery listener
 //! (MeshDiscovery over TLS, client certificates from the mesh CA).
 
@@ -19,6 +19,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::api::{AdminApi, DiscoveryApi, Inputs};
 use crate::auth;
 use crate::ca::{CaError, MeshCa};
+use crate::discovery::revocations::RevocationView;
 use crate::discovery::{MeshView, listener, sweeper};
 use crate::metrics::{self, Metrics};
 use crate::store::{self, Feed, now_ms};
@@ -326,6 +327,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     let (span_writer, span_writer_task) =
         crate::telemetry::writer::SpanWriter::start(store.clone(), metrics.clone(), otlp_export);
     let store_engine = store.engine();
+    let revocations = RevocationView::start(store.clone(), metrics.revocations()).await?;
     let inputs = Arc::new(Inputs {
         store,
         feed,
@@ -334,6 +336,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         svid_ttl: config.svid_ttl,
         lease_ttl: config.lease_ttl,
         view,
+        revocations,
         started_at: rfc3339(now_ms()),
         spans: span_writer,
     });

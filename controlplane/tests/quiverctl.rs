@@ -330,3 +330,46 @@ async fn trust_bundle_is_what_a_joining_proxy_needs() {
     assert!(err.contains("Unauthenticated"), "{err}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiverctl_revokes_identities_and_lists_them() {
+    let db = SqliteTestDb::create();
+    let server = TestServer::start(None, db.dir.path()).await;
+    let ctl = Ctl {
+        server: server.url.clone(),
+        token: Some(server.admin.clone()),
+    };
+    let id = "spiffe://mesh.local/ns/shop/sa/reviews";
+    let out = ctl
+        .ok(&["revoke", "identity", id, "--reason", "key leaked"], None)
+        .await;
+    assert!(out.starts_with(&format!("revoked {id}: ")), "{out}");
+    let table = ctl.ok(&["revoke", "list"], None).await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("SPIFFE ID"), "{table}");
+    assert!(
+        lines[1].starts_with(id) && lines[1].ends_with("key leaked"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["revoke", "list", "-o", "json"], None).await).unwrap();
+    assert_eq!(json[0]["spiffeId"], id);
+    assert!(json[0]["notBeforeUnix"].as_i64().unwrap() > 0);
+
+    // Refused input names the field; a workload that is not registered is named.
+    let err = ctl
+        .fails(&["revoke", "identity", "spiffe://other.td/ns/a/sa/b"], None)
+        .await;
+    assert!(
+        err.contains("spiffeId: spiffe://other.td/ns/a/sa/b is not in this mesh's trust domain"),
+        "{err}"
+    );
+    let err = ctl
+        .fails(&["revoke", "workload", "nosuch", "-n", "shop"], None)
+        .await;
+    assert!(
+        err.contains("workload: shop/nosuch is not registered"),
+        "{err}"
+    );
+    server.stop().await;
+}

@@ -68,8 +68,20 @@ struct File {
     authorization: Vec<quiver_policy::authz::NamedPolicy>,
     #[serde(default)]
     mesh: quiver_api::v1::MeshConfigSpec,
+    /// Static mode's deny-list (control-plane mode is sent one).
+    #[serde(default)]
+    revocations: Vec<RevocationFile>,
     #[serde(default)]
     tuning: Tuning,
+}
+
+/// A revoked identity in a static file: certificates of `spiffe_id` whose notBefore is
+/// earlier than `not_before_unix` (Unix seconds) are refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationFile {
+    spiffe_id: String,
+    not_before_unix: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -579,6 +591,7 @@ fn validate_control_plane(
         ("inbound", !file.inbound.is_empty()),
         ("routes", !file.routes.is_empty()),
         ("authorization", !file.authorization.is_empty()),
+        ("revocations", !file.revocations.is_empty()),
     ] {
         if set {
             err(
@@ -896,6 +909,31 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         });
     }
 
+    // The trust domain is known once the identity loaded; without it the identity error is
+    // the one to fix first.
+    let mut revocations = BTreeMap::new();
+    if let Some(td) = &trust_domain {
+        match quiver_api::revocation::DenyList::parse(
+            file.revocations
+                .iter()
+                .map(|r| (r.spiffe_id.as_str(), r.not_before_unix)),
+            td,
+        ) {
+            Ok(parsed) => revocations = parsed,
+            Err(errors) => {
+                for e in errors {
+                    let field = match e.field {
+                        quiver_api::revocation::EntryField::SpiffeId => "spiffe_id",
+                        quiver_api::revocation::EntryField::NotBefore => "not_before_unix",
+                    };
+                    errs.push(FieldError {
+                        path: format!("revocations[{}].{field}", e.index),
+                        reason: e.reason,
+                    });
+                }
+            }
+        }
+    }
     let policy = quiver_policy::plan::PolicyConfig {
         routes: file.routes,
         authorization: file.authorization,
@@ -912,7 +950,10 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
         quiver_policy::services::Unknown::Refuse,
     );
     let snapshot = match snapshot {
-        Ok(s) => Some(s),
+        Ok(mut s) => {
+            s.revocations = revocations;
+            Some(s)
+        }
         Err(e) => {
             errs.extend(e);
             None

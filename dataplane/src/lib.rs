@@ -68,8 +68,13 @@ impl Inputs {
     }
 
     /// Install a snapshot, carrying each service's balancer and budget state over by name;
-    /// requests already decided keep the routing they started with.
+    /// requests already decided keep the routing they started with. Its deny-list is enforced
+    /// first: live connections of peers it revokes are closed before anything routes on it.
     pub fn set_snapshot(&self, s: Snapshot) {
+        let closed = self.transport.set_revocations(s.revocations.clone());
+        if closed > 0 {
+            tracing::warn!(closed, "closed live connections of revoked peers");
+        }
         let mut cur = self
             .routing
             .write()
@@ -189,6 +194,9 @@ impl Proxy {
             metrics.clone(),
         )
         .context("starting QUIC")?;
+        // A static file's deny-list holds from the first handshake (later ones arrive through
+        // `set_snapshot`).
+        transport.set_revocations(config.snapshot.revocations.clone());
         let quic = transport.local_addr().context("QUIC local address")?;
         let admin_listener = TcpListener::bind(b.admin_listen)
             .await

@@ -110,6 +110,9 @@ pub struct Snapshot {
     /// The same, compiled.
     #[serde(skip)]
     pub policy: Arc<Policy>,
+    /// The deny-list: revoked SPIFFE id -> the notBefore (Unix seconds) below which its
+    /// certificates are refused ([`crate::mesh::transport::Transport::set_revocations`]).
+    pub revocations: BTreeMap<String, i64>,
 }
 
 impl Default for Snapshot {
@@ -127,6 +130,7 @@ impl Default for Snapshot {
             services: BTreeMap::new(),
             policy_config: PolicyConfig::default(),
             policy: Arc::new(policy),
+            revocations: BTreeMap::new(),
         }
     }
 }
@@ -158,6 +162,7 @@ impl Snapshot {
             services,
             policy_config,
             policy: Arc::new(policy),
+            revocations: BTreeMap::new(),
         })
     }
 }

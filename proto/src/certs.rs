@@ -177,17 +177,27 @@ impl CertificateAuthority {
         id: &SpiffeId,
         ttl: Duration,
     ) -> Result<(String, SystemTime), CertError> {
+        self.sign_csr_not_before(csr_der, id, ttl, SystemTime::UNIX_EPOCH)
+    }
+
+    /// [`Self::sign_csr`] with a floor for notBefore: the leaf is valid from a minute ago (clock
+    /// skew) but never from before `floor`. The control plane passes the instant its identity
+    /// was last revoked from, so that a certificate issued after a revocation is never covered
+    /// by it (`crate::revocation::covers`).
+    pub fn sign_csr_not_before(
+        &self,
+        csr_der: &[u8],
+        id: &SpiffeId,
+        ttl: Duration,
+        floor: SystemTime,
+    ) -> Result<(String, SystemTime), CertError> {
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
             csr_der.to_vec(),
         ))?;
         let now = SystemTime::now();
         let not_after = self.leaf_expiry(now, ttl);
-        let chain = self.sign(
-            &csr.public_key,
-            id,
-            now - Duration::from_secs(60),
-            not_after,
-        )?;
+        let not_before = (now - Duration::from_secs(60)).max(floor);
+        let chain = self.sign(&csr.public_key, id, not_before, not_after)?;
         Ok((chain, not_after))
     }
 
@@ -259,6 +269,13 @@ pub fn not_after(cert_der: &[u8]) -> Result<SystemTime, CertError> {
         .map_err(|e| CertError::Parse(e.to_string()))?;
     let secs = cert.validity().not_after.timestamp();
     Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+}
+
+/// When a certificate starts being valid, in Unix seconds (what revocations compare).
+pub fn not_before_unix(cert_der: &[u8]) -> Result<i64, CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| CertError::Parse(e.to_string()))?;
+    Ok(cert.validity().not_before.timestamp())
 }
 
 /// Every certificate in a PEM string, in order.

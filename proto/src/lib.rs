@@ -1,7 +1,8 @@
 //! Quiver's shared vocabulary: what the proxy, the control plane and the CLI must agree on.
 //!
 //! Owns SPIFFE identities ([`spiffe`]), minting and reading mesh certificates ([`certs`]), the
-//! rustls verifiers that enforce mesh mTLS ([`tls`]), the generated `quiver.v1` API ([`v1`]),
+//! rustls verifiers that enforce mesh mTLS ([`tls`]) and the deny-list they consult
+//! ([`revocation`]), the generated `quiver.v1` API ([`v1`]),
 //! resource kinds and YAML documents ([`resource`], [`document`]) and resource validation
 //! ([`validate`]). Without the `full` feature (the default has it) only the vocabulary is
 //! built: messages, documents, SPIFFE ids, durations and field errors, for wasm32 (the
@@ -17,6 +18,8 @@ pub mod document;
 pub mod duration;
 pub mod exposition;
 pub mod resource;
+#[cfg(feature = "full")]
+pub mod revocation;
 pub mod spiffe;
 #[cfg(feature = "full")]
 pub mod tls;

@@ -4,12 +4,13 @@
 //! one SPIFFE id of our trust domain. The client side checks the chain the same way; whether
 //! the server is *the* identity expected for that endpoint is decided by the caller after the
 //! handshake ([`peer_spiffe_id`]) so that a mismatch is reported with both ids, before any
-//! request is sent.
+//! request is sent. Both sides refuse a peer leaf that the deny-list covers
+//! ([`crate::revocation::DenyList::check`]) with a `certificate_revoked` alert.
 //!
 //! Both sides refuse TLS session resumption: a resumed handshake skips the verifiers, so an
-//! expired (or, later, revoked) certificate would keep connecting on a ticket. With
-//! resumption off, the verifiers below are the one place that judges every connection's
-//! certificate (docs/security.md, "Every connection shows a valid certificate").
+//! expired or revoked certificate would keep connecting on a ticket. With resumption off, the
+//! verifiers below are the one place that judges every connection's certificate
+//! (docs/security.md, "Every connection shows a valid certificate").
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::certs::{self, CertError};
+use crate::revocation::DenyList;
 use crate::spiffe::SpiffeId;
 
 /// Why an identity or trust bundle could not be loaded.
@@ -127,6 +129,16 @@ impl MeshIdentity {
     /// TLS 1.3 server config requiring a mesh client certificate, on every handshake (no
     /// session tickets, no resumption).
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, IdentityError> {
+        self.server_config_denying(alpn, &DenyList::default())
+    }
+
+    /// [`Self::server_config`] that also refuses client certificates `deny` covers (read at
+    /// each handshake, so a replaced list applies at once).
+    pub fn server_config_denying(
+        &self,
+        alpn: &[&[u8]],
+        deny: &DenyList,
+    ) -> Result<rustls::ServerConfig, IdentityError> {
         let provider = provider();
         let inner = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
             .build()
@@ -134,6 +146,7 @@ impl MeshIdentity {
         let verifier = Arc::new(SpiffeClientVerifier {
             inner,
             trust_domain: self.trust_domain().to_string(),
+            deny: deny.clone(),
         });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -150,11 +163,21 @@ impl MeshIdentity {
     /// bundle and whose certificate carries one SPIFFE id of our trust domain, on every
     /// handshake (it never resumes a session).
     pub fn client_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, IdentityError> {
+        self.client_config_denying(alpn, &DenyList::default())
+    }
+
+    /// [`Self::client_config`] that also refuses server certificates `deny` covers.
+    pub fn client_config_denying(
+        &self,
+        alpn: &[&[u8]],
+        deny: &DenyList,
+    ) -> Result<rustls::ClientConfig, IdentityError> {
         let provider = provider();
         let verifier = Arc::new(SpiffeServerVerifier {
             roots: self.roots()?,
             algs: provider.signature_verification_algorithms,
             trust_domain: self.trust_domain().to_string(),
+            deny: deny.clone(),
         });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -191,6 +214,7 @@ pub fn client_config_without_identity(
         roots: Arc::new(roots),
         algs: provider.signature_verification_algorithms,
         trust_domain: trust_domain.to_string(),
+        deny: DenyList::default(),
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -214,19 +238,30 @@ pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, CertErro
 #[error("{0}")]
 struct SvidRefused(String);
 
-fn check_svid(end_entity: &CertificateDer<'_>, trust_domain: &str) -> Result<(), rustls::Error> {
+/// The checks both sides run on the peer's leaf after its chain: one SPIFFE id of our trust
+/// domain, and not revoked (refused with rustls' `Revoked`, which sends the
+/// `certificate_revoked` alert).
+fn check_svid(
+    end_entity: &CertificateDer<'_>,
+    trust_domain: &str,
+    deny: &DenyList,
+) -> Result<(), rustls::Error> {
     let refuse = |msg: String| {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
             SvidRefused(msg),
         ))))
     };
     match certs::spiffe_id_of(end_entity) {
-        Ok(id) if id.trust_domain() == trust_domain => Ok(()),
-        Ok(id) => Err(refuse(format!(
-            "peer {id} is not in trust domain {trust_domain}"
-        ))),
-        Err(e) => Err(refuse(format!("peer certificate is not an SVID: {e}"))),
+        Ok(id) if id.trust_domain() == trust_domain => {}
+        Ok(id) => {
+            return Err(refuse(format!(
+                "peer {id} is not in trust domain {trust_domain}"
+            )));
+        }
+        Err(e) => return Err(refuse(format!("peer certificate is not an SVID: {e}"))),
     }
+    deny.check(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::Revoked))
 }
 
 #[derive(Debug)]
@@ -234,6 +269,7 @@ struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     algs: WebPkiSupportedAlgorithms,
     trust_domain: String,
+    deny: DenyList,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -254,7 +290,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algs.all,
         )?;
-        check_svid(end_entity, &self.trust_domain)?;
+        check_svid(end_entity, &self.trust_domain, &self.deny)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -288,6 +324,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
+    deny: DenyList,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
@@ -307,7 +344,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_svid(end_entity, &self.trust_domain)?;
+        check_svid(end_entity, &self.trust_domain, &self.deny)?;
         Ok(ClientCertVerified::assertion())
     }
 

@@ -373,6 +373,25 @@ impl MeshAdmin for AdminApi {
         self.call("Status", AdminApi::status(self, req)).await
     }
 
+    async fn revoke(
+        &self,
+        req: Request<v1::RevokeRequest>,
+    ) -> Result<Response<v1::Revocation>, Status> {
+        self.call("Revoke", super::revocations::revoke(&self.inputs, req))
+            .await
+    }
+
+    async fn list_revocations(
+        &self,
+        req: Request<v1::ListRevocationsRequest>,
+    ) -> Result<Response<v1::RevocationList>, Status> {
+        self.call(
+            "ListRevocations",
+            super::revocations::list(&self.inputs, req),
+        )
+        .await
+    }
+
     async fn search_traces(
         &self,
         req: Request<v1::SearchTracesRequest>,

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    Inputs, is_dns_label, peer, redeem_status, rfc3339, svid_ttl, trust_bundle, workloads,
+    Inputs, is_dns_label, peer, redeem_status, revocations, rfc3339, svid_ttl, trust_bundle,
+    workloads,
 };
 use crate::auth::hash_secret;
 use crate::discovery::view::service_account;
@@ -37,8 +38,16 @@ impl DiscoveryApi {
         Self { inputs }
     }
 
-    pub(super) fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
-        peer::caller(req, self.inputs.ca.trust_domain())
+    /// Who calls, refused when a revocation covers its certificate (`method` labels the
+    /// refusal).
+    pub(super) fn caller<T>(
+        &self,
+        req: &Request<T>,
+        method: &'static str,
+    ) -> Result<Caller, Status> {
+        let caller = peer::caller(req, self.inputs.ca.trust_domain())?;
+        revocations::check_caller(&self.inputs, &caller, peer::not_before(req)?, method)?;
+        Ok(caller)
     }
 
     /// Run a handler and count its outcome by method and code.
@@ -59,6 +68,13 @@ impl DiscoveryApi {
             .redeem_join_token(&hash_secret(&req.join_token), now_ms())
             .await
             .map_err(redeem_status)?;
+        let spiffe_id = quiver_api::SpiffeId::workload(
+            self.inputs.ca.trust_domain(),
+            &grant.namespace,
+            &grant.service_account,
+        )
+        .map_err(|e| Status::internal(format!("the join token's identity: {e}")))?;
+        revocations::check_join(&self.inputs, &grant, spiffe_id.as_str()).await?;
         let (id, chain, expires_at) = self
             .sign(&req.csr_der, &grant.namespace, &grant.service_account)
             .await?;
@@ -72,7 +88,10 @@ impl DiscoveryApi {
     }
 
     async fn renew(&self, req: Request<v1::RenewRequest>) -> Result<v1::RenewResponse, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, "Renew")?;
+        // Renewable only while entitled: not revoked (checked in the store, not the view) and
+        // a Service still runs as the identity.
+        revocations::check_renewal(&self.inputs, &caller, peer::not_before(&req)?).await?;
         let req = req.into_inner();
         check_csr(&req.csr_der)?;
         // The identity is the certificate's, never anything the CSR says.
@@ -95,10 +114,17 @@ impl DiscoveryApi {
         service_account: &str,
     ) -> Result<(String, String, String), Status> {
         let ttl = svid_ttl(&self.inputs).await;
+        let id = quiver_api::SpiffeId::workload(
+            self.inputs.ca.trust_domain(),
+            namespace,
+            service_account,
+        )
+        .map_err(|e| Status::invalid_argument(format!("serviceAccount: {e}")))?;
+        let floor = revocations::not_before_floor(&self.inputs, id.as_str()).await?;
         let (id, chain, not_after) = self
             .inputs
             .ca
-            .sign(csr_der, namespace, service_account, ttl)
+            .sign(csr_der, namespace, service_account, ttl, floor)
             .map_err(|e| Status::invalid_argument(format!("csrDer: {e}")))?;
         let expires_ms = not_after
             .duration_since(std::time::UNIX_EPOCH)
@@ -108,7 +134,8 @@ impl DiscoveryApi {
     }
 
     async fn watch(&self, req: Request<v1::ProxyWatchRequest>) -> Result<SnapshotStream, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, "Watch")?;
+        let cert_not_before = peer::not_before(&req)?;
         let fronts = req.into_inner().services;
         let mut errors = Vec::new();
         for (i, s) in fronts.iter().enumerate() {
@@ -137,6 +164,7 @@ impl DiscoveryApi {
             );
         }
         let mut states = self.inputs.view.subscribe();
+        let mut revoked = self.inputs.revocations.subscribe();
         {
             let state = states.borrow();
             if let Some(ns) = state.namespaces.get(&caller.namespace) {
@@ -163,11 +191,26 @@ impl DiscoveryApi {
             let mut last: Option<v1::ProxySnapshot> = None;
             loop {
                 let state = states.borrow_and_update().clone();
-                let snap = snapshot::build(&state, &caller, &fronts, &bundle);
+                let deny = revoked.borrow_and_update().clone();
+                // A proxy revoked while it watches is told so, and hears nothing more.
+                if let Some(r) = deny.covering(&caller.spiffe_id, cert_not_before) {
+                    inputs.metrics.revoked_refusal("Watch");
+                    let _ = tx
+                        .send(Err(revocations::revoked_status(&caller.spiffe_id, r)))
+                        .await;
+                    return;
+                }
+                let mut snap = snapshot::build(&state, &caller, &fronts, &bundle);
+                snap.revocations.clone_from(&deny.pushed);
                 if last
                     .as_ref()
                     .is_none_or(|l| !snapshot::same_content(l, &snap))
                 {
+                    // The version only grows on a stream, also when only the deny-list
+                    // (which moves no store version) changed.
+                    if let Some(l) = &last {
+                        snap.version = snap.version.max(l.version + 1);
+                    }
                     if tx.send(Ok(snap.clone())).await.is_err() {
                         return;
                     }
@@ -176,6 +219,10 @@ impl DiscoveryApi {
                 tokio::select! {
                     _ = tx.closed() => return,
                     changed = states.changed() => if changed.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
+                        return;
+                    },
+                    changed = revoked.changed() => if changed.is_err() {
                         let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
                         return;
                     },
@@ -221,7 +268,7 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
         req: Request<v1::WorkloadRegistration>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         self.call("Register", async {
-            let caller = self.caller(&req)?;
+            let caller = self.caller(&req, "Register")?;
             workloads::register(&self.inputs, &caller, req.into_inner()).await
         })
         .await
@@ -232,7 +279,7 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
         req: Request<v1::KeepAliveRequest>,
     ) -> Result<Response<v1::KeepAliveResponse>, Status> {
         self.call("KeepAlive", async {
-            let caller = self.caller(&req)?;
+            let caller = self.caller(&req, "KeepAlive")?;
             workloads::keep_alive(&self.inputs, &caller, req.into_inner()).await
         })
         .await
@@ -243,7 +290,7 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
         req: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterResponse>, Status> {
         self.call("Deregister", async {
-            let caller = self.caller(&req)?;
+            let caller = self.caller(&req, "Deregister")?;
             workloads::deregister(&self.inputs, &caller, req.into_inner()).await
         })
         .await

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{self, Role, authorize};
 use crate::ca::MeshCa;
 use crate::discovery::MeshView;
+use crate::discovery::revocations::RevocationView;
 use crate::metrics::Metrics;
 use crate::store::{Feed, JoinTokenRecord, RedeemError, Store, StoreError, now_ms};
 use crate::stored::rfc3339;
@@ -20,6 +21,7 @@ mod admin;
 mod discovery;
 mod peer;
 mod resources;
+mod revocations;
 mod telemetry;
 mod workloads;
 
@@ -39,6 +41,8 @@ pub struct Inputs {
     pub lease_ttl: Duration,
     /// This replica's view of what proxies are sent.
     pub view: MeshView,
+    /// This replica's revocations in force (the deny-list proxies are sent).
+    pub revocations: RevocationView,
     pub started_at: String,
     /// Stores what proxies report, in group commits (and exports it, with `--otlp-endpoint`).
     pub spans: crate::telemetry::writer::SpanWriter,

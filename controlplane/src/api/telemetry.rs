@@ -38,7 +38,7 @@ impl DiscoveryApi {
         &self,
         req: Request<Streaming<v1::TelemetryBatch>>,
     ) -> Result<v1::ReportTelemetryResponse, Status> {
-        let caller = self.caller(&req)?;
+        let caller = self.caller(&req, "ReportTelemetry")?;
         let mut stream = req.into_inner();
         let mut accepted = 0u64;
         let mut pending = std::collections::VecDeque::new();

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod certs;
 pub mod client;
 pub mod resources;
+mod revoke;
 mod tokens;
 mod trust;
 
@@ -75,6 +76,9 @@ pub enum Command {
     /// Join tokens for proxies.
     #[command(subcommand, name = "join-token")]
     JoinToken(tokens::JoinTokenCommand),
+    /// Revoke an identity (directly or through a workload) and list revocations.
+    #[command(subcommand)]
+    Revoke(revoke::RevokeCommand),
     /// Show the control plane's status.
     Status {
         #[command(flatten)]
@@ -122,6 +126,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         } => resources::delete(&conn, &kind, &namespace, &name).await,
         Command::Token(c) => tokens::token(c).await,
         Command::JoinToken(c) => tokens::join_token(c).await,
+        Command::Revoke(c) => revoke::run(c).await,
         Command::Status { conn } => tokens::status(&conn).await,
         Command::TrustBundle { output, conn } => {
             trust::trust_bundle(&conn, output.as_deref()).await

@@ -21,6 +21,7 @@ pub struct Caller {
 
 /// Build `caller`'s snapshot. `fronts` are the services it says it fronts; only those that
 /// run as the caller's service account (and exist) contribute inbound ports and policies.
+/// The deny-list (`revocations`) is not in the mesh state: the Watch stream adds it.
 pub fn build(
     state: &MeshState,
     caller: &Caller,
@@ -85,6 +86,7 @@ pub fn same_content(a: &v1::ProxySnapshot, b: &v1::ProxySnapshot) -> bool {
         && a.authorization_policies == b.authorization_policies
         && a.mesh == b.mesh
         && a.trust_bundle_pem == b.trust_bundle_pem
+        && a.revocations == b.revocations
 }
 
 #[cfg(test)]

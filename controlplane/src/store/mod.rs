@@ -1,7 +1,7 @@
 //! The control plane's store: resources with optimistic concurrency and the ordered change
 //! feed ([`resources`], [`feed`]), API and join tokens (hashed) and the mesh CA
-//! ([`credentials`]), workload leases ([`leases`]), and span blocks and edge statistics
-//! ([`traces`]).
+//! ([`credentials`]), workload leases ([`leases`]), revoked identities ([`revocations`]), and
+//! span blocks and edge statistics ([`traces`]).
 //!
 //! Two engines, one implementation: Postgres (production; several replicas may share one
 //! database, and a write on any of them reaches watchers on all through LISTEN/NOTIFY) and
@@ -25,6 +25,7 @@ pub mod feed;
 mod leases;
 mod postgres;
 mod resources;
+mod revocations;
 mod sqlite;
 mod traces;
 
@@ -34,6 +35,7 @@ pub use feed::Feed;
 pub use leases::{Lease, Leases};
 pub use postgres::PgStore;
 pub use resources::{CHANGE_RETENTION, Change, ChangeOp, PutOutcome, Resources, StoredObject};
+pub use revocations::{RevocationRecord, Revocations};
 pub use sqlite::SqliteStore;
 pub use traces::{
     BlockBody, BlockSummary, EdgeRecord, EncodedBatch, LegacyKey, NewBlock, SpanRecord, Traces,
@@ -74,14 +76,16 @@ pub enum StoreError {
 }
 
 /// The store, for every engine: every concern, and which engine it runs on.
-pub trait Store: Resources + Credentials + Leases + Traces + Send + Sync + 'static {
+pub trait Store:
+    Resources + Credentials + Leases + Revocations + Traces + Send + Sync + 'static
+{
     /// "postgres" or "sqlite".
     fn engine(&self) -> &'static str;
 }
 
 impl<DB: Engine> Store for SqlStore<DB>
 where
-    Self: Resources + Credentials + Leases + Traces,
+    Self: Resources + Credentials + Leases + Revocations + Traces,
 {
     fn engine(&self) -> &'static str {
         DB::ENGINE

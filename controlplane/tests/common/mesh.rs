@@ -41,39 +41,48 @@ pub async fn anonymous(addr: SocketAddr, bundle_pem: &str) -> Discovery {
     MeshDiscoveryClient::new(client::connect(addr, tls).await.expect("TLS to discovery"))
 }
 
-/// Create a join token for `ns`/`sa` and join with it over TLS.
-pub async fn join(server: &TestServer, ns: &str, sa: &str) -> Proxy {
-    let token = server
+/// A join token for `ns`/`sa` with `uses` uses.
+pub async fn join_token(server: &TestServer, ns: &str, sa: &str, uses: u32) -> String {
+    server
         .admin()
         .await
         .create_join_token(v1::CreateJoinTokenRequest {
             namespace: ns.into(),
             service_account: sa.into(),
             ttl: "10m".into(),
-            uses: 1,
+            uses,
         })
         .await
         .expect("CreateJoinToken")
         .into_inner()
-        .token;
+        .token
+}
+
+/// Create a join token for `ns`/`sa` and join with it over TLS.
+pub async fn join(server: &TestServer, ns: &str, sa: &str) -> Proxy {
+    let token = join_token(server, ns, sa, 1).await;
+    join_with(server, &token).await.expect("join over TLS")
+}
+
+/// Join with `token` over TLS, as a proxy does: the control plane's answer or refusal.
+pub async fn join_with(server: &TestServer, token: &str) -> Result<Proxy, tonic::Status> {
     let bundle_pem = bundle(server).await;
     let (key_pem, csr_der) = certs::new_key_and_csr().expect("key and CSR");
     let joined = anonymous(server.discovery, &bundle_pem)
         .await
         .join(v1::JoinRequest {
-            join_token: token,
+            join_token: token.into(),
             csr_der,
         })
-        .await
-        .expect("join over TLS")
+        .await?
         .into_inner();
-    Proxy {
+    Ok(Proxy {
         spiffe_id: joined.spiffe_id,
         chain_pem: joined.cert_chain_pem,
         key_pem,
         bundle_pem,
         discovery: server.discovery,
-    }
+    })
 }
 
 impl Proxy {

@@ -340,3 +340,53 @@ control_plane:
         "required"
     ));
 }
+
+#[test]
+fn a_static_deny_list_is_parsed_and_bad_entries_are_refused_by_field() {
+    let dir = identity_dir();
+    let good = format!(
+        "{GOOD}revocations:\n  - {{spiffe_id: \"spiffe://mesh.local/ns/default/sa/reviews\", not_before_unix: 1900000000}}\n"
+    );
+    let c = ProxyConfig::parse(&good, &dir).unwrap();
+    assert_eq!(
+        c.snapshot
+            .revocations
+            .get("spiffe://mesh.local/ns/default/sa/reviews"),
+        Some(&1_900_000_000)
+    );
+    let bad = format!(
+        "{GOOD}revocations:\n  - {{spiffe_id: \"spiffe://other.domain/ns/default/sa/x\", not_before_unix: 0}}\n  - {{spiffe_id: \"not-a-uri\", not_before_unix: 5}}\n"
+    );
+    let e = errors(&bad, &dir);
+    assert!(
+        has(
+            &e,
+            "revocations[0].spiffe_id",
+            "not in trust domain mesh.local"
+        ),
+        "{e:#?}"
+    );
+    assert!(
+        has(
+            &e,
+            "revocations[0].not_before_unix",
+            "not a positive Unix time"
+        ),
+        "{e:#?}"
+    );
+    assert!(has(&e, "revocations[1].spiffe_id", "not-a-uri"), "{e:#?}");
+    let unknown = format!("{GOOD}revocations:\n  - {{spiffe_id: x, serial: 1}}\n");
+    assert!(ProxyConfig::parse(&unknown, &dir).is_err());
+    let joining = format!(
+        "{JOINING}revocations:\n  - {{spiffe_id: \"spiffe://mesh.local/ns/default/sa/x\", not_before_unix: 5}}\n"
+    );
+    assert!(
+        has(
+            &errors(&joining, &dir),
+            "revocations",
+            "comes from the control plane"
+        ),
+        "{:#?}",
+        errors(&joining, &dir)
+    );
+}

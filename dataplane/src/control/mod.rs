@@ -4,8 +4,8 @@
 //! token and a CSR for an SVID, and keeps the result. Once the proxy is bound, three tasks
 //! run beside the data path:
 //! - [`follow`]: the Watch stream; each snapshot is converted ([`crate::control::pushed`]) and applied
-//!   atomically. A lost stream is retried with backoff and jitter while the proxy keeps
-//!   serving on the last good snapshot.
+//!   atomically, its deny-list of revoked identities included. A lost stream is retried with
+//!   backoff and jitter while the proxy keeps serving on the last good snapshot.
 //! - [`keep_registered`]: Register, then KeepAlive every third of the lease; a lapsed lease
 //!   (the control plane was away too long) is registered again.
 //! - [`renew`]: a new key and certificate at two thirds of the lifetime, swapped into the
@@ -319,14 +319,31 @@ async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -
     }
 }
 
-/// Apply one pushed snapshot, whole or not at all.
+/// Apply one pushed snapshot, whole or not at all (its deny-list included).
 fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
     let s = &session.settings;
-    let snapshot = match crate::control::pushed::snapshot(pushed, &s.zone, s.app_host) {
-        Ok(snap) => snap,
-        Err(errs) => {
+    let converted = crate::control::pushed::snapshot(pushed, &s.zone, s.app_host)
+        .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>());
+    // Revoked identities are checked against this proxy's own trust domain, not the push's.
+    let deny = quiver_api::revocation::DenyList::parse_pushed(&pushed.revocations, &s.trust_domain)
+        .map_err(|errs| {
+            errs.into_iter()
+                .map(|(field, reason)| format!("{field}: {reason}"))
+                .collect::<Vec<_>>()
+        });
+    let snapshot = match (converted, deny) {
+        (Ok(mut snap), Ok(deny)) => {
+            snap.revocations = deny;
+            snap
+        }
+        (converted, deny) => {
+            let errs: Vec<String> = converted
+                .err()
+                .into_iter()
+                .flatten()
+                .chain(deny.err().into_iter().flatten())
+                .collect();
             inputs.metrics.config_reload(false);
-            let errs: Vec<String> = errs.iter().map(ToString::to_string).collect();
             tracing::warn!(version = pushed.version, errors = %errs.join("; "), "refused a pushed snapshot; keeping the current config");
             return;
         }

@@ -9,6 +9,11 @@
 //! [`crate::mesh::paths`]): its congestion controller, loss tolerance and windows. Outbound
 //! the class comes from the endpoint's address and zone; inbound from the caller's address
 //! and, when the snapshot lists it as an endpoint, its zone. docs/transport.md has why.
+//!
+//! Revocation: both sides' TLS verifiers consult the transport's [`DenyList`]; a resumed
+//! session runs no verifier, so [`Transport::accept`] and dialling check the peer's leaf again
+//! after the handshake ([`Transport::refuse_revoked`]); and a new list closes the live
+//! connections it covers, both sides ([`Transport::set_revocations`]). docs/security.md.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,6 +24,7 @@ use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, TransportConfig, VarInt};
 use quiver_api::SpiffeId;
+use quiver_api::revocation::DenyList;
 use quiver_api::tls::MeshIdentity;
 use rustls_pki_types::CertificateDer;
 
@@ -43,6 +49,9 @@ const CLOSE_IDENTITY: u32 = 0x10b;
 /// Application close code for a connection over `tuning.limits.max_connections_per_peer`
 /// found once its handshake proved the address: H3_EXCESSIVE_LOAD.
 const CLOSE_LIMIT: u32 = 0x107;
+/// Application close code for a peer whose certificate is revoked: H3_REQUEST_REJECTED, like
+/// a wrong identity, with "certificate revoked" in the close frame's text.
+const CLOSE_REVOKED: u32 = 0x10b;
 
 /// An h3 request-sending handle on a pooled connection.
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
@@ -125,10 +134,12 @@ fn class_index(class: PathClass) -> usize {
     }
 }
 
-/// An open connection as `/config` and the close-time linger see it.
+/// An open connection as `/config`, the close-time linger and revocation see it.
 struct Live {
     conn: quinn::Connection,
     labels: PathLabels,
+    /// The peer's leaf certificate, checked again when a new deny-list arrives.
+    leaf: Option<CertificateDer<'static>>,
 }
 
 /// The QUIC endpoint and the outbound connection pool.
@@ -145,6 +156,8 @@ pub struct Transport {
     metrics: Arc<Metrics>,
     /// Which inbound attempts are taken on (`tuning.limits`).
     admission: Admission,
+    /// Revoked identities (the snapshot's deny-list), consulted by both sides' verifiers.
+    deny: DenyList,
 }
 
 impl Transport {
@@ -157,7 +170,8 @@ impl Transport {
     ) -> Result<Self, TransportError> {
         let transports =
             PathClass::ALL.map(|class| Arc::new(transport_config(tuning, &tuning.paths, class)));
-        let configs = quic_configs(identity, &transports)?;
+        let deny = DenyList::default();
+        let configs = quic_configs(identity, &transports, &deny)?;
         // Peers are classified before their handshake (`accept`); the endpoint's own default
         // is the region class's, the one that suits an unknown path.
         let default_server = (*configs.servers[class_index(PathClass::Region)]).clone();
@@ -195,6 +209,7 @@ impl Transport {
                 metrics.quic_handshaking.clone(),
             ),
             metrics,
+            deny,
         })
     }
 
@@ -202,7 +217,7 @@ impl Transport {
     /// both ways, use it at once; live connections keep the identity they were established
     /// with and are not disturbed.
     pub fn set_identity(&self, identity: &MeshIdentity) -> Result<(), TransportError> {
-        let configs = quic_configs(identity, &self.transports)?;
+        let configs = quic_configs(identity, &self.transports, &self.deny)?;
         self.endpoint.set_server_config(Some(
             (*configs.servers[class_index(PathClass::Region)]).clone(),
         ));
@@ -211,6 +226,55 @@ impl Transport {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = configs;
         Ok(())
+    }
+
+    /// Enforce a new deny-list (SPIFFE id -> the notBefore, Unix seconds, below which its
+    /// certificates are revoked): new handshakes both ways check it at once, and every live
+    /// connection whose peer it covers is closed now, pooled and accepted alike (requests on
+    /// it fail; the pool dials again, and that handshake is refused). Returns how many
+    /// connections were closed.
+    pub fn set_revocations(&self, entries: std::collections::BTreeMap<String, i64>) -> usize {
+        self.metrics
+            .revocations
+            .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
+        if !self.deny.replace(entries) {
+            return 0;
+        }
+        let denied: Vec<(quinn::Connection, &'static str, String)> = lock(&self.live)
+            .values()
+            .filter_map(|l| {
+                let why = self.deny.check(l.leaf.as_ref()?).err()?;
+                Some((l.conn.clone(), l.labels.side, why.to_string()))
+            })
+            .collect();
+        for (conn, side, why) in &denied {
+            tracing::warn!(peer.addr = %conn.remote_address(), side, reason = %why, "closing a connection to a revoked peer");
+            self.close_revoked(conn, side);
+        }
+        denied.len()
+    }
+
+    fn close_revoked(&self, conn: &quinn::Connection, side: &'static str) {
+        conn.close(VarInt::from_u32(CLOSE_REVOKED), b"certificate revoked");
+        self.metrics
+            .revoked_peers
+            .get_or_create(&crate::telemetry::metrics::SideLabels { side })
+            .inc();
+    }
+
+    /// After a handshake: close `conn` if the deny-list covers the peer's leaf. The verifiers
+    /// already refused covered certificates on full handshakes; a resumed session skips them.
+    fn refuse_revoked(&self, conn: &quinn::Connection, side: &'static str) -> Result<(), String> {
+        let Some(leaf) = peer_leaf(conn) else {
+            return Ok(());
+        };
+        match self.deny.check(&leaf) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                self.close_revoked(conn, side);
+                Err(why.to_string())
+            }
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -344,6 +408,10 @@ impl Transport {
             conn.close(VarInt::from_u32(0x101), b"no SPIFFE id");
             return None;
         };
+        if let Err(why) = self.refuse_revoked(&conn, "server") {
+            tracing::info!(peer.addr = %remote, peer.id = %peer, reason = %why, "refused a revoked peer");
+            return None;
+        }
         self.watch(conn.clone(), "server", class, &peer);
         let trace_id = connection_trace_id(&conn).into();
         Connection::setup(
@@ -443,6 +511,9 @@ impl Transport {
                 detail: "peer presented no SPIFFE id".into(),
             });
         };
+        if let Err(detail) = self.refuse_revoked(&conn, "client") {
+            return Err(ProxyError::PeerHandshake { addr, detail });
+        }
         if peer != ep.identity {
             conn.close(VarInt::from_u32(CLOSE_IDENTITY), b"unexpected identity");
             return Err(ProxyError::PeerIdentityMismatch {
@@ -491,6 +562,7 @@ impl Transport {
         lock(&live).insert(
             id,
             Live {
+                leaf: peer_leaf(&conn),
                 conn: conn.clone(),
                 labels: labels.clone(),
             },
@@ -554,6 +626,13 @@ fn peer_id(conn: &quinn::Connection) -> Option<SpiffeId> {
     quiver_api::tls::peer_spiffe_id(&chain).ok()
 }
 
+/// The peer's leaf certificate on `conn` (present on resumed connections too).
+fn peer_leaf(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let any = conn.peer_identity()?;
+    let chain = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
+}
+
 /// Map a QUIC connection error to the proxy's vocabulary. TLS alerts (QUIC crypto error codes
 /// 0x100-0x1ff) mean a certificate was refused, by us or by the peer.
 fn classify_close(addr: &str, e: &ConnectionError) -> ProxyError {
@@ -594,15 +673,17 @@ fn classify_h3_conn(addr: &str, conn: &quinn::Connection, detail: &str) -> Proxy
 fn quic_configs(
     identity: &MeshIdentity,
     transports: &[Arc<TransportConfig>; 3],
+    deny: &DenyList,
 ) -> Result<ClassConfigs, TransportError> {
     // quiver_api::tls turns session resumption off on both sides: every handshake, and so
-    // every connection, is judged by the certificate verifiers (docs/security.md).
-    let server_tls = identity.server_config(&[ALPN])?;
+    // every connection, is judged by the certificate verifiers, deny-list included
+    // (docs/security.md).
+    let server_tls = identity.server_config_denying(&[ALPN], deny)?;
     let server_crypto = Arc::new(
         QuicServerConfig::try_from(server_tls)
             .map_err(|e| TransportError::Crypto(e.to_string()))?,
     );
-    let client_tls = identity.client_config(&[ALPN])?;
+    let client_tls = identity.client_config_denying(&[ALPN], deny)?;
     let client_crypto = Arc::new(
         QuicClientConfig::try_from(client_tls)
             .map_err(|e| TransportError::Crypto(e.to_string()))?,

@@ -95,6 +95,11 @@ pub struct Metrics {
     pub quic_retries: Counter,
     /// Connections refused and connections, streams and tunnels closed by `tuning.limits`.
     pub limit_refusals: crate::limits::Refusals,
+    /// Peer connections closed or refused after the handshake because the deny-list covers
+    /// the peer's certificate (handshakes the verifiers refuse count as failed handshakes).
+    pub revoked_peers: Family<SideLabels, Counter>,
+    /// Identities in the deny-list this proxy enforces.
+    pub revocations: Gauge,
     pub path: PathMetrics,
     /// HTTP body bytes from the caller (request) and to the caller (response).
     pub request_bytes: Family<TcpLabels, Counter>,
@@ -158,6 +163,8 @@ impl Metrics {
             quic_handshaking: Gauge::default(),
             quic_retries: Counter::default(),
             limit_refusals: Family::default(),
+            revoked_peers: Family::default(),
+            revocations: Gauge::default(),
             path: PathMetrics::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
@@ -270,6 +277,17 @@ impl Metrics {
             "limit_refusals",
             "Connections refused, and connections, streams and tunnels closed, by the tuning.limits field that decided",
             m.limit_refusals.clone(),
+        );
+        r.register(
+            "revoked_peer_connections",
+            "Peer connections closed (live ones when a deny-list arrives) or refused right after \
+             the handshake because the peer's certificate is revoked, by side",
+            m.revoked_peers.clone(),
+        );
+        r.register(
+            "revocations",
+            "Revoked identities in the deny-list this proxy enforces",
+            m.revocations.clone(),
         );
         m.path.register(r);
         r.register(

@@ -33,6 +33,7 @@ fn issued_svid_carries_exactly_the_entitled_id_and_verifies() {
         roots: ident.roots().unwrap(),
         algs: provider().signature_verification_algorithms,
         trust_domain: "mesh.local".into(),
+        deny: DenyList::default(),
     };
     let name = ServerName::try_from("a.mesh").unwrap();
     verifier
@@ -148,6 +149,7 @@ fn intermediate_ca_appends_itself_to_issued_chains() {
         roots: ident.roots().unwrap(),
         algs: provider().signature_verification_algorithms,
         trust_domain: "mesh.local".into(),
+        deny: DenyList::default(),
     };
     verifier
         .verify_server_cert(
@@ -240,4 +242,60 @@ fn mesh_connections_never_resume_a_session() {
         second_handshake(&Arc::new(resuming_client), &Arc::new(resuming_server)),
         Some(rustls::HandshakeKind::Resumed)
     );
+}
+
+#[test]
+fn both_verifiers_refuse_a_revoked_leaf_as_revoked() {
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let now = SystemTime::now();
+    let leaf = ca
+        .issue_between(
+            &id("spiffe://mesh.local/ns/a/sa/b"),
+            now - Duration::from_secs(120),
+            now + Duration::from_secs(600),
+        )
+        .unwrap();
+    let ident = MeshIdentity::from_pem(&leaf.chain_pem, &leaf.key_pem, ca.cert_pem()).unwrap();
+    let deny = DenyList::default();
+    // The two verifiers as `client_config_denying` and `server_config_denying` build them.
+    let client_side = SpiffeServerVerifier {
+        roots: ident.roots().unwrap(),
+        algs: provider().signature_verification_algorithms,
+        trust_domain: "mesh.local".into(),
+        deny: deny.clone(),
+    };
+    let server_side = SpiffeClientVerifier {
+        inner: WebPkiClientVerifier::builder_with_provider(ident.roots().unwrap(), provider())
+            .build()
+            .unwrap(),
+        trust_domain: "mesh.local".into(),
+        deny: deny.clone(),
+    };
+    let name = ServerName::try_from("x").unwrap();
+    let check = || {
+        (
+            client_side
+                .verify_server_cert(&ident.chain[0], &[], &name, &[], UnixTime::now())
+                .map(|_| ()),
+            server_side
+                .verify_client_cert(&ident.chain[0], &[], UnixTime::now())
+                .map(|_| ()),
+        )
+    };
+    assert!(matches!(check(), (Ok(()), Ok(()))), "{:?}", check());
+    // Revoked from a minute ago: the leaf (notBefore two minutes ago) is covered; a list
+    // replaced after the configs were built applies to them.
+    let minute_ago = now - Duration::from_secs(60);
+    let secs = i64::try_from(
+        minute_ago
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    deny.replace([("spiffe://mesh.local/ns/a/sa/b".to_string(), secs)].into());
+    let revoked = rustls::Error::InvalidCertificate(CertificateError::Revoked);
+    let (c, s) = check();
+    assert_eq!(c.unwrap_err(), revoked);
+    assert_eq!(s.unwrap_err(), revoked);
 }

@@ -118,6 +118,7 @@ fn pushed() -> v1::ProxySnapshot {
         }),
         trust_domain: "mesh.local".into(),
         trust_bundle_pem: String::new(),
+        revocations: Vec::new(),
     }
 }
 
