@@ -252,6 +252,9 @@ pub struct Tuning {
     /// Connection, handshake and stream limits and the timeouts of slow callers
     /// ([`crate::limits`]; docs/security.md).
     pub limits: crate::limits::Limits,
+    /// Write request query strings into access logs (off by default: they often carry
+    /// tokens and personal data). Span names never carry them.
+    pub access_log_query: bool,
 }
 
 impl Tuning {
@@ -286,6 +289,7 @@ impl Default for Tuning {
             retries: Default::default(),
             request_paths: Default::default(),
             limits: Default::default(),
+            access_log_query: false,
         }
     }
 }

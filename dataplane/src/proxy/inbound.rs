@@ -108,16 +108,12 @@ async fn request(
 ) {
     // Held until the response body is fully sent: drain must not close the connection under it.
     let _inflight = inputs.drain.track();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
     let mut record = RequestRecord::new(
         &inputs.metrics,
         Direction::Inbound,
         req.method().clone(),
-        path,
+        req.uri(),
+        inputs.tuning.access_log_query,
     );
     record.set_peer(peer.as_str());
     // The server span continues the caller's trace; the app sees it as the parent.

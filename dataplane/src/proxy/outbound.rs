@@ -135,17 +135,13 @@ async fn handle(
     entry: Entry,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
     let inflight = inputs.drain.track();
     let mut record = RequestRecord::new(
         &inputs.metrics,
         Direction::Outbound,
         req.method().clone(),
-        path,
+        req.uri(),
+        inputs.tuning.access_log_query,
     );
     let result = async {
         if inputs.drain.is_draining() {

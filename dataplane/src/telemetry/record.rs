@@ -37,12 +37,21 @@ pub struct RequestRecord<'a> {
 }
 
 impl<'a> RequestRecord<'a> {
+    /// A record of a request to `uri`. Its path goes to the access log without the query
+    /// string unless `with_query` (`tuning.access_log_query`): queries often carry tokens and
+    /// personal data, and access logs travel further than requests do.
     pub fn new(
         metrics: &'a Metrics,
         direction: Direction,
         method: http::Method,
-        path: String,
+        uri: &http::Uri,
+        with_query: bool,
     ) -> Self {
+        let path = match uri.path_and_query() {
+            Some(pq) if with_query => pq.as_str().to_string(),
+            Some(pq) => pq.path().to_string(),
+            None => String::new(),
+        };
         Self {
             metrics,
             direction,
@@ -194,6 +203,7 @@ impl<'a> RequestRecord<'a> {
         if !(info.sampled || failed || elapsed >= slow) {
             return;
         }
+        // Span names never carry the query, whatever the access log does.
         let path = self.path.split('?').next().unwrap_or_default();
         let queued = telemetry.offer(crate::telemetry::trace::FinishedSpan {
             trace_id: info.trace_id,
