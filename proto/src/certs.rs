@@ -253,6 +253,20 @@ pub fn spiffe_id_of(cert_der: &[u8]) -> Result<SpiffeId, CertError> {
     }
 }
 
+/// A certificate in a few words, for logs, errors and `/config`: its subject and serial
+/// (`CN=Quiver mesh root mesh.local, serial 3f1c...`). Enough to tell roots apart; not a
+/// secret and not a fingerprint to pin.
+pub fn describe(cert_der: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(cert_der) {
+        Ok((_, cert)) => format!(
+            "{}, serial {}",
+            cert.subject(),
+            cert.tbs_certificate.raw_serial_as_string().replace(':', "")
+        ),
+        Err(e) => format!("(unreadable certificate: {e})"),
+    }
+}
+
 /// When a certificate stops being valid.
 pub fn not_after(cert_der: &[u8]) -> Result<SystemTime, CertError> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
