@@ -2,9 +2,9 @@
 //! processes over real TLS. The control plane here is a scripted `MeshDiscovery` server (the
 //! generated tonic service, on TLS with a certificate of the test's mesh CA), so a test can make
 //! it what an attacker would run: an impostor holding a stolen workload certificate, or a
-//! control plane that pushes a foreign trust bundle. A `quiver-control` process is what the
-//! control-plane side tests (`controlplane/tests/api.rs`) and the rotation test
-//! (`tests/tests/ca_rotation.rs`) use.
+//! control plane that pushes a foreign trust bundle. The control plane's own side (the
+//! reserved namespace) is tested against a real `quiver-control` in
+//! `controlplane/tests/auth_mtls.rs`.
 #![allow(
     clippy::unwrap_used,
     reason = "test code: a failed step fails the test"
