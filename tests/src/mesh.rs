@@ -118,6 +118,14 @@ impl ControlPlane {
             discovery.to_string(),
         ];
         args.extend(db.args());
+        if let Db::Postgres(_) = db {
+            args.push("--ca-key-encryption-key".into());
+            args.push(
+                crate::scratch::ca_key_encryption_key(dir)
+                    .display()
+                    .to_string(),
+            );
+        }
         args.extend(extra.iter().map(std::string::ToString::to_string));
         let mut cp = Self {
             child: None,
