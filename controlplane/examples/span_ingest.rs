@@ -61,6 +61,11 @@ async fn main() -> anyhow::Result<()> {
     ];
     if let Some(url) = &args.database_url {
         flags.push(format!("--database-url={url}"));
+        // A fresh store: any key seals its CA (the benchmark keeps nothing).
+        flags.push(format!(
+            "--ca-key-encryption-key={}",
+            quiver_tests::scratch::ca_key_encryption_key(dir.path()).display()
+        ));
     }
     let config = quiver_control::server::Config::try_parse_from(flags)?;
     let running = quiver_control::server::start(&config).await?;
