@@ -18,7 +18,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use quiver_api::tls::{MeshIdentity, client_config_without_identity};
+use quiver_api::SpiffeId;
+use quiver_api::tls::{MeshIdentity, pinned_client_config_without_identity};
 use quiver_api::v1::{
     self, mesh_admin_client::MeshAdminClient, mesh_discovery_client::MeshDiscoveryClient,
 };
@@ -60,6 +61,11 @@ async fn main() -> anyhow::Result<()> {
     ];
     if let Some(url) = &args.database_url {
         flags.push(format!("--database-url={url}"));
+        // A fresh store: any key seals its CA (the benchmark keeps nothing).
+        flags.push(format!(
+            "--ca-key-encryption-key={}",
+            quiver_tests::scratch::ca_key_encryption_key(dir.path()).display()
+        ));
     }
     let config = quiver_control::server::Config::try_parse_from(flags)?;
     let running = quiver_control::server::start(&config).await?;
@@ -90,7 +96,8 @@ async fn main() -> anyhow::Result<()> {
         .into_inner()
         .pem;
     let (key_pem, csr_der) = quiver_api::certs::new_key_and_csr()?;
-    let tls = client_config_without_identity(&bundle, "mesh.local", &[b"h2"])?;
+    let control_plane = SpiffeId::control_plane("mesh.local")?;
+    let tls = pinned_client_config_without_identity(&bundle, &control_plane, &[b"h2"])?;
     let joined =
         MeshDiscoveryClient::new(quiver_api::dial::connect(running.discovery_addr, tls).await?)
             .join(v1::JoinRequest {
@@ -109,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     let started = Instant::now();
     for stream_no in 0..args.streams {
-        let tls = identity.client_config(&[b"h2"])?;
+        let tls = identity.pinned_client_config(&control_plane, &[b"h2"])?;
         let channel = quiver_api::dial::connect(running.discovery_addr, tls).await?;
         let batch = args.batch;
         tasks.push(tokio::spawn(async move {

@@ -2,18 +2,35 @@
 //! kept in the store so that every replica signs with the same key, and turned into SVIDs for
 //! proxies that redeem a join token.
 //!
+//! A generated CA is two certificates: a root (10 years) that is the trust bundle and signs
+//! only intermediates, and an online intermediate (one year, replaced at start when less than
+//! 90 days are left) that signs SVIDs; a leaf's chain is leaf -> intermediate, and peers trust
+//! the root alone. Both private keys are stored sealed with AES-256-GCM under the
+//! key-encryption key ([`KeyEncryptionKey`], `--ca-key-encryption-key`), never in clear; a
+//! store from before this (one plaintext CA) is migrated at start: that CA becomes the root,
+//! so every certificate it issued stays valid, and the plaintext row is deleted.
+//!
 //! The SPIFFE id of an SVID comes from the join token's scope, never from the CSR.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use quiver_api::SpiffeId;
 use quiver_api::certs::{CertError, CertificateAuthority, IssuedCert};
+use ring::aead;
 
-use crate::store::{Store, StoreError};
+use crate::store::{CaRole, SealedCa, Store, StoreError};
 
 /// Validity of a generated mesh root.
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Validity of the online intermediate that signs SVIDs.
+pub const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// An intermediate with less than this left is replaced at start (leaves live 30 days at
+/// most, so none is ever cut short by its intermediate).
+const INTERMEDIATE_RENEW_BEFORE: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The key-encryption key generated for a SQLite store without `--ca-key-encryption-key`.
+pub const GENERATED_KEK_FILE: &str = "ca-key-encryption.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -34,11 +51,160 @@ pub enum CaError {
     HalfConfigured,
     #[error("trust domain {0:?}: {1}")]
     TrustDomain(String, quiver_api::spiffe::SpiffeIdError),
+    #[error(
+        "--ca-key-encryption-key: required with --database-url, so that every replica opens the \
+         same sealed CA keys (create one with `openssl rand -hex 32 > FILE; chmod 600 FILE` and \
+         give every replica the same file)"
+    )]
+    KekRequired,
+    #[error(
+        "--ca-key-encryption-key {path}: {reason} (the file holds 32 random bytes as 64 hex \
+         characters, e.g. from `openssl rand -hex 32`)"
+    )]
+    BadKek { path: String, reason: String },
+    #[error(
+        "the {role} CA key in the store does not open with this key-encryption key \
+         (--ca-key-encryption-key): every replica must use the key the store was sealed with"
+    )]
+    Unseal { role: &'static str },
+}
+
+/// The key that seals the CA's private keys in the store (AES-256-GCM). Each sealed key is
+/// bound to its role, so a root's ciphertext cannot be passed off as an intermediate's.
+pub struct KeyEncryptionKey {
+    key: aead::LessSafeKey,
+    /// Where it came from, for `/config`-style reports and errors.
+    pub source: PathBuf,
+}
+
+impl std::fmt::Debug for KeyEncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEncryptionKey")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyEncryptionKey {
+    /// The operator's key file when given; otherwise, for SQLite only, `data_dir/`
+    /// [`GENERATED_KEK_FILE`], created (mode 0600) on first start. A Postgres store is shared
+    /// by replicas, which must all hold the same key: there the flag is required.
+    pub fn load(
+        given: Option<&Path>,
+        data_dir: &Path,
+        shared_store: bool,
+    ) -> Result<Self, CaError> {
+        let path = match given {
+            Some(p) => p.to_path_buf(),
+            None if shared_store => return Err(CaError::KekRequired),
+            None => {
+                let p = data_dir.join(GENERATED_KEK_FILE);
+                if !p.exists() {
+                    generate_kek_file(&p)?;
+                    tracing::info!(path = %p.display(), "generated the CA key-encryption key (keep it with the database's backups, apart from them)");
+                }
+                p
+            }
+        };
+        let bad = |reason: String| CaError::BadKek {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = read_private(&path)?;
+        let bytes = from_hex(text.trim()).ok_or_else(|| bad("not hex".into()))?;
+        if bytes.len() != 32 {
+            return Err(bad(format!("{} bytes; it must be 32", bytes.len())));
+        }
+        let key = aead::UnboundKey::new(&aead::AES_256_GCM, &bytes)
+            .map_err(|_| bad("not an AES-256 key".into()))?;
+        Ok(Self {
+            key: aead::LessSafeKey::new(key),
+            source: path,
+        })
+    }
+
+    /// `v1:<nonce hex>:<ciphertext and tag hex>`.
+    fn seal(&self, role: CaRole, key_pem: &str) -> String {
+        let nonce: [u8; aead::NONCE_LEN] = rand::random();
+        let mut data = key_pem.as_bytes().to_vec();
+        // Sealing in memory with a fresh nonce cannot fail (ring errors only on lengths
+        // beyond 2^36 bytes); a failure would leave `data` empty and fail to open later.
+        let _ = self.key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(role.as_str().as_bytes()),
+            &mut data,
+        );
+        format!("v1:{}:{}", to_hex(&nonce), to_hex(&data))
+    }
+
+    fn open(&self, role: CaRole, sealed: &str) -> Result<String, CaError> {
+        let unseal = || CaError::Unseal {
+            role: role.as_str(),
+        };
+        let mut parts = sealed.split(':');
+        let (Some("v1"), Some(nonce), Some(data), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(unseal());
+        };
+        let nonce: [u8; aead::NONCE_LEN] = from_hex(nonce)
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(unseal)?;
+        let mut data = from_hex(data).ok_or_else(unseal)?;
+        let plain = self
+            .key
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(role.as_str().as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| unseal())?;
+        String::from_utf8(plain.to_vec()).map_err(|_| unseal())
+    }
+}
+
+fn generate_kek_file(path: &Path) -> Result<(), CaError> {
+    let failed = |source: std::io::Error| CaError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let key: [u8; 32] = rand::random();
+    let mut file = options.open(path).map_err(failed)?;
+    writeln!(file, "{}", to_hex(&key)).map_err(failed)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The mesh CA and its trust bundle.
 pub struct MeshCa {
     trust_domain: String,
+    /// What signs SVIDs: the intermediate (or the operator's CA).
     authority: CertificateAuthority,
     bundle_pem: String,
 }
@@ -52,33 +218,58 @@ impl std::fmt::Debug for MeshCa {
 }
 
 impl MeshCa {
-    /// Load the operator's CA from files when given, else the CA stored in the database, else
-    /// generate an ECDSA P-256 root for `trust_domain` and store it.
+    /// Load the operator's CA from files when given; else the root and intermediate stored
+    /// sealed in the database (migrating a plaintext CA of an older store into them), else
+    /// generate both for `trust_domain` and store them sealed with `kek`.
     pub async fn load_or_create(
         store: &dyn Store,
         trust_domain: &str,
         operator: Option<(&Path, &Path)>,
+        kek: &KeyEncryptionKey,
     ) -> Result<Self, CaError> {
         SpiffeId::parse(&format!("spiffe://{trust_domain}"))
             .map_err(|e| CaError::TrustDomain(trust_domain.into(), e))?;
-        let (cert_pem, key_pem) = match operator {
-            Some((cert, key)) => (read(cert)?, read_private(key)?),
-            None => match store.certificate_authority().await? {
-                Some(stored) => stored,
-                None => {
-                    let root = CertificateAuthority::generate(trust_domain, ROOT_VALIDITY)?;
-                    // Another replica may have stored one meanwhile: whichever landed first wins.
-                    store
-                        .init_certificate_authority(root.cert_pem(), root.key_pem())
-                        .await?
-                }
-            },
+        if let Some((cert, key)) = operator {
+            let cert_pem = read(cert)?;
+            let authority = CertificateAuthority::from_pem(&cert_pem, &read_private(key)?)?;
+            return Ok(Self {
+                trust_domain: trust_domain.into(),
+                authority,
+                bundle_pem: cert_pem,
+            });
+        }
+        let root = match store.ca_key(CaRole::Root).await? {
+            Some(stored) => stored,
+            None => {
+                let (cert_pem, key_pem) = match store.certificate_authority().await? {
+                    Some(legacy) => {
+                        tracing::info!("sealing the store's plaintext CA as the mesh root");
+                        legacy
+                    }
+                    None => {
+                        let root = CertificateAuthority::generate(trust_domain, ROOT_VALIDITY)?;
+                        (root.cert_pem().to_string(), root.key_pem().to_string())
+                    }
+                };
+                let sealed = SealedCa {
+                    key_sealed: kek.seal(CaRole::Root, &key_pem),
+                    cert_pem,
+                };
+                // Another replica may have stored one meanwhile: whichever landed first wins.
+                store.init_ca_key(CaRole::Root, &sealed).await?
+            }
         };
-        let authority = CertificateAuthority::from_pem(&cert_pem, &key_pem)?;
+        let root_ca = CertificateAuthority::from_pem(
+            &root.cert_pem,
+            &kek.open(CaRole::Root, &root.key_sealed)?,
+        )?;
+        // The root is sealed now: no plaintext copy stays behind.
+        store.delete_certificate_authority().await?;
+        let authority = intermediate(store, trust_domain, &root_ca, kek).await?;
         Ok(Self {
             trust_domain: trust_domain.into(),
             authority,
-            bundle_pem: cert_pem,
+            bundle_pem: root.cert_pem,
         })
     }
 
@@ -86,8 +277,8 @@ impl MeshCa {
         &self.trust_domain
     }
 
-    /// The PEM certificates a peer's chain must lead to (the CA certificate; for an operator
-    /// intermediate, peers should also trust the operator's root).
+    /// The PEM certificates a peer's chain must lead to: the root (for an operator CA, its
+    /// certificate; for an operator intermediate, peers should also trust the operator's root).
     pub fn bundle_pem(&self) -> &str {
         &self.bundle_pem
     }
@@ -121,6 +312,51 @@ fn read(path: &Path) -> Result<String, CaError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// The stored intermediate when it is still good for [`INTERMEDIATE_RENEW_BEFORE`]; else a new
+/// one from `root`, stored in its place (the first replica to replace it wins).
+async fn intermediate(
+    store: &dyn Store,
+    trust_domain: &str,
+    root: &CertificateAuthority,
+    kek: &KeyEncryptionKey,
+) -> Result<CertificateAuthority, CaError> {
+    let fresh = || -> Result<SealedCa, CaError> {
+        let ca = root.issue_intermediate(trust_domain, INTERMEDIATE_VALIDITY)?;
+        Ok(SealedCa {
+            cert_pem: ca.cert_pem().to_string(),
+            key_sealed: kek.seal(CaRole::Intermediate, ca.key_pem()),
+        })
+    };
+    let stored = match store.ca_key(CaRole::Intermediate).await? {
+        None => store.init_ca_key(CaRole::Intermediate, &fresh()?).await?,
+        Some(current) => {
+            let ca = open_intermediate(&current, kek)?;
+            let left = ca
+                .not_after()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            if left >= INTERMEDIATE_RENEW_BEFORE {
+                return Ok(ca);
+            }
+            tracing::info!(left = ?left, "replacing the CA intermediate");
+            store
+                .replace_ca_key(CaRole::Intermediate, &current, &fresh()?)
+                .await?
+        }
+    };
+    open_intermediate(&stored, kek)
+}
+
+fn open_intermediate(
+    stored: &SealedCa,
+    kek: &KeyEncryptionKey,
+) -> Result<CertificateAuthority, CaError> {
+    Ok(CertificateAuthority::from_pem(
+        &stored.cert_pem,
+        &kek.open(CaRole::Intermediate, &stored.key_sealed)?,
+    )?)
 }
 
 /// Read a private key, refusing one that group or others can read.

@@ -63,6 +63,12 @@ pub struct Config {
     /// Operator CA private key (PKCS#8 PEM, mode 0600).
     #[arg(long, env = "QUIVER_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+    /// File (mode 0600) holding the key that seals the generated CA's private keys in the
+    /// store: 32 random bytes as 64 hex characters (`openssl rand -hex 32`). Required with
+    /// --database-url (every replica needs the same one); with SQLite it defaults to
+    /// DATA_DIR/ca-key-encryption.key, created on first start.
+    #[arg(long, env = "QUIVER_CA_KEY_ENCRYPTION_KEY")]
+    pub ca_key_encryption_key: Option<PathBuf>,
     /// Serve TLS with this certificate chain (PEM) instead of plaintext h2c/HTTP/1.1.
     #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -271,7 +277,12 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         (None, None) => None,
         _ => return Err(CaError::HalfConfigured.into()),
     };
-    let ca = MeshCa::load_or_create(store.as_ref(), &config.trust_domain, operator_ca)
+    let kek = crate::ca::KeyEncryptionKey::load(
+        config.ca_key_encryption_key.as_deref(),
+        &config.data_dir,
+        config.database_url.is_some(),
+    )?;
+    let ca = MeshCa::load_or_create(store.as_ref(), &config.trust_domain, operator_ca, &kek)
         .await
         .context("loading the mesh CA")?;
 

@@ -117,8 +117,10 @@ async fn renew_signs_exactly_the_callers_id_and_needs_a_mesh_certificate() {
         &renewed_proxy.bundle_pem,
     )
     .unwrap();
-    let refused = match client::connect(server.discovery, id.client_config(&[b"h2"]).unwrap()).await
-    {
+    let tls = id
+        .pinned_client_config(&mesh::control_plane(), &[b"h2"])
+        .unwrap();
+    let refused = match client::connect(server.discovery, tls).await {
         Err(_) => true,
         Ok(channel) => {
             let (_, csr_der) = certs::new_key_and_csr().unwrap();
@@ -168,5 +170,90 @@ async fn register_is_refused_for_services_the_caller_cannot_front() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_planes_namespace_is_reserved() {
+    // The operator's CA, so the test can mint what a join token for quiver-system would give.
+    let db = SqliteTestDb::create();
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let (cert, key) = (db.dir.path().join("ca.pem"), db.dir.path().join("ca.key"));
+    std::fs::write(&cert, ca.cert_pem()).unwrap();
+    std::fs::write(&key, ca.key_pem()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let server = TestServer::start_with(
+        None,
+        db.dir.path(),
+        &[
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let mut admin = server.admin().await;
+
+    // No Service (nor any other resource) in quiver-system.
+    let service = REVIEWS_SERVICE.replace("namespace: shop", "namespace: quiver-system");
+    let err = admin
+        .apply_service(doc::<v1::Service>(&service))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("metadata.namespace") && err.message().contains("reserved"),
+        "{err:?}"
+    );
+    let route = common::route_yaml("r", 50).replace("namespace: shop", "namespace: quiver-system");
+    let err = admin
+        .apply_route(doc::<v1::Route>(&route))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("reserved"), "{err:?}");
+
+    // No join token for it: nobody can obtain a certificate there.
+    let err = admin
+        .create_join_token(v1::CreateJoinTokenRequest {
+            namespace: "quiver-system".into(),
+            service_account: "control-plane".into(),
+            ttl: "10m".into(),
+            uses: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("namespace:") && err.message().contains("reserved"),
+        "{err:?}"
+    );
+
+    // No workload either, even for a certificate of that namespace (the control plane's own
+    // included).
+    for sa in ["web", "control-plane"] {
+        let issued = ca
+            .issue(
+                &SpiffeId::workload("mesh.local", "quiver-system", sa).unwrap(),
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let id = MeshIdentity::from_pem(&issued.chain_pem, &issued.key_pem, ca.cert_pem()).unwrap();
+        let tls = id
+            .pinned_client_config(&mesh::control_plane(), &[b"h2"])
+            .unwrap();
+        let mut client =
+            MeshDiscoveryClient::new(client::connect(server.discovery, tls).await.unwrap());
+        let err = client
+            .register(registration("reviews", "127.0.0.1:15443", "v1"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{sa}: {err:?}");
+        assert!(err.message().contains("reserved"), "{sa}: {err:?}");
+    }
     server.stop().await;
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use common::{SqliteTestDb, TestServer};
 use quiver_api::certs::{self, CertificateAuthority};
 use quiver_api::v1::{self, mesh_discovery_client::MeshDiscoveryClient};
+use quiver_control::store::CaRole;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::UnixTime;
 use tonic::Code;
@@ -286,4 +287,224 @@ async fn the_ca_survives_restarts_and_operator_keys_must_be_private() {
         .into_inner();
     assert_eq!(bundle.pem, ca.cert_pem(), "the operator's CA is used");
     running.shutdown().await.unwrap();
+}
+
+/// A `quiver-control` config on loopback with `data_dir` and `extra` flags.
+fn config(data_dir: &std::path::Path, extra: &[String]) -> quiver_control::server::Config {
+    let mut args = vec![
+        "quiver-control".to_string(),
+        "--listen=127.0.0.1:0".into(),
+        "--discovery-listen=127.0.0.1:0".into(),
+        format!("--data-dir={}", data_dir.display()),
+    ];
+    args.extend(extra.iter().cloned());
+    <quiver_control::server::Config as clap::Parser>::try_parse_from(args).unwrap()
+}
+
+/// Start, expecting a refusal; the error text.
+async fn refused(config: &quiver_control::server::Config) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    match quiver_control::server::start_on(config, listener).await {
+        Ok(_) => panic!("the control plane started"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// Join as shop/web; the SVID chain PEM and the trust bundle PEM.
+async fn join(server: &TestServer) -> (String, String) {
+    let token = join_token(server, "10m", 1).await.token;
+    let (_, csr_der) = certs::new_key_and_csr().unwrap();
+    let joined = identity_client(server)
+        .await
+        .join(v1::JoinRequest {
+            join_token: token,
+            csr_der,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (joined.cert_chain_pem, joined.trust_bundle_pem)
+}
+
+/// Every file under `dir`, read whole (the SQLite database, its journal, the key file).
+fn all_bytes_under(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_bytes_under(&path));
+        } else {
+            out.extend(std::fs::read(&path).unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svids_chain_through_a_sealed_intermediate_to_the_root() {
+    let db = SqliteTestDb::create();
+    let server = TestServer::start(None, db.dir.path()).await;
+    let (chain_pem, bundle_pem) = join(&server).await;
+    server.stop().await;
+
+    // Leaf -> intermediate; the bundle is the root alone.
+    let chain = certs::certs_from_pem(&chain_pem).unwrap();
+    let bundle = certs::certs_from_pem(&bundle_pem).unwrap();
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    assert_eq!(bundle.len(), 1, "the root only");
+    let (_, root) = x509_parser::parse_x509_certificate(&bundle[0]).unwrap();
+    let (_, inter) = x509_parser::parse_x509_certificate(&chain[1]).unwrap();
+    assert_eq!(
+        root.subject(),
+        root.issuer(),
+        "the bundle holds a self-signed root"
+    );
+    assert!(inter.is_ca());
+    assert_eq!(inter.issuer(), root.subject());
+    assert!(inter.subject().to_string().contains("intermediate"));
+    let life = inter.validity().not_after.timestamp() - inter.validity().not_before.timestamp();
+    assert!(life <= 366 * 24 * 3600, "intermediate lives {life} s");
+    assert!(verifies(&chain_pem, &bundle_pem));
+    // The intermediate alone is not a trust anchor anywhere: a chain without it fails.
+    let leaf_only = chain_pem
+        .split_inclusive("-----END CERTIFICATE-----")
+        .next()
+        .unwrap();
+    assert!(!verifies(leaf_only, &bundle_pem));
+
+    // Both keys are sealed: no private key in clear anywhere under the data dir.
+    let store = db.store().await;
+    for role in [CaRole::Root, CaRole::Intermediate] {
+        let sealed = store.ca_key(role).await.unwrap().unwrap();
+        assert!(sealed.key_sealed.starts_with("v1:"), "{role:?}");
+        assert!(!sealed.key_sealed.contains("PRIVATE KEY"), "{role:?}");
+    }
+    assert!(store.certificate_authority().await.unwrap().is_none());
+    drop(store);
+    assert!(!contains(&all_bytes_under(db.dir.path()), "PRIVATE KEY"));
+    // The generated key-encryption key is the owner's alone.
+    let kek = db.dir.path().join("ca-key-encryption.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kek).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Another key-encryption key cannot open the store: refused, naming the flag.
+    let other = quiver_tests::scratch::ca_key_encryption_key(&db.dir.path().join("other"));
+    std::fs::write(&other, format!("{}\n", "ab".repeat(32))).unwrap();
+    let err = refused(&config(
+        db.dir.path(),
+        &[format!("--ca-key-encryption-key={}", other.display())],
+    ))
+    .await;
+    assert!(
+        err.contains("does not open") && err.contains("--ca-key-encryption-key"),
+        "{err}"
+    );
+    // A key file others can read, or one that is not 32 hex bytes, is refused too.
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = refused(&config(
+        db.dir.path(),
+        &[format!("--ca-key-encryption-key={}", other.display())],
+    ))
+    .await;
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::write(&other, "not-a-key\n").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = refused(&config(
+        db.dir.path(),
+        &[format!("--ca-key-encryption-key={}", other.display())],
+    ))
+    .await;
+    assert!(
+        err.contains("--ca-key-encryption-key") && err.contains("64 hex"),
+        "{err}"
+    );
+
+    // The right key again: the same root.
+    let server = TestServer::start(None, db.dir.path()).await;
+    let (_, again) = join(&server).await;
+    assert_eq!(again, bundle_pem);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_ca_of_an_older_store_is_sealed_as_the_root() {
+    // A store as older versions left it: one CA, its key in clear, and a proxy certificate
+    // it issued.
+    let db = SqliteTestDb::create();
+    let old = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let store = db.store().await;
+    store
+        .init_certificate_authority(old.cert_pem(), old.key_pem())
+        .await
+        .unwrap();
+    drop(store);
+    let id = quiver_api::SpiffeId::parse("spiffe://mesh.local/ns/shop/sa/web").unwrap();
+    let earlier = old.issue(&id, Duration::from_secs(600)).unwrap();
+
+    let server = TestServer::start(None, db.dir.path()).await;
+    let (chain_pem, bundle_pem) = join(&server).await;
+    // The old CA is the root: certificates it issued still verify, new ones chain to it
+    // through the intermediate.
+    assert_eq!(bundle_pem, old.cert_pem());
+    assert!(verifies(&earlier.chain_pem, &bundle_pem));
+    assert!(verifies(&chain_pem, &bundle_pem));
+    assert_eq!(certs::certs_from_pem(&chain_pem).unwrap().len(), 2);
+    // A proxy holding the old certificate renews over mTLS, into the new chain.
+    let identity =
+        quiver_api::tls::MeshIdentity::from_pem(&earlier.chain_pem, &earlier.key_pem, &bundle_pem)
+            .unwrap();
+    let tls = identity
+        .pinned_client_config(&common::mesh::control_plane(), &[b"h2"])
+        .unwrap();
+    let (_, csr_der) = certs::new_key_and_csr().unwrap();
+    let renewed = MeshDiscoveryClient::new(
+        quiver_control::discovery::client::connect(server.discovery, tls)
+            .await
+            .unwrap(),
+    )
+    .renew(v1::RenewRequest { csr_der })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        certs::certs_from_pem(&renewed.cert_chain_pem)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(verifies(&renewed.cert_chain_pem, &bundle_pem));
+    server.stop().await;
+
+    // The plaintext row is gone; the root is sealed.
+    let store = db.store().await;
+    assert!(store.certificate_authority().await.unwrap().is_none());
+    let root = store.ca_key(CaRole::Root).await.unwrap().unwrap();
+    assert_eq!(root.cert_pem, old.cert_pem());
+    assert!(!root.key_sealed.contains("PRIVATE KEY"));
+    drop(store);
+    assert!(!contains(&all_bytes_under(db.dir.path()), "PRIVATE KEY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_store_needs_an_explicit_key_encryption_key() {
+    let db = common::PgTestDb::create().await;
+    let data = tempfile::tempdir().unwrap();
+    let err = refused(&config(
+        data.path(),
+        &[format!("--database-url={}", db.url)],
+    ))
+    .await;
+    assert!(
+        err.contains("--ca-key-encryption-key: required with --database-url"),
+        "{err}"
+    );
 }

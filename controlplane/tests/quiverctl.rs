@@ -311,9 +311,12 @@ async fn trust_bundle_is_what_a_joining_proxy_needs() {
         std::time::Duration::from_secs(3600),
     )
     .unwrap();
-    let tls =
-        quiver_api::tls::client_config_without_identity(other.cert_pem(), "mesh.local", &[b"h2"])
-            .unwrap();
+    let tls = quiver_api::tls::pinned_client_config_without_identity(
+        other.cert_pem(),
+        &quiver_api::SpiffeId::control_plane("mesh.local").unwrap(),
+        &[b"h2"],
+    )
+    .unwrap();
     assert!(
         quiver_control::discovery::client::connect(server.discovery, tls)
             .await

@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::{PgTestDb, SqliteTestDb};
 use quiver_api::resource::Kind;
 use quiver_control::store::{
-    ApiTokenRecord, ChangeOp, Feed, JoinTokenRecord, Lease, PutOutcome, RedeemError, SpanRecord,
-    Store, StoreError, now_ms,
+    ApiTokenRecord, CaRole, ChangeOp, Feed, JoinTokenRecord, Lease, PutOutcome, RedeemError,
+    SealedCa, SpanRecord, Store, StoreError, now_ms,
 };
 use quiver_control::telemetry::blocks::{TraceQuery, search_traces, spans_of_traces};
 
@@ -387,6 +387,46 @@ async fn api_tokens_and_ca(open: &Open<'_>) {
         .unwrap();
     assert_eq!(first, ("cert-a".to_string(), "key-a".to_string()));
     assert_eq!(second, first, "the first CA stored wins");
+    s.delete_certificate_authority().await.unwrap();
+    assert!(s.certificate_authority().await.unwrap().is_none());
+
+    // Sealed roots and intermediates: the first stored wins; a replacement applies only over
+    // the one the caller saw.
+    let sealed = |c: &str| SealedCa {
+        cert_pem: c.into(),
+        key_sealed: format!("v1:sealed-{c}"),
+    };
+    assert!(s.ca_key(CaRole::Root).await.unwrap().is_none());
+    let root = s
+        .init_ca_key(CaRole::Root, &sealed("root-a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.init_ca_key(CaRole::Root, &sealed("root-b"))
+            .await
+            .unwrap(),
+        root
+    );
+    let inter = s
+        .init_ca_key(CaRole::Intermediate, &sealed("int-a"))
+        .await
+        .unwrap();
+    assert_eq!(inter, sealed("int-a"));
+    let replaced = s
+        .replace_ca_key(CaRole::Intermediate, &inter, &sealed("int-b"))
+        .await
+        .unwrap();
+    assert_eq!(replaced, sealed("int-b"));
+    let stale = s
+        .replace_ca_key(CaRole::Intermediate, &inter, &sealed("int-c"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stale,
+        sealed("int-b"),
+        "a replica that saw an older one loses"
+    );
+    assert_eq!(s.ca_key(CaRole::Root).await.unwrap(), Some(root));
 }
 
 /// Two replicas on one Postgres: a write through one reaches the other's feed.

@@ -61,6 +61,15 @@ pub struct Args {
     /// The mesh's trust domain [default: mesh.local].
     #[arg(long, env = "QUIVER_TRUST_DOMAIN", help_heading = "Control-plane mode")]
     trust_domain: Option<String>,
+    /// The SPIFFE id the control plane must prove; any other certificate of the mesh is
+    /// refused as the control plane [default:
+    /// spiffe://<trust domain>/ns/quiver-system/sa/control-plane].
+    #[arg(
+        long,
+        env = "QUIVER_CONTROL_PLANE_ID",
+        help_heading = "Control-plane mode"
+    )]
+    control_plane_id: Option<String>,
     /// The Service this workload is an endpoint of (its ports come from the Service).
     #[arg(long, env = "QUIVER_SERVICE", help_heading = "Control-plane mode")]
     service: Option<String>,
@@ -163,6 +172,7 @@ impl Args {
                 join_token: self.join_token.clone(),
                 ca_cert: self.ca_cert.clone(),
                 trust_domain: self.trust_domain.clone(),
+                control_plane_id: self.control_plane_id.clone(),
                 service: self.service.clone(),
                 labels: self.labels.iter().cloned().collect(),
                 advertise: self.advertise,

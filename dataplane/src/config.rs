@@ -111,6 +111,10 @@ pub struct ControlPlaneFile {
     pub ca_cert: Option<PathBuf>,
     /// The mesh's trust domain (default `mesh.local`).
     pub trust_domain: Option<String>,
+    /// The SPIFFE id the control plane must prove (default
+    /// `spiffe://<trust_domain>/ns/quiver-system/sa/control-plane`): any other certificate of
+    /// the mesh, a workload's included, is refused as the control plane.
+    pub control_plane_id: Option<String>,
     /// The Service this workload is an endpoint of.
     pub service: Option<String>,
     /// Workload labels, matched by the Service's subsets (e.g. `version: v2`).
@@ -340,6 +344,8 @@ pub struct ControlPlane {
     pub join_token: String,
     pub ca_cert: PathBuf,
     pub trust_domain: String,
+    /// The id the control plane must prove in every handshake with it.
+    pub control_plane_id: SpiffeId,
     pub service: String,
     pub labels: BTreeMap<String, String>,
     pub advertise: Option<SocketAddr>,
@@ -419,6 +425,7 @@ fn apply(mut file: File, o: Overrides) -> File {
         || c.ca_cert.is_some()
         || c.service.is_some()
         || c.trust_domain.is_some()
+        || c.control_plane_id.is_some()
         || !c.labels.is_empty()
         || c.advertise.is_some()
         || c.app_host.is_some()
@@ -429,6 +436,7 @@ fn apply(mut file: File, o: Overrides) -> File {
         f.join_token = c.join_token.or(f.join_token.take());
         f.ca_cert = c.ca_cert.or(f.ca_cert.take());
         f.trust_domain = c.trust_domain.or(f.trust_domain.take());
+        f.control_plane_id = c.control_plane_id.or(f.control_plane_id.take());
         f.service = c.service.or(f.service.take());
         f.labels.extend(c.labels);
         f.advertise = c.advertise.or(f.advertise);
@@ -542,12 +550,36 @@ fn validate_control_plane(
         .trust_domain
         .clone()
         .unwrap_or_else(|| "mesh.local".into());
-    if let Err(e) = SpiffeId::parse(&format!("spiffe://{trust_domain}")) {
-        err(
-            "control_plane.trust_domain".into(),
-            format!("{trust_domain:?}: {e}"),
-        );
-    }
+    let control_plane_id = match (&c.control_plane_id, SpiffeId::control_plane(&trust_domain)) {
+        (_, Err(e)) => {
+            err(
+                "control_plane.trust_domain".into(),
+                format!("{trust_domain:?}: {e}"),
+            );
+            None
+        }
+        (None, Ok(default)) => Some(default),
+        (Some(given), Ok(_)) => match SpiffeId::parse(given) {
+            Err(e) => {
+                err(
+                    "control_plane.control_plane_id".into(),
+                    format!("{given:?}: {e}"),
+                );
+                None
+            }
+            Ok(id) if id.trust_domain() != trust_domain => {
+                err(
+                    "control_plane.control_plane_id".into(),
+                    format!(
+                        "{given:?} is not in the trust domain {trust_domain:?} \
+                         (control_plane.trust_domain / --trust-domain)"
+                    ),
+                );
+                None
+            }
+            Ok(id) => Some(id),
+        },
+    };
     let service = match c.service.as_deref() {
         None | Some("") => {
             err("control_plane.service".into(), missing("--service"));
@@ -610,6 +642,7 @@ fn validate_control_plane(
         join_token: join_token?,
         ca_cert: ca_cert?,
         trust_domain,
+        control_plane_id: control_plane_id?,
         service: service?,
         labels: c.labels.clone(),
         advertise: c.advertise,

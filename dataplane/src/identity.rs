@@ -17,6 +17,9 @@ use crate::config::IdentityPaths;
 pub struct IdentityStatus {
     pub spiffe_id: String,
     pub cert_not_after_unix: Option<u64>,
+    /// The roots trusted now, each as subject and serial: an operator (or a test) sees a
+    /// rotation arrive and a refused bundle not arrive.
+    pub trust_bundle: Vec<String>,
     /// Where it comes from: "files" (static mode) or "control-plane" (joined, renewed).
     pub source: &'static str,
     /// Static mode only.
@@ -32,6 +35,7 @@ impl IdentityStatus {
         Self {
             spiffe_id: identity.spiffe_id.to_string(),
             cert_not_after_unix: not_after_unix(identity),
+            trust_bundle: trust_bundle(identity),
             source: if files.is_some() {
                 "files"
             } else {
@@ -42,6 +46,15 @@ impl IdentityStatus {
             reloads,
         }
     }
+}
+
+/// The trust bundle's roots, each described by subject and serial.
+pub fn trust_bundle(identity: &MeshIdentity) -> Vec<String> {
+    identity
+        .bundle
+        .iter()
+        .map(|c| quiver_api::certs::describe(c))
+        .collect()
 }
 
 pub fn not_after_unix(identity: &MeshIdentity) -> Option<u64> {

@@ -119,6 +119,9 @@ fn metadata(errors: &mut Vec<FieldError>, resource: &AnyResource) {
     if !meta.namespace.is_empty() {
         dns_label(errors, "metadata.namespace", &meta.namespace);
     }
+    if let Some(reason) = quiver_api::spiffe::reserved_namespace(&meta.namespace) {
+        errors.push(err("metadata.namespace", reason));
+    }
     for key in meta.labels.keys() {
         if key.is_empty() || key.len() > 253 || key.chars().any(char::is_control) {
             errors.push(err(

@@ -55,7 +55,9 @@ impl std::fmt::Debug for IssuedCert {
     }
 }
 
-/// A signing CA: either a self-signed mesh root or an operator's intermediate.
+/// A signing CA: a self-signed mesh root (which signs intermediates), the control plane's
+/// online intermediate ([`CertificateAuthority::issue_intermediate`]), or an operator's
+/// intermediate.
 pub struct CertificateAuthority {
     cert_pem: String,
     key_pem: String,
@@ -93,6 +95,43 @@ impl CertificateAuthority {
         let cert_pem = cert.pem();
         let key_pem = key.serialize_pem();
         Self::from_pem(&cert_pem, &key_pem)
+    }
+
+    /// Issue a new intermediate CA under this one (a new P-256 key, `pathLenConstraint` 0: it
+    /// signs SVIDs only), valid from a minute ago for `validity` but never past this CA. The
+    /// result appends its own certificate to every chain it issues; peers trust only the root.
+    pub fn issue_intermediate(
+        &self,
+        trust_domain: &str,
+        validity: Duration,
+    ) -> Result<Self, CertError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Quiver");
+        dn.push(
+            DnType::CommonName,
+            format!("Quiver mesh intermediate {trust_domain}"),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        params.not_before = to_offset(now - Duration::from_secs(60));
+        params.not_after = to_offset(self.leaf_expiry(now, validity));
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Self::from_pem(&cert.pem(), &key.serialize_pem())
+    }
+
+    /// When this CA stops being valid.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
     }
 
     /// Load a CA from its certificate and PKCS#8 private key (PEM). When the certificate is not
@@ -260,6 +299,20 @@ pub fn spiffe_id_of(cert_der: &[u8]) -> Result<SpiffeId, CertError> {
         [] => Err(CertError::NoSpiffeId),
         [one] => Ok(SpiffeId::parse(one)?),
         many => Err(CertError::ManyUris(many.len())),
+    }
+}
+
+/// A certificate in a few words, for logs, errors and `/config`: its subject and serial
+/// (`CN=Quiver mesh root mesh.local, serial 3f1c...`). Enough to tell roots apart; not a
+/// secret and not a fingerprint to pin.
+pub fn describe(cert_der: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(cert_der) {
+        Ok((_, cert)) => format!(
+            "{}, serial {}",
+            cert.subject(),
+            cert.tbs_certificate.raw_serial_as_string().replace(':', "")
+        ),
+        Err(e) => format!("(unreadable certificate: {e})"),
     }
 }
 

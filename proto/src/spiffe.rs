@@ -1,9 +1,23 @@
 //! SPIFFE ids (`spiffe://<trust-domain>/<path>`), parsed strictly per the SPIFFE-ID spec.
 //!
 //! Quiver's workload ids use the path `ns/<namespace>/sa/<service-account>`, like Istio's.
+//! The namespace [`SYSTEM_NAMESPACE`] is the control plane's own: no workload, Service or join
+//! token may live there, so no workload certificate can ever carry the control plane's id.
 
 use std::fmt;
 use std::str::FromStr;
+
+/// The control plane's namespace: reserved, nothing users create may live in it.
+pub const SYSTEM_NAMESPACE: &str = "quiver-system";
+/// The control plane's service account in [`SYSTEM_NAMESPACE`].
+pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "control-plane";
+
+/// Why `namespace` may not hold anything a user creates (`None`: it may). The one rule the
+/// API (resources, join tokens, registrations) and the console check.
+pub fn reserved_namespace(namespace: &str) -> Option<String> {
+    (namespace == SYSTEM_NAMESPACE)
+        .then(|| format!("{SYSTEM_NAMESPACE:?} is reserved for the control plane's own identity"))
+}
 
 /// Why a string is not a SPIFFE id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +103,17 @@ impl SpiffeId {
         Self::parse(&format!(
             "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
         ))
+    }
+
+    /// The control plane's id in `trust_domain`,
+    /// `spiffe://<td>/ns/quiver-system/sa/control-plane`: what the discovery listener presents
+    /// and what every client of it pins by default.
+    pub fn control_plane(trust_domain: &str) -> Result<Self, SpiffeIdError> {
+        Self::workload(
+            trust_domain,
+            SYSTEM_NAMESPACE,
+            CONTROL_PLANE_SERVICE_ACCOUNT,
+        )
     }
 
     pub fn as_str(&self) -> &str {

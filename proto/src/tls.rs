@@ -1,16 +1,22 @@
 //! Mesh mTLS for rustls: one identity, one trust bundle, TLS 1.3 only, ring only.
 //!
 //! The server side requires a client certificate chaining to the bundle and carrying exactly
-//! one SPIFFE id of our trust domain. The client side checks the chain the same way; whether
-//! the server is *the* identity expected for that endpoint is decided by the caller after the
-//! handshake ([`peer_spiffe_id`]) so that a mismatch is reported with both ids, before any
-//! request is sent. Both sides refuse a peer leaf that the deny-list covers
-//! ([`crate::revocation::DenyList::check`]) with a `certificate_revoked` alert.
+//! one SPIFFE id of our trust domain. The client side checks the chain the same way; between
+//! proxies, whether the server is *the* identity expected for that endpoint is decided by the
+//! caller after the handshake ([`peer_spiffe_id`]) so that a mismatch is reported with both
+//! ids, before any request is sent. A client of the control plane instead pins the server's
+//! id inside the handshake ([`PinnedClientConfig`]): a workload certificate of the trust
+//! domain is refused before a join token or a CSR leaves the process.
 //!
-//! Both sides refuse TLS session resumption: a resumed handshake skips the verifiers, so an
-//! expired or revoked certificate would keep connecting on a ticket. With resumption off, the
-//! verifiers below are the one place that judges every connection's certificate
-//! (docs/security.md, "Every connection shows a valid certificate").
+//! A trust bundle only ever changes with overlap ([`check_bundle_change`]): a new bundle must
+//! keep at least one root the holder already trusts.
+//!
+//! Both sides refuse a peer leaf that the deny-list covers
+//! ([`crate::revocation::DenyList::check`]) with a `certificate_revoked` alert, and both
+//! refuse TLS session resumption: a resumed handshake skips the verifiers, so an expired or
+//! revoked certificate would keep connecting on a ticket. With resumption off, the verifiers
+//! below are the one place that judges every connection's certificate (docs/security.md,
+//! "Every connection shows a valid certificate").
 
 use std::path::Path;
 use std::sync::Arc;
@@ -48,6 +54,26 @@ pub enum IdentityError {
     Tls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(String),
+}
+
+/// A client config that accepts exactly one server identity: the only kind of config the
+/// discovery dialer ([`crate::dial::connect`]) takes, so no client of the control plane can
+/// forget to pin it.
+#[derive(Debug, Clone)]
+pub struct PinnedClientConfig {
+    config: rustls::ClientConfig,
+    server: SpiffeId,
+}
+
+impl PinnedClientConfig {
+    /// The server identity this config accepts.
+    pub fn server(&self) -> &SpiffeId {
+        &self.server
+    }
+
+    pub fn into_inner(self) -> rustls::ClientConfig {
+        self.config
+    }
 }
 
 /// The process-wide crypto provider: ring, passed explicitly so that another provider in the
@@ -172,12 +198,35 @@ impl MeshIdentity {
         alpn: &[&[u8]],
         deny: &DenyList,
     ) -> Result<rustls::ClientConfig, IdentityError> {
+        self.client_config_for(None, alpn, deny)
+    }
+
+    /// Like [`MeshIdentity::client_config`], but the handshake succeeds only when the server
+    /// proves `server` (the control plane's id).
+    pub fn pinned_client_config(
+        &self,
+        server: &SpiffeId,
+        alpn: &[&[u8]],
+    ) -> Result<PinnedClientConfig, IdentityError> {
+        Ok(PinnedClientConfig {
+            config: self.client_config_for(Some(server.clone()), alpn, &DenyList::default())?,
+            server: server.clone(),
+        })
+    }
+
+    fn client_config_for(
+        &self,
+        pinned: Option<SpiffeId>,
+        alpn: &[&[u8]],
+        deny: &DenyList,
+    ) -> Result<rustls::ClientConfig, IdentityError> {
         let provider = provider();
         let verifier = Arc::new(SpiffeServerVerifier {
             roots: self.roots()?,
             algs: provider.signature_verification_algorithms,
             trust_domain: self.trust_domain().to_string(),
             deny: deny.clone(),
+            pinned,
         });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -191,14 +240,14 @@ impl MeshIdentity {
     }
 }
 
-/// TLS 1.3 client config without a client certificate, verifying the server like
-/// [`MeshIdentity::client_config`] does: a proxy joining the mesh before it has an SVID, with
-/// the trust bundle it was given out of band (`--ca-cert`).
-pub fn client_config_without_identity(
+/// TLS 1.3 client config without a client certificate that accepts only a server proving
+/// `server` (the control plane's id) with a chain to `bundle_pem`: a proxy joining the mesh
+/// before it has an SVID, with the trust bundle it was given out of band (`--ca-cert`).
+pub fn pinned_client_config_without_identity(
     bundle_pem: &str,
-    trust_domain: &str,
+    server: &SpiffeId,
     alpn: &[&[u8]],
-) -> Result<rustls::ClientConfig, IdentityError> {
+) -> Result<PinnedClientConfig, IdentityError> {
     let bundle = certs::certs_from_pem(bundle_pem).map_err(|source| IdentityError::Cert {
         what: "trust bundle".into(),
         source,
@@ -213,8 +262,9 @@ pub fn client_config_without_identity(
     let verifier = Arc::new(SpiffeServerVerifier {
         roots: Arc::new(roots),
         algs: provider.signature_verification_algorithms,
-        trust_domain: trust_domain.to_string(),
+        trust_domain: server.trust_domain().to_string(),
         deny: DenyList::default(),
+        pinned: Some(server.clone()),
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -223,7 +273,47 @@ pub fn client_config_without_identity(
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     cfg.resumption = rustls::client::Resumption::disabled();
-    Ok(cfg)
+    Ok(PinnedClientConfig {
+        config: cfg,
+        server: server.clone(),
+    })
+}
+
+/// Why a new trust bundle was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleChangeRefused {
+    #[error("the new trust bundle does not parse: {0}")]
+    Unreadable(CertError),
+    #[error(
+        "the new trust bundle keeps none of the roots trusted now ({current}); it holds only \
+         {next}. A bundle may change only with overlap: add the new root next to an old one \
+         first (quiverctl ca rotate)"
+    )]
+    NoOverlap { current: String, next: String },
+}
+
+/// May a holder of `current` switch to `next_pem`? Only when `next_pem` keeps at least one
+/// certificate of `current` (byte for byte): rotation adds a root beside the old one before
+/// the old one is retired, so a legitimate change always overlaps, while a bundle that swaps
+/// in a foreign CA never does.
+pub fn check_bundle_change(
+    current: &[CertificateDer<'_>],
+    next_pem: &str,
+) -> Result<Vec<CertificateDer<'static>>, BundleChangeRefused> {
+    let next = certs::certs_from_pem(next_pem).map_err(BundleChangeRefused::Unreadable)?;
+    if next.iter().any(|n| current.iter().any(|c| c == n)) {
+        return Ok(next);
+    }
+    let describe = |set: &[CertificateDer<'_>]| {
+        set.iter()
+            .map(|c| certs::describe(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(BundleChangeRefused::NoOverlap {
+        current: describe(current),
+        next: describe(&next),
+    })
 }
 
 /// The SPIFFE id of a verified peer, from the chain rustls (or quinn's `peer_identity`) hands
@@ -238,6 +328,12 @@ pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, CertErro
 #[error("{0}")]
 struct SvidRefused(String);
 
+fn refuse(msg: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(SvidRefused(
+        msg,
+    )))))
+}
+
 /// The checks both sides run on the peer's leaf after its chain: one SPIFFE id of our trust
 /// domain, and not revoked (refused with rustls' `Revoked`, which sends the
 /// `certificate_revoked` alert).
@@ -246,11 +342,6 @@ fn check_svid(
     trust_domain: &str,
     deny: &DenyList,
 ) -> Result<(), rustls::Error> {
-    let refuse = |msg: String| {
-        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-            SvidRefused(msg),
-        ))))
-    };
     match certs::spiffe_id_of(end_entity) {
         Ok(id) if id.trust_domain() == trust_domain => {}
         Ok(id) => {
@@ -270,6 +361,9 @@ struct SpiffeServerVerifier {
     algs: WebPkiSupportedAlgorithms,
     trust_domain: String,
     deny: DenyList,
+    /// The one server identity accepted (a client of the control plane), checked in the
+    /// handshake; `None` between proxies, where the caller checks the endpoint's id after it.
+    pinned: Option<SpiffeId>,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -291,6 +385,15 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             self.algs.all,
         )?;
         check_svid(end_entity, &self.trust_domain, &self.deny)?;
+        if let Some(pinned) = &self.pinned {
+            let id = certs::spiffe_id_of(end_entity)
+                .map_err(|e| refuse(format!("peer certificate is not an SVID: {e}")))?;
+            if &id != pinned {
+                return Err(refuse(format!(
+                    "the server presented {id}, not the control plane's id {pinned}"
+                )));
+            }
+        }
         Ok(ServerCertVerified::assertion())
     }
 

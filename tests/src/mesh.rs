@@ -118,6 +118,14 @@ impl ControlPlane {
             discovery.to_string(),
         ];
         args.extend(db.args());
+        if let Db::Postgres(_) = db {
+            args.push("--ca-key-encryption-key".into());
+            args.push(
+                crate::scratch::ca_key_encryption_key(dir)
+                    .display()
+                    .to_string(),
+            );
+        }
         args.extend(extra.iter().map(std::string::ToString::to_string));
         let mut cp = Self {
             child: None,
@@ -316,6 +324,12 @@ pub struct MeshProxy {
 impl MeshProxy {
     /// Spawn a proxy that joins `cp` (it is not ready yet: see [`MeshProxy::ready`]).
     pub fn spawn(cp: &ControlPlane, ca: &Path, dir: &Path, spec: ProxySpec<'_>) -> Self {
+        Self::spawn_to(cp.discovery, ca, dir, spec)
+    }
+
+    /// Spawn a proxy that joins whatever listens at `discovery` (an impostor, in the trust
+    /// tests).
+    pub fn spawn_to(discovery: SocketAddr, ca: &Path, dir: &Path, spec: ProxySpec<'_>) -> Self {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let http_proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let outbound: Vec<SocketAddr> = spec
@@ -327,7 +341,7 @@ impl MeshProxy {
         let log = dir.join(format!("proxy-{name}.log"));
         let mut cmd = Command::new(binary("quiver-proxy"));
         cmd.arg("--control-plane")
-            .arg(cp.discovery.to_string())
+            .arg(discovery.to_string())
             .arg("--ca-cert")
             .arg(ca)
             .arg("--service")

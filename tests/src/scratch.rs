@@ -110,6 +110,26 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The key-encryption key every test control plane on Postgres uses (replicas of one store
+/// must share it): written to `dir/ca-kek` (mode 0600), its path returned for
+/// `--ca-key-encryption-key`.
+pub fn ca_key_encryption_key(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("ca-kek");
+    std::fs::create_dir_all(dir).expect("key-encryption key dir");
+    std::fs::write(
+        &path,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .expect("write the key-encryption key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod 600 the key-encryption key");
+    }
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,8 +89,13 @@ impl ControlPlane {
         // In the environment, not argv, so a password does not show in `ps`; removed when
         // SQLite is wanted, whatever the caller's environment says.
         match database_url {
-            Some(url) => cmd.env("QUIVER_DATABASE_URL", url),
-            None => cmd.env_remove("QUIVER_DATABASE_URL"),
+            Some(url) => cmd.env("QUIVER_DATABASE_URL", url).env(
+                "QUIVER_CA_KEY_ENCRYPTION_KEY",
+                quiver_tests::scratch::ca_key_encryption_key(&dir),
+            ),
+            None => cmd
+                .env_remove("QUIVER_DATABASE_URL")
+                .env_remove("QUIVER_CA_KEY_ENCRYPTION_KEY"),
         };
         let child = cmd
             .spawn()

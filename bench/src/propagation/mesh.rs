@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context;
+use quiver_api::SpiffeId;
 use quiver_api::certs;
-use quiver_api::tls::{MeshIdentity, client_config_without_identity};
+use quiver_api::tls::{MeshIdentity, PinnedClientConfig, pinned_client_config_without_identity};
 use quiver_api::v1::{self, mesh_discovery_client::MeshDiscoveryClient};
 use quiver_control::discovery::client;
 use tokio::sync::mpsc;
@@ -54,7 +55,7 @@ pub fn route(v1_weight: u32) -> anyhow::Result<v1::Route> {
 
 /// Services, the Route at 50/50 and `endpoints` registered `reviews` workloads; returns the
 /// client TLS config of a joined `web` proxy for the watchers.
-pub async fn set_up(cp: &ControlPlane, endpoints: usize) -> anyhow::Result<rustls::ClientConfig> {
+pub async fn set_up(cp: &ControlPlane, endpoints: usize) -> anyhow::Result<PinnedClientConfig> {
     let mut admin = cp.admin();
     admin
         .apply_service(yaml::<v1::Service>(
@@ -77,7 +78,11 @@ pub async fn set_up(cp: &ControlPlane, endpoints: usize) -> anyhow::Result<rustl
         .context("applying Route reviews")?;
 
     let reviews = join(&mut admin, cp, "reviews").await?;
-    let channel = client::connect(cp.discovery, reviews.client_config(&[b"h2"])?).await?;
+    let channel = client::connect(
+        cp.discovery,
+        reviews.pinned_client_config(&control_plane()?, &[b"h2"])?,
+    )
+    .await?;
     let mut registrar = MeshDiscoveryClient::new(channel);
     for i in 0..endpoints {
         let mut reg = v1::WorkloadRegistration {
@@ -94,7 +99,12 @@ pub async fn set_up(cp: &ControlPlane, endpoints: usize) -> anyhow::Result<rustl
             .with_context(|| format!("registering endpoint {i}"))?;
     }
     let web = join(&mut admin, cp, "web").await?;
-    Ok(web.client_config(&[b"h2"])?)
+    Ok(web.pinned_client_config(&control_plane()?, &[b"h2"])?)
+}
+
+/// The id the benchmark's control plane proves on its discovery listener.
+fn control_plane() -> anyhow::Result<SpiffeId> {
+    Ok(SpiffeId::control_plane("mesh.local")?)
 }
 
 /// A one-use join token for `shop/<sa>`, then Join over TLS with a fresh key's CSR.
@@ -111,7 +121,7 @@ async fn join(admin: &mut Admin, cp: &ControlPlane, sa: &str) -> anyhow::Result<
         .into_inner()
         .token;
     let (key, csr_der) = certs::new_key_and_csr()?;
-    let tls = client_config_without_identity(&cp.bundle_pem, "mesh.local", &[b"h2"])?;
+    let tls = pinned_client_config_without_identity(&cp.bundle_pem, &control_plane()?, &[b"h2"])?;
     let joined = MeshDiscoveryClient::new(client::connect(cp.discovery, tls).await?)
         .join(v1::JoinRequest {
             join_token: token,
@@ -131,7 +141,7 @@ async fn join(admin: &mut Admin, cp: &ControlPlane, sa: &str) -> anyhow::Result<
 /// connection (connections are dialled here, one after another; the streams run as tasks).
 pub async fn spawn_watchers(
     discovery: SocketAddr,
-    tls: &rustls::ClientConfig,
+    tls: &PinnedClientConfig,
     n: usize,
     per_connection: usize,
     events: mpsc::UnboundedSender<Event>,

@@ -158,6 +158,9 @@ impl AdminApi {
         if !is_dns_label(&namespace) {
             errors.push(format!("namespace: {namespace:?} is not a DNS label"));
         }
+        if let Some(reason) = quiver_api::spiffe::reserved_namespace(&namespace) {
+            errors.push(format!("namespace: {reason}"));
+        }
         if !is_dns_label(&req.service_account) {
             errors.push(format!(
                 "serviceAccount: {:?} is not a DNS label",

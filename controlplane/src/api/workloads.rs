@@ -85,6 +85,12 @@ pub async fn register(
 ) -> Result<v1::RegisterResponse, Status> {
     let address = check(&reg)?;
     let ns = caller.namespace.as_str();
+    if let Some(reason) = quiver_api::spiffe::reserved_namespace(ns) {
+        return Err(Status::permission_denied(format!(
+            "{}: namespace {reason}",
+            caller.spiffe_id
+        )));
+    }
     let store = inputs.store.as_ref();
     let svc = store
         .get(Kind::Service, ns, &reg.service)

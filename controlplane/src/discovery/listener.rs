@@ -10,17 +10,13 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::ca::{CaError, MeshCa};
 
-/// The control plane's namespace and service account in its own SPIFFE id.
-pub const NAMESPACE: &str = "quiver-system";
-pub const SERVICE_ACCOUNT: &str = "control-plane";
-
 /// Lifetime of the listener's certificate; a new one is issued at every start.
 pub const SERVER_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The control plane's SPIFFE id in `trust_domain`.
+/// The control plane's SPIFFE id in `trust_domain` (its namespace is reserved: no join token,
+/// Service or workload may use it, `quiver_api::spiffe::reserved_namespace`).
 pub fn control_plane_id(trust_domain: &str) -> Result<SpiffeId, CaError> {
-    SpiffeId::workload(trust_domain, NAMESPACE, SERVICE_ACCOUNT)
-        .map_err(|e| CaError::TrustDomain(trust_domain.into(), e))
+    SpiffeId::control_plane(trust_domain).map_err(|e| CaError::TrustDomain(trust_domain.into(), e))
 }
 
 /// The discovery listener's TLS config.

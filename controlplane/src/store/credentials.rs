@@ -1,5 +1,7 @@
 //! Credentials: API tokens and join tokens (only the SHA-256 of a secret is stored), and the
-//! mesh CA's certificate and key.
+//! mesh CA: its root and intermediate with their keys sealed (`ca_keys`; the sealing is
+//! `crate::ca`'s, the store keeps opaque text), and the plaintext single CA of stores from
+//! before the intermediate (`certificate_authority`), read once to migrate it and deleted.
 
 use sqlx::{ColumnIndex, Executor, IntoArguments, Type};
 
@@ -27,6 +29,29 @@ pub struct JoinTokenRecord {
     pub max_uses: i32,
     pub uses: i32,
     pub created_at: i64,
+}
+
+/// Which key of the mesh CA a `ca_keys` row holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaRole {
+    Root,
+    Intermediate,
+}
+
+impl CaRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::Intermediate => "intermediate",
+        }
+    }
+}
+
+/// A CA certificate and its sealed private key, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SealedCa {
+    pub cert_pem: String,
+    pub key_sealed: String,
 }
 
 /// Why a join token was not accepted.
@@ -58,15 +83,31 @@ pub trait Credentials: Send + Sync {
         now_ms: i64,
     ) -> Result<JoinTokenRecord, RedeemError>;
 
-    /// The mesh CA (cert PEM, key PEM), if one was stored.
+    /// The plaintext single CA of a store from before `ca_keys` (cert PEM, key PEM), if any.
     async fn certificate_authority(&self) -> Result<Option<(String, String)>, StoreError>;
-    /// Store a CA unless one exists; returns whichever is stored (so replicas that start
-    /// together agree on one CA).
+    /// Store a plaintext single CA unless one exists (what older versions did; tests use it
+    /// to make such a store). Returns whichever is stored.
     async fn init_certificate_authority(
         &self,
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<(String, String), StoreError>;
+    /// Delete the plaintext single CA once it has been sealed into `ca_keys`.
+    async fn delete_certificate_authority(&self) -> Result<(), StoreError>;
+
+    /// The stored root or intermediate, if any.
+    async fn ca_key(&self, role: CaRole) -> Result<Option<SealedCa>, StoreError>;
+    /// Store `ca` as `role` unless one is stored; returns whichever is stored (replicas that
+    /// start together agree on one).
+    async fn init_ca_key(&self, role: CaRole, ca: &SealedCa) -> Result<SealedCa, StoreError>;
+    /// Replace the stored `role` with `next` if it is still `current` (a replica that
+    /// replaced it first wins); returns whichever is stored.
+    async fn replace_ca_key(
+        &self,
+        role: CaRole,
+        current: &SealedCa,
+        next: &SealedCa,
+    ) -> Result<SealedCa, StoreError>;
 }
 
 const INSERT_API_TOKEN: &str = "INSERT INTO api_tokens \
@@ -84,6 +125,12 @@ const JOIN_TOKEN: &str = "SELECT id, token_hash, namespace, service_account, exp
 const GET_CA: &str = "SELECT cert_pem, key_pem FROM certificate_authority WHERE id = 1";
 const INSERT_CA: &str = "INSERT INTO certificate_authority (id, cert_pem, key_pem, created_at) \
      VALUES (1, $1, $2, $3) ON CONFLICT (id) DO NOTHING";
+const DELETE_CA: &str = "DELETE FROM certificate_authority";
+const GET_CA_KEY: &str = "SELECT cert_pem, key_sealed FROM ca_keys WHERE role = $1";
+const INSERT_CA_KEY: &str = "INSERT INTO ca_keys (role, cert_pem, key_sealed, created_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (role) DO NOTHING";
+const REPLACE_CA_KEY: &str = "UPDATE ca_keys SET cert_pem = $1, key_sealed = $2, created_at = $3 \
+     WHERE role = $4 AND cert_pem = $5";
 
 #[async_trait::async_trait]
 impl<DB: Engine> Credentials for SqlStore<DB>
@@ -180,5 +227,56 @@ where
             .execute(&self.pool)
             .await?;
         Ok(sqlx::query_as(GET_CA).fetch_one(&self.pool).await?)
+    }
+
+    async fn delete_certificate_authority(&self) -> Result<(), StoreError> {
+        let deleted = sqlx::query(DELETE_CA).execute(&self.pool).await?;
+        if DB::rows_affected(&deleted) > 0 {
+            for statement in DB::SCRUB_DELETED {
+                sqlx::query(*statement).execute(&self.pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn ca_key(&self, role: CaRole) -> Result<Option<SealedCa>, StoreError> {
+        Ok(sqlx::query_as(GET_CA_KEY)
+            .bind(role.as_str())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn init_ca_key(&self, role: CaRole, ca: &SealedCa) -> Result<SealedCa, StoreError> {
+        sqlx::query(INSERT_CA_KEY)
+            .bind(role.as_str())
+            .bind(ca.cert_pem.as_str())
+            .bind(ca.key_sealed.as_str())
+            .bind(super::now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_as(GET_CA_KEY)
+            .bind(role.as_str())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn replace_ca_key(
+        &self,
+        role: CaRole,
+        current: &SealedCa,
+        next: &SealedCa,
+    ) -> Result<SealedCa, StoreError> {
+        sqlx::query(REPLACE_CA_KEY)
+            .bind(next.cert_pem.as_str())
+            .bind(next.key_sealed.as_str())
+            .bind(super::now_ms())
+            .bind(role.as_str())
+            .bind(current.cert_pem.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_as(GET_CA_KEY)
+            .bind(role.as_str())
+            .fetch_one(&self.pool)
+            .await?)
     }
 }

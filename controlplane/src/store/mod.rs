@@ -29,7 +29,9 @@ mod revocations;
 mod sqlite;
 mod traces;
 
-pub use credentials::{ApiTokenRecord, Credentials, JoinTokenRecord, RedeemError};
+pub use credentials::{
+    ApiTokenRecord, CaRole, Credentials, JoinTokenRecord, RedeemError, SealedCa,
+};
 pub use engine::{Engine, SqlStore};
 pub use feed::Feed;
 pub use leases::{Lease, Leases};

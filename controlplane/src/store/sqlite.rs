@@ -43,6 +43,8 @@ impl Engine for Sqlite {
     const SPAN_COMMIT: Option<&'static str> = None;
     const HAS_LEGACY: &'static str =
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'spans_legacy'";
+    /// Rewrite the file without free pages, then empty the WAL (which held the old pages).
+    const SCRUB_DELETED: &'static [&'static str] = &["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"];
 
     fn rows_affected(result: &SqliteQueryResult) -> u64 {
         result.rows_affected()

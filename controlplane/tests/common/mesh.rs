@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use quiver_api::SpiffeId;
 use quiver_api::certs;
-use quiver_api::tls::{MeshIdentity, client_config_without_identity};
+use quiver_api::tls::{MeshIdentity, pinned_client_config_without_identity};
 use quiver_api::v1::{self, mesh_discovery_client::MeshDiscoveryClient};
 use quiver_control::discovery::client;
 use tonic::transport::Channel;
@@ -34,9 +35,14 @@ pub async fn bundle(server: &TestServer) -> String {
         .pem
 }
 
+/// The id every test control plane's discovery listener proves.
+pub fn control_plane() -> SpiffeId {
+    SpiffeId::control_plane("mesh.local").expect("control-plane id")
+}
+
 /// A client without a certificate (what a proxy has before joining).
 pub async fn anonymous(addr: SocketAddr, bundle_pem: &str) -> Discovery {
-    let tls = client_config_without_identity(bundle_pem, "mesh.local", &[b"h2"])
+    let tls = pinned_client_config_without_identity(bundle_pem, &control_plane(), &[b"h2"])
         .expect("client TLS config");
     MeshDiscoveryClient::new(client::connect(addr, tls).await.expect("TLS to discovery"))
 }
@@ -90,7 +96,9 @@ impl Proxy {
     pub async fn client_to(&self, addr: SocketAddr) -> Discovery {
         let id = MeshIdentity::from_pem(&self.chain_pem, &self.key_pem, &self.bundle_pem)
             .expect("joined identity");
-        let tls = id.client_config(&[b"h2"]).expect("client TLS config");
+        let tls = id
+            .pinned_client_config(&control_plane(), &[b"h2"])
+            .expect("client TLS config");
         MeshDiscoveryClient::new(client::connect(addr, tls).await.expect("mTLS to discovery"))
     }
 

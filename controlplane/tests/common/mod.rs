@@ -93,6 +93,12 @@ impl TestServer {
         if let Some(url) = database_url {
             args.push("--database-url".into());
             args.push(url.into());
+            args.push("--ca-key-encryption-key".into());
+            args.push(
+                quiver_tests::scratch::ca_key_encryption_key(data_dir)
+                    .display()
+                    .to_string(),
+            );
         }
         args.extend(extra.iter().map(std::string::ToString::to_string));
         let config =

@@ -261,6 +261,10 @@ fn a_control_plane_file_joins_instead_of_reading_identity() {
     assert_eq!(cp.address, "quiver-control:15010");
     assert_eq!(cp.ca_cert, dir.join("bundle.pem"));
     assert_eq!(cp.trust_domain, "mesh.local");
+    assert_eq!(
+        cp.control_plane_id.as_str(),
+        "spiffe://mesh.local/ns/quiver-system/sa/control-plane"
+    );
     assert_eq!(cp.labels["version"], "v2");
     assert_eq!(cp.zone, "eu-1");
     // Apps reach the mesh through the HTTP proxy listener by default in this mode, and the
@@ -307,8 +311,29 @@ control_plane:
   labels: {"bad key": v1}
   advertise: "0.0.0.0:15443"
   span_queue: 0
+  control_plane_id: "spiffe://other.td/ns/quiver-system/sa/control-plane"
 "#;
     let errs = errors(bad, &dir);
+    assert!(
+        has(
+            &errs,
+            "control_plane.control_plane_id",
+            "not in the trust domain"
+        ),
+        "{errs:?}"
+    );
+    let not_an_id = JOINING.replace(
+        "service: web\n",
+        "service: web\n  control_plane_id: quiver-control\n",
+    );
+    assert!(
+        has(
+            &errors(&not_an_id, &dir),
+            "control_plane.control_plane_id",
+            "spiffe://"
+        ),
+        "{not_an_id}"
+    );
     assert!(
         has(&errs, "control_plane.address", "not host:port"),
         "{errs:?}"

@@ -1,8 +1,13 @@
 //! Control-plane mode: the proxy's side of `quiver.v1.MeshDiscovery`.
 //!
 //! [`Session::join`] generates a key here (it never leaves the process), exchanges a join
-//! token and a CSR for an SVID, and keeps the result. Once the proxy is bound, three tasks
-//! run beside the data path:
+//! token and a CSR for an SVID, and keeps the result. Every dial of the control plane pins its
+//! SPIFFE id (`ControlPlane::control_plane_id`): a workload certificate of the mesh is refused
+//! in the handshake, before the join token or anything else is sent. The trust bundle starts
+//! as `--ca-cert` and changes only with overlap
+//! ([`quiver_api::tls::check_bundle_change`]), whether it comes in the Join answer, a Renew
+//! answer or a pushed snapshot. Once the proxy is bound, three tasks run beside the data
+//! path:
 //! - [`follow`]: the Watch stream; each snapshot is converted ([`crate::control::pushed`]) and applied
 //!   atomically, its deny-list of revoked identities included. A lost stream is retried with
 //!   backoff and jitter while the proxy keeps serving on the last good snapshot.
@@ -82,18 +87,20 @@ impl Session {
             detail,
         };
         let addr = resolve(&settings.address).await.map_err(unreachable)?;
-        let bundle_pem = std::fs::read_to_string(&settings.ca_cert).map_err(|e| {
+        let ca_cert = |e: &dyn std::fmt::Display| {
             JoinError::Local(format!("--ca-cert {}: {e}", settings.ca_cert.display()))
-        })?;
-        let tls = quiver_api::tls::client_config_without_identity(
+        };
+        let bundle_pem = std::fs::read_to_string(&settings.ca_cert).map_err(|e| ca_cert(&e))?;
+        let configured = quiver_api::certs::certs_from_pem(&bundle_pem).map_err(|e| ca_cert(&e))?;
+        let tls = quiver_api::tls::pinned_client_config_without_identity(
             &bundle_pem,
-            &settings.trust_domain,
+            &settings.control_plane_id,
             &[b"h2"],
         )
-        .map_err(|e| JoinError::Local(format!("--ca-cert {}: {e}", settings.ca_cert.display())))?;
+        .map_err(|e| ca_cert(&e))?;
         let channel = quiver_api::dial::connect(addr, tls)
             .await
-            .map_err(|e| unreachable(format!("{e}: {}", source_chain(&e))))?;
+            .map_err(|e| unreachable(with_causes(&e)))?;
         let (key_pem, csr_der) = quiver_api::certs::new_key_and_csr()
             .map_err(|e| JoinError::Local(format!("generating a key: {e}")))?;
         let answer = tokio::time::timeout(
@@ -127,10 +134,23 @@ impl Session {
                 settings.trust_domain
             )));
         }
-        let held =
-            Held::new(answer.cert_chain_pem, key_pem, answer.trust_bundle_pem).map_err(|e| {
-                JoinError::Local(format!("the certificate from Join does not load: {e}"))
-            })?;
+        // The Join answer may add roots (a rotation under way) but never replaces --ca-cert:
+        // it must keep one of them.
+        let bundle_pem = if answer.trust_bundle_pem.is_empty() {
+            bundle_pem
+        } else {
+            quiver_api::tls::check_bundle_change(&configured, &answer.trust_bundle_pem).map_err(
+                |e| {
+                    JoinError::Local(format!(
+                        "the trust bundle in the Join answer is refused: {e}"
+                    ))
+                },
+            )?;
+            answer.trust_bundle_pem
+        };
+        let held = Held::new(answer.cert_chain_pem, key_pem, bundle_pem).map_err(|e| {
+            JoinError::Local(format!("the certificate from Join does not load: {e}"))
+        })?;
         tracing::info!(spiffe_id = %id, not_after = ?held.not_after, control_plane = %addr, "joined the mesh");
         Ok(Self {
             settings: settings.clone(),
@@ -172,7 +192,7 @@ impl Session {
         }
         let tls = self
             .identity()
-            .client_config(&[b"h2"])
+            .pinned_client_config(&self.settings.control_plane_id, &[b"h2"])
             .map_err(|e| format!("building the client TLS config: {e}"))?;
         // Resolve again: behind one DNS name, replicas come and go.
         let addr = match resolve(&self.settings.address).await {
@@ -190,7 +210,7 @@ impl Session {
         };
         let channel = quiver_api::dial::connect(addr, tls)
             .await
-            .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
+            .map_err(|e| with_causes(&e))?;
         *cached = Some(channel.clone());
         Ok(MeshDiscoveryClient::new(channel))
     }
@@ -348,24 +368,40 @@ fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
             return;
         }
     };
-    // A rotated trust bundle travels with the config: combine it with our certificate.
+    // A rotated trust bundle travels with the config: combine it with our certificate. A
+    // bundle that keeps none of the roots trusted now is refused with the whole snapshot: a
+    // control plane that sends one is not the mesh this proxy joined.
     if !pushed.trust_bundle_pem.is_empty() {
         let current = session.held();
-        let changed = current.bundle_pem != pushed.trust_bundle_pem;
-        let next = changed.then(|| {
-            Held::new(
-                current.chain_pem.clone(),
-                current.key_pem.clone(),
-                pushed.trust_bundle_pem.clone(),
-            )
+        let next = (current.bundle_pem != pushed.trust_bundle_pem).then(|| {
+            quiver_api::tls::check_bundle_change(&current.identity.bundle, &pushed.trust_bundle_pem)
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    Held::new(
+                        current.chain_pem.clone(),
+                        current.key_pem.clone(),
+                        pushed.trust_bundle_pem.clone(),
+                    )
+                })
         });
         drop(current);
         match next {
-            Some(Ok(held)) => match session.install(inputs, held) {
-                Ok(()) => tracing::info!("trust bundle updated from the control plane"),
-                Err(e) => tracing::warn!(error = %e, "cannot use the pushed trust bundle"),
-            },
-            Some(Err(e)) => tracing::warn!(error = %e, "pushed trust bundle refused"),
+            Some(Ok(held)) => {
+                if let Err(e) = session.install(inputs, held) {
+                    inputs.metrics.config_reload(false);
+                    tracing::warn!(version = pushed.version, error = %e, "cannot use the pushed trust bundle; keeping the current config");
+                    return;
+                }
+                tracing::info!(
+                    roots = %crate::identity::trust_bundle(&session.identity()).join("; "),
+                    "trust bundle updated from the control plane"
+                );
+            }
+            Some(Err(e)) => {
+                inputs.metrics.config_reload(false);
+                tracing::warn!(version = pushed.version, error = %e, "refused a pushed snapshot: its trust bundle is refused; keeping the current config and bundle");
+                return;
+            }
             None => {}
         }
     }
@@ -544,6 +580,9 @@ async fn renew_once(session: &Session) -> Result<Held, String> {
     let bundle = if answer.trust_bundle_pem.is_empty() {
         session.held().bundle_pem.clone()
     } else {
+        let current = session.identity();
+        quiver_api::tls::check_bundle_change(&current.bundle, &answer.trust_bundle_pem)
+            .map_err(|e| format!("the trust bundle in the Renew answer is refused: {e}"))?;
         answer.trust_bundle_pem
     };
     Held::new(answer.cert_chain_pem, key_pem, bundle)
@@ -598,12 +637,16 @@ fn describe(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-/// The causes under an error, which is where TLS and connect failures say what happened.
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
+/// An error and the causes under it, which is where connect failures say what happened
+/// (empty causes left out).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(c) = cur {
-        out.push(c.to_string());
+        let c_text = c.to_string();
+        if !c_text.trim().is_empty() {
+            out.push(c_text);
+        }
         cur = c.source();
     }
     out.join(": ")

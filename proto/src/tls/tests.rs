@@ -34,6 +34,7 @@ fn issued_svid_carries_exactly_the_entitled_id_and_verifies() {
         algs: provider().signature_verification_algorithms,
         trust_domain: "mesh.local".into(),
         deny: DenyList::default(),
+        pinned: None,
     };
     let name = ServerName::try_from("a.mesh").unwrap();
     verifier
@@ -150,6 +151,7 @@ fn intermediate_ca_appends_itself_to_issued_chains() {
         algs: provider().signature_verification_algorithms,
         trust_domain: "mesh.local".into(),
         deny: DenyList::default(),
+        pinned: None,
     };
     verifier
         .verify_server_cert(
@@ -263,6 +265,7 @@ fn both_verifiers_refuse_a_revoked_leaf_as_revoked() {
         algs: provider().signature_verification_algorithms,
         trust_domain: "mesh.local".into(),
         deny: deny.clone(),
+        pinned: None,
     };
     let server_side = SpiffeClientVerifier {
         inner: WebPkiClientVerifier::builder_with_provider(ident.roots().unwrap(), provider())
@@ -298,4 +301,73 @@ fn both_verifiers_refuse_a_revoked_leaf_as_revoked() {
     let (c, s) = check();
     assert_eq!(c.unwrap_err(), revoked);
     assert_eq!(s.unwrap_err(), revoked);
+}
+
+#[test]
+fn a_pinned_client_accepts_only_the_control_planes_id() {
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let control = SpiffeId::control_plane("mesh.local").unwrap();
+    assert_eq!(
+        control.as_str(),
+        "spiffe://mesh.local/ns/quiver-system/sa/control-plane"
+    );
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(certs::first_cert_der(ca.cert_pem()).unwrap())
+        .unwrap();
+    let verifier = SpiffeServerVerifier {
+        roots: Arc::new(roots),
+        algs: provider().signature_verification_algorithms,
+        trust_domain: "mesh.local".into(),
+        deny: DenyList::default(),
+        pinned: Some(control.clone()),
+    };
+    let name = ServerName::try_from("quiver-control").unwrap();
+    let real = ca.issue(&control, Duration::from_secs(600)).unwrap();
+    let real = certs::certs_from_pem(&real.chain_pem).unwrap();
+    verifier
+        .verify_server_cert(&real[0], &[], &name, &[], UnixTime::now())
+        .unwrap();
+    // A workload of the same CA and trust domain is not the control plane.
+    let workload = ca
+        .issue(
+            &id("spiffe://mesh.local/ns/default/sa/web"),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let workload = certs::certs_from_pem(&workload.chain_pem).unwrap();
+    let err = verifier
+        .verify_server_cert(&workload[0], &[], &name, &[], UnixTime::now())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spiffe://mesh.local/ns/default/sa/web")
+            && err.contains("spiffe://mesh.local/ns/quiver-system/sa/control-plane"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bundle_changes_only_with_overlap() {
+    let old = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let new = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let current = certs::certs_from_pem(old.cert_pem()).unwrap();
+    // Old and new together: taken (rotation), in either order.
+    let both = format!("{}{}", new.cert_pem(), old.cert_pem());
+    assert_eq!(check_bundle_change(&current, &both).unwrap().len(), 2);
+    // Then the old one retired: taken by a holder of both.
+    let current = certs::certs_from_pem(&both).unwrap();
+    assert_eq!(
+        check_bundle_change(&current, new.cert_pem()).unwrap().len(),
+        1
+    );
+    // A bundle without any root trusted now: refused, saying which roots.
+    let current = certs::certs_from_pem(old.cert_pem()).unwrap();
+    let err = check_bundle_change(&current, new.cert_pem())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("keeps none of the roots"), "{err}");
+    assert!(err.contains("Quiver mesh root mesh.local"), "{err}");
+    // Garbage is refused too.
+    assert!(check_bundle_change(&current, "not PEM").is_err());
 }
