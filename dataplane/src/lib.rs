@@ -386,7 +386,10 @@ impl Proxy {
         let lease = self.session.as_ref().map(|session| {
             let advertise =
                 control::advertise_address(session.settings(), self.bound.quic, session.address());
-            tokio::spawn(control::keep_registered(session.clone(), advertise))
+            let mut own = vec![self.bound.admin.port()];
+            own.extend(self.bound.http_proxy.map(|a| a.port()));
+            own.extend(self.bound.outbound.iter().map(SocketAddr::port));
+            tokio::spawn(control::keep_registered(session.clone(), advertise, own))
         });
         tracing::info!(
             quic = %self.bound.quic,

@@ -28,7 +28,9 @@ mod resources;
 mod sqlite;
 mod traces;
 
-pub use credentials::{ApiTokenRecord, Credentials, JoinTokenRecord, RedeemError};
+pub use credentials::{
+    ApiTokenGrant, ApiTokenRecord, Credentials, JoinTokenRecord, NEVER, RedeemError,
+};
 pub use engine::{Engine, SqlStore};
 pub use feed::Feed;
 pub use leases::{Lease, Leases};

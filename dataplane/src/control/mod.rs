@@ -367,8 +367,14 @@ fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
     inputs.set_waiting(None);
 }
 
-/// Register the workload and keep its lease alive until the proxy stops.
-pub async fn keep_registered(session: Arc<Session>, advertise: SocketAddr) {
+/// Register the workload and keep its lease alive until the proxy stops. `sidecar_ports` are
+/// the local TCP ports this proxy listens on: the control plane refuses a registration whose
+/// served ports would send inbound requests to them.
+pub async fn keep_registered(
+    session: Arc<Session>,
+    advertise: SocketAddr,
+    sidecar_ports: Vec<u16>,
+) {
     let s = &session.settings;
     let registration = v1::WorkloadRegistration {
         service: s.service.clone(),
@@ -376,6 +382,7 @@ pub async fn keep_registered(session: Arc<Session>, advertise: SocketAddr) {
         ports: Vec::new(),
         labels: s.labels.clone().into_iter().collect(),
         zone: s.zone.clone(),
+        sidecar_ports: sidecar_ports.into_iter().map(u32::from).collect(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut lease: Option<(String, Duration)> = None;
