@@ -132,6 +132,17 @@ pub struct Bound {
     pub outbound: Vec<SocketAddr>,
 }
 
+impl Bound {
+    /// The TCP listeners of this proxy itself (admin, HTTP proxy, upstream listeners): no
+    /// app port may be one of them.
+    pub fn own_listeners(&self) -> Vec<SocketAddr> {
+        let mut own = vec![self.admin];
+        own.extend(self.http_proxy);
+        own.extend(self.outbound.iter().copied());
+        own
+    }
+}
+
 /// A proxy whose sockets are bound, ready to [`Proxy::run`].
 pub struct Proxy {
     inputs: Arc<Inputs>,
@@ -325,6 +336,7 @@ impl Proxy {
             tasks.push(tokio::spawn(control::follow(
                 inputs.clone(),
                 session.clone(),
+                self.bound.own_listeners(),
             )));
             tasks.push(tokio::spawn(control::renew(
                 inputs.clone(),
@@ -386,9 +398,12 @@ impl Proxy {
         let lease = self.session.as_ref().map(|session| {
             let advertise =
                 control::advertise_address(session.settings(), self.bound.quic, session.address());
-            let mut own = vec![self.bound.admin.port()];
-            own.extend(self.bound.http_proxy.map(|a| a.port()));
-            own.extend(self.bound.outbound.iter().map(SocketAddr::port));
+            let own = self
+                .bound
+                .own_listeners()
+                .iter()
+                .map(SocketAddr::port)
+                .collect();
             tokio::spawn(control::keep_registered(session.clone(), advertise, own))
         });
         tracing::info!(

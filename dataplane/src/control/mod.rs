@@ -274,10 +274,10 @@ impl Held {
 /// Follow the Watch stream for as long as the proxy runs. The first applied snapshot makes
 /// the proxy ready; after that a lost stream only means no news: the last good snapshot
 /// keeps serving while this reconnects with backoff and jitter.
-pub async fn follow(inputs: Arc<Inputs>, session: Arc<Session>) {
+pub async fn follow(inputs: Arc<Inputs>, session: Arc<Session>, own: Vec<SocketAddr>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
     loop {
-        let why = watch_once(&inputs, &session, &mut backoff).await;
+        let why = watch_once(&inputs, &session, &own, &mut backoff).await;
         inputs.metrics.control_plane_connected.set(0);
         session.reset().await;
         let wait = backoff.next_wait();
@@ -294,7 +294,12 @@ pub async fn follow(inputs: Arc<Inputs>, session: Arc<Session>) {
 }
 
 /// One Watch stream, until it breaks; returns why.
-async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -> String {
+async fn watch_once(
+    inputs: &Inputs,
+    session: &Session,
+    own: &[SocketAddr],
+    backoff: &mut Backoff,
+) -> String {
     let mut client = match session.client().await {
         Ok(c) => c,
         Err(e) => return e,
@@ -310,7 +315,7 @@ async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -
     loop {
         match stream.message().await {
             Ok(Some(pushed)) => {
-                apply(inputs, session, &pushed);
+                apply(inputs, session, own, &pushed);
                 backoff.reset();
             }
             Ok(None) => return "the control plane ended the stream".into(),
@@ -319,10 +324,10 @@ async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -
     }
 }
 
-/// Apply one pushed snapshot, whole or not at all.
-fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
+/// Apply one pushed snapshot, whole or not at all. `own` are this proxy's TCP listeners.
+fn apply(inputs: &Inputs, session: &Session, own: &[SocketAddr], pushed: &v1::ProxySnapshot) {
     let s = &session.settings;
-    let snapshot = match crate::control::pushed::snapshot(pushed, &s.zone, s.app_host) {
+    let snapshot = match crate::control::pushed::snapshot(pushed, &s.zone, s.app_host, own) {
         Ok(snap) => snap,
         Err(errs) => {
             inputs.metrics.config_reload(false);
