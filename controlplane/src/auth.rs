@@ -11,8 +11,10 @@
 //! hammer the store (and starve the KeepAlives that keep workloads registered): a token shorter
 //! than [`MIN_TOKEN_LEN`] is refused without a lookup; a token the store did not know is
 //! remembered as unknown for [`UNKNOWN_FOR`]; and lookups for tokens not in memory are
-//! limited to [`LOOKUPS_PER_SECOND`] (a burst of as many), past which the call is refused with
-//! RESOURCE_EXHAUSTED. Both memories are bounded ([`MAX_REMEMBERED`] entries each).
+//! limited to [`LOOKUPS_PER_SECOND`] (a burst of as many) and to [`LOOKUPS_IN_FLIGHT`] at
+//! once (so that, however slow the store gets, token lookups never hold more than that many
+//! of its connections), past which the call is refused with RESOURCE_EXHAUSTED. Both
+//! memories are bounded ([`MAX_REMEMBERED`] entries each).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -40,6 +42,10 @@ pub const UNKNOWN_FOR: Duration = Duration::from_secs(10);
 
 /// Store lookups per second for tokens not in memory (the bucket also holds this many).
 pub const LOOKUPS_PER_SECOND: f64 = 50.0;
+
+/// Store lookups for tokens not in memory running at once, at most: the store's pool has 16
+/// connections, and the KeepAlives that keep workloads registered need the rest.
+pub const LOOKUPS_IN_FLIGHT: usize = 2;
 
 /// Entries in each of the known and unknown memories, at most.
 pub const MAX_REMEMBERED: usize = 10_000;
@@ -143,6 +149,8 @@ pub struct Tokens {
     store: Arc<dyn Store>,
     metrics: Metrics,
     memory: Mutex<Memory>,
+    /// Permits for store lookups in flight ([`LOOKUPS_IN_FLIGHT`]).
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 struct Memory {
@@ -159,34 +167,36 @@ struct Memory {
 enum Remembered {
     Known(ApiTokenGrant),
     Unknown,
-    /// Not in memory and a lookup may be made.
-    LookUp,
-    /// Not in memory and no lookup may be made now.
-    Throttled,
 }
 
 impl Memory {
-    fn recall(&mut self, hash: &str, now: Instant) -> Remembered {
+    /// What memory says about `hash`, if anything.
+    fn recall(&mut self, hash: &str, now: Instant) -> Option<Remembered> {
         if let Some((grant, at)) = self.known.get(hash) {
             if now.duration_since(*at) < KNOWN_FOR {
-                return Remembered::Known(grant.clone());
+                return Some(Remembered::Known(grant.clone()));
             }
             self.known.remove(hash);
         }
         if let Some(at) = self.unknown.get(hash) {
             if now.duration_since(*at) < UNKNOWN_FOR {
-                return Remembered::Unknown;
+                return Some(Remembered::Unknown);
             }
             self.unknown.remove(hash);
         }
+        None
+    }
+
+    /// Take one lookup from the bucket (refilled at [`LOOKUPS_PER_SECOND`]); false when empty.
+    fn charge(&mut self, now: Instant) -> bool {
         let elapsed = now.duration_since(self.refilled).as_secs_f64();
         self.refilled = now;
         self.lookups = (self.lookups + elapsed * LOOKUPS_PER_SECOND).min(LOOKUPS_PER_SECOND);
         if self.lookups >= 1.0 {
             self.lookups -= 1.0;
-            Remembered::LookUp
+            true
         } else {
-            Remembered::Throttled
+            false
         }
     }
 
@@ -228,6 +238,7 @@ impl Tokens {
                 lookups: LOOKUPS_PER_SECOND,
                 refilled: Instant::now(),
             }),
+            lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS_IN_FLIGHT)),
         }
     }
 
@@ -293,22 +304,27 @@ impl Tokens {
         let hash = hash_secret(token);
         let remembered = self.memory().recall(&hash, Instant::now());
         match remembered {
-            Remembered::Known(grant) => {
+            Some(Remembered::Known(grant)) => {
                 self.metrics.token_check("cached");
                 return Ok(grant);
             }
-            Remembered::Unknown => {
+            Some(Remembered::Unknown) => {
                 self.metrics.token_check("unknown_cached");
                 return Err(unknown());
             }
-            Remembered::Throttled => {
-                self.metrics.token_check("throttled");
-                return Err(Status::resource_exhausted(
-                    "too many calls with tokens this server has not seen; try again shortly",
-                ));
-            }
-            Remembered::LookUp => self.metrics.token_check("looked_up"),
+            None => {}
         }
+        // A lookup needs a permit (few in flight, however slow the store is) and budget
+        // (few a second); the permit first, so a refused call costs no budget.
+        let permit = self.lookups.clone().try_acquire_owned();
+        let charged = permit.is_ok() && self.memory().charge(Instant::now());
+        if !charged {
+            self.metrics.token_check("throttled");
+            return Err(Status::resource_exhausted(
+                "too many calls with tokens this server has not seen; try again shortly",
+            ));
+        }
+        self.metrics.token_check("looked_up");
         let grant = self.store.api_token(&hash).await.map_err(|e| {
             tracing::error!(error = %e, "token lookup failed");
             Status::unavailable("token lookup failed; try again")

