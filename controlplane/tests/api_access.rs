@@ -39,6 +39,33 @@ async fn run(program: &str, args: Vec<String>, env: Vec<(&'static str, String)>)
         .unwrap()
 }
 
+/// Run quiver-control, expecting it to refuse to start: its output once it exits. One that
+/// starts serving instead is stopped after 30 s and fails the test.
+async fn refused_start(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quiver-control"))
+        .args(args)
+        .env_remove("QUIVER_ADMIN_TOKEN")
+        .env_remove("QUIVER_LISTEN")
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(30), async {
+        while child.try_wait().unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if exited.is_err() {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("quiver-control started instead of refusing");
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[tokio::test]
 async fn the_api_listens_on_loopback_unless_told_otherwise() {
     let db = SqliteTestDb::create();
@@ -50,8 +77,7 @@ async fn the_api_listens_on_loopback_unless_told_otherwise() {
     );
 
     // The binary refuses a plaintext API on every interface, naming the flag.
-    let out = run(
-        env!("CARGO_BIN_EXE_quiver-control"),
+    let out = refused_start(
         vec![
             "--listen=0.0.0.0:0".into(),
             "--discovery-listen=127.0.0.1:0".into(),
@@ -100,14 +126,7 @@ async fn a_short_admin_token_is_refused_without_being_echoed() {
             format!("--data-dir={}", db.dir.path().display()),
         ];
         all.extend(args);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver-control"));
-        cmd.args(&all)
-            .env_remove("QUIVER_ADMIN_TOKEN")
-            .envs(env)
-            .stdin(Stdio::null());
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
+        let out = refused_start(all, env).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{stderr}");
         assert!(
