@@ -24,7 +24,7 @@ struct Args {
     applies: usize,
 }
 
-const TOKEN: &str = "qvr_bench-admin";
+const TOKEN: &str = "qvr_bench-admin-token-at-least-32-chars";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

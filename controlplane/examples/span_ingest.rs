@@ -40,7 +40,7 @@ struct Args {
     streams: usize,
 }
 
-const TOKEN: &str = "qvr_bench-admin";
+const TOKEN: &str = "qvr_bench-admin-token-at-least-32-chars";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

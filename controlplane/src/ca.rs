@@ -288,6 +288,16 @@ impl MeshCa {
         Ok(self.authority.issue(id, ttl)?)
     }
 
+    /// Issue a server certificate for `id` that also names `hosts` (the API listener's TLS).
+    pub fn issue_for_hosts(
+        &self,
+        id: &SpiffeId,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<IssuedCert, CaError> {
+        Ok(self.authority.issue_for_hosts(id, hosts, ttl)?)
+    }
+
     /// Sign the public key of `csr_der` into an SVID for `ns`/`service_account`, valid from no
     /// earlier than `not_before_floor` (the identity's revocation instant, if any).
     pub fn sign(

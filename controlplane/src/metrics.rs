@@ -45,9 +45,17 @@ pub struct CodeLabels {
     pub code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug)]
 pub struct Metrics {
     calls: Family<CallLabels, Counter>,
+    token_checks: Family<OutcomeLabels, Counter>,
+    watches_refused: Counter,
+    registrations_refused: Family<RefusalLabels, Counter>,
     store: Family<StoreLabels, Histogram>,
     watchers: Gauge,
     revocations: Gauge,
@@ -178,6 +186,30 @@ impl Metrics {
             "Admin API calls by method and gRPC status code",
             calls.clone(),
         );
+        let token_checks = Family::<OutcomeLabels, Counter>::default();
+        quiver.register(
+            "api_token_checks",
+            "Bearer tokens checked, by outcome: cached (answered from memory), looked_up (read \
+             from the store), unknown_cached (a token the store recently did not know), \
+             malformed (too short to be a token), throttled (refused: too many unknown tokens \
+             to look up)",
+            token_checks.clone(),
+        );
+        let watches_refused = Counter::default();
+        quiver.register(
+            "discovery_watches_refused",
+            "Watch streams refused because their identity already had \
+             --max-watches-per-identity open",
+            watches_refused.clone(),
+        );
+        let registrations_refused = Family::<RefusalLabels, Counter>::default();
+        quiver.register(
+            "discovery_registrations_refused",
+            "Workload registrations refused, by reason: address (not the caller's source \
+             address), limit (--max-endpoints-per-identity), sidecar_port (a port that targets \
+             the sidecar's own listener)",
+            registrations_refused.clone(),
+        );
         let store = Family::<StoreLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0002, 2.5, 12))
         });
@@ -237,6 +269,9 @@ impl Metrics {
         let otlp = OtlpMetrics::register(quiver);
         Self {
             calls,
+            token_checks,
+            watches_refused,
+            registrations_refused,
             store,
             watchers,
             revocations,
@@ -302,6 +337,25 @@ impl Metrics {
                 method,
                 code: code_name(code),
             })
+            .inc();
+    }
+
+    /// One bearer-token check and how it was answered.
+    pub fn token_check(&self, outcome: &'static str) {
+        self.token_checks
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A Watch refused for its identity's limit.
+    pub fn watch_refused(&self) {
+        self.watches_refused.inc();
+    }
+
+    /// A registration refused by one of the registration bounds.
+    pub fn registration_refused(&self, reason: &'static str) {
+        self.registrations_refused
+            .get_or_create(&RefusalLabels { reason })
             .inc();
     }
 

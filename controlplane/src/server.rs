@@ -1,6 +1,9 @@
-//! Start-up wiring of the `quiver-control` server: configuration, store, CA, first admin
-//! token, change feed, mesh view, revocations in force, lease sweeper and trace retention sweeper; the API listener
-//! (native gRPC, gRPC-web, reflection and `/metrics`) and the discovery listener
+//! Start-up wiring of the `quiver-control` server: configuration (and the start-up checks
+//! that refuse an exposed plaintext API or a short admin token), store, CA, first admin
+//! token, change feed, mesh view, revocations in force, lease sweeper and trace retention
+//! sweeper; the API listener (native gRPC, gRPC-web, reflection and `/metrics`; plaintext on
+//! loopback, else TLS with the operator's certificate or one from the mesh CA) and the
+//! discovery listener
 //! (MeshDiscovery over TLS, client certificates from the mesh CA).
 
 use std::net::SocketAddr;
@@ -36,9 +39,31 @@ use crate::telemetry::otlp::{self, OtlpEndpoint, OtlpHeader};
                   runs a whole sample mesh on this machine."
 )]
 pub struct Config {
-    /// Address of the API port: gRPC, gRPC-web, reflection and /metrics.
-    #[arg(long, env = "QUIVER_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address of the API port: gRPC, gRPC-web, reflection, /metrics and the console.
+    /// Loopback by default; any other address needs TLS (--tls-mesh-ca, or --tls-cert and
+    /// --tls-key) or --insecure-plaintext.
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve the API in plaintext on a non-loopback --listen address anyway: bearer tokens
+    /// then cross the network readable (for a trusted network or a TLS-terminating proxy).
+    #[arg(long, env = "QUIVER_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// Serve the API over TLS with a certificate the mesh CA issues at every start, for the
+    /// control plane's SPIFFE id and the --tls-name names. The CA certificate clients verify
+    /// it with is written to <data-dir>/api-ca.pem (`quiverctl --ca-file`).
+    #[arg(long, env = "QUIVER_TLS_MESH_CA", conflicts_with = "tls_cert")]
+    pub tls_mesh_ca: bool,
+    /// A DNS name or IP address clients use to reach the API, put in the --tls-mesh-ca
+    /// certificate. Repeatable; the environment variable takes a comma-separated list.
+    /// Default: localhost, 127.0.0.1, ::1 and the --listen address when it is not unspecified.
+    #[arg(
+        long = "tls-name",
+        env = "QUIVER_TLS_NAMES",
+        value_name = "NAME",
+        value_delimiter = ',',
+        requires = "tls_mesh_ca"
+    )]
+    pub tls_names: Vec<String>,
     /// Address of the discovery listener: MeshDiscovery for proxies, TLS with a server
     /// certificate from the mesh CA and optional client certificates (mTLS).
     #[arg(long, env = "QUIVER_DISCOVERY_LISTEN", default_value = "0.0.0.0:15010")]
@@ -79,10 +104,34 @@ pub struct Config {
     #[arg(long, env = "QUIVER_SVID_TTL", default_value = "24h", value_parser = quiver_api::duration::parse)]
     #[serde(with = "quiver_api::duration::serde_human")]
     pub svid_ttl: Duration,
-    /// Make sure this secret is an admin token (instead of printing a generated one).
+    /// Make sure this secret (at least 32 characters) is an admin token, instead of
+    /// generating one at first start.
     #[arg(long, env = "QUIVER_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip)]
     pub admin_token: Option<String>,
+    /// Watch streams one proxy identity (SPIFFE id) may hold open at once on this replica;
+    /// all proxies of one service account share an identity, so keep it above their count.
+    #[arg(long, env = "QUIVER_MAX_WATCHES_PER_IDENTITY", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_watches_per_identity: u32,
+    /// Live workloads (endpoints) one proxy identity may register; all proxies of one
+    /// service account share an identity, so keep it above their count.
+    #[arg(long, env = "QUIVER_MAX_ENDPOINTS_PER_IDENTITY", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_endpoints_per_identity: u32,
+    /// Let one proxy identity register QUIC addresses in a network other than the source
+    /// address of its connection (NAT, a gateway advertising another interface), as
+    /// SPIFFE_ID=CIDR, e.g. spiffe://mesh.local/ns/edge/sa/gateway=10.20.0.0/16. Repeatable;
+    /// the environment variable takes a comma-separated list.
+    #[arg(
+        long = "registration-exception",
+        env = "QUIVER_REGISTRATION_EXCEPTIONS",
+        value_name = "SPIFFE_ID=CIDR",
+        value_delimiter = ',',
+        value_parser = crate::api::AddressException::parse
+    )]
+    #[serde(serialize_with = "exceptions")]
+    pub registration_exceptions: Vec<crate::api::AddressException>,
     /// How long spans and edge statistics reported by proxies are kept.
     #[arg(long, env = "QUIVER_TRACE_RETENTION", default_value = "24h", value_parser = positive_duration)]
     #[serde(with = "quiver_api::duration::serde_human")]
@@ -145,6 +194,88 @@ pub struct Config {
     pub log_format: String,
 }
 
+fn exceptions<S: serde::Serializer>(
+    list: &[crate::api::AddressException],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(ToString::to_string))
+}
+
+/// Why the configuration was refused at start (each names its flag).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "--listen {0}: not a loopback address, and the API would be plaintext (bearer tokens \
+         readable on the network); serve it over TLS with --tls-mesh-ca (or --tls-cert and \
+         --tls-key), or pass --insecure-plaintext to accept that"
+    )]
+    ExposedPlaintext(SocketAddr),
+    #[error(
+        "--admin-token (QUIVER_ADMIN_TOKEN): {0} characters; an admin token must be at least \
+         {min} characters (generate one with `openssl rand -base64 32`)",
+        min = auth::MIN_TOKEN_LEN
+    )]
+    ShortAdminToken(usize),
+}
+
+impl Config {
+    /// The checks that need more than one flag, or that must not echo a secret (clap's
+    /// errors quote the value).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.check_listen(self.listen)?;
+        if let Some(token) = &self.admin_token
+            && token.chars().count() < auth::MIN_TOKEN_LEN
+        {
+            return Err(ConfigError::ShortAdminToken(token.chars().count()));
+        }
+        Ok(())
+    }
+
+    fn tls(&self) -> bool {
+        self.tls_mesh_ca || self.tls_cert.is_some()
+    }
+
+    fn check_listen(&self, addr: SocketAddr) -> Result<(), ConfigError> {
+        if addr.ip().is_loopback() || self.tls() || self.insecure_plaintext {
+            Ok(())
+        } else {
+            Err(ConfigError::ExposedPlaintext(addr))
+        }
+    }
+
+    /// The names the --tls-mesh-ca certificate carries.
+    fn tls_names(&self, addr: SocketAddr) -> Vec<String> {
+        if !self.tls_names.is_empty() {
+            return self.tls_names.clone();
+        }
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        if !addr.ip().is_unspecified() && !addr.ip().is_loopback() {
+            names.push(addr.ip().to_string());
+        }
+        names
+    }
+}
+
+/// Where `quiver-control` writes the first admin token when stdout is not a terminal.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Where `--tls-mesh-ca` writes the CA certificate clients verify the API with.
+pub const API_CA_FILE: &str = "api-ca.pem";
+
+/// Write `contents` to `path` readable by its owner only (mode 0600), replacing the file.
+pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
 fn lease_ttl(s: &str) -> Result<Duration, String> {
     match quiver_api::duration::parse(s)? {
         d if d < Duration::from_secs(1) => Err("must be at least 1s".into()),
@@ -203,6 +334,8 @@ pub struct Running {
     pub discovery_addr: SocketAddr,
     /// An admin token created by this start (first start, no QUIVER_ADMIN_TOKEN): shown once.
     pub new_admin_token: Option<String>,
+    /// With --tls-mesh-ca: the file holding the CA certificate clients verify the API with.
+    pub api_ca_file: Option<PathBuf>,
     pub store_engine: &'static str,
     shutdown: Option<watch::Sender<bool>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -258,6 +391,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// As [`start`], on a listener the caller bound (tests use 127.0.0.1:0).
 pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<Running> {
     let addr = listener.local_addr().context("listener address")?;
+    config.check()?;
+    config.check_listen(addr)?;
     let discovery_listener = TcpListener::bind(config.discovery_listen)
         .await
         .with_context(|| {
@@ -292,8 +427,13 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
             None
         }
         None if store.count_api_tokens().await? == 0 => {
-            let (_, secret) =
-                auth::create_token(store.as_ref(), auth::Role::Admin, "first start").await?;
+            let (_, secret) = auth::create_token(
+                store.as_ref(),
+                auth::Role::Admin,
+                "first start",
+                store::NEVER,
+            )
+            .await?;
             Some(secret)
         }
         None => None,
@@ -340,6 +480,15 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     let store_engine = store.engine();
     let revocations = RevocationView::start(store.clone(), metrics.revocations()).await?;
     let inputs = Arc::new(Inputs {
+        tokens: auth::Tokens::new(store.clone(), metrics.clone()),
+        limits: crate::api::Limits {
+            watches_per_identity: usize::try_from(config.max_watches_per_identity)
+                .unwrap_or(usize::MAX),
+            endpoints_per_identity: usize::try_from(config.max_endpoints_per_identity)
+                .unwrap_or(usize::MAX),
+            address_exceptions: config.registration_exceptions.clone(),
+        },
+        watches: crate::api::Watches::default(),
         store,
         feed,
         ca,
@@ -406,6 +555,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     let routes = tonic::service::Routes::from(console.mount(metrics_routes.merge(grpc)));
 
     let mut builder = tonic::transport::Server::builder().accept_http1(true);
+    let mut api_ca_file = None;
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         let read =
             |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
@@ -413,6 +563,21 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .context("--tls-cert/--tls-key")?;
+    } else if config.tls_mesh_ca {
+        let id = listener::control_plane_id(inputs.ca.trust_domain())?;
+        let issued = inputs
+            .ca
+            .issue_for_hosts(&id, &config.tls_names(addr), listener::SERVER_CERT_TTL)
+            .context("--tls-mesh-ca: issuing the API certificate")?;
+        let path = config.data_dir.join(API_CA_FILE);
+        std::fs::create_dir_all(&config.data_dir)
+            .and_then(|()| std::fs::write(&path, inputs.ca.bundle_pem()))
+            .with_context(|| format!("--tls-mesh-ca: writing {}", path.display()))?;
+        api_ca_file = Some(path);
+        let identity = tonic::transport::Identity::from_pem(issued.chain_pem, issued.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .context("--tls-mesh-ca")?;
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -444,6 +609,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         _otlp: otlp_task,
         _span_writer: AbortOnDrop(span_writer_task),
         new_admin_token,
+        api_ca_file,
         store_engine,
         shutdown: Some(shutdown_tx),
         task,

@@ -225,6 +225,7 @@ async fn tokens_and_roles() {
         .create_api_token(v1::CreateApiTokenRequest {
             role: "viewer".into(),
             description: "dashboards".into(),
+            ttl: String::new(),
         })
         .await
         .unwrap()
@@ -265,6 +266,7 @@ async fn tokens_and_roles() {
         .create_api_token(v1::CreateApiTokenRequest {
             role: "admin".into(),
             description: String::new(),
+            ttl: String::new(),
         })
         .await
         .unwrap_err();

@@ -61,6 +61,7 @@ async fn first_start_creates_an_admin_token_once() {
         .create_api_token(v1::CreateApiTokenRequest {
             role: "viewer".into(),
             description: String::new(),
+            ttl: String::new(),
         })
         .await
         .unwrap()

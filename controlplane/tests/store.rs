@@ -357,25 +357,41 @@ async fn join_tokens_expire_and_run_out(open: &Open<'_>) {
         s.redeem_join_token("nope", now).await,
         Err(RedeemError::Unknown)
     ));
+    let listed = s.list_join_tokens().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(s.revoke_join_token("OLD").await.unwrap());
+    assert!(!s.revoke_join_token("OLD").await.unwrap());
+    assert!(matches!(
+        s.redeem_join_token("old", now).await,
+        Err(RedeemError::Unknown)
+    ));
 }
 
 async fn api_tokens_and_ca(open: &Open<'_>) {
     let s = open().await;
     assert_eq!(s.count_api_tokens().await.unwrap(), 0);
-    s.insert_api_token(&ApiTokenRecord {
+    let record = ApiTokenRecord {
         id: "t1".into(),
         token_hash: "h1".into(),
         role: "viewer".into(),
         description: "ci".into(),
         created_at: now_ms(),
-    })
-    .await
-    .unwrap();
+        expires_at: now_ms() + 60_000,
+    };
+    s.insert_api_token(&record).await.unwrap();
+    let grant = s.api_token("h1").await.unwrap().unwrap();
     assert_eq!(
-        s.api_token_role("h1").await.unwrap().as_deref(),
-        Some("viewer")
+        (grant.role.as_str(), grant.expires_at),
+        ("viewer", record.expires_at)
     );
-    assert_eq!(s.api_token_role("h2").await.unwrap(), None);
+    assert_eq!(s.api_token("h2").await.unwrap(), None);
+    assert_eq!(s.list_api_tokens().await.unwrap(), vec![record]);
+    assert_eq!(
+        s.revoke_api_token("t1").await.unwrap().as_deref(),
+        Some("h1")
+    );
+    assert_eq!(s.api_token("h1").await.unwrap(), None, "revoked: gone");
+    assert_eq!(s.revoke_api_token("t1").await.unwrap(), None);
     assert!(s.certificate_authority().await.unwrap().is_none());
     let first = s
         .init_certificate_authority("cert-a", "key-a")

@@ -585,6 +585,7 @@ async fn ingest_and_query(server: &TestServer) {
         .create_api_token(v1::CreateApiTokenRequest {
             role: "viewer".into(),
             description: "trace reader".into(),
+            ttl: String::new(),
         })
         .await
         .unwrap()

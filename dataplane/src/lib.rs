@@ -138,6 +138,17 @@ pub struct Bound {
     pub outbound: Vec<SocketAddr>,
 }
 
+impl Bound {
+    /// The TCP listeners of this proxy itself (admin, HTTP proxy, upstream listeners): no
+    /// app port may be one of them.
+    pub fn own_listeners(&self) -> Vec<SocketAddr> {
+        let mut own = vec![self.admin];
+        own.extend(self.http_proxy);
+        own.extend(self.outbound.iter().copied());
+        own
+    }
+}
+
 /// A proxy whose sockets are bound, ready to [`Proxy::run`].
 pub struct Proxy {
     inputs: Arc<Inputs>,
@@ -334,6 +345,7 @@ impl Proxy {
             tasks.push(tokio::spawn(control::follow(
                 inputs.clone(),
                 session.clone(),
+                self.bound.own_listeners(),
             )));
             tasks.push(tokio::spawn(control::renew(
                 inputs.clone(),
@@ -395,7 +407,13 @@ impl Proxy {
         let lease = self.session.as_ref().map(|session| {
             let advertise =
                 control::advertise_address(session.settings(), self.bound.quic, session.address());
-            tokio::spawn(control::keep_registered(session.clone(), advertise))
+            let own = self
+                .bound
+                .own_listeners()
+                .iter()
+                .map(SocketAddr::port)
+                .collect();
+            tokio::spawn(control::keep_registered(session.clone(), advertise, own))
         });
         tracing::info!(
             quic = %self.bound.quic,

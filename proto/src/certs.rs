@@ -190,6 +190,34 @@ impl CertificateAuthority {
         )
     }
 
+    /// Issue a server certificate for `id` that also names `hosts` (DNS names, or IP addresses
+    /// when they parse as one), so that ordinary TLS clients verifying the host name against
+    /// this CA accept it (the control plane's API listener). Valid from a minute ago for `ttl`.
+    pub fn issue_for_hosts(
+        &self,
+        id: &SpiffeId,
+        hosts: &[String],
+        ttl: Duration,
+    ) -> Result<IssuedCert, CertError> {
+        let mut names = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            names.push(match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(host.as_str().try_into()?),
+            });
+        }
+        let now = SystemTime::now();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let not_after = self.leaf_expiry(now, ttl);
+        let chain_pem =
+            self.sign_names(&key, id, names, now - Duration::from_secs(60), not_after)?;
+        Ok(IssuedCert {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+
     /// Issue an SVID for `id` with a new key and an explicit validity window (tests use this to
     /// mint expired certificates).
     pub fn issue_between(
@@ -247,9 +275,22 @@ impl CertificateAuthority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<String, CertError> {
+        self.sign_names(public_key, id, Vec::new(), not_before, not_after)
+    }
+
+    /// [`Self::sign`] with more subject alternative names after the SPIFFE id.
+    fn sign_names(
+        &self,
+        public_key: &impl PublicKeyData,
+        id: &SpiffeId,
+        more_names: Vec<SanType>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<String, CertError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+        params.subject_alt_names.extend(more_names);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use crate::scratch::{PG_HINT, ScratchDatabase, server_url};
 
 /// The admin token every test control plane accepts.
-pub const ADMIN_TOKEN: &str = "qvr_mesh-test-admin-token";
+pub const ADMIN_TOKEN: &str = "qvr_mesh-test-admin-token-0123456789";
 
 /// A binary of this workspace, next to the test executable's `deps/` folder.
 pub fn binary(name: &str) -> PathBuf {

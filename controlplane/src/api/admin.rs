@@ -359,6 +359,22 @@ impl MeshAdmin for AdminApi {
             .await
     }
 
+    async fn list_tokens(
+        &self,
+        req: Request<v1::ListTokensRequest>,
+    ) -> Result<Response<v1::TokenList>, Status> {
+        self.call("ListTokens", AdminApi::list_tokens(self, req))
+            .await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<v1::RevokeTokenRequest>,
+    ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
+        self.call("RevokeToken", AdminApi::revoke_token(self, req))
+            .await
+    }
+
     async fn get_trust_bundle(
         &self,
         req: Request<v1::GetTrustBundleRequest>,

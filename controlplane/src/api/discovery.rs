@@ -3,10 +3,12 @@
 //! Join and GetTrustBundle need no client certificate: the join token inside the request is
 //! the credential (checked and used up atomically in the store). Every other call acts for
 //! the SPIFFE id of the caller's client certificate ([`super::peer`]) and is refused without
-//! one, so it only works on the discovery listener (mTLS).
+//! one, so it only works on the discovery listener (mTLS). One identity holds at most
+//! `--max-watches-per-identity` Watch streams on a replica ([`Watches`]).
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::Stream;
 use quiver_api::v1;
@@ -27,6 +29,45 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What Watch returns.
 pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<v1::ProxySnapshot, Status>> + Send>>;
+
+/// Watch streams open on this replica, per SPIFFE id.
+#[derive(Debug, Default)]
+pub struct Watches(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One open Watch of an identity; dropping it (the stream ended) frees the slot.
+pub struct WatchSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    id: String,
+}
+
+impl Watches {
+    /// A slot for one more Watch of `id`, unless it already holds `limit`.
+    fn open(&self, id: &str, limit: usize) -> Option<WatchSlot> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(id.to_string()).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(WatchSlot {
+            open: self.0.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        // A count only goes wrong if a panic interrupted this very update; keep going.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.id);
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct DiscoveryApi {
@@ -146,6 +187,15 @@ impl DiscoveryApi {
         if !errors.is_empty() {
             return Err(Status::invalid_argument(errors.join("; ")));
         }
+        let limit = self.inputs.limits.watches_per_identity;
+        let Some(slot) = self.inputs.watches.open(&caller.spiffe_id, limit) else {
+            self.inputs.metrics.watch_refused();
+            return Err(Status::resource_exhausted(format!(
+                "{} already has {limit} Watch streams open on this control plane, the limit \
+                 (--max-watches-per-identity)",
+                caller.spiffe_id
+            )));
+        };
         // Read-your-writes: the first snapshot reflects everything committed before this
         // call (the feed delivers local writes at once, other replicas' within its poll).
         let committed = self
@@ -186,6 +236,7 @@ impl DiscoveryApi {
         let (tx, rx) = mpsc::channel(1);
         let inputs = self.inputs.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let _guard = inputs.metrics.watcher();
             let bundle = inputs.ca.bundle_pem().to_string();
             let mut last: Option<v1::ProxySnapshot> = None;
@@ -269,7 +320,8 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         self.call("Register", async {
             let caller = self.caller(&req, "Register")?;
-            workloads::register(&self.inputs, &caller, req.into_inner()).await
+            let source = req.remote_addr();
+            workloads::register(&self.inputs, &caller, source, req.into_inner()).await
         })
         .await
     }

@@ -9,12 +9,12 @@ use quiver_api::resource::{DEFAULT_NAMESPACE, Kind};
 use quiver_api::v1;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{self, Role, authorize};
+use crate::auth::{self, Role};
 use crate::ca::MeshCa;
 use crate::discovery::MeshView;
 use crate::discovery::revocations::RevocationView;
 use crate::metrics::Metrics;
-use crate::store::{Feed, JoinTokenRecord, RedeemError, Store, StoreError, now_ms};
+use crate::store::{Feed, RedeemError, Store, StoreError, now_ms};
 use crate::stored::rfc3339;
 
 mod admin;
@@ -23,15 +23,22 @@ mod peer;
 mod resources;
 mod revocations;
 mod telemetry;
+mod tokens;
 mod workloads;
 
-pub use discovery::{DiscoveryApi, SnapshotStream};
+pub use discovery::{DiscoveryApi, SnapshotStream, Watches};
 pub use resources::{WatchStream, decode};
-pub use workloads::workload_name;
+pub use workloads::{AddressException, workload_name};
 
 /// Everything the handlers share.
 pub struct Inputs {
     pub store: Arc<dyn Store>,
+    /// Checks the admin API's bearer tokens (from memory when it can).
+    pub tokens: auth::Tokens,
+    /// Bounds on what one proxy identity may hold (Watch streams, endpoints).
+    pub limits: Limits,
+    /// Watch streams open per identity on this replica.
+    pub watches: Watches,
     pub feed: Feed,
     pub ca: MeshCa,
     pub metrics: Metrics,
@@ -46,6 +53,19 @@ pub struct Inputs {
     pub started_at: String,
     /// Stores what proxies report, in group commits (and exports it, with `--otlp-endpoint`).
     pub spans: crate::telemetry::writer::SpanWriter,
+}
+
+/// What one proxy identity may hold at once, and the registration exceptions the operator
+/// granted.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Watch streams open at once per SPIFFE id on this replica.
+    pub watches_per_identity: usize,
+    /// Live registered workloads per SPIFFE id.
+    pub endpoints_per_identity: usize,
+    /// Identities that may register addresses in these networks whatever their source
+    /// address (NAT, a gateway advertising another interface).
+    pub address_exceptions: Vec<AddressException>,
 }
 
 /// `quiver.v1.MeshAdmin`.
@@ -122,117 +142,13 @@ impl AdminApi {
         answer(&self.inputs, method, f).await
     }
 
-    async fn create_api_token(
-        &self,
-        req: Request<v1::CreateApiTokenRequest>,
-    ) -> Result<v1::CreateApiTokenResponse, Status> {
-        let store = self.inputs.store.as_ref();
-        authorize(store, req.metadata(), Role::Admin, "CreateApiToken").await?;
-        let req = req.into_inner();
-        let role = Role::parse(&req.role).ok_or_else(|| {
-            Status::invalid_argument(format!("role: {:?} is not admin or viewer", req.role))
-        })?;
-        let (id, token) = auth::create_token(store, role, &req.description)
-            .await
-            .map_err(store_status)?;
-        Ok(v1::CreateApiTokenResponse {
-            token,
-            id,
-            role: role.as_str().into(),
-        })
-    }
-
-    async fn create_join_token(
-        &self,
-        req: Request<v1::CreateJoinTokenRequest>,
-    ) -> Result<v1::CreateJoinTokenResponse, Status> {
-        let store = self.inputs.store.as_ref();
-        authorize(store, req.metadata(), Role::Admin, "CreateJoinToken").await?;
-        let req = req.into_inner();
-        let namespace = if req.namespace.is_empty() {
-            DEFAULT_NAMESPACE.to_string()
-        } else {
-            req.namespace
-        };
-        let mut errors = Vec::new();
-        if !is_dns_label(&namespace) {
-            errors.push(format!("namespace: {namespace:?} is not a DNS label"));
-        }
-        if let Some(reason) = quiver_api::spiffe::reserved_namespace(&namespace) {
-            errors.push(format!("namespace: {reason}"));
-        }
-        if !is_dns_label(&req.service_account) {
-            errors.push(format!(
-                "serviceAccount: {:?} is not a DNS label",
-                req.service_account
-            ));
-        }
-        let ttl = if req.ttl.is_empty() {
-            Duration::from_secs(3600)
-        } else {
-            match quiver_api::duration::parse(&req.ttl) {
-                Ok(d) if d > MAX_JOIN_TOKEN_TTL => {
-                    errors.push(format!(
-                        "ttl: {:?} is longer than the maximum, {}",
-                        req.ttl,
-                        quiver_api::duration::format(MAX_JOIN_TOKEN_TTL)
-                    ));
-                    Duration::ZERO
-                }
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    errors.push("ttl: must be longer than 0s".into());
-                    Duration::ZERO
-                }
-                Err(e) => {
-                    errors.push(format!("ttl: {e}"));
-                    Duration::ZERO
-                }
-            }
-        };
-        let uses = if req.uses == 0 { 1 } else { req.uses };
-        if uses > 10_000 {
-            errors.push(format!("uses: {uses} is above the limit of 10000"));
-        }
-        if !errors.is_empty() {
-            return Err(Status::invalid_argument(errors.join("; ")));
-        }
-        let spiffe_id = quiver_api::SpiffeId::workload(
-            self.inputs.ca.trust_domain(),
-            &namespace,
-            &req.service_account,
-        )
-        .map_err(|e| Status::invalid_argument(format!("serviceAccount: {e}")))?;
-        let secret = auth::new_secret("qvj_");
-        let hash = auth::hash_secret(&secret);
-        let now = now_ms();
-        let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        let record = JoinTokenRecord {
-            id: hash[..12].to_string(),
-            token_hash: hash,
-            namespace,
-            service_account: req.service_account,
-            expires_at,
-            max_uses: i32::try_from(uses).unwrap_or(i32::MAX),
-            uses: 0,
-            created_at: now,
-        };
-        store
-            .insert_join_token(&record)
-            .await
-            .map_err(store_status)?;
-        Ok(v1::CreateJoinTokenResponse {
-            token: secret,
-            id: record.id,
-            spiffe_id: spiffe_id.to_string(),
-            expires_at: rfc3339(expires_at),
-            uses,
-        })
-    }
-
     async fn status(&self, req: Request<v1::StatusRequest>) -> Result<v1::StatusResponse, Status> {
         let store = self.inputs.store.as_ref();
-        let role = authorize(store, req.metadata(), Role::Viewer, "Status").await?;
+        let role = self
+            .inputs
+            .tokens
+            .authorize(req.metadata(), Role::Viewer, "Status")
+            .await?;
         let counts = store.counts().await.map_err(store_status)?;
         Ok(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -250,13 +166,10 @@ impl AdminApi {
         &self,
         req: Request<v1::GetTrustBundleRequest>,
     ) -> Result<v1::TrustBundle, Status> {
-        authorize(
-            self.inputs.store.as_ref(),
-            req.metadata(),
-            Role::Viewer,
-            "GetTrustBundle",
-        )
-        .await?;
+        self.inputs
+            .tokens
+            .authorize(req.metadata(), Role::Viewer, "GetTrustBundle")
+            .await?;
         Ok(trust_bundle(&self.inputs.ca))
     }
 }
@@ -325,9 +238,6 @@ fn redeem_status(e: RedeemError) -> Status {
         RedeemError::Store(e) => store_status(e),
     }
 }
-
-/// The longest a join token may stay redeemable.
-const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(90 * 86_400);
 
 /// The SVID lifetime: MeshConfig `spec.svidTtl` when set, else the server default; never
 /// more than the API accepts (a MeshConfig stored before the maximum existed is clamped).

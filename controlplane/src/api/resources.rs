@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Status};
 
 use super::{AdminApi, store_status};
-use crate::auth::{Role, authorize};
+use crate::auth::Role;
 use crate::store::{Change, ChangeOp, StoredObject};
 
 /// What every Watch RPC returns.
@@ -85,7 +85,10 @@ impl AdminApi {
         req: Request<R>,
     ) -> Result<(R, v1::ApplyOutcome), Status> {
         let store = self.inputs.store.as_ref();
-        authorize(store, req.metadata(), Role::Admin, method).await?;
+        self.inputs
+            .tokens
+            .authorize(req.metadata(), Role::Admin, method)
+            .await?;
         let mut obj = req.into_inner();
         let meta = obj.metadata_mut();
         if meta.namespace.is_empty() {
@@ -156,13 +159,10 @@ impl AdminApi {
         method: &'static str,
         req: Request<v1::GetRequest>,
     ) -> Result<R, Status> {
-        authorize(
-            self.inputs.store.as_ref(),
-            req.metadata(),
-            Role::Viewer,
-            method,
-        )
-        .await?;
+        self.inputs
+            .tokens
+            .authorize(req.metadata(), Role::Viewer, method)
+            .await?;
         let req = req.into_inner();
         require_name(&req.name)?;
         let ns = namespace_or_default(&req.namespace);
@@ -181,13 +181,10 @@ impl AdminApi {
         method: &'static str,
         req: Request<v1::ListRequest>,
     ) -> Result<(Vec<R>, u64), Status> {
-        authorize(
-            self.inputs.store.as_ref(),
-            req.metadata(),
-            Role::Viewer,
-            method,
-        )
-        .await?;
+        self.inputs
+            .tokens
+            .authorize(req.metadata(), Role::Viewer, method)
+            .await?;
         let ns = req.into_inner().namespace;
         let _t = self.inputs.metrics.store_timer("list");
         let (objects, version) = self
@@ -205,13 +202,10 @@ impl AdminApi {
         method: &'static str,
         req: Request<v1::DeleteRequest>,
     ) -> Result<v1::DeleteResponse, Status> {
-        authorize(
-            self.inputs.store.as_ref(),
-            req.metadata(),
-            Role::Admin,
-            method,
-        )
-        .await?;
+        self.inputs
+            .tokens
+            .authorize(req.metadata(), Role::Admin, method)
+            .await?;
         let req = req.into_inner();
         require_name(&req.name)?;
         let ns = namespace_or_default(&req.namespace);
@@ -232,13 +226,10 @@ impl AdminApi {
         method: &'static str,
         req: Request<v1::WatchRequest>,
     ) -> Result<WatchStream, Status> {
-        authorize(
-            self.inputs.store.as_ref(),
-            req.metadata(),
-            Role::Viewer,
-            method,
-        )
-        .await?;
+        self.inputs
+            .tokens
+            .authorize(req.metadata(), Role::Viewer, method)
+            .await?;
         let req = req.into_inner();
         // Subscribe before reading the store, so nothing committed in between is missed.
         let live = self.inputs.feed.subscribe();

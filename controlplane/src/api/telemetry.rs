@@ -9,7 +9,7 @@ use tokio::sync::oneshot::error::RecvError;
 use tonic::{Request, Status, Streaming};
 
 use super::{AdminApi, DiscoveryApi, is_dns_label, store_status};
-use crate::auth::{Role, authorize};
+use crate::auth::Role;
 use crate::telemetry::blocks::{self, TraceQuery};
 use crate::telemetry::{self, ReportedBatch, now_ns};
 
@@ -204,7 +204,10 @@ impl AdminApi {
         req: Request<v1::SearchTracesRequest>,
     ) -> Result<v1::SearchTracesResponse, Status> {
         let store = self.inputs.store.as_ref();
-        authorize(store, req.metadata(), Role::Viewer, "SearchTraces").await?;
+        self.inputs
+            .tokens
+            .authorize(req.metadata(), Role::Viewer, "SearchTraces")
+            .await?;
         let query = trace_query(req.get_ref(), now_ns())?;
         let _timer = self.inputs.metrics.store_timer("search_traces");
         let ids = blocks::search_traces(store, &query)
@@ -223,7 +226,10 @@ impl AdminApi {
         req: Request<v1::GetTraceRequest>,
     ) -> Result<v1::Trace, Status> {
         let store = self.inputs.store.as_ref();
-        authorize(store, req.metadata(), Role::Viewer, "GetTrace").await?;
+        self.inputs
+            .tokens
+            .authorize(req.metadata(), Role::Viewer, "GetTrace")
+            .await?;
         let trace_id = req.into_inner().trace_id;
         let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
         if trace_id.len() != 32 || !trace_id.chars().all(hex) {
@@ -251,7 +257,10 @@ impl AdminApi {
         req: Request<v1::GetServiceGraphRequest>,
     ) -> Result<v1::ServiceGraph, Status> {
         let store = self.inputs.store.as_ref();
-        authorize(store, req.metadata(), Role::Viewer, "GetServiceGraph").await?;
+        self.inputs
+            .tokens
+            .authorize(req.metadata(), Role::Viewer, "GetServiceGraph")
+            .await?;
         let req = req.into_inner();
         let (window, window_text) = graph_window(&req.window)?;
         if !req.namespace.is_empty() && !is_dns_label(&req.namespace) {

@@ -5,8 +5,15 @@
 //! Its namespace and SPIFFE id come from the caller's certificate; the service must exist in
 //! that namespace and run as the caller's service account, so that no proxy can become an
 //! endpoint of a service it cannot prove to be.
+//!
+//! What a proxy asserts about itself is bounded too: the address it registers must be on the
+//! source IP of its own connection (unless the operator granted its identity a network with
+//! `--registration-exception`), one identity holds at most `--max-endpoints-per-identity`
+//! live workloads, and no port served may target one of the sidecar's own listeners.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use quiver_api::resource::Kind;
@@ -27,6 +34,72 @@ pub fn workload_name(service: &str, address: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("{service}-{hex}")
+}
+
+/// An operator's grant (`--registration-exception SPIFFE_ID=CIDR`): this identity may
+/// register QUIC addresses in this network whatever the source address of its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressException {
+    pub spiffe_id: String,
+    pub network: IpAddr,
+    pub prefix: u8,
+}
+
+impl AddressException {
+    /// `SPIFFE_ID=CIDR`, e.g. `spiffe://mesh.local/ns/edge/sa/gateway=10.20.0.0/16`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (id, cidr) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?}: expected SPIFFE_ID=CIDR"))?;
+        let id = quiver_api::SpiffeId::parse(id).map_err(|e| format!("{id:?}: {e}"))?;
+        if id.workload_parts().is_none() {
+            return Err(format!(
+                "{id}: not a workload identity (spiffe://<td>/ns/<namespace>/sa/<account>)"
+            ));
+        }
+        let (ip, prefix) = cidr.split_once('/').unwrap_or((cidr, ""));
+        let network =
+            IpAddr::from_str(ip).map_err(|_| format!("{cidr:?}: not an IP network (a.b.c.d/n)"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{cidr:?}: the prefix length must be 0..{max}"))?
+        };
+        Ok(Self {
+            spiffe_id: id.to_string(),
+            network: network.to_canonical(),
+            prefix,
+        })
+    }
+
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
+            let keep = u32::from(prefix).min(width);
+            if keep == 0 { 0 } else { bits >> (width - keep) }
+        }
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                masked(u128::from(u32::from(n)), 32, self.prefix)
+                    == masked(u128::from(u32::from(a)), 32, self.prefix)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                masked(u128::from(n), 128, self.prefix) == masked(u128::from(a), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for AddressException {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}/{}", self.spiffe_id, self.network, self.prefix)
+    }
 }
 
 fn ms(d: Duration) -> i64 {
@@ -78,12 +151,106 @@ fn check(reg: &v1::WorkloadRegistration) -> Result<SocketAddr, Status> {
     }
 }
 
+/// The address must be on the caller's own source IP, or in a network the operator granted
+/// its identity.
+fn check_source(
+    inputs: &Inputs,
+    caller: &Caller,
+    address: SocketAddr,
+    source: Option<SocketAddr>,
+) -> Result<(), Status> {
+    let ip = address.ip().to_canonical();
+    let from_source = source.is_some_and(|s| s.ip().to_canonical() == ip);
+    let granted = inputs
+        .limits
+        .address_exceptions
+        .iter()
+        .any(|e| e.spiffe_id == caller.spiffe_id && e.contains(ip));
+    if from_source || granted {
+        return Ok(());
+    }
+    inputs.metrics.registration_refused("address");
+    let from = source.map_or_else(|| "an unknown address".to_string(), |s| s.ip().to_string());
+    Err(Status::permission_denied(format!(
+        "address: {address} is not on this connection's source address ({from}); a proxy \
+         registers its own address (an operator may grant {} a network with \
+         --registration-exception)",
+        caller.spiffe_id
+    )))
+}
+
+/// No port served here may target one of the sidecar's own listeners: inbound requests for
+/// it would reach the sidecar (its admin port, or its outbound proxy with this workload's
+/// identity) instead of the app.
+fn check_sidecar_ports(
+    inputs: &Inputs,
+    reg: &v1::WorkloadRegistration,
+    svc: &v1::Service,
+) -> Result<(), Status> {
+    let (ports, at) = if reg.ports.is_empty() {
+        let ports = svc.spec.as_ref().map(|s| s.ports.as_slice()).unwrap_or(&[]);
+        (ports, "service spec.ports")
+    } else {
+        (reg.ports.as_slice(), "ports")
+    };
+    let mut errors = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let target = if p.target_port == 0 {
+            p.port
+        } else {
+            p.target_port
+        };
+        if reg.sidecar_ports.contains(&target) {
+            errors.push(format!(
+                "{at}[{i}].targetPort: {target} is one of the sidecar's own listeners ({:?}); \
+                 inbound requests would reach the sidecar, not the app",
+                reg.sidecar_ports
+            ));
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    inputs.metrics.registration_refused("sidecar_port");
+    Err(Status::invalid_argument(errors.join("; ")))
+}
+
+/// One identity holds at most `--max-endpoints-per-identity` live workloads (re-registering
+/// one it holds does not count twice).
+async fn check_endpoint_limit(inputs: &Inputs, caller: &Caller, name: &str) -> Result<(), Status> {
+    let limit = inputs.limits.endpoints_per_identity;
+    let now = now_ms();
+    let held = inputs
+        .store
+        .leases(Some(&caller.namespace))
+        .await
+        .map_err(store_status)?
+        .iter()
+        .filter(|l| l.spiffe_id == caller.spiffe_id && l.expires_at > now && l.name != name)
+        .count();
+    if held < limit {
+        return Ok(());
+    }
+    inputs.metrics.registration_refused("limit");
+    Err(Status::resource_exhausted(format!(
+        "address: {} already holds {held} live endpoints, the limit \
+         (--max-endpoints-per-identity {limit}); deregister one or let its lease lapse",
+        caller.spiffe_id
+    )))
+}
+
+/// Serializes the endpoint count and the lease write of registrations on this replica, so
+/// that concurrent registrations of one identity cannot all pass the limit together.
+static REGISTERING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub async fn register(
     inputs: &Inputs,
     caller: &Caller,
+    source: Option<SocketAddr>,
     reg: v1::WorkloadRegistration,
 ) -> Result<v1::RegisterResponse, Status> {
     let address = check(&reg)?;
+    check_source(inputs, caller, address, source)?;
     let ns = caller.namespace.as_str();
     if let Some(reason) = quiver_api::spiffe::reserved_namespace(ns) {
         return Err(Status::permission_denied(format!(
@@ -110,8 +277,11 @@ pub async fn register(
             reg.service, caller.spiffe_id
         )));
     }
+    check_sidecar_ports(inputs, &reg, &svc)?;
     let address = address.to_string();
     let name = workload_name(&reg.service, &address);
+    let _registering = REGISTERING.lock().await;
+    check_endpoint_limit(inputs, caller, &name).await?;
     let expires_at = now_ms().saturating_add(ms(inputs.lease_ttl));
     // The lease first: a workload without a live lease would be swept straight away.
     store

@@ -21,6 +21,11 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    if let Err(e) = config.check() {
+        // Refused before anything starts, naming the flag: EX_USAGE.
+        eprintln!("error: {e}");
+        return ExitCode::from(64);
+    }
     init_tracing(&config.log_format);
     // Keep rustls on ring even if another provider is ever linked in.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -48,8 +53,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(config = %serde_json::to_string(&config)?, "starting");
     let mut running = server::start(&config).await?;
     if let Some(token) = &running.new_admin_token {
-        // Printed once, on stdout, so an installer can capture it; only its hash is stored.
-        println!("Admin token (shown once, store it now): {token}");
+        deliver_first_token(&config, token)?;
+    }
+    if let Some(path) = &running.api_ca_file {
+        println!(
+            "API served over TLS (mesh CA); verify it with: quiverctl --server https://{} --ca-file {}",
+            running.addr,
+            path.display()
+        );
     }
     tracing::info!(addr = %running.addr, store = running.store_engine, "serving gRPC, gRPC-web and /metrics");
     tokio::select! {
@@ -59,6 +70,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
             running.shutdown().await
         }
     }
+}
+
+/// Hand the first admin token to the operator, once (only its hash is stored): on a
+/// terminal, printed; otherwise (a service manager, a log collector) written to a file only
+/// its owner can read, and only the path is printed.
+fn deliver_first_token(config: &Config, token: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        println!("Admin token (shown once, store it now): {token}");
+        return Ok(());
+    }
+    let path = config.data_dir.join(server::ADMIN_TOKEN_FILE);
+    server::write_private(&path, &format!("{token}\n"))
+        .map_err(|e| anyhow::anyhow!("writing the first admin token to {}: {e}", path.display()))?;
+    println!(
+        "Admin token written to {} (mode 0600; stdout is not a terminal). Store it and delete the file.",
+        path.display()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -33,8 +33,9 @@ pub struct Connection {
     /// API token (admin or viewer).
     #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// CA certificate (PEM) to verify an https:// server with.
-    #[arg(long, env = "QUIVER_CA_FILE", global = true)]
+    /// CA certificate (PEM) to verify an https:// server with: for a control plane started
+    /// with --tls-mesh-ca, the `api-ca.pem` it writes into its data directory.
+    #[arg(long, visible_alias = "ca-cert", env = "QUIVER_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
 }
 
@@ -70,7 +71,7 @@ pub enum Command {
         #[command(flatten)]
         conn: Connection,
     },
-    /// API tokens.
+    /// API tokens (create, list, revoke); `list` and `revoke` also cover join tokens.
     #[command(subcommand)]
     Token(tokens::TokenCommand),
     /// Join tokens for proxies.

@@ -1,4 +1,4 @@
-//! `quiverctl token create`, `quiverctl join-token create` and `quiverctl status`.
+//! `quiverctl token create|list|revoke`, `quiverctl join-token create` and `quiverctl status`.
 
 use clap::Subcommand;
 use quiver_api::v1;
@@ -16,6 +16,23 @@ pub enum TokenCommand {
         /// What the token is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// How long the token is accepted, e.g. 30d (at most 365d). Default: until revoked.
+        #[arg(long, default_value = "")]
+        ttl: String,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// List API and join tokens: id, kind, role or identity, expiry. Never the secrets.
+    List {
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// Revoke a token by the id `token list` shows: refused from then on.
+    Revoke {
+        id: String,
+        /// api or join.
+        #[arg(long, default_value = "api", value_parser = ["api", "join"])]
+        kind: String,
         #[command(flatten)]
         conn: Connection,
     },
@@ -41,19 +58,75 @@ pub enum JoinTokenCommand {
 }
 
 pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::Create {
-        role,
-        description,
-        conn,
-    } = cmd;
-    let mut c = client::connect(&conn).await?;
-    let resp = c
-        .create_api_token(v1::CreateApiTokenRequest { role, description })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
-        .into_inner();
-    eprintln!("created {} token {} (shown once):", resp.role, resp.id);
-    println!("{}", resp.token);
+    match cmd {
+        TokenCommand::Create {
+            role,
+            description,
+            ttl,
+            conn,
+        } => {
+            let mut c = client::connect(&conn).await?;
+            let resp = c
+                .create_api_token(v1::CreateApiTokenRequest {
+                    role,
+                    description,
+                    ttl,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
+                .into_inner();
+            let expires = if resp.expires_at.is_empty() {
+                "does not expire".to_string()
+            } else {
+                format!("expires {}", resp.expires_at)
+            };
+            eprintln!(
+                "created {} token {} ({expires}), shown once:",
+                resp.role, resp.id
+            );
+            println!("{}", resp.token);
+        }
+        TokenCommand::List { conn } => {
+            let mut c = client::connect(&conn).await?;
+            let list = c
+                .list_tokens(v1::ListTokensRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
+                .into_inner();
+            println!(
+                "{:<14} {:<5} {:<8} {:<26} {:<22} {:<8} WHAT",
+                "ID", "KIND", "ROLE", "EXPIRES", "CREATED", "STATE"
+            );
+            for t in list.items {
+                let what = if t.kind == "join" {
+                    format!("{} ({}/{} uses)", t.spiffe_id, t.uses, t.max_uses)
+                } else {
+                    t.description
+                };
+                let expires = if t.expires_at.is_empty() {
+                    "never"
+                } else {
+                    t.expires_at.as_str()
+                };
+                let state = if t.expired { "expired" } else { "active" };
+                let role = if t.role.is_empty() { "-" } else { &t.role };
+                println!(
+                    "{:<14} {:<5} {:<8} {:<26} {:<22} {:<8} {what}",
+                    t.id, t.kind, role, expires, t.created_at, state
+                );
+            }
+        }
+        TokenCommand::Revoke { id, kind, conn } => {
+            let mut c = client::connect(&conn).await?;
+            c.revoke_token(v1::RevokeTokenRequest {
+                kind: kind.clone(),
+                id: id.clone(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?;
+            eprintln!("revoked {kind} token {id}");
+        }
+    }
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! Credentials: API tokens and join tokens (only the SHA-256 of a secret is stored), and the
+//! Credentials: API tokens and join tokens (only the SHA-256 of a secret is stored; listing
+//! never returns it), their expiry and revocation (a revoked token's row is deleted), and the
 //! mesh CA: its root and intermediate with their keys sealed (`ca_keys`; the sealing is
 //! `crate::ca`'s, the store keeps opaque text), and the plaintext single CA of stores from
 //! before the intermediate (`certificate_authority`), read once to migrate it and deleted.
@@ -8,14 +9,26 @@ use sqlx::{ColumnIndex, Executor, IntoArguments, Type};
 use super::StoreError;
 use super::engine::{Engine, SqlStore, Value, version};
 
+/// `expires_at` of a token that does not expire.
+pub const NEVER: i64 = i64::MAX;
+
 /// An API token's stored form: only the SHA-256 of the secret is kept.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiTokenRecord {
     pub id: String,
     pub token_hash: String,
     pub role: String,
     pub description: String,
     pub created_at: i64,
+    /// Milliseconds since the epoch; [`NEVER`] when it does not expire.
+    pub expires_at: i64,
+}
+
+/// What a token check needs from the store: the role and until when.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ApiTokenGrant {
+    pub role: String,
+    pub expires_at: i64,
 }
 
 /// A join token's stored form.
@@ -71,9 +84,14 @@ pub enum RedeemError {
 #[async_trait::async_trait]
 pub trait Credentials: Send + Sync {
     async fn insert_api_token(&self, token: &ApiTokenRecord) -> Result<(), StoreError>;
-    /// The role of the token with this hash.
-    async fn api_token_role(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
+    /// The role and expiry of the token with this hash (expired ones too: the caller
+    /// compares with its clock).
+    async fn api_token(&self, token_hash: &str) -> Result<Option<ApiTokenGrant>, StoreError>;
     async fn count_api_tokens(&self) -> Result<u64, StoreError>;
+    /// Every API token, oldest first.
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError>;
+    /// Delete the API token with this id; returns its hash when there was one.
+    async fn revoke_api_token(&self, id: &str) -> Result<Option<String>, StoreError>;
 
     async fn insert_join_token(&self, token: &JoinTokenRecord) -> Result<(), StoreError>;
     /// Use a join token once, atomically: refused when unknown, expired or used up.
@@ -82,6 +100,10 @@ pub trait Credentials: Send + Sync {
         token_hash: &str,
         now_ms: i64,
     ) -> Result<JoinTokenRecord, RedeemError>;
+    /// Every join token, oldest first.
+    async fn list_join_tokens(&self) -> Result<Vec<JoinTokenRecord>, StoreError>;
+    /// Delete the join token with this id; whether there was one.
+    async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError>;
 
     /// The plaintext single CA of a store from before `ca_keys` (cert PEM, key PEM), if any.
     async fn certificate_authority(&self) -> Result<Option<(String, String)>, StoreError>;
@@ -111,9 +133,15 @@ pub trait Credentials: Send + Sync {
 }
 
 const INSERT_API_TOKEN: &str = "INSERT INTO api_tokens \
-     (id, token_hash, role, description, created_at) VALUES ($1, $2, $3, $4, $5)";
-const API_TOKEN_ROLE: &str = "SELECT role FROM api_tokens WHERE token_hash = $1";
+     (id, token_hash, role, description, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)";
+const API_TOKEN: &str = "SELECT role, expires_at FROM api_tokens WHERE token_hash = $1";
 const COUNT_API_TOKENS: &str = "SELECT COUNT(*) FROM api_tokens";
+const LIST_API_TOKENS: &str = "SELECT id, token_hash, role, description, created_at, expires_at \
+     FROM api_tokens ORDER BY created_at, id";
+const REVOKE_API_TOKEN: &str = "DELETE FROM api_tokens WHERE id = $1 RETURNING token_hash";
+const LIST_JOIN_TOKENS: &str = "SELECT id, token_hash, namespace, service_account, expires_at, max_uses, uses, created_at \
+     FROM join_tokens ORDER BY created_at, id";
+const REVOKE_JOIN_TOKEN: &str = "DELETE FROM join_tokens WHERE id = $1";
 const INSERT_JOIN_TOKEN: &str = "INSERT INTO join_tokens \
      (id, token_hash, namespace, service_account, expires_at, max_uses, uses, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
@@ -150,16 +178,44 @@ where
             .bind(t.role.as_str())
             .bind(t.description.as_str())
             .bind(t.created_at)
+            .bind(t.expires_at)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    async fn api_token_role(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(API_TOKEN_ROLE)
+    async fn api_token(&self, token_hash: &str) -> Result<Option<ApiTokenGrant>, StoreError> {
+        Ok(sqlx::query_as(API_TOKEN)
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        Ok(sqlx::query_as(LIST_API_TOKENS)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn revoke_api_token(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(REVOKE_API_TOKEN)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_join_tokens(&self) -> Result<Vec<JoinTokenRecord>, StoreError> {
+        Ok(sqlx::query_as(LIST_JOIN_TOKENS)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn revoke_join_token(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(REVOKE_JOIN_TOKEN)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&done) > 0)
     }
 
     async fn count_api_tokens(&self) -> Result<u64, StoreError> {

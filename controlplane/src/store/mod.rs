@@ -30,7 +30,8 @@ mod sqlite;
 mod traces;
 
 pub use credentials::{
-    ApiTokenRecord, CaRole, Credentials, JoinTokenRecord, RedeemError, SealedCa,
+    ApiTokenGrant, ApiTokenRecord, CaRole, Credentials, JoinTokenRecord, NEVER, RedeemError,
+    SealedCa,
 };
 pub use engine::{Engine, SqlStore};
 pub use feed::Feed;

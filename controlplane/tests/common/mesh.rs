@@ -173,5 +173,6 @@ pub fn registration(service: &str, address: &str, version: &str) -> v1::Workload
         ports: vec![],
         labels: [("version".to_string(), version.to_string())].into(),
         zone: "zone-a".into(),
+        sidecar_ports: vec![],
     }
 }

@@ -65,7 +65,7 @@ pub struct TestServer {
     pub url: String,
 }
 
-pub const ADMIN_TOKEN: &str = "qvr_test-admin-token";
+pub const ADMIN_TOKEN: &str = "qvr_test-admin-token-0123456789abcdef";
 
 impl TestServer {
     /// `database_url`: Postgres URL, or None for SQLite in `data_dir`.
@@ -193,4 +193,22 @@ spec:
 "#,
         100 - v1_weight
     )
+}
+
+/// GET `path` over HTTP/1.1 from the API port; the body of a 200 answer.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(req).await.expect("answer");
+    assert_eq!(resp.status(), 200, "GET {path}");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8(body.to_vec()).expect("UTF-8 body")
 }

@@ -294,10 +294,10 @@ impl Held {
 /// Follow the Watch stream for as long as the proxy runs. The first applied snapshot makes
 /// the proxy ready; after that a lost stream only means no news: the last good snapshot
 /// keeps serving while this reconnects with backoff and jitter.
-pub async fn follow(inputs: Arc<Inputs>, session: Arc<Session>) {
+pub async fn follow(inputs: Arc<Inputs>, session: Arc<Session>, own: Vec<SocketAddr>) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(15));
     loop {
-        let why = watch_once(&inputs, &session, &mut backoff).await;
+        let why = watch_once(&inputs, &session, &own, &mut backoff).await;
         inputs.metrics.control_plane_connected.set(0);
         session.reset().await;
         let wait = backoff.next_wait();
@@ -314,7 +314,12 @@ pub async fn follow(inputs: Arc<Inputs>, session: Arc<Session>) {
 }
 
 /// One Watch stream, until it breaks; returns why.
-async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -> String {
+async fn watch_once(
+    inputs: &Inputs,
+    session: &Session,
+    own: &[SocketAddr],
+    backoff: &mut Backoff,
+) -> String {
     let mut client = match session.client().await {
         Ok(c) => c,
         Err(e) => return e,
@@ -330,7 +335,7 @@ async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -
     loop {
         match stream.message().await {
             Ok(Some(pushed)) => {
-                apply(inputs, session, &pushed);
+                apply(inputs, session, own, &pushed);
                 backoff.reset();
             }
             Ok(None) => return "the control plane ended the stream".into(),
@@ -339,10 +344,11 @@ async fn watch_once(inputs: &Inputs, session: &Session, backoff: &mut Backoff) -
     }
 }
 
-/// Apply one pushed snapshot, whole or not at all (its deny-list included).
-fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
+/// Apply one pushed snapshot, whole or not at all (its deny-list included). `own` are this
+/// proxy's TCP listeners.
+fn apply(inputs: &Inputs, session: &Session, own: &[SocketAddr], pushed: &v1::ProxySnapshot) {
     let s = &session.settings;
-    let converted = crate::control::pushed::snapshot(pushed, &s.zone, s.app_host)
+    let converted = crate::control::pushed::snapshot(pushed, &s.zone, s.app_host, own)
         .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>());
     // Revoked identities are checked against this proxy's own trust domain, not the push's.
     let deny = quiver_api::revocation::DenyList::parse_pushed(&pushed.revocations, &s.trust_domain)
@@ -420,8 +426,14 @@ fn apply(inputs: &Inputs, session: &Session, pushed: &v1::ProxySnapshot) {
     inputs.set_waiting(None);
 }
 
-/// Register the workload and keep its lease alive until the proxy stops.
-pub async fn keep_registered(session: Arc<Session>, advertise: SocketAddr) {
+/// Register the workload and keep its lease alive until the proxy stops. `sidecar_ports` are
+/// the local TCP ports this proxy listens on: the control plane refuses a registration whose
+/// served ports would send inbound requests to them.
+pub async fn keep_registered(
+    session: Arc<Session>,
+    advertise: SocketAddr,
+    sidecar_ports: Vec<u16>,
+) {
     let s = &session.settings;
     let registration = v1::WorkloadRegistration {
         service: s.service.clone(),
@@ -429,6 +441,7 @@ pub async fn keep_registered(session: Arc<Session>, advertise: SocketAddr) {
         ports: Vec::new(),
         labels: s.labels.clone().into_iter().collect(),
         zone: s.zone.clone(),
+        sidecar_ports: sidecar_ports.into_iter().map(u32::from).collect(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut lease: Option<(String, Duration)> = None;

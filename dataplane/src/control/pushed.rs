@@ -18,11 +18,15 @@ use quiver_policy::plan::PolicyConfig;
 use quiver_policy::services::Unknown;
 
 /// Convert a pushed snapshot. `zone` is where this proxy runs (it knows, the control plane
-/// need not); `app_host` is where its local apps listen (usually 127.0.0.1).
+/// need not); `app_host` is where its local apps listen (usually 127.0.0.1); `own` are this
+/// proxy's own TCP listeners, which no inbound port may target (a caller would reach the
+/// sidecar's admin port, or its outbound proxy with this workload's identity, instead of the
+/// app).
 pub fn snapshot(
     pushed: &v1::ProxySnapshot,
     zone: &str,
     app_host: IpAddr,
+    own: &[SocketAddr],
 ) -> Result<Snapshot, Vec<FieldError>> {
     let mut errs = Vec::new();
     let mut err = |field: String, reason: String| {
@@ -93,6 +97,17 @@ pub fn snapshot(
                     }
                 },
             };
+            let app = SocketAddr::new(app_host, app_port);
+            if own
+                .iter()
+                .any(|l| l.port() == app_port && (l.ip() == app_host || l.ip().is_unspecified()))
+            {
+                err(
+                    format!("{at}.targetPort"),
+                    format!("{app_port} is this sidecar's own listener ({app}), not an app"),
+                );
+                continue;
+            }
             let protocol = match p.protocol.as_str() {
                 "http1" => Protocol::Http1,
                 "http2" => Protocol::Http2,
@@ -110,7 +125,7 @@ pub fn snapshot(
                 service: l.name.clone(),
                 port,
                 protocol,
-                app: SocketAddr::new(app_host, app_port),
+                app,
             });
         }
     }

@@ -128,7 +128,7 @@ fn local() -> IpAddr {
 
 #[test]
 fn a_pushed_snapshot_becomes_the_same_snapshot_a_file_would_give() {
-    let s = snapshot(&pushed(), "a", local()).unwrap();
+    let s = snapshot(&pushed(), "a", local(), &[]).unwrap();
     assert_eq!(s.version, "42");
     assert_eq!(s.zone, "a");
     let reviews = &s.services["reviews"];
@@ -211,7 +211,7 @@ fn a_bad_push_is_refused_whole_with_field_paths() {
             ..Default::default()
         });
     }
-    let errs = snapshot(&p, "", local()).unwrap_err();
+    let errs = snapshot(&p, "", local(), &[]).unwrap_err();
     let text: Vec<String> = errs.iter().map(std::string::ToString::to_string).collect();
     let has = |f: &str| text.iter().any(|t| t.starts_with(f));
     assert!(has("services[0].endpoints[0].address"), "{text:#?}");
@@ -228,7 +228,7 @@ fn a_bad_push_is_refused_whole_with_field_paths() {
             ..Default::default()
         });
     }
-    let errs = snapshot(&p, "", local()).unwrap_err();
+    let errs = snapshot(&p, "", local(), &[]).unwrap_err();
     assert!(
         errs.iter()
             .any(|e| e.path.contains("rules[1].match.path.regex")),
@@ -238,7 +238,7 @@ fn a_bad_push_is_refused_whole_with_field_paths() {
 
 #[test]
 fn an_empty_push_is_an_empty_snapshot_with_default_policy() {
-    let s = snapshot(&v1::ProxySnapshot::default(), "", local()).unwrap();
+    let s = snapshot(&v1::ProxySnapshot::default(), "", local(), &[]).unwrap();
     assert!(s.services.is_empty() && s.inbound.is_empty());
     let id = SpiffeId::parse("spiffe://mesh.local/ns/a/sa/b").unwrap();
     assert!(matches!(
@@ -255,7 +255,7 @@ fn sampling_zero_means_off_not_unset() {
             sampling_percent,
             slow_threshold: String::new(),
         });
-        snapshot(&p, "a", local())
+        snapshot(&p, "a", local(), &[])
             .unwrap()
             .policy
             .mesh
@@ -265,4 +265,21 @@ fn sampling_zero_means_off_not_unset() {
     assert_eq!(with(Some(0.0)), 0.0, "0% is off");
     assert_eq!(with(None), 0.01, "unset is the 1% default");
     assert_eq!(with(Some(25.0)), 0.25);
+}
+
+#[test]
+fn an_inbound_port_onto_the_sidecars_own_listener_is_refused() {
+    // pushed() maps reviews:80 to the app at 127.0.0.1:8080.
+    for own in ["127.0.0.1:8080", "0.0.0.0:8080"] {
+        let own: SocketAddr = own.parse().unwrap();
+        let errs = snapshot(&pushed(), "a", local(), &[own]).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.path == "inbound[0].ports[0].targetPort"
+                    && e.reason.contains("this sidecar's own listener")),
+            "{own}: {errs:#?}"
+        );
+    }
+    let elsewhere: SocketAddr = "127.0.0.1:15020".parse().unwrap();
+    snapshot(&pushed(), "a", local(), &[elsewhere]).expect("an app port");
 }
