@@ -14,7 +14,7 @@ use http_body_util::Full;
 use quiver_api::certs::CertificateAuthority;
 use quiver_tests::client::send_h1;
 use quiver_tests::harness::{Apps, RunningProxy, client_yaml, server_yaml};
-use quiver_tests::pki::Pki;
+use quiver_tests::pki::{AnyServer, Pki};
 
 fn get() -> Request<Full<Bytes>> {
     Request::get("/")
@@ -135,42 +135,6 @@ async fn server_cert_from_another_ca_is_refused() {
     assert_eq!(head.headers()["quiver-error"], "peer-handshake");
     assert!(String::from_utf8_lossy(&body).contains("we refused the peer"));
     assert_nothing_reached_the_app(&b).await;
-}
-
-/// A verifier that trusts any server: only for playing a peer with no client certificate.
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls_pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls_pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[tokio::test]
