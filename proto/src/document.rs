@@ -93,19 +93,46 @@ pub fn from_value(index: usize, value: Value) -> Result<AnyResource, DocumentErr
 }
 
 fn decode<R: Resource>(index: usize, body: Value) -> Result<R, DocumentError> {
-    serde_path_to_error::deserialize::<_, R>(body).map_err(|e| {
-        let path = e.path().to_string();
-        DocumentError::Field {
-            index,
-            kind: R::KIND,
-            path: if path == "." {
-                "(document)".into()
-            } else {
-                path
-            },
-            reason: e.into_inner().to_string(),
-        }
+    serde_path_to_error::deserialize::<_, R>(body).map_err(|e| DocumentError::Field {
+        index,
+        kind: R::KIND,
+        path: field_path(e.path()),
+        reason: e.into_inner().to_string(),
     })
+}
+
+/// The field path of an error as the API writes paths (`spec.rules[0].timeout`). A key that
+/// is not a plain name (empty, or with a '.', bracket, quote, space or control character) is
+/// written quoted in brackets (`spec[""]`), so every error names where it is, whatever keys
+/// the document has; an error about the whole document says `(document)`.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                let plain = !key.is_empty()
+                    && !key.chars().any(|c| {
+                        matches!(c, '.' | '[' | ']' | '"') || c.is_whitespace() || c.is_control()
+                    });
+                if plain {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(key);
+                } else {
+                    out.push_str(&format!("[{key:?}]"));
+                }
+            }
+            Segment::Unknown => out.push_str(if out.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    if out.is_empty() {
+        "(document)".into()
+    } else {
+        out
+    }
 }
 
 fn describe(v: Value) -> String {

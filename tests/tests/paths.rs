@@ -183,3 +183,26 @@ async fn the_serving_proxy_normalizes_too() {
     assert_eq!((status, path.as_str()), (200, "/public/a/b"));
     assert_eq!(served("paths-inbound"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_target_without_a_path_is_refused() {
+    // Found by the fuzz target outbound_http1: `GET reviews:8080` (the authority form, which
+    // is for CONNECT only) was matched by routes as the path "" while the app received "/".
+    // Now the caller's proxy refuses it and the app is never reached.
+    let pki = Pki::new();
+    let (_server, caller) = mesh(&pki, "paths-authority", "").await;
+    let listener = caller.bound.outbound[0];
+    for target in ["reviews:8080", "reviews"] {
+        let (status, error, _) = raw_get(listener, target).await;
+        assert_eq!((status, error.as_str()), (400, "bad-request"), "{target:?}");
+    }
+    assert_eq!(
+        served("paths-authority"),
+        0,
+        "a target without a path reached the app"
+    );
+    // The origin form still arrives.
+    let (status, _, path) = raw_get(listener, "/").await;
+    assert_eq!((status, path.as_str()), (200, "/"));
+    assert_eq!(served("paths-authority"), 1);
+}

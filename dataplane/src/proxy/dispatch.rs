@@ -331,8 +331,12 @@ fn outcome_of(result: &Result<Response<ProxyBody>, ProxyError>) -> Outcome {
     }
 }
 
-/// The request head as the peer proxy receives it.
-fn prepare_head(target: &Target, parts: http::request::Parts) -> Result<Request<()>, ProxyError> {
+/// The request head as the peer proxy receives it: hop-by-hop headers, `host` and any
+/// caller-supplied `x-quiver-peer-identity` removed, `quiver-target` set.
+pub fn prepare_head(
+    target: &Target,
+    parts: http::request::Parts,
+) -> Result<Request<()>, ProxyError> {
     let authority = authority_of(&parts.uri, &parts.headers).unwrap_or_else(|| target.authority());
     let uri = rebase_uri("https", &authority, &parts.uri)?;
     let mut headers = parts.headers;

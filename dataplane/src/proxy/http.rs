@@ -80,9 +80,14 @@ pub fn rebase_uri(scheme: &str, authority: &str, uri: &Uri) -> Result<Uri, Proxy
 /// Normalize `uri`'s path in place (`quiver_policy::path`): what routes and authorization
 /// match is what the next hop receives. The query is kept as it is; a path that is already
 /// normal costs no allocation. A refused path is a 400 `bad-request` that does not echo it.
+/// A request target without a path (`GET api:80`, the authority form, which is for CONNECT
+/// only) is refused too: routes would match an empty path while the next hop received `/`.
+/// Callers do not pass CONNECT requests here.
 pub fn normalize_path(uri: &mut Uri, rules: &PathRules) -> Result<(), ProxyError> {
     let Some(pq) = uri.path_and_query() else {
-        return Ok(());
+        return Err(ProxyError::BadRequest(
+            "the request target has no path (the authority form is for CONNECT only)".into(),
+        ));
     };
     if pq.path() == "*" {
         // `OPTIONS *`: the server itself, no path to normalize.
@@ -190,6 +195,25 @@ mod tests {
         assert_eq!(e.reason(), "header-too-large");
         assert_eq!(e.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         assert!(check_header_size(&h, 4096).is_ok());
+    }
+
+    #[test]
+    fn a_target_without_a_path_is_refused_not_matched_as_empty() {
+        // Found by the fuzz target outbound_http1 (`CONNECONNECT api:443`): before, routes
+        // matched the path "" and the peer was sent "/".
+        let rules = PathRules::default();
+        let mut uri: Uri = "api:443".parse().unwrap();
+        let e = normalize_path(&mut uri, &rules).unwrap_err();
+        assert_eq!(e.reason(), "bad-request");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let mut star: Uri = "*".parse().unwrap();
+        normalize_path(&mut star, &rules).unwrap();
+        let mut origin: Uri = "/a/../b?q".parse().unwrap();
+        normalize_path(&mut origin, &rules).unwrap();
+        assert_eq!(origin, "/b?q");
+        let mut absolute: Uri = "http://api/%61?q".parse().unwrap();
+        normalize_path(&mut absolute, &rules).unwrap();
+        assert_eq!(absolute, "http://api/a?q");
     }
 
     #[test]

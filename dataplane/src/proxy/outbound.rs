@@ -66,6 +66,27 @@ pub async fn serve(inputs: Arc<Inputs>, listener: TcpListener, entry: Entry, pro
     }
 }
 
+/// How an app connection's bytes are read: HTTP/1.1 or h2c (from the preface), with the
+/// head-size, header-count, stream and head-timeout limits of `tuning`. Shared with the fuzz
+/// target `outbound_http1`, which feeds it a malicious app's bytes.
+pub fn app_connection_builder(
+    tuning: &crate::config::Tuning,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let limit = tuning.max_header_bytes;
+    builder
+        .http1()
+        .max_buf_size((limit + 64 * 1024).max(8192))
+        .max_headers(512)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Some(tuning.limits.request_header_timeout));
+    builder
+        .http2()
+        .max_header_list_size(limit as u32)
+        .max_concurrent_streams(Some(tuning.max_concurrent_streams));
+    builder
+}
+
 /// One app connection speaking HTTP/1.1 or h2c (detected from the preface).
 ///
 /// A caller that connects and never completes a request head (silence, or a head dribbled a
@@ -83,18 +104,7 @@ async fn http_conn(inputs: Arc<Inputs>, stream: TcpStream, entry: Entry) {
         let entry = entry.clone();
         async move { Ok::<_, Infallible>(handle(inputs, entry, req).await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let limit = inputs.tuning.max_header_bytes;
-    builder
-        .http1()
-        .max_buf_size((limit + 64 * 1024).max(8192))
-        .max_headers(512)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Some(limits.request_header_timeout));
-    builder
-        .http2()
-        .max_header_list_size(limit as u32)
-        .max_concurrent_streams(Some(inputs.tuning.max_concurrent_streams));
+    let builder = app_connection_builder(&inputs.tuning);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let head_deadline = tokio::time::sleep(limits.request_header_timeout);
@@ -130,6 +140,23 @@ async fn http_conn(inputs: Arc<Inputs>, stream: TcpStream, entry: Entry) {
     }
 }
 
+/// The service an app's request is for: the listener's, or on the HTTP proxy listener the
+/// one its absolute-form URI or Host header names (the app's bytes: refused unless they are a
+/// mesh service name). Pure, so the fuzz target `outbound_http1` runs it as the proxy does.
+pub fn target_of(
+    entry: &Entry,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Result<Target, ProxyError> {
+    match entry {
+        Entry::Fixed(t) => Ok(t.clone()),
+        Entry::HttpProxy => Target::from_authority(
+            &authority_of(uri, headers)
+                .ok_or_else(|| ProxyError::BadRequest("request names no host".into()))?,
+        ),
+    }
+}
+
 async fn handle(
     inputs: Arc<Inputs>,
     entry: Entry,
@@ -148,13 +175,7 @@ async fn handle(
             return Err(ProxyError::Draining);
         }
         check_header_size(req.headers(), inputs.tuning.max_header_bytes)?;
-        let target = match &entry {
-            Entry::Fixed(t) => t.clone(),
-            Entry::HttpProxy => Target::from_authority(
-                &authority_of(req.uri(), req.headers())
-                    .ok_or_else(|| ProxyError::BadRequest("request names no host".into()))?,
-            )?,
-        };
+        let target = target_of(&entry, req.uri(), req.headers())?;
         // Metric labels and edge stats name only services this proxy knows: a Host header is
         // the app's input, and 10,000 distinct ones must not make 10,000 series. A service it
         // does not know is answered here, before anything is counted under its name.

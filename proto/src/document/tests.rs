@@ -144,3 +144,22 @@ fn canonical_form_keeps_an_explicit_zero_sampling_percent() {
     assert_eq!(parse("samplingPercent: 30"), Some(30.0));
     assert_eq!(parse("slowThreshold: 2s"), None);
 }
+
+#[test]
+fn an_error_at_an_odd_key_still_names_where_it_is() {
+    // Found by the fuzz target yaml_documents: an empty (or dotted) key was reported with an
+    // empty path ("document 1 (Route): : unknown field ``").
+    let err = |text: &str| parse_documents(text).unwrap_err().to_string();
+    let empty_top = err("apiVersion: quiver.dev/v1\nkind: Route\n? >4\n");
+    assert!(
+        empty_top.contains("(Route): [\"\"]: unknown field"),
+        "{empty_top}"
+    );
+    let nested = err("apiVersion: quiver.dev/v1\nkind: Route\nspec:\n  \"a.b\": 1\n");
+    assert!(
+        nested.contains("(Route): spec[\"a.b\"]: unknown field"),
+        "{nested}"
+    );
+    let whole = err("apiVersion: quiver.dev/v1\nkind: Route\nspec: 3\n");
+    assert!(whole.contains("(Route): spec: invalid type"), "{whole}");
+}
