@@ -15,8 +15,9 @@ use quiver_api::v1;
 use quiver_api::{SpiffeId, revocation};
 use tonic::{Request, Status};
 
-use super::{Inputs, MAX_JOIN_TOKEN_TTL, decode, is_dns_label, store_status};
-use crate::auth::{Role, authorize};
+use super::tokens::MAX_JOIN_TOKEN_TTL;
+use super::{Inputs, decode, is_dns_label, store_status};
+use crate::auth::Role;
 use crate::discovery::Caller;
 use crate::discovery::revocations::to_proto;
 use crate::store::{JoinTokenRecord, RevocationRecord, now_ms};
@@ -35,8 +36,11 @@ pub async fn revoke(
     inputs: &Inputs,
     req: Request<v1::RevokeRequest>,
 ) -> Result<v1::Revocation, Status> {
+    inputs
+        .tokens
+        .authorize(req.metadata(), Role::Admin, "Revoke")
+        .await?;
     let store = inputs.store.as_ref();
-    authorize(store, req.metadata(), Role::Admin, "Revoke").await?;
     let req = req.into_inner();
     let mut errors = Vec::new();
     if req.reason.chars().count() > MAX_REASON {
@@ -174,8 +178,11 @@ pub async fn list(
     inputs: &Inputs,
     req: Request<v1::ListRevocationsRequest>,
 ) -> Result<v1::RevocationList, Status> {
+    inputs
+        .tokens
+        .authorize(req.metadata(), Role::Viewer, "ListRevocations")
+        .await?;
     let store = inputs.store.as_ref();
-    authorize(store, req.metadata(), Role::Viewer, "ListRevocations").await?;
     let items = store
         .revocations(now_ms())
         .await

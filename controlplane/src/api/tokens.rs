@@ -13,7 +13,7 @@ use crate::store::{JoinTokenRecord, NEVER, now_ms};
 use crate::stored::rfc3339;
 
 /// The longest a join token may stay redeemable.
-const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(90 * 86_400);
+pub(super) const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(90 * 86_400);
 
 /// The longest an API token may be accepted when a TTL is given.
 const MAX_API_TOKEN_TTL: Duration = Duration::from_secs(365 * 86_400);
