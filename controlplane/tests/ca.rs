@@ -458,7 +458,17 @@ async fn a_plaintext_ca_of_an_older_store_is_sealed_as_the_root() {
     assert!(verifies(&earlier.chain_pem, &bundle_pem));
     assert!(verifies(&chain_pem, &bundle_pem));
     assert_eq!(certs::certs_from_pem(&chain_pem).unwrap().len(), 2);
-    // A proxy holding the old certificate renews over mTLS, into the new chain.
+    // A proxy holding the old certificate renews over mTLS, into the new chain (renewal needs
+    // a Service that runs as its service account).
+    server
+        .admin()
+        .await
+        .apply_service(common::doc::<v1::Service>(
+            "apiVersion: quiver.dev/v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+             spec: {ports: [{name: http, port: 8080, protocol: http1}]}\n",
+        ))
+        .await
+        .unwrap();
     let identity =
         quiver_api::tls::MeshIdentity::from_pem(&earlier.chain_pem, &earlier.key_pem, &bundle_pem)
             .unwrap();

@@ -348,6 +348,7 @@ async fn revoke_refuses_bad_input_naming_the_field() {
         .create_api_token(v1::CreateApiTokenRequest {
             role: "viewer".into(),
             description: String::new(),
+            ttl: String::new(),
         })
         .await
         .unwrap()
