@@ -212,7 +212,7 @@ impl AdminApi {
 fn trust_bundle(ca: &MeshCa) -> v1::TrustBundle {
     v1::TrustBundle {
         trust_domain: ca.trust_domain().into(),
-        pem: ca.bundle_pem().into(),
+        pem: ca.bundle_pem(),
     }
 }
 

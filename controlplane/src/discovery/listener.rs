@@ -109,7 +109,7 @@ impl ListenerTls {
             match self.follow(&state) {
                 Ok(()) => tracing::info!("discovery listener TLS follows the new trust bundle"),
                 Err(e) => {
-                    tracing::error!(error = %e, "discovery listener TLS: keeping the old config")
+                    tracing::error!(error = %e, "discovery listener TLS: keeping the old config");
                 }
             }
         }
