@@ -466,6 +466,28 @@ spec:
         .into_inner()
         .pem;
     std::fs::write(&old_files.bundle, &bundle_now).unwrap();
+    // A proxy that starts now with the new bundle alone joins, renews over a fresh mTLS
+    // connection and serves: the discovery listener presents a new-root certificate and
+    // accepts new-root client certificates on new handshakes.
+    let new_ca = dir.join("mesh-ca-new.pem");
+    std::fs::write(&new_ca, &bundle_now).unwrap();
+    let late = MeshProxy::start(
+        &cp,
+        &new_ca,
+        &dir,
+        spec(
+            "web",
+            cp.join_token("default", "web", 1, "10m").await,
+            &[("reviews", "http1")],
+        ),
+    )
+    .await;
+    quiver_tests::eventually(
+        "a proxy started after retirement reaches reviews",
+        Duration::from_secs(20),
+        || async { call_mesh(late.outbound[0]).await.ok() },
+    )
+    .await;
     let (new_files, _) = joined_files(&cp, &dir, "new-root", "reviews-client").await;
     let peer = "spiffe://mesh.local/ns/default/sa/reviews";
     let old_client = RunningProxy::start(&client_yaml(&old_files, reviews_addr, peer), &dir)
