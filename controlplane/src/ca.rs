@@ -14,11 +14,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use quiver_api::SpiffeId;
 use quiver_api::certs::{CertError, CertificateAuthority, IssuedCert};
 use ring::aead;
+use tokio::sync::watch;
 
 use crate::store::{CaRole, SealedCa, Store, StoreError};
 
@@ -67,6 +69,15 @@ pub enum CaError {
          (--ca-key-encryption-key): every replica must use the key the store was sealed with"
     )]
     Unseal { role: &'static str },
+    #[error(
+        "the mesh CA is the operator's (--ca-cert/--ca-key): rotate it by giving the control \
+         plane a new CA, not with `quiverctl ca rotate`"
+    )]
+    OperatorCa,
+    #[error("a root rotation is in progress: retire the old root first (`quiverctl ca retire`)")]
+    RotationInProgress,
+    #[error("the store holds no mesh root")]
+    Missing,
 }
 
 /// The key that seals the CA's private keys in the store (AES-256-GCM). Each sealed key is
@@ -201,12 +212,92 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The mesh CA and its trust bundle.
+/// The mesh CA and its trust bundle. Cheap to read from many tasks: the signing intermediate
+/// and the bundle are one [`CaState`] behind a `watch` channel, replaced whole when the stored
+/// rows change (a rotation here or on another replica, [`MeshCa::refresh`]).
 pub struct MeshCa {
     trust_domain: String,
+    /// The key that opens the stored keys; None for an operator's CA (`--ca-cert`), which is
+    /// neither stored nor rotated here.
+    kek: Option<KeyEncryptionKey>,
+    state: watch::Sender<Arc<CaState>>,
+}
+
+/// The CA at one instant: what signs, and what peers must trust.
+pub struct CaState {
     /// What signs SVIDs: the intermediate (or the operator's CA).
     authority: CertificateAuthority,
+    /// The current root (PEM): the one the intermediate chains to.
+    root_pem: String,
+    /// Roots still trusted after a rotation until `quiverctl ca retire` (PEM, oldest first).
+    retiring: Vec<String>,
+    /// The current root, then the retiring ones.
     bundle_pem: String,
+}
+
+impl CaState {
+    fn new(authority: CertificateAuthority, root_pem: String, retiring: Vec<String>) -> Self {
+        let mut bundle_pem = root_pem.clone();
+        for old in &retiring {
+            if !bundle_pem.ends_with('\n') {
+                bundle_pem.push('\n');
+            }
+            bundle_pem.push_str(old);
+        }
+        Self {
+            authority,
+            root_pem,
+            retiring,
+            bundle_pem,
+        }
+    }
+
+    /// The PEM certificates a peer's chain must lead to.
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+
+    /// The current root (PEM).
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// The roots kept in the bundle after a rotation (PEM), until retired.
+    pub fn retiring(&self) -> &[String] {
+        &self.retiring
+    }
+
+    /// The current root's fingerprint ([`fingerprint`]).
+    pub fn fingerprint_of_root(&self) -> String {
+        pem_fingerprint(&self.root_pem).unwrap_or_default()
+    }
+
+    /// The intermediate (or operator CA) certificate that signs SVIDs (PEM).
+    pub fn signer_pem(&self) -> &str {
+        self.authority.cert_pem()
+    }
+}
+
+/// An SVID just signed, and the CA state that signed it.
+pub struct Signed {
+    pub id: SpiffeId,
+    pub chain_pem: String,
+    pub not_after: SystemTime,
+    pub state: Arc<CaState>,
+}
+
+/// SHA-256 of a certificate's DER, hex: how roots and SVIDs are named in the store and in
+/// `quiverctl ca status`.
+pub fn fingerprint(der: &[u8]) -> String {
+    to_hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
+/// The fingerprint of the first certificate in `pem`, if it holds one.
+pub fn pem_fingerprint(pem: &str) -> Option<String> {
+    quiver_api::certs::certs_from_pem(pem)
+        .ok()?
+        .first()
+        .map(|c| fingerprint(c))
 }
 
 impl std::fmt::Debug for MeshCa {
@@ -225,7 +316,7 @@ impl MeshCa {
         store: &dyn Store,
         trust_domain: &str,
         operator: Option<(&Path, &Path)>,
-        kek: &KeyEncryptionKey,
+        kek: KeyEncryptionKey,
     ) -> Result<Self, CaError> {
         SpiffeId::parse(&format!("spiffe://{trust_domain}"))
             .map_err(|e| CaError::TrustDomain(trust_domain.into(), e))?;
@@ -234,8 +325,8 @@ impl MeshCa {
             let authority = CertificateAuthority::from_pem(&cert_pem, &read_private(key)?)?;
             return Ok(Self {
                 trust_domain: trust_domain.into(),
-                authority,
-                bundle_pem: cert_pem,
+                kek: None,
+                state: watch::Sender::new(Arc::new(CaState::new(authority, cert_pem, Vec::new()))),
             });
         }
         let root = match store.ca_key(CaRole::Root).await? {
@@ -265,11 +356,12 @@ impl MeshCa {
         )?;
         // The root is sealed now: no plaintext copy stays behind.
         store.delete_certificate_authority().await?;
-        let authority = intermediate(store, trust_domain, &root_ca, kek).await?;
+        let authority = intermediate(store, trust_domain, &root_ca, &kek).await?;
+        let retiring = store.retiring_roots().await?;
         Ok(Self {
             trust_domain: trust_domain.into(),
-            authority,
-            bundle_pem: root.cert_pem,
+            kek: Some(kek),
+            state: watch::Sender::new(Arc::new(CaState::new(authority, root.cert_pem, retiring))),
         })
     }
 
@@ -277,15 +369,31 @@ impl MeshCa {
         &self.trust_domain
     }
 
-    /// The PEM certificates a peer's chain must lead to: the root (for an operator CA, its
-    /// certificate; for an operator intermediate, peers should also trust the operator's root).
-    pub fn bundle_pem(&self) -> &str {
-        &self.bundle_pem
+    /// Whether this is an operator's CA (`--ca-cert`), which Quiver does not store or rotate.
+    pub fn is_operator(&self) -> bool {
+        self.kek.is_none()
+    }
+
+    /// The CA as it is now.
+    pub fn current(&self) -> Arc<CaState> {
+        self.state.borrow().clone()
+    }
+
+    /// Told each time the CA changes (a rotation or a retirement, here or on another replica).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<CaState>> {
+        self.state.subscribe()
+    }
+
+    /// The PEM certificates a peer's chain must lead to: the current root and, during a
+    /// rotation, the retiring one (for an operator CA, its certificate; for an operator
+    /// intermediate, peers should also trust the operator's root).
+    pub fn bundle_pem(&self) -> String {
+        self.state.borrow().bundle_pem.clone()
     }
 
     /// Issue a certificate and a new key for `id` (the control plane's own listener).
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<IssuedCert, CaError> {
-        Ok(self.authority.issue(id, ttl)?)
+        Ok(self.current().authority.issue(id, ttl)?)
     }
 
     /// Issue a server certificate for `id` that also names `hosts` (the API listener's TLS).
@@ -295,11 +403,12 @@ impl MeshCa {
         hosts: &[String],
         ttl: Duration,
     ) -> Result<IssuedCert, CaError> {
-        Ok(self.authority.issue_for_hosts(id, hosts, ttl)?)
+        Ok(self.current().authority.issue_for_hosts(id, hosts, ttl)?)
     }
 
     /// Sign the public key of `csr_der` into an SVID for `ns`/`service_account`, valid from no
-    /// earlier than `not_before_floor` (the identity's revocation instant, if any).
+    /// earlier than `not_before_floor` (the identity's revocation instant, if any). The answer
+    /// carries the CA state it was signed with, so the bundle sent with it matches.
     pub fn sign(
         &self,
         csr_der: &[u8],
@@ -307,13 +416,108 @@ impl MeshCa {
         service_account: &str,
         ttl: Duration,
         not_before_floor: SystemTime,
-    ) -> Result<(SpiffeId, String, SystemTime), CaError> {
+    ) -> Result<Signed, CaError> {
         let id = SpiffeId::workload(&self.trust_domain, namespace, service_account)
             .map_err(|e| CaError::TrustDomain(self.trust_domain.clone(), e))?;
-        let (chain, not_after) =
-            self.authority
+        let state = self.current();
+        let (chain_pem, not_after) =
+            state
+                .authority
                 .sign_csr_not_before(csr_der, &id, ttl, not_before_floor)?;
-        Ok((id, chain, not_after))
+        Ok(Signed {
+            id,
+            chain_pem,
+            not_after,
+            state,
+        })
+    }
+
+    /// Re-read the stored root, intermediate and retiring roots, and publish them when they
+    /// changed; whether they did. Every replica calls this every [`REFRESH`].
+    pub async fn refresh(&self, store: &dyn Store) -> Result<bool, CaError> {
+        let Some(kek) = &self.kek else {
+            return Ok(false);
+        };
+        let (Some(root), Some(signer)) = (
+            store.ca_key(CaRole::Root).await?,
+            store.ca_key(CaRole::Intermediate).await?,
+        ) else {
+            return Ok(false);
+        };
+        let retiring = store.retiring_roots().await?;
+        let now = self.current();
+        if now.root_pem == root.cert_pem
+            && now.authority.cert_pem() == signer.cert_pem
+            && now.retiring == retiring
+        {
+            return Ok(false);
+        }
+        let authority = open_intermediate(&signer, kek)?;
+        tracing::info!(
+            retiring_roots = retiring.len(),
+            "the mesh CA changed; signing and trusting what the store holds now"
+        );
+        self.state
+            .send_replace(Arc::new(CaState::new(authority, root.cert_pem, retiring)));
+        Ok(true)
+    }
+
+    /// Start a root rotation: a new root and intermediate (sealed like the first), the old
+    /// root kept in the bundle as retiring. Refused for an operator CA and while a rotation
+    /// is not yet retired.
+    pub async fn rotate(&self, store: &dyn Store) -> Result<(), CaError> {
+        let Some(kek) = &self.kek else {
+            return Err(CaError::OperatorCa);
+        };
+        let retiring = store.retiring_roots().await?;
+        if !retiring.is_empty() {
+            return Err(CaError::RotationInProgress);
+        }
+        let current = store.ca_key(CaRole::Root).await?.ok_or(CaError::Missing)?;
+        let root = CertificateAuthority::generate(&self.trust_domain, ROOT_VALIDITY)?;
+        let signer = root.issue_intermediate(&self.trust_domain, INTERMEDIATE_VALIDITY)?;
+        let sealed_root = SealedCa {
+            cert_pem: root.cert_pem().to_string(),
+            key_sealed: kek.seal(CaRole::Root, root.key_pem()),
+        };
+        let sealed_signer = SealedCa {
+            cert_pem: signer.cert_pem().to_string(),
+            key_sealed: kek.seal(CaRole::Intermediate, signer.key_pem()),
+        };
+        if !store
+            .rotate_ca(&current, &sealed_root, &sealed_signer)
+            .await?
+        {
+            return Err(CaError::RotationInProgress);
+        }
+        self.refresh(store).await?;
+        Ok(())
+    }
+
+    /// End a rotation: the retiring roots leave the bundle. How many were removed.
+    pub async fn retire(&self, store: &dyn Store) -> Result<u64, CaError> {
+        if self.kek.is_none() {
+            return Err(CaError::OperatorCa);
+        }
+        let removed = store.retire_roots().await?;
+        self.refresh(store).await?;
+        Ok(removed)
+    }
+}
+
+/// How often each replica re-reads the stored CA (a rotation made on another replica reaches
+/// this one's proxies within this).
+pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// Re-read the stored CA every [`REFRESH`] for as long as the task runs.
+pub async fn keep_refreshed(ca: Arc<MeshCa>, store: Arc<dyn Store>) {
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = ca.refresh(store.as_ref()).await {
+            tracing::warn!(error = %e, "reading the mesh CA failed; keeping the one in use");
+        }
     }
 }
 

@@ -341,6 +341,10 @@ pub struct Running {
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     /// The lease sweeper; stopped with the server.
     _sweeper: AbortOnDrop,
+    /// Re-reads the stored CA (rotations made on other replicas); stopped with the server.
+    _ca_refresh: AbortOnDrop,
+    /// Rebuilds the discovery listener's TLS when the CA changes.
+    _discovery_tls: AbortOnDrop,
     /// The trace retention sweeper; stopped with the server.
     _trace_sweeper: AbortOnDrop,
     /// The OTLP exporter, when --otlp-endpoint is set; stopped (queue and all) with the server.
@@ -417,9 +421,15 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         &config.data_dir,
         config.database_url.is_some(),
     )?;
-    let ca = MeshCa::load_or_create(store.as_ref(), &config.trust_domain, operator_ca, &kek)
-        .await
-        .context("loading the mesh CA")?;
+    let ca = Arc::new(
+        MeshCa::load_or_create(store.as_ref(), &config.trust_domain, operator_ca, kek)
+            .await
+            .context("loading the mesh CA")?,
+    );
+    let ca_refresh = AbortOnDrop(tokio::spawn(crate::ca::keep_refreshed(
+        ca.clone(),
+        store.clone(),
+    )));
 
     let new_admin_token = match &config.admin_token {
         Some(secret) => {
@@ -441,7 +451,9 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
 
     let feed = Feed::start(store.clone()).await?;
     let view = MeshView::start(store.clone(), &feed, ca.trust_domain()).await?;
-    let discovery_tls = listener::server_tls(&ca).context("discovery listener certificate")?;
+    let discovery_tls =
+        listener::ListenerTls::new(ca.clone()).context("discovery listener certificate")?;
+    let discovery_tls_task = AbortOnDrop(tokio::spawn(discovery_tls.clone().keep_current()));
     let sweeper = AbortOnDrop(tokio::spawn(sweeper::run(
         store.clone(),
         sweeper::interval(config.lease_ttl),
@@ -571,7 +583,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
             .context("--tls-mesh-ca: issuing the API certificate")?;
         let path = config.data_dir.join(API_CA_FILE);
         std::fs::create_dir_all(&config.data_dir)
-            .and_then(|()| std::fs::write(&path, inputs.ca.bundle_pem()))
+            .and_then(|()| std::fs::write(&path, inputs.ca.bundle_pem().as_bytes()))
             .with_context(|| format!("--tls-mesh-ca: writing {}", path.display()))?;
         api_ca_file = Some(path);
         let identity = tonic::transport::Identity::from_pem(issued.chain_pem, issued.key_pem);
@@ -588,15 +600,16 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), stopped(shutdown_rx.clone()));
     let discovery = tonic::transport::Server::builder()
-        .tls_config(discovery_tls)
-        .context("discovery listener TLS")?
         // Find proxies that vanished without closing their Watch.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(v1::mesh_discovery_server::MeshDiscoveryServer::new(
             DiscoveryApi::new(inputs.clone()),
         ))
-        .serve_with_incoming_shutdown(incoming(discovery_listener), stopped(shutdown_rx));
+        .serve_with_incoming_shutdown(
+            listener::incoming(discovery_listener, discovery_tls),
+            stopped(shutdown_rx),
+        );
     let task = tokio::spawn(async move {
         tokio::try_join!(server, discovery)?;
         Ok(())
@@ -605,6 +618,8 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         addr,
         discovery_addr,
         _sweeper: sweeper,
+        _ca_refresh: ca_refresh,
+        _discovery_tls: discovery_tls_task,
         _trace_sweeper: trace_sweeper,
         _otlp: otlp_task,
         _span_writer: AbortOnDrop(span_writer_task),

@@ -17,6 +17,9 @@ use crate::config::IdentityPaths;
 pub struct IdentityStatus {
     pub spiffe_id: String,
     pub cert_not_after_unix: Option<u64>,
+    /// The certificate chain presented (leaf, then intermediates), each as subject and
+    /// serial: which intermediate (and so which root) the SVID in use comes from.
+    pub cert_chain: Vec<String>,
     /// The roots trusted now, each as subject and serial: an operator (or a test) sees a
     /// rotation arrive and a refused bundle not arrive.
     pub trust_bundle: Vec<String>,
@@ -35,6 +38,11 @@ impl IdentityStatus {
         Self {
             spiffe_id: identity.spiffe_id.to_string(),
             cert_not_after_unix: not_after_unix(identity),
+            cert_chain: identity
+                .chain
+                .iter()
+                .map(|c| quiver_api::certs::describe(c))
+                .collect(),
             trust_bundle: trust_bundle(identity),
             source: if files.is_some() {
                 "files"

@@ -389,6 +389,30 @@ impl MeshAdmin for AdminApi {
         self.call("Status", AdminApi::status(self, req)).await
     }
 
+    async fn rotate_ca(
+        &self,
+        req: Request<v1::RotateCaRequest>,
+    ) -> Result<Response<v1::CaStatus>, Status> {
+        self.call("RotateCa", super::ca::rotate(&self.inputs, req))
+            .await
+    }
+
+    async fn retire_ca(
+        &self,
+        req: Request<v1::RetireCaRequest>,
+    ) -> Result<Response<v1::CaStatus>, Status> {
+        self.call("RetireCa", super::ca::retire(&self.inputs, req))
+            .await
+    }
+
+    async fn get_ca_status(
+        &self,
+        req: Request<v1::GetCaStatusRequest>,
+    ) -> Result<Response<v1::CaStatus>, Status> {
+        self.call("GetCaStatus", super::ca::status(&self.inputs, req))
+            .await
+    }
+
     async fn revoke(
         &self,
         req: Request<v1::RevokeRequest>,

@@ -116,15 +116,15 @@ impl DiscoveryApi {
         )
         .map_err(|e| Status::internal(format!("the join token's identity: {e}")))?;
         revocations::check_join(&self.inputs, &grant, spiffe_id.as_str()).await?;
-        let (id, chain, expires_at) = self
-            .sign(&req.csr_der, &grant.namespace, &grant.service_account)
+        let signed = self
+            .sign(&req.csr_der, &grant.namespace, &grant.service_account, None)
             .await?;
-        tracing::info!(spiffe.id = %id, token.id = %grant.id, "proxy joined");
+        tracing::info!(spiffe.id = %signed.id, token.id = %grant.id, "proxy joined");
         Ok(v1::JoinResponse {
-            spiffe_id: id,
-            cert_chain_pem: chain,
-            trust_bundle_pem: self.inputs.ca.bundle_pem().into(),
-            expires_at,
+            spiffe_id: signed.id.to_string(),
+            cert_chain_pem: signed.chain_pem,
+            trust_bundle_pem: signed.state.bundle_pem().into(),
+            expires_at: rfc3339(unix_ms(signed.not_after)),
         })
     }
 
@@ -133,27 +133,38 @@ impl DiscoveryApi {
         // Renewable only while entitled: not revoked (checked in the store, not the view) and
         // a Service still runs as the identity.
         revocations::check_renewal(&self.inputs, &caller, peer::not_before(&req)?).await?;
+        // The certificate this proxy renews away from: it no longer holds its root.
+        let replaces = req
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| crate::ca::fingerprint(c)));
         let req = req.into_inner();
         check_csr(&req.csr_der)?;
         // The identity is the certificate's, never anything the CSR says.
-        let (id, chain, expires_at) = self
-            .sign(&req.csr_der, &caller.namespace, &caller.service_account)
+        let signed = self
+            .sign(
+                &req.csr_der,
+                &caller.namespace,
+                &caller.service_account,
+                replaces.as_deref(),
+            )
             .await?;
-        tracing::info!(spiffe.id = %id, "SVID renewed");
+        tracing::info!(spiffe.id = %signed.id, "SVID renewed");
         Ok(v1::RenewResponse {
-            spiffe_id: id,
-            cert_chain_pem: chain,
-            trust_bundle_pem: self.inputs.ca.bundle_pem().into(),
-            expires_at,
+            spiffe_id: signed.id.to_string(),
+            cert_chain_pem: signed.chain_pem,
+            trust_bundle_pem: signed.state.bundle_pem().into(),
+            expires_at: rfc3339(unix_ms(signed.not_after)),
         })
     }
 
+    /// Sign and record the SVID (`svids`: who holds which root, for `quiverctl ca retire`).
     async fn sign(
         &self,
         csr_der: &[u8],
         namespace: &str,
         service_account: &str,
-    ) -> Result<(String, String, String), Status> {
+        replaces: Option<&str>,
+    ) -> Result<crate::ca::Signed, Status> {
         let ttl = svid_ttl(&self.inputs).await;
         let id = quiver_api::SpiffeId::workload(
             self.inputs.ca.trust_domain(),
@@ -162,16 +173,29 @@ impl DiscoveryApi {
         )
         .map_err(|e| Status::invalid_argument(format!("serviceAccount: {e}")))?;
         let floor = revocations::not_before_floor(&self.inputs, id.as_str()).await?;
-        let (id, chain, not_after) = self
+        let signed = self
             .inputs
             .ca
             .sign(csr_der, namespace, service_account, ttl, floor)
             .map_err(|e| Status::invalid_argument(format!("csrDer: {e}")))?;
-        let expires_ms = not_after
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or_default();
-        Ok((id.to_string(), chain, rfc3339(expires_ms)))
+        if !self.inputs.ca.is_operator() {
+            let leaf = quiver_api::certs::certs_from_pem(&signed.chain_pem)
+                .ok()
+                .and_then(|c| c.first().map(|c| crate::ca::fingerprint(c)))
+                .ok_or_else(|| Status::internal("the signed chain has no certificate"))?;
+            let record = crate::store::SvidRecord {
+                fingerprint: leaf,
+                spiffe_id: signed.id.to_string(),
+                root: signed.state.fingerprint_of_root(),
+                not_after: unix_ms(signed.not_after),
+            };
+            self.inputs
+                .store
+                .record_svid(&record, replaces)
+                .await
+                .map_err(super::store_status)?;
+        }
+        Ok(signed)
     }
 
     async fn watch(&self, req: Request<v1::ProxyWatchRequest>) -> Result<SnapshotStream, Status> {
@@ -238,11 +262,12 @@ impl DiscoveryApi {
         tokio::spawn(async move {
             let _slot = slot;
             let _guard = inputs.metrics.watcher();
-            let bundle = inputs.ca.bundle_pem().to_string();
+            let mut ca = inputs.ca.subscribe();
             let mut last: Option<v1::ProxySnapshot> = None;
             loop {
                 let state = states.borrow_and_update().clone();
                 let deny = revoked.borrow_and_update().clone();
+                let bundle = ca.borrow_and_update().bundle_pem().to_string();
                 // A proxy revoked while it watches is told so, and hears nothing more.
                 if let Some(r) = deny.covering(&caller.spiffe_id, cert_not_before) {
                     inputs.metrics.revoked_refusal("Watch");
@@ -274,6 +299,11 @@ impl DiscoveryApi {
                         return;
                     },
                     changed = revoked.changed() => if changed.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
+                        return;
+                    },
+                    // A root rotation or retirement: the new bundle goes out at once.
+                    changed = ca.changed() => if changed.is_err() {
                         let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
                         return;
                     },
@@ -364,4 +394,10 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
         self.call("ReportTelemetry", DiscoveryApi::report_telemetry(self, req))
             .await
     }
+}
+
+fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }

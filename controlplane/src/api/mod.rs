@@ -18,6 +18,7 @@ use crate::store::{Feed, RedeemError, Store, StoreError, now_ms};
 use crate::stored::rfc3339;
 
 mod admin;
+mod ca;
 mod discovery;
 mod peer;
 mod resources;
@@ -40,7 +41,7 @@ pub struct Inputs {
     /// Watch streams open per identity on this replica.
     pub watches: Watches,
     pub feed: Feed,
-    pub ca: MeshCa,
+    pub ca: Arc<MeshCa>,
     pub metrics: Metrics,
     /// SVID lifetime unless MeshConfig `spec.svidTtl` says otherwise.
     pub svid_ttl: Duration,
@@ -211,7 +212,7 @@ impl AdminApi {
 fn trust_bundle(ca: &MeshCa) -> v1::TrustBundle {
     v1::TrustBundle {
         trust_domain: ca.trust_domain().into(),
-        pem: ca.bundle_pem().into(),
+        pem: ca.bundle_pem(),
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+mod ca;
 pub mod certs;
 pub mod client;
 pub mod resources;
@@ -94,6 +95,9 @@ pub enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Root rotation of the mesh CA: rotate, retire, status.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Mint development certificates for static-config proxies and tests.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -128,6 +132,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::Token(c) => tokens::token(c).await,
         Command::JoinToken(c) => tokens::join_token(c).await,
         Command::Revoke(c) => revoke::run(c).await,
+        Command::Ca(c) => ca::run(c).await,
         Command::Status { conn } => tokens::status(&conn).await,
         Command::TrustBundle { output, conn } => {
             trust::trust_bundle(&conn, output.as_deref()).await

@@ -67,6 +67,18 @@ pub struct SealedCa {
     pub key_sealed: String,
 }
 
+/// An SVID the control plane issued, as `svids` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvidRecord {
+    /// SHA-256 of the leaf's DER, hex.
+    pub fingerprint: String,
+    pub spiffe_id: String,
+    /// SHA-256 of the DER of the root it chains to, hex.
+    pub root: String,
+    /// Unix milliseconds.
+    pub not_after: i64,
+}
+
 /// Why a join token was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum RedeemError {
@@ -130,6 +142,30 @@ pub trait Credentials: Send + Sync {
         current: &SealedCa,
         next: &SealedCa,
     ) -> Result<SealedCa, StoreError>;
+    /// Root rotation in one transaction: if the stored root is still `current`, store `root`
+    /// and `intermediate` in place of the root and intermediate and keep `current`'s
+    /// certificate as a retiring root. False when another caller rotated first.
+    async fn rotate_ca(
+        &self,
+        current: &SealedCa,
+        root: &SealedCa,
+        intermediate: &SealedCa,
+    ) -> Result<bool, StoreError>;
+    /// The retiring roots' certificates (PEM), oldest first.
+    async fn retiring_roots(&self) -> Result<Vec<String>, StoreError>;
+    /// Delete every retiring root; how many there were.
+    async fn retire_roots(&self) -> Result<u64, StoreError>;
+    /// Record an issued SVID; `replaces` is the fingerprint of the certificate a Renew was
+    /// called with (no longer held by that proxy). Rows past their notAfter are dropped.
+    async fn record_svid(
+        &self,
+        svid: &SvidRecord,
+        replaces: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// Unexpired, unrenewed SVIDs chaining to the root with this fingerprint, counted per
+    /// SPIFFE id (ordered by id).
+    async fn svid_holders(&self, root: &str, now_ms: i64)
+    -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 const INSERT_API_TOKEN: &str = "INSERT INTO api_tokens \
@@ -159,6 +195,16 @@ const INSERT_CA_KEY: &str = "INSERT INTO ca_keys (role, cert_pem, key_sealed, cr
      VALUES ($1, $2, $3, $4) ON CONFLICT (role) DO NOTHING";
 const REPLACE_CA_KEY: &str = "UPDATE ca_keys SET cert_pem = $1, key_sealed = $2, created_at = $3 \
      WHERE role = $4 AND cert_pem = $5";
+const INSERT_RETIRING_ROOT: &str =
+    "INSERT INTO ca_retiring_roots (cert_pem, created_at) VALUES ($1, $2)";
+const RETIRING_ROOTS: &str = "SELECT cert_pem FROM ca_retiring_roots ORDER BY created_at, cert_pem";
+const DELETE_RETIRING_ROOTS: &str = "DELETE FROM ca_retiring_roots";
+const INSERT_SVID: &str = "INSERT INTO svids (fingerprint, spiffe_id, root, not_after) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (fingerprint) DO NOTHING";
+const DELETE_SVID: &str = "DELETE FROM svids WHERE fingerprint = $1";
+const DELETE_EXPIRED_SVIDS: &str = "DELETE FROM svids WHERE not_after <= $1";
+const SVID_HOLDERS: &str = "SELECT spiffe_id, COUNT(*) FROM svids \
+     WHERE root = $1 AND not_after > $2 GROUP BY spiffe_id ORDER BY spiffe_id";
 
 #[async_trait::async_trait]
 impl<DB: Engine> Credentials for SqlStore<DB>
@@ -333,6 +379,95 @@ where
         Ok(sqlx::query_as(GET_CA_KEY)
             .bind(role.as_str())
             .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn rotate_ca(
+        &self,
+        current: &SealedCa,
+        root: &SealedCa,
+        intermediate: &SealedCa,
+    ) -> Result<bool, StoreError> {
+        let now = super::now_ms();
+        let mut tx = self.pool.begin().await?;
+        let swapped = sqlx::query(REPLACE_CA_KEY)
+            .bind(root.cert_pem.as_str())
+            .bind(root.key_sealed.as_str())
+            .bind(now)
+            .bind(CaRole::Root.as_str())
+            .bind(current.cert_pem.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if DB::rows_affected(&swapped) == 0 {
+            // Dropping the transaction rolls it back.
+            return Ok(false);
+        }
+        let stored = sqlx::query_as::<_, SealedCa>(GET_CA_KEY)
+            .bind(CaRole::Intermediate.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(REPLACE_CA_KEY)
+            .bind(intermediate.cert_pem.as_str())
+            .bind(intermediate.key_sealed.as_str())
+            .bind(now)
+            .bind(CaRole::Intermediate.as_str())
+            .bind(stored.cert_pem.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(INSERT_RETIRING_ROOT)
+            .bind(current.cert_pem.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn retiring_roots(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(RETIRING_ROOTS).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(pem,)| pem).collect())
+    }
+
+    async fn retire_roots(&self) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(DELETE_RETIRING_ROOTS)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&deleted))
+    }
+
+    async fn record_svid(
+        &self,
+        svid: &SvidRecord,
+        replaces: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(DELETE_EXPIRED_SVIDS)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        if let Some(old) = replaces {
+            sqlx::query(DELETE_SVID).bind(old).execute(&mut *tx).await?;
+        }
+        sqlx::query(INSERT_SVID)
+            .bind(svid.fingerprint.as_str())
+            .bind(svid.spiffe_id.as_str())
+            .bind(svid.root.as_str())
+            .bind(svid.not_after)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn svid_holders(
+        &self,
+        root: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(SVID_HOLDERS)
+            .bind(root)
+            .bind(now_ms)
+            .fetch_all(&self.pool)
             .await?)
     }
 }

@@ -31,7 +31,7 @@ mod traces;
 
 pub use credentials::{
     ApiTokenGrant, ApiTokenRecord, CaRole, Credentials, JoinTokenRecord, NEVER, RedeemError,
-    SealedCa,
+    SealedCa, SvidRecord,
 };
 pub use engine::{Engine, SqlStore};
 pub use feed::Feed;
