@@ -6,6 +6,8 @@
 //! in time (`tuning.limits.request_body_timeout`).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -392,6 +394,11 @@ impl<B> Counted<B> {
     pub fn new(inner: B, counter: prometheus_client::metrics::counter::Counter) -> Self {
         Self { inner, counter }
     }
+
+    /// The body being counted.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
 }
 
 impl<B> Body for Counted<B>
@@ -554,6 +561,26 @@ pub struct StartBy<B> {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     started: bool,
     refusals: crate::limits::Refusals,
+    /// Set the moment the body is cut, before the error reaches whoever sends it on.
+    stalled: Arc<AtomicBool>,
+}
+
+/// Whether a [`StartBy`] body was cut, readable by whoever waits for the answer: the peer's
+/// answer to the stream reset the cut causes can arrive before the sending task has
+/// returned the error, and must not be taken for the peer's own failure.
+#[derive(Debug, Clone)]
+pub struct StallWatch {
+    stalled: Arc<AtomicBool>,
+    timeout: std::time::Duration,
+}
+
+impl StallWatch {
+    /// The cut, if the body was cut.
+    pub fn stalled(&self) -> Option<BodyStalled> {
+        self.stalled
+            .load(Ordering::Acquire)
+            .then_some(BodyStalled(self.timeout))
+    }
 }
 
 impl<B> StartBy<B> {
@@ -565,6 +592,15 @@ impl<B> StartBy<B> {
             timer: None,
             started: false,
             refusals,
+            stalled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A watch on whether this body gets cut.
+    pub fn stall_watch(&self) -> StallWatch {
+        StallWatch {
+            stalled: self.stalled.clone(),
+            timeout: self.timeout,
         }
     }
 }
@@ -600,6 +636,7 @@ where
                         // The error ends the body for whoever reads it; count it once.
                         this.started = true;
                         this.timer = None;
+                        this.stalled.store(true, Ordering::Release);
                         crate::limits::count(
                             &this.refusals,
                             crate::limits::Limit::RequestBodyTimeout,

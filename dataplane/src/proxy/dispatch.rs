@@ -372,6 +372,7 @@ async fn send_once(
     on_connected(&peer);
     let (mut tx, mut rx) = stream.split();
     let mut sending = None;
+    let mut stall = None;
     match body {
         AttemptBody::Held(b) if b.is_empty() => {
             // A peer that answers at once (a refusal: 403, 404) may stop our sending side
@@ -390,6 +391,7 @@ async fn send_once(
             });
         }
         AttemptBody::Stream(incoming) => {
+            stall = Some(incoming.get_ref().stall_watch());
             // Streams on its own task so that a response (e.g. gRPC bidirectional
             // streaming) can flow back while the app is still sending.
             sending = Some(tokio::spawn(async move {
@@ -417,7 +419,12 @@ async fn send_once(
                 Some(stalled) => return Err(ProxyError::BadRequest(stalled.to_string())),
                 None => rx.recv_response().await,
             },
-            r = rx.recv_response() => r,
+            // The peer's answer may also be to the reset a cut body caused, arriving before
+            // the sending task returned: the cut decides, not the answer.
+            r = rx.recv_response() => match stall.as_ref().and_then(body::StallWatch::stalled) {
+                Some(stalled) => return Err(ProxyError::BadRequest(stalled.to_string())),
+                None => r,
+            },
         },
         None => rx.recv_response().await,
     }
