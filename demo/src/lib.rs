@@ -146,7 +146,7 @@ impl Files {
 async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Ports first: a second demo started by mistake must fail before touching the first
     // one's files.
-    let ports = Ports::plan(args.port_base)?;
+    let (ports, held) = Ports::reserve(args.port_base)?;
     let free = args.port_base == 0;
     let api_addr = args
         .listen
@@ -200,6 +200,8 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         running.discovery_addr
     );
 
+    // The control plane's listeners are bound: the children may take their ports now.
+    drop(held);
     let mut children = Children::new()?;
     let outcome = tokio::select! {
         r = demo(&args, &files, &ports, &api, &admin_token, running.discovery_addr, &mut children) => r,

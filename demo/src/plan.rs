@@ -79,6 +79,14 @@ impl Ports {
     /// `base` > 0: fixed ports `base..base+PORT_SPAN`, each checked free. `base` == 0: free
     /// ports chosen by the OS (for tests and CI).
     pub fn plan(base: u16) -> anyhow::Result<Self> {
+        Ok(Self::reserve(base)?.0)
+    }
+
+    /// [`Ports::plan`], with the ports chosen by the OS still held: the caller releases them
+    /// (by dropping the [`Held`]) only after its own listeners on OS-chosen ports (the control
+    /// plane's API and discovery) are bound, so the OS cannot hand one of the demo's ports to
+    /// them in between (seen in CI: discovery and a sidecar's HTTP proxy on the same port).
+    pub fn reserve(base: u16) -> anyhow::Result<(Self, Held)> {
         let mut picker = Picker {
             base,
             held: Vec::new(),
@@ -114,13 +122,25 @@ impl Ports {
                 outbound,
             });
         }
-        Ok(Self {
+        let ports = Self {
             frontend_app,
             catalog_app,
             ratings_app,
             sidecars,
-        })
+        };
+        Ok((
+            ports,
+            Held {
+                _sockets: picker.held,
+            },
+        ))
     }
+}
+
+/// Sockets bound on the ports [`Ports::reserve`] chose; dropping it frees them for the
+/// children that will bind them.
+pub struct Held {
+    _sockets: Vec<Box<dyn std::any::Any>>,
 }
 
 /// Finds ports; while planning with `base` 0 it holds every port it picked so that no two
