@@ -142,7 +142,10 @@ async fn client_streaming_delivers_every_message_in_order() {
     let big = "x".repeat(600_000);
     let requests = tokio_stream::iter([say("first".into()), say(big.clone()), say("last".into())]);
     let reply = c.collect(requests).await.expect("collect").into_inner();
-    assert_eq!(reply.messages, vec!["first".to_string(), big, "last".to_string()]);
+    assert_eq!(
+        reply.messages,
+        vec!["first".to_string(), big, "last".to_string()]
+    );
 }
 
 #[tokio::test]
@@ -176,7 +179,10 @@ async fn bidirectional_streaming_interleaves_turn_by_turn() {
         }
         drop(tx);
         // The caller ended its stream: the server ends its own with OK.
-        assert!(replies.next().await.is_none(), "no reply after the last turn");
+        assert!(
+            replies.next().await.is_none(),
+            "no reply after the last turn"
+        );
     };
     tokio::time::timeout(std::time::Duration::from_secs(60), turns)
         .await

@@ -108,10 +108,15 @@ type Ws = WebSocketStream<TcpStream>;
 /// Open a WebSocket to `url` through the proxy listener at `via`.
 async fn open(via: SocketAddr, url: &str) -> Ws {
     let tcp = TcpStream::connect(via).await.unwrap();
-    let (ws, resp) = client_async(url, tcp).await.expect("the handshake succeeded");
+    let (ws, resp) = client_async(url, tcp)
+        .await
+        .expect("the handshake succeeded");
     assert_eq!(resp.status(), 101);
     // The app's 101 headers came back (the client library has checked the accept key too).
-    assert!(resp.headers().contains_key("sec-websocket-accept"), "{resp:?}");
+    assert!(
+        resp.headers().contains_key("sec-websocket-accept"),
+        "{resp:?}"
+    );
     ws
 }
 
@@ -148,7 +153,10 @@ async fn converse(mut ws: Ws) {
         Some(Ok(Message::Close(_))) => {}
         other => panic!("expected the app's close frame, got {other:?}"),
     }
-    assert!(ws.next().await.is_none(), "the connection ended after the close");
+    assert!(
+        ws.next().await.is_none(),
+        "the connection ended after the close"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,13 +208,23 @@ async fn a_route_picks_the_backend_of_an_upgrade_by_its_path() {
       - name: stable
         backends: [{subset: v1, weight: 100}]
 ";
-    let a = caller(&pki, &[(b1.bound.quic, "v1"), (b2.bound.quic, "v2")], routes).await;
+    let a = caller(
+        &pki,
+        &[(b1.bound.quic, "v1"), (b2.bound.quic, "v2")],
+        routes,
+    )
+    .await;
     for _ in 0..3 {
         converse(open(a.bound.outbound[0], "ws://ws:8080/beta/chat").await).await;
         converse(open(a.bound.outbound[0], "ws://ws:8080/chat").await).await;
     }
     let paths = |app: &WsApp| -> Vec<String> {
-        app.seen.lock().unwrap().iter().map(|(p, _)| p.clone()).collect()
+        app.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
     };
     assert_eq!(paths(&app2), vec!["/beta/chat"; 3]);
     assert_eq!(paths(&app1), vec!["/chat"; 3]);
@@ -259,17 +277,11 @@ async fn a_denied_upgrade_gets_403_and_never_reaches_the_app() {
     assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test]
-async fn an_app_that_does_not_switch_answers_as_usual() {
-    // The sample HTTP echo app ignores `Upgrade`: its ordinary answer comes back as it is,
-    // on the same connection, with no tunnel.
-    let pair = Pair::start().await;
-    let mut s = TcpStream::connect(pair.http1()).await.unwrap();
-    s.write_all(
-        b"GET /plain?x=1 HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
+/// Send one request head on a new connection to `addr` and return the response head,
+/// lower-cased.
+async fn response_head(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -280,9 +292,49 @@ async fn an_app_that_does_not_switch_answers_as_usual() {
             break i;
         }
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    String::from_utf8_lossy(&buf[..head_end]).to_lowercase()
+}
+
+#[tokio::test]
+async fn an_app_that_does_not_switch_answers_as_usual() {
+    // The sample HTTP echo app ignores `Upgrade`: its ordinary answer comes back as it is,
+    // with no tunnel. It did see the upgrade request (the header names it received).
+    let pair = Pair::start().await;
+    let head = response_head(
+        pair.http1(),
+        "GET /plain?x=1 HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: a2V5\r\n\r\n",
+    )
+    .await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("x-echo-method: get"), "{head}");
     assert!(head.contains("x-echo-path: /plain?x=1"), "{head}");
+    let names = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-echo-headers: "))
+        .unwrap();
+    assert!(names.split(',').any(|n| n == "upgrade"), "{names}");
+    assert!(
+        names.split(',').any(|n| n == "sec-websocket-key"),
+        "{names}"
+    );
     assert!(!head.contains("quiver-upgrade"), "{head}");
+
+    // An h2c upgrade offer is not carried: an ordinary request, its upgrade headers dropped.
+    let head = response_head(
+        pair.http_proxy(),
+        "GET /h2c HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("x-echo-path: /h2c"), "{head}");
+    let names = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-echo-headers: "))
+        .unwrap();
+    assert!(
+        !names
+            .split(',')
+            .any(|n| n == "upgrade" || n == "http2-settings"),
+        "{names}"
+    );
 }

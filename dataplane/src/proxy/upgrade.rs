@@ -54,6 +54,11 @@ pub struct Upgrade {
 
 /// The protocol an app's request asks to switch to: its `Upgrade` header, when its
 /// `Connection` header names `upgrade` (RFC 9110 §7.8). Only HTTP/1.1 has the mechanism.
+///
+/// `h2c` is left out (a request asking only for it is an ordinary request, its upgrade headers
+/// dropped as hop-by-hop, as before): the sidecar already speaks HTTP/2 to apps that want it,
+/// and a tunnel would carry every later request on that connection past routing and
+/// authorization. Clients offer it opportunistically (`curl --http2`) and do fine without.
 pub fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {
         return None;
@@ -67,10 +72,16 @@ pub fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
     if !asks {
         return None;
     }
-    headers
-        .get(header::UPGRADE)
-        .filter(|v| !v.is_empty())
-        .cloned()
+    let offered = headers.get(header::UPGRADE)?.to_str().ok()?;
+    let kept: Vec<&str> = offered
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("h2c"))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
 }
 
 /// Take an app's upgrade out of its request, if it asks for one. An upgrade request with a
@@ -88,9 +99,10 @@ pub fn take(
             "an upgrade request must not carry a body".into(),
         ));
     }
-    let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or_else(|| {
-        ProxyError::BadRequest("this connection cannot be upgraded".into())
-    })?;
+    let on_upgrade = parts
+        .extensions
+        .remove::<OnUpgrade>()
+        .ok_or_else(|| ProxyError::BadRequest("this connection cannot be upgraded".into()))?;
     Ok(Some(Upgrade {
         protocol,
         on_upgrade,
@@ -276,9 +288,10 @@ pub async fn to_app(
         }
     };
     let _ = sock.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, ProxyBody>(TokioIo::new(sock))
-        .await
-        .map_err(|e| ProxyError::UpstreamConnect(format!("{}: {e}", port.app)))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, ProxyBody>(TokioIo::new(sock))
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect(format!("{}: {e}", port.app)))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "app connection for an upgrade ended with an error");
@@ -334,5 +347,83 @@ pub async fn pump_to_app(
             tracing::debug!(error = %e, "the app's switched connection was lost");
             tx.reset();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::HeaderName;
+
+    fn head(connection: &str, upgrade: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_str(connection).unwrap(),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_str(upgrade).unwrap());
+        h
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers_and_http1_1() {
+        let v11 = Version::HTTP_11;
+        let ws = requested(v11, &head("keep-alive, Upgrade", "websocket"));
+        assert_eq!(ws.unwrap(), "websocket");
+        assert!(requested(v11, &head("keep-alive", "websocket")).is_none());
+        let mut only_connection = head("upgrade", "x");
+        only_connection.remove(header::UPGRADE);
+        assert!(requested(v11, &only_connection).is_none());
+        assert!(requested(Version::HTTP_10, &head("upgrade", "websocket")).is_none());
+        assert!(requested(Version::HTTP_2, &head("upgrade", "websocket")).is_none());
+    }
+
+    #[test]
+    fn h2c_is_not_carried() {
+        let v11 = Version::HTTP_11;
+        assert!(requested(v11, &head("Upgrade, HTTP2-Settings", "h2c")).is_none());
+        let other = requested(v11, &head("upgrade", "H2C, foo/2")).unwrap();
+        assert_eq!(other, "foo/2");
+    }
+
+    #[test]
+    fn the_carried_request_comes_back_whole_and_bad_fields_are_named() {
+        let mut head = Request::new(());
+        *head.method_mut() = Method::GET;
+        *head.uri_mut() = "https://chat:8080/room/1?x=2".parse().unwrap();
+        head.headers_mut()
+            .insert("sec-websocket-key", HeaderValue::from_static("k"));
+        let mut carried = mesh_head(head, &HeaderValue::from_static("websocket")).unwrap();
+        assert_eq!(carried.method(), Method::CONNECT);
+        assert_eq!(carried.uri(), "chat:8080");
+        let protocol = from_mesh(&mut carried).unwrap().unwrap();
+        assert_eq!(protocol, "websocket");
+        assert_eq!(carried.method(), Method::GET);
+        assert_eq!(carried.uri(), "https://chat:8080/room/1?x=2");
+        assert_eq!(carried.headers()["sec-websocket-key"], "k");
+        assert!(!carried.headers().contains_key(METHOD_HEADER));
+
+        let bad = |name: &str, value: &str| {
+            let mut r = Request::new(());
+            *r.method_mut() = Method::CONNECT;
+            *r.uri_mut() = "chat:8080".parse().unwrap();
+            let h = r.headers_mut();
+            h.insert(UPGRADE_HEADER, HeaderValue::from_static("websocket"));
+            h.insert(METHOD_HEADER, HeaderValue::from_static("GET"));
+            h.insert(PATH_HEADER, HeaderValue::from_static("/"));
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+            from_mesh(&mut r).unwrap_err().to_string()
+        };
+        assert!(bad(PATH_HEADER, "room").contains(PATH_HEADER));
+        assert!(bad(METHOD_HEADER, "CONNECT").contains(METHOD_HEADER));
+        assert!(bad(METHOD_HEADER, "G T").contains(METHOD_HEADER));
+
+        // Any other CONNECT (a TCP tunnel) is left alone.
+        let mut tunnel = Request::new(());
+        *tunnel.method_mut() = Method::CONNECT;
+        assert!(from_mesh(&mut tunnel).unwrap().is_none());
     }
 }
