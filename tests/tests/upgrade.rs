@@ -41,6 +41,10 @@ async fn start_ws_app() -> WsApp {
             count.fetch_add(1, Ordering::SeqCst);
             let log = log.clone();
             tokio::spawn(async move {
+                #[allow(
+                    clippy::result_large_err,
+                    reason = "the error type is the WebSocket library's callback signature"
+                )]
                 let record = |req: &Request, resp: Response| {
                     let peer = req
                         .headers()
