@@ -107,16 +107,12 @@ fn panel_queries(dash: &Value) -> Vec<(String, String)> {
         .into_iter()
         .flat_map(|p| {
             let title = p["title"].as_str().unwrap_or("?").to_string();
-            p["targets"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(move |t| {
-                    let expr = t["expr"].as_str().unwrap_or_else(|| {
-                        panic!("a query of panel {title:?} has no expr: {t}")
-                    });
-                    (title.clone(), expr.to_string())
-                })
+            p["targets"].as_array().into_iter().flatten().map(move |t| {
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a query of panel {title:?} has no expr: {t}"));
+                (title.clone(), expr.to_string())
+            })
         })
         .collect()
 }
@@ -189,7 +185,12 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             }
             b'{' => i = skip_group(i, b'{', b'}'),
             b'[' => i = skip_group(i, b'[', b']'),
-            b'#' => i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |n| i + n),
+            b'#' => {
+                i = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |n| i + n)
+            }
             b'$' => {
                 i += 1;
                 if b.get(i) == Some(&b'{') {
@@ -223,6 +224,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                         }
                     }
                     "and" | "or" | "unless" | "bool" | "offset" | "inf" | "nan" | "atan2" => {}
+                    // Aggregations: `sum by (x) (...)` has its modifier before the call.
+                    "sum" | "min" | "max" | "avg" | "group" | "stddev" | "stdvar" | "count"
+                    | "count_values" | "bottomk" | "topk" | "quantile" => {}
                     _ if call => {}
                     _ => {
                         out.insert(word.to_string());
@@ -295,7 +299,11 @@ fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
         "          sum by (namespace, service, direction) (\n              rate(quiver_requests_total{status_class=\"5xx\"}[1m])\n            or\n",
         "          sum by (namespace, service, direction) (\n              rate(quiver_requests_total{status_class=\"5xx\"}[1m])\n            +\n",
     );
-    assert_ne!(broken, read("rules.yml"), "the error rule is as this test expects");
+    assert_ne!(
+        broken,
+        read("rules.yml"),
+        "the error rule is as this test expects"
+    );
     std::fs::write(dir.join("rules.yml"), broken).unwrap();
     std::fs::copy(&tests, dir.join("rules_test.yml")).unwrap();
     let (ok, said) = promtool(&[
@@ -327,7 +335,9 @@ fn the_dashboard_is_well_formed() {
     assert!(all.len() > 10, "{} panels", all.len());
     let mut ids = BTreeSet::new();
     for p in &all {
-        let id = p["id"].as_u64().unwrap_or_else(|| panic!("panel without id: {p}"));
+        let id = p["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("panel without id: {p}"));
         assert!(ids.insert(id), "panel id {id} used twice");
         let title = p["title"].as_str().unwrap_or("?");
         assert_eq!(
@@ -399,7 +409,8 @@ type Client = hyper_util::client::legacy::Client<
 >;
 
 /// `web` calls `reviews` (HTTP), `db` (TCP), and `ghost` and `cache`, which have no
-/// endpoints (the proxy's own errors); each joined proxy a process, the control plane too.
+/// endpoints (the proxy's own errors); each joined proxy a process, the control plane too,
+/// with certificates that live 12 s.
 struct TrafficMesh {
     _dir: PathBuf,
     cp: ControlPlane,
@@ -447,7 +458,8 @@ impl TrafficMesh {
         quiver_tests::init_log();
         let dir = temp_dir(test);
         let db = Db::sqlite(&dir);
-        let cp = ControlPlane::start(&db, &dir, &[]).await;
+        // Short-lived certificates: proxies renew every 8 s, so the renewal series exist.
+        let cp = ControlPlane::start(&db, &dir, &["--svid-ttl", "12s"]).await;
         let http_app = serve_http_echo("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -527,9 +539,15 @@ impl TrafficMesh {
         for code in [503, 404] {
             assert_eq!(get(reviews, &format!("/status/{code}")).await, code);
         }
-        assert_eq!(get(web.outbound[2], "/").await, 503, "ghost has no endpoint");
+        assert_eq!(
+            get(web.outbound[2], "/").await,
+            503,
+            "ghost has no endpoint"
+        );
         for _ in 0..3 {
-            let mut s = tokio::net::TcpStream::connect(web.outbound[1]).await.unwrap();
+            let mut s = tokio::net::TcpStream::connect(web.outbound[1])
+                .await
+                .unwrap();
             s.write_all(b"select 1").await.unwrap();
             s.shutdown().await.unwrap();
             let mut back = Vec::new();
@@ -537,7 +555,9 @@ impl TrafficMesh {
             assert!(back.starts_with(b"select 1"), "{back:?}");
         }
         // cache has no endpoint: the proxy closes the connection without a byte.
-        let mut s = tokio::net::TcpStream::connect(web.outbound[3]).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(web.outbound[3])
+            .await
+            .unwrap();
         let mut back = Vec::new();
         let _ = s.read_to_end(&mut back).await;
         assert!(back.is_empty());
@@ -679,8 +699,14 @@ scrape_configs:
         let log = dir.join("prometheus.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -696,9 +722,7 @@ scrape_configs:
         quiver_tests::eventually("prometheus is ready", Duration::from_secs(30), || {
             let exited = p.child.try_wait().ok().flatten();
             assert!(exited.is_none(), "prometheus exited: {}", p.logs());
-            async move {
-                matches!(admin_get(addr, "/-/ready").await, Ok((200, _))).then_some(())
-            }
+            async move { matches!(admin_get(addr, "/-/ready").await, Ok((200, _))).then_some(()) }
         })
         .await;
         p
@@ -711,8 +735,8 @@ scrape_configs:
     /// GET `path` of the HTTP API: its `data`.
     async fn api(&self, path: &str) -> Value {
         let (status, body) = admin_get(self.addr, path).await.expect("prometheus API");
-        let doc: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        let doc: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
         assert_eq!(doc["status"], "success", "{path} ({status}): {body}");
         doc["data"].clone()
     }
@@ -824,9 +848,7 @@ async fn prometheus_evaluates_every_rule_and_answers_every_panel_on_a_running_me
     let no_data = until_none_missing(|| async move {
         let mut no_data = Vec::new();
         for (title, expr) in queries {
-            let expr = expr
-                .replace("$namespace", ".*")
-                .replace("$service", ".*");
+            let expr = expr.replace("$namespace", ".*").replace("$service", ".*");
             if prom.query(&expr).await.is_empty() {
                 no_data.push(format!("{title}: {expr}"));
             }
@@ -834,7 +856,10 @@ async fn prometheus_evaluates_every_rule_and_answers_every_panel_on_a_running_me
         no_data
     })
     .await;
-    assert!(no_data.is_empty(), "dashboard queries without data: {no_data:#?}");
+    assert!(
+        no_data.is_empty(),
+        "dashboard queries without data: {no_data:#?}"
+    );
     for (var, selector, label) in variable_queries(&dash) {
         let selector = selector.replace("$namespace", ".*");
         let values = prom
@@ -843,7 +868,11 @@ async fn prometheus_evaluates_every_rule_and_answers_every_panel_on_a_running_me
                 url_encode(&selector)
             ))
             .await;
-        let want = if var == "namespace" { "default" } else { "reviews" };
+        let want = if var == "namespace" {
+            "default"
+        } else {
+            "reviews"
+        };
         assert!(
             values
                 .as_array()
@@ -854,7 +883,9 @@ async fn prometheus_evaluates_every_rule_and_answers_every_panel_on_a_running_me
 
     // The error ratio is what the traffic was: of web's calls to ghost, all failed.
     let ghost = prom
-        .query(r#"service:quiver_request_errors:ratio_rate1m{service="ghost",direction="outbound"}"#)
+        .query(
+            r#"service:quiver_request_errors:ratio_rate1m{service="ghost",direction="outbound"}"#,
+        )
         .await;
     assert_eq!(ghost.len(), 1, "{ghost:?}");
     assert_eq!(ghost[0]["value"][1], "1", "{ghost:?}");
