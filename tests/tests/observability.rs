@@ -544,14 +544,23 @@ impl TrafficMesh {
             503,
             "ghost has no endpoint"
         );
-        for _ in 0..3 {
-            let mut s = tokio::net::TcpStream::connect(web.outbound[1])
-                .await
-                .unwrap();
-            s.write_all(b"select 1").await.unwrap();
-            s.shutdown().await.unwrap();
+        // A tunnel to db: the echo of what was sent ("" while web does not know db's endpoint).
+        let db = web.outbound[1];
+        let tunnel = || async move {
+            let mut s = tokio::net::TcpStream::connect(db).await.unwrap();
+            // A refused tunnel may close before the write: what comes back tells.
+            let _ = s.write_all(b"select 1").await;
+            let _ = s.shutdown().await;
             let mut back = Vec::new();
-            s.read_to_end(&mut back).await.unwrap();
+            let _ = s.read_to_end(&mut back).await;
+            back
+        };
+        quiver_tests::eventually("web reaches db", Duration::from_secs(20), || async move {
+            tunnel().await.starts_with(b"select 1").then_some(())
+        })
+        .await;
+        for _ in 0..3 {
+            let back = tunnel().await;
             assert!(back.starts_with(b"select 1"), "{back:?}");
         }
         // cache has no endpoint: the proxy closes the connection without a byte.
