@@ -56,9 +56,10 @@ if ! pg_ready; then
 fi
 log "PostgreSQL is up on 127.0.0.1:5432"
 
-# --- promtool (tests lint every /metrics endpoint with it) ---------------------------------
-if ! command -v promtool >/dev/null; then
-  apt_install "the /metrics lint (promtool)" --no-install-recommends prometheus
+# --- promtool and prometheus (tests lint every /metrics endpoint with promtool, check
+# deploy/observability/ with it, and run a real Prometheus over a mesh; one package) ---------
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  apt_install "the /metrics lint and the dashboard tests (promtool, prometheus)" --no-install-recommends prometheus
 fi
 log "$(promtool --version 2>&1 | head -n 1)"
 # --- the web console's tests: headless Chromium, node, playwright-core -----------------------
