@@ -200,6 +200,30 @@ async fn dry_run_checks_like_apply_and_stores_nothing() {
         .fails(&["apply", "--dry-run=client", "-f", path(dir.path())])
         .await;
     assert!(err.contains("--dry-run"), "{err}");
+
+    // The RPC itself: an admin's call like Apply, a missing object named.
+    let status = server
+        .admin()
+        .await
+        .dry_run_apply(quiver_api::v1::DryRunApplyRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("object: required"),
+        "{status:?}"
+    );
+    let viewer = ctl.ok(&["token", "create", "--role", "viewer"]).await;
+    let err = Ctl {
+        server: server.url.clone(),
+        token: viewer.trim().to_string(),
+    }
+    .fails(&["apply", "--dry-run", "-f", path(dir.path())])
+    .await;
+    assert!(
+        err.contains("PermissionDenied") && err.contains("DryRunApply"),
+        "{err}"
+    );
     server.stop().await;
 }
 

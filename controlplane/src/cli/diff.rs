@@ -187,8 +187,8 @@ mod tests {
             field_changes(&live, &desired),
             vec![
                 "metadata.labels: {\"app.kubernetes.io/name\":\"x\"} -> (absent)",
-                "spec.timeout: 2s -> (absent)",
                 "spec.rules[1]: (absent) -> {\"name\":\"b\"}",
+                "spec.timeout: 2s -> (absent)",
             ]
         );
         let live = yaml("metadata: {labels: {app.kubernetes.io/name: x}}");
