@@ -9,7 +9,7 @@ mod ca;
 pub mod certs;
 pub mod client;
 mod diff;
-mod prune;
+pub mod prune;
 pub mod resources;
 mod revoke;
 mod tokens;
@@ -187,7 +187,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
                 selector,
                 prune,
             };
-            resources::apply(&conn, &files, &opts).await
+            resources::apply_with(&conn, &files, &opts).await
         }
         Command::Diff { files, conn } => diff::run(&conn, &files).await,
         Command::Get {

@@ -72,6 +72,7 @@ fn read(p: &Path) -> anyhow::Result<String> {
 }
 
 /// How `apply` runs beyond its files.
+#[derive(Debug, Default)]
 pub struct ApplyOptions {
     /// Ask the server what would happen (`DryRunApply`); nothing is stored.
     pub dry_run: bool,
@@ -81,7 +82,13 @@ pub struct ApplyOptions {
     pub prune: bool,
 }
 
-pub async fn apply(
+/// `quiverctl apply -f ...`: every document applied, in kind order.
+pub async fn apply(conn: &Connection, files: &[PathBuf]) -> anyhow::Result<()> {
+    apply_with(conn, files, &ApplyOptions::default()).await
+}
+
+/// `apply` with `--dry-run`, `-l` and `--prune`.
+pub async fn apply_with(
     conn: &Connection,
     files: &[PathBuf],
     opts: &ApplyOptions,
