@@ -453,4 +453,12 @@ impl MeshAdmin for AdminApi {
     ) -> Result<Response<v1::ServiceGraph>, Status> {
         self.call("GetServiceGraph", self.service_graph(req)).await
     }
+
+    async fn dry_run_apply(
+        &self,
+        req: Request<v1::DryRunApplyRequest>,
+    ) -> Result<Response<v1::DryRunApplyResponse>, Status> {
+        self.call("DryRunApply", AdminApi::dry_run_apply(self, req))
+            .await
+    }
 }
