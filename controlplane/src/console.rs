@@ -100,7 +100,7 @@ impl Console {
         };
         match found {
             Ok(found) => send(&req, found),
-            Err(resp) => resp,
+            Err(resp) => *resp,
         }
     }
 }
@@ -113,10 +113,10 @@ fn is_client_route(relative: &Path) -> bool {
         .is_some_and(|n| n.contains('.'))
 }
 
-fn from_embedded(relative: &Path) -> Result<Found, Response<Body>> {
+fn from_embedded(relative: &Path) -> Result<Found, Box<Response<Body>>> {
     let lookup = |name: &str| EMBEDDED.iter().find(|f| f.name == name);
     let Some(index) = lookup("index.html") else {
-        return Err(text(StatusCode::NOT_FOUND, NOT_BUILT));
+        return Err(Box::new(text(StatusCode::NOT_FOUND, NOT_BUILT)));
     };
     // The bundle is flat: a file is one segment.
     let named = relative.to_str().and_then(lookup);
@@ -125,10 +125,10 @@ fn from_embedded(relative: &Path) -> Result<Found, Response<Body>> {
         Some(file) => file,
         None if is_client_route(relative) => index,
         None => {
-            return Err(text(
+            return Err(Box::new(text(
                 StatusCode::NOT_FOUND,
                 "no such file in the console bundle\n",
-            ));
+            )));
         }
     };
     Ok(Found {
@@ -138,16 +138,16 @@ fn from_embedded(relative: &Path) -> Result<Found, Response<Body>> {
     })
 }
 
-async fn from_dir(dir: &Path, relative: &Path) -> Result<Found, Response<Body>> {
+async fn from_dir(dir: &Path, relative: &Path) -> Result<Found, Box<Response<Body>>> {
     let index = dir.join("index.html");
     if !is_file(&index).await {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::NOT_FOUND,
             &format!(
                 "{} (--console-dir) has no index.html: build it with console/build.sh\n",
                 dir.display()
             ),
-        ));
+        )));
     }
     let candidate = dir.join(relative);
     let file = if relative.as_os_str().is_empty() {
@@ -157,17 +157,17 @@ async fn from_dir(dir: &Path, relative: &Path) -> Result<Found, Response<Body>> 
     } else if is_client_route(relative) {
         index
     } else {
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::NOT_FOUND,
             "no such file in the console bundle\n",
-        ));
+        )));
     };
     let (meta, body) = match tokio::fs::metadata(&file).await {
         Ok(meta) => match tokio::fs::read(&file).await {
             Ok(body) => (meta, body),
-            Err(e) => return Err(read_error(&file, e)),
+            Err(e) => return Err(Box::new(read_error(&file, e))),
         },
-        Err(e) => return Err(read_error(&file, e)),
+        Err(e) => return Err(Box::new(read_error(&file, e))),
     };
     let mtime = meta
         .modified()
