@@ -201,7 +201,10 @@ async fn lapsed_lease_removes_the_endpoint(server: &TestServer) {
     let held_until = tokio::time::Instant::now() + Duration::from_millis(2500);
     while tokio::time::Instant::now() < held_until {
         reviews_client
-            .keep_alive(v1::KeepAliveRequest { name: name.clone() })
+            .keep_alive(v1::KeepAliveRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
             .await
             .expect("keep-alive");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -237,7 +240,10 @@ async fn lapsed_lease_removes_the_endpoint(server: &TestServer) {
         .items;
     assert!(listed.is_empty(), "{listed:?}");
     let err = reviews_client
-        .keep_alive(v1::KeepAliveRequest { name })
+        .keep_alive(v1::KeepAliveRequest {
+            name,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");

@@ -453,4 +453,20 @@ impl MeshAdmin for AdminApi {
     ) -> Result<Response<v1::ServiceGraph>, Status> {
         self.call("GetServiceGraph", self.service_graph(req)).await
     }
+
+    async fn list_proxy_status(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::ProxyStatusList>, Status> {
+        self.call("ListProxyStatus", super::proxies::list(&self.inputs, req))
+            .await
+    }
+
+    async fn get_proxy_config(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::ProxyConfig>, Status> {
+        self.call("GetProxyConfig", super::proxies::config(&self.inputs, req))
+            .await
+    }
 }

@@ -21,6 +21,7 @@ mod admin;
 mod ca;
 mod discovery;
 mod peer;
+mod proxies;
 mod resources;
 mod revocations;
 mod telemetry;
@@ -52,6 +53,8 @@ pub struct Inputs {
     /// This replica's revocations in force (the deny-list proxies are sent).
     pub revocations: RevocationView,
     pub started_at: String,
+    /// What this replica's Watch streams pushed (for proxies' status reports).
+    pub pushed: crate::discovery::pushed::PushLog,
     /// Stores what proxies report, in group commits (and exports it, with `--otlp-endpoint`).
     pub spans: crate::telemetry::writer::SpanWriter,
 }

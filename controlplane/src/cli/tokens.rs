@@ -157,14 +157,38 @@ pub async fn join_token(cmd: JoinTokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn status(conn: &Connection) -> anyhow::Result<()> {
-    let mut c = client::connect(conn).await?;
+pub async fn status(conn: &Connection, output: &str) -> anyhow::Result<()> {
+    let target = super::profiles::resolve(conn)?;
+    let mut c = client::connect_to(&target).await?;
     let s = c
         .status(v1::StatusRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
         .into_inner();
-    println!("server:               {}", conn.server);
+    if output == "json" || output == "yaml" {
+        let doc = serde_json::json!({
+            "server": target.server,
+            "context": target.context,
+            "version": s.version,
+            "store": s.store,
+            "trustDomain": s.trust_domain,
+            "resourceVersion": s.resource_version,
+            "watchers": s.watchers,
+            "startedAt": s.started_at,
+            "role": s.role,
+            "counts": s.counts,
+        });
+        if output == "json" {
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            print!("{}", serde_yaml::to_string(&doc)?);
+        }
+        return Ok(());
+    }
+    println!("server:               {}", target.server);
+    if let Some(ctx) = &target.context {
+        println!("context:              {ctx}");
+    }
     println!("version:              {}", s.version);
     println!("store:                {}", s.store);
     println!("trust domain:         {}", s.trust_domain);
