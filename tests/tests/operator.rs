@@ -457,6 +457,40 @@ async fn completions_parse_and_contexts_pick_server_and_token() {
     assert_eq!(doc["role"], "viewer", "{doc}");
     assert_eq!(doc["context"], "nowhere", "{doc}");
 
+    // The read commands' machine-readable output.
+    let admin_env = [
+        ("QUIVER_SERVER", server.as_str()),
+        ("QUIVER_TOKEN", ADMIN_TOKEN),
+    ];
+    for args in [
+        &["token", "list", "-o", "yaml"][..],
+        &["revoke", "list", "-o", "yaml"],
+        &["ca", "status", "-o", "yaml"],
+        &["status", "-o", "yaml"],
+    ] {
+        let out = quiverctl(args, &admin_env).await;
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let _: serde_yaml::Value = serde_yaml::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} -o yaml: {e}: {}", text(&out)));
+    }
+    let tokens = quiverctl(&["token", "list", "-o", "json"], &admin_env).await;
+    let tokens: serde_json::Value = serde_json::from_slice(&tokens.stdout).unwrap();
+    assert!(
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["role"] == "viewer" && t["kind"] == "api"),
+        "{tokens}"
+    );
+    let ca: serde_json::Value = serde_json::from_slice(
+        &quiverctl(&["ca", "status", "-o", "json"], &admin_env)
+            .await
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(ca["certificates"][0]["role"], "root", "{ca}");
+
     // Mistakes name what is wrong.
     let out = quiverctl(&["status", "--context", "typo"], &env).await;
     assert!(!out.status.success());
@@ -473,4 +507,100 @@ async fn completions_parse_and_contexts_pick_server_and_token() {
         "{}",
         text(&out)
     );
+}
+
+/// With two replicas on one Postgres, each proxy talks to one of them; proxy-status through
+/// either lists every proxy (the reports are in the store), and a push made by the replica
+/// holding a stopped proxy's Watch stream shows it STALE through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_answers_for_every_proxy() {
+    quiver_tests::init_log();
+    let db = Db::postgres().await;
+    let dir = temp_dir("operator-replicas");
+    let a = ControlPlane::start(&db, &dir, &["--lease-ttl", "120s"]).await;
+    let b = ControlPlane::start(&db, &dir, &["--lease-ttl", "120s"]).await;
+    a.apply(&services_yaml(&["v1", "v2"])).await;
+    a.apply(&route_yaml(50)).await;
+    let ca = a.write_ca(&dir).await;
+    let _web = join(&a, &ca, &dir, "web", "v1").await;
+    let mut reviews = join(&b, &ca, &dir, "reviews", "v1").await;
+    let through = |cp: &ControlPlane| Ctl {
+        server: format!("http://{}", cp.api),
+    };
+    let (ctl_a, ctl_b) = (through(&a), through(&b));
+    for ctl in [&ctl_a, &ctl_b] {
+        eventually(
+            "both proxies SYNCED through this replica",
+            Duration::from_secs(30),
+            || async {
+                let p = ctl.proxies().await;
+                let synced = ["web", "reviews"]
+                    .iter()
+                    .all(|s| state_of(&p, s).is_some_and(|x| x["state"] == "SYNCED"));
+                (p.len() == 2 && synced).then_some(())
+            },
+        )
+        .await;
+    }
+    // The reviews proxy reported to B; A serves the config it runs.
+    let workload = state_of(&ctl_a.proxies().await, "reviews").unwrap()["workload"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&ctl_a.ok(&["proxy-config", &workload, "-o", "json"]).await).unwrap();
+    assert_eq!(
+        cfg["snapshot"]["routes"][0]["metadata"]["name"], "reviews",
+        "{cfg}"
+    );
+
+    let pid = reviews.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    a.apply(&route_yaml(10)).await;
+    eventually(
+        "reviews STALE, seen through A",
+        Duration::from_secs(30),
+        || async {
+            let p = ctl_a.proxies().await;
+            (state_of(&p, "reviews")?["state"] == "STALE").then_some(())
+        },
+    )
+    .await;
+    let (ok, out) = eventually(
+        "check through A fails on it",
+        Duration::from_secs(30),
+        || async {
+            let r = ctl_a.check(&["--stale-after", "1s"]).await;
+            (!r.0).then_some(r)
+        },
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("✘ proxy default/{workload} (reviews) is STALE")),
+        "{out}"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually(
+        "reviews SYNCED again through A",
+        Duration::from_secs(30),
+        || async {
+            let p = ctl_a.proxies().await;
+            (state_of(&p, "reviews")?["state"] == "SYNCED").then_some(())
+        },
+    )
+    .await;
+    reviews.kill();
 }

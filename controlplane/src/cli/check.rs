@@ -146,8 +146,7 @@ pub async fn run(a: CheckArgs) -> anyhow::Result<()> {
         findings.extend(analyze(&mesh, &limits, SystemTime::now()));
     }
     match a.output.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&findings)?),
-        "yaml" => print!("{}", serde_yaml::to_string(&findings)?),
+        "json" | "yaml" => super::print_doc(&findings, &a.output)?,
         _ => print!("{}", render(&findings)),
     }
     let failures = findings

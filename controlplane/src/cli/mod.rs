@@ -176,3 +176,14 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::Certs(_) | Command::Config(_) | Command::Completion { .. } => Ok(()),
     }
 }
+
+/// Print `doc` as `json` (pretty) or `yaml`, the machine-readable `-o` formats of the read
+/// commands.
+fn print_doc<T: serde::Serialize>(doc: &T, output: &str) -> anyhow::Result<()> {
+    if output == "yaml" {
+        print!("{}", serde_yaml::to_string(doc)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(doc)?);
+    }
+    Ok(())
+}

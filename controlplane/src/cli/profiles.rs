@@ -386,8 +386,7 @@ fn print_contexts(file: &ConfigFile, output: &str) -> anyhow::Result<()> {
         })
         .collect();
     match output {
-        "json" => println!("{}", serde_json::to_string_pretty(&shown)?),
-        "yaml" => print!("{}", serde_yaml::to_string(&shown)?),
+        "json" | "yaml" => super::print_doc(&shown, output)?,
         _ => {
             let wide = output == "wide";
             let mut rows = vec![vec![

@@ -42,8 +42,7 @@ pub async fn status(a: ProxyStatusArgs) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
         .into_inner();
     match a.output.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&list.items)?),
-        "yaml" => print!("{}", serde_yaml::to_string(&list.items)?),
+        "json" | "yaml" => super::print_doc(&list.items, &a.output)?,
         other => print!("{}", table(&list.items, other == "wide")),
     }
     Ok(())
@@ -163,10 +162,7 @@ pub async fn config(a: ProxyConfigArgs) -> anyhow::Result<()> {
         "latestVersion": status.latest_version,
         "snapshot": snapshot,
     });
-    match a.output.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&doc)?),
-        _ => print!("{}", serde_yaml::to_string(&doc)?),
-    }
+    super::print_doc(&doc, &a.output)?;
     Ok(())
 }
 

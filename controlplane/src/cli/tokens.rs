@@ -24,6 +24,9 @@ pub enum TokenCommand {
     },
     /// List API and join tokens: id, kind, role or identity, expiry. Never the secrets.
     List {
+        /// Output format.
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
+        output: String,
         #[command(flatten)]
         conn: Connection,
     },
@@ -86,13 +89,35 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             );
             println!("{}", resp.token);
         }
-        TokenCommand::List { conn } => {
+        TokenCommand::List { output, conn } => {
             let mut c = client::connect(&conn).await?;
             let list = c
                 .list_tokens(v1::ListTokensRequest {})
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
                 .into_inner();
+            if output != "table" {
+                let rows: Vec<serde_json::Value> = list
+                    .items
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "kind": t.kind,
+                            "id": t.id,
+                            "role": t.role,
+                            "description": t.description,
+                            "spiffeId": t.spiffe_id,
+                            "createdAt": t.created_at,
+                            "expiresAt": t.expires_at,
+                            "uses": t.uses,
+                            "maxUses": t.max_uses,
+                            "expired": t.expired,
+                        })
+                    })
+                    .collect();
+                super::print_doc(&rows, &output)?;
+                return Ok(());
+            }
             println!(
                 "{:<14} {:<5} {:<8} {:<26} {:<22} {:<8} WHAT",
                 "ID", "KIND", "ROLE", "EXPIRES", "CREATED", "STATE"
@@ -178,11 +203,7 @@ pub async fn status(conn: &Connection, output: &str) -> anyhow::Result<()> {
             "role": s.role,
             "counts": s.counts,
         });
-        if output == "json" {
-            println!("{}", serde_json::to_string_pretty(&doc)?);
-        } else {
-            print!("{}", serde_yaml::to_string(&doc)?);
-        }
+        super::print_doc(&doc, output)?;
         return Ok(());
     }
     println!("server:               {}", target.server);
