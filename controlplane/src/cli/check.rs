@@ -36,7 +36,7 @@ pub struct CheckArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    quiver_api::duration::parse(s).map_err(|e| e.to_string())
+    quiver_api::duration::parse(s)
 }
 
 /// How a finding counts.
