@@ -17,6 +17,11 @@ use quiver_tests::mesh::{ADMIN_TOKEN, ControlPlane, Db, MeshProxy, ProxySpec, bi
 use quiver_tests::pki::temp_dir;
 
 fn services_yaml(subsets: &[&str]) -> String {
+    services_on(subsets, 19080)
+}
+
+/// The mesh's Services, the reviews app on `reviews_port`.
+fn services_on(subsets: &[&str], reviews_port: u16) -> String {
     let subsets: String = subsets
         .iter()
         .map(|s| format!("  - {{name: {s}, labels: {{version: {s}}}}}\n"))
@@ -33,7 +38,7 @@ apiVersion: quiver.dev/v1
 kind: Service
 metadata: {{name: reviews, namespace: default}}
 spec:
-  ports: [{{name: http, port: 9080, protocol: http1, targetPort: 19080}}]
+  ports: [{{name: http, port: 9080, protocol: http1, targetPort: {reviews_port}}}]
   subsets:
 {subsets}"#
     )
@@ -230,9 +235,12 @@ async fn proxy_status_config_and_check_follow_a_real_mesh() {
         text(&missing)
     );
 
-    // A healthy mesh: check passes.
-    let (ok, out) = ctl.check(&[]).await;
-    assert!(ok, "{out}");
+    // A healthy mesh: check passes (once any push still in flight is reported applied).
+    let out = eventually("check passes", Duration::from_secs(30), || async {
+        let (ok, out) = ctl.check(&[]).await;
+        (ok && out.contains("2 of 2 proxies in sync")).then_some(out)
+    })
+    .await;
     assert!(out.contains("✔ control plane reachable"), "{out}");
     assert!(out.contains("2 of 2 proxies in sync"), "{out}");
 
@@ -303,6 +311,41 @@ async fn proxy_status_config_and_check_follow_a_real_mesh() {
         || async { ctl.check(&[]).await.0.then_some(()) },
     )
     .await;
+    // A push the proxy refuses (the Service now sends inbound traffic to the sidecar's own
+    // admin port): REFUSED with its reason, and check names it.
+    cp.apply(&services_on(&["v1", "v2"], reviews.admin.port()))
+        .await;
+    let refused = eventually("reviews REFUSED", Duration::from_secs(30), || async {
+        let p = ctl.proxies().await;
+        let r = state_of(&p, "reviews")?.clone();
+        (r["state"] == "REFUSED").then_some(r)
+    })
+    .await;
+    assert!(
+        refused["refusedReason"]
+            .as_str()
+            .unwrap()
+            .contains("sidecar's own listener"),
+        "{refused}"
+    );
+    let (ok, out) = ctl.check(&[]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "✘ proxy default/{reviews_workload} (reviews) REFUSED v"
+        )),
+        "{out}"
+    );
+    let wide = ctl.ok(&["proxy-status", "-o", "wide"]).await;
+    assert!(wide.contains("sidecar's own listener"), "{wide}");
+    cp.apply(&services_yaml(&["v1", "v2"])).await;
+    eventually(
+        "check passes once the Service is fixed",
+        Duration::from_secs(30),
+        || async { ctl.check(&[]).await.0.then_some(()) },
+    )
+    .await;
+
     // The route the resumed proxy runs is the new one.
     let cfg: serde_json::Value = serde_json::from_str(
         &ctl.ok(&["proxy-config", &reviews_workload, "-o", "json"])

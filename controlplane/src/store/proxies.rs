@@ -121,6 +121,8 @@ where
     Vec<u8>: Value<DB>,
 {
     async fn put_proxy_report(&self, r: &ProxyStatusRecord) -> Result<i64, StoreError> {
+        // SQLite: one writer at a time, or a resource write's transaction fails with BUSY.
+        let _guard = self.write_guard().await;
         Ok(sqlx::query_scalar(PUT)
             .bind(r.namespace.as_str())
             .bind(r.workload.as_str())
@@ -146,6 +148,7 @@ where
         version: i64,
         snapshot: &[u8],
     ) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
         sqlx::query(PUT_SNAPSHOT)
             .bind(version)
             .bind(snapshot)
@@ -163,6 +166,7 @@ where
         version: i64,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
         sqlx::query(NOTE_PUSHED)
             .bind(version)
             .bind(now_ms)
@@ -210,6 +214,7 @@ where
     }
 
     async fn delete_proxy_status(&self, namespace: &str, workload: &str) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
         sqlx::query(DELETE)
             .bind(namespace)
             .bind(workload)
