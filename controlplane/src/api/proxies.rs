@@ -136,9 +136,35 @@ pub async fn list(
         .await
         .map_err(store_status)?;
     let now = now_ms();
-    Ok(v1::ProxyStatusList {
-        items: rows.iter().map(|r| state_of(r, now)).collect(),
-    })
+    let mut items: Vec<v1::ProxyStatus> = rows.iter().map(|r| state_of(r, now)).collect();
+    // Registered workloads whose proxy has not reported (just started, or older than this
+    // control plane) are listed too, as UNKNOWN.
+    let reported: std::collections::BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| (r.namespace.clone(), r.workload.clone()))
+        .collect();
+    let view = inputs.view.current();
+    for (name_ns, state) in &view.namespaces {
+        if !ns.is_empty() && *name_ns != ns {
+            continue;
+        }
+        for (name, w) in &state.workloads {
+            if reported.contains(&(name_ns.clone(), name.clone())) {
+                continue;
+            }
+            let spec = w.spec.clone().unwrap_or_default();
+            items.push(v1::ProxyStatus {
+                namespace: name_ns.clone(),
+                workload: name.clone(),
+                service: spec.service,
+                spiffe_id: spec.spiffe_id,
+                state: "UNKNOWN".into(),
+                ..Default::default()
+            });
+        }
+    }
+    items.sort_by(|a, b| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)));
+    Ok(v1::ProxyStatusList { items })
 }
 
 /// `MeshAdmin.GetProxyConfig`.
@@ -192,9 +218,7 @@ pub fn state_of(r: &ProxyStatusRecord, now_ms: i64) -> v1::ProxyStatus {
     let applied = to_u64(r.applied_version);
     let latest = to_u64(r.latest_version).max(applied);
     let refused = to_u64(r.refused_version);
-    let state = if r.proxy_version.is_empty() && applied == 0 {
-        "UNKNOWN"
-    } else if applied >= latest {
+    let state = if applied >= latest {
         "SYNCED"
     } else if refused >= latest {
         "REFUSED"
@@ -276,8 +300,7 @@ mod tests {
         // A report can be newer than the last recorded push.
         let s = state_of(&row(9, 7, 0), 70_000);
         assert_eq!((s.state.as_str(), s.latest_version), ("SYNCED", 9));
-        let mut r = row(0, 0, 0);
-        r.proxy_version.clear();
-        assert_eq!(state_of(&r, 70_000).state, "UNKNOWN");
+        // Reported before its first snapshot arrived, one pushed since: STALE.
+        assert_eq!(state_of(&row(0, 3, 0), 70_000).state, "STALE");
     }
 }

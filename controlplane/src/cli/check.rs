@@ -337,6 +337,17 @@ fn check_proxies(mesh: &Mesh, limits: &Limits, now: SystemTime, out: &mut Vec<Fi
                 ));
                 fine = false;
             }
+            "UNKNOWN" => {
+                out.push(Finding::new(
+                    S,
+                    Level::Warning,
+                    format!(
+                        "{who} has not reported what it runs (just started, or a proxy older \
+                         than this control plane)"
+                    ),
+                ));
+                fine = false;
+            }
             "REFUSED" => {
                 out.push(Finding::new(
                     S,
@@ -363,7 +374,7 @@ fn check_proxies(mesh: &Mesh, limits: &Limits, now: SystemTime, out: &mut Vec<Fi
                 fine = false;
             }
         }
-        if Duration::from_secs(p.last_seen_seconds) > limits.silent_after {
+        if p.state != "UNKNOWN" && Duration::from_secs(p.last_seen_seconds) > limits.silent_after {
             out.push(Finding::new(
                 S,
                 Level::Failure,

@@ -304,7 +304,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
             });
             let ctx = &mut file.contexts[idx];
             if let Some(s) = server {
-                Endpoint::check(&s)?;
+                check_server(&s)?;
                 ctx.server = s;
             }
             if ctx.server.is_empty() {
@@ -357,17 +357,14 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
         .join(p))
 }
 
-struct Endpoint;
-
-impl Endpoint {
-    fn check(server: &str) -> anyhow::Result<()> {
-        if !(server.starts_with("http://") || server.starts_with("https://")) {
-            bail!("--server {server:?}: must start with http:// or https://");
-        }
-        tonic::transport::Endpoint::from_shared(server.to_string())
-            .map(|_| ())
-            .map_err(|e| anyhow::anyhow!("--server {server:?}: not a URL: {e}"))
+/// A server URL a context may hold: http:// or https://, and a URL tonic accepts.
+fn check_server(server: &str) -> anyhow::Result<()> {
+    if !(server.starts_with("http://") || server.starts_with("https://")) {
+        bail!("--server {server:?}: must start with http:// or https://");
     }
+    tonic::transport::Endpoint::from_shared(server.to_string())
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("--server {server:?}: not a URL: {e}"))
 }
 
 fn print_contexts(file: &ConfigFile, output: &str) -> anyhow::Result<()> {

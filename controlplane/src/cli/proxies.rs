@@ -78,8 +78,7 @@ pub fn age(seconds: u64) -> String {
 
 fn table(items: &[v1::ProxyStatus], wide: bool) -> String {
     if items.is_empty() {
-        return "No proxies have reported (a proxy reports with its keep-alive once registered).\n"
-            .into();
+        return "No proxies are registered.\n".into();
     }
     let mut header = vec![
         "NAMESPACE",
@@ -106,7 +105,11 @@ fn table(items: &[v1::ProxyStatus], wide: bool) -> String {
             p.latest_version.to_string(),
             state_text(p),
             dash(&p.certificate_expires_at),
-            format!("{} ago", age(p.last_seen_seconds)),
+            if p.last_seen.is_empty() {
+                "-".into()
+            } else {
+                format!("{} ago", age(p.last_seen_seconds))
+            },
         ];
         if wide {
             row.push(p.spiffe_id.clone());

@@ -155,6 +155,25 @@ fn missing_subsets_and_services_are_named() {
 }
 
 #[test]
+fn a_proxy_that_never_reported_is_a_warning() {
+    let mut mesh = healthy();
+    mesh.proxies.push(v1::ProxyStatus {
+        namespace: "shop".into(),
+        workload: "reviews-2".into(),
+        service: "reviews".into(),
+        state: "UNKNOWN".into(),
+        ..Default::default()
+    });
+    let findings = analyze(&mesh, &LIMITS, SystemTime::now());
+    assert!(failures(&findings).is_empty(), "{findings:?}");
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.level == Level::Warning && f.message.contains("shop/reviews-2"))
+    );
+}
+
+#[test]
 fn stale_proxies_fail_after_the_grace() {
     let mut mesh = healthy();
     mesh.proxies.push(proxy("reviews-2", "STALE", 10));
