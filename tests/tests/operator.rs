@@ -500,6 +500,22 @@ async fn completions_parse_and_contexts_pick_server_and_token() {
     assert_eq!(doc["role"], "viewer", "{doc}");
     assert_eq!(doc["context"], "nowhere", "{doc}");
 
+    // proxy-status and check need a token, and a viewer's is enough.
+    let out = quiverctl(&["proxy-status"], &[("QUIVER_SERVER", server.as_str())]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"),
+        "{}",
+        text(&out)
+    );
+    let out = quiverctl(&["check", "--context", "viewer"], &env).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("your role viewer"),
+        "{}",
+        text(&out)
+    );
+
     // The read commands' machine-readable output.
     let admin_env = [
         ("QUIVER_SERVER", server.as_str()),
