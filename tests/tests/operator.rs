@@ -275,9 +275,18 @@ async fn proxy_status_config_and_check_follow_a_real_mesh() {
         stale["latestVersion"].as_u64() > stale["appliedVersion"].as_u64(),
         "{stale}"
     );
-    // web applied the same push.
-    let web_now = state_of(&ctl.proxies().await, "web").unwrap().clone();
-    assert_eq!(web_now["state"], "SYNCED", "{web_now}");
+    // web, which is running, applies the same push.
+    eventually(
+        "web SYNCED at the new version",
+        Duration::from_secs(30),
+        || async {
+            let p = ctl.proxies().await;
+            let web = state_of(&p, "web")?;
+            (web["state"] == "SYNCED" && web["appliedVersion"] == stale["latestVersion"])
+                .then_some(())
+        },
+    )
+    .await;
     let table = ctl.ok(&["proxy-status"]).await;
     assert!(table.contains("STALE"), "{table}");
     let (ok, out) = eventually(

@@ -288,6 +288,11 @@ impl DiscoveryApi {
                     if let Some(l) = &last {
                         snap.version = snap.version.max(l.version + 1);
                     }
+                    // Remembered before it leaves: the proxy's report of it may come back
+                    // before this task runs again.
+                    inputs
+                        .pushed
+                        .record(&caller.spiffe_id, &fronts, &snap, now_ms());
                     if tx.send(Ok(snap.clone())).await.is_err() {
                         return;
                     }

@@ -98,9 +98,9 @@ pub async fn report(
     Ok(())
 }
 
-/// A Watch stream of `caller` fronting `services` pushed `snap`: remember it here and move
-/// the latest version of the caller's proxies in the store. A store error only costs the
-/// status view, never the push, so it is logged.
+/// A Watch stream of `caller` fronting `services` pushed `snap` (already in this replica's
+/// push log): move the latest version of the caller's proxies in the store. A store error
+/// only costs the status view, never the push, so it is logged.
 pub async fn pushed(
     inputs: &Inputs,
     caller: &Caller,
@@ -108,7 +108,6 @@ pub async fn pushed(
     snap: &v1::ProxySnapshot,
 ) {
     let now = now_ms();
-    inputs.pushed.record(&caller.spiffe_id, services, snap, now);
     for service in services {
         if let Err(e) = inputs
             .store

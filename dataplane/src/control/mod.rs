@@ -19,6 +19,7 @@
 //!   QUIC endpoint for new connections without touching live ones.
 
 pub mod pushed;
+mod report;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -78,17 +79,7 @@ pub struct Session {
     /// The registered workload's name, for KeepAlive and Deregister.
     registered: Mutex<Option<String>>,
     /// What this proxy runs, reported with every KeepAlive (`quiverctl proxy-status`).
-    status: Mutex<ConfigStatus>,
-    /// Wakes the keep-alive loop to report at once after a snapshot is applied or refused.
-    report_now: tokio::sync::Notify,
-}
-
-/// The snapshot versions this proxy applied and last refused, and why.
-#[derive(Debug, Default, Clone)]
-struct ConfigStatus {
-    applied: u64,
-    refused: u64,
-    refused_reason: String,
+    status: report::ConfigStatus,
 }
 
 impl Session {
@@ -172,8 +163,7 @@ impl Session {
             held: Mutex::new(held),
             channel: tokio::sync::Mutex::new(None),
             registered: Mutex::new(None),
-            status: Mutex::new(ConfigStatus::default()),
-            report_now: tokio::sync::Notify::new(),
+            status: report::ConfigStatus::default(),
         })
     }
 
@@ -233,42 +223,12 @@ impl Session {
 
     /// Note the outcome of a pushed snapshot and have it reported now.
     fn note_config(&self, version: u64, refused: Option<String>) {
-        {
-            let mut status = self
-                .status
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match refused {
-                None => status.applied = version,
-                Some(reason) => {
-                    status.refused = version;
-                    status.refused_reason = reason;
-                }
-            }
-        }
-        self.report_now.notify_one();
+        self.status.note(version, refused);
     }
 
     /// The report sent with a KeepAlive.
     fn report(&self) -> v1::ProxyReport {
-        let status = self
-            .status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let expires = self
-            .held()
-            .not_after
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or_default();
-        v1::ProxyReport {
-            applied_version: status.applied,
-            refused_version: status.refused,
-            refused_reason: status.refused_reason,
-            proxy_version: env!("CARGO_PKG_VERSION").into(),
-            certificate_expires_unix: expires,
-        }
+        self.status.report(self.held().not_after)
     }
 
     /// Forget the channel so the next call dials again (after an error).
@@ -557,7 +517,7 @@ pub async fn keep_registered(
         if lease.is_some() {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = session.report_now.notified() => {}
+                () = session.status.changed() => {}
             }
         } else {
             tokio::time::sleep(wait).await;
