@@ -227,6 +227,15 @@ async fn proxy_status_config_and_check_follow_a_real_mesh() {
     let yaml = ctl.ok(&["proxy-config", &web_workload]).await;
     let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
     assert_eq!(doc["snapshot"]["routes"][0]["spec"]["service"], "reviews");
+    // get -o wide: where the route sends traffic, who each workload is.
+    let routes = ctl.ok(&["get", "route", "-o", "wide"]).await;
+    assert!(routes.contains("reviews/v1=50,reviews/v2=50"), "{routes}");
+    let workloads = ctl.ok(&["get", "workload", "-o", "wide"]).await;
+    assert!(
+        workloads.contains("spiffe://mesh.local/ns/default/sa/reviews")
+            && workloads.contains("version=v1"),
+        "{workloads}"
+    );
     let missing = ctl.run(&["proxy-config", "no-such-workload"]).await;
     assert!(!missing.status.success());
     assert!(

@@ -17,6 +17,7 @@ mod revoke;
 mod table;
 mod tokens;
 mod trust;
+mod wide;
 
 #[derive(Debug, Parser)]
 #[command(name = "quiverctl", version, about = "Operate a Quiver mesh")]
@@ -64,7 +65,7 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
         /// Output format.
-        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "yaml", "json"])]
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "wide", "yaml", "json"])]
         output: String,
         #[command(flatten)]
         conn: Connection,
