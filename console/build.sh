@@ -3,9 +3,17 @@
 # stylesheet, with content-hashed names (the control plane caches those for a year).
 #
 #   console/build.sh             build (incremental; the wasm target dir is console/target)
-#   console/build.sh --if-stale  exit 0 at once when dist is newer than every input
+#   console/build.sh --if-stale  build only when dist/.stamp does not match the inputs
+#   console/build.sh --check     no build: exit 1, naming the changed inputs, when the committed
+#                                bundle was not built from the sources as they are (CI runs it)
 #   console/build.sh --clippy    only lint the crate: clippy -D warnings, natively (rustup's
 #                                clippy; the code has no wasm-only paths), target/clippy
+#
+# console/dist is committed: quiver-control embeds it at compile time, so nobody needs this
+# script (or a wasm toolchain) to run Quiver. dist/.stamp lists a SHA-256 of every input file
+# (the console's sources, the quiver-api and quiver-policy crates it links, the workspace
+# manifest they inherit from, this script); whoever changes one of them rebuilds and commits
+# dist, and --check (CI) fails otherwise.
 #
 # Toolchain: rustup's wasm32-unknown-unknown target when installed, else Debian's rustc-web
 # (Rust with its std sources, built with -Zbuild-std). When neither is usable it exits 1 and
@@ -19,29 +27,65 @@ dist="$here/dist"
 cd "$here"
 
 if_stale=0
+check=0
 for arg in "$@"; do
   case "$arg" in
     --if-stale) if_stale=1 ;;
+    --check) check=1 ;;
     --clippy)
       exec cargo clippy --lib --target-dir "$here/target/clippy" -- -D warnings ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "build.sh: unknown argument $arg (use --if-stale or --clippy)" >&2; exit 64 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "build.sh: unknown argument $arg (use --if-stale, --check or --clippy)" >&2; exit 64 ;;
   esac
 done
 
-# The console compiles quiver-api (without its "full" feature) and quiver-policy in.
-inputs=("$here/src" "$here/Cargo.toml" "$here/Cargo.lock" "$here/build.rs" "$here/index.html"
-        "$here/boot.js" "$here/style.css" "$root/proto" "$root/policy" "$root/Cargo.toml")
-if [ "$if_stale" = 1 ] && [ -f "$dist/.stamp" ] && [ -f "$dist/index.html" ]; then
-  newer="$(find "${inputs[@]}" -newer "$dist/.stamp" -print -quit 2>/dev/null || true)"
-  if [ -z "$newer" ]; then
-    echo "console/dist is up to date"
+# The inputs of the bundle, as paths relative to the repository: the console compiles
+# quiver-api (without its "full" feature) and quiver-policy in, and their manifests inherit from
+# the workspace's.
+inputs=(console/src console/Cargo.toml console/Cargo.lock console/build.rs console/index.html
+        console/boot.js console/style.css console/build.sh
+        proto/Cargo.toml proto/build.rs proto/src proto/quiver
+        policy/Cargo.toml policy/src Cargo.toml)
+
+# One line per input file, "<sha256>  <path>", sorted: the stamp's content.
+fingerprint() {
+  (cd "$root" && find "${inputs[@]}" -type f ! -name '.*' ! -name '*.swp' ! -name '*~' -print0 \
+     | LC_ALL=C sort -z | xargs -0 sha256sum)
+}
+
+# Exit 0 when dist was built from the inputs as they are; else print what changed, exit 1.
+stamp_matches() {
+  local want
+  want="$(fingerprint)"
+  if [ ! -f "$dist/.stamp" ] || [ ! -f "$dist/index.html" ]; then
+    echo "console/dist is missing or has no stamp"
+    return 1
+  fi
+  if [ "$want" = "$(cat "$dist/.stamp")" ]; then
+    return 0
+  fi
+  echo "console/dist was built from other sources; changed since the build:"
+  diff <(cat "$dist/.stamp") <(printf '%s\n' "$want") \
+    | sed -n 's/^[<>] [0-9a-f]*  //p' | LC_ALL=C sort -u | head -n 20 | sed 's/^/  /'
+  return 1
+}
+
+if [ "$check" = 1 ]; then
+  if stamp_matches; then
+    echo "console/dist matches its sources"
     exit 0
   fi
-  echo "console/dist is stale ($newer changed)"
+  echo "rebuild it with console/build.sh and commit console/dist" >&2
+  exit 1
+fi
+if [ "$if_stale" = 1 ] && stamp_matches >/dev/null; then
+  echo "console/dist is up to date"
+  exit 0
 fi
 
 started=$(date +%s)
+# Taken before compiling: an input edited during the build leaves the bundle stale, not stamped.
+stamp="$(fingerprint)"
 say() { printf 'console: %s\n' "$*"; }
 install_help() {
   cat >&2 <<'EOF'
@@ -134,7 +178,7 @@ boot="boot-$(hash "$stage/boot.js").js"
 cp "$stage/boot.js" "$stage/dist/$boot"
 sed -e "s|@BOOT@|$boot|g" -e "s|@JS@|$js|g" -e "s|@WASM@|$bg|g" -e "s|@STYLE@|$css|g" \
   index.html > "$stage/dist/index.html"
-touch "$stage/dist/.stamp"
+printf '%s\n' "$stamp" > "$stage/dist/.stamp"
 rm -rf "$dist"
 mv "$stage/dist" "$dist"
 

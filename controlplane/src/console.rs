@@ -1,6 +1,10 @@
-//! Serves the web console's static bundle (built by `console/build.sh` into `console/dist`)
-//! on the API port, behind every gRPC, gRPC-web and `/metrics` route: it is only the router's
-//! fallback, so it never answers a path those own.
+//! Serves the web console's static bundle on the API port, behind every gRPC, gRPC-web and
+//! `/metrics` route: it is only the router's fallback, so it never answers a path those own.
+//!
+//! The bundle is the committed `console/dist`, embedded into the binary at compile time
+//! (`build.rs`), so `quiver-control` serves the console with no flag and no wasm toolchain on
+//! the user's machine. `--console-dir DIR` serves a directory from disk instead, read per
+//! request (console development: rebuild with `console/build.sh`, reload the page).
 //!
 //! - `/` and client-side routes (a last path segment without a dot, e.g. `/routes/shop/web`)
 //!   get `index.html` with `Cache-Control: no-cache` (the SPA decides what to show).
@@ -10,27 +14,47 @@
 //! - A request with a gRPC content type that reached here named no known method: it gets a
 //!   gRPC `UNIMPLEMENTED`, never HTML.
 //!
-//! It reads files from disk per request (the bundle is a handful of files and the OS caches
-//! them) and must not serve anything outside the configured directory.
+//! It never serves anything outside the bundle (`..`, hidden files).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use axum::body::Body;
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
-/// The console bundle directory, if one is configured.
+/// One file of the embedded bundle.
+#[derive(Debug)]
+pub struct EmbeddedFile {
+    pub name: &'static str,
+    pub body: &'static [u8],
+    pub etag: &'static str,
+}
+
+/// The bundle compiled into this binary (empty when `console/dist` was missing at build time).
+pub static EMBEDDED: &[EmbeddedFile] = include!(concat!(env!("OUT_DIR"), "/console_bundle.rs"));
+
+/// Where the console's files come from.
 #[derive(Debug, Clone)]
 pub struct Console {
     dir: Option<PathBuf>,
 }
 
 /// What `/` says when there is no bundle to serve.
-pub const NOT_BUILT: &str = "The Quiver web console is not built: run console/build.sh, \
-then start quiver-control with --console-dir console/dist (or QUIVER_CONSOLE_DIR=console/dist).\n";
+pub const NOT_BUILT: &str = "The Quiver web console is not in this build: console/dist was \
+missing when quiver-control was compiled. Build it with console/build.sh and rebuild, or start \
+quiver-control with --console-dir console/dist (or QUIVER_CONSOLE_DIR=console/dist).\n";
+
+/// A file found for a request.
+struct Found {
+    name: String,
+    body: Bytes,
+    etag: String,
+}
 
 impl Console {
+    /// The embedded bundle, or the directory `dir` when given.
     pub fn new(dir: Option<&Path>) -> Self {
         Self {
             dir: dir.map(Path::to_path_buf),
@@ -67,87 +91,130 @@ impl Console {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return resp;
         }
-        let Some(dir) = &self.dir else {
-            return text(
-                StatusCode::NOT_FOUND,
-                &format!("No console directory is configured (--console-dir). {NOT_BUILT}"),
-            );
-        };
-        let index = dir.join("index.html");
-        if !is_file(&index).await {
-            return text(
-                StatusCode::NOT_FOUND,
-                &format!("{} has no index.html. {NOT_BUILT}", dir.display()),
-            );
-        }
         let Some(relative) = safe_relative(req.uri.path()) else {
             return text(StatusCode::NOT_FOUND, "no such file\n");
         };
-        let candidate = dir.join(&relative);
-        let file = if relative.as_os_str().is_empty() {
-            index
-        } else if is_file(&candidate).await {
-            candidate
-        } else if !relative
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.contains('.'))
-        {
-            // A client-side route: the app reads the path itself.
-            index
-        } else {
-            return text(
+        let found = match &self.dir {
+            Some(dir) => from_dir(dir, &relative).await,
+            None => from_embedded(&relative),
+        };
+        match found {
+            Ok(found) => send(&req, found),
+            Err(resp) => resp,
+        }
+    }
+}
+
+/// A last path segment without a dot is a client-side route: the app reads the path itself.
+fn is_client_route(relative: &Path) -> bool {
+    !relative
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains('.'))
+}
+
+fn from_embedded(relative: &Path) -> Result<Found, Response<Body>> {
+    let lookup = |name: &str| EMBEDDED.iter().find(|f| f.name == name);
+    let Some(index) = lookup("index.html") else {
+        return Err(text(StatusCode::NOT_FOUND, NOT_BUILT));
+    };
+    // The bundle is flat: a file is one segment.
+    let named = relative.to_str().and_then(lookup);
+    let file = match named {
+        _ if relative.as_os_str().is_empty() => index,
+        Some(file) => file,
+        None if is_client_route(relative) => index,
+        None => {
+            return Err(text(
                 StatusCode::NOT_FOUND,
                 "no such file in the console bundle\n",
-            );
-        };
-        self.send_file(&req, &file).await
-    }
-
-    async fn send_file(&self, req: &http::request::Parts, file: &Path) -> Response<Body> {
-        let (meta, body) = match tokio::fs::metadata(file).await {
-            Ok(meta) => match tokio::fs::read(file).await {
-                Ok(body) => (meta, body),
-                Err(e) => return read_error(file, e),
-            },
-            Err(e) => return read_error(file, e),
-        };
-        let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        let etag = format!("\"{:x}-{:x}\"", meta.len(), mtime);
-        let cache = if is_content_hashed(name) {
-            "public, max-age=31536000, immutable"
-        } else {
-            "no-cache"
-        };
-        let not_modified = req
-            .headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
-        let mut builder = Response::builder()
-            .header(header::CONTENT_TYPE, content_type(name))
-            .header(header::CACHE_CONTROL, cache)
-            .header(header::ETAG, &etag)
-            .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-            .header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY)
-            .header(header::X_FRAME_OPTIONS, "DENY");
-        if not_modified {
-            builder = builder.status(StatusCode::NOT_MODIFIED);
-            return builder.body(Body::empty()).unwrap_or_default();
+            ));
         }
-        builder = builder.header(header::CONTENT_LENGTH, body.len());
-        let body = if req.method == Method::HEAD {
-            Body::empty()
-        } else {
-            Body::from(body)
-        };
-        builder.body(body).unwrap_or_default()
+    };
+    Ok(Found {
+        name: file.name.to_string(),
+        body: Bytes::from_static(file.body),
+        etag: file.etag.to_string(),
+    })
+}
+
+async fn from_dir(dir: &Path, relative: &Path) -> Result<Found, Response<Body>> {
+    let index = dir.join("index.html");
+    if !is_file(&index).await {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "{} (--console-dir) has no index.html: build it with console/build.sh\n",
+                dir.display()
+            ),
+        ));
     }
+    let candidate = dir.join(relative);
+    let file = if relative.as_os_str().is_empty() {
+        index
+    } else if is_file(&candidate).await {
+        candidate
+    } else if is_client_route(relative) {
+        index
+    } else {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            "no such file in the console bundle\n",
+        ));
+    };
+    let (meta, body) = match tokio::fs::metadata(&file).await {
+        Ok(meta) => match tokio::fs::read(&file).await {
+            Ok(body) => (meta, body),
+            Err(e) => return Err(read_error(&file, e)),
+        },
+        Err(e) => return Err(read_error(&file, e)),
+    };
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(Found {
+        name: file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string(),
+        body: Bytes::from(body),
+        etag: format!("\"{:x}-{:x}\"", meta.len(), mtime),
+    })
+}
+
+fn send(req: &http::request::Parts, found: Found) -> Response<Body> {
+    let Found { name, body, etag } = found;
+    let cache = if is_content_hashed(&name) {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    let not_modified = req
+        .headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, content_type(&name))
+        .header(header::CACHE_CONTROL, cache)
+        .header(header::ETAG, &etag)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY)
+        .header(header::X_FRAME_OPTIONS, "DENY");
+    if not_modified {
+        builder = builder.status(StatusCode::NOT_MODIFIED);
+        return builder.body(Body::empty()).unwrap_or_default();
+    }
+    builder = builder.header(header::CONTENT_LENGTH, body.len());
+    let body = if req.method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(body)
+    };
+    builder.body(body).unwrap_or_default()
 }
 
 /// What the console's pages may load and do: only its own files and API

@@ -144,7 +144,8 @@ pub struct Config {
     #[arg(long, env = "QUIVER_TRACE_SWEEP_INTERVAL", default_value = "30s", value_parser = positive_duration, hide = true)]
     #[serde(with = "quiver_api::duration::serde_human")]
     pub trace_sweep_interval: Duration,
-    /// Directory of the built web console (console/build.sh writes console/dist), served at /.
+    /// Serve the web console from this directory (console/build.sh writes console/dist)
+    /// instead of the bundle embedded in the binary: for console development.
     #[arg(long, env = "QUIVER_CONSOLE_DIR")]
     pub console_dir: Option<PathBuf>,
     /// An origin, besides the API's own, whose pages may call the API from a browser

@@ -1,6 +1,6 @@
 //! The web console in a real headless Chromium against a real control plane on Postgres:
-//! builds the bundle (`console/build.sh --if-stale`), starts quiver-control with
-//! `--console-dir console/dist`, registers two endpoints the way proxies do, and runs
+//! starts quiver-control serving the bundle embedded in its binary (the committed
+//! `console/dist`; nothing is built), registers two endpoints the way proxies do, and runs
 //! `console/e2e/console.test.mjs` (playwright-core). Every gRPC-web call the browser makes is
 //! a real network call to this server.
 //!
@@ -17,26 +17,20 @@ mod common;
 use common::mesh::{join, registration};
 use common::{PgTestDb, REVIEWS_SERVICE, TestServer, doc};
 use quiver_api::v1;
-use quiver_tests::browser::{build_bundle, check_prerequisites, repo, run_e2e, show};
+use quiver_tests::browser::{check_prerequisites, repo, run_e2e, show};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_works_in_a_real_browser() {
     let repo = repo();
     let e2e = repo.join("console/e2e");
     check_prerequisites(&e2e, "the console browser test");
-    // (a) The bundle, rebuilt only when its sources changed.
-    build_bundle(&repo).await;
-
-    // (b) A control plane on Postgres serving it.
+    // (a) A control plane on Postgres serving the embedded console.
     let db = PgTestDb::create().await;
     let data = tempfile::tempdir().unwrap();
-    let dist = repo.join("console/dist").display().to_string();
     let server = TestServer::start_with(
         Some(&db.url),
         data.path(),
         &[
-            "--console-dir",
-            &dist,
             "--lease-ttl",
             "600s",
             // The two endpoints below are made-up addresses registered from loopback.
@@ -72,7 +66,7 @@ async fn console_works_in_a_real_browser() {
         .into_inner()
         .token;
 
-    // (c) The browser scenarios.
+    // (b) The browser scenarios.
     let out = run_e2e(
         &e2e,
         "console.test.mjs",

@@ -205,16 +205,113 @@ async fn serves_the_bundle_with_types_caching_and_spa_fallback() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn without_a_bundle_root_says_how_to_build_it() {
-    let db = SqliteTestDb::create();
-    let server = TestServer::start(None, db.dir.path()).await;
-    let page = get(server.addr, "/").await;
-    assert_eq!(page.status, 404);
-    assert!(page.text().contains("console/build.sh"), "{}", page.text());
-    assert!(page.text().contains("--console-dir"), "{}", page.text());
-    server.stop().await;
+/// The committed bundle (console/dist) as the repository holds it.
+fn committed_bundle() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../console/dist")
+}
 
+/// The content-hashed file names index.html (or boot.js) refers to: `/name-<16 hex>.ext`.
+fn hashed_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for piece in text.split(['"', '\'']) {
+        let Some(name) = piece.strip_prefix('/') else {
+            continue;
+        };
+        let Some((stem, ext)) = name.rsplit_once('.') else {
+            continue;
+        };
+        let hashed = stem.rsplit_once('-').is_some_and(|(_, hash)| {
+            hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if hashed && !ext.is_empty() && !name.contains('/') {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+/// What a user gets from a binary built on a clean clone, with no console build step and no
+/// flag: the committed bundle, from memory, byte for byte, with the right types.
+#[tokio::test]
+async fn the_embedded_bundle_is_served_without_a_flag() {
+    let dist = committed_bundle();
+    let on_disk = |name: &str| {
+        std::fs::read(dist.join(name)).unwrap_or_else(|e| {
+            panic!("console/dist/{name} (the committed bundle): {e}; run console/build.sh")
+        })
+    };
+    let db = SqliteTestDb::create();
+    // No --console-dir: the answer can only come from the copy compiled into the binary.
+    let server = TestServer::start(None, db.dir.path()).await;
+    let addr = server.addr;
+
+    let index = get(addr, "/").await;
+    assert_eq!(index.status, 200, "{}", index.text());
+    assert_eq!(index.header("content-type"), "text/html; charset=utf-8");
+    assert_eq!(index.header("cache-control"), "no-cache");
+    assert_eq!(index.header("x-frame-options"), "DENY");
+    assert!(!index.header("content-security-policy").is_empty());
+    assert_eq!(index.body.as_ref(), on_disk("index.html").as_slice());
+    let etag = index.header("etag").to_string();
+    let again = request(addr, "GET", "/", &[("if-none-match", &etag)], Bytes::new()).await;
+    assert_eq!(again.status, 304, "revalidation with the embedded ETag");
+    let route = get(addr, "/routes/shop/reviews").await;
+    assert_eq!(route.body, index.body, "client-side routes get index.html");
+
+    // index.html names the stylesheet, the JS glue and the boot script; boot.js names the wasm.
+    let mut names = hashed_names(&index.text());
+    let boot = names
+        .iter()
+        .find(|n| n.starts_with("boot-"))
+        .cloned()
+        .expect("index.html loads boot-<hash>.js");
+    let boot_js = get(addr, &format!("/{boot}")).await;
+    names.extend(hashed_names(&boot_js.text()));
+    names.sort();
+    names.dedup();
+    let mut kinds = Vec::new();
+    for name in &names {
+        let file = get(addr, &format!("/{name}")).await;
+        assert_eq!(file.status, 200, "{name}");
+        assert_eq!(
+            file.header("cache-control"),
+            "public, max-age=31536000, immutable",
+            "{name}"
+        );
+        assert_eq!(file.body.as_ref(), on_disk(name).as_slice(), "{name}");
+        let want = match name.rsplit_once('.').map(|(_, e)| e) {
+            Some("js") => "text/javascript; charset=utf-8",
+            Some("wasm") => "application/wasm",
+            Some("css") => "text/css; charset=utf-8",
+            other => panic!("unexpected file type {other:?} in the bundle: {name}"),
+        };
+        assert_eq!(file.header("content-type"), want, "{name}");
+        if want == "application/wasm" {
+            assert_eq!(&file.body[..4], b"\0asm", "{name} is WebAssembly");
+        }
+        kinds.push(want);
+    }
+    for want in [
+        "text/javascript; charset=utf-8",
+        "application/wasm",
+        "text/css; charset=utf-8",
+    ] {
+        assert!(kinds.contains(&want), "the bundle serves {want}: {names:?}");
+    }
+    // The stamp is not served; a missing asset is a 404, not the page.
+    assert_eq!(get(addr, "/.stamp").await.status, 404);
+    assert_eq!(
+        get(addr, "/quiver_console-ffffffffffffffff.js")
+            .await
+            .status,
+        404
+    );
+    server.stop().await;
+}
+
+/// --console-dir still overrides the embedded bundle, and says so when the directory is empty.
+#[tokio::test]
+async fn an_empty_console_dir_says_how_to_build_it() {
     let db = SqliteTestDb::create();
     let empty = tempfile::tempdir().unwrap();
     let dir = empty.path().display().to_string();
@@ -224,4 +321,90 @@ async fn without_a_bundle_root_says_how_to_build_it() {
     assert!(page.text().contains("has no index.html"), "{}", page.text());
     assert!(page.text().contains("console/build.sh"), "{}", page.text());
     server.stop().await;
+}
+
+/// `console/build.sh --check` in `root`: (success, what it printed).
+fn stamp_check(root: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("bash")
+        .arg(root.join("console/build.sh"))
+        .arg("--check")
+        .output()
+        .expect("run bash console/build.sh --check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// CI's guard: the committed bundle was built from the sources as they are. When this fails,
+/// someone changed the console (or quiver-api / quiver-policy, which it links) without
+/// rebuilding: run console/build.sh and commit console/dist.
+#[test]
+fn the_committed_bundle_matches_its_sources() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (ok, text) = stamp_check(&repo);
+    assert!(ok, "{text}");
+    assert!(text.contains("matches its sources"), "{text}");
+}
+
+/// The guard itself: in a copy of the inputs and the bundle, the check passes, then fails
+/// naming the file once a console source, or a source of a crate the console links, changes.
+#[test]
+fn the_stamp_check_fails_when_a_source_changes_without_a_rebuild() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let copy = tempfile::tempdir().unwrap();
+    for dir in ["console", "proto", "policy"] {
+        std::fs::create_dir(copy.path().join(dir)).unwrap();
+    }
+    for path in [
+        "Cargo.toml",
+        "console/src",
+        "console/dist",
+        "console/Cargo.toml",
+        "console/Cargo.lock",
+        "console/build.rs",
+        "console/build.sh",
+        "console/index.html",
+        "console/boot.js",
+        "console/style.css",
+        "proto/Cargo.toml",
+        "proto/build.rs",
+        "proto/src",
+        "proto/quiver",
+        "policy/Cargo.toml",
+        "policy/src",
+    ] {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(repo.join(path))
+            .arg(copy.path().join(path))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cp -a {path}");
+    }
+    let (ok, text) = stamp_check(copy.path());
+    assert!(ok, "an exact copy matches: {text}");
+
+    let lib = copy.path().join("console/src/lib.rs");
+    let mut source = std::fs::read_to_string(&lib).unwrap();
+    source.push_str("\n// an edit without a rebuild\n");
+    std::fs::write(&lib, &source).unwrap();
+    let (ok, text) = stamp_check(copy.path());
+    assert!(!ok, "a changed console source must fail the check: {text}");
+    assert!(
+        text.contains("console/src/lib.rs"),
+        "names the file: {text}"
+    );
+    assert!(
+        text.contains("console/build.sh"),
+        "says how to fix it: {text}"
+    );
+
+    // A new file in a crate the console links counts too.
+    std::fs::write(copy.path().join("policy/src/extra.rs"), "pub fn f() {}\n").unwrap();
+    let (ok, text) = stamp_check(copy.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("policy/src/extra.rs"), "{text}");
 }

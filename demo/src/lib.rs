@@ -69,10 +69,10 @@ pub struct DemoArgs {
     /// How often to print the tally.
     #[arg(long, default_value = "5s", value_parser = report_every)]
     pub report_every: Duration,
-    /// Do not build or serve the web console (it is built with console/build.sh when missing
-    /// or stale, which takes minutes the first time).
+    /// Serve the web console from this directory instead of the bundle embedded in the
+    /// binary (console development: console/build.sh writes console/dist).
     #[arg(long)]
-    pub no_console: bool,
+    pub console_dir: Option<PathBuf>,
 }
 
 fn report_every(s: &str) -> Result<Duration, String> {
@@ -185,11 +185,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     config.trust_domain = TRUST_DOMAIN.into();
     config.svid_ttl = Duration::from_secs(3600);
     config.admin_token = Some(admin_token.clone());
-    config.console_dir = if args.no_console {
-        None
-    } else {
-        console_bundle()
-    };
+    config.console_dir = args.console_dir.clone();
     let running = server::start_on(&config, listener)
         .await
         .context("starting the control plane")?;
@@ -224,41 +220,6 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("stopping the control plane")?;
     println!("stopped; files are in {}", files.dir.display());
     outcome.map_err(|_| anyhow::anyhow!("the demo failed (see above)"))
-}
-
-/// Build the web console when it is missing or stale (`console/build.sh --if-stale`, next to
-/// this crate in the checkout) and return its folder; on failure say why and run without it.
-fn console_bundle() -> Option<PathBuf> {
-    let console = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../console");
-    let script = console.join("build.sh");
-    if !script.exists() {
-        println!(
-            "web console: {} not found; running without it",
-            script.display()
-        );
-        return None;
-    }
-    println!("web console: console/build.sh --if-stale (the first build takes a few minutes)");
-    match std::process::Command::new(&script)
-        .arg("--if-stale")
-        .status()
-    {
-        Ok(s) if s.success() => Some(console.join("dist")),
-        Ok(s) => {
-            println!(
-                "web console: console/build.sh failed ({s}; it says above what to install); \
-                 the mesh and the API run without the console (--no-console skips this)"
-            );
-            None
-        }
-        Err(e) => {
-            println!(
-                "web console: cannot run {}: {e}; running without it",
-                script.display()
-            );
-            None
-        }
-    }
 }
 
 /// How many endpoints a sidecar's current snapshot lists, over all services (None until its

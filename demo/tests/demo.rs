@@ -41,9 +41,8 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_meshes_splits_90_10_and_stops_cleanly() {
-    let mut demo = tokio::task::block_in_place(|| {
-        Demo::start(&["--no-console", "--rate", "20", "--report-every", "1s"])
-    });
+    let mut demo =
+        tokio::task::block_in_place(|| Demo::start(&["--rate", "20", "--report-every", "1s"]));
 
     // Startup: the banner lists every child, then names frontend's address.
     let frontend = tokio::task::block_in_place(|| {

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_stream::Stream;
 
 use crate::echo_proto::echo_server::{Echo, EchoServer};
-use crate::echo_proto::{EchoReply, EchoRequest};
+use crate::echo_proto::{Collected, EchoReply, EchoRequest};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -411,6 +411,55 @@ impl Echo for EchoService {
             )));
         }
         Ok(tonic::Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+
+    async fn collect(
+        &self,
+        req: tonic::Request<tonic::Streaming<EchoRequest>>,
+    ) -> Result<tonic::Response<Collected>, tonic::Status> {
+        let peer_identity = peer_of(&req);
+        let mut incoming = req.into_inner();
+        let mut messages = Vec::new();
+        while let Some(m) = incoming.message().await? {
+            messages.push(m.message);
+        }
+        Ok(tonic::Response::new(Collected {
+            messages,
+            peer_identity,
+        }))
+    }
+
+    type ChatStream = Pin<Box<dyn Stream<Item = Result<EchoReply, tonic::Status>> + Send>>;
+
+    async fn chat(
+        &self,
+        req: tonic::Request<tonic::Streaming<EchoRequest>>,
+    ) -> Result<tonic::Response<Self::ChatStream>, tonic::Status> {
+        let peer = peer_of(&req);
+        let mut incoming = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut seq = 0;
+            loop {
+                let reply = match incoming.message().await {
+                    Ok(Some(m)) => Ok(EchoReply {
+                        message: m.message,
+                        peer_identity: peer.clone(),
+                        seq,
+                    }),
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+                seq += 1;
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 

@@ -1,13 +1,13 @@
 //! What the browser tests share: finding Chromium, node and playwright-core (failing with the
-//! install command when one is missing), and building the console bundle.
+//! install command when one is missing). The console they load is the bundle embedded in
+//! quiver-control (the committed `console/dist`): nothing is built.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const INSTALL: &str = "apt-get install -y chromium chromium-driver nodejs npm \
-    rustc-web cargo-web rust-web-src lld-22 && (cd console/e2e && npm ci) \
-    (or run .ci/run, which installs all of it)";
+    && (cd console/e2e && npm ci) (or run scripts/test.sh, which installs all of it)";
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -74,24 +74,4 @@ pub async fn run_e2e(e2e: &Path, script: &str, env: &[(&str, &str)]) -> Output {
         .expect("run node");
     println!("{}", show(&format!("node {script}"), &out));
     out
-}
-
-/// `console/build.sh --if-stale`: the bundle, rebuilt only when its sources changed.
-pub async fn build_bundle(repo: &Path) {
-    let started = Instant::now();
-    let build = tokio::process::Command::new(repo.join("console/build.sh"))
-        .arg("--if-stale")
-        .output()
-        .await
-        .expect("run console/build.sh");
-    assert!(
-        build.status.success(),
-        "{}\ninstall with: {INSTALL}",
-        show("console/build.sh --if-stale", &build)
-    );
-    println!(
-        "console/build.sh --if-stale: {:?}\n{}",
-        started.elapsed(),
-        String::from_utf8_lossy(&build.stdout)
-    );
 }

@@ -454,6 +454,14 @@ impl MeshAdmin for AdminApi {
         self.call("GetServiceGraph", self.service_graph(req)).await
     }
 
+    async fn dry_run_apply(
+        &self,
+        req: Request<v1::DryRunApplyRequest>,
+    ) -> Result<Response<v1::DryRunApplyResponse>, Status> {
+        self.call("DryRunApply", AdminApi::dry_run_apply(self, req))
+            .await
+    }
+
     async fn list_proxy_status(
         &self,
         req: Request<v1::ListRequest>,

@@ -20,6 +20,7 @@ use crate::stored::rfc3339;
 mod admin;
 mod ca;
 mod discovery;
+mod dry_run;
 mod peer;
 mod proxies;
 mod resources;

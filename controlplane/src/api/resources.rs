@@ -78,18 +78,51 @@ pub fn decode<R: Resource>(obj: &StoredObject) -> Result<R, Status> {
     crate::stored::decode(obj).map_err(|_| Status::internal("stored object does not decode"))
 }
 
+/// An Apply checked and encoded, ready to be written (or, for a dry run, not).
+pub(super) struct Prepared<R> {
+    pub namespace: String,
+    pub name: String,
+    /// The caller's resourceVersion precondition.
+    pub expect: u64,
+    /// The canonical encoding the store would hold.
+    pub body: Vec<u8>,
+    /// The object stored now.
+    pub live: Option<StoredObject>,
+    _kind: std::marker::PhantomData<R>,
+}
+
 impl AdminApi {
     pub(super) async fn apply<R: ApiResource>(
         &self,
         method: &'static str,
         req: Request<R>,
     ) -> Result<(R, v1::ApplyOutcome), Status> {
-        let store = self.inputs.store.as_ref();
         self.inputs
             .tokens
             .authorize(req.metadata(), Role::Admin, method)
             .await?;
-        let mut obj = req.into_inner();
+        let p = self
+            .prepare_apply(req.into_inner(), &BTreeMap::new())
+            .await?;
+        let _t = self.inputs.metrics.store_timer("put");
+        let (stored, outcome) = self
+            .inputs
+            .store
+            .put(R::KIND, &p.namespace, &p.name, p.body, Some(p.expect))
+            .await
+            .map_err(store_status)?;
+        Ok((decode(&stored)?, api_outcome(outcome)))
+    }
+
+    /// Everything an Apply does before it writes: the default namespace, validation against
+    /// the referenced Services (from `pending`, keyed by namespace and name, else the store),
+    /// the stored status kept, the canonical encoding. A dry run stops here.
+    pub(super) async fn prepare_apply<R: ApiResource>(
+        &self,
+        mut obj: R,
+        pending: &BTreeMap<(String, String), v1::ServiceSpec>,
+    ) -> Result<Prepared<R>, Status> {
+        let store = self.inputs.store.as_ref();
         let meta = obj.metadata_mut();
         if meta.namespace.is_empty() {
             meta.namespace = DEFAULT_NAMESPACE.into();
@@ -103,6 +136,10 @@ impl AdminApi {
         let any = obj.clone().into_any();
         let mut services = validate::ServiceSpecs::new();
         for svc in validate::referenced_services(&any) {
+            if let Some(spec) = pending.get(&(ns.clone(), svc.clone())) {
+                services.insert(svc, spec.clone());
+                continue;
+            }
             let _t = self.inputs.metrics.store_timer("get");
             if let Some(stored) = store
                 .get(Kind::Service, &ns, &svc)
@@ -116,8 +153,9 @@ impl AdminApi {
         validate::validate(&any, &services).map_err(|e| Status::invalid_argument(e.to_string()))?;
 
         // Status is the controller's: keep the stored one (none for a new object).
-        let stored = match self.get_stored::<R>(&ns, &name).await? {
-            Some(stored) => decode(&stored)?,
+        let live = self.get_stored::<R>(&ns, &name).await?;
+        let stored = match &live {
+            Some(stored) => decode(stored)?,
             None => R::default(),
         };
         obj.keep_status_of(&stored);
@@ -127,18 +165,14 @@ impl AdminApi {
         meta.updated_at.clear();
         let canonical = document::canonicalize(&obj)
             .map_err(|e| Status::invalid_argument(format!("{} {ns}/{name}: {e}", R::KIND)))?;
-        let body = prost::Message::encode_to_vec(&canonical);
-        let _t = self.inputs.metrics.store_timer("put");
-        let (stored, outcome) = store
-            .put(R::KIND, &ns, &name, body, Some(expect))
-            .await
-            .map_err(store_status)?;
-        let outcome = match outcome {
-            crate::store::PutOutcome::Created => v1::ApplyOutcome::Created,
-            crate::store::PutOutcome::Updated => v1::ApplyOutcome::Updated,
-            crate::store::PutOutcome::Unchanged => v1::ApplyOutcome::Unchanged,
-        };
-        Ok((decode(&stored)?, outcome))
+        Ok(Prepared {
+            namespace: ns,
+            name,
+            expect,
+            body: prost::Message::encode_to_vec(&canonical),
+            live,
+            _kind: std::marker::PhantomData,
+        })
     }
 
     async fn get_stored<R: Resource>(
@@ -385,6 +419,15 @@ impl<R: ApiResource> Watch<R> {
             object: obj.map(ApiResource::into_event_object),
         };
         self.tx.send(Ok(event)).await.map_err(|_| Gone)
+    }
+}
+
+/// The API's word for what a put did.
+pub(super) fn api_outcome(outcome: crate::store::PutOutcome) -> v1::ApplyOutcome {
+    match outcome {
+        crate::store::PutOutcome::Created => v1::ApplyOutcome::Created,
+        crate::store::PutOutcome::Updated => v1::ApplyOutcome::Updated,
+        crate::store::PutOutcome::Unchanged => v1::ApplyOutcome::Unchanged,
     }
 }
 

@@ -205,10 +205,21 @@ pub async fn delete(
     namespace: &str,
     name: &str,
 ) -> Result<u64, Status> {
+    delete_at(c, kind, namespace, name, 0).await
+}
+
+/// Delete only if the object is still at `resource_version` (0: whatever it is at).
+pub async fn delete_at(
+    c: &mut Client,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    resource_version: u64,
+) -> Result<u64, Status> {
     let req = v1::DeleteRequest {
         namespace: namespace.into(),
         name: name.into(),
-        resource_version: 0,
+        resource_version,
     };
     let resp = match kind {
         Kind::Service => c.delete_service(req).await?,
@@ -223,4 +234,54 @@ pub async fn delete(
         }
     };
     Ok(resp.into_inner().resource_version)
+}
+
+/// What an apply of `r` would do, checked by the server without storing anything
+/// (`DryRunApply`); `pending` are the Services the same apply writes first. Returns the
+/// outcome, the object as it would be stored, and the live one.
+pub async fn dry_run(
+    c: &mut Client,
+    r: AnyResource,
+    pending: &[v1::Service],
+) -> Result<(v1::ApplyOutcome, AnyResource, Option<AnyResource>), Status> {
+    use v1::resource_object::Object;
+    let object = match r {
+        AnyResource::Service(r) => Object::Service(r),
+        AnyResource::Route(r) => Object::Route(r),
+        AnyResource::Canary(r) => Object::Canary(r),
+        AnyResource::AuthorizationPolicy(r) => Object::AuthorizationPolicy(r),
+        AnyResource::MeshConfig(r) => Object::MeshConfig(r),
+        AnyResource::Workload(_) => {
+            return Err(Status::invalid_argument(
+                "Workload is registered by proxies and cannot be applied",
+            ));
+        }
+    };
+    let resp = c
+        .dry_run_apply(v1::DryRunApplyRequest {
+            object: Some(v1::ResourceObject {
+                object: Some(object),
+            }),
+            pending_services: pending.to_vec(),
+        })
+        .await?
+        .into_inner();
+    fn unwrap(o: Option<v1::ResourceObject>) -> Option<AnyResource> {
+        Some(match o?.object? {
+            Object::Service(r) => AnyResource::Service(r),
+            Object::Route(r) => AnyResource::Route(r),
+            Object::Canary(r) => AnyResource::Canary(r),
+            Object::AuthorizationPolicy(r) => AnyResource::AuthorizationPolicy(r),
+            Object::MeshConfig(r) => AnyResource::MeshConfig(r),
+        })
+    }
+    let outcome = v1::ApplyOutcome::try_from(resp.outcome).unwrap_or(v1::ApplyOutcome::Unspecified);
+    let object = unwrap(resp.object)
+        .ok_or_else(|| Status::internal("server answered without the object"))?;
+    Ok((outcome, object, unwrap(resp.live)))
+}
+
+/// Whether a failed call means the object is not there.
+pub fn is_not_found(status: &Status) -> bool {
+    status.code() == tonic::Code::NotFound
 }

@@ -10,13 +10,16 @@ pub mod certs;
 mod check;
 pub mod client;
 mod completions;
+mod diff;
 pub mod profiles;
 mod proxies;
+pub mod prune;
 pub mod resources;
 mod revoke;
 mod table;
 mod tokens;
 mod trust;
+mod watch;
 mod wide;
 
 #[derive(Debug, Parser)]
@@ -53,6 +56,27 @@ pub enum Command {
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+        /// Have the server check every document exactly as an apply would (validation,
+        /// references, resourceVersion) and say what it would do; nothing is stored.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "server",
+              value_parser = ["server"], value_name = "server")]
+        dry_run: Option<String>,
+        /// Only the documents carrying these labels (key=value[,key=value...]) are applied;
+        /// with --prune, the set of resources this apply owns.
+        #[arg(short = 'l', long = "selector", value_name = "KEY=VALUE")]
+        selector: Option<String>,
+        /// Delete resources of the applied kinds that carry the -l labels and are not in the
+        /// documents (needs -l).
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
+    /// What an apply of -f FILE|DIR would change, per field. Exit status: 0 no differences,
+    /// 1 differences, 2 or more an error.
+    Diff {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
         #[command(flatten)]
         conn: Connection,
     },
@@ -67,15 +91,29 @@ pub enum Command {
         /// Output format.
         #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "wide", "yaml", "json"])]
         output: String,
+        /// Watch: the objects there now (ADDED), then one line per change, until interrupted.
+        #[arg(short = 'w', long, conflicts_with = "output")]
+        watch: bool,
+        /// Watch, printing only changes from now on.
+        #[arg(long, conflicts_with = "output")]
+        watch_only: bool,
         #[command(flatten)]
         conn: Connection,
     },
-    /// Delete a resource.
+    /// Delete a resource (KIND NAME), or those the documents of -f FILE|DIR name.
     Delete {
-        kind: String,
-        name: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
+        #[arg(required_unless_present = "files", conflicts_with = "files")]
+        kind: Option<String>,
+        #[arg(required_unless_present = "files", conflicts_with = "files")]
+        name: Option<String>,
+        /// Namespace of KIND NAME (default "default"); documents name their own.
+        #[arg(short = 'n', long, conflicts_with = "files")]
+        namespace: Option<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// A resource that does not exist is not an error.
+        #[arg(long)]
+        ignore_not_found: bool,
         #[command(flatten)]
         conn: Connection,
     },
@@ -131,6 +169,20 @@ pub enum Command {
     Completion { shell: clap_complete::Shell },
 }
 
+/// A command's exit status when it is not simply success or failure (`diff`: 1 means "there
+/// are differences", 2 an error). Returned as the error; the binary exits with it and prints
+/// nothing more (the command has said what it had to).
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Certs(c) => return certs::run(c),
@@ -149,20 +201,65 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_async(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Apply { files, conn } => resources::apply(&conn, &files).await,
+        Command::Apply {
+            files,
+            dry_run,
+            selector,
+            prune,
+            conn,
+        } => {
+            let selector = match selector {
+                Some(s) => Some(prune::Selector::parse(&s)?),
+                None if prune => anyhow::bail!(
+                    "--prune needs -l/--selector KEY=VALUE: only resources carrying those \
+                     labels are pruned"
+                ),
+                None => None,
+            };
+            let opts = resources::ApplyOptions {
+                dry_run: dry_run.is_some(),
+                selector,
+                prune,
+            };
+            resources::apply_with(&conn, &files, &opts).await
+        }
+        Command::Diff { files, conn } => diff::run(&conn, &files).await,
         Command::Get {
             kind,
             name,
             namespace,
             output,
+            watch,
+            watch_only,
             conn,
-        } => resources::get(&conn, &kind, name.as_deref(), namespace.as_deref(), &output).await,
+        } => {
+            if watch || watch_only {
+                watch::run(
+                    &conn,
+                    &kind,
+                    name.as_deref(),
+                    namespace.as_deref(),
+                    watch_only,
+                )
+                .await
+            } else {
+                resources::get(&conn, &kind, name.as_deref(), namespace.as_deref(), &output).await
+            }
+        }
         Command::Delete {
             kind,
             name,
             namespace,
+            files,
+            ignore_not_found,
             conn,
-        } => resources::delete(&conn, &kind, &namespace, &name).await,
+        } => match (kind, name) {
+            (Some(kind), Some(name)) => {
+                let ns = namespace.as_deref().unwrap_or("default");
+                resources::delete(&conn, &kind, ns, &name, ignore_not_found).await
+            }
+            _ => resources::delete_files(&conn, &files, ignore_not_found).await,
+        },
         Command::Token(c) => tokens::token(c).await,
         Command::JoinToken(c) => tokens::join_token(c).await,
         Command::Revoke(c) => revoke::run(c).await,

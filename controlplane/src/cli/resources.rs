@@ -1,4 +1,5 @@
-//! `quiverctl apply | get | delete`.
+//! `quiverctl apply | get | delete` (apply also with --dry-run and --prune, delete also
+//! with -f).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,10 +11,11 @@ use quiver_api::v1;
 
 use super::Connection;
 use super::client::{self, describe};
+use super::prune::{self, Selector};
 
 /// Read every document from the -f arguments, in order (directories: their YAML/JSON files
 /// sorted by name).
-fn read_documents(files: &[PathBuf]) -> anyhow::Result<Vec<(String, AnyResource)>> {
+pub(super) fn read_documents(files: &[PathBuf]) -> anyhow::Result<Vec<(String, AnyResource)>> {
     let mut sources: Vec<(String, String)> = Vec::new();
     for f in files {
         if f.as_os_str() == "-" {
@@ -69,29 +71,75 @@ fn read(p: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
 }
 
+/// How `apply` runs beyond its files.
+#[derive(Debug, Default)]
+pub struct ApplyOptions {
+    /// Ask the server what would happen (`DryRunApply`); nothing is stored.
+    pub dry_run: bool,
+    /// Only documents carrying these labels are applied; with `prune`, the labelled set.
+    pub selector: Option<Selector>,
+    /// Delete labelled resources of the applied kinds that the documents do not name.
+    pub prune: bool,
+}
+
+/// `quiverctl apply -f ...`: every document applied, in kind order.
 pub async fn apply(conn: &Connection, files: &[PathBuf]) -> anyhow::Result<()> {
+    apply_with(conn, files, &ApplyOptions::default()).await
+}
+
+/// `apply` with `--dry-run`, `-l` and `--prune`.
+pub async fn apply_with(
+    conn: &Connection,
+    files: &[PathBuf],
+    opts: &ApplyOptions,
+) -> anyhow::Result<()> {
     // Every document is parsed before anything is sent: a typo in the last file applies nothing.
     let mut docs = read_documents(files)?;
     if docs.is_empty() {
         bail!("no documents to apply");
     }
+    if let Some(selector) = &opts.selector {
+        // As kubectl: -l narrows the documents to those it selects.
+        docs.retain(|(source, d)| {
+            let keep = selector.matches(d.metadata());
+            if !keep {
+                eprintln!(
+                    "{} {} (from {source}) skipped: it does not carry {selector}",
+                    d.kind(),
+                    d.key()
+                );
+            }
+            keep
+        });
+    }
     // Referenced kinds first (Services before the Routes that name them); stable otherwise.
     docs.sort_by_key(|(_, d)| d.kind());
+    let applied = prune::AppliedSet::of(docs.iter().map(|(_, d)| d));
+    // A dry run checks each document as the real apply of the whole set would: the set's
+    // Services stand in for the stored ones in reference checks.
+    let pending: Vec<v1::Service> = docs
+        .iter()
+        .filter_map(|(_, d)| match d {
+            AnyResource::Service(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
     let mut c = client::connect(conn).await?;
     let mut failed = 0;
     for (source, doc) in docs {
         let what = format!("{} {}", doc.kind(), doc.key());
-        match client::apply(&mut c, doc).await {
-            Ok((stored, outcome)) => {
-                let verb = match outcome {
-                    v1::ApplyOutcome::Created => "created",
-                    v1::ApplyOutcome::Updated => "configured",
-                    v1::ApplyOutcome::Unchanged => "unchanged",
-                    v1::ApplyOutcome::Unspecified => "applied",
-                };
+        let result = if opts.dry_run {
+            client::dry_run(&mut c, doc, &pending)
+                .await
+                .map(|(outcome, _, _)| format!("{} (dry run)", verb(outcome)))
+        } else {
+            client::apply(&mut c, doc).await.map(|(stored, outcome)| {
                 let version = stored.metadata().map(|m| m.resource_version).unwrap_or(0);
-                println!("{what} {verb} (resourceVersion {version})");
-            }
+                format!("{} (resourceVersion {version})", verb(outcome))
+            })
+        };
+        match result {
+            Ok(said) => println!("{what} {said}"),
             Err(status) => {
                 failed += 1;
                 eprintln!("error: {what} (from {source}): {}", describe(&status));
@@ -99,12 +147,29 @@ pub async fn apply(conn: &Connection, files: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     if failed > 0 {
+        if opts.prune {
+            bail!("{failed} document(s) were not applied; nothing was pruned");
+        }
         bail!("{failed} document(s) were not applied");
+    }
+    if opts.prune
+        && let Some(selector) = &opts.selector
+    {
+        prune::prune(&mut c, selector, &applied, opts.dry_run).await?;
     }
     Ok(())
 }
 
-fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
+fn verb(outcome: v1::ApplyOutcome) -> &'static str {
+    match outcome {
+        v1::ApplyOutcome::Created => "created",
+        v1::ApplyOutcome::Updated => "configured",
+        v1::ApplyOutcome::Unchanged => "unchanged",
+        v1::ApplyOutcome::Unspecified => "applied",
+    }
+}
+
+pub(super) fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
     Kind::from_cli(kind).with_context(|| {
         format!(
             "unknown kind {kind:?} (expected service, route, canary, authorizationpolicy, meshconfig or workload)"
@@ -149,13 +214,62 @@ pub async fn delete(
     kind: &str,
     namespace: &str,
     name: &str,
+    ignore_not_found: bool,
 ) -> anyhow::Result<()> {
     let kind = parse_kind(kind)?;
     let mut c = client::connect(conn).await?;
-    let version = client::delete(&mut c, kind, namespace, name)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?;
-    println!("{kind} {namespace}/{name} deleted (resourceVersion {version})");
+    match client::delete(&mut c, kind, namespace, name).await {
+        Ok(version) => {
+            println!("{kind} {namespace}/{name} deleted (resourceVersion {version})");
+        }
+        Err(s) if ignore_not_found && client::is_not_found(&s) => {}
+        Err(s) => bail!("{}", describe(&s)),
+    }
+    Ok(())
+}
+
+/// `delete -f`: every resource the documents name, dependents first (Canaries and Routes
+/// before the Services they name). One that is not there is an error (reported, the rest
+/// still deleted) unless `ignore_not_found`.
+pub async fn delete_files(
+    conn: &Connection,
+    files: &[PathBuf],
+    ignore_not_found: bool,
+) -> anyhow::Result<()> {
+    let mut docs = read_documents(files)?;
+    if docs.is_empty() {
+        bail!("no documents name anything to delete");
+    }
+    docs.sort_by_key(|(_, d)| std::cmp::Reverse(d.kind()));
+    let mut c = client::connect(conn).await?;
+    let mut failed = 0;
+    for (source, doc) in docs {
+        let kind = doc.kind();
+        let meta = doc.metadata().cloned().unwrap_or_default();
+        let ns = if meta.namespace.is_empty() {
+            quiver_api::resource::DEFAULT_NAMESPACE
+        } else {
+            meta.namespace.as_str()
+        };
+        match client::delete(&mut c, kind, ns, &meta.name).await {
+            Ok(version) => println!(
+                "{kind} {ns}/{} deleted (resourceVersion {version})",
+                meta.name
+            ),
+            Err(s) if ignore_not_found && client::is_not_found(&s) => {}
+            Err(s) => {
+                failed += 1;
+                eprintln!(
+                    "error: {kind} {ns}/{} (from {source}): {}",
+                    meta.name,
+                    describe(&s)
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} resource(s) were not deleted");
+    }
     Ok(())
 }
 

@@ -40,7 +40,9 @@ pub use feed::Feed;
 pub use leases::{Lease, Leases};
 pub use postgres::PgStore;
 pub use proxies::{ProxyStatusRecord, ProxyStatuses};
-pub use resources::{CHANGE_RETENTION, Change, ChangeOp, PutOutcome, Resources, StoredObject};
+pub use resources::{
+    CHANGE_RETENTION, Change, ChangeOp, PutOutcome, Resources, StoredObject, put_outcome,
+};
 pub use revocations::{RevocationRecord, Revocations};
 pub use sqlite::SqliteStore;
 pub use traces::{

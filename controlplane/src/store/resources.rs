@@ -41,6 +41,36 @@ pub enum PutOutcome {
     Unchanged,
 }
 
+/// What a put of `body` does to the object stored now (`existing`: its version and body),
+/// or the conflict it is refused with: the one rule both [`Resources::put`] and the API's
+/// dry run follow. `expect` as in `put` (`Some(0)` is `None`).
+pub fn put_outcome(
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    existing: Option<(u64, &[u8])>,
+    body: &[u8],
+    expect: Option<u64>,
+) -> Result<PutOutcome, StoreError> {
+    if let Some(expected) = expect.filter(|v| *v != 0) {
+        let at = existing.map(|(v, _)| v);
+        if at != Some(expected) {
+            return Err(StoreError::Conflict {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+                expected,
+                current: at,
+            });
+        }
+    }
+    Ok(match existing {
+        Some((_, stored)) if stored == body => PutOutcome::Unchanged,
+        Some(_) => PutOutcome::Updated,
+        None => PutOutcome::Created,
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeOp {
     Create,
@@ -243,21 +273,18 @@ where
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
-        let expect = expect.filter(|v| *v != 0);
-        if let Some(expected) = expect {
-            let at = existing.as_ref().map(|e| version(e.resource_version));
-            if at != Some(expected) {
-                return Err(StoreError::Conflict {
-                    kind,
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    expected,
-                    current: at,
-                });
-            }
-        }
+        let decided = put_outcome(
+            kind,
+            namespace,
+            name,
+            existing
+                .as_ref()
+                .map(|e| (version(e.resource_version), e.body.as_slice())),
+            &body,
+            expect,
+        )?;
         let existing = match existing {
-            Some(e) if e.body == body => {
+            Some(e) if decided == PutOutcome::Unchanged => {
                 tx.rollback().await?;
                 return Ok((e.into_object()?, PutOutcome::Unchanged));
             }

@@ -23,6 +23,7 @@ use crate::proxy::http::{
     PEER_IDENTITY_HEADER, TARGET_HEADER, authority_of, content_length, normalize_path, rebase_uri,
     strip_hop_by_hop,
 };
+use crate::proxy::upgrade::{self, Upgrade};
 use crate::proxy::upstream::{Lease, Report, Routing};
 use crate::snapshot::Target;
 use crate::telemetry::metrics::Metrics;
@@ -43,6 +44,9 @@ enum AttemptBody {
     Stream(crate::mesh::body::Counted<AppBody>),
     /// Streamed by an earlier attempt: nothing left to send.
     Spent,
+    /// No body: the request asks to switch protocols, and the app's connection becomes the
+    /// tunnel's if the peer's app agrees. One attempt only (a CONNECT is never replayed).
+    Upgrade(Upgrade),
 }
 
 /// What was decided for one request, for its span and the access log.
@@ -72,6 +76,11 @@ pub async fn forward(
     if let Err(e) = normalize_path(&mut parts.uri, &inputs.tuning.request_paths) {
         return (Err(e), Decided::default());
     }
+    // An upgrade (WebSocket) is routed like any request; only its last hop differs.
+    let upgrade = match upgrade::take(&mut parts, !incoming.is_end_stream()) {
+        Ok(u) => u,
+        Err(e) => return (Err(e), Decided::default()),
+    };
     let head = RequestHead {
         method: parts.method.as_str(),
         path: parts.uri.path(),
@@ -92,7 +101,7 @@ pub async fn forward(
         connection: Arc::default(),
         identity: String::new(),
     };
-    let result = exchange.run(target, parts, incoming).await;
+    let result = exchange.run(target, parts, incoming, upgrade).await;
     let Exchange {
         plan,
         connection,
@@ -122,16 +131,26 @@ struct Exchange<'a> {
 
 impl Exchange<'_> {
     /// Faults, then hold the body if it may be sent again, mirror, then attempts until one
-    /// is final.
+    /// is final. An upgrade has no body to hold and goes to the peer as a CONNECT, which is
+    /// never mirrored or retried.
     async fn run(
         &mut self,
         target: &Target,
         parts: http::request::Parts,
         incoming: AppBody,
+        upgrade: Option<Upgrade>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         self.inject_faults().await?;
-        let mut body = self.hold_body(target, &parts.headers, incoming).await?;
-        let head = prepare_head(target, parts)?;
+        let (mut body, head) = match upgrade {
+            Some(u) => {
+                let head = upgrade::mesh_head(prepare_head(target, parts)?, &u.protocol)?;
+                (AttemptBody::Upgrade(u), head)
+            }
+            None => {
+                let body = self.hold_body(target, &parts.headers, incoming).await?;
+                (body, prepare_head(target, parts)?)
+            }
+        };
         if let (Some(mirror), AttemptBody::Held(b)) = (self.plan.mirror.clone(), &body) {
             Metrics::count(&self.inputs.metrics.mirrored, &self.plan.service);
             mirror_copy(self.inputs, self.routing, &mirror, &head, b.clone());
@@ -356,7 +375,7 @@ pub fn prepare_head(
 /// One attempt: send the head and body to the leased endpoint, return the response head with
 /// its body streaming.
 async fn send_once(
-    inputs: &Inputs,
+    inputs: &Arc<Inputs>,
     lease: &mut Lease,
     head: &Request<()>,
     body: AttemptBody,
@@ -373,6 +392,7 @@ async fn send_once(
     let (mut tx, mut rx) = stream.split();
     let mut sending = None;
     let mut stall = None;
+    let mut upgrading = None;
     match body {
         AttemptBody::Held(b) if b.is_empty() => {
             // A peer that answers at once (a refusal: 403, 404) may stop our sending side
@@ -402,6 +422,10 @@ async fn send_once(
                 sent
             }));
         }
+        AttemptBody::Upgrade(u) => {
+            // The CONNECT's request side stays open: it becomes the tunnel's upstream half.
+            upgrading = Some((u, tx));
+        }
         AttemptBody::Spent => {
             return Err(ProxyError::BadRequest(
                 "the request body was already streamed".into(),
@@ -429,6 +453,25 @@ async fn send_once(
         None => rx.recv_response().await,
     }
     .map_err(|e| peer.stream_error(&e))?;
+    if let Some((u, mut tx)) = upgrading {
+        if let Some(protocol) = upgrade::accepted(&resp) {
+            let service = lease.service().to_string();
+            let stream = (tx, rx);
+            return Ok(upgrade::switched(
+                inputs,
+                service,
+                peer,
+                stream,
+                resp,
+                protocol,
+                u.on_upgrade,
+            ));
+        }
+        // The app answered without switching: that answer streams back like any response.
+        if let Err(e) = tx.finish().await {
+            tracing::debug!(error = %e, "the peer stopped the upgrade's request side");
+        }
+    }
     let (mut rparts, ()) = resp.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     rparts.version = http::Version::HTTP_11;

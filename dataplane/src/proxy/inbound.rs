@@ -108,6 +108,12 @@ async fn request(
 ) {
     // Held until the response body is fully sent: drain must not close the connection under it.
     let _inflight = inputs.drain.track();
+    // A CONNECT that carries an upgrade becomes the request it carries before anything looks
+    // at it: the record, authorization and the app all see the app's method and path.
+    let (upgrade, restored) = match crate::proxy::upgrade::from_mesh(&mut req) {
+        Ok(u) => (u, Ok(())),
+        Err(e) => (None, Err(e)),
+    };
     let mut record = RequestRecord::new(
         &inputs.metrics,
         Direction::Inbound,
@@ -128,11 +134,13 @@ async fn request(
     let source = span.peer_service.clone();
     record.set_source(&source);
     // Authorization and the app see one path: the normalized one (CONNECT has none).
-    let normalized = if req.method() == Method::CONNECT {
-        Ok(())
-    } else {
-        normalize_path(req.uri_mut(), &inputs.tuning.request_paths)
-    };
+    let normalized = restored.and_then(|()| {
+        if req.method() == Method::CONNECT {
+            Ok(())
+        } else {
+            normalize_path(req.uri_mut(), &inputs.tuning.request_paths)
+        }
+    });
     let decided = normalized.and_then(|()| decide(&inputs, &req, &peer));
     let port = match decided {
         Ok(p) => p,
@@ -151,10 +159,28 @@ async fn request(
         return;
     }
     let (mut tx, rx) = stream.split();
-    match forward(&inputs, &peer, &port, req, rx).await {
-        Ok(resp) => {
-            let (parts, body) = resp.into_parts();
+    let (answer, upgrade_rx) = match upgrade {
+        Some(protocol) => {
+            let answer = crate::proxy::upgrade::to_app(&inputs, &peer, &port, req, protocol);
+            (answer.await, Some(rx))
+        }
+        None => (forward(&inputs, &peer, &port, req, rx).await, None),
+    };
+    match answer {
+        Ok(mut resp) => {
+            // The app switched: the CONNECT succeeded (200, with `quiver-upgrade`), and the
+            // request is recorded with the app's 101.
+            let switched = match upgrade_rx {
+                Some(rx) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    Some((hyper::upgrade::on(&mut resp), rx))
+                }
+                _ => None,
+            };
+            let (mut parts, body) = resp.into_parts();
             let status = parts.status;
+            if switched.is_some() {
+                parts.status = StatusCode::OK;
+            }
             let error = error_kind(&parts.headers);
             if let Some(span) = record.span_mut() {
                 span.response_bytes = content_length(&parts.headers).unwrap_or(0);
@@ -165,6 +191,11 @@ async fn request(
                 return;
             }
             record.finish(status, error);
+            if let Some((on_upgrade, rx)) = switched {
+                crate::proxy::upgrade::pump_to_app(&inputs, &port.service, on_upgrade, tx, rx)
+                    .await;
+                return;
+            }
             let sent = Metrics::bytes(
                 &inputs.metrics.response_bytes,
                 Direction::Inbound,
