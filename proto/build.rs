@@ -40,6 +40,17 @@ const DOCUMENT_TYPES: &[&str] = &[
     "WorkloadStatus",
 ];
 
+/// Messages `quiverctl` prints as YAML/JSON (`proxy-status`, `proxy-config`), in the same
+/// camelCase as the documents.
+const OUTPUT_TYPES: &[&str] = &[
+    "ProxyStatus",
+    "ProxySnapshot",
+    "SnapshotService",
+    "SnapshotEndpoint",
+    "SnapshotLocalService",
+    "Revocation",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = match std::env::var_os("PROTOC") {
         Some(p) => PathBuf::from(p),
@@ -63,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(services)
         .file_descriptor_set_path(out_dir.join("quiver_v1_descriptor.bin"))
         .btree_map(".");
-    for ty in DOCUMENT_TYPES {
+    for ty in DOCUMENT_TYPES.iter().chain(OUTPUT_TYPES) {
         builder = builder.message_attribute(
             format!(".quiver.v1.{ty}"),
             "#[derive(serde::Serialize, serde::Deserialize)] \

@@ -512,6 +512,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         revocations,
         started_at: rfc3339(now_ms()),
         spans: span_writer,
+        pushed: crate::discovery::pushed::PushLog::default(),
     });
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -176,6 +176,18 @@ async fn register_and_watch_on_postgres() {
     server.stop().await;
 }
 
+/// What ListProxyStatus answers.
+async fn proxies(server: &TestServer) -> Vec<v1::ProxyStatus> {
+    server
+        .admin()
+        .await
+        .list_proxy_status(v1::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
 /// Keep-alives hold the endpoint; when they stop, the lease lapses and the endpoint leaves
 /// every snapshot and the workload list.
 async fn lapsed_lease_removes_the_endpoint(server: &TestServer) {
@@ -201,7 +213,10 @@ async fn lapsed_lease_removes_the_endpoint(server: &TestServer) {
     let held_until = tokio::time::Instant::now() + Duration::from_millis(2500);
     while tokio::time::Instant::now() < held_until {
         reviews_client
-            .keep_alive(v1::KeepAliveRequest { name: name.clone() })
+            .keep_alive(v1::KeepAliveRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
             .await
             .expect("keep-alive");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -214,6 +229,37 @@ async fn lapsed_lease_removes_the_endpoint(server: &TestServer) {
             .is_err(),
         "keep-alives push nothing to watchers"
     );
+
+    // Keep-alives without a report (a proxy older than proxy status): listed as UNKNOWN.
+    let listed = proxies(server).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].workload.as_str(), listed[0].state.as_str()),
+        (name.as_str(), "UNKNOWN")
+    );
+    // With a report, what it runs is stored.
+    reviews_client
+        .keep_alive(v1::KeepAliveRequest {
+            name: name.clone(),
+            report: Some(v1::ProxyReport {
+                applied_version: 4,
+                proxy_version: "9.9.9".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("keep-alive with a report");
+    let listed = proxies(server).await;
+    assert_eq!(
+        (
+            listed[0].state.as_str(),
+            listed[0].proxy_version.as_str(),
+            listed[0].applied_version
+        ),
+        ("SYNCED", "9.9.9", 4),
+        "{listed:?}"
+    );
+    assert_eq!(listed[0].service, "reviews");
 
     // Stop: the endpoint goes within the lease plus a sweep.
     let stopped = tokio::time::Instant::now();
@@ -236,8 +282,14 @@ async fn lapsed_lease_removes_the_endpoint(server: &TestServer) {
         .into_inner()
         .items;
     assert!(listed.is_empty(), "{listed:?}");
+    // Its status row went with it.
+    let listed = proxies(server).await;
+    assert!(listed.is_empty(), "{listed:?}");
     let err = reviews_client
-        .keep_alive(v1::KeepAliveRequest { name })
+        .keep_alive(v1::KeepAliveRequest {
+            name,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");

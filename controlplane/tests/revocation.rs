@@ -281,7 +281,10 @@ async fn revoking_a_workload_revokes_its_identity_and_removes_the_endpoint() {
     let err = proxy
         .client()
         .await
-        .keep_alive(v1::KeepAliveRequest { name })
+        .keep_alive(v1::KeepAliveRequest {
+            name,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");

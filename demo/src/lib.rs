@@ -261,9 +261,10 @@ async fn demo(
     children: &mut Children,
 ) -> anyhow::Result<()> {
     let conn = Connection {
-        server: api.to_string(),
+        server: Some(api.to_string()),
         token: Some(admin_token.to_string()),
         ca_file: None,
+        context: None,
     };
     let mut admin = admin_client::connect(&conn).await?;
 

@@ -461,4 +461,20 @@ impl MeshAdmin for AdminApi {
         self.call("DryRunApply", AdminApi::dry_run_apply(self, req))
             .await
     }
+
+    async fn list_proxy_status(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::ProxyStatusList>, Status> {
+        self.call("ListProxyStatus", super::proxies::list(&self.inputs, req))
+            .await
+    }
+
+    async fn get_proxy_config(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::ProxyConfig>, Status> {
+        self.call("GetProxyConfig", super::proxies::config(&self.inputs, req))
+            .await
+    }
 }

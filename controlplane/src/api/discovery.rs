@@ -4,7 +4,8 @@
 //! the credential (checked and used up atomically in the store). Every other call acts for
 //! the SPIFFE id of the caller's client certificate ([`super::peer`]) and is refused without
 //! one, so it only works on the discovery listener (mTLS). One identity holds at most
-//! `--max-watches-per-identity` Watch streams on a replica ([`Watches`]).
+//! `--max-watches-per-identity` Watch streams on a replica ([`Watches`]). KeepAlive carries
+//! the proxy's status report and every push is noted for it ([`super::proxies`]).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -287,9 +288,15 @@ impl DiscoveryApi {
                     if let Some(l) = &last {
                         snap.version = snap.version.max(l.version + 1);
                     }
+                    // Remembered before it leaves: the proxy's report of it may come back
+                    // before this task runs again.
+                    inputs
+                        .pushed
+                        .record(&caller.spiffe_id, &fronts, &snap, now_ms());
                     if tx.send(Ok(snap.clone())).await.is_err() {
                         return;
                     }
+                    super::proxies::pushed(&inputs, &caller, &fronts, &snap).await;
                     last = Some(snap);
                 }
                 tokio::select! {
@@ -362,7 +369,18 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
     ) -> Result<Response<v1::KeepAliveResponse>, Status> {
         self.call("KeepAlive", async {
             let caller = self.caller(&req, "KeepAlive")?;
-            workloads::keep_alive(&self.inputs, &caller, req.into_inner()).await
+            let req = req.into_inner();
+            let report = req.report.clone();
+            let name = req.name.clone();
+            let answer = workloads::keep_alive(&self.inputs, &caller, req).await?;
+            // The lease is renewed whatever happens to the report: a status view that lags
+            // must not cost the proxy its endpoint.
+            if let Some(report) = report
+                && let Err(e) = super::proxies::report(&self.inputs, &caller, &name, &report).await
+            {
+                tracing::warn!(error = %e.message(), workload = %name, "recording a proxy's status report failed");
+            }
+            Ok(answer)
         })
         .await
     }

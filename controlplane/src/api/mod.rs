@@ -22,6 +22,7 @@ mod ca;
 mod discovery;
 mod dry_run;
 mod peer;
+mod proxies;
 mod resources;
 mod revocations;
 mod telemetry;
@@ -53,6 +54,8 @@ pub struct Inputs {
     /// This replica's revocations in force (the deny-list proxies are sent).
     pub revocations: RevocationView,
     pub started_at: String,
+    /// What this replica's Watch streams pushed (for proxies' status reports).
+    pub pushed: crate::discovery::pushed::PushLog,
     /// Stores what proxies report, in group commits (and exports it, with `--otlp-endpoint`).
     pub spans: crate::telemetry::writer::SpanWriter,
 }

@@ -396,5 +396,9 @@ pub async fn deregister(
         .delete_lease(ns, &req.name)
         .await
         .map_err(store_status)?;
+    store
+        .delete_proxy_status(ns, &req.name)
+        .await
+        .map_err(store_status)?;
     Ok(v1::DeregisterResponse {})
 }

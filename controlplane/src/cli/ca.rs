@@ -34,8 +34,8 @@ pub enum CaCommand {
     },
     /// Show the roots, the intermediate, their expiry and the rotation phase.
     Status {
-        /// Output format (json includes the certificates' PEM).
-        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+        /// Output format (json and yaml include the certificates' PEM).
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
         output: String,
         #[command(flatten)]
         conn: Connection,
@@ -74,8 +74,8 @@ pub async fn run(cmd: CaCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
                 .into_inner();
-            if output == "json" {
-                println!("{}", serde_json::to_string_pretty(&to_json(&status))?);
+            if output != "table" {
+                super::print_doc(&to_json(&status), &output)?;
             } else {
                 print_status(&status);
             }

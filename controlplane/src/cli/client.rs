@@ -23,33 +23,44 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Client = MeshAdminClient<InterceptedService<Channel, Bearer>>;
 
-/// Connect to the control plane.
+/// Connect to the control plane (flags and environment over the config file's context,
+/// [`super::profiles::resolve`]).
 pub async fn connect(conn: &Connection) -> anyhow::Result<Client> {
-    let token =
-        match conn.token.as_deref().filter(|t| !t.trim().is_empty()) {
-            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
-                anyhow::anyhow!("--token / QUIVER_TOKEN: not a valid header value")
-            })?),
-            None => None,
-        };
-    let mut endpoint = Endpoint::from_shared(conn.server.clone()).map_err(|e| {
-        anyhow::anyhow!("--server / QUIVER_SERVER {:?}: not a URL: {e}", conn.server)
+    let target = super::profiles::resolve(conn)?;
+    connect_to(&target).await
+}
+
+/// Connect to a resolved target.
+pub async fn connect_to(target: &super::profiles::Target) -> anyhow::Result<Client> {
+    let from = target
+        .context
+        .as_ref()
+        .map(|c| format!(" (context {c:?})"))
+        .unwrap_or_default();
+    let token = match target.token.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+            anyhow::anyhow!("--token / QUIVER_TOKEN{from}: not a valid header value")
+        })?),
+        None => None,
+    };
+    let server = &target.server;
+    let mut endpoint = Endpoint::from_shared(server.clone()).map_err(|e| {
+        anyhow::anyhow!("--server / QUIVER_SERVER{from} {server:?}: not a URL: {e}")
     })?;
-    if conn.server.starts_with("https://") {
+    if server.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &conn.ca_file {
+        if let Some(ca) = &target.ca_file {
             let pem = std::fs::read(ca)
-                .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", ca.display()))?;
+                .map_err(|e| anyhow::anyhow!("--ca-file{from} {}: {e}", ca.display()))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         endpoint = endpoint
             .tls_config(tls)
-            .map_err(|e| anyhow::anyhow!("TLS setup for {}: {e}", conn.server))?;
+            .map_err(|e| anyhow::anyhow!("TLS setup for {server}: {e}"))?;
     }
     let channel = endpoint.connect().await.map_err(|e| {
         anyhow::anyhow!(
-            "cannot reach the control plane at {} (set --server or QUIVER_SERVER): {}",
-            conn.server,
+            "cannot reach the control plane at {server}{from} (set --server, QUIVER_SERVER or a context): {}",
             source_chain(&e)
         )
     })?;

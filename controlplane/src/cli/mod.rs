@@ -7,14 +7,20 @@ use clap::{Args, Parser, Subcommand};
 
 mod ca;
 pub mod certs;
+mod check;
 pub mod client;
+mod completions;
 mod diff;
+pub mod profiles;
+mod proxies;
 pub mod prune;
 pub mod resources;
 mod revoke;
+mod table;
 mod tokens;
 mod trust;
 mod watch;
+mod wide;
 
 #[derive(Debug, Parser)]
 #[command(name = "quiverctl", version, about = "Operate a Quiver mesh")]
@@ -23,17 +29,14 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where the control plane is and who we are.
-#[derive(Debug, Clone, Args)]
+/// Where the control plane is and who we are. Each field left unset comes from the config
+/// file's context ([`profiles`]), else the default.
+#[derive(Debug, Clone, Default, Args)]
 pub struct Connection {
-    /// Control-plane API address (http:// for h2c, https:// for TLS).
-    #[arg(
-        long,
-        env = "QUIVER_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    pub server: String,
+    /// Control-plane API address (http:// for h2c, https:// for TLS) [default: the
+    /// context's, else http://127.0.0.1:8080].
+    #[arg(long, env = "QUIVER_SERVER", global = true)]
+    pub server: Option<String>,
     /// API token (admin or viewer).
     #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -41,6 +44,10 @@ pub struct Connection {
     /// with --tls-mesh-ca, the `api-ca.pem` it writes into its data directory.
     #[arg(long, visible_alias = "ca-cert", env = "QUIVER_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
+    /// A context of the config file (`quiverctl config get-contexts`) instead of the
+    /// current one.
+    #[arg(long, env = "QUIVER_CONTEXT", global = true)]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,7 +89,7 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
         /// Output format.
-        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "yaml", "json"])]
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "wide", "yaml", "json"])]
         output: String,
         /// Watch: the objects there now (ADDED), then one line per change, until interrupted.
         #[arg(short = 'w', long, conflicts_with = "output")]
@@ -121,6 +128,9 @@ pub enum Command {
     Revoke(revoke::RevokeCommand),
     /// Show the control plane's status.
     Status {
+        /// Output format.
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
+        output: String,
         #[command(flatten)]
         conn: Connection,
     },
@@ -139,6 +149,24 @@ pub enum Command {
     /// Mint development certificates for static-config proxies and tests.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Every proxy: the snapshot version it runs against the latest pushed (SYNCED, STALE,
+    /// REFUSED), its version, certificate expiry and last report.
+    #[command(name = "proxy-status")]
+    ProxyStatus(proxies::ProxyStatusArgs),
+    /// The config one proxy runs (the snapshot it last applied, as the control plane
+    /// pushed it), by Workload name.
+    #[command(name = "proxy-config")]
+    ProxyConfig(proxies::ProxyConfigArgs),
+    /// Check the mesh: control plane and store, CA expiry, proxies in sync and their
+    /// certificates, services without endpoints, references to missing services or subsets.
+    /// Exits non-zero when any check fails.
+    Check(check::CheckArgs),
+    /// Named contexts in the config file (server, token, CA): use-context, get-contexts,
+    /// set-context, current-context, delete-context.
+    #[command(subcommand)]
+    Config(profiles::ConfigCommand),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completion { shell: clap_complete::Shell },
 }
 
 /// A command's exit status when it is not simply success or failure (`diff`: 1 means "there
@@ -156,13 +184,19 @@ impl std::fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Certs(c) = cli.command {
-        return certs::run(c);
-    }
+    let command = match cli.command {
+        Command::Certs(c) => return certs::run(c),
+        Command::Config(c) => return profiles::run(c),
+        Command::Completion { shell } => {
+            completions::print(shell);
+            return Ok(());
+        }
+        other => other,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(cli.command))
+    runtime.block_on(run_async(command))
 }
 
 async fn run_async(command: Command) -> anyhow::Result<()> {
@@ -230,10 +264,24 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::JoinToken(c) => tokens::join_token(c).await,
         Command::Revoke(c) => revoke::run(c).await,
         Command::Ca(c) => ca::run(c).await,
-        Command::Status { conn } => tokens::status(&conn).await,
+        Command::Status { output, conn } => tokens::status(&conn, &output).await,
         Command::TrustBundle { output, conn } => {
             trust::trust_bundle(&conn, output.as_deref()).await
         }
-        Command::Certs(_) => Ok(()),
+        Command::ProxyStatus(a) => proxies::status(a).await,
+        Command::ProxyConfig(a) => proxies::config(a).await,
+        Command::Check(a) => check::run(a).await,
+        Command::Certs(_) | Command::Config(_) | Command::Completion { .. } => Ok(()),
     }
+}
+
+/// Print `doc` as `json` (pretty) or `yaml`, the machine-readable `-o` formats of the read
+/// commands.
+fn print_doc<T: serde::Serialize>(doc: &T, output: &str) -> anyhow::Result<()> {
+    if output == "yaml" {
+        print!("{}", serde_yaml::to_string(doc)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(doc)?);
+    }
+    Ok(())
 }

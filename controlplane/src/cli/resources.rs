@@ -202,6 +202,7 @@ pub async fn get(
     let text = match output {
         "yaml" => document::to_yaml(&items)?,
         "json" => document::to_json(&items)? + "\n",
+        "wide" => super::wide::render(kind, &items),
         _ => table(kind, &items),
     };
     print!("{text}");
@@ -272,16 +273,21 @@ pub async fn delete_files(
     Ok(())
 }
 
-/// A plain aligned table: NAMESPACE NAME VERSION and a few kind-specific columns.
-fn table(kind: Kind, items: &[AnyResource]) -> String {
-    let extra: &[&str] = match kind {
+/// The kind-specific columns of the table (after NAMESPACE NAME VERSION).
+pub(super) fn column_names(kind: Kind) -> &'static [&'static str] {
+    match kind {
         Kind::Service => &["PORTS", "SUBSETS"],
         Kind::Route => &["SERVICE", "RULES"],
         Kind::Canary => &["SERVICE", "PHASE", "WEIGHT"],
         Kind::AuthorizationPolicy => &["SERVICE", "ALLOW", "DENY"],
         Kind::MeshConfig => &["DEFAULT-POLICY", "CROSS-NAMESPACE"],
         Kind::Workload => &["SERVICE", "ADDRESS", "READY"],
-    };
+    }
+}
+
+/// A plain aligned table: NAMESPACE NAME VERSION and a few kind-specific columns.
+fn table(kind: Kind, items: &[AnyResource]) -> String {
+    let extra = column_names(kind);
     let mut rows = vec![
         ["NAMESPACE", "NAME", "VERSION"]
             .iter()
@@ -328,7 +334,7 @@ fn table(kind: Kind, items: &[AnyResource]) -> String {
     out
 }
 
-fn columns(item: &AnyResource) -> Vec<String> {
+pub(super) fn columns(item: &AnyResource) -> Vec<String> {
     match item {
         AnyResource::Service(s) => {
             let spec = s.spec.clone().unwrap_or_default();

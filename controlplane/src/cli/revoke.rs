@@ -34,7 +34,7 @@ pub enum RevokeCommand {
     /// List the revocations in force.
     List {
         /// Output format.
-        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
         output: String,
         #[command(flatten)]
         conn: Connection,
@@ -92,7 +92,7 @@ async fn list(conn: &Connection, output: &str) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
         .into_inner()
         .items;
-    if output == "json" {
+    if output != "table" {
         let rows: Vec<serde_json::Value> = items
             .iter()
             .map(|r| {
@@ -106,7 +106,7 @@ async fn list(conn: &Connection, output: &str) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        super::print_doc(&rows, output)?;
         return Ok(());
     }
     let rows: Vec<[&str; 5]> = items

@@ -24,6 +24,9 @@ pub enum TokenCommand {
     },
     /// List API and join tokens: id, kind, role or identity, expiry. Never the secrets.
     List {
+        /// Output format.
+        #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json", "yaml"])]
+        output: String,
         #[command(flatten)]
         conn: Connection,
     },
@@ -86,13 +89,35 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
             );
             println!("{}", resp.token);
         }
-        TokenCommand::List { conn } => {
+        TokenCommand::List { output, conn } => {
             let mut c = client::connect(&conn).await?;
             let list = c
                 .list_tokens(v1::ListTokensRequest {})
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
                 .into_inner();
+            if output != "table" {
+                let rows: Vec<serde_json::Value> = list
+                    .items
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "kind": t.kind,
+                            "id": t.id,
+                            "role": t.role,
+                            "description": t.description,
+                            "spiffeId": t.spiffe_id,
+                            "createdAt": t.created_at,
+                            "expiresAt": t.expires_at,
+                            "uses": t.uses,
+                            "maxUses": t.max_uses,
+                            "expired": t.expired,
+                        })
+                    })
+                    .collect();
+                super::print_doc(&rows, &output)?;
+                return Ok(());
+            }
             println!(
                 "{:<14} {:<5} {:<8} {:<26} {:<22} {:<8} WHAT",
                 "ID", "KIND", "ROLE", "EXPIRES", "CREATED", "STATE"
@@ -157,14 +182,34 @@ pub async fn join_token(cmd: JoinTokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn status(conn: &Connection) -> anyhow::Result<()> {
-    let mut c = client::connect(conn).await?;
+pub async fn status(conn: &Connection, output: &str) -> anyhow::Result<()> {
+    let target = super::profiles::resolve(conn)?;
+    let mut c = client::connect_to(&target).await?;
     let s = c
         .status(v1::StatusRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
         .into_inner();
-    println!("server:               {}", conn.server);
+    if output == "json" || output == "yaml" {
+        let doc = serde_json::json!({
+            "server": target.server,
+            "context": target.context,
+            "version": s.version,
+            "store": s.store,
+            "trustDomain": s.trust_domain,
+            "resourceVersion": s.resource_version,
+            "watchers": s.watchers,
+            "startedAt": s.started_at,
+            "role": s.role,
+            "counts": s.counts,
+        });
+        super::print_doc(&doc, output)?;
+        return Ok(());
+    }
+    println!("server:               {}", target.server);
+    if let Some(ctx) = &target.context {
+        println!("context:              {ctx}");
+    }
     println!("version:              {}", s.version);
     println!("store:                {}", s.store);
     println!("trust domain:         {}", s.trust_domain);

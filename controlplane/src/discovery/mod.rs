@@ -1,9 +1,10 @@
 //! Discovery and config push for proxies: the per-replica mesh view, the revocations in force
-//! (the deny-list), per-proxy snapshots, the lease sweeper and the discovery listener's TLS
+//! (the deny-list), per-proxy snapshots and what was pushed (`pushed.rs`), the lease sweeper and the discovery listener's TLS
 //! identity. The gRPC handlers are in
 //! [`crate::api`]; this module owns the state they read.
 
 pub mod listener;
+pub mod pushed;
 pub mod revocations;
 pub mod snapshot;
 pub mod sweeper;

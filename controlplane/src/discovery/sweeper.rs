@@ -33,6 +33,10 @@ pub async fn sweep(store: &dyn Store) -> Result<usize, crate::store::StoreError>
             .expire_workload(&lease.namespace, &lease.name, now)
             .await?
         {
+            // Its status row goes with it (`quiverctl proxy-status` lists live workloads).
+            store
+                .delete_proxy_status(&lease.namespace, &lease.name)
+                .await?;
             tracing::info!(
                 workload = %format!("{}/{}", lease.namespace, lease.name),
                 spiffe.id = %lease.spiffe_id,

@@ -79,6 +79,9 @@ where
     Vec<u8>: Value<DB>,
 {
     async fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        // SQLite: one writer at a time, or a resource write's transaction that started
+        // reading before this commit fails with BUSY instead of waiting.
+        let _guard = self.write_guard().await;
         sqlx::query(PUT_LEASE)
             .bind(lease.namespace.as_str())
             .bind(lease.name.as_str())
@@ -97,6 +100,7 @@ where
         expires_at: i64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
+        let _guard = self.write_guard().await;
         let done = sqlx::query(RENEW_LEASE)
             .bind(expires_at)
             .bind(namespace)
@@ -128,6 +132,7 @@ where
     }
 
     async fn delete_lease(&self, namespace: &str, name: &str) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
         sqlx::query(DELETE_LEASE)
             .bind(namespace)
             .bind(name)

@@ -1,6 +1,7 @@
 //! The control plane's store: resources with optimistic concurrency and the ordered change
 //! feed ([`resources`], [`feed`]), API and join tokens (hashed) and the mesh CA
-//! ([`credentials`]), workload leases ([`leases`]), revoked identities ([`revocations`]), and
+//! ([`credentials`]), workload leases ([`leases`]), what each proxy runs ([`proxies`]), revoked identities
+//! ([`revocations`]), and
 //! span blocks and edge statistics ([`traces`]).
 //!
 //! Two engines, one implementation: Postgres (production; several replicas may share one
@@ -24,6 +25,7 @@ mod engine;
 pub mod feed;
 mod leases;
 mod postgres;
+mod proxies;
 mod resources;
 mod revocations;
 mod sqlite;
@@ -37,6 +39,7 @@ pub use engine::{Engine, SqlStore};
 pub use feed::Feed;
 pub use leases::{Lease, Leases};
 pub use postgres::PgStore;
+pub use proxies::{ProxyStatusRecord, ProxyStatuses};
 pub use resources::{
     CHANGE_RETENTION, Change, ChangeOp, PutOutcome, Resources, StoredObject, put_outcome,
 };
@@ -82,7 +85,7 @@ pub enum StoreError {
 
 /// The store, for every engine: every concern, and which engine it runs on.
 pub trait Store:
-    Resources + Credentials + Leases + Revocations + Traces + Send + Sync + 'static
+    Resources + Credentials + Leases + Revocations + Traces + ProxyStatuses + Send + Sync + 'static
 {
     /// "postgres" or "sqlite".
     fn engine(&self) -> &'static str;
@@ -90,7 +93,7 @@ pub trait Store:
 
 impl<DB: Engine> Store for SqlStore<DB>
 where
-    Self: Resources + Credentials + Leases + Revocations + Traces,
+    Self: Resources + Credentials + Leases + Revocations + Traces + ProxyStatuses,
 {
     fn engine(&self) -> &'static str {
         DB::ENGINE

@@ -11,12 +11,15 @@
 //! - [`follow`]: the Watch stream; each snapshot is converted ([`crate::control::pushed`]) and applied
 //!   atomically, its deny-list of revoked identities included. A lost stream is retried with
 //!   backoff and jitter while the proxy keeps serving on the last good snapshot.
-//! - [`keep_registered`]: Register, then KeepAlive every third of the lease; a lapsed lease
-//!   (the control plane was away too long) is registered again.
+//! - [`keep_registered`]: Register, then KeepAlive every third of the lease, each carrying
+//!   what this proxy runs (the snapshot version applied, the last refused one and why, its
+//!   version and certificate expiry; sent at once after each push); a lapsed lease (the
+//!   control plane was away too long) is registered again.
 //! - [`renew`]: a new key and certificate at two thirds of the lifetime, swapped into the
 //!   QUIC endpoint for new connections without touching live ones.
 
 pub mod pushed;
+mod report;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -75,6 +78,8 @@ pub struct Session {
     channel: tokio::sync::Mutex<Option<Channel>>,
     /// The registered workload's name, for KeepAlive and Deregister.
     registered: Mutex<Option<String>>,
+    /// What this proxy runs, reported with every KeepAlive (`quiverctl proxy-status`).
+    status: report::ConfigStatus,
 }
 
 impl Session {
@@ -158,6 +163,7 @@ impl Session {
             held: Mutex::new(held),
             channel: tokio::sync::Mutex::new(None),
             registered: Mutex::new(None),
+            status: report::ConfigStatus::default(),
         })
     }
 
@@ -213,6 +219,16 @@ impl Session {
             .map_err(|e| with_causes(&e))?;
         *cached = Some(channel.clone());
         Ok(MeshDiscoveryClient::new(channel))
+    }
+
+    /// Note the outcome of a pushed snapshot and have it reported now.
+    fn note_config(&self, version: u64, refused: Option<String>) {
+        self.status.note(version, refused);
+    }
+
+    /// The report sent with a KeepAlive.
+    fn report(&self) -> v1::ProxyReport {
+        self.status.report(self.held().not_after)
     }
 
     /// Forget the channel so the next call dials again (after an error).
@@ -371,6 +387,7 @@ fn apply(inputs: &Inputs, session: &Session, own: &[SocketAddr], pushed: &v1::Pr
                 .collect();
             inputs.metrics.config_reload(false);
             tracing::warn!(version = pushed.version, errors = %errs.join("; "), "refused a pushed snapshot; keeping the current config");
+            session.note_config(pushed.version, Some(errs.join("; ")));
             return;
         }
     };
@@ -396,6 +413,10 @@ fn apply(inputs: &Inputs, session: &Session, own: &[SocketAddr], pushed: &v1::Pr
                 if let Err(e) = session.install(inputs, held) {
                     inputs.metrics.config_reload(false);
                     tracing::warn!(version = pushed.version, error = %e, "cannot use the pushed trust bundle; keeping the current config");
+                    session.note_config(
+                        pushed.version,
+                        Some(format!("the pushed trust bundle cannot be used: {e}")),
+                    );
                     return;
                 }
                 tracing::info!(
@@ -406,6 +427,10 @@ fn apply(inputs: &Inputs, session: &Session, own: &[SocketAddr], pushed: &v1::Pr
             Some(Err(e)) => {
                 inputs.metrics.config_reload(false);
                 tracing::warn!(version = pushed.version, error = %e, "refused a pushed snapshot: its trust bundle is refused; keeping the current config and bundle");
+                session.note_config(
+                    pushed.version,
+                    Some(format!("trustBundlePem: refused: {e}")),
+                );
                 return;
             }
             None => {}
@@ -424,6 +449,7 @@ fn apply(inputs: &Inputs, session: &Session, own: &[SocketAddr], pushed: &v1::Pr
         .snapshot_version
         .set(i64::try_from(pushed.version).unwrap_or(i64::MAX));
     inputs.set_waiting(None);
+    session.note_config(pushed.version, None);
 }
 
 /// Register the workload and keep its lease alive until the proxy stops. `sidecar_ports` are
@@ -486,7 +512,16 @@ pub async fn keep_registered(
                 }
             }
         };
-        tokio::time::sleep(wait).await;
+        // A snapshot applied or refused is reported at once (while registered), not a
+        // keep-alive later.
+        if lease.is_some() {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = session.status.changed() => {}
+            }
+        } else {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -524,7 +559,10 @@ enum KeepAliveError {
 
 async fn keep_alive(session: &Session, name: &str) -> Result<(), KeepAliveError> {
     let mut client = session.client().await.map_err(KeepAliveError::Failed)?;
-    let call = client.keep_alive(v1::KeepAliveRequest { name: name.into() });
+    let call = client.keep_alive(v1::KeepAliveRequest {
+        name: name.into(),
+        report: Some(session.report()),
+    });
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Err(_) => Err(KeepAliveError::Failed(format!(
             "no answer within {CALL_TIMEOUT:?}"

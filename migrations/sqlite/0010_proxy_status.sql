@@ -1,0 +1,25 @@
+-- What each registered proxy runs, as it last reported it (KeepAlive), and the newest
+-- snapshot a Watch stream pushed to its identity. Not resources: a report moves no version
+-- and wakes no watcher. Kept in the store so that every replica can answer for proxies
+-- connected to any replica. Rows go with their workload (deregister, lapsed lease).
+-- Times are Unix milliseconds, except cert_expires_at (Unix seconds; 0 when not reported).
+CREATE TABLE proxy_status (
+    namespace        TEXT    NOT NULL,
+    workload         TEXT    NOT NULL,
+    spiffe_id        TEXT    NOT NULL,
+    service          TEXT    NOT NULL,
+    proxy_version    TEXT    NOT NULL,
+    applied_version  INTEGER  NOT NULL,
+    applied_at       INTEGER  NOT NULL,
+    refused_version  INTEGER  NOT NULL,
+    refused_reason   TEXT    NOT NULL,
+    cert_expires_at  INTEGER  NOT NULL,
+    last_seen        INTEGER  NOT NULL,
+    latest_version   INTEGER  NOT NULL,
+    latest_since     INTEGER  NOT NULL,
+    -- The encoded ProxySnapshot pushed at snapshot_version (empty: none kept yet).
+    snapshot_version INTEGER  NOT NULL DEFAULT 0,
+    snapshot         BLOB    NOT NULL DEFAULT X'',
+    PRIMARY KEY (namespace, workload)
+);
+CREATE INDEX proxy_status_identity ON proxy_status (spiffe_id, service);
