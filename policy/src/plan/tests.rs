@@ -70,6 +70,7 @@ fn head<'a>(path: &'a str, h: &'a HeaderMap) -> RequestHead<'a> {
     RequestHead {
         method: "GET",
         path,
+        query: None,
         headers: h,
     }
 }
