@@ -40,6 +40,8 @@ spec:
     rewrite: {hostname: Not_A_Host, path: {replaceFullPath: "no-slash"}}
   - name: empty-rewrite
     rewrite: {}
+  - name: empty-redirect
+    redirect: {}
 "#;
 
 #[tokio::test]
@@ -74,6 +76,7 @@ async fn route_filters_are_refused_by_field_and_kept_when_valid() {
         "spec.rules[3].rewrite.hostname: \"Not_A_Host\" is not a DNS name",
         "spec.rules[3].rewrite.path.replaceFullPath: must start with '/'",
         "spec.rules[4].rewrite: set hostname, path or both",
+        "spec.rules[5].redirect: set at least one of scheme, hostname, port, path, statusCode",
     ] {
         assert!(msg.contains(want), "{want:?} missing from:\n{msg}");
     }

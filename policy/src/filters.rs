@@ -240,6 +240,16 @@ impl Redirect {
         errors: &mut Vec<FieldError>,
     ) -> Option<Self> {
         let before = errors.len();
+        // An empty redirect would send the caller back to the same URL; stored documents
+        // also drop empty objects, so it could not survive a round trip through the API.
+        if *r == v1::Redirect::default() {
+            errors.push(err(
+                at,
+                "set at least one of scheme, hostname, port, path, statusCode \
+                 (an empty redirect sends the caller back to the same URL)",
+            ));
+            return None;
+        }
         let scheme = match r.scheme.as_str() {
             "" => None,
             "http" | "https" => Some(r.scheme.clone()),

@@ -87,13 +87,15 @@ fn from<'a>(authority: &'a str, path: &'a str, query: Option<&'a str>) -> Redire
 
 #[test]
 fn redirect_location_follows_gateway_api() {
-    // Nothing set: the request's own parts, status 302.
-    let r = redirect("{}", None);
-    assert_eq!(r.status, 302);
+    // Only a status: the request's own parts.
+    let r = redirect("{statusCode: 307}", None);
+    assert_eq!(r.status, 307);
     assert_eq!(
         r.location(&from("api:8080", "/a", Some("q=1"))),
         "http://api:8080/a?q=1"
     );
+    // Status 302 when none is given.
+    assert_eq!(redirect("{hostname: b}", None).status, 302);
     // A new scheme without a port: the scheme's own port, left out.
     let r = redirect("{scheme: https, statusCode: 301}", None);
     assert_eq!(r.status, 301);
@@ -143,6 +145,14 @@ fn redirect_fields_are_refused_by_name() {
         "{errors:?}"
     );
     assert!(errors[3].reason.contains("match.path.prefix"), "{errors:?}");
+}
+
+#[test]
+fn an_empty_redirect_is_refused() {
+    let mut errors = Vec::new();
+    assert!(Redirect::compile(&v1::Redirect::default(), "r", None, &mut errors).is_none());
+    assert_eq!(errors[0].path, "r");
+    assert!(errors[0].reason.contains("same URL"), "{errors:?}");
 }
 
 #[test]

@@ -379,5 +379,5 @@ fn every_example_in_the_traffic_docs_compiles() {
             panic!("block {i} is not a policy example:\n{text}");
         }
     }
-    assert_eq!((policies, fragments, tuning), (3, 4, 1), "examples checked");
+    assert_eq!((policies, fragments, tuning), (4, 4, 1), "examples checked");
 }
