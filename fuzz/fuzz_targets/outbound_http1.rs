@@ -132,6 +132,7 @@ fn decide(req: Request<Incoming>) -> Result<Request<()>, ProxyError> {
     let head = RequestHead {
         method: parts.method.as_str(),
         path: &path,
+        query: parts.uri.query(),
         headers: &parts.headers,
     };
     let rolls = Rolls {

@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let head = RequestHead {
         method: "GET",
         path: "/",
+        query: None,
         headers: &headers,
     };
     // Fixed rolls, so a crash reproduces from its input alone.

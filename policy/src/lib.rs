@@ -26,6 +26,7 @@ pub mod balance;
 pub mod breaker;
 pub mod fault;
 mod fields;
+pub mod filters;
 pub mod mesh;
 pub mod outlier;
 pub mod path;

@@ -17,8 +17,12 @@ use regex::Regex;
 use crate::Labels;
 use crate::fault::{Fault, Mirror};
 use crate::fields::{self, err};
+use crate::filters::{HeaderEdits, Redirect, Rewrite};
 use crate::retry::Retries;
 use crate::services::{Backend, Services};
+
+mod query;
+use query::QueryCond;
 
 #[derive(Debug)]
 enum PathCond {
@@ -42,6 +46,8 @@ pub struct CompiledRule {
     methods: Vec<String>,
     path: Option<PathCond>,
     headers: Vec<(http::HeaderName, HeaderCond)>,
+    /// Query parameters (decoded name) and their conditions, all of which must hold.
+    query: Vec<(String, QueryCond)>,
     /// Backends with their cumulative weight bound: a roll `r` in 0..100 takes the first
     /// backend whose bound is greater than `r`.
     backends: Vec<(u32, Arc<Backend>)>,
@@ -50,6 +56,14 @@ pub struct CompiledRule {
     pub retries: Option<Retries>,
     pub fault: Option<Fault>,
     pub mirror: Option<Mirror>,
+    /// Header edits on the request sent upstream (every attempt alike).
+    pub request_headers: Option<HeaderEdits>,
+    /// Header edits on the response going back to the caller.
+    pub response_headers: Option<HeaderEdits>,
+    /// Answer with this redirect instead of forwarding.
+    pub redirect: Option<Redirect>,
+    /// Host and path changes before sending.
+    pub rewrite: Option<Rewrite>,
 }
 
 /// What the matcher needs of a request: nothing it could mutate, nothing from I/O.
@@ -58,6 +72,8 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     /// The URI path, without the query.
     pub path: &'a str,
+    /// The URI query, without the `?` (as sent: percent-encoded).
+    pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
 
@@ -141,11 +157,16 @@ impl CompiledRule {
             methods: Vec::new(),
             path: None,
             headers: Vec::new(),
+            query: Vec::new(),
             backends: vec![(100, Arc::new(whole_service(service)))],
             timeout: None,
             retries: None,
             fault: None,
             mirror: None,
+            request_headers: None,
+            response_headers: None,
+            redirect: None,
+            rewrite: None,
         }
     }
 
@@ -166,6 +187,10 @@ impl CompiledRule {
             Some(PathCond::Regex(re)) => re.is_match(req.path),
         };
         path_ok
+            && self
+                .query
+                .iter()
+                .all(|(name, cond)| cond.holds(query::first_value(req.query, name)))
             && self.headers.iter().all(|(name, cond)| {
                 let mut values = req.headers.get_all(name).iter();
                 match cond {
@@ -301,6 +326,7 @@ fn compile_rule(
     let mut path = None;
     let mut headers = Vec::new();
     let mut methods = Vec::new();
+    let mut query = Vec::new();
     if let Some(m) = &rule.r#match {
         let at = format!("{at}.match");
         if let Some(p) = &m.path {
@@ -311,7 +337,35 @@ fn compile_rule(
         for (i, h) in m.headers.iter().enumerate() {
             headers.extend(header_cond(h, &format!("{at}.headers[{i}]"), errors));
         }
+        for (i, q) in m.query_params.iter().enumerate() {
+            query.extend(query::compile(q, &format!("{at}.queryParams[{i}]"), errors));
+        }
     }
+    let prefix = rule
+        .r#match
+        .as_ref()
+        .and_then(|m| m.path.as_ref())
+        .filter(|p| !p.prefix.is_empty() && p.exact.is_empty() && p.regex.is_empty())
+        .map(|p| p.prefix.as_str());
+    let redirect = rule
+        .redirect
+        .as_ref()
+        .and_then(|r| Redirect::compile(r, &format!("{at}.redirect"), prefix, errors));
+    if rule.redirect.is_some() {
+        redirect_alone(rule, at, errors);
+    }
+    let rewrite = rule
+        .rewrite
+        .as_ref()
+        .and_then(|r| Rewrite::compile(r, &format!("{at}.rewrite"), prefix, errors));
+    let request_headers = rule
+        .request_headers
+        .as_ref()
+        .and_then(|m| HeaderEdits::compile(m, &format!("{at}.requestHeaders"), errors));
+    let response_headers = rule
+        .response_headers
+        .as_ref()
+        .and_then(|m| HeaderEdits::compile(m, &format!("{at}.responseHeaders"), errors));
     let backends = backends(rule, own, at, services, errors);
     let timeout = fields::duration(errors, &format!("{at}.timeout"), &rule.timeout, false);
     let retries = rule
@@ -331,12 +385,42 @@ fn compile_rule(
         methods,
         path,
         headers,
+        query,
         backends,
         timeout,
         retries,
         fault,
         mirror,
+        request_headers,
+        response_headers,
+        redirect,
+        rewrite,
     })
+}
+
+/// A redirect is answered by the proxy itself: nothing goes upstream, so the fields about
+/// sending are refused next to it, each by name.
+fn redirect_alone(rule: &v1::RouteRule, at: &str, errors: &mut Vec<FieldError>) {
+    let set = [
+        ("backends", !rule.backends.is_empty()),
+        ("rewrite", rule.rewrite.is_some()),
+        ("requestHeaders", rule.request_headers.is_some()),
+        ("mirror", rule.mirror.is_some()),
+        ("retries", rule.retries.is_some()),
+        ("fault", rule.fault.is_some()),
+        ("timeout", !rule.timeout.is_empty()),
+    ];
+    for (field, present) in set {
+        if present {
+            errors.push(err(
+                format!("{at}.{field}"),
+                format!(
+                    "{field} and redirect cannot both be set: a redirect is answered by the \
+                     proxy and nothing is sent upstream"
+                ),
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

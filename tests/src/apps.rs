@@ -28,7 +28,8 @@ pub fn pattern_byte(i: u64) -> u8 {
 /// An HTTP/1.1 + h2c echo app. Routes:
 /// - any path: 200, body = request body (streamed); headers `x-echo-method`, `x-echo-path`,
 ///   `x-echo-host`, `x-echo-version`, `x-echo-peer-identity`, `x-echo-headers` (sorted
-///   request header names) and `x-echo-chunked` (whether the request arrived chunked);
+///   request header names), `x-echo-values` (sorted `name=value` pairs, `; `-separated) and
+///   `x-echo-chunked` (whether the request arrived chunked);
 /// - `/status/N`: that status; `/sleep/MS`: wait, then echo; `/download/N`: N pattern bytes;
 /// - `/trailers`: body "hello" then trailer `x-trailer: yes`.
 pub async fn start_http_echo() -> SocketAddr {
@@ -180,6 +181,14 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
             .to_string(),
     );
     set("x-echo-headers", names.join(","));
+    // Every request header with its values, in order: `name=value; name=value`.
+    let mut values: Vec<String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    values.sort();
+    set("x-echo-values", values.join("; "));
     set(
         "x-echo-traceparent",
         req.headers()

@@ -452,6 +452,59 @@ async fn a_route_weight_change_through_the_api_moves_live_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn query_matches_rewrites_header_edits_and_redirects_applied_through_the_api_take_effect() {
+    let db = Db::postgres().await;
+    let mesh = Mesh::start("filters", &db, 17, &["v1", "v2"], &[]).await;
+    mesh.apply_and_await(
+        r#"
+apiVersion: quiver.dev/v1
+kind: Route
+metadata: {name: reviews, namespace: default}
+spec:
+  service: reviews
+  rules:
+  - name: moved
+    match: {path: {prefix: /old/}}
+    redirect: {scheme: https, hostname: shop.example.com, path: {replacePrefixMatch: /new/}, statusCode: 308}
+  - name: gold
+    match:
+      path: {prefix: /api/}
+      queryParams: [{name: tier, exact: gold}]
+    rewrite: {path: {replacePrefixMatch: /v2/}}
+    requestHeaders: {set: [{name: x-env, value: prod}]}
+    responseHeaders: {add: [{name: x-served-by, value: quiver}]}
+    backends: [{subset: v2, weight: 100}]
+  - name: rest
+    backends: [{subset: v1, weight: 100}]
+"#,
+    )
+    .await;
+    let client: Client = quiver_tests::client::client(false);
+    let addr = mesh.web.outbound[0];
+    let get = |path: &str| client.get(format!("http://{addr}{path}").parse().unwrap());
+    let header = |r: &http::Response<hyper::body::Incoming>, n: &str| {
+        r.headers()
+            .get(n)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string())
+    };
+    for _ in 0..20 {
+        let r = get("/api/items?tier=gold").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-echo-tag"), mesh.tag("v2"));
+        assert_eq!(header(&r, "x-echo-path"), "/v2/items?tier=gold");
+        assert!(header(&r, "x-echo-values").contains("x-env=prod"));
+        assert_eq!(header(&r, "x-served-by"), "quiver");
+        let r = get("/api/items?tier=silver").await.unwrap();
+        assert_eq!(header(&r, "x-echo-tag"), mesh.tag("v1"));
+        assert_eq!(header(&r, "x-echo-path"), "/api/items?tier=silver");
+        assert!(r.headers().get("x-served-by").is_none());
+    }
+    let r = get("/old/a?b=c").await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(header(&r, "location"), "https://shop.example.com/new/a?b=c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn certificates_rotate_under_traffic_without_losing_a_request() {
     let db = Db::postgres().await;
     let mesh = Mesh::start("rotation", &db, 13, &["v1"], &["--svid-ttl", "20s"]).await;

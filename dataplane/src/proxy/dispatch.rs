@@ -28,6 +28,7 @@ use crate::proxy::upstream::{Lease, Report, Routing};
 use crate::snapshot::Target;
 use crate::telemetry::metrics::Metrics;
 use quiver_policy::balance::{LOAD_HEADER, parse_load};
+use quiver_policy::filters::{Redirect, RedirectFrom, Rewrite};
 use quiver_policy::plan::{Plan, Rolls};
 use quiver_policy::retry::{self, Attempt, BodyState, Outcome, RetryDecision};
 use quiver_policy::route::RequestHead;
@@ -84,6 +85,7 @@ pub async fn forward(
     let head = RequestHead {
         method: parts.method.as_str(),
         path: parts.uri.path(),
+        query: parts.uri.query(),
         headers: &parts.headers,
     };
     let rolls = Rolls::draw(&mut rand::rng());
@@ -94,6 +96,15 @@ pub async fn forward(
         ));
         return (Err(e), Decided::default());
     };
+    if let Some(redirect) = &plan.rule.redirect {
+        let result = redirect_response(target, &parts, redirect, &plan);
+        let decided = Decided {
+            explain: format!("{} redirect={}", plan.explain(), redirect.status),
+            route: plan.route().to_string(),
+            ..Decided::default()
+        };
+        return (result, decided);
+    }
     let mut exchange = Exchange {
         inputs,
         routing: &routing,
@@ -101,7 +112,10 @@ pub async fn forward(
         connection: Arc::default(),
         identity: String::new(),
     };
-    let result = exchange.run(target, parts, incoming, upgrade).await;
+    let mut result = exchange.run(target, parts, incoming, upgrade).await;
+    if let (Ok(resp), Some(edits)) = (&mut result, &exchange.plan.rule.response_headers) {
+        edits.apply(resp.headers_mut());
+    }
     let Exchange {
         plan,
         connection,
@@ -143,12 +157,12 @@ impl Exchange<'_> {
         self.inject_faults().await?;
         let (mut body, head) = match upgrade {
             Some(u) => {
-                let head = upgrade::mesh_head(prepare_head(target, parts)?, &u.protocol)?;
+                let head = upgrade::mesh_head(self.edited_head(target, parts)?, &u.protocol)?;
                 (AttemptBody::Upgrade(u), head)
             }
             None => {
                 let body = self.hold_body(target, &parts.headers, incoming).await?;
-                (body, prepare_head(target, parts)?)
+                (body, self.edited_head(target, parts)?)
             }
         };
         if let (Some(mirror), AttemptBody::Held(b)) = (self.plan.mirror.clone(), &body) {
@@ -210,6 +224,23 @@ impl Exchange<'_> {
                 }
             }
         }
+    }
+
+    /// The head every attempt (and a mirror copy) sends: prepared for the peer, then the
+    /// rule's rewrite and request header edits, applied once.
+    fn edited_head(
+        &self,
+        target: &Target,
+        parts: http::request::Parts,
+    ) -> Result<Request<()>, ProxyError> {
+        let mut head = prepare_head(target, parts)?;
+        if let Some(rewrite) = &self.plan.rule.rewrite {
+            apply_rewrite(&mut head, rewrite)?;
+        }
+        if let Some(edits) = &self.plan.rule.request_headers {
+            edits.apply(head.headers_mut());
+        }
+        Ok(head)
     }
 
     async fn inject_faults(&self) -> Result<(), ProxyError> {
@@ -370,6 +401,60 @@ pub fn prepare_head(
     *h3req.uri_mut() = uri;
     *h3req.headers_mut() = headers;
     Ok(h3req)
+}
+
+/// The rule's URL rewrite on the head the peer receives: a new authority (the Host the
+/// callee's app sees) and/or path; the query is kept.
+fn apply_rewrite(head: &mut Request<()>, rewrite: &Rewrite) -> Result<(), ProxyError> {
+    let uri = head.uri();
+    let authority = match &rewrite.hostname {
+        Some(h) => h.clone(),
+        None => uri.authority().map(ToString::to_string).unwrap_or_default(),
+    };
+    let path_and_query = match (rewrite.path(uri.path()), uri.query()) {
+        (Some(p), Some(q)) => format!("{p}?{q}"),
+        (Some(p), None) => p,
+        (None, _) => uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), ToString::to_string),
+    };
+    *head.uri_mut() = http::Uri::builder()
+        .scheme("https")
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("rewritten request target: {e}")))?;
+    Ok(())
+}
+
+/// The proxy's own answer for a rule with a redirect: its status and `Location` (built by
+/// [`Redirect::location`] from what the app asked for), an empty body, and the rule's
+/// response header edits.
+fn redirect_response(
+    target: &Target,
+    parts: &http::request::Parts,
+    redirect: &Redirect,
+    plan: &Plan,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let authority = authority_of(&parts.uri, &parts.headers).unwrap_or_else(|| target.authority());
+    let location = redirect.location(&RedirectFrom {
+        scheme: parts.uri.scheme_str().unwrap_or("http"),
+        authority: &authority,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+    });
+    let location = HeaderValue::from_str(&location)
+        .map_err(|e| ProxyError::BadRequest(format!("redirect location: {e}")))?;
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = http::StatusCode::from_u16(redirect.status)
+        .map_err(|e| ProxyError::BadRequest(format!("redirect status: {e}")))?;
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if let Some(edits) = &plan.rule.response_headers {
+        edits.apply(resp.headers_mut());
+    }
+    Ok(resp)
 }
 
 /// One attempt: send the head and body to the leased endpoint, return the response head with

@@ -70,6 +70,7 @@ fn head<'a>(path: &'a str, h: &'a HeaderMap) -> RequestHead<'a> {
     RequestHead {
         method: "GET",
         path,
+        query: None,
         headers: h,
     }
 }
@@ -378,5 +379,5 @@ fn every_example_in_the_traffic_docs_compiles() {
             panic!("block {i} is not a policy example:\n{text}");
         }
     }
-    assert_eq!((policies, fragments, tuning), (3, 4, 1), "examples checked");
+    assert_eq!((policies, fragments, tuning), (4, 4, 1), "examples checked");
 }

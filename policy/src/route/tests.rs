@@ -48,6 +48,7 @@ fn find<'a>(
     t.find(&RequestHead {
         method,
         path,
+        query: None,
         headers: &h,
     })
     .map(|r| r.name())
@@ -263,4 +264,145 @@ fn a_held_rule_survives_a_table_swap() {
     // The in-flight request still sees the 80/20 rule it matched; new ones see 0/100.
     assert_eq!(held.pick_backend(0).unwrap().subset, "v1");
     assert_eq!(current.rules()[0].pick_backend(0).unwrap().subset, "v2");
+}
+
+#[test]
+fn query_params_all_must_hold_on_the_first_decoded_value() {
+    let t = table(
+        r#"
+service: reviews
+rules:
+  - name: gold
+    match:
+      queryParams:
+        - {name: tier, exact: gold plus}
+        - {name: debug, present: true}
+  - name: numbered
+    match: {queryParams: [{name: id, regex: "[0-9]+"}]}
+  - name: rest
+"#,
+    );
+    let h = HeaderMap::new();
+    let q = |uri: &'static str| {
+        let (path, query) = uri
+            .split_once('?')
+            .map_or((uri, None), |(p, q)| (p, Some(q)));
+        t.find(&RequestHead {
+            method: "GET",
+            path,
+            query,
+            headers: &h,
+        })
+        .map(|r| r.name())
+    };
+    assert_eq!(q("/?tier=gold%20plus&debug"), Some("gold"));
+    assert_eq!(
+        q("/?debug=0&tier=gold+plus"),
+        Some("rest"),
+        "'+' is not a space"
+    );
+    assert_eq!(
+        q("/?tier=gold%20plus"),
+        Some("rest"),
+        "debug must be present too"
+    );
+    assert_eq!(
+        q("/?tier=silver&tier=gold%20plus&debug"),
+        Some("rest"),
+        "a repeated parameter is judged by its first value"
+    );
+    assert_eq!(
+        q("/?Tier=gold%20plus&debug"),
+        Some("rest"),
+        "names are case-sensitive"
+    );
+    assert_eq!(q("/?id=42"), Some("numbered"));
+    assert_eq!(q("/?id=42x"), Some("rest"), "regexes are anchored");
+    assert_eq!(q("/"), Some("rest"));
+}
+
+#[test]
+fn query_param_conditions_are_refused_by_field() {
+    let e = errors(
+        r#"
+service: reviews
+rules:
+  - name: a
+    match:
+      queryParams:
+        - {exact: x}
+        - {name: "a&b", present: true}
+        - {name: c, exact: x, present: true}
+        - {name: d, regex: "("}
+"#,
+    );
+    let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].rules[0].match.queryParams[0].name",
+            "routes[0].rules[0].match.queryParams[1].name",
+            "routes[0].rules[0].match.queryParams[2]",
+            "routes[0].rules[0].match.queryParams[3].regex",
+        ],
+        "{e:#?}"
+    );
+    assert_eq!(e[0].1, "required");
+    assert!(
+        e[2].1.contains("exactly one of exact, regex, present"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_redirect_stands_alone_and_its_prefix_needs_a_prefix_match() {
+    let e = errors(
+        r#"
+service: reviews
+rules:
+  - name: moved
+    match: {path: {exact: /old}}
+    redirect: {path: {replacePrefixMatch: /new}}
+    backends: [{subset: v1, weight: 100}]
+    rewrite: {hostname: x}
+    timeout: 1s
+"#,
+    );
+    let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "routes[0].rules[0].redirect.path.replacePrefixMatch",
+            "routes[0].rules[0].backends",
+            "routes[0].rules[0].rewrite",
+            "routes[0].rules[0].timeout",
+        ],
+        "{e:#?}"
+    );
+    assert!(
+        e[1].1
+            .starts_with("backends and redirect cannot both be set"),
+        "{e:?}"
+    );
+    let t = table(
+        r#"
+service: reviews
+rules:
+  - name: moved
+    match: {path: {prefix: /old/}}
+    redirect: {scheme: https, path: {replacePrefixMatch: /new/}, statusCode: 301}
+    responseHeaders: {set: [{name: cache-control, value: no-store}]}
+"#,
+    );
+    let rule = &t.rules()[0];
+    let r = rule.redirect.as_ref().unwrap();
+    assert_eq!(r.status, 301);
+    let from = crate::filters::RedirectFrom {
+        scheme: "http",
+        authority: "reviews:9080",
+        path: "/old/a",
+        query: None,
+    };
+    assert_eq!(r.location(&from), "https://reviews/new/a");
+    assert!(rule.response_headers.is_some());
 }

@@ -151,6 +151,7 @@ fn a_pushed_snapshot_becomes_the_same_snapshot_a_file_would_give() {
         let head = RequestHead {
             method: "GET",
             path: "/",
+            query: None,
             headers: &tester,
         };
         let plan = s
@@ -170,6 +171,7 @@ fn a_pushed_snapshot_becomes_the_same_snapshot_a_file_would_give() {
     let head = RequestHead {
         method: "GET",
         path: "/",
+        query: None,
         headers: &empty,
     };
     let plan = s.policy.plan("reviews", &head, Rolls::default()).unwrap();

@@ -192,6 +192,7 @@ fn retry_budgets_live_while_their_rule_does() {
     let head = RequestHead {
         method: "GET",
         path: "/",
+        query: None,
         headers: &headers,
     };
     let first = Routing::install(snapshot(&TWO, &routes("main")), None, &cfg, t0);
