@@ -132,20 +132,40 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Wait until `web`'s config lists `n` endpoints of `service`.
+/// Wait until `web`'s config lists `n` endpoints of `service`; on a timeout, say which it
+/// listed last.
 async fn await_endpoints(proxy: &MeshProxy, service: &str, n: usize) {
     let admin = proxy.admin;
-    eventually(
-        &format!("{} sees {n} {service} endpoints", proxy.name),
+    let seen = Arc::new(std::sync::Mutex::new(String::from("no /config read")));
+    let last = seen.clone();
+    let found = tokio::time::timeout(
         Duration::from_secs(20),
-        || async move {
-            let (_, body) = admin_get(admin, "/config").await.ok()?;
-            let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let eps = doc["snapshot"]["services"][service]["endpoints"].as_array()?;
-            (eps.len() == n).then_some(())
-        },
+        eventually(
+            &format!("{} sees {n} {service} endpoints", proxy.name),
+            Duration::from_secs(25),
+            || {
+                let seen = seen.clone();
+                async move {
+                    let (_, body) = admin_get(admin, "/config").await.ok()?;
+                    let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
+                    let eps = doc["snapshot"]["services"][service]["endpoints"].as_array()?;
+                    *seen.lock().unwrap() = format!(
+                        "snapshot version {}: {}",
+                        doc["snapshot"]["version"],
+                        serde_json::Value::Array(eps.clone())
+                    );
+                    (eps.len() == n).then_some(())
+                }
+            },
+        ),
     )
     .await;
+    assert!(
+        found.is_ok(),
+        "{} did not see {n} {service} endpoints within 20 s; last seen: {}",
+        proxy.name,
+        last.lock().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -296,7 +296,19 @@ impl DiscoveryApi {
                     if tx.send(Ok(snap.clone())).await.is_err() {
                         return;
                     }
-                    super::proxies::pushed(&inputs, &caller, &fronts, &snap).await;
+                    // The store's copy (for other replicas' status view) is written off the
+                    // stream's path: a slow store delays the status view, never a push.
+                    let (status_inputs, status_caller, status_fronts, pushed_snap) =
+                        (inputs.clone(), caller.clone(), fronts.clone(), snap.clone());
+                    tokio::spawn(async move {
+                        super::proxies::pushed(
+                            &status_inputs,
+                            &status_caller,
+                            &status_fronts,
+                            &pushed_snap,
+                        )
+                        .await;
+                    });
                     last = Some(snap);
                 }
                 tokio::select! {

@@ -108,6 +108,26 @@ const NOTE_PUSHED: &str = "UPDATE proxy_status SET latest_version = $1, latest_s
      WHERE spiffe_id = $3 AND service = $4 AND latest_version < $1";
 const DELETE: &str = "DELETE FROM proxy_status WHERE namespace = $1 AND workload = $2";
 
+impl<DB: Engine> SqlStore<DB>
+where
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    /// A transaction for status writes. They are as frequent as keep-alives and pushes and
+    /// worth less than configuration, so like span writes they go through the span
+    /// connection and do not wait for an fsync (SQLite `synchronous=NORMAL`, Postgres
+    /// `synchronous_commit = off`): a power cut may lose the last reports, which the next
+    /// keep-alive writes again, and a slow disk does not hold the writer lock that
+    /// registrations, leases and applies wait for.
+    async fn status_tx(&self) -> Result<sqlx::Transaction<'static, DB>, StoreError> {
+        let mut tx = self.span_pool.begin().await?;
+        if let Some(stmt) = DB::SPAN_COMMIT {
+            sqlx::query(stmt).execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+}
+
 #[async_trait::async_trait]
 impl<DB: Engine> ProxyStatuses for SqlStore<DB>
 where
@@ -123,7 +143,8 @@ where
     async fn put_proxy_report(&self, r: &ProxyStatusRecord) -> Result<i64, StoreError> {
         // SQLite: one writer at a time, or a resource write's transaction fails with BUSY.
         let _guard = self.write_guard().await;
-        Ok(sqlx::query_scalar(PUT)
+        let mut tx = self.status_tx().await?;
+        let kept = sqlx::query_scalar(PUT)
             .bind(r.namespace.as_str())
             .bind(r.workload.as_str())
             .bind(r.spiffe_id.as_str())
@@ -137,8 +158,10 @@ where
             .bind(r.last_seen)
             .bind(r.latest_version)
             .bind(r.latest_since)
-            .fetch_one(&self.pool)
-            .await?)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(kept)
     }
 
     async fn put_proxy_snapshot(
@@ -149,13 +172,15 @@ where
         snapshot: &[u8],
     ) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.status_tx().await?;
         sqlx::query(PUT_SNAPSHOT)
             .bind(version)
             .bind(snapshot)
             .bind(namespace)
             .bind(workload)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -167,13 +192,15 @@ where
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let _guard = self.write_guard().await;
+        let mut tx = self.status_tx().await?;
         sqlx::query(NOTE_PUSHED)
             .bind(version)
             .bind(now_ms)
             .bind(spiffe_id)
             .bind(service)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
