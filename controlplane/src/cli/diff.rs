@@ -35,13 +35,7 @@ async fn differences(conn: &Connection, files: &[PathBuf]) -> anyhow::Result<boo
         bail!("no documents to compare");
     }
     docs.sort_by_key(|(_, d)| d.kind());
-    let pending: Vec<v1::Service> = docs
-        .iter()
-        .filter_map(|(_, d)| match d {
-            AnyResource::Service(s) => Some(s.clone()),
-            _ => None,
-        })
-        .collect();
+    let pending = super::resources::pending_services(&docs);
     let mut c = client::connect(conn).await?;
     let (mut differ, mut failed) = (false, 0);
     for (source, doc) in docs {

@@ -117,13 +117,7 @@ pub async fn apply_with(
     let applied = prune::AppliedSet::of(docs.iter().map(|(_, d)| d));
     // A dry run checks each document as the real apply of the whole set would: the set's
     // Services stand in for the stored ones in reference checks.
-    let pending: Vec<v1::Service> = docs
-        .iter()
-        .filter_map(|(_, d)| match d {
-            AnyResource::Service(s) => Some(s.clone()),
-            _ => None,
-        })
-        .collect();
+    let pending = pending_services(&docs);
     let mut c = client::connect(conn).await?;
     let mut failed = 0;
     for (source, doc) in docs {
@@ -376,4 +370,15 @@ fn effective_mesh(spec: &v1::MeshConfigSpec) -> Vec<String> {
         mesh.default_policy.as_str().into(),
         mesh.cross_namespace.as_str().into(),
     ]
+}
+
+/// The Services among documents about to be applied: a dry run checks references against
+/// them as the real apply of the whole set would (they stand in for the stored ones).
+pub(super) fn pending_services<S>(docs: &[(S, AnyResource)]) -> Vec<v1::Service> {
+    docs.iter()
+        .filter_map(|(_, d)| match d {
+            AnyResource::Service(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
 }
