@@ -52,6 +52,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The authority a peer's request names for the local app (inbound): its URI's, else the
+/// service's name.
+pub fn app_authority(uri: &Uri, port: &crate::snapshot::LocalPort) -> String {
+    uri.authority()
+        .map_or_else(|| port.service.clone(), |a| a.as_str().to_string())
+}
+
 /// The authority a request addressed: its absolute-form URI's, else its Host header.
 pub fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
     if let Some(a) = uri.authority() {

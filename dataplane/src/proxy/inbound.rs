@@ -285,11 +285,7 @@ async fn forward(
 ) -> Result<Response<hyper::body::Incoming>, ProxyError> {
     check_header_size(req.headers(), inputs.tuning.max_header_bytes)?;
     let (parts, ()) = req.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or_else(|| port.service.clone());
+    let authority = crate::proxy::http::app_authority(&parts.uri, port);
     let uri = rebase_uri("http", &authority, &parts.uri)?;
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);

@@ -253,11 +253,7 @@ pub async fn to_app(
     }
     check_header_size(req.headers(), inputs.tuning.max_header_bytes)?;
     let (parts, ()) = req.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .unwrap_or_else(|| port.service.clone());
+    let authority = crate::proxy::http::app_authority(&parts.uri, port);
     let origin: Uri = parts
         .uri
         .path_and_query()
