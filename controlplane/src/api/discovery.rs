@@ -369,8 +369,16 @@ impl v1::mesh_discovery_server::MeshDiscovery for DiscoveryApi {
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         self.call("Register", async {
             let caller = self.caller(&req, "Register")?;
+            let cert_not_before = peer::not_before(&req)?;
             let source = req.remote_addr();
-            workloads::register(&self.inputs, &caller, source, req.into_inner()).await
+            workloads::register(
+                &self.inputs,
+                &caller,
+                cert_not_before,
+                source,
+                req.into_inner(),
+            )
+            .await
         })
         .await
     }

@@ -148,6 +148,13 @@ pub async fn revoke(
             .unwrap_or_default(),
     };
     store.put_revocation(&record).await.map_err(store_status)?;
+    // This replica's view first, so that a keep-alive refused below (its lease is gone) and
+    // the re-registration it leads to are refused by the view too; Register also reads the
+    // store after writing, which closes the race on other replicas.
+    if let Err(e) = inputs.revocations.refresh().await {
+        // Stored: the poll pushes it within a second.
+        tracing::warn!(error = %e, "re-reading revocations after a revoke failed");
+    }
     if let Some((name, version)) = workload {
         // Gone already (deregistered or lapsed meanwhile) is fine: the point is that it is.
         let _ = store
@@ -157,10 +164,6 @@ pub async fn revoke(
             .delete_lease(&namespace, &name)
             .await
             .map_err(store_status)?;
-    }
-    if let Err(e) = inputs.revocations.refresh().await {
-        // Stored: the poll pushes it within a second.
-        tracing::warn!(error = %e, "re-reading revocations after a revoke failed");
     }
     tracing::warn!(
         spiffe.id = %spiffe_id,
@@ -234,17 +237,9 @@ pub async fn check_renewal(
     caller: &Caller,
     cert_not_before: i64,
 ) -> Result<(), Status> {
-    let store = inputs.store.as_ref();
-    if let Some(r) = store
-        .revocation(&caller.spiffe_id, now_ms())
-        .await
-        .map_err(store_status)?
-        && revocation::covers(r.not_before, cert_not_before)
-    {
-        inputs.metrics.revoked_refusal("Renew");
-        return Err(revoked_status(&caller.spiffe_id, r.not_before));
-    }
-    let (services, _) = store
+    check_stored(inputs, caller, cert_not_before, "Renew").await?;
+    let (services, _) = inputs
+        .store
         .list(Kind::Service, Some(&caller.namespace))
         .await
         .map_err(store_status)?;
@@ -259,6 +254,27 @@ pub async fn check_renewal(
              service account {:?}",
             caller.spiffe_id, caller.namespace, caller.service_account
         )));
+    }
+    Ok(())
+}
+
+/// Refuse `caller` when a revocation in the store (not this replica's view, which may be a
+/// poll old) covers its certificate. `method` labels the refusal metric.
+pub async fn check_stored(
+    inputs: &Inputs,
+    caller: &Caller,
+    cert_not_before: i64,
+    method: &'static str,
+) -> Result<(), Status> {
+    if let Some(r) = inputs
+        .store
+        .revocation(&caller.spiffe_id, now_ms())
+        .await
+        .map_err(store_status)?
+        && revocation::covers(r.not_before, cert_not_before)
+    {
+        inputs.metrics.revoked_refusal(method);
+        return Err(revoked_status(&caller.spiffe_id, r.not_before));
     }
     Ok(())
 }

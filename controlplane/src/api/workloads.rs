@@ -246,6 +246,7 @@ static REGISTERING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub async fn register(
     inputs: &Inputs,
     caller: &Caller,
+    cert_not_before: i64,
     source: Option<SocketAddr>,
     reg: v1::WorkloadRegistration,
 ) -> Result<v1::RegisterResponse, Status> {
@@ -317,6 +318,20 @@ pub async fn register(
         .put(Kind::Workload, ns, &name, body, None)
         .await
         .map_err(store_status)?;
+    // A revocation stored while this registration was under way (after the caller was
+    // checked against this replica's view) may have deleted the workload before it was
+    // written: read it back from the store now that the write is done, and take the
+    // endpoint down again if it covers the caller. Revoke stores the revocation before it
+    // deletes, so one of the two always sees the other.
+    if let Err(refused) =
+        super::revocations::check_stored(inputs, caller, cert_not_before, "Register").await
+    {
+        let _ = store
+            .delete(Kind::Workload, ns, &name, Some(stored.resource_version))
+            .await;
+        store.delete_lease(ns, &name).await.map_err(store_status)?;
+        return Err(refused);
+    }
     let mut workload: v1::Workload = decode(&stored)?;
     if let Some(status) = workload.status.as_mut() {
         status.lease_expires_at = rfc3339(expires_at);
