@@ -27,6 +27,7 @@ pub mod breaker;
 pub mod fault;
 mod fields;
 pub mod filters;
+pub mod gateway;
 pub mod mesh;
 pub mod outlier;
 pub mod path;

@@ -37,6 +37,9 @@ impl Backend {
     }
 }
 
+/// The Services a document may refer to, by name, in the document's namespace.
+pub type ServiceSpecs = BTreeMap<String, v1::ServiceSpec>;
+
 /// What the compiler does with a reference to a Service it does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unknown {

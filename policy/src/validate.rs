@@ -10,7 +10,7 @@
 //! AuthorizationPolicy naming a Service that does not exist is refused (apply the Service
 //! first).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use quiver_api::resource::AnyResource;
 use quiver_api::v1;
@@ -18,12 +18,12 @@ use quiver_api::validate::{FieldError, Invalid, check_dns_label};
 
 use crate::authz::{Authorizer, NamedPolicy};
 use crate::fields::{self, err};
+use crate::gateway::{self, GatewayRoute};
 use crate::mesh::Mesh;
 use crate::route::RouteTable;
 use crate::services::{Services, Unknown};
 
-/// The Services a document may refer to, by name, in the document's namespace.
-pub type ServiceSpecs = BTreeMap<String, v1::ServiceSpec>;
+pub use crate::services::ServiceSpecs;
 
 /// Names of the services `resource` refers to (in its own namespace), for the caller to look up.
 pub fn referenced_services(resource: &AnyResource) -> BTreeSet<String> {
@@ -51,6 +51,16 @@ pub fn referenced_services(resource: &AnyResource) -> BTreeSet<String> {
         AnyResource::AuthorizationPolicy(p) => {
             add(p.spec.as_ref().map_or("", |s| s.service.as_str()));
         }
+        AnyResource::HttpRoute(r) => {
+            for s in GatewayRoute::Http(r).referenced_services() {
+                add(s);
+            }
+        }
+        AnyResource::GrpcRoute(r) => {
+            for s in GatewayRoute::Grpc(r).referenced_services() {
+                add(s);
+            }
+        }
         AnyResource::MeshConfig(_) | AnyResource::Service(_) | AnyResource::Workload(_) => {}
     }
     out
@@ -60,6 +70,7 @@ pub fn referenced_services(resource: &AnyResource) -> BTreeSet<String> {
 pub fn validate(resource: &AnyResource, services: &ServiceSpecs) -> Result<(), Invalid> {
     let mut errors = Vec::new();
     metadata(&mut errors, resource);
+    let specs = services;
     let services = Services::from_specs(services, Unknown::Refuse);
     match resource {
         AnyResource::MeshConfig(r) => mesh_config(&mut errors, r),
@@ -74,6 +85,8 @@ pub fn validate(resource: &AnyResource, services: &ServiceSpecs) -> Result<(), I
             None => errors.push(err("spec", "required")),
         },
         AnyResource::Canary(r) => canary(&mut errors, r, &services),
+        AnyResource::HttpRoute(r) => errors.extend(gateway::check(GatewayRoute::Http(r), specs)),
+        AnyResource::GrpcRoute(r) => errors.extend(gateway::check(GatewayRoute::Grpc(r), specs)),
         AnyResource::Workload(_) => {
             errors.push(err(
                 "kind",

@@ -18,8 +18,12 @@ pub enum DocumentError {
     Yaml { index: usize, reason: String },
     #[error("document {index}: must be a mapping with apiVersion, kind, metadata and spec")]
     NotMapping { index: usize },
-    #[error("document {index}: apiVersion: must be \"{API_VERSION}\", got {got:?}")]
-    ApiVersion { index: usize, got: String },
+    #[error("document {index}: apiVersion: must be \"{expected}\", got {got:?}")]
+    ApiVersion {
+        index: usize,
+        expected: &'static str,
+        got: String,
+    },
     #[error("document {index}: kind: unknown kind {got:?} (expected one of {expected})")]
     Kind {
         index: usize,
@@ -59,17 +63,6 @@ pub fn from_value(index: usize, value: Value) -> Result<AnyResource, DocumentErr
         return Err(DocumentError::NotMapping { index });
     };
     let api_version = map.remove("apiVersion");
-    match api_version.as_ref().and_then(Value::as_str) {
-        Some(API_VERSION) => {}
-        _ => {
-            return Err(DocumentError::ApiVersion {
-                index,
-                got: api_version
-                    .map(describe)
-                    .unwrap_or_else(|| "nothing".into()),
-            });
-        }
-    }
     let kind_value = map.remove("kind");
     let kind = kind_value
         .as_ref()
@@ -79,9 +72,34 @@ pub fn from_value(index: usize, value: Value) -> Result<AnyResource, DocumentErr
         .ok_or_else(|| DocumentError::Kind {
             index,
             got: kind_value.map(describe).unwrap_or_else(|| "nothing".into()),
-            expected: "MeshConfig, Service, AuthorizationPolicy, Route, Canary".into(),
+            expected: "MeshConfig, Service, AuthorizationPolicy, Route, Canary, HTTPRoute, \
+                       GRPCRoute"
+                .into(),
         })?;
+    if !api_version
+        .as_ref()
+        .and_then(Value::as_str)
+        .is_some_and(|v| kind.accepts_api_version(v))
+    {
+        return Err(DocumentError::ApiVersion {
+            index,
+            expected: kind.api_version(),
+            got: api_version
+                .map(describe)
+                .unwrap_or_else(|| "nothing".into()),
+        });
+    }
     let body = Value::Mapping(map);
+    if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute)
+        && let Some((path, reason)) = gateway_unsupported(&body)
+    {
+        return Err(DocumentError::Field {
+            index,
+            kind,
+            path,
+            reason: reason.into(),
+        });
+    }
     Ok(match kind {
         Kind::MeshConfig => decode::<v1::MeshConfig>(index, body)?.into_any(),
         Kind::Service => decode::<v1::Service>(index, body)?.into_any(),
@@ -89,7 +107,73 @@ pub fn from_value(index: usize, value: Value) -> Result<AnyResource, DocumentErr
         Kind::Route => decode::<v1::Route>(index, body)?.into_any(),
         Kind::Canary => decode::<v1::Canary>(index, body)?.into_any(),
         Kind::Workload => decode::<v1::Workload>(index, body)?.into_any(),
+        Kind::HttpRoute => decode::<v1::HttpRoute>(index, body)?.into_any(),
+        Kind::GrpcRoute => decode::<v1::GrpcRoute>(index, body)?.into_any(),
     })
+}
+
+/// Gateway API fields Quiver does not carry out, each with why: refused by name rather than
+/// as an unknown field, so that a user bringing an existing document learns what to change.
+/// `*` stands for any index of a list.
+const GATEWAY_UNSUPPORTED: &[(&[&str], &str)] = &[
+    (
+        &["status"],
+        "status is written by the controller, not applied; leave it out",
+    ),
+    (
+        &["spec", "rules", "*", "retry"],
+        "not supported: Gateway API retries name status codes, Quiver retries on conditions \
+         (5xx, gateway-error, reset, ...); use a Quiver Route's retries",
+    ),
+    (
+        &["spec", "rules", "*", "sessionPersistence"],
+        "not supported: Quiver balances every request (no session affinity)",
+    ),
+    (
+        &["spec", "rules", "*", "backendRefs", "*", "filters"],
+        "not supported: filters apply to the whole rule in Quiver; move them to the rule's filters",
+    ),
+    (
+        &["spec", "rules", "*", "filters", "*", "extensionRef"],
+        "not supported: Quiver has no extension filters",
+    ),
+    (
+        &["spec", "rules", "*", "filters", "*", "cors"],
+        "not supported: Quiver has no CORS filter; answer CORS in the app",
+    ),
+    (
+        &["spec", "rules", "*", "filters", "*", "externalAuth"],
+        "not supported: Quiver authorizes with AuthorizationPolicy (by peer identity, method \
+         and path)",
+    ),
+];
+
+/// The first field of a Gateway API document that [`GATEWAY_UNSUPPORTED`] names, as a path.
+fn gateway_unsupported(body: &Value) -> Option<(String, &'static str)> {
+    fn walk(v: &Value, pattern: &[&str], at: String) -> Option<String> {
+        let Some((first, rest)) = pattern.split_first() else {
+            return Some(at);
+        };
+        if *first == "*" {
+            let Value::Sequence(items) = v else {
+                return None;
+            };
+            return items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, rest, format!("{at}[{i}]")));
+        }
+        let next = v.as_mapping()?.get(*first)?;
+        let at = if at.is_empty() {
+            (*first).to_string()
+        } else {
+            format!("{at}.{first}")
+        };
+        walk(next, rest, at)
+    }
+    GATEWAY_UNSUPPORTED
+        .iter()
+        .find_map(|(pattern, reason)| Some((walk(body, pattern, String::new())?, *reason)))
 }
 
 fn decode<R: Resource>(index: usize, body: Value) -> Result<R, DocumentError> {
@@ -146,10 +230,11 @@ fn describe(v: Value) -> String {
 
 /// The full document (apiVersion and kind first), with proto3 defaults left out.
 pub fn to_document(resource: &AnyResource) -> Result<Value, serde_yaml::Error> {
+    let kind = resource.kind();
     let mut doc = Mapping::new();
-    doc.insert("apiVersion".into(), API_VERSION.into());
-    doc.insert("kind".into(), resource.kind().as_str().into());
-    if let Value::Mapping(body) = prune(resource.to_yaml_value()?) {
+    doc.insert("apiVersion".into(), kind.api_version().into());
+    doc.insert("kind".into(), kind.as_str().into());
+    if let Value::Mapping(body) = prune(resource.to_yaml_value()?, explicit_keys(kind)) {
         doc.extend(body);
     }
     Ok(Value::Mapping(doc))
@@ -189,33 +274,22 @@ pub fn to_json(resources: &[AnyResource]) -> Result<String, serde_yaml::Error> {
 /// present but at their default (e.g. an empty `retries: {}`) are dropped, so that two objects
 /// meaning the same thing encode to the same bytes and a re-apply is recognised as unchanged.
 pub fn canonicalize<R: Resource + 'static>(resource: &R) -> Result<R, serde_yaml::Error> {
-    let mut out = serde_yaml::from_value(prune(serde_yaml::to_value(resource)?))?;
-    keep_explicit_zeros(resource, &mut out);
-    Ok(out)
+    serde_yaml::from_value(prune(
+        serde_yaml::to_value(resource)?,
+        explicit_keys(R::KIND),
+    ))
 }
 
-/// Pruning cannot tell an `optional` proto field set to 0 from an unset one; put such values
-/// back. The one such field is `MeshConfig.spec.tracing.samplingPercent`, where 0 means
-/// "sample nothing" and unset means the 1% default.
-fn keep_explicit_zeros<R: Resource + 'static>(original: &R, out: &mut R) {
-    let any: &dyn std::any::Any = original;
-    let Some(original) = any.downcast_ref::<v1::MeshConfig>() else {
-        return;
-    };
-    let Some(percent) = original
-        .spec
-        .as_ref()
-        .and_then(|s| s.tracing.as_ref())
-        .and_then(|t| t.sampling_percent)
-    else {
-        return;
-    };
-    if let Some(out) = (out as &mut dyn std::any::Any).downcast_mut::<v1::MeshConfig>() {
-        out.spec
-            .get_or_insert_with(Default::default)
-            .tracing
-            .get_or_insert_with(Default::default)
-            .sampling_percent = Some(percent);
+/// Fields of `kind` whose zero value means something else than leaving them out (proto3
+/// `optional`): pruning keeps them when they are set, even to zero or "". A MeshConfig's
+/// `samplingPercent: 0` samples nothing where absent means 1%; a Gateway API backend's
+/// `weight: 0` sends it nothing where absent means 1, and a parent's `group: ""` is the core
+/// group where absent means Gateway API's own.
+fn explicit_keys(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::MeshConfig => &["samplingPercent"],
+        Kind::HttpRoute | Kind::GrpcRoute => &["group", "weight"],
+        _ => &[],
     }
 }
 
@@ -224,19 +298,26 @@ fn keep_explicit_zeros<R: Resource + 'static>(original: &R, out: &mut R) {
 /// spec converts with `serde_yaml::from_value`. Beware that a literal 0 (a zero weight) is
 /// dropped too.
 pub fn pruned_value<T: serde::Serialize>(message: &T) -> Result<Value, serde_yaml::Error> {
-    Ok(prune(serde_yaml::to_value(message)?))
+    Ok(prune(serde_yaml::to_value(message)?, &[]))
 }
 
-/// Drop nulls, empty strings, zeros, `false` and empty collections (proto3 defaults), bottom-up.
-fn prune(v: Value) -> Value {
+/// Drop nulls, empty strings, zeros, `false` and empty collections (proto3 defaults),
+/// bottom-up; under the keys in `explicit` only nulls (unset `optional` fields).
+fn prune(v: Value, explicit: &[&str]) -> Value {
     match v {
         Value::Mapping(m) => Value::Mapping(
             m.into_iter()
-                .map(|(k, v)| (k, prune(v)))
-                .filter(|(_, v)| !is_default(v))
+                .map(|(k, v)| (k, prune(v, explicit)))
+                .filter(|(k, v)| {
+                    if k.as_str().is_some_and(|k| explicit.contains(&k)) {
+                        !v.is_null()
+                    } else {
+                        !is_default(v)
+                    }
+                })
                 .collect(),
         ),
-        Value::Sequence(s) => Value::Sequence(s.into_iter().map(prune).collect()),
+        Value::Sequence(s) => Value::Sequence(s.into_iter().map(|v| prune(v, explicit)).collect()),
         other => other,
     }
 }

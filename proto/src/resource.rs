@@ -5,8 +5,11 @@ use std::fmt;
 
 use crate::v1;
 
-/// The API version every document carries.
+/// The API version of Quiver's own documents.
 pub const API_VERSION: &str = "quiver.dev/v1";
+
+/// The API version of Gateway API documents (`HTTPRoute`, `GRPCRoute`), as rendered.
+pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
 /// The namespace used when a document names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -20,15 +23,21 @@ pub enum Kind {
     Route,
     Canary,
     Workload,
+    /// Gateway API `HTTPRoute` attached to Services (`gateway.networking.k8s.io/v1`).
+    HttpRoute,
+    /// Gateway API `GRPCRoute` attached to Services (`gateway.networking.k8s.io/v1`).
+    GrpcRoute,
 }
 
 impl Kind {
     /// Every kind, in the order a multi-document apply writes them (referenced kinds first).
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::MeshConfig,
         Kind::Service,
         Kind::AuthorizationPolicy,
         Kind::Route,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
         Kind::Canary,
         Kind::Workload,
     ];
@@ -41,6 +50,33 @@ impl Kind {
             Kind::Route => "Route",
             Kind::Canary => "Canary",
             Kind::Workload => "Workload",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+        }
+    }
+
+    /// The `apiVersion` its documents carry.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::HttpRoute | Kind::GrpcRoute => GATEWAY_API_VERSION,
+            _ => API_VERSION,
+        }
+    }
+
+    /// Whether a document of this kind may carry `api_version`: Quiver's own kinds only
+    /// theirs; Gateway API routes also the older versions whose shape is the same
+    /// (`v1beta1` for HTTPRoute, `v1alpha2` for GRPCRoute).
+    pub fn accepts_api_version(self, api_version: &str) -> bool {
+        match self {
+            Kind::HttpRoute => matches!(
+                api_version,
+                GATEWAY_API_VERSION | "gateway.networking.k8s.io/v1beta1"
+            ),
+            Kind::GrpcRoute => matches!(
+                api_version,
+                GATEWAY_API_VERSION | "gateway.networking.k8s.io/v1alpha2"
+            ),
+            _ => api_version == API_VERSION,
         }
     }
 
@@ -60,6 +96,8 @@ impl Kind {
             "route" | "routes" | "rt" => Kind::Route,
             "canary" | "canaries" => Kind::Canary,
             "workload" | "workloads" | "wl" => Kind::Workload,
+            "httproute" | "httproutes" => Kind::HttpRoute,
+            "grpcroute" | "grpcroutes" => Kind::GrpcRoute,
             _ => return None,
         })
     }
@@ -154,5 +192,7 @@ resources!(
     AuthorizationPolicy,
     Route,
     Canary,
-    Workload
+    Workload,
+    HttpRoute,
+    GrpcRoute
 );

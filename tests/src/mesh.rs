@@ -269,6 +269,8 @@ impl ControlPlane {
                 }
                 AnyResource::MeshConfig(r) => admin.apply_mesh_config(r).await.map(|_| ()),
                 AnyResource::Canary(r) => admin.apply_canary(r).await.map(|_| ()),
+                AnyResource::HttpRoute(r) => admin.apply_http_route(r).await.map(|_| ()),
+                AnyResource::GrpcRoute(r) => admin.apply_grpc_route(r).await.map(|_| ()),
                 other => panic!("apply: {:?} cannot be applied", other.kind()),
             };
             result.unwrap_or_else(|e| panic!("apply {kind}: {e}"));

@@ -116,6 +116,126 @@ impl MeshAdmin for AdminApi {
             .await
     }
 
+    async fn apply_http_route(
+        &self,
+        req: Request<v1::HttpRoute>,
+    ) -> Result<Response<v1::ApplyHttpRouteResponse>, Status> {
+        self.call("ApplyHTTPRoute", async {
+            let (obj, outcome) = self.apply("ApplyHTTPRoute", req).await?;
+            Ok(v1::ApplyHttpRouteResponse {
+                http_route: Some(obj),
+                outcome: outcome as i32,
+            })
+        })
+        .await
+    }
+
+    async fn get_http_route(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::HttpRoute>, Status> {
+        self.call("GetHTTPRoute", self.get("GetHTTPRoute", req))
+            .await
+    }
+
+    async fn list_http_routes(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::HttpRouteList>, Status> {
+        self.call("ListHTTPRoutes", async {
+            let (items, resource_version) = self.list("ListHTTPRoutes", req).await?;
+            Ok(v1::HttpRouteList {
+                items,
+                resource_version,
+            })
+        })
+        .await
+    }
+
+    async fn delete_http_route(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        self.call(
+            "DeleteHTTPRoute",
+            self.delete::<v1::HttpRoute>("DeleteHTTPRoute", req),
+        )
+        .await
+    }
+
+    type WatchHTTPRoutesStream = WatchStream;
+
+    async fn watch_http_routes(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.call(
+            "WatchHTTPRoutes",
+            self.watch::<v1::HttpRoute>("WatchHTTPRoutes", req),
+        )
+        .await
+    }
+
+    async fn apply_grpc_route(
+        &self,
+        req: Request<v1::GrpcRoute>,
+    ) -> Result<Response<v1::ApplyGrpcRouteResponse>, Status> {
+        self.call("ApplyGRPCRoute", async {
+            let (obj, outcome) = self.apply("ApplyGRPCRoute", req).await?;
+            Ok(v1::ApplyGrpcRouteResponse {
+                grpc_route: Some(obj),
+                outcome: outcome as i32,
+            })
+        })
+        .await
+    }
+
+    async fn get_grpc_route(
+        &self,
+        req: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::GrpcRoute>, Status> {
+        self.call("GetGRPCRoute", self.get("GetGRPCRoute", req))
+            .await
+    }
+
+    async fn list_grpc_routes(
+        &self,
+        req: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::GrpcRouteList>, Status> {
+        self.call("ListGRPCRoutes", async {
+            let (items, resource_version) = self.list("ListGRPCRoutes", req).await?;
+            Ok(v1::GrpcRouteList {
+                items,
+                resource_version,
+            })
+        })
+        .await
+    }
+
+    async fn delete_grpc_route(
+        &self,
+        req: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
+        self.call(
+            "DeleteGRPCRoute",
+            self.delete::<v1::GrpcRoute>("DeleteGRPCRoute", req),
+        )
+        .await
+    }
+
+    type WatchGRPCRoutesStream = WatchStream;
+
+    async fn watch_grpc_routes(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.call(
+            "WatchGRPCRoutes",
+            self.watch::<v1::GrpcRoute>("WatchGRPCRoutes", req),
+        )
+        .await
+    }
+
     async fn apply_canary(
         &self,
         req: Request<v1::Canary>,

@@ -30,6 +30,8 @@ macro_rules! wrapped {
 wrapped!(
     Service => Service,
     Route => Route,
+    HttpRoute => HttpRoute,
+    GrpcRoute => GrpcRoute,
     Canary => Canary,
     AuthorizationPolicy => AuthorizationPolicy,
     MeshConfig => MeshConfig
@@ -66,8 +68,11 @@ impl AdminApi {
             Some(Object::Canary(r)) => self.dry_run(r, &pending).await,
             Some(Object::AuthorizationPolicy(r)) => self.dry_run(r, &pending).await,
             Some(Object::MeshConfig(r)) => self.dry_run(r, &pending).await,
+            Some(Object::HttpRoute(r)) => self.dry_run(r, &pending).await,
+            Some(Object::GrpcRoute(r)) => self.dry_run(r, &pending).await,
             None => Err(Status::invalid_argument(
-                "object: required (one of service, route, canary, authorizationPolicy, meshConfig)",
+                "object: required (one of service, route, canary, authorizationPolicy, \
+                 meshConfig, httpRoute, grpcRoute)",
             )),
         }
     }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use futures_util::Stream;
 use quiver_api::document;
+use quiver_api::resource::AnyResource;
 use quiver_api::resource::{DEFAULT_NAMESPACE, Kind, Resource};
 use quiver_api::v1::{self, watch_event};
+use quiver_policy::gateway::GatewayRoute;
 use quiver_policy::validate;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Status};
@@ -39,6 +41,8 @@ macro_rules! api_resource {
 api_resource!(
     Service => Service,
     Route => Route,
+    HttpRoute => HttpRoute,
+    GrpcRoute => GrpcRoute,
     AuthorizationPolicy => AuthorizationPolicy,
     MeshConfig => MeshConfig
 );
@@ -151,6 +155,7 @@ impl AdminApi {
             }
         }
         validate::validate(&any, &services).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_route_owner(&any, &ns, &name).await?;
 
         // Status is the controller's: keep the stored one (none for a new object).
         let live = self.get_stored::<R>(&ns, &name).await?;
@@ -173,6 +178,88 @@ impl AdminApi {
             live,
             _kind: std::marker::PhantomData,
         })
+    }
+
+    /// A service's traffic has one owner: one Route, or the Gateway API routes of one kind
+    /// attached to it (several HTTPRoutes merge, as Gateway API merges them). An apply that
+    /// would give a service a second owner is refused, naming the first; the view settles
+    /// applies that race past this on two replicas (`quiver_policy::gateway::governing_routes`).
+    async fn check_route_owner(
+        &self,
+        any: &AnyResource,
+        ns: &str,
+        name: &str,
+    ) -> Result<(), Status> {
+        let (field, claims): (&str, Vec<String>) = match any {
+            AnyResource::Route(r) => (
+                "spec.service",
+                r.spec.iter().map(|s| s.service.clone()).collect(),
+            ),
+            AnyResource::HttpRoute(r) => (
+                "spec.parentRefs",
+                GatewayRoute::Http(r)
+                    .parents()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            ),
+            AnyResource::GrpcRoute(r) => (
+                "spec.parentRefs",
+                GatewayRoute::Grpc(r)
+                    .parents()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            ),
+            _ => return Ok(()),
+        };
+        let mine = any.kind();
+        for kind in [Kind::Route, Kind::HttpRoute, Kind::GrpcRoute] {
+            // Several HTTPRoutes (or GRPCRoutes) on one Service merge.
+            if kind == mine && kind != Kind::Route {
+                continue;
+            }
+            let _t = self.inputs.metrics.store_timer("list");
+            let (objects, _) = self
+                .inputs
+                .store
+                .list(kind, Some(ns))
+                .await
+                .map_err(store_status)?;
+            for obj in objects.iter().filter(|o| kind != mine || o.name != name) {
+                let held: Vec<String> = match kind {
+                    Kind::Route => decode::<v1::Route>(obj)?
+                        .spec
+                        .map(|s| vec![s.service])
+                        .unwrap_or_default(),
+                    Kind::HttpRoute => {
+                        let r: v1::HttpRoute = decode(obj)?;
+                        GatewayRoute::Http(&r)
+                            .parents()
+                            .into_iter()
+                            .map(String::from)
+                            .collect()
+                    }
+                    _ => {
+                        let r: v1::GrpcRoute = decode(obj)?;
+                        GatewayRoute::Grpc(&r)
+                            .parents()
+                            .into_iter()
+                            .map(String::from)
+                            .collect()
+                    }
+                };
+                if let Some(service) = claims.iter().find(|c| held.contains(c)) {
+                    return Err(Status::failed_precondition(format!(
+                        "{mine} {ns}/{name}: {field}: service {service:?} is already routed by \
+                         {kind} {ns}/{}; a service is routed by one Route, or by Gateway API \
+                         routes of one kind (edit or delete that one first)",
+                        obj.name
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn get_stored<R: Resource>(

@@ -108,6 +108,8 @@ pub async fn get(
         }
         Kind::MeshConfig => AnyResource::MeshConfig(c.get_mesh_config(req).await?.into_inner()),
         Kind::Workload => AnyResource::Workload(c.get_workload(req).await?.into_inner()),
+        Kind::HttpRoute => AnyResource::HttpRoute(c.get_http_route(req).await?.into_inner()),
+        Kind::GrpcRoute => AnyResource::GrpcRoute(c.get_grpc_route(req).await?.into_inner()),
     })
 }
 
@@ -142,6 +144,14 @@ pub async fn list(c: &mut Client, kind: Kind, namespace: &str) -> Result<Vec<Any
         Kind::Workload => wrap(
             c.list_workloads(req).await?.into_inner().items,
             AnyResource::Workload,
+        ),
+        Kind::HttpRoute => wrap(
+            c.list_http_routes(req).await?.into_inner().items,
+            AnyResource::HttpRoute,
+        ),
+        Kind::GrpcRoute => wrap(
+            c.list_grpc_routes(req).await?.into_inner().items,
+            AnyResource::GrpcRoute,
         ),
     })
 }
@@ -191,6 +201,20 @@ pub async fn apply(
                 outcome(resp.outcome),
             )
         }
+        AnyResource::HttpRoute(r) => {
+            let resp = c.apply_http_route(r).await?.into_inner();
+            (
+                AnyResource::HttpRoute(resp.http_route.ok_or_else(missing)?),
+                outcome(resp.outcome),
+            )
+        }
+        AnyResource::GrpcRoute(r) => {
+            let resp = c.apply_grpc_route(r).await?.into_inner();
+            (
+                AnyResource::GrpcRoute(resp.grpc_route.ok_or_else(missing)?),
+                outcome(resp.outcome),
+            )
+        }
         AnyResource::Workload(_) => {
             return Err(Status::invalid_argument(
                 "Workload is registered by proxies and cannot be applied",
@@ -227,6 +251,8 @@ pub async fn delete_at(
         Kind::Canary => c.delete_canary(req).await?,
         Kind::AuthorizationPolicy => c.delete_authorization_policy(req).await?,
         Kind::MeshConfig => c.delete_mesh_config(req).await?,
+        Kind::HttpRoute => c.delete_http_route(req).await?,
+        Kind::GrpcRoute => c.delete_grpc_route(req).await?,
         Kind::Workload => {
             return Err(Status::invalid_argument(
                 "Workload is registered by proxies and cannot be deleted (its lease lapses)",
@@ -251,6 +277,8 @@ pub async fn dry_run(
         AnyResource::Canary(r) => Object::Canary(r),
         AnyResource::AuthorizationPolicy(r) => Object::AuthorizationPolicy(r),
         AnyResource::MeshConfig(r) => Object::MeshConfig(r),
+        AnyResource::HttpRoute(r) => Object::HttpRoute(r),
+        AnyResource::GrpcRoute(r) => Object::GrpcRoute(r),
         AnyResource::Workload(_) => {
             return Err(Status::invalid_argument(
                 "Workload is registered by proxies and cannot be applied",
@@ -273,6 +301,8 @@ pub async fn dry_run(
             Object::Canary(r) => AnyResource::Canary(r),
             Object::AuthorizationPolicy(r) => AnyResource::AuthorizationPolicy(r),
             Object::MeshConfig(r) => AnyResource::MeshConfig(r),
+            Object::HttpRoute(r) => AnyResource::HttpRoute(r),
+            Object::GrpcRoute(r) => AnyResource::GrpcRoute(r),
         })
     }
     let outcome = v1::ApplyOutcome::try_from(resp.outcome).unwrap_or(v1::ApplyOutcome::Unspecified);

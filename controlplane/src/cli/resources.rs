@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use quiver_api::document;
 use quiver_api::resource::{AnyResource, Kind};
 use quiver_api::v1;
+use quiver_policy::gateway::GatewayRoute;
 
 use super::Connection;
 use super::client::{self, describe};
@@ -276,6 +277,7 @@ pub(super) fn column_names(kind: Kind) -> &'static [&'static str] {
         Kind::AuthorizationPolicy => &["SERVICE", "ALLOW", "DENY"],
         Kind::MeshConfig => &["DEFAULT-POLICY", "CROSS-NAMESPACE"],
         Kind::Workload => &["SERVICE", "ADDRESS", "READY"],
+        Kind::HttpRoute | Kind::GrpcRoute => &["PARENTS", "RULES"],
     }
 }
 
@@ -358,6 +360,14 @@ pub(super) fn columns(item: &AnyResource) -> Vec<String> {
             let ready = w.status.as_ref().is_some_and(|s| s.ready);
             vec![spec.service, spec.address, ready.to_string()]
         }
+        AnyResource::HttpRoute(r) => vec![
+            GatewayRoute::Http(r).parents().join(","),
+            r.spec.as_ref().map_or(0, |s| s.rules.len()).to_string(),
+        ],
+        AnyResource::GrpcRoute(r) => vec![
+            GatewayRoute::Grpc(r).parents().join(","),
+            r.spec.as_ref().map_or(0, |s| s.rules.len()).to_string(),
+        ],
     }
 }
 

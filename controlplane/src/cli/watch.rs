@@ -35,6 +35,8 @@ pub async fn run(
         Kind::AuthorizationPolicy => c.watch_authorization_policies(req).await,
         Kind::MeshConfig => c.watch_mesh_configs(req).await,
         Kind::Workload => c.watch_workloads(req).await,
+        Kind::HttpRoute => c.watch_http_routes(req).await,
+        Kind::GrpcRoute => c.watch_grpc_routes(req).await,
     };
     let mut stream = started
         .map_err(|s| anyhow::anyhow!("{}", describe(&s)))?
@@ -84,5 +86,7 @@ fn object_meta(object: &watch_event::Object) -> Option<&v1::ObjectMeta> {
         Object::AuthorizationPolicy(r) => r.metadata.as_ref(),
         Object::MeshConfig(r) => r.metadata.as_ref(),
         Object::Workload(r) => r.metadata.as_ref(),
+        Object::HttpRoute(r) => r.metadata.as_ref(),
+        Object::GrpcRoute(r) => r.metadata.as_ref(),
     }
 }

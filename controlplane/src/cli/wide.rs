@@ -16,6 +16,7 @@ pub fn render(kind: Kind, items: &[AnyResource]) -> String {
         Kind::AuthorizationPolicy => &["SOURCES"],
         Kind::MeshConfig => &[],
         Kind::Workload => &["IDENTITY", "ZONE", "LABELS", "LEASE-EXPIRES"],
+        Kind::HttpRoute | Kind::GrpcRoute => &["BACKENDS"],
     };
     let mut header: Vec<String> = ["NAMESPACE", "NAME", "VERSION"]
         .iter()
@@ -87,6 +88,18 @@ fn more(item: &AnyResource) -> Vec<String> {
             vec![or_dash(sources.join(","))]
         }
         AnyResource::MeshConfig(_) => Vec::new(),
+        AnyResource::HttpRoute(r) => vec![gateway_backends(
+            r.spec
+                .iter()
+                .flat_map(|s| &s.rules)
+                .flat_map(|rule| &rule.backend_refs),
+        )],
+        AnyResource::GrpcRoute(r) => vec![gateway_backends(
+            r.spec
+                .iter()
+                .flat_map(|s| &s.rules)
+                .flat_map(|rule| &rule.backend_refs),
+        )],
         AnyResource::Workload(w) => {
             let spec = w.spec.clone().unwrap_or_default();
             let status = w.status.clone().unwrap_or_default();
@@ -103,6 +116,14 @@ fn more(item: &AnyResource) -> Vec<String> {
             ]
         }
     }
+}
+
+/// A Gateway API route's backendRefs as `name=weight` (a weight left out is 1).
+fn gateway_backends<'a>(refs: impl Iterator<Item = &'a quiver_api::v1::HttpBackendRef>) -> String {
+    let all: Vec<String> = refs
+        .map(|b| format!("{}={}", b.name, b.weight.unwrap_or(1)))
+        .collect();
+    or_dash(all.join(","))
 }
 
 fn or_dash(s: String) -> String {

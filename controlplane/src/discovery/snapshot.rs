@@ -41,7 +41,7 @@ pub fn build(
         return snap;
     };
     snap.services = ns.callable.clone();
-    snap.routes = ns.routes.values().cloned().collect();
+    snap.routes = ns.routes.clone();
     let own: Vec<&str> = fronts
         .iter()
         .filter_map(|name| ns.services.get(name))

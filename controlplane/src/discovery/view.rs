@@ -22,10 +22,12 @@ use crate::stored::decode;
 pub const MESH_CONFIG_NAME: &str = "mesh";
 
 /// Kinds the view follows; others (Canary) never reach proxies directly.
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 7] = [
     Kind::MeshConfig,
     Kind::Service,
     Kind::Route,
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
     Kind::AuthorizationPolicy,
     Kind::Workload,
 ];
@@ -34,7 +36,9 @@ const KINDS: [Kind; 5] = [
 #[derive(Debug, Default)]
 pub struct NamespaceState {
     pub services: BTreeMap<String, v1::Service>,
-    pub routes: BTreeMap<String, v1::Route>,
+    /// The Routes that govern its services, one per service (derived:
+    /// `quiver_policy::gateway::governing_routes` over Routes and Gateway API routes).
+    pub routes: Vec<v1::Route>,
     pub policies: BTreeMap<String, v1::AuthorizationPolicy>,
     pub workloads: BTreeMap<String, v1::Workload>,
     /// Every Service with its live endpoints, ordered by name (derived).
@@ -182,6 +186,8 @@ struct Model {
 pub struct Raw {
     pub services: BTreeMap<String, v1::Service>,
     pub routes: BTreeMap<String, v1::Route>,
+    pub http_routes: BTreeMap<String, v1::HttpRoute>,
+    pub grpc_routes: BTreeMap<String, v1::GrpcRoute>,
     pub policies: BTreeMap<String, v1::AuthorizationPolicy>,
     pub workloads: BTreeMap<String, v1::Workload>,
 }
@@ -248,6 +254,16 @@ impl Model {
                     ns.routes.insert(name, r);
                 }
             }
+            Kind::HttpRoute => {
+                if let Ok(r) = decode(obj) {
+                    ns.http_routes.insert(name, r);
+                }
+            }
+            Kind::GrpcRoute => {
+                if let Ok(r) = decode(obj) {
+                    ns.grpc_routes.insert(name, r);
+                }
+            }
             Kind::AuthorizationPolicy => {
                 if let Ok(p) = decode(obj) {
                     ns.policies.insert(name, p);
@@ -281,6 +297,8 @@ impl Model {
         match obj.kind {
             Kind::Service => drop(ns.services.remove(&obj.name)),
             Kind::Route => drop(ns.routes.remove(&obj.name)),
+            Kind::HttpRoute => drop(ns.http_routes.remove(&obj.name)),
+            Kind::GrpcRoute => drop(ns.grpc_routes.remove(&obj.name)),
             Kind::AuthorizationPolicy => drop(ns.policies.remove(&obj.name)),
             Kind::Workload => drop(ns.workloads.remove(&obj.name)),
             Kind::MeshConfig | Kind::Canary => {}
@@ -373,7 +391,12 @@ pub fn build_namespace(trust_domain: &str, namespace: &str, raw: Raw) -> Namespa
         .collect();
     NamespaceState {
         services: raw.services,
-        routes: raw.routes,
+        routes: quiver_policy::gateway::governing_routes(
+            namespace,
+            &raw.routes.values().collect::<Vec<_>>(),
+            &raw.http_routes.values().collect::<Vec<_>>(),
+            &raw.grpc_routes.values().collect::<Vec<_>>(),
+        ),
         policies: raw.policies,
         workloads: raw.workloads,
         callable,

@@ -234,6 +234,17 @@ impl Exchange<'_> {
         parts: http::request::Parts,
     ) -> Result<Request<()>, ProxyError> {
         let mut head = prepare_head(target, parts)?;
+        // The rule may send to another Service (a backend's `service`, a Gateway API
+        // backendRef): the peer serves that one, on the port the app called.
+        if self.plan.backend.service != target.service {
+            let to = Target {
+                service: self.plan.backend.service.clone(),
+                port: target.port,
+            };
+            let v = HeaderValue::from_str(&to.authority())
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            head.headers_mut().insert(TARGET_HEADER, v);
+        }
         if let Some(rewrite) = &self.plan.rule.rewrite {
             apply_rewrite(&mut head, rewrite)?;
         }
