@@ -1,5 +1,7 @@
 //! One test per error class: each asserts the field path and the reason the user would read.
 
+use std::collections::BTreeMap;
+
 use super::*;
 use quiver_api::document::parse_documents;
 
