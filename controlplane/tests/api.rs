@@ -9,7 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{REVIEWS_SERVICE, SqliteTestDb, TestServer, doc, route_yaml};
+use common::{
+    REVIEWS_SERVICE, SqliteTestDb, TestServer, doc, route_yaml, route_yaml_on, service_like_reviews,
+};
 use quiver_api::v1::{self, watch_event};
 use tonic::Code;
 
@@ -310,6 +312,10 @@ async fn watch_sends_snapshot_then_changes() {
     c.apply_service(doc::<v1::Service>(REVIEWS_SERVICE))
         .await
         .unwrap();
+    // Route "b" routes a Service of its own (a service is routed by one Route).
+    c.apply_service(doc::<v1::Service>(&service_like_reviews("details")))
+        .await
+        .unwrap();
     c.apply_route(doc::<v1::Route>(&route_yaml("a", 90)))
         .await
         .unwrap();
@@ -333,14 +339,14 @@ async fn watch_sends_snapshot_then_changes() {
     let e = next().await;
     assert_eq!(
         (e.r#type, e.resource_version),
-        (watch_event::Type::Synced as i32, 2)
+        (watch_event::Type::Synced as i32, 3)
     );
 
     let mut c2 = server.admin().await;
     c2.apply_route(doc::<v1::Route>(&route_yaml("a", 80)))
         .await
         .unwrap();
-    c2.apply_route(doc::<v1::Route>(&route_yaml("b", 80)))
+    c2.apply_route(doc::<v1::Route>(&route_yaml_on("b", "details", 80)))
         .await
         .unwrap();
     // A change of another kind is not sent on the route watch.
@@ -368,9 +374,9 @@ async fn watch_sends_snapshot_then_changes() {
     assert_eq!(
         seen,
         vec![
-            (Modified as i32, 3, "a".to_string()),
-            (Added as i32, 4, "b".to_string()),
-            (Deleted as i32, 6, "a".to_string()),
+            (Modified as i32, 4, "a".to_string()),
+            (Added as i32, 5, "b".to_string()),
+            (Deleted as i32, 7, "a".to_string()),
         ]
     );
     server.stop().await;

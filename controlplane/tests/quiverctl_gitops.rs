@@ -7,80 +7,19 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{REVIEWS_SERVICE, SqliteTestDb, TestServer, route_yaml};
-
-struct Ctl {
-    server: String,
-    token: String,
-}
-
-impl Ctl {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiverctl"));
-        cmd.args(args)
-            .env("QUIVER_SERVER", &self.server)
-            .env("QUIVER_TOKEN", &self.token)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
-    async fn run(&self, args: &[&str], stdin: Option<String>) -> Output {
-        let mut cmd = self.command(args);
-        tokio::task::spawn_blocking(move || {
-            let mut child = cmd.spawn().expect("quiverctl runs");
-            let mut pipe = child.stdin.take().unwrap();
-            if let Some(s) = stdin {
-                pipe.write_all(s.as_bytes()).unwrap();
-            }
-            drop(pipe);
-            child.wait_with_output().unwrap()
-        })
-        .await
-        .unwrap()
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args, None).await;
-        assert!(
-            out.status.success(),
-            "quiverctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    async fn ok_stdin(&self, args: &[&str], stdin: String) -> String {
-        let out = self.run(args, Some(stdin)).await;
-        assert!(
-            out.status.success(),
-            "quiverctl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs and expects failure; the standard error.
-    async fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args, None).await;
-        assert!(!out.status.success(), "quiverctl {args:?} should fail");
-        String::from_utf8(out.stderr).unwrap()
-    }
-}
+use common::ctl::Ctl;
+use common::{
+    REVIEWS_SERVICE, SqliteTestDb, TestServer, route_yaml, route_yaml_on, service_like_reviews,
+};
 
 async fn start() -> (SqliteTestDb, TestServer, Ctl) {
     let db = SqliteTestDb::create();
     let server = TestServer::start(None, db.dir.path()).await;
-    let ctl = Ctl {
-        server: server.url.clone(),
-        token: server.admin.clone(),
-    };
+    let ctl = Ctl::new(&server);
     (db, server, ctl)
 }
 
@@ -104,9 +43,9 @@ fn path(dir: &Path) -> &str {
     dir.to_str().unwrap()
 }
 
-/// `route_yaml` with `metadata.labels`.
-fn labelled_route(name: &str, labels: &str) -> String {
-    route_yaml(name, 50).replace(
+/// `route_yaml_on` with `metadata.labels`.
+fn labelled_route(name: &str, service: &str, labels: &str) -> String {
+    route_yaml_on(name, service, 50).replace(
         "namespace: shop}",
         &format!("namespace: shop, labels: {{{labels}}}}}"),
     )
@@ -290,14 +229,17 @@ async fn delete_f_removes_what_the_documents_name() {
     write(dir.path(), "a-route.yaml", &route_yaml("reviews", 90));
     write(dir.path(), "b-service.yaml", REVIEWS_SERVICE);
     ctl.ok(&["apply", "-f", path(dir.path())]).await;
-    ctl.ok_stdin(&["apply", "-f", "-"], route_yaml("keep", 50))
+    // Not in the directory: a Route of a Service of its own (one Route per service).
+    ctl.ok_stdin(&["apply", "-f", "-"], service_like_reviews("details"))
+        .await;
+    ctl.ok_stdin(&["apply", "-f", "-"], route_yaml_on("keep", "details", 50))
         .await;
 
     let out = ctl.ok(&["delete", "-f", path(dir.path())]).await;
     assert_eq!(
         out,
-        "Route shop/reviews deleted (resourceVersion 4)\n\
-         Service shop/reviews deleted (resourceVersion 5)\n",
+        "Route shop/reviews deleted (resourceVersion 5)\n\
+         Service shop/reviews deleted (resourceVersion 6)\n",
         "the Route before the Service it names"
     );
     for (kind, name) in [("route", "reviews"), ("service", "reviews")] {
@@ -350,20 +292,26 @@ async fn prune_removes_only_labelled_resources_dropped_from_the_directory() {
     write(
         dir.path(),
         "a.yaml",
-        &labelled_route("a", "managed-by: git"),
+        &labelled_route("a", "reviews", "managed-by: git"),
     );
     write(
         dir.path(),
         "b.yaml",
-        &labelled_route("b", "managed-by: git"),
+        &labelled_route("b", "details", "managed-by: git"),
     );
+    // Each Route routes a Service of its own (one Route per service); these are not the
+    // directory's to prune.
+    for name in ["details", "manual", "other"] {
+        ctl.ok_stdin(&["apply", "-f", "-"], service_like_reviews(name))
+            .await;
+    }
     ctl.ok(&["apply", "-f", path(dir.path())]).await;
     // Not owned by this directory: no label, and another value of the label.
-    ctl.ok_stdin(&["apply", "-f", "-"], route_yaml("manual", 50))
+    ctl.ok_stdin(&["apply", "-f", "-"], route_yaml_on("manual", "manual", 50))
         .await;
     ctl.ok_stdin(
         &["apply", "-f", "-"],
-        labelled_route("other", "managed-by: other-repo"),
+        labelled_route("other", "other", "managed-by: other-repo"),
     )
     .await;
 
@@ -415,6 +363,8 @@ async fn get_watch_prints_a_line_per_change() {
     let (_db, server, ctl) = start().await;
     ctl.ok_stdin(&["apply", "-f", "-"], REVIEWS_SERVICE.into())
         .await;
+    ctl.ok_stdin(&["apply", "-f", "-"], service_like_reviews("details"))
+        .await;
     ctl.ok_stdin(&["apply", "-f", "-"], route_yaml("a", 90))
         .await;
 
@@ -439,18 +389,18 @@ async fn get_watch_prints_a_line_per_change() {
             .expect("quiverctl get -w printed a line")
     };
     // What is there now, then each change made while it runs.
-    assert_eq!(next(), "ADDED route shop/a v2");
+    assert_eq!(next(), "ADDED route shop/a v3");
     ctl.ok_stdin(&["apply", "-f", "-"], route_yaml("a", 80))
         .await;
-    assert_eq!(next(), "MODIFIED route shop/a v3");
-    ctl.ok_stdin(&["apply", "-f", "-"], route_yaml("b", 50))
+    assert_eq!(next(), "MODIFIED route shop/a v4");
+    ctl.ok_stdin(&["apply", "-f", "-"], route_yaml_on("b", "details", 50))
         .await;
-    assert_eq!(next(), "ADDED route shop/b v4");
+    assert_eq!(next(), "ADDED route shop/b v5");
     // Another kind is not this watch's.
     ctl.ok(&["delete", "service", "reviews", "-n", "shop"])
         .await;
     ctl.ok(&["delete", "route", "a", "-n", "shop"]).await;
-    assert_eq!(next(), "DELETED route shop/a v6");
+    assert_eq!(next(), "DELETED route shop/a v7");
     child.kill().unwrap();
     child.wait().unwrap();
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{REVIEWS_SERVICE, SqliteTestDb, TestServer, doc, route_yaml};
+use common::{REVIEWS_SERVICE, SqliteTestDb, TestServer, doc, route_yaml_on, service_like_reviews};
 use quiver_api::v1::{self, watch_event};
 use quiver_control::server::{self, Config};
 
@@ -165,16 +165,24 @@ async fn watch_resumes_after_a_version() {
     c.apply_service(doc::<v1::Service>(REVIEWS_SERVICE))
         .await
         .unwrap();
-    for (name, w) in [("a", 90), ("b", 80), ("a", 70)] {
-        c.apply_route(doc::<v1::Route>(&route_yaml(name, w)))
+    // Route "b" routes a Service of its own (a service is routed by one Route).
+    c.apply_service(doc::<v1::Service>(&service_like_reviews("details")))
+        .await
+        .unwrap();
+    for (name, service, w) in [
+        ("a", "reviews", 90),
+        ("b", "details", 80),
+        ("a", "reviews", 70),
+    ] {
+        c.apply_route(doc::<v1::Route>(&route_yaml_on(name, service, w)))
             .await
             .unwrap();
     }
-    // Resume after version 2 (route "a" created): expect b's creation and a's update, no snapshot.
+    // Resume after version 3 (route "a" created): expect b's creation and a's update, no snapshot.
     let mut stream = c
         .watch_routes(v1::WatchRequest {
             namespace: "shop".into(),
-            resource_version: 2,
+            resource_version: 3,
         })
         .await
         .unwrap()
@@ -189,6 +197,6 @@ async fn watch_resumes_after_a_version() {
         got.push((e.r#type, e.resource_version));
     }
     use watch_event::Type::*;
-    assert_eq!(got, vec![(Added as i32, 3), (Modified as i32, 4)]);
+    assert_eq!(got, vec![(Added as i32, 4), (Modified as i32, 5)]);
     server.stop().await;
 }

@@ -906,7 +906,18 @@ async fn a_stalled_control_plane_costs_spans_not_requests() {
         "6000 requests with the control plane stopped: {stalled_for:?}; web shipped {sent}, dropped {lost} spans"
     );
 
-    // Awake again: the backlog drains and new spans are shipped.
+    // Awake again: the backlog drains and new spans are shipped. A stall longer than the
+    // lease (a loaded machine makes the 6000 calls slow) lapses reviews' lease when the
+    // control plane wakes, until its next keep-alive registers it again: wait for that.
+    eventually(
+        "web reaches reviews after the stall",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move { call(&client, addr, "/after-stall").await.ok() }
+        },
+    )
+    .await;
     let (_, failures) = split(addr, 100, 4).await;
     assert!(failures.is_empty(), "{failures:?}");
     let was = shipped(&during);

@@ -81,7 +81,7 @@ pub enum Command {
         conn: Connection,
     },
     /// Show resources: KIND (service, route, canary, authorizationpolicy, meshconfig,
-    /// workload) and optionally a NAME.
+    /// workload, httproute, grpcroute) and optionally a NAME.
     Get {
         kind: String,
         name: Option<String>,

@@ -167,7 +167,7 @@ fn verb(outcome: v1::ApplyOutcome) -> &'static str {
 pub(super) fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
     Kind::from_cli(kind).with_context(|| {
         format!(
-            "unknown kind {kind:?} (expected service, route, canary, authorizationpolicy, meshconfig or workload)"
+            "unknown kind {kind:?} (expected service, route, canary, authorizationpolicy, meshconfig, workload, httproute or grpcroute)"
         )
     })
 }

@@ -1,6 +1,7 @@
 //! Shared test fixtures: a private Postgres database per test, SQLite in a temp dir, polling.
 #![allow(dead_code)]
 
+pub mod ctl;
 pub mod mesh;
 
 use std::sync::Arc;
@@ -176,14 +177,25 @@ spec:
   - {name: v2, labels: {version: v2}}
 "#;
 
+/// `REVIEWS_SERVICE` under another name (same ports and subsets): a Service of its own for
+/// a second Route (a service is routed by one Route).
+pub fn service_like_reviews(name: &str) -> String {
+    REVIEWS_SERVICE.replace("name: reviews,", &format!("name: {name},"))
+}
+
 pub fn route_yaml(name: &str, v1_weight: u32) -> String {
+    route_yaml_on(name, "reviews", v1_weight)
+}
+
+/// A Route named `name` for `service` (which has subsets v1 and v2).
+pub fn route_yaml_on(name: &str, service: &str, v1_weight: u32) -> String {
     format!(
         r#"
 apiVersion: quiver.dev/v1
 kind: Route
 metadata: {{name: {name:?}, namespace: shop}}
 spec:
-  service: reviews
+  service: {service}
   rules:
   - name: default
     backends:
