@@ -2,6 +2,6 @@
 // the control plane sends needs no 'unsafe-inline'. build.sh replaces the @...@ names with
 // the content-hashed files.
 import init from "/quiver_console-67654bf6d3f42a7c.js";
-init({ module_or_path: "/quiver_console_bg-870428f4cdba0832.wasm" }).catch((e) => {
+init({ module_or_path: "/quiver_console_bg-20e7d5e7df3ffa81.wasm" }).catch((e) => {
   document.body.textContent = "The Quiver console failed to start: " + e;
 });
