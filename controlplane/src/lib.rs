@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod ca;
+pub mod canary;
 pub mod cli;
 pub mod console;
 pub mod discovery;

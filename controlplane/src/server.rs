@@ -348,6 +348,8 @@ pub struct Running {
     _discovery_tls: AbortOnDrop,
     /// The trace retention sweeper; stopped with the server.
     _trace_sweeper: AbortOnDrop,
+    /// The canary controller; stopped with the server.
+    _canaries: AbortOnDrop,
     /// The OTLP exporter, when --otlp-endpoint is set; stopped (queue and all) with the server.
     _otlp: Option<AbortOnDrop>,
     /// The span writer; stopped with the server (spans it had not committed are lost).
@@ -458,6 +460,13 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     let sweeper = AbortOnDrop(tokio::spawn(sweeper::run(
         store.clone(),
         sweeper::interval(config.lease_ttl),
+    )));
+    // This replica's name in controller leases: unique per process.
+    let holder = format!("replica-{:016x}", rand::random::<u64>());
+    let canaries = AbortOnDrop(tokio::spawn(crate::canary::run(
+        store.clone(),
+        view.subscribe(),
+        holder,
     )));
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -623,6 +632,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         _ca_refresh: ca_refresh,
         _discovery_tls: discovery_tls_task,
         _trace_sweeper: trace_sweeper,
+        _canaries: canaries,
         _otlp: otlp_task,
         _span_writer: AbortOnDrop(span_writer_task),
         new_admin_token,

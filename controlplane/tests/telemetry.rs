@@ -137,6 +137,7 @@ fn edge(src: &str, dst: &str, requests: u64, errors: u64, b: Vec<u64>, end: i64)
         source_namespace: "evil".into(),
         source_service: src.into(),
         destination_service: dst.into(),
+        destination_subset: String::new(),
         requests,
         errors,
         latency_buckets: b,

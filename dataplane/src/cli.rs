@@ -95,6 +95,10 @@ pub struct Args {
     /// dropped and counted (quiver_spans_dropped_total) [default: 8192].
     #[arg(long, env = "QUIVER_SPAN_QUEUE", help_heading = "Control-plane mode")]
     span_queue: Option<usize>,
+    /// How often per-destination request counts (what canaries are judged by) go to the
+    /// control plane, 1s..60s [default: 10s].
+    #[arg(long, env = "QUIVER_EDGE_INTERVAL", help_heading = "Control-plane mode", value_parser = quiver_api::duration::parse)]
+    edge_interval: Option<std::time::Duration>,
 
     /// UDP address for QUIC [default: 0.0.0.0:15443].
     #[arg(long, env = "QUIVER_QUIC_LISTEN", help_heading = "Listeners")]
@@ -178,6 +182,7 @@ impl Args {
                 advertise: self.advertise,
                 app_host: self.app_host,
                 span_queue: self.span_queue,
+                edge_interval: self.edge_interval,
             },
             quic_listen: self.quic_listen,
             admin_listen: self.admin_listen,

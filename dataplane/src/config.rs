@@ -129,7 +129,14 @@ pub struct ControlPlaneFile {
     /// Spans held for the control plane while it is slow or away (default 8192); beyond
     /// that new spans are dropped and counted, never waited for.
     pub span_queue: Option<usize>,
+    /// How often per-destination request counts are sent (default 10s, 1s..60s): what
+    /// canary checks are judged by, so at most a check's interval.
+    #[serde(default, with = "quiver_api::duration::serde_human_opt")]
+    pub edge_interval: Option<std::time::Duration>,
 }
+
+/// How often a joined proxy sends per-destination request counts by default.
+pub const DEFAULT_EDGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Spans a joined proxy holds for the control plane by default.
 pub const DEFAULT_SPAN_QUEUE: usize = 8192;
@@ -352,6 +359,8 @@ pub struct ControlPlane {
     pub app_host: IpAddr,
     pub zone: String,
     pub span_queue: usize,
+    #[serde(with = "serde_human")]
+    pub edge_interval: std::time::Duration,
 }
 
 /// An app-facing listener bound to one remote service (Consul-style explicit upstream).
@@ -429,7 +438,8 @@ fn apply(mut file: File, o: Overrides) -> File {
         || !c.labels.is_empty()
         || c.advertise.is_some()
         || c.app_host.is_some()
-        || c.span_queue.is_some();
+        || c.span_queue.is_some()
+        || c.edge_interval.is_some();
     if cp_flags {
         let f = file.control_plane.get_or_insert_with(Default::default);
         f.address = c.address.or(f.address.take());
@@ -442,6 +452,7 @@ fn apply(mut file: File, o: Overrides) -> File {
         f.advertise = c.advertise.or(f.advertise);
         f.app_host = c.app_host.or(f.app_host);
         f.span_queue = c.span_queue.or(f.span_queue);
+        f.edge_interval = c.edge_interval.or(f.edge_interval);
     }
     if let Some(a) = o.quic_listen {
         file.listen.quic = a;
@@ -614,6 +625,18 @@ fn validate_control_plane(
             format!("{span_queue}: must be 1 to {MAX_SPAN_QUEUE} spans"),
         );
     }
+    let edge_interval = c.edge_interval.unwrap_or(DEFAULT_EDGE_INTERVAL);
+    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(60))
+        .contains(&edge_interval)
+    {
+        err(
+            "control_plane.edge_interval".into(),
+            format!(
+                "{}: must be 1s to 60s",
+                quiver_api::duration::format(edge_interval)
+            ),
+        );
+    }
     if let Some(a) = c.advertise
         && (a.ip().is_unspecified() || a.port() == 0)
     {
@@ -649,6 +672,7 @@ fn validate_control_plane(
         app_host: c.app_host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         zone: file.zone.clone(),
         span_queue,
+        edge_interval,
     })
 }
 

@@ -274,12 +274,14 @@ pub fn route_spec(service: &str, routes: &[GatewayRoute<'_>]) -> v1::RouteSpec {
 /// Routes for one service wins (the API refuses both conflicts; this settles writes that
 /// raced past that check on two replicas). The Gateway API routes attached to a Service
 /// become one Route named `gateway/<service>`, whose annotation
-/// [`TRANSLATED_FROM`] lists them.
+/// [`TRANSLATED_FROM`] lists them. Last, each canary that has taken over its service's
+/// split puts its weight in ([`canary_split`]).
 pub fn governing_routes(
     namespace: &str,
     routes: &[&v1::Route],
     http: &[&v1::HttpRoute],
     grpc: &[&v1::GrpcRoute],
+    canaries: &[&v1::Canary],
 ) -> Vec<v1::Route> {
     let mut routes: Vec<&v1::Route> = routes.to_vec();
     let meta_key = |r: &v1::Route| {
@@ -345,7 +347,73 @@ pub fn governing_routes(
             spec: Some(spec),
         });
     }
+    for c in canaries {
+        canary_split(namespace, &mut out, c);
+    }
     out
+}
+
+/// Put a running canary's weight into its service's route: every rule that sends to the
+/// whole service (no backends) or only to the canary's stable and canary subsets sends
+/// `100 - w` to the stable subset and `w` to the canary subset; other rules (a tester pinned
+/// to a subset, another service) are left as written. A service without a route gets one,
+/// `canary/<name>`, with that one rule. A canary that has not started (or is not valid)
+/// changes nothing. docs/canary.md, "Who owns the split".
+pub fn canary_split(namespace: &str, routes: &mut Vec<v1::Route>, c: &v1::Canary) {
+    let Some(weight) = crate::canary::weight_in_effect(c.status.as_ref()) else {
+        return;
+    };
+    let Some(spec) = c.spec.as_ref() else {
+        return;
+    };
+    let split = vec![
+        v1::WeightedBackend {
+            service: String::new(),
+            subset: spec.stable_subset.clone(),
+            weight: 100 - weight.min(100),
+        },
+        v1::WeightedBackend {
+            service: String::new(),
+            subset: spec.canary_subset.clone(),
+            weight: weight.min(100),
+        },
+    ];
+    let ours = |b: &v1::WeightedBackend| {
+        (b.service.is_empty() || b.service == spec.service)
+            && (b.subset == spec.stable_subset || b.subset == spec.canary_subset)
+    };
+    let route = routes
+        .iter_mut()
+        .find(|r| r.spec.as_ref().is_some_and(|s| s.service == spec.service));
+    match route.and_then(|r| r.spec.as_mut()) {
+        Some(route) => {
+            for rule in &mut route.rules {
+                let splits = rule.redirect.is_none()
+                    && (rule.backends.is_empty() || rule.backends.iter().all(ours));
+                if splits {
+                    rule.backends.clone_from(&split);
+                }
+            }
+        }
+        None => routes.push(v1::Route {
+            metadata: Some(v1::ObjectMeta {
+                name: format!(
+                    "canary/{}",
+                    c.metadata.as_ref().map_or("", |m| m.name.as_str())
+                ),
+                namespace: namespace.to_string(),
+                ..Default::default()
+            }),
+            spec: Some(v1::RouteSpec {
+                service: spec.service.clone(),
+                rules: vec![v1::RouteRule {
+                    name: "canary".into(),
+                    backends: split,
+                    ..Default::default()
+                }],
+            }),
+        }),
+    }
 }
 
 /// The annotation on a Route translated from Gateway API routes: which ones

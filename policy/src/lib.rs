@@ -24,10 +24,12 @@
 pub mod authz;
 pub mod balance;
 pub mod breaker;
+pub mod canary;
 pub mod fault;
 mod fields;
 pub mod filters;
 pub mod gateway;
+pub mod latency;
 pub mod mesh;
 pub mod outlier;
 pub mod path;

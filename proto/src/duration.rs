@@ -17,3 +17,24 @@ pub mod serde_human {
         super::parse(&s).map_err(serde::de::Error::custom)
     }
 }
+
+/// [`serde_human`] for an optional duration (absent or null is `None`):
+/// `#[serde(default, with = "quiver_api::duration::serde_human_opt")]`.
+pub mod serde_human_opt {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&super::format(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let s = <Option<String> as serde::Deserialize>::deserialize(d)?;
+        s.map(|s| super::parse(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

@@ -153,6 +153,11 @@ macro_rules! resources {
 
         /// Any resource, for code that handles documents of mixed kinds.
         #[derive(Debug, Clone, PartialEq)]
+        #[allow(
+            clippy::large_enum_variant,
+            reason = "documents are handled one at a time, off the data path; a Canary with \
+                      its status history is the largest"
+        )]
         pub enum AnyResource {
             $($ty(v1::$ty)),*
         }

@@ -1,6 +1,7 @@
 //! `quiver.v1.MeshAdmin`: one line per RPC, delegating to the generic handlers.
 
 use quiver_api::v1::{self, mesh_admin_server::MeshAdmin};
+use quiver_policy::canary::Action;
 use tonic::{Request, Response, Status};
 
 use super::{AdminApi, WatchStream};
@@ -268,6 +269,50 @@ impl MeshAdmin for AdminApi {
                 resource_version,
             })
         })
+        .await
+    }
+
+    async fn pause_canary(
+        &self,
+        req: Request<v1::CanaryActionRequest>,
+    ) -> Result<Response<v1::Canary>, Status> {
+        self.call(
+            "PauseCanary",
+            self.canary_action("PauseCanary", Action::Pause, req),
+        )
+        .await
+    }
+
+    async fn resume_canary(
+        &self,
+        req: Request<v1::CanaryActionRequest>,
+    ) -> Result<Response<v1::Canary>, Status> {
+        self.call(
+            "ResumeCanary",
+            self.canary_action("ResumeCanary", Action::Resume, req),
+        )
+        .await
+    }
+
+    async fn promote_canary(
+        &self,
+        req: Request<v1::CanaryActionRequest>,
+    ) -> Result<Response<v1::Canary>, Status> {
+        self.call(
+            "PromoteCanary",
+            self.canary_action("PromoteCanary", Action::Promote, req),
+        )
+        .await
+    }
+
+    async fn abort_canary(
+        &self,
+        req: Request<v1::CanaryActionRequest>,
+    ) -> Result<Response<v1::Canary>, Status> {
+        self.call(
+            "AbortCanary",
+            self.canary_action("AbortCanary", Action::Abort, req),
+        )
         .await
     }
 

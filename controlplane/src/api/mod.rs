@@ -19,6 +19,7 @@ use crate::stored::rfc3339;
 
 mod admin;
 mod ca;
+mod canaries;
 mod discovery;
 mod dry_run;
 mod peer;

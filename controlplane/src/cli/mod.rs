@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 mod ca;
+mod canary;
 pub mod certs;
 mod check;
 pub mod client;
@@ -126,6 +127,9 @@ pub enum Command {
     /// Revoke an identity (directly or through a workload) and list revocations.
     #[command(subcommand)]
     Revoke(revoke::RevokeCommand),
+    /// Control a running canary: pause, resume, promote now, abort.
+    #[command(subcommand)]
+    Canary(canary::CanaryCommand),
     /// Show the control plane's status.
     Status {
         /// Output format.
@@ -263,6 +267,7 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
         Command::Token(c) => tokens::token(c).await,
         Command::JoinToken(c) => tokens::join_token(c).await,
         Command::Revoke(c) => revoke::run(c).await,
+        Command::Canary(c) => canary::run(c).await,
         Command::Ca(c) => ca::run(c).await,
         Command::Status { output, conn } => tokens::status(&conn, &output).await,
         Command::TrustBundle { output, conn } => {

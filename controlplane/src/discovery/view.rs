@@ -21,13 +21,14 @@ use crate::stored::decode;
 /// The name of the one MeshConfig (in namespace `default`).
 pub const MESH_CONFIG_NAME: &str = "mesh";
 
-/// Kinds the view follows; others (Canary) never reach proxies directly.
-const KINDS: [Kind; 7] = [
+/// Kinds the view follows (Canaries for the weights they put in effect).
+const KINDS: [Kind; 8] = [
     Kind::MeshConfig,
     Kind::Service,
     Kind::Route,
     Kind::HttpRoute,
     Kind::GrpcRoute,
+    Kind::Canary,
     Kind::AuthorizationPolicy,
     Kind::Workload,
 ];
@@ -188,6 +189,7 @@ pub struct Raw {
     pub routes: BTreeMap<String, v1::Route>,
     pub http_routes: BTreeMap<String, v1::HttpRoute>,
     pub grpc_routes: BTreeMap<String, v1::GrpcRoute>,
+    pub canaries: BTreeMap<String, v1::Canary>,
     pub policies: BTreeMap<String, v1::AuthorizationPolicy>,
     pub workloads: BTreeMap<String, v1::Workload>,
 }
@@ -280,7 +282,11 @@ impl Model {
                     self.mesh = Arc::new(m.and_then(|m| m.spec).unwrap_or_default());
                 }
             }
-            Kind::Canary => {}
+            Kind::Canary => {
+                if let Ok(c) = decode(obj) {
+                    ns.canaries.insert(name, c);
+                }
+            }
         }
     }
 
@@ -299,9 +305,10 @@ impl Model {
             Kind::Route => drop(ns.routes.remove(&obj.name)),
             Kind::HttpRoute => drop(ns.http_routes.remove(&obj.name)),
             Kind::GrpcRoute => drop(ns.grpc_routes.remove(&obj.name)),
+            Kind::Canary => drop(ns.canaries.remove(&obj.name)),
             Kind::AuthorizationPolicy => drop(ns.policies.remove(&obj.name)),
             Kind::Workload => drop(ns.workloads.remove(&obj.name)),
-            Kind::MeshConfig | Kind::Canary => {}
+            Kind::MeshConfig => {}
         }
     }
 
@@ -396,6 +403,7 @@ pub fn build_namespace(trust_domain: &str, namespace: &str, raw: Raw) -> Namespa
             &raw.routes.values().collect::<Vec<_>>(),
             &raw.http_routes.values().collect::<Vec<_>>(),
             &raw.grpc_routes.values().collect::<Vec<_>>(),
+            &raw.canaries.values().collect::<Vec<_>>(),
         ),
         policies: raw.policies,
         workloads: raw.workloads,

@@ -48,6 +48,18 @@ pub trait Leases: Send + Sync {
         name: &str,
         now_ms: i64,
     ) -> Result<Option<Change>, StoreError>;
+    /// Take or keep the lease on driving `name` (e.g. `Canary/shop/reviews`) for `holder`
+    /// until `expires_at`: granted when nobody holds it, `holder` does, or the holder's
+    /// lease lapsed at `now_ms`. False when another holder's lease is live.
+    async fn claim_controller_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        expires_at: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Give up `holder`'s lease on `name` (nothing when another holds it).
+    async fn release_controller_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }
 
 const PUT_LEASE: &str = "INSERT INTO workload_leases \
@@ -65,6 +77,12 @@ const LAPSED_LEASES: &str = "SELECT namespace, name, spiffe_id, expires_at \
 const TAKE_LAPSED_LEASE: &str = "DELETE FROM workload_leases \
      WHERE namespace = $1 AND name = $2 AND expires_at <= $3 RETURNING spiffe_id";
 const DELETE_LEASE: &str = "DELETE FROM workload_leases WHERE namespace = $1 AND name = $2";
+const CLAIM_CONTROLLER_LEASE: &str = "INSERT INTO controller_leases (name, holder, expires_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET \
+     holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE controller_leases.holder = excluded.holder OR controller_leases.expires_at <= $4";
+const RELEASE_CONTROLLER_LEASE: &str =
+    "DELETE FROM controller_leases WHERE name = $1 AND holder = $2";
 
 #[async_trait::async_trait]
 impl<DB: Engine> Leases for SqlStore<DB>
@@ -129,6 +147,34 @@ where
             .bind(now_ms)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn claim_controller_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        expires_at: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let _guard = self.write_guard().await;
+        let done = sqlx::query(CLAIM_CONTROLLER_LEASE)
+            .bind(name)
+            .bind(holder)
+            .bind(expires_at)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    async fn release_controller_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let _guard = self.write_guard().await;
+        sqlx::query(RELEASE_CONTROLLER_LEASE)
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn delete_lease(&self, namespace: &str, name: &str) -> Result<(), StoreError> {

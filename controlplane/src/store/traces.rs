@@ -45,6 +45,8 @@ pub struct EdgeRecord {
     pub namespace: String,
     pub source_service: String,
     pub destination_service: String,
+    /// The subset of the destination the requests were routed to ("" for the whole service).
+    pub destination_subset: String,
     pub interval_start_ns: i64,
     pub interval_end_ns: i64,
     pub requests: i64,
@@ -214,7 +216,7 @@ struct LegacyRow {
 }
 
 const EDGES_SINCE: &str = "SELECT namespace, source_service, destination_service, \
-     interval_start_ns, interval_end_ns, requests, errors, latency_buckets, reporter \
+     destination_subset, interval_start_ns, interval_end_ns, requests, errors, latency_buckets, reporter \
      FROM edge_stats WHERE interval_end_ns > $1";
 
 #[derive(Debug, sqlx::FromRow)]
@@ -222,6 +224,7 @@ struct EdgeRow {
     namespace: String,
     source_service: String,
     destination_service: String,
+    destination_subset: String,
     interval_start_ns: i64,
     interval_end_ns: i64,
     requests: i64,
@@ -236,6 +239,7 @@ impl From<EdgeRow> for EdgeRecord {
             namespace: r.namespace,
             source_service: r.source_service,
             destination_service: r.destination_service,
+            destination_subset: r.destination_subset,
             interval_start_ns: r.interval_start_ns,
             interval_end_ns: r.interval_end_ns,
             requests: r.requests,
@@ -313,13 +317,14 @@ where
             for chunk in edges.chunks(INSERT_CHUNK) {
                 let mut q = sqlx::QueryBuilder::<DB>::new(
                     "INSERT INTO edge_stats (namespace, source_service, \
-                     destination_service, interval_start_ns, interval_end_ns, \
+                     destination_service, destination_subset, interval_start_ns, interval_end_ns, \
                      requests, errors, latency_buckets, reporter) ",
                 );
                 q.push_values(chunk, |mut row, e| {
                     row.push_bind(e.namespace.as_str())
                         .push_bind(e.source_service.as_str())
                         .push_bind(e.destination_service.as_str())
+                        .push_bind(e.destination_subset.as_str())
                         .push_bind(e.interval_start_ns)
                         .push_bind(e.interval_end_ns)
                         .push_bind(e.requests)

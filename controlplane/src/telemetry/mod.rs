@@ -20,12 +20,7 @@ pub mod sweeper;
 mod tests;
 pub mod writer;
 
-/// Upper bounds (ms) of `EdgeStats.latency_buckets`; the last bucket is +Inf.
-pub const LATENCY_BOUNDS_MS: [f64; 13] = [
-    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-];
-/// Buckets per edge interval: one per bound plus +Inf.
-pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+pub use quiver_policy::latency::{LATENCY_BOUNDS_MS, LATENCY_BUCKETS, quantile_ms};
 
 /// Longest accepted text field (names, routes, identities); a path longer than this is not
 /// worth storing, and it bounds what one proxy can make us keep.
@@ -166,7 +161,10 @@ pub fn check_edge(edge: v1::EdgeStats, caller: &Caller) -> Result<EdgeRecord, Re
     if edge.source_service.is_empty() || edge.destination_service.is_empty() {
         return Err(Refusal::Service);
     }
-    if edge.source_service.len() > MAX_TEXT || edge.destination_service.len() > MAX_TEXT {
+    if edge.source_service.len() > MAX_TEXT
+        || edge.destination_service.len() > MAX_TEXT
+        || edge.destination_subset.len() > MAX_TEXT
+    {
         return Err(Refusal::TooLong);
     }
     let (start, end) = (edge.interval_start_unix_nanos, edge.interval_end_unix_nanos);
@@ -196,6 +194,7 @@ pub fn check_edge(edge: v1::EdgeStats, caller: &Caller) -> Result<EdgeRecord, Re
         namespace: caller.namespace.clone(),
         source_service: edge.source_service,
         destination_service: edge.destination_service,
+        destination_subset: edge.destination_subset,
         interval_start_ns: start,
         interval_end_ns: end,
         // Checked above: requests fits, errors <= requests.
@@ -204,38 +203,6 @@ pub fn check_edge(edge: v1::EdgeStats, caller: &Caller) -> Result<EdgeRecord, Re
         latency_buckets: buckets,
         reporter: caller.spiffe_id.clone(),
     })
-}
-
-/// The latency (ms) at quantile `q` (0-1) of bucketed counts, interpolating linearly inside
-/// the bucket where the rank falls (the first bucket spans 0..1 ms). A rank in the +Inf
-/// bucket answers the highest finite bound, as Prometheus' `histogram_quantile` does. No
-/// requests: 0.
-pub fn quantile_ms(buckets: &[u64], q: f64) -> f64 {
-    let total: u64 = buckets.iter().sum();
-    if total == 0 {
-        return 0.0;
-    }
-    let rank = q.clamp(0.0, 1.0) * total as f64;
-    let mut below = 0u64;
-    for (i, &count) in buckets.iter().enumerate() {
-        if count == 0 {
-            continue;
-        }
-        if (below + count) as f64 >= rank {
-            let Some(&upper) = LATENCY_BOUNDS_MS.get(i) else {
-                return LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1];
-            };
-            let lower = if i == 0 {
-                0.0
-            } else {
-                LATENCY_BOUNDS_MS[i - 1]
-            };
-            let into = (rank - below as f64) / count as f64;
-            return lower + (upper - lower) * into;
-        }
-        below += count;
-    }
-    LATENCY_BOUNDS_MS[LATENCY_BOUNDS_MS.len() - 1]
 }
 
 /// Summed counts of a set of edge intervals.

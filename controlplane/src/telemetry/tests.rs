@@ -79,6 +79,7 @@ fn edge(requests: u64, errors: u64, buckets: Vec<u64>) -> v1::EdgeStats {
         source_namespace: "elsewhere".into(),
         source_service: "web".into(),
         destination_service: "reviews".into(),
+        destination_subset: String::new(),
         requests,
         errors,
         latency_buckets: buckets,

@@ -735,11 +735,10 @@ impl Backoff {
 /// Spans per batch at most; a batch also goes out every [`SHIP_INTERVAL`].
 const SHIP_BATCH: usize = 256;
 const SHIP_INTERVAL: Duration = Duration::from_secs(1);
-/// Edge counts are sent at least this often.
-const EDGE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Ship finished spans and per-destination counts over `ReportTelemetry`: a batch every
-/// second or every 256 spans, on one stream per connection. While the control plane is away
+/// second or every 256 spans, counts every `control_plane.edge_interval`, on one stream per
+/// connection. While the control plane is away
 /// the queue fills and spans are dropped and counted; requests never wait for this.
 pub async fn ship_telemetry(inputs: Arc<Inputs>, session: Arc<Session>) {
     let Some(telemetry) = inputs.telemetry.as_ref() else {
@@ -754,6 +753,7 @@ pub async fn ship_telemetry(inputs: Arc<Inputs>, session: Arc<Session>) {
         .workload_parts()
         .map(|(ns, _)| ns.to_string())
         .unwrap_or_default();
+    let edge_interval = session.settings().edge_interval;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
     let mut edges_since = SystemTime::now();
     loop {
@@ -782,7 +782,7 @@ pub async fn ship_telemetry(inputs: Arc<Inputs>, session: Arc<Session>) {
                     Err(_) => break,
                 }
             }
-            let edges = if edges_since.elapsed().unwrap_or_default() >= EDGE_INTERVAL {
+            let edges = if edges_since.elapsed().unwrap_or_default() >= edge_interval {
                 let start = std::mem::replace(&mut edges_since, SystemTime::now());
                 edge_stats(telemetry, &namespace, start, edges_since)
             } else {
@@ -857,10 +857,11 @@ fn edge_stats(
     telemetry
         .take_edges()
         .into_iter()
-        .map(|(destination, c)| v1::EdgeStats {
+        .map(|(edge, c)| v1::EdgeStats {
             source_namespace: namespace.into(),
             source_service: telemetry.local_service.clone(),
-            destination_service: destination,
+            destination_service: edge.destination,
+            destination_subset: edge.subset,
             requests: c.requests,
             errors: c.errors,
             latency_buckets: c.buckets.to_vec(),

@@ -213,6 +213,7 @@ async fn handle(
         });
         let (result, decided) = crate::proxy::dispatch::forward(&inputs, &target, req).await;
         record.set_route(&decided.route);
+        record.set_subset(&decided.subset);
         if let Some(span) = record.span_mut() {
             span.route = decided.route.clone();
             span.endpoint = decided.endpoint.map(|a| a.to_string()).unwrap_or_default();

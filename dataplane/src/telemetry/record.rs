@@ -22,6 +22,8 @@ pub struct RequestRecord<'a> {
     /// The calling service (outbound: this proxy's; inbound: the peer's).
     source: String,
     route: String,
+    /// The subset of `service` an outbound request was sent to ("" for none).
+    subset: String,
     method: http::Method,
     path: String,
     peer: String,
@@ -58,6 +60,7 @@ impl<'a> RequestRecord<'a> {
             service: String::new(),
             source: String::new(),
             route: String::new(),
+            subset: String::new(),
             method,
             path,
             peer: String::new(),
@@ -108,6 +111,10 @@ impl<'a> RequestRecord<'a> {
 
     pub fn set_route(&mut self, route: &str) {
         self.route = route.to_string();
+    }
+
+    pub fn set_subset(&mut self, subset: &str) {
+        self.subset = subset.to_string();
     }
 
     pub fn set_peer(&mut self, peer: &str) {
@@ -195,7 +202,7 @@ impl<'a> RequestRecord<'a> {
         let failed = status >= 500 || !error.is_empty();
         let (service, peer_service) = match info.kind {
             crate::telemetry::trace::SpanKind::Client => {
-                telemetry.count_edge(&self.service, elapsed, failed);
+                telemetry.count_edge(&self.service, &self.subset, elapsed, failed);
                 (telemetry.local_service.clone(), self.service.clone())
             }
             crate::telemetry::trace::SpanKind::Server => (self.service.clone(), info.peer_service),

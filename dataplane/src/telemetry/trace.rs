@@ -4,6 +4,7 @@
 
 use http::HeaderMap;
 use http::header::HeaderValue;
+use quiver_policy::latency::{LATENCY_BUCKETS, bucket_of};
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
@@ -431,18 +432,22 @@ impl SpanInfo {
     }
 }
 
-/// Upper bounds (ms) of the latency buckets in edge statistics; the last is +Inf.
-pub const LATENCY_BOUNDS_MS: [f64; 13] = [
-    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-];
+type EdgeMap = std::collections::HashMap<String, std::collections::HashMap<String, EdgeCounts>>;
+
+/// Where outbound requests went: a service, and the subset of it the route chose.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Edge {
+    pub destination: String,
+    pub subset: String,
+}
 
 /// Requests to one destination over the current interval.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EdgeCounts {
     pub requests: u64,
     pub errors: u64,
-    /// One count per bound in [`LATENCY_BOUNDS_MS`], plus +Inf.
-    pub buckets: [u64; 14],
+    /// One count per bound in `quiver_policy::latency::LATENCY_BOUNDS_MS`, plus +Inf.
+    pub buckets: [u64; LATENCY_BUCKETS],
 }
 
 /// Finished spans and per-destination counts, bound for the control plane. Spans wait in a
@@ -453,7 +458,9 @@ pub struct Telemetry {
     tx: tokio::sync::mpsc::Sender<FinishedSpan>,
     rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<FinishedSpan>>>,
     dropped: std::sync::atomic::AtomicU64,
-    edges: std::sync::Mutex<std::collections::HashMap<String, EdgeCounts>>,
+    /// Per destination service, then per subset of it the requests were sent to (nested so
+    /// that counting a request allocates nothing once its edge exists).
+    edges: std::sync::Mutex<EdgeMap>,
 }
 
 impl Telemetry {
@@ -493,33 +500,53 @@ impl Telemetry {
             .take()
     }
 
-    /// Count one outbound request to `destination`.
-    pub fn count_edge(&self, destination: &str, duration: std::time::Duration, error: bool) {
-        let ms = duration.as_secs_f64() * 1000.0;
-        let bucket = LATENCY_BOUNDS_MS
-            .iter()
-            .position(|b| ms <= *b)
-            .unwrap_or(LATENCY_BOUNDS_MS.len());
+    /// Count one outbound request to `destination`, sent to its subset `subset` ("" for
+    /// the whole service).
+    pub fn count_edge(
+        &self,
+        destination: &str,
+        subset: &str,
+        duration: std::time::Duration,
+        error: bool,
+    ) {
+        let bucket = bucket_of(duration.as_secs_f64() * 1000.0);
         let mut edges = self
             .edges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let e = match edges.get_mut(destination) {
-            Some(e) => e,
+        let per_subset = match edges.get_mut(destination) {
+            Some(m) => m,
             None => edges.entry(destination.to_string()).or_default(),
+        };
+        let e = match per_subset.get_mut(subset) {
+            Some(e) => e,
+            None => per_subset.entry(subset.to_string()).or_default(),
         };
         e.requests += 1;
         e.errors += u64::from(error);
         e.buckets[bucket] += 1;
     }
 
-    /// The counts since the last call, per destination.
-    pub fn take_edges(&self) -> Vec<(String, EdgeCounts)> {
+    /// The counts since the last call, per destination and subset.
+    pub fn take_edges(&self) -> Vec<(Edge, EdgeCounts)> {
         let mut edges = self
             .edges
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::take(&mut *edges).into_iter().collect()
+        std::mem::take(&mut *edges)
+            .into_iter()
+            .flat_map(|(destination, per_subset)| {
+                per_subset.into_iter().map(move |(subset, counts)| {
+                    (
+                        Edge {
+                            destination: destination.clone(),
+                            subset,
+                        },
+                        counts,
+                    )
+                })
+            })
+            .collect()
     }
 }
 
@@ -567,17 +594,28 @@ mod telemetry_tests {
     #[test]
     fn edges_bucket_latency_and_reset_when_taken() {
         let t = Telemetry::new("web".into(), 1);
-        t.count_edge("reviews", std::time::Duration::from_micros(500), false);
-        t.count_edge("reviews", std::time::Duration::from_millis(30), true);
-        t.count_edge("reviews", std::time::Duration::from_secs(60), false);
-        let edges = t.take_edges();
-        assert_eq!(edges.len(), 1);
+        t.count_edge(
+            "reviews",
+            "v1",
+            std::time::Duration::from_micros(500),
+            false,
+        );
+        t.count_edge("reviews", "v1", std::time::Duration::from_millis(30), true);
+        t.count_edge("reviews", "v1", std::time::Duration::from_secs(60), false);
+        t.count_edge("reviews", "v2", std::time::Duration::from_millis(3), false);
+        let mut edges = t.take_edges();
+        edges.sort_by(|a, b| a.0.subset.cmp(&b.0.subset));
+        assert_eq!(edges.len(), 2, "one per subset");
         let (dest, c) = &edges[0];
-        assert_eq!(dest, "reviews");
+        assert_eq!(
+            (dest.destination.as_str(), dest.subset.as_str()),
+            ("reviews", "v1")
+        );
         assert_eq!((c.requests, c.errors), (3, 1));
         assert_eq!(c.buckets[0], 1, "0.5 ms <= 1 ms");
         assert_eq!(c.buckets[5], 1, "30 ms <= 50 ms");
         assert_eq!(c.buckets[13], 1, "60 s in +Inf");
+        assert_eq!(edges[1].1.requests, 1);
         assert!(t.take_edges().is_empty());
     }
 }

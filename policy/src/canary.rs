@@ -1,0 +1,503 @@
+//! Progressive delivery, decided purely: when a canary's step is due for a check, how a
+//! check is judged from what the proxies measured, and what the canary's status becomes.
+//! The control plane's controller (`controlplane/src/canary.rs`) reads the measurements and
+//! writes the status; nothing here reads a clock or the store (callers pass `now_ms`).
+//!
+//! The model (docs/canary.md): a canary walks `spec.steps` (canary weights). At each step it
+//! waits `spec.interval`, then judges the canary subset's requests since the step began:
+//! - fewer than `minRequests` requests: **inconclusive**: it stays at the step and says so,
+//!   never promoting on no data (requests keep accumulating until there are enough);
+//! - success rate below `minSuccessRate`, or p99 / p50 above their limits: **failed**; after
+//!   `threshold` failed checks in a row it **rolls back** (canary weight 0) with the reason;
+//!   a failed check below the threshold starts a fresh window at the same step;
+//! - otherwise **passed**: the next step, or **promoted** (weight 100) after the last.
+//!
+//! A change of the spec or of the canary subset's workloads (`observed`, a hash the
+//! controller computes) restarts the analysis at the first step, as Flagger does when a
+//! canary changes mid-flight. Paused canaries hold their weight; the terminal phases
+//! (Promoted, RolledBack, Aborted) hold theirs until the Canary is changed or deleted.
+
+use std::time::Duration;
+
+use quiver_api::v1;
+
+use crate::latency::{LATENCY_BUCKETS, quantile_ms};
+
+pub const PENDING: &str = "Pending";
+pub const PROGRESSING: &str = "Progressing";
+pub const PAUSED: &str = "Paused";
+pub const PROMOTED: &str = "Promoted";
+pub const ROLLED_BACK: &str = "RolledBack";
+pub const ABORTED: &str = "Aborted";
+
+/// Checks kept in the status (newest last).
+pub const MAX_CHECKS: usize = 10;
+/// Events kept in the status (newest last).
+pub const MAX_EVENTS: usize = 50;
+/// `minRequests` when the spec leaves it at 0.
+pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+/// `minSuccessRate` when the spec leaves it at 0.
+pub const DEFAULT_MIN_SUCCESS_RATE: f64 = 99.0;
+
+/// What a canary's spec says about judging it, with the defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub steps: Vec<u32>,
+    pub interval: Duration,
+    pub min_success_rate: f64,
+    pub max_p99_ms: Option<f64>,
+    pub max_p50_ms: Option<f64>,
+    pub min_requests: u64,
+    pub threshold: u32,
+}
+
+impl Settings {
+    /// The settings of a spec the API accepted (`crate::validate` checked it); `None` for
+    /// one it would refuse (no steps, no interval).
+    pub fn from_spec(spec: &v1::CanarySpec) -> Option<Self> {
+        let interval = quiver_api::duration::parse(&spec.interval).ok()?;
+        if spec.steps.is_empty() || interval.is_zero() {
+            return None;
+        }
+        let criteria = spec.success_criteria.clone().unwrap_or_default();
+        let ms = |s: &str| {
+            (!s.is_empty())
+                .then(|| quiver_api::duration::parse(s).ok())
+                .flatten()
+                .map(|d| d.as_secs_f64() * 1000.0)
+        };
+        Some(Self {
+            steps: spec.steps.clone(),
+            interval,
+            min_success_rate: if criteria.min_success_rate > 0.0 {
+                criteria.min_success_rate
+            } else {
+                DEFAULT_MIN_SUCCESS_RATE
+            },
+            max_p99_ms: ms(&criteria.max_p99_latency),
+            max_p50_ms: ms(&criteria.max_p50_latency),
+            min_requests: if spec.min_requests > 0 {
+                u64::from(spec.min_requests)
+            } else {
+                DEFAULT_MIN_REQUESTS
+            },
+            threshold: spec.threshold.max(1),
+        })
+    }
+
+    fn weight_at(&self, step: u32) -> u32 {
+        self.steps.get(step as usize).copied().unwrap_or(100)
+    }
+}
+
+/// Requests to one subset over a window, summed over every reporting proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Self {
+            requests: 0,
+            errors: 0,
+            buckets: [0; LATENCY_BUCKETS],
+        }
+    }
+}
+
+impl Totals {
+    /// Add one reported interval.
+    pub fn add(&mut self, requests: u64, errors: u64, buckets: &[u64]) {
+        self.requests = self.requests.saturating_add(requests);
+        self.errors = self.errors.saturating_add(errors);
+        for (sum, n) in self.buckets.iter_mut().zip(buckets) {
+            *sum = sum.saturating_add(*n);
+        }
+    }
+
+    pub fn measure(&self) -> v1::CanaryMeasure {
+        let success_rate = if self.requests == 0 {
+            0.0
+        } else {
+            100.0 * (self.requests - self.errors.min(self.requests)) as f64 / self.requests as f64
+        };
+        v1::CanaryMeasure {
+            requests: self.requests,
+            errors: self.errors,
+            success_rate,
+            p50_ms: quantile_ms(&self.buckets, 0.5),
+            p99_ms: quantile_ms(&self.buckets, 0.99),
+        }
+    }
+}
+
+/// The judgement of one check.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Passed,
+    Failed(String),
+    Inconclusive(String),
+}
+
+impl Verdict {
+    fn word(&self) -> &'static str {
+        match self {
+            Verdict::Passed => "Passed",
+            Verdict::Failed(_) => "Failed",
+            Verdict::Inconclusive(_) => "Inconclusive",
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self {
+            Verdict::Passed => String::new(),
+            Verdict::Failed(r) | Verdict::Inconclusive(r) => r.clone(),
+        }
+    }
+}
+
+/// Judge the canary subset's measurements against the settings.
+pub fn judge(settings: &Settings, canary: &v1::CanaryMeasure) -> Verdict {
+    if canary.requests < settings.min_requests {
+        return Verdict::Inconclusive(format!(
+            "{} requests to the canary, fewer than minRequests {}: waiting for traffic",
+            canary.requests, settings.min_requests
+        ));
+    }
+    let mut failed = Vec::new();
+    if canary.success_rate < settings.min_success_rate {
+        failed.push(format!(
+            "success rate {}% < {}%",
+            round1(canary.success_rate),
+            round1(settings.min_success_rate)
+        ));
+    }
+    if let Some(max) = settings.max_p99_ms
+        && canary.p99_ms > max
+    {
+        failed.push(format!(
+            "p99 {}ms > {}ms",
+            round1(canary.p99_ms),
+            round1(max)
+        ));
+    }
+    if let Some(max) = settings.max_p50_ms
+        && canary.p50_ms > max
+    {
+        failed.push(format!(
+            "p50 {}ms > {}ms",
+            round1(canary.p50_ms),
+            round1(max)
+        ));
+    }
+    if failed.is_empty() {
+        Verdict::Passed
+    } else {
+        Verdict::Failed(failed.join(", "))
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// What the controller should do for a canary now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    /// Begin (or restart) the analysis at the first step; the reason is for the event list.
+    Start(String),
+    /// Judge the step: measure the subsets over `[since_ms, now]`.
+    Check {
+        since_ms: i64,
+    },
+    Nothing,
+}
+
+/// Whether a canary needs the controller now. `observed` is the controller's hash of the
+/// spec and the canary subset's workloads.
+pub fn due(settings: &Settings, status: &v1::CanaryStatus, observed: &str, now_ms: i64) -> Due {
+    let phase = status.phase.as_str();
+    if phase.is_empty() || phase == PENDING {
+        return Due::Start("analysis started".into());
+    }
+    if status.observed != observed {
+        // A terminal canary restarts too: a new version in the canary subset is a new rollout.
+        return Due::Start(
+            "the canary changed (spec or the canary subset's workloads): analysis restarted \
+             at the first step"
+                .into(),
+        );
+    }
+    if phase != PROGRESSING {
+        return Due::Nothing;
+    }
+    let window_start = status.step_started_unix_ms;
+    let last_check = status
+        .checks
+        .last()
+        .filter(|c| c.step == status.current_step && c.at_unix_ms >= window_start)
+        .map_or(window_start, |c| c.at_unix_ms);
+    let interval = i64::try_from(settings.interval.as_millis()).unwrap_or(i64::MAX);
+    if now_ms.saturating_sub(last_check) >= interval {
+        Due::Check {
+            since_ms: window_start,
+        }
+    } else {
+        Due::Nothing
+    }
+}
+
+/// The status of a canary starting (again) at its first step.
+pub fn start(
+    settings: &Settings,
+    status: &v1::CanaryStatus,
+    observed: &str,
+    reason: &str,
+    now_ms: i64,
+) -> v1::CanaryStatus {
+    let mut next = status.clone();
+    next.observed = observed.to_string();
+    next.current_step = 0;
+    next.failed_checks = 0;
+    next.step_started_unix_ms = now_ms;
+    next.step_started_at = rfc3339(now_ms);
+    let weight = settings.weight_at(0);
+    transition(
+        &mut next,
+        PROGRESSING,
+        weight,
+        format!("{reason}; step 1 of {} ({weight}%)", settings.steps.len()),
+        now_ms,
+    );
+    next
+}
+
+/// The status after judging a check of the current step.
+pub fn after_check(
+    settings: &Settings,
+    status: &v1::CanaryStatus,
+    canary: v1::CanaryMeasure,
+    stable: v1::CanaryMeasure,
+    now_ms: i64,
+) -> v1::CanaryStatus {
+    let verdict = judge(settings, &canary);
+    let mut next = status.clone();
+    let step = status.current_step;
+    let weight = status.canary_weight;
+    next.checks.push(v1::CanaryCheck {
+        at: rfc3339(now_ms),
+        at_unix_ms: now_ms,
+        step,
+        weight,
+        result: verdict.word().into(),
+        reason: verdict.reason(),
+        canary: Some(canary),
+        stable: Some(stable),
+    });
+    let excess = next.checks.len().saturating_sub(MAX_CHECKS);
+    next.checks.drain(..excess);
+    let of = settings.steps.len();
+    let at = format!("at step {} ({weight}%)", step + 1);
+    match verdict {
+        Verdict::Passed => {
+            next.failed_checks = 0;
+            if step as usize + 1 >= of {
+                transition(
+                    &mut next,
+                    PROMOTED,
+                    100,
+                    format!("all {of} steps passed: all traffic to the canary subset"),
+                    now_ms,
+                );
+            } else {
+                next.current_step = step + 1;
+                next.step_started_unix_ms = now_ms;
+                next.step_started_at = rfc3339(now_ms);
+                let w = settings.weight_at(step + 1);
+                transition(
+                    &mut next,
+                    PROGRESSING,
+                    w,
+                    format!("step {} passed; step {} of {of} ({w}%)", step + 1, step + 2),
+                    now_ms,
+                );
+            }
+        }
+        Verdict::Failed(reason) => {
+            next.failed_checks = status.failed_checks + 1;
+            let n = next.failed_checks;
+            if n >= settings.threshold {
+                let checks = if n == 1 {
+                    "1 check".to_string()
+                } else {
+                    format!("{n} checks in a row")
+                };
+                transition(
+                    &mut next,
+                    ROLLED_BACK,
+                    0,
+                    format!("{reason} {at}, {checks}: all traffic back to the stable subset"),
+                    now_ms,
+                );
+            } else {
+                // A fresh window at the same step.
+                next.step_started_unix_ms = now_ms;
+                next.step_started_at = rfc3339(now_ms);
+                next.message = format!(
+                    "{reason} {at}: failed check {n} of {} before a rollback",
+                    settings.threshold
+                );
+            }
+        }
+        Verdict::Inconclusive(reason) => {
+            next.message = format!("{reason} {at}");
+        }
+    }
+    next
+}
+
+/// A manual action on a canary (pause, resume, promote now, abort): the new status, or why
+/// it does not apply in the current phase.
+pub fn act(
+    settings: &Settings,
+    status: &v1::CanaryStatus,
+    action: Action,
+    reason: &str,
+    now_ms: i64,
+) -> Result<v1::CanaryStatus, String> {
+    let phase = if status.phase.is_empty() {
+        PENDING
+    } else {
+        status.phase.as_str()
+    };
+    let by = if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    };
+    let mut next = status.clone();
+    match (action, phase) {
+        (Action::Pause, PROGRESSING | PENDING) => {
+            let w = status.canary_weight;
+            transition(&mut next, PAUSED, w, format!("paused at {w}%{by}"), now_ms);
+        }
+        (Action::Resume, PAUSED) => {
+            // The step's window starts again: what happened while paused is not judged.
+            next.step_started_unix_ms = now_ms;
+            next.step_started_at = rfc3339(now_ms);
+            let w = settings.weight_at(status.current_step);
+            transition(
+                &mut next,
+                PROGRESSING,
+                w,
+                format!("resumed at {w}%{by}"),
+                now_ms,
+            );
+        }
+        (Action::Promote, PROGRESSING | PAUSED | PENDING | ROLLED_BACK | ABORTED) => {
+            transition(
+                &mut next,
+                PROMOTED,
+                100,
+                format!("promoted by hand: all traffic to the canary subset{by}"),
+                now_ms,
+            );
+        }
+        (Action::Abort, PROGRESSING | PAUSED | PENDING | PROMOTED) => {
+            transition(
+                &mut next,
+                ABORTED,
+                0,
+                format!("aborted by hand: all traffic back to the stable subset{by}"),
+                now_ms,
+            );
+        }
+        (action, phase) => {
+            return Err(format!("cannot {} a canary that is {phase}", action.verb()));
+        }
+    }
+    Ok(next)
+}
+
+/// A manual action on a canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+}
+
+impl Action {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Promote => "promote",
+            Action::Abort => "abort",
+        }
+    }
+}
+
+/// Enter `phase` at `weight` (an event when the phase or the weight changes).
+fn transition(
+    status: &mut v1::CanaryStatus,
+    phase: &str,
+    weight: u32,
+    message: String,
+    now_ms: i64,
+) {
+    if status.phase != phase || status.canary_weight != weight {
+        status.last_transition_time = rfc3339(now_ms);
+        status.events.push(v1::CanaryEvent {
+            at: rfc3339(now_ms),
+            phase: phase.into(),
+            message: message.clone(),
+        });
+        let excess = status.events.len().saturating_sub(MAX_EVENTS);
+        status.events.drain(..excess);
+    }
+    status.phase = phase.into();
+    status.canary_weight = weight;
+    status.message = message;
+}
+
+/// The canary weight a canary in `status` puts in effect, if it has taken over the split:
+/// `None` before it started (the Route as written applies).
+pub fn weight_in_effect(status: Option<&v1::CanaryStatus>) -> Option<u32> {
+    let status = status?;
+    match status.phase.as_str() {
+        PROGRESSING | PAUSED | PROMOTED | ROLLED_BACK | ABORTED => Some(status.canary_weight),
+        _ => None,
+    }
+}
+
+/// `ms` (Unix milliseconds, UTC) as RFC 3339 with milliseconds, e.g.
+/// `2026-12-06T23:40:00.123Z`.
+pub fn rfc3339(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! The canary controller through a real mesh: a `quiver-control` process and three
+//! `quiver-proxy` processes (web calls reviews; reviews v1 and v2 are two workloads of one
+//! Service, their apps on one port of two loopback hosts). The controller judges each step
+//! from the proxies' real request counts: a healthy v2 is promoted step by step, a v2 that
+//! fails 30% of its requests is rolled back and then gets nothing, and an operator's pause
+//! and abort take effect at once.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed step fails the test"
+)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use quiver_api::v1;
+use quiver_tests::apps::{Behaviour, serve_http_echo_with};
+use quiver_tests::eventually;
+use quiver_tests::mesh::{ControlPlane, Db, MeshProxy, ProxySpec};
+use quiver_tests::pki::temp_dir;
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
+
+const MESH: &str = r#"
+apiVersion: quiver.dev/v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  ports: [{name: http, port: 8080, protocol: http1, targetPort: 1}]
+---
+apiVersion: quiver.dev/v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  ports: [{name: http, port: 9080, protocol: http1, targetPort: PORT}]
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+/// Fast steps: 3 s each, judged from 1 s edge reports.
+const CANARY: &str = r#"
+apiVersion: quiver.dev/v1
+kind: Canary
+metadata: {name: reviews-v2, namespace: default}
+spec:
+  service: reviews
+  stableSubset: v1
+  canarySubset: v2
+  steps: [20, 50, 100]
+  interval: 3s
+  threshold: 2
+  minRequests: 10
+  successCriteria: {minSuccessRate: 95}
+"#;
+
+/// Apps tagged `{tag}-v1` and `{tag}-v2` on one port of two loopback hosts; v2 behaves as
+/// `v2`. Returns the port.
+async fn apps(hosts: [IpAddr; 2], tag: &str, v2: Behaviour) -> u16 {
+    for _ in 0..20 {
+        let first = serve_http_echo_with(
+            SocketAddr::new(hosts[0], 0),
+            Behaviour {
+                tag: format!("{tag}-v1"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let b = Behaviour {
+            tag: format!("{tag}-v2"),
+            ..v2.clone()
+        };
+        if serve_http_echo_with(SocketAddr::new(hosts[1], first.port()), b)
+            .await
+            .is_ok()
+        {
+            return first.port();
+        }
+    }
+    panic!("no port free on both app hosts");
+}
+
+struct Mesh {
+    cp: ControlPlane,
+    web: MeshProxy,
+    _reviews: Vec<MeshProxy>,
+}
+
+async fn mesh(name: &str, hosts: [IpAddr; 2], v2: Behaviour) -> Mesh {
+    quiver_tests::init_log();
+    let dir = temp_dir(name);
+    let db = Db::sqlite(&dir);
+    let cp = ControlPlane::start(&db, &dir, &[]).await;
+    let port = apps(hosts, name, v2).await;
+    cp.apply(&MESH.replace("PORT", &port.to_string())).await;
+    let ca = cp.write_ca(&dir).await;
+    let mut reviews = Vec::new();
+    for (host, version) in hosts.iter().zip(["v1", "v2"]) {
+        let host = host.to_string();
+        reviews.push(
+            MeshProxy::start(
+                &cp,
+                &ca,
+                &dir,
+                ProxySpec {
+                    service: "reviews",
+                    token: cp.join_token("default", "reviews", 1, "10m").await,
+                    labels: &[("version", version)],
+                    outbound: &[],
+                    extra: &["--app-host", &host],
+                },
+            )
+            .await,
+        );
+    }
+    let web = MeshProxy::start(
+        &cp,
+        &ca,
+        &dir,
+        ProxySpec {
+            service: "web",
+            token: cp.join_token("default", "web", 1, "10m").await,
+            labels: &[],
+            outbound: &[("reviews", "http1")],
+            extra: &["--edge-interval", "1s"],
+        },
+    )
+    .await;
+    Mesh {
+        cp,
+        web,
+        _reviews: reviews,
+    }
+}
+
+/// Requests from web to reviews until stopped: answers counted by the app that gave them
+/// (`x-echo-tag`, or the status when none did).
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<BTreeMap<String, u64>>,
+}
+
+impl Traffic {
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let client: Client = quiver_tests::client::client(false);
+            let mut seen = BTreeMap::new();
+            while !flag.load(Ordering::Relaxed) {
+                let key = match client
+                    .get(format!("http://{addr}/reviews").parse().unwrap())
+                    .await
+                {
+                    Ok(r) => r
+                        .headers()
+                        .get("x-echo-tag")
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|_| r.status().is_success())
+                        .map_or_else(|| format!("status {}", r.status()), String::from),
+                    Err(e) => format!("error {e}"),
+                };
+                *seen.entry(key).or_insert(0) += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> BTreeMap<String, u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+async fn canary(cp: &ControlPlane) -> v1::Canary {
+    cp.admin()
+        .await
+        .get_canary(v1::GetRequest {
+            namespace: "default".into(),
+            name: "reviews-v2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait_phase(cp: &ControlPlane, phase: &str, within: Duration) -> v1::Canary {
+    let last = std::sync::Mutex::new(String::new());
+    let found = tokio::time::timeout(within, async {
+        loop {
+            let c = canary(cp).await;
+            let status = c.status.clone().unwrap_or_default();
+            *last.lock().unwrap() = format!("{status:#?}");
+            if status.phase == phase {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| {
+        panic!(
+            "the canary did not reach {phase} within {within:?}; last status:\n{}",
+            last.lock().unwrap()
+        )
+    })
+}
+
+/// Of `n` requests to reviews, how many each app answered.
+async fn split(addr: SocketAddr, n: usize) -> BTreeMap<String, u64> {
+    let client: Client = quiver_tests::client::client(false);
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let r = client
+            .get(format!("http://{addr}/after").parse().unwrap())
+            .await
+            .unwrap();
+        let tag = r.headers().get("x-echo-tag").map_or_else(
+            || format!("status {}", r.status()),
+            |v| v.to_str().unwrap().to_string(),
+        );
+        *seen.entry(tag).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_healthy_canary_is_promoted_step_by_step_from_real_traffic() {
+    let hosts = [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 31, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 31, 2)),
+    ];
+    let m = mesh("canary-ok", hosts, Behaviour::default()).await;
+    let traffic = Traffic::start(m.web.outbound[0]);
+    let applied = Instant::now();
+    m.cp.apply(CANARY).await;
+    // 3 steps of 3 s; the bound leaves room for edge reports (1 s) and a loaded machine.
+    let c = wait_phase(&m.cp, "Promoted", Duration::from_secs(60)).await;
+    let took = applied.elapsed();
+    let seen = traffic.stop().await;
+    println!("promoted {took:?} after the apply; traffic: {seen:?}");
+    let status = c.status.unwrap();
+    assert_eq!(status.canary_weight, 100);
+    // Every step was judged on real requests and passed.
+    let passed: Vec<u32> = status
+        .checks
+        .iter()
+        .filter(|c| c.result == "Passed")
+        .map(|c| c.weight)
+        .collect();
+    assert_eq!(passed, [20, 50, 100], "{:#?}", status.checks);
+    for check in status.checks.iter().filter(|c| c.result == "Passed") {
+        let canary = check.canary.unwrap();
+        assert!(canary.requests >= 10, "{check:?}");
+        assert_eq!(canary.success_rate, 100.0);
+    }
+    let phases: Vec<&str> = status.events.iter().map(|e| e.phase.as_str()).collect();
+    assert_eq!(
+        phases,
+        ["Progressing", "Progressing", "Progressing", "Promoted"]
+    );
+    assert!(
+        !seen
+            .keys()
+            .any(|k| k.starts_with("status") || k.starts_with("error")),
+        "{seen:?}"
+    );
+    // Promoted: everything goes to v2.
+    let after = split(m.web.outbound[0], 100).await;
+    assert_eq!(after.get("canary-ok-v2"), Some(&100), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_canary_is_rolled_back_and_then_gets_nothing() {
+    let hosts = [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 32, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 32, 2)),
+    ];
+    let failing = Behaviour {
+        fail_percent: 30,
+        ..Default::default()
+    };
+    let m = mesh("canary-bad", hosts, failing).await;
+    let traffic = Traffic::start(m.web.outbound[0]);
+    m.cp.apply(CANARY).await;
+    let c = wait_phase(&m.cp, "RolledBack", Duration::from_secs(60)).await;
+    let seen = traffic.stop().await;
+    let status = c.status.unwrap();
+    println!("rolled back: {}; traffic: {seen:?}", status.message);
+    assert_eq!(status.canary_weight, 0);
+    assert!(
+        status.message.contains("success rate") && status.message.contains("< 95%"),
+        "{}",
+        status.message
+    );
+    assert!(
+        status.message.contains("2 checks in a row"),
+        "{}",
+        status.message
+    );
+    // It never got past the first step: the failed requests are bounded by 20% of traffic.
+    assert!(
+        status.checks.iter().all(|c| c.weight == 20),
+        "{:#?}",
+        status.checks
+    );
+    let failed = seen
+        .get("status 503 Service Unavailable")
+        .copied()
+        .unwrap_or(0);
+    let total: u64 = seen.values().sum();
+    assert!(
+        failed * 100 <= total * 20,
+        "{failed} of {total} requests failed: more than the first step's share"
+    );
+    // After the rollback nothing reaches v2.
+    let after = split(m.web.outbound[0], 100).await;
+    assert_eq!(after.get("canary-bad-v1"), Some(&100), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_pauses_and_aborts_a_running_canary() {
+    let hosts = [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 33, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 33, 2)),
+    ];
+    let m = mesh("canary-ops", hosts, Behaviour::default()).await;
+    // Slow steps: nothing moves on its own during the test.
+    m.cp.apply(&CANARY.replace("interval: 3s", "interval: 10m"))
+        .await;
+    wait_phase(&m.cp, "Progressing", Duration::from_secs(20)).await;
+    let mut admin = m.cp.admin().await;
+    let req = |reason: &str| v1::CanaryActionRequest {
+        namespace: "default".into(),
+        name: "reviews-v2".into(),
+        reason: reason.into(),
+    };
+    let paused = admin
+        .pause_canary(req("holiday freeze"))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = paused.status.unwrap();
+    assert_eq!(
+        (status.phase.as_str(), status.canary_weight),
+        ("Paused", 20)
+    );
+    // Pausing twice says why not.
+    let err = admin.pause_canary(req("")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("Paused"), "{}", err.message());
+    // The paused weight is what the caller's proxy runs: about 20% to v2.
+    let out = m.web.outbound[0];
+    eventually(
+        "the 20% split is in effect",
+        Duration::from_secs(20),
+        || async move {
+            let s = split(out, 200).await;
+            let v2 = s.get("canary-ops-v2").copied().unwrap_or(0);
+            (20..=70).contains(&v2).then_some(())
+        },
+    )
+    .await;
+    let aborted = admin
+        .abort_canary(req("bad release"))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = aborted.status.unwrap();
+    assert_eq!(
+        (status.phase.as_str(), status.canary_weight),
+        ("Aborted", 0)
+    );
+    assert!(
+        status.message.ends_with(": bad release"),
+        "{}",
+        status.message
+    );
+    eventually(
+        "all traffic back to v1",
+        Duration::from_secs(20),
+        || async move {
+            let s = split(out, 100).await;
+            (s.get("canary-ops-v1") == Some(&100)).then_some(())
+        },
+    )
+    .await;
+    let events: Vec<&str> = status.events.iter().map(|e| e.phase.as_str()).collect();
+    assert_eq!(events, ["Progressing", "Paused", "Aborted"]);
+    // An unknown canary is NOT_FOUND; a viewer cannot act (the API's roles).
+    let err = admin
+        .abort_canary(v1::CanaryActionRequest {
+            namespace: "default".into(),
+            name: "nope".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
