@@ -260,3 +260,85 @@ pub enum ActError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::discovery::view::NamespaceState;
+
+    fn workload(name: &str, labels: &[(&str, &str)]) -> (String, v1::Workload) {
+        (
+            name.to_string(),
+            v1::Workload {
+                spec: Some(v1::WorkloadSpec {
+                    service: "reviews".into(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn mesh(workloads: &[(&str, &[(&str, &str)])]) -> MeshState {
+        let service = v1::Service {
+            spec: Some(v1::ServiceSpec {
+                subsets: vec![v1::Subset {
+                    name: "canary".into(),
+                    labels: [("track".to_string(), "canary".to_string())].into(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ns = NamespaceState {
+            services: [("reviews".to_string(), service)].into(),
+            workloads: workloads
+                .iter()
+                .map(|(n, l)| workload(n, l))
+                .collect::<BTreeMap<_, _>>(),
+            ..Default::default()
+        };
+        MeshState {
+            namespaces: [("default".to_string(), Arc::new(ns))].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_new_version_in_the_canary_subset_changes_what_was_observed_and_a_replica_does_not() {
+        let spec = v1::CanarySpec {
+            service: "reviews".into(),
+            stable_subset: "stable".into(),
+            canary_subset: "canary".into(),
+            steps: vec![50],
+            interval: "1m".into(),
+            ..Default::default()
+        };
+        let v2 = [("track", "canary"), ("version", "v2")];
+        let one = observed(&spec, &mesh(&[("a", &v2)]), "default");
+        assert_eq!(
+            one,
+            observed(&spec, &mesh(&[("a", &v2), ("b", &v2)]), "default")
+        );
+        let v3 = [("track", "canary"), ("version", "v3")];
+        assert_ne!(one, observed(&spec, &mesh(&[("a", &v3)]), "default"));
+        // A stable workload is not the canary's.
+        let stable = [("track", "stable"), ("version", "v1")];
+        assert_eq!(
+            one,
+            observed(&spec, &mesh(&[("a", &v2), ("s", &stable)]), "default")
+        );
+        // A spec change restarts too.
+        let faster = v1::CanarySpec {
+            interval: "30s".into(),
+            ..spec.clone()
+        };
+        assert_ne!(one, observed(&faster, &mesh(&[("a", &v2)]), "default"));
+    }
+}

@@ -354,9 +354,9 @@ pub fn governing_routes(
 }
 
 /// Put a running canary's weight into its service's route: every rule that sends to the
-/// whole service (no backends) or only to the canary's stable and canary subsets sends
-/// `100 - w` to the stable subset and `w` to the canary subset; other rules (a tester pinned
-/// to a subset, another service) are left as written. A service without a route gets one,
+/// whole service (no backends), or only to the canary's stable and canary subsets with the
+/// stable one among them, sends `100 - w` to the stable subset and `w` to the canary subset;
+/// other rules (testers pinned to the canary subset, another service) are left as written. A service without a route gets one,
 /// `canary/<name>`, with that one rule. A canary that has not started (or is not valid)
 /// changes nothing. docs/canary.md, "Who owns the split".
 pub fn canary_split(namespace: &str, routes: &mut Vec<v1::Route>, c: &v1::Canary) {
@@ -388,8 +388,11 @@ pub fn canary_split(namespace: &str, routes: &mut Vec<v1::Route>, c: &v1::Canary
     match route.and_then(|r| r.spec.as_mut()) {
         Some(route) => {
             for rule in &mut route.rules {
+                // Rules pinned to the canary subset alone (testers) stay as written.
                 let splits = rule.redirect.is_none()
-                    && (rule.backends.is_empty() || rule.backends.iter().all(ours));
+                    && (rule.backends.is_empty()
+                        || (rule.backends.iter().all(ours)
+                            && rule.backends.iter().any(|b| b.subset == spec.stable_subset)));
                 if splits {
                     rule.backends.clone_from(&split);
                 }

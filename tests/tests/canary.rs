@@ -408,3 +408,94 @@ async fn an_operator_pauses_and_aborts_a_running_canary() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_drive_a_canary_once_and_a_killed_one_is_taken_over() {
+    quiver_tests::init_log();
+    let dir = temp_dir("canary-replicas");
+    let db = Db::postgres().await;
+    let mut a = ControlPlane::start(&db, &dir, &[]).await;
+    let b = ControlPlane::start(&db, &dir, &[]).await;
+    let hosts = [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 34, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 34, 2)),
+    ];
+    let port = apps(hosts, "canary-ha", Behaviour::default()).await;
+    a.apply(&MESH.replace("PORT", &port.to_string())).await;
+    let ca = a.write_ca(&dir).await;
+    // The reviews proxies follow replica B, web follows A (killed below).
+    let mut reviews = Vec::new();
+    for (host, version) in hosts.iter().zip(["v1", "v2"]) {
+        let host = host.to_string();
+        reviews.push(
+            MeshProxy::start(
+                &b,
+                &ca,
+                &dir,
+                ProxySpec {
+                    service: "reviews",
+                    token: b.join_token("default", "reviews", 1, "10m").await,
+                    labels: &[("version", version)],
+                    outbound: &[],
+                    extra: &["--app-host", &host],
+                },
+            )
+            .await,
+        );
+    }
+    let web = MeshProxy::start(
+        &a,
+        &ca,
+        &dir,
+        ProxySpec {
+            service: "web",
+            token: a.join_token("default", "web", 1, "10m").await,
+            labels: &[],
+            outbound: &[("reviews", "http1")],
+            extra: &["--edge-interval", "1s"],
+        },
+    )
+    .await;
+    let traffic = Traffic::start(web.outbound[0]);
+    a.apply(&CANARY.replace("steps: [20, 50, 100]", "steps: [20, 40, 60, 80, 100]"))
+        .await;
+    // Past the first step, then the control plane web reports to dies and comes back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = canary(&b).await.status.unwrap_or_default();
+        if status.current_step >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stuck at step 1: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.restart().await;
+    let c = wait_phase(&b, "Promoted", Duration::from_secs(120)).await;
+    traffic.stop().await;
+    let status = c.status.unwrap();
+    // Every step judged and passed exactly once, in order: no step was taken twice by two
+    // drivers, none was skipped across the kill.
+    let passed: Vec<u32> = status
+        .checks
+        .iter()
+        .filter(|c| c.result == "Passed")
+        .map(|c| c.weight)
+        .collect();
+    assert_eq!(passed, [20, 40, 60, 80, 100], "{:#?}", status.checks);
+    let steps: Vec<&str> = status.events.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "analysis started; step 1 of 5 (20%)",
+            "step 1 passed; step 2 of 5 (40%)",
+            "step 2 passed; step 3 of 5 (60%)",
+            "step 3 passed; step 4 of 5 (80%)",
+            "step 4 passed; step 5 of 5 (100%)",
+            "all 5 steps passed: all traffic to the canary subset",
+        ],
+        "one event per step and the promotion"
+    );
+    assert!(status.driver.starts_with("replica-"), "{}", status.driver);
+}

@@ -683,3 +683,94 @@ fn a_catch_all_written_first_serves_what_nothing_more_specific_matches() {
         Some("httproute/r/2.1")
     );
 }
+
+#[test]
+fn a_running_canary_owns_the_split_of_its_services_route() {
+    let mut c = v1::Canary {
+        metadata: Some(v1::ObjectMeta {
+            name: "reviews-v2".into(),
+            ..Default::default()
+        }),
+        spec: Some(v1::CanarySpec {
+            service: "reviews".into(),
+            stable_subset: "v1".into(),
+            canary_subset: "v2".into(),
+            steps: vec![25, 100],
+            interval: "1m".into(),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let route: v1::Route = match doc("apiVersion: quiver.dev/v1
+kind: Route
+metadata: {name: reviews}
+spec:
+  service: reviews
+  rules:
+  - name: testers
+    match: {headers: [{name: x-user, exact: jason}]}
+    backends: [{subset: v2, weight: 100}]
+  - name: other-service
+    match: {path: {prefix: /legacy/}}
+    backends: [{service: reviews-v1, weight: 100}]
+  - name: split
+    backends: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]
+  - name: all
+")
+    {
+        AnyResource::Route(r) => r,
+        _ => unreachable!(),
+    };
+    let weights = |routes: &[v1::Route]| -> Vec<Vec<(String, u32)>> {
+        routes[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .rules
+            .iter()
+            .map(|r| {
+                r.backends
+                    .iter()
+                    .map(|b| (format!("{}/{}", b.service, b.subset), b.weight))
+                    .collect()
+            })
+            .collect()
+    };
+    // Not started: the Route as written.
+    let out = governing_routes("default", &[&route], &[], &[], &[&c]);
+    assert_eq!(out, vec![route.clone()]);
+    c.status = Some(v1::CanaryStatus {
+        phase: "Progressing".into(),
+        canary_weight: 25,
+        ..Default::default()
+    });
+    let out = governing_routes("default", &[&route], &[], &[], &[&c]);
+    let split = vec![("/v1".to_string(), 75), ("/v2".to_string(), 25)];
+    assert_eq!(
+        weights(&out),
+        vec![
+            vec![("/v2".to_string(), 100)],
+            vec![("reviews-v1/".to_string(), 100)],
+            split.clone(),
+            split.clone(),
+        ],
+        "the tester rule sends only to v2 and is the canary's split; only rules that send to the \
+         service as a whole or to the stable/canary subsets take the canary's weights"
+    );
+    // Without a Route, the canary brings one.
+    let out = governing_routes("default", &[], &[], &[], &[&c]);
+    assert_eq!(out[0].metadata.as_ref().unwrap().name, "canary/reviews-v2");
+    assert_eq!(weights(&out), vec![split]);
+    // Rolled back: all to stable.
+    c.status.as_mut().unwrap().phase = "RolledBack".into();
+    c.status.as_mut().unwrap().canary_weight = 0;
+    let out = governing_routes("default", &[], &[], &[], &[&c]);
+    assert_eq!(
+        weights(&out),
+        vec![vec![("/v1".to_string(), 100), ("/v2".to_string(), 0)]]
+    );
+    // And the result compiles as a proxy compiles it.
+    let specs = services();
+    let spec = out[0].spec.clone().unwrap();
+    RouteTable::compile(&spec, "x", &Services::from_specs(&specs, Unknown::Refuse)).unwrap();
+}
