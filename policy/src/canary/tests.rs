@@ -14,6 +14,7 @@ fn settings() -> Settings {
         }),
         threshold: 2,
         min_requests: 0,
+        webhooks: Vec::new(),
     })
     .unwrap()
 }
