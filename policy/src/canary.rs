@@ -220,7 +220,16 @@ pub enum Due {
 /// spec and the canary subset's workloads.
 pub fn due(settings: &Settings, status: &v1::CanaryStatus, observed: &str, now_ms: i64) -> Due {
     let phase = status.phase.as_str();
+    let interval = i64::try_from(settings.interval.as_millis()).unwrap_or(i64::MAX);
     if phase.is_empty() || phase == PENDING {
+        // A pre-rollout gate that failed is asked again an interval later.
+        if phase == PENDING
+            && status.observed == observed
+            && let Some(last) = status.checks.last()
+            && now_ms.saturating_sub(last.at_unix_ms) < interval
+        {
+            return Due::Nothing;
+        }
         return Due::Start("analysis started".into());
     }
     if status.observed != observed {
@@ -240,7 +249,6 @@ pub fn due(settings: &Settings, status: &v1::CanaryStatus, observed: &str, now_m
         .last()
         .filter(|c| c.step == status.current_step && c.at_unix_ms >= window_start)
         .map_or(window_start, |c| c.at_unix_ms);
-    let interval = i64::try_from(settings.interval.as_millis()).unwrap_or(i64::MAX);
     if now_ms.saturating_sub(last_check) >= interval {
         Due::Check {
             since_ms: window_start,
@@ -275,15 +283,93 @@ pub fn start(
     next
 }
 
+/// What the canary's webhooks answered for a check: why the `rollout` hooks failed it, and
+/// (asked only when the check would promote) why `confirm-promotion` holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gates {
+    pub rollout: Option<String>,
+    pub confirm_promotion: Option<String>,
+}
+
+/// Whether a passing check of the current step would promote the canary (its last step):
+/// when the controller must ask the `confirm-promotion` hooks.
+pub fn would_promote(
+    settings: &Settings,
+    status: &v1::CanaryStatus,
+    canary: &v1::CanaryMeasure,
+) -> bool {
+    status.current_step as usize + 1 >= settings.steps.len()
+        && judge(settings, canary) == Verdict::Passed
+}
+
+/// The status after a `pre-rollout` hook refused to start the canary: a failed check (the
+/// canary stays Pending and asks again an interval later), and after `threshold` of them in a
+/// row, a rollback.
+pub fn pre_rollout_failed(
+    settings: &Settings,
+    status: &v1::CanaryStatus,
+    observed: &str,
+    reason: &str,
+    now_ms: i64,
+) -> v1::CanaryStatus {
+    let mut next = status.clone();
+    if next.observed != observed {
+        next.observed = observed.to_string();
+        next.failed_checks = 0;
+    }
+    next.checks.push(v1::CanaryCheck {
+        at: rfc3339(now_ms),
+        at_unix_ms: now_ms,
+        step: 0,
+        weight: 0,
+        result: "Failed".into(),
+        reason: reason.to_string(),
+        canary: None,
+        stable: None,
+    });
+    let excess = next.checks.len().saturating_sub(MAX_CHECKS);
+    next.checks.drain(..excess);
+    next.failed_checks += 1;
+    let n = next.failed_checks;
+    if n >= settings.threshold {
+        transition(
+            &mut next,
+            ROLLED_BACK,
+            0,
+            format!("{reason} before the first step, {n} time(s): not started"),
+            now_ms,
+        );
+    } else {
+        transition(
+            &mut next,
+            PENDING,
+            0,
+            format!(
+                "{reason}: not started (failed check {n} of {} before a rollback)",
+                settings.threshold
+            ),
+            now_ms,
+        );
+    }
+    next
+}
+
 /// The status after judging a check of the current step.
 pub fn after_check(
     settings: &Settings,
     status: &v1::CanaryStatus,
     canary: v1::CanaryMeasure,
     stable: v1::CanaryMeasure,
+    gates: &Gates,
     now_ms: i64,
 ) -> v1::CanaryStatus {
-    let verdict = judge(settings, &canary);
+    let mut verdict = judge(settings, &canary);
+    if let Some(hook) = &gates.rollout {
+        verdict = Verdict::Failed(match verdict {
+            Verdict::Failed(r) => format!("{r}, {hook}"),
+            _ => hook.clone(),
+        });
+    }
     let mut next = status.clone();
     let step = status.current_step;
     let weight = status.canary_weight;
@@ -304,7 +390,11 @@ pub fn after_check(
     match verdict {
         Verdict::Passed => {
             next.failed_checks = 0;
-            if step as usize + 1 >= of {
+            if step as usize + 1 >= of
+                && let Some(hold) = &gates.confirm_promotion
+            {
+                next.message = format!("step {} passed; promotion waits: {hold}", step + 1);
+            } else if step as usize + 1 >= of {
                 transition(
                     &mut next,
                     PROMOTED,

@@ -319,6 +319,79 @@ fn canary(errors: &mut Vec<FieldError>, r: &v1::Canary, services: &Services<'_>)
             &c.max_p99_latency,
             false,
         );
+        fields::duration(
+            errors,
+            "spec.successCriteria.maxP50Latency",
+            &c.max_p50_latency,
+            false,
+        );
+    }
+    fields::unique_names(
+        errors,
+        "spec.webhooks",
+        spec.webhooks.iter().map(|w| w.name.as_str()),
+    );
+    for (i, w) in spec.webhooks.iter().enumerate() {
+        webhook(errors, &format!("spec.webhooks[{i}]"), w);
+    }
+}
+
+/// The webhook types a canary may have (docs/canary.md, "Webhooks").
+pub const WEBHOOK_TYPES: [&str; 4] = ["pre-rollout", "rollout", "confirm-promotion", "event"];
+
+/// The longest a canary webhook may be waited for.
+const LONGEST_WEBHOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn webhook(errors: &mut Vec<FieldError>, at: &str, w: &v1::CanaryWebhook) {
+    if w.name.is_empty() {
+        errors.push(err(format!("{at}.name"), "required"));
+    } else if w.name.len() > 63 || w.name.chars().any(|c| c.is_control() || c == '/') {
+        errors.push(err(
+            format!("{at}.name"),
+            "1-63 characters without '/' or control characters",
+        ));
+    }
+    if !WEBHOOK_TYPES.contains(&w.r#type.as_str()) {
+        errors.push(err(
+            format!("{at}.type"),
+            format!("{:?} is not one of {}", w.r#type, WEBHOOK_TYPES.join(", ")),
+        ));
+    }
+    match w.url.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") && u.host().is_some_and(|h| !h.is_empty()) => {}
+        Ok(u) if u.scheme_str() == Some("https") => errors.push(err(
+            format!("{at}.url"),
+            "https:// is not supported yet: the control plane calls webhooks over http:// \
+             (an in-mesh or local endpoint)",
+        )),
+        _ => errors.push(err(
+            format!("{at}.url"),
+            format!("{:?} is not an http:// URL with a host", w.url),
+        )),
+    }
+    if let Some(d) = fields::duration_up_to(
+        errors,
+        &format!("{at}.timeout"),
+        &w.timeout,
+        false,
+        LONGEST_WEBHOOK_TIMEOUT,
+    ) && d.is_zero()
+    {
+        errors.push(err(format!("{at}.timeout"), "must be longer than 0s"));
+    }
+    for (k, v) in &w.metadata {
+        if k.is_empty() || k.len() > 253 || k.chars().any(char::is_control) {
+            errors.push(err(
+                format!("{at}.metadata[{k:?}]"),
+                "keys are 1-253 characters without control characters",
+            ));
+        }
+        if v.len() > 4096 {
+            errors.push(err(
+                format!("{at}.metadata[{k:?}]"),
+                "longer than 4096 bytes",
+            ));
+        }
     }
 }
 

@@ -499,3 +499,125 @@ async fn two_replicas_drive_a_canary_once_and_a_killed_one_is_taken_over() {
     );
     assert!(status.driver.starts_with("replica-"), "{}", status.driver);
 }
+
+/// A webhook endpoint: `/confirm` answers 403 until `approve` is set, then 200; every body
+/// posted to `/events` is kept.
+struct Hooks {
+    addr: SocketAddr,
+    approve: Arc<AtomicBool>,
+    events: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+async fn hooks() -> Hooks {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let approve = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a, e) = (approve.clone(), events.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (a, e) = (a.clone(), e.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (a, e) = (a.clone(), e.clone());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let status = match path.as_str() {
+                                "/confirm" if a.load(Ordering::Relaxed) => 200,
+                                "/confirm" => 403,
+                                "/events" => {
+                                    e.lock()
+                                        .unwrap()
+                                        .push(serde_json::from_slice(&body).unwrap());
+                                    204
+                                }
+                                _ => 404,
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(http_body_util::Empty::<Bytes>::new())
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Hooks {
+        addr,
+        approve,
+        events,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refusing_confirm_promotion_hook_holds_the_last_step_until_it_agrees() {
+    let hosts = [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 35, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 35, 2)),
+    ];
+    let m = mesh("canary-hooks", hosts, Behaviour::default()).await;
+    let h = hooks().await;
+    let traffic = Traffic::start(m.web.outbound[0]);
+    let spec = format!(
+        "{CANARY}  webhooks:\n  - {{name: approve, type: confirm-promotion, url: 'http://{a}/confirm', timeout: 2s}}\n  - {{name: chat, type: event, url: 'http://{a}/events', metadata: {{channel: releases}}}}\n",
+        a = h.addr
+    );
+    m.cp.apply(&spec).await;
+    // The last step passes its checks but promotion waits for the hook.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        let status = canary(&m.cp).await.status.unwrap_or_default();
+        if status.message.contains("promotion waits") {
+            break status;
+        }
+        assert_ne!(
+            status.phase, "Promoted",
+            "promoted without the hook: {status:#?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "never reached the hold: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (held.phase.as_str(), held.canary_weight),
+        ("Progressing", 100)
+    );
+    assert!(
+        held.message
+            .contains("confirm-promotion webhook approve: HTTP 403"),
+        "{}",
+        held.message
+    );
+    // Held a while longer: still not promoted.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(canary(&m.cp).await.status.unwrap().phase, "Progressing");
+    h.approve.store(true, Ordering::Relaxed);
+    wait_phase(&m.cp, "Promoted", Duration::from_secs(30)).await;
+    traffic.stop().await;
+    // The event hook heard every transition, with the metadata it was given.
+    let events = h.events.lock().unwrap().clone();
+    let phases: Vec<&str> = events.iter().filter_map(|e| e["phase"].as_str()).collect();
+    assert_eq!(
+        phases,
+        ["Progressing", "Progressing", "Progressing", "Promoted"],
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["metadata"]["channel"] == "releases" && e["name"] == "reviews-v2")
+    );
+}

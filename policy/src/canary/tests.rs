@@ -81,7 +81,7 @@ fn run(s: &Settings, checks: &[v1::CanaryMeasure]) -> v1::CanaryStatus {
                 since_ms: st.step_started_unix_ms
             }
         );
-        st = after_check(s, &st, *m, measured(100, 0, 10.0), now);
+        st = after_check(s, &st, *m, measured(100, 0, 10.0), &Gates::default(), now);
     }
     st
 }
@@ -158,6 +158,7 @@ fn no_traffic_is_inconclusive_and_never_promotes() {
         &st,
         measured(40, 0, 20.0),
         measured(40, 0, 20.0),
+        &Gates::default(),
         T0 + 50_000,
     );
     assert_eq!(st.current_step, 1, "traffic resumed: the step passes");
@@ -215,4 +216,85 @@ fn times_are_rfc3339_utc() {
     assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
     assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
     assert_eq!(rfc3339(1_765_064_399_999), "2025-12-06T23:39:59.999Z");
+}
+
+#[test]
+fn webhooks_gate_the_start_every_check_and_the_promotion() {
+    let s = settings();
+    // pre-rollout refuses: Pending, asked again an interval later, rolled back at the threshold.
+    let st = pre_rollout_failed(
+        &s,
+        &v1::CanaryStatus::default(),
+        "h1",
+        "webhook load-test: HTTP 500",
+        T0,
+    );
+    assert_eq!((st.phase.as_str(), st.failed_checks), (PENDING, 1));
+    assert_eq!(due(&s, &st, "h1", T0 + 5_000), Due::Nothing);
+    assert!(matches!(due(&s, &st, "h1", T0 + 10_000), Due::Start(_)));
+    let st = pre_rollout_failed(&s, &st, "h1", "webhook load-test: HTTP 500", T0 + 10_000);
+    assert_eq!((st.phase.as_str(), st.canary_weight), (ROLLED_BACK, 0));
+    assert!(st.message.contains("not started"), "{}", st.message);
+
+    // A failing rollout hook fails a check whose numbers are fine.
+    let st = start(
+        &s,
+        &v1::CanaryStatus::default(),
+        "h1",
+        "analysis started",
+        T0,
+    );
+    let gates = Gates {
+        rollout: Some("webhook smoke: HTTP 503".into()),
+        confirm_promotion: None,
+    };
+    let st = after_check(
+        &s,
+        &st,
+        measured(200, 0, 20.0),
+        measured(200, 0, 20.0),
+        &gates,
+        T0 + 10_000,
+    );
+    assert_eq!(st.failed_checks, 1);
+    assert_eq!(st.checks.last().unwrap().reason, "webhook smoke: HTTP 503");
+
+    // confirm-promotion holds the last step without failing it.
+    let mut st = start(
+        &s,
+        &v1::CanaryStatus::default(),
+        "h1",
+        "analysis started",
+        T0,
+    );
+    st.current_step = 2;
+    st.canary_weight = 100;
+    assert!(would_promote(&s, &st, &measured(200, 0, 20.0)));
+    assert!(!would_promote(&s, &st, &measured(200, 50, 20.0)));
+    let hold = Gates {
+        rollout: None,
+        confirm_promotion: Some("webhook approve: HTTP 403".into()),
+    };
+    let held = after_check(
+        &s,
+        &st,
+        measured(200, 0, 20.0),
+        measured(200, 0, 20.0),
+        &hold,
+        T0 + 10_000,
+    );
+    assert_eq!((held.phase.as_str(), held.failed_checks), (PROGRESSING, 0));
+    assert!(
+        held.message
+            .contains("promotion waits: webhook approve: HTTP 403")
+    );
+    let done = after_check(
+        &s,
+        &held,
+        measured(200, 0, 20.0),
+        measured(200, 0, 20.0),
+        &Gates::default(),
+        T0 + 20_000,
+    );
+    assert_eq!(done.phase, PROMOTED);
 }

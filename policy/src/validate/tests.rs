@@ -264,3 +264,37 @@ fn durations_have_maximums() {
         vec![]
     );
 }
+
+#[test]
+fn canary_webhooks_are_checked_by_field() {
+    let e = errors(
+        "apiVersion: quiver.dev/v1
+kind: Canary
+metadata: {name: c, namespace: shop}
+spec:
+  service: reviews
+  stableSubset: v1
+  canarySubset: v2
+  steps: [50, 100]
+  interval: 1m
+  webhooks:
+  - {name: gate, type: pre-rollout, url: 'http://127.0.0.1:9/gate', timeout: 2s}
+  - {name: gate, type: rollout, url: 'http://tests:8080/check'}
+  - {name: secure, type: event, url: 'https://hooks.example.com/x'}
+  - {name: typo, type: post-rollout, url: 'ftp://x'}
+  - {name: slow, type: rollout, url: 'http://x/y', timeout: 5m}
+  - {type: event, url: 'http://x/'}
+",
+    );
+    for (path, says) in [
+        ("spec.webhooks[1].name", "duplicate name"),
+        ("spec.webhooks[2].url", "https:// is not supported yet"),
+        ("spec.webhooks[3].type", "\"post-rollout\" is not one of"),
+        ("spec.webhooks[3].url", "not an http:// URL"),
+        ("spec.webhooks[4].timeout", "longer than the maximum"),
+        ("spec.webhooks[5].name", "required"),
+    ] {
+        assert!(at(&e, path).contains(says), "{path}: {says}: {e:#?}");
+    }
+    assert_eq!(e.len(), 6, "{e:#?}");
+}

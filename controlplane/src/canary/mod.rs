@@ -18,12 +18,14 @@ use std::time::Duration;
 
 use quiver_api::resource::Kind;
 use quiver_api::v1;
-use quiver_policy::canary::{self, Action, Due, Settings, Totals};
+use quiver_policy::canary::{self, Action, Due, Gates, Settings, Totals};
 use tokio::sync::watch;
 
 use crate::discovery::view::MeshState;
 use crate::store::{Store, StoreError, StoredObject, now_ms};
 use crate::stored::decode;
+
+mod webhooks;
 
 /// How often each replica looks at every canary.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -90,8 +92,14 @@ async fn drive(
     };
     let status = c.status.clone().unwrap_or_default();
     let observed = observed(&spec, mesh, &obj.namespace);
+    let (ns, name) = (obj.namespace.as_str(), obj.name.as_str());
     let next = match canary::due(&settings, &status, &observed, now) {
-        Due::Start(reason) => canary::start(&settings, &status, &observed, &reason, now),
+        Due::Start(reason) => match webhooks::gate(ns, name, &spec, "pre-rollout", &status).await {
+            Some(refused) => {
+                canary::pre_rollout_failed(&settings, &status, &observed, &refused, now)
+            }
+            None => canary::start(&settings, &status, &observed, &reason, now),
+        },
         Due::Check { since_ms } => {
             let edges = store
                 .edge_stats_since(since_ms.saturating_mul(1_000_000), Some(&obj.namespace))
@@ -115,16 +123,29 @@ async fn drive(
                     &e.latency_buckets,
                 );
             }
+            let canary_measure = canary_totals.measure();
+            let mut gates = Gates {
+                rollout: webhooks::gate(ns, name, &spec, "rollout", &status).await,
+                confirm_promotion: None,
+            };
+            if gates.rollout.is_none() && canary::would_promote(&settings, &status, &canary_measure)
+            {
+                gates.confirm_promotion =
+                    webhooks::gate(ns, name, &spec, "confirm-promotion", &status).await;
+            }
             canary::after_check(
                 &settings,
                 &status,
-                canary_totals.measure(),
+                canary_measure,
                 stable.measure(),
+                &gates,
                 now,
             )
         }
         Due::Nothing => return Ok(()),
     };
+    let transitioned =
+        next.events.len() != status.events.len() || next.events.last() != status.events.last();
     if next.phase != status.phase {
         tracing::info!(
             canary = %format!("{}/{}", obj.namespace, obj.name),
@@ -134,7 +155,11 @@ async fn drive(
             "canary"
         );
     }
-    write_status(store, obj, c, next, holder).await.map(|_| ())
+    let written = write_status(store, obj, c, next.clone(), holder).await?;
+    if transitioned && written.is_some() {
+        webhooks::notify(ns, name, &spec, &next);
+    }
+    Ok(())
 }
 
 /// What the analysis depends on, hashed: the spec, and the label sets of the canary subset's
@@ -239,7 +264,8 @@ pub async fn act(
         } else {
             status.driver.clone()
         };
-        if let Some(stored) = write_status(store, &obj, c, next, &driver).await? {
+        if let Some(stored) = write_status(store, &obj, c, next.clone(), &driver).await? {
+            webhooks::notify(namespace, name, &spec, &next);
             return Ok(stored);
         }
     }
