@@ -9,10 +9,16 @@
 //! - `catalog --version v1|v2`: `GET /product/NAME` calls ratings over gRPC and answers with
 //!   its version, the caller it saw and the rating.
 //! - `ratings`: gRPC `quiver.demo.Ratings/Get`.
+//!
+//! frontend and catalog can be told to misbehave at run time, a demo facility for watching a
+//! canary roll back: `POST /demo/misbehave` on the app's own port (not through the mesh) with
+//! `{"errorPercent": 30, "extraLatency": "200ms"}` ([`Misbehave`]); `{"errorPercent": 0}`
+//! heals. `GET /demo/misbehave` shows the current settings.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -34,6 +40,12 @@ use crate::proto::{RatingReply, RatingRequest};
 const PEER_IDENTITY: &str = "x-quiver-peer-identity";
 /// The product the frontend shows.
 pub const PRODUCT: &str = "quiver-book";
+/// Where frontend and catalog take their misbehaviour settings, on the app's own port.
+pub const MISBEHAVE_PATH: &str = "/demo/misbehave";
+/// The longest `extraLatency` accepted.
+pub const MAX_EXTRA_LATENCY: Duration = Duration::from_secs(60);
+/// A valid `POST /demo/misbehave` body, for error messages.
+const MISBEHAVE_EXAMPLE: &str = r#"{"errorPercent": 30, "extraLatency": "200ms"}"#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AppName {
@@ -124,7 +136,12 @@ pub async fn run(args: AppArgs) -> anyhow::Result<()> {
                     catalog: catalog.trim_end_matches('/').to_string(),
                     client: Client::builder(TokioExecutor::new()).build_http(),
                 });
-                serve_http(listener, move |req| frontend(state.clone(), req)).await
+                let faults = Arc::new(Faults::new("frontend".into()));
+                serve_http(listener, move |req| {
+                    let state = state.clone();
+                    misbehaving(faults.clone(), req, move |req| frontend(state, req))
+                })
+                .await
             }
             AppName::Catalog => {
                 let url = args.ratings.clone().context("--ratings is required")?;
@@ -136,7 +153,12 @@ pub async fn run(args: AppArgs) -> anyhow::Result<()> {
                     version: args.version.clone(),
                     ratings: RatingsClient::new(channel),
                 });
-                serve_http(listener, move |req| catalog(state.clone(), req)).await
+                let faults = Arc::new(Faults::new(format!("catalog {}", args.version)));
+                serve_http(listener, move |req| {
+                    let state = state.clone();
+                    misbehaving(faults.clone(), req, move |req| catalog(state, req))
+                })
+                .await
             }
             AppName::Ratings => tonic::transport::Server::builder()
                 .add_service(RatingsServer::new(RatingsApp))
@@ -192,6 +214,234 @@ fn caller_of(headers: &http::HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
+}
+
+/// How a sample app misbehaves, set at run time by `POST /demo/misbehave` on the app's own
+/// port: a demo facility, so that a user can watch a canary roll back. The body is the whole
+/// new setting: a field left out goes back to normal, so `{"errorPercent": 0}` heals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Misbehave {
+    /// The share of requests answered 500, 0 to 100, spread evenly (30: 3 of every 10).
+    pub error_percent: u32,
+    /// Added to every request before it is answered (errors included).
+    #[serde(with = "quiver_api::duration::serde_human")]
+    pub extra_latency: Duration,
+}
+
+/// Why a `POST /demo/misbehave` body was refused: the field (`body` for the body as a whole)
+/// and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadField {
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for BadField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl Misbehave {
+    /// Parse a `POST /demo/misbehave` body: a JSON object with `errorPercent` (a whole number
+    /// 0..100) and `extraLatency` (a duration such as `200ms`, at most [`MAX_EXTRA_LATENCY`]),
+    /// both optional (absent or null: normal); any other field is refused.
+    pub fn parse(body: &[u8]) -> Result<Self, BadField> {
+        let bad = |field: &str, reason: String| BadField {
+            field: field.into(),
+            reason,
+        };
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+            bad(
+                "body",
+                format!("not valid JSON ({e}); send e.g. {MISBEHAVE_EXAMPLE}"),
+            )
+        })?;
+        let serde_json::Value::Object(fields) = value else {
+            return Err(bad(
+                "body",
+                format!("expected a JSON object such as {MISBEHAVE_EXAMPLE}"),
+            ));
+        };
+        let mut m = Self::default();
+        for (name, v) in &fields {
+            match name.as_str() {
+                _ if v.is_null() && matches!(name.as_str(), "errorPercent" | "extraLatency") => {}
+                "errorPercent" => {
+                    m.error_percent = match v.as_u64() {
+                        Some(p) if p <= 100 => p as u32,
+                        _ => {
+                            return Err(bad(
+                                name,
+                                format!("{v} is not a whole number from 0 to 100"),
+                            ));
+                        }
+                    }
+                }
+                "extraLatency" => {
+                    let Some(s) = v.as_str() else {
+                        return Err(bad(
+                            name,
+                            format!("{v} is not a duration string such as \"200ms\""),
+                        ));
+                    };
+                    let d = quiver_api::duration::parse(s).map_err(|e| bad(name, e))?;
+                    if d > MAX_EXTRA_LATENCY {
+                        return Err(bad(
+                            name,
+                            format!(
+                                "{s:?} is longer than {}",
+                                quiver_api::duration::format(MAX_EXTRA_LATENCY)
+                            ),
+                        ));
+                    }
+                    m.extra_latency = d;
+                }
+                other => {
+                    return Err(bad(
+                        other,
+                        "unknown field (the fields are errorPercent and extraLatency)".into(),
+                    ));
+                }
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// An app's misbehaviour settings and the requests counted since they were set.
+struct Faults {
+    /// `frontend`, `catalog v2`: for messages and the log.
+    app: String,
+    settings: Mutex<Misbehave>,
+    served: AtomicU64,
+}
+
+impl Faults {
+    fn new(app: String) -> Self {
+        Self {
+            app,
+            settings: Mutex::new(Misbehave::default()),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    fn settings(&self) -> Misbehave {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, m: Misbehave) {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner) = m;
+        // Count afresh: the share asked holds from the first request after the change.
+        self.served.store(0, Ordering::Relaxed);
+    }
+
+    /// For the next request: the delay to add, and whether to answer it with an error.
+    /// Errors are spread evenly: request n fails when floor(n·p/100) steps up, so any run of
+    /// 100 requests has exactly p errors.
+    fn next(&self) -> (Duration, bool) {
+        let m = self.settings();
+        let n = self.served.fetch_add(1, Ordering::Relaxed);
+        let p = u64::from(m.error_percent);
+        let fail = (n + 1) * p / 100 > n * p / 100;
+        (m.extra_latency, fail)
+    }
+
+    /// `GET` or `POST /demo/misbehave`.
+    async fn endpoint(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.headers().contains_key(PEER_IDENTITY) {
+            // The receiving sidecar sets this on every request that came through the mesh.
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{MISBEHAVE_PATH} is a demo facility on the app's own port; it is not \
+                     served through the mesh"
+                ),
+            );
+        }
+        match *req.method() {
+            http::Method::GET => json(StatusCode::OK, &self.settings()),
+            http::Method::POST => {
+                let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        return bad_field(&BadField {
+                            field: "body".into(),
+                            reason: format!("cannot read it: {e}"),
+                        });
+                    }
+                };
+                match Misbehave::parse(&body) {
+                    Ok(m) => {
+                        self.set(m);
+                        eprintln!(
+                            "{}: misbehaving as asked: errorPercent {}, extraLatency {}",
+                            self.app,
+                            m.error_percent,
+                            quiver_api::duration::format(m.extra_latency)
+                        );
+                        json(StatusCode::OK, &m)
+                    }
+                    Err(e) => bad_field(&e),
+                }
+            }
+            _ => {
+                let mut resp = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{MISBEHAVE_PATH}: use POST (or GET to read the settings)"),
+                );
+                resp.headers_mut().insert(
+                    http::header::ALLOW,
+                    http::HeaderValue::from_static("GET, POST"),
+                );
+                resp
+            }
+        }
+    }
+}
+
+fn bad_field(e: &BadField) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({ "error": e.to_string(), "field": e.field }),
+    )
+}
+
+/// Serve `req` with `app`, misbehaving as the settings say; `/demo/misbehave` changes them
+/// and `/healthz` is never touched.
+async fn misbehaving<F, Fut>(
+    faults: Arc<Faults>,
+    req: Request<Incoming>,
+    app: F,
+) -> Response<Full<Bytes>>
+where
+    F: FnOnce(Request<Incoming>) -> Fut,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>>,
+{
+    match req.uri().path() {
+        MISBEHAVE_PATH => return faults.endpoint(req).await,
+        "/healthz" => return app(req).await,
+        _ => {}
+    }
+    let (delay, fail) = faults.next();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if fail {
+        let m = faults.settings();
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "{} failed this request on purpose (errorPercent {}, set by POST {MISBEHAVE_PATH})",
+                faults.app, m.error_percent
+            ),
+        );
+    }
+    app(req).await
 }
 
 struct Frontend {
@@ -336,6 +586,71 @@ mod tests {
         let s = stars_of(PRODUCT);
         assert_eq!(s, stars_of(PRODUCT));
         assert!((3.0..=5.0).contains(&s), "{s}");
+    }
+
+    #[test]
+    fn misbehave_bodies_parse_or_name_the_bad_field() {
+        let m = Misbehave::parse(br#"{"errorPercent": 30, "extraLatency": "200ms"}"#).unwrap();
+        assert_eq!(m.error_percent, 30);
+        assert_eq!(m.extra_latency, Duration::from_millis(200));
+        // A field left out (or null) is back to normal.
+        assert_eq!(
+            Misbehave::parse(br#"{"errorPercent": 0}"#).unwrap(),
+            Misbehave::default()
+        );
+        assert_eq!(
+            Misbehave::parse(br#"{"extraLatency": null}"#).unwrap(),
+            Misbehave::default()
+        );
+        for (body, field, says) in [
+            (&b"errorPercent=30"[..], "body", "not valid JSON"),
+            (b"[30]", "body", "JSON object"),
+            (br#"{"errorPercent": 101}"#, "errorPercent", "0 to 100"),
+            (br#"{"errorPercent": -1}"#, "errorPercent", "0 to 100"),
+            (br#"{"errorPercent": 2.5}"#, "errorPercent", "whole number"),
+            (br#"{"errorPercent": "30"}"#, "errorPercent", "whole number"),
+            (
+                br#"{"extraLatency": "200"}"#,
+                "extraLatency",
+                "missing unit",
+            ),
+            (
+                br#"{"extraLatency": 200}"#,
+                "extraLatency",
+                "duration string",
+            ),
+            (
+                br#"{"extraLatency": "2m"}"#,
+                "extraLatency",
+                "longer than 1m",
+            ),
+            (br#"{"errorRate": 5}"#, "errorRate", "unknown field"),
+        ] {
+            let e = Misbehave::parse(body).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn errors_are_spread_evenly_at_the_share_asked() {
+        let faults = Faults::new("catalog v2".into());
+        for p in [0, 1, 30, 50, 99, 100] {
+            faults.set(Misbehave {
+                error_percent: p,
+                extra_latency: Duration::ZERO,
+            });
+            let errors: Vec<bool> = (0..200).map(|_| faults.next().1).collect();
+            assert_eq!(errors.iter().filter(|e| **e).count() as u32, 2 * p);
+            // Any 10 in a row at 30%: exactly 3.
+            if p == 30 {
+                assert!(
+                    errors
+                        .windows(10)
+                        .all(|w| w.iter().filter(|e| **e).count() == 3)
+                );
+            }
+        }
     }
 
     #[test]

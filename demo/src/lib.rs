@@ -273,6 +273,7 @@ async fn demo(
     files.write("split-50-50.yaml", &plan::route_yaml(50))?;
     files.write("split-90-10.yaml", &plan::route_yaml(90))?;
     files.write("all-v2.yaml", &plan::route_yaml(0))?;
+    files.write("canary.yaml", &plan::canary_yaml())?;
     println!(
         "applying {} (what `quiverctl apply -f` does):",
         mesh.display()
@@ -380,6 +381,10 @@ async fn demo(
             s.app_host.to_string(),
             "--drain-timeout".into(),
             SIDECAR_DRAIN.into(),
+            // Request counts per destination subset, what canaries are judged by, often
+            // enough for canary.yaml's 10 s steps.
+            "--edge-interval".into(),
+            plan::EDGE_INTERVAL.into(),
         ];
         if let Some(v) = s.version {
             argv.extend(["--label".into(), format!("version={v}")]);
@@ -581,6 +586,13 @@ fn print_banner(
             s.admin
         );
     }
+    let v1 = format!("http://127.0.0.1:{}", ports.catalog_app);
+    let v2 = format!("http://{}:{}", plan::CATALOG_V2_HOST, ports.catalog_app);
+    println!("  catalog v1 app  {v1}/   (its own port, not through the mesh)");
+    println!("  catalog v2 app  {v2}/");
+    println!(
+        "  canary          {dir}/canary.yaml   (catalog v1 -> v2: 10, 25, 50, 100%, a check every 10s)"
+    );
     println!();
     println!("Try, in another terminal (from the repository root):");
     println!("  alias quiverctl='cargo run -q --release -p quiver-control --bin quiverctl --'");
@@ -605,6 +617,29 @@ fn print_banner(
             s.http_proxy
         );
     }
+    println!();
+    let canary = plan::CANARY;
+    println!("Watch a canary promote, then one roll back:");
+    println!(
+        "  quiverctl apply -f {dir}/canary.yaml      # 10% of catalog to v2, then 25, 50, 100%"
+    );
+    println!(
+        "  while sleep 2; do quiverctl get canary {canary} -n {NAMESPACE} -o wide; done   # Promoted in about 40s"
+    );
+    println!(
+        "  quiverctl delete canary {canary} -n {NAMESPACE}   # back to the Route's 90/10, to start over"
+    );
+    println!(
+        "  curl -s {v2}{} -d '{{\"errorPercent\": 30, \"extraLatency\": \"200ms\"}}'   # v2 fails 30% (demo only)",
+        apps::MISBEHAVE_PATH
+    );
+    println!(
+        "  quiverctl apply -f {dir}/canary.yaml      # two failed checks: RolledBack, all traffic to v1"
+    );
+    println!(
+        "  curl -s {v2}{} -d '{{\"errorPercent\": 0}}'   # heal v2",
+        apps::MISBEHAVE_PATH
+    );
     println!();
     println!(
         "Traffic: {} requests/s to frontend; the tally covers the last ~10 s. Ctrl-C stops everything.",

@@ -308,6 +308,45 @@ spec:
     )
 }
 
+/// The name of the canary [`canary_yaml`] writes.
+pub const CANARY: &str = "catalog-v2";
+/// How often the demo's sidecars report their request counts per destination subset (what
+/// canaries are judged by): well under the canary's interval, so each check sees the step's
+/// traffic (the proxy's default, 10s, is as long as the interval itself).
+pub const EDGE_INTERVAL: &str = "2s";
+
+/// A canary moving catalog from v1 to v2 in fast steps (a check every 10 s; about 40 s to
+/// promote at the demo's 15 requests a second), and back to v1 after two failed checks.
+pub fn canary_yaml() -> String {
+    format!(
+        r#"# A canary of catalog v2, written by `quiver-demo`. While it runs it owns the catalog
+# Route's split: 10% of catalog's requests to v2, then 25%, 50% and 100% (Promoted), one step
+# every 10s if v2 passes its check. A check needs at least 10 requests to v2 (at the demo's
+# 15 requests a second the first step has about 15) and fails when fewer than 99% succeed or
+# p99 is over 500ms; two failed checks in a row roll it back (RolledBack: all traffic to v1).
+#
+#   quiverctl apply -f <this file>
+#   while sleep 2; do quiverctl get canary {CANARY} -n {NAMESPACE} -o wide; done
+#
+# Same spec, same phase: applying it again after it finished changes nothing. To run it again,
+# `quiverctl delete canary {CANARY} -n {NAMESPACE}` first (the Route's 90/10 split is back),
+# then apply.
+apiVersion: quiver.dev/v1
+kind: Canary
+metadata: {{name: {CANARY}, namespace: {NAMESPACE}}}
+spec:
+  service: catalog
+  stableSubset: v1
+  canarySubset: v2
+  steps: [10, 25, 50, 100]
+  interval: 10s
+  threshold: 2
+  minRequests: 10
+  successCriteria: {{minSuccessRate: 99, maxP99Latency: 500ms}}
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +371,54 @@ mod tests {
             quiver_api::document::parse_documents(&split).expect("route parses");
         }
         assert!(route_yaml(90).contains("{subset: v2, weight: 10}"));
+    }
+
+    #[test]
+    fn the_canary_parses_and_validates_against_the_demo_services() {
+        let ports = Ports::plan(0).unwrap();
+        let mesh = quiver_api::document::parse_documents(&mesh_yaml(&ports, "mesh.local"))
+            .expect("demo mesh parses");
+        let mut services = quiver_policy::validate::ServiceSpecs::new();
+        for doc in &mesh {
+            if let quiver_api::resource::AnyResource::Service(s) = doc {
+                let name = s.metadata.clone().unwrap_or_default().name;
+                services.insert(name, s.spec.clone().unwrap_or_default());
+            }
+        }
+        assert_eq!(services.len(), 3);
+        let docs =
+            quiver_api::document::parse_documents(&canary_yaml()).expect("canary.yaml parses");
+        assert_eq!(docs.len(), 1);
+        let quiver_api::resource::AnyResource::Canary(c) = &docs[0] else {
+            panic!("not a Canary: {:?}", docs[0].kind());
+        };
+        quiver_policy::validate::validate(&docs[0], &services)
+            .unwrap_or_else(|e| panic!("canary.yaml does not validate: {e:?}"));
+        let meta = c.metadata.clone().unwrap_or_default();
+        assert_eq!(
+            (meta.name.as_str(), meta.namespace.as_str()),
+            (CANARY, NAMESPACE)
+        );
+        let spec = c.spec.clone().unwrap_or_default();
+        assert_eq!(
+            (
+                spec.service.as_str(),
+                spec.stable_subset.as_str(),
+                spec.canary_subset.as_str()
+            ),
+            ("catalog", "v1", "v2")
+        );
+        let settings =
+            quiver_policy::canary::Settings::from_spec(&spec).expect("the controller's settings");
+        assert_eq!(settings.steps.last(), Some(&100));
+        // Fast steps, and edge reports well inside each step.
+        let edges = quiver_api::duration::parse(EDGE_INTERVAL).unwrap();
+        assert!(settings.interval <= std::time::Duration::from_secs(15));
+        assert!(
+            edges * 4 <= settings.interval,
+            "{edges:?} vs {:?}",
+            settings.interval
+        );
     }
 
     #[test]
