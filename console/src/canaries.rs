@@ -1,7 +1,9 @@
-//! Canaries: the live list with each canary's state, the editor (service, stable and canary
-//! subsets, steps, interval, success criteria) and, until an automatic controller exists,
-//! moving the weight by hand — which writes the service's Route (the thing proxies obey):
-//! every rule that splits between exactly the stable and canary subsets gets the new split.
+//! Canaries: the live list with each canary's phase, step and weight as the controller
+//! reports them, the detail page (the progress card of `canary_view` with the manual
+//! controls, above the editor) and the editor (service, stable and canary subsets, steps,
+//! interval, success criteria). The console never moves a canary's weight itself: the
+//! controller owns the service's split while a canary runs, and an operator steers it only
+//! through the API's pause / resume / promote / abort actions.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -9,66 +11,19 @@ use leptos::task::spawn_local;
 use quiver_api::resource::AnyResource;
 
 use crate::api::{ApiError, Live, Watched, check_before_save, client, live, split_list};
+use crate::canary_view::{CanaryProgress, PhaseBadge, StepBar};
 use crate::pb;
 use crate::ui::{Ctx, FieldErr, FormState, FormStatus, Link, LiveState, key_of, navigate};
-
-/// The canary weight the route for `c` sends now: from the first rule splitting between its
-/// stable and canary subsets.
-fn current_weight(c: &pb::CanarySpec, ns: &str, routes: &[pb::Route]) -> Option<(String, u32)> {
-    routes
-        .iter()
-        .filter(|r| r.metadata.as_ref().is_some_and(|m| m.namespace == ns))
-        .filter(|r| r.spec.as_ref().is_some_and(|s| s.service == c.service))
-        .find_map(|r| {
-            let spec = r.spec.as_ref()?;
-            spec.rules.iter().find_map(|rule| {
-                is_split(rule, c).then(|| {
-                    let w = rule
-                        .backends
-                        .iter()
-                        .filter(|b| b.subset == c.canary_subset)
-                        .map(|b| b.weight)
-                        .sum();
-                    (key_of(&r.metadata), w)
-                })
-            })
-        })
-}
-
-/// The rule sends only to the stable and canary subsets of the canary's service.
-fn is_split(rule: &pb::RouteRule, c: &pb::CanarySpec) -> bool {
-    !rule.backends.is_empty()
-        && rule.backends.iter().all(|b| {
-            (b.service.is_empty() || b.service == c.service)
-                && (b.subset == c.stable_subset || b.subset == c.canary_subset)
-        })
-}
-
-fn split(c: &pb::CanarySpec, weight: u32) -> Vec<pb::WeightedBackend> {
-    vec![
-        pb::WeightedBackend {
-            service: String::new(),
-            subset: c.stable_subset.clone(),
-            weight: 100 - weight,
-        },
-        pb::WeightedBackend {
-            service: String::new(),
-            subset: c.canary_subset.clone(),
-            weight,
-        },
-    ]
-}
 
 #[component]
 pub fn CanariesPage() -> impl IntoView {
     let ctx = Ctx::get();
     let canaries: Live<pb::Canary> = live(ctx.token());
-    let routes: Live<pb::Route> = live(ctx.token());
     view! {
         <section>
             <div class="page-head">
                 <h1>"Canaries"</h1>
-                <p class="sub">"Progressive rollouts from a stable to a canary subset. Updates live."</p>
+                <p class="sub">"Progressive rollouts from a stable to a canary subset, driven by the control plane's canary controller. Updates live."</p>
                 <button type="button" class="primary" disabled=move || !ctx.can_write() on:click=move |_| navigate("/canaries/new")>"New canary"</button>
             </div>
             <LiveState synced=canaries.synced error=canaries.error />
@@ -77,29 +32,31 @@ pub fn CanariesPage() -> impl IntoView {
             </Show>
             <Show when=move || canaries.items.with(|c| !c.is_empty())>
                 <table class="list">
-                    <thead><tr><th>"Canary"</th><th>"Service"</th><th>"Stable → canary"</th><th>"Steps"</th><th>"State"</th><th>"Canary weight now"</th></tr></thead>
+                    <thead><tr><th>"Canary"</th><th>"Service"</th><th>"Stable → canary"</th><th>"Phase"</th><th>"Steps"</th><th>"Canary weight"</th><th>"Why"</th></tr></thead>
                     <tbody>
+                        // The key holds the version: every status write redraws the row.
                         <For
                             each=move || canaries.items.get()
                             key=|c| (key_of(&c.metadata), c.version())
                             children=move |c| {
                                 let k = key_of(&c.metadata);
                                 let (href, label) = (format!("/canaries/{k}"), k.clone());
-                                let ns = c.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default();
                                 let spec = c.spec.clone().unwrap_or_default();
                                 let status = c.status.clone().unwrap_or_default();
-                                let s2 = spec.clone();
-                                let weight = move || routes.items.with(|r| current_weight(&s2, &ns, r))
-                                    .map(|(_, w)| format!("{w}%"))
-                                    .unwrap_or_else(|| "no route splits yet".into());
+                                let weight = if status.phase.is_empty() {
+                                    "not started".to_string()
+                                } else {
+                                    format!("{}%", status.canary_weight)
+                                };
                                 view! {
-                                    <tr data-canary=k>
+                                    <tr data-canary=k data-phase=status.phase.clone()>
                                         <td><Link href=href>{label}</Link></td>
                                         <td>{spec.service.clone()}</td>
                                         <td>{format!("{} → {}", spec.stable_subset, spec.canary_subset)}</td>
-                                        <td>{spec.steps.iter().map(|s| format!("{s}%")).collect::<Vec<_>>().join(" → ")}{format!(" every {}", spec.interval)}</td>
-                                        <td>{phase(&status)}</td>
+                                        <td><PhaseBadge phase=status.phase.clone() /></td>
+                                        <td><StepBar steps=spec.steps.clone() status=status.clone() /><small class="muted">{format!("every {}", spec.interval)}</small></td>
                                         <td class="weight-now">{weight}</td>
+                                        <td class="canary-message">{status.message.clone()}</td>
                                     </tr>
                                 }
                             }
@@ -108,16 +65,6 @@ pub fn CanariesPage() -> impl IntoView {
                 </table>
             </Show>
         </section>
-    }
-}
-
-fn phase(s: &pb::CanaryStatus) -> String {
-    if s.phase.is_empty() {
-        "Manual (no controller has taken it yet)".into()
-    } else if s.message.is_empty() {
-        format!("{} at step {}", s.phase, s.current_step + 1)
-    } else {
-        format!("{} at step {}: {}", s.phase, s.current_step + 1, s.message)
     }
 }
 
@@ -133,6 +80,7 @@ fn new_canary() -> pb::Canary {
             success_criteria: Some(pb::SuccessCriteria {
                 min_success_rate: 99.0,
                 max_p99_latency: "500ms".into(),
+                ..Default::default()
             }),
             ..Default::default()
         }),
@@ -150,11 +98,12 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
     let load_error = RwSignal::new(None::<String>);
     let form = FormState::new();
     form.track_edits(draft);
-    let weight_form = FormState::new();
     let confirm_delete = RwSignal::new(false);
     let services: Live<pb::Service> = live(ctx.token());
-    let routes: Live<pb::Route> = live(ctx.token());
     let canaries: Live<pb::Canary> = live(ctx.token());
+    // The spec as loaded or last saved: the controller writes the status (a new version) at
+    // every check, which must not make a spec edit look like a conflicting one.
+    let base_spec = StoredValue::new(None::<pb::CanarySpec>);
 
     let load = {
         let key = key.clone();
@@ -185,6 +134,7 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                                 })
                                 .unwrap_or_default(),
                         );
+                        base_spec.set_value(c.spec.clone());
                         draft.set(c);
                         form.error.set(None);
                         loaded.set(true);
@@ -267,6 +217,16 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
             }));
             return;
         }
+        if !creating
+            && let Some(stored) = canaries.get(&cns, &cname)
+            && base_spec.with_value(|b| *b == stored.spec)
+        {
+            // Only the status moved since this form read the spec: save over that version.
+            canary
+                .metadata
+                .get_or_insert_with(Default::default)
+                .resource_version = stored.version();
+        }
         if creating && canaries.get(&cns, &cname).is_some() {
             form.error.set(Some(ApiError {
                 code: tonic::Code::AlreadyExists,
@@ -297,6 +257,7 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                             key_of(&saved.metadata)
                         )));
                     } else {
+                        base_spec.set_value(saved.spec.clone());
                         draft.set(saved);
                         form.done(Ok(format!("Saved (version {v}).")));
                     }
@@ -332,107 +293,6 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
         });
     };
 
-    // Moving the weight by hand.
-    let stored_spec = move || {
-        let (ns, name) = draft.with(|c| {
-            c.metadata
-                .as_ref()
-                .map(|m| (m.namespace.clone(), m.name.clone()))
-                .unwrap_or_default()
-        });
-        canaries.get(&ns, &name).and_then(|c| c.spec)
-    };
-    let now =
-        move || stored_spec().and_then(|s| routes.items.with(|r| current_weight(&s, &ns(), r)));
-    let new_weight = RwSignal::new(None::<u32>);
-    let shown_weight = move || {
-        new_weight
-            .get()
-            .or_else(|| now().map(|(_, w)| w))
-            .unwrap_or(0)
-    };
-    let set_weight = move |_| {
-        // The button stays disabled until both are known; a route list that is not loaded
-        // yet would look like "no route" and create one.
-        let (Some(spec), true) = (stored_spec(), routes.synced.get_untracked()) else {
-            return;
-        };
-        let weight = shown_weight();
-        let ns = ns();
-        let existing: Vec<pb::Route> = routes.items.with(|r| {
-            r.iter()
-                .filter(|r| r.metadata.as_ref().is_some_and(|m| m.namespace == ns))
-                .filter(|r| r.spec.as_ref().is_some_and(|s| s.service == spec.service))
-                .cloned()
-                .collect()
-        });
-        let mut updated = Vec::new();
-        for mut route in existing.clone() {
-            let mut touched = false;
-            for rule in route
-                .spec
-                .get_or_insert_with(Default::default)
-                .rules
-                .iter_mut()
-            {
-                if is_split(rule, &spec) {
-                    rule.backends = split(&spec, weight);
-                    touched = true;
-                }
-            }
-            if touched {
-                updated.push(route);
-            }
-        }
-        if updated.is_empty() && !existing.is_empty() {
-            weight_form.error.set(Some(ApiError {
-                code: tonic::Code::FailedPrecondition,
-                message: format!(
-                    "Route {} sends {} elsewhere too: no rule splits only between {} and {}. Edit it on the Routes page.",
-                    key_of(&existing[0].metadata), spec.service, spec.stable_subset, spec.canary_subset
-                ),
-                fields: Vec::new(),
-            }));
-            return;
-        }
-        if updated.is_empty() {
-            // No route for the service yet: one rule with the split.
-            updated.push(pb::Route {
-                metadata: Some(pb::ObjectMeta {
-                    namespace: ns.clone(),
-                    name: spec.service.clone(),
-                    ..Default::default()
-                }),
-                spec: Some(pb::RouteSpec {
-                    service: spec.service.clone(),
-                    rules: vec![pb::RouteRule {
-                        name: "canary".into(),
-                        backends: split(&spec, weight),
-                        ..Default::default()
-                    }],
-                }),
-            });
-        }
-        weight_form.start();
-        let token = ctx.token();
-        spawn_local(async move {
-            let mut names = Vec::new();
-            for route in updated {
-                names.push(key_of(&route.metadata));
-                // The route's resourceVersion is sent: a concurrent edit is refused, not lost.
-                if let Err(s) = client(&token).apply_route(route).await {
-                    weight_form.done(Err(ApiError::from_status(&s)));
-                    return;
-                }
-            }
-            new_weight.set(None);
-            weight_form.done(Ok(format!(
-                "{weight}% of requests now go to the canary (route {}).",
-                names.join(", ")
-            )));
-        });
-    };
-
     let title = match &key {
         Some((ns, name)) => format!("Canary {ns}/{name}"),
         None => "New canary".to_string(),
@@ -459,26 +319,12 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
             </div>
             {move || load_error.get().map(|e| view! { <p class="banner error" role="alert">{e}</p> })}
             <Show when=move || loaded.get() fallback=move || view! { <Show when=move || load_error.get().is_none()><p class="loading">"Loading…"</p></Show> }>
-                {(!creating).then(|| view! {
-                    <div class="card canary-state">
-                        <h2>"State"</h2>
-                        <p>{move || draft.with(|c| phase(&c.status.clone().unwrap_or_default()))}</p>
-                        <p>"Canary weight now: " <strong class="weight-now">{move || now().map(|(r, w)| format!("{w}% (route {r})")).unwrap_or_else(|| "no route splits between these subsets yet".into())}</strong></p>
-                        <fieldset disabled=move || !ctx.can_write() || weight_form.saving.get()>
-                            <legend>"Move the weight by hand"</legend>
-                            <div class="weight-inputs">
-                                <label for="canary-weight">"Canary weight (%)"</label>
-                                <input id="canary-weight" type="number" min="0" max="100" prop:value=move || shown_weight().to_string()
-                                    on:input=move |e| { if let Ok(v) = event_target_value(&e).parse::<u32>() { new_weight.set(Some(v.min(100))) } } />
-                                <input type="range" min="0" max="100" aria-label="Canary weight slider" prop:value=move || shown_weight().to_string()
-                                    on:input=move |e| { if let Ok(v) = event_target_value(&e).parse::<u32>() { new_weight.set(Some(v)) } } />
-                                <button type="button" class="primary" on:click=set_weight
-                                    disabled=move || !routes.synced.get() || stored_spec().is_none()>"Apply weight"</button>
-                            </div>
-                            <FormStatus form=weight_form reload=reload what="The route" />
-                        </fieldset>
-                    </div>
+                {key.clone().map(|(ns, name)| {
+                    let (n, m) = (ns.clone(), name.clone());
+                    let current = Signal::derive(move || canaries.get(&n, &m));
+                    view! { <CanaryProgress canary=current ns=ns name=name /> }
                 })}
+                <h2>"Spec"</h2>
                 <form class="editor" on:submit=save novalidate>
                     <fieldset disabled=move || !ctx.can_write() || form.saving.get()>
                         <legend class="visually-hidden">"Canary"</legend>
@@ -538,7 +384,7 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                         </div>
                         <Show when=move || confirm_delete.get()>
                             <div class="confirm" role="alertdialog" aria-labelledby="confirm-title">
-                                <p id="confirm-title">{move || format!("Delete canary {}? The route keeps its current split.", draft.with(|c| key_of(&c.metadata)))}</p>
+                                <p id="confirm-title">{move || format!("Delete canary {}? The service's Route as written applies again.", draft.with(|c| key_of(&c.metadata)))}</p>
                                 <button type="button" class="danger" on:click=delete>"Delete"</button>
                                 <button type="button" on:click=move |_| confirm_delete.set(false)>"Cancel"</button>
                             </div>

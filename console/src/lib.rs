@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod canaries;
+pub mod canary_view;
 pub mod policies;
 pub mod routes;
 pub mod services;

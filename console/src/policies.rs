@@ -209,7 +209,10 @@ pub fn PolicyEditor(key: Option<(String, String)>) -> impl IntoView {
             return;
         }
         // The control plane's own validation, here: its field errors without a round trip.
-        if let Err(e) = check_before_save(&AnyResource::AuthorizationPolicy(policy.clone()), Some(services)) {
+        if let Err(e) = check_before_save(
+            &AnyResource::AuthorizationPolicy(policy.clone()),
+            Some(services),
+        ) {
             form.refused(e);
             return;
         }

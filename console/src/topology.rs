@@ -2,7 +2,9 @@
 //! per service and per caller→callee edge, over a look-back window), asked again every five
 //! seconds while the page is open. Drawn as an SVG layered left to right by call depth, with
 //! the same numbers in tables. The numbers are the proxies' per-edge counts (every request,
-//! not only sampled ones); this page only lays them out.
+//! not only sampled ones); this page only lays them out. A service with a running canary
+//! (Progressing or Paused, from the live Canary list) carries a badge with the canary's
+//! weight, in the drawing and in a line above it (a service without traffic is not drawn).
 
 use std::collections::BTreeMap;
 
@@ -10,9 +12,10 @@ use futures_util::future::{AbortHandle, Abortable};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use crate::api::{ApiError, client, sleep};
+use crate::api::{ApiError, Live, client, live, sleep};
+use crate::canary_view::is_running;
 use crate::pb;
-use crate::ui::{Ctx, human_ms};
+use crate::ui::{Ctx, Link, human_ms, key_of};
 
 /// The window choices; the API accepts 1s..1h.
 const WINDOWS: [&str; 4] = ["1m", "5m", "15m", "1h"];
@@ -125,6 +128,44 @@ pub fn fmt_ms(ms: f64, rate: f64) -> String {
     }
 }
 
+/// A canary driving its service's split now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunningCanary {
+    /// "namespace/service", as [`node_key`].
+    pub service: String,
+    /// "namespace/name" of the Canary.
+    pub canary: String,
+    pub phase: String,
+    pub weight: u32,
+}
+
+/// The canaries in `canaries` that are running (Progressing or Paused).
+pub fn running_canaries(canaries: &[pb::Canary]) -> Vec<RunningCanary> {
+    canaries
+        .iter()
+        .filter(|c| is_running(c.status.as_ref()))
+        .map(|c| {
+            let ns = c
+                .metadata
+                .as_ref()
+                .map(|m| m.namespace.as_str())
+                .unwrap_or_default();
+            let svc = c
+                .spec
+                .as_ref()
+                .map(|s| s.service.as_str())
+                .unwrap_or_default();
+            let status = c.status.clone().unwrap_or_default();
+            RunningCanary {
+                service: node_key(ns, svc),
+                canary: key_of(&c.metadata),
+                phase: status.phase,
+                weight: status.canary_weight,
+            }
+        })
+        .collect()
+}
+
 #[derive(Clone, Copy)]
 struct Poll {
     graph: RwSignal<Option<pb::ServiceGraph>>,
@@ -180,6 +221,8 @@ pub fn TopologyPage() -> impl IntoView {
     let ctx = Ctx::get();
     let window = RwSignal::new("5m");
     let poll = poller(ctx.token(), window);
+    let canaries: Live<pb::Canary> = live(ctx.token());
+    let running = Signal::derive(move || canaries.items.with(|c| running_canaries(c)));
     let age = move || {
         let at = poll.at.get();
         if at.is_nan() {
@@ -204,6 +247,20 @@ pub fn TopologyPage() -> impl IntoView {
                 <span class="muted updated" aria-live="off" data-updated=move || poll.at.get().to_string()>{age}</span>
                 <p class="sub">"Who calls whom, as the calling proxies counted it over the window (every request, sampled or not; proxies report every 10 s). Refreshed every 5 s."</p>
             </div>
+            <Show when=move || running.with(|r| !r.is_empty())>
+                <p class="canaries-running">"Canaries running: "
+                    {move || running.get().into_iter().map(|r| {
+                        let href = format!("/canaries/{}", r.canary);
+                        let service = r.service.clone();
+                        view! {
+                            <span class="canary-running" data-canary-running=r.canary.clone() data-service=r.service.clone()>
+                                <Link href=href>{service}</Link>
+                                " "<span class=format!("badge canary-badge phase-{}", r.phase.to_lowercase())>{format!("canary {}% · {}", r.weight, r.phase)}</span>" "
+                            </span>
+                        }
+                    }).collect_view()}
+                </p>
+            </Show>
             {move || poll.error.get().map(|e| view! {
                 <p class="banner error" role="alert">"Could not refresh the graph: " {e} {move || poll.graph.with(Option::is_some).then_some(" (showing the last answer)")}</p>
             })}
@@ -216,14 +273,25 @@ pub fn TopologyPage() -> impl IntoView {
                         "The graph is drawn from what proxies in control-plane mode report: send traffic through the mesh, or choose a longer window."
                     </p>
                 }.into_any(),
-                Some(g) => view! { <Graph graph=g /> }.into_any(),
+                Some(g) => view! { <Graph graph=g running=running /> }.into_any(),
             }}
         </section>
     }
 }
 
 #[component]
-fn Graph(graph: pb::ServiceGraph) -> impl IntoView {
+fn Graph(graph: pb::ServiceGraph, running: Signal<Vec<RunningCanary>>) -> impl IntoView {
+    let badge = move |key: String| {
+        running.with(|r| {
+            r.iter().find(|c| c.service == key).map(|c| {
+                format!(
+                    "canary {}%{}",
+                    c.weight,
+                    if c.phase == "Paused" { " (paused)" } else { "" }
+                )
+            })
+        })
+    };
     let keys: Vec<String> = graph
         .nodes
         .iter()
@@ -329,12 +397,20 @@ fn Graph(graph: pb::ServiceGraph) -> impl IntoView {
                 fmt_ms(n.p99_ms, n.request_rate)
             );
             let (tx, ty) = (x + 10.0, y + 20.0);
+            let key = node_key(&n.namespace, &n.service);
+            let canary = move || badge(key.clone());
             Some(view! {
                 <g class="node" class:error=err data-node=n.service.clone() data-namespace=n.namespace.clone()>
                     <rect x=x.to_string() y=y.to_string() width=NODE_W.to_string() height=NODE_H.to_string() rx="6" />
                     <text x=tx.to_string() y=ty.to_string() class="node-name">{name}</text>
                     <text x=tx.to_string() y=(ty + 19.0).to_string()>{line2}</text>
                     <text x=tx.to_string() y=(ty + 36.0).to_string()>{line3}</text>
+                    {move || canary().map(|b| view! {
+                        <g class="canary-badge">
+                            <rect x=(x + NODE_W - 112.0).to_string() y=(y - 9.0).to_string() width="106" height="18" rx="9" />
+                            <text x=(x + NODE_W - 59.0).to_string() y=(y + 4.0).to_string() text-anchor="middle">{b}</text>
+                        </g>
+                    })}
                 </g>
             })
         })
@@ -362,9 +438,10 @@ fn Graph(graph: pb::ServiceGraph) -> impl IntoView {
         .iter()
         .map(|n| {
             let err = n.error_rate > 0.0;
+            let key = node_key(&n.namespace, &n.service);
             view! {
                 <tr data-node=n.service.clone() class:error=err data-rate=n.request_rate.to_string()>
-                    <td>{label(&n.namespace, &n.service)}</td>
+                    <td>{label(&n.namespace, &n.service)}" "{move || badge(key.clone()).map(|b| view! { <span class="badge canary-badge">{b}</span> })}</td>
                     <td class="num">{fmt_rate(n.request_rate)}</td>
                     <td class="num err-cell">{fmt_share(n.error_rate)}</td>
                     <td class="num">{fmt_ms(n.p50_ms, n.request_rate)}</td>
