@@ -621,3 +621,113 @@ async fn a_refusing_confirm_promotion_hook_holds_the_last_step_until_it_agrees()
             .all(|e| e["metadata"]["channel"] == "releases" && e["name"] == "reviews-v2")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_canary_is_rolled_back_on_latency() {
+    let hosts = [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 36, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 36, 2)),
+    ];
+    let slow = Behaviour {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let m = mesh("canary-slow", hosts, slow).await;
+    let traffic = Traffic::start(m.web.outbound[0]);
+    m.cp.apply(&CANARY.replace(
+        "successCriteria: {minSuccessRate: 95}",
+        "successCriteria: {minSuccessRate: 95, maxP99Latency: 100ms}",
+    ))
+    .await;
+    let c = wait_phase(&m.cp, "RolledBack", Duration::from_secs(60)).await;
+    traffic.stop().await;
+    let status = c.status.unwrap();
+    assert!(
+        status.message.starts_with("p99 ") && status.message.contains("> 100ms"),
+        "{}",
+        status.message
+    );
+    // Every answer succeeded: it is the latency that failed it, and the stable subset's
+    // numbers beside it show the difference.
+    let check = status.checks.last().unwrap();
+    let (canary, stable) = (check.canary.unwrap(), check.stable.unwrap());
+    assert_eq!(canary.success_rate, 100.0);
+    assert!(canary.p99_ms > 250.0 && stable.p99_ms < 100.0, "{check:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_traffic_is_inconclusive_and_the_canary_moves_on_when_traffic_returns() {
+    let hosts = [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 37, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 37, 2)),
+    ];
+    let m = mesh("canary-quiet", hosts, Behaviour::default()).await;
+    m.cp.apply(CANARY).await;
+    // Three intervals without a request: still at the first step, saying why.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = canary(&m.cp).await.status.unwrap();
+    assert_eq!(
+        (status.phase.as_str(), status.current_step),
+        ("Progressing", 0)
+    );
+    assert!(!status.checks.is_empty(), "no check was made");
+    assert!(
+        status.checks.iter().all(|c| c.result == "Inconclusive"),
+        "{:#?}",
+        status.checks
+    );
+    assert!(
+        status.message.contains("waiting for traffic"),
+        "{}",
+        status.message
+    );
+    let traffic = Traffic::start(m.web.outbound[0]);
+    wait_phase(&m.cp, "Promoted", Duration::from_secs(60)).await;
+    traffic.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_plane_killed_mid_canary_resumes_it_at_its_step() {
+    let hosts = [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 38, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 38, 2)),
+    ];
+    let mut m = mesh("canary-restart", hosts, Behaviour::default()).await;
+    let traffic = Traffic::start(m.web.outbound[0]);
+    m.cp.apply(&CANARY.replace("steps: [20, 50, 100]", "steps: [20, 40, 60, 80, 100]"))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let status = canary(&m.cp).await.status.unwrap_or_default();
+        if status.current_step == 2 {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached step 3: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    m.cp.kill();
+    m.cp.restart().await;
+    // Right after the restart it is where it was (the state is in the store) ...
+    let after = canary(&m.cp).await.status.unwrap();
+    assert!(after.current_step >= 2, "went back: {after:#?}");
+    assert_eq!(after.events[..3], before.events[..3]);
+    // ... and it goes on from there (its old lease lapses first) to promotion.
+    let c = wait_phase(&m.cp, "Promoted", Duration::from_secs(90)).await;
+    traffic.stop().await;
+    let passed: Vec<u32> = c
+        .status
+        .unwrap()
+        .checks
+        .iter()
+        .filter(|c| c.result == "Passed")
+        .map(|c| c.weight)
+        .collect();
+    assert_eq!(
+        passed,
+        [20, 40, 60, 80, 100],
+        "every step once, none repeated"
+    );
+}
