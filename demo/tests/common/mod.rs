@@ -1,4 +1,5 @@
 //! What the demo's tests share: the demo binary as a child process.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod demo;
