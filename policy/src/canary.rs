@@ -49,6 +49,8 @@ pub struct Settings {
     pub max_p50_ms: Option<f64>,
     pub min_requests: u64,
     pub threshold: u32,
+    /// The share of requests copied to the canary subset in the mirror stage; 0: none.
+    pub mirror_percent: f64,
 }
 
 impl Settings {
@@ -82,6 +84,7 @@ impl Settings {
                 DEFAULT_MIN_REQUESTS
             },
             threshold: spec.threshold.max(1),
+            mirror_percent: spec.mirror_percent.clamp(0.0, 100.0),
         })
     }
 
@@ -272,6 +275,22 @@ pub fn start(
     next.failed_checks = 0;
     next.step_started_unix_ms = now_ms;
     next.step_started_at = rfc3339(now_ms);
+    if settings.mirror_percent > 0.0 {
+        next.mirroring = true;
+        transition(
+            &mut next,
+            PROGRESSING,
+            0,
+            format!(
+                "{reason}; mirror stage: {}% of requests copied to the canary subset, \
+                 which serves no user",
+                round1(settings.mirror_percent)
+            ),
+            now_ms,
+        );
+        return next;
+    }
+    next.mirroring = false;
     let weight = settings.weight_at(0);
     transition(
         &mut next,
@@ -298,7 +317,8 @@ pub fn would_promote(
     status: &v1::CanaryStatus,
     canary: &v1::CanaryMeasure,
 ) -> bool {
-    status.current_step as usize + 1 >= settings.steps.len()
+    !status.mirroring
+        && status.current_step as usize + 1 >= settings.steps.len()
         && judge(settings, canary) == Verdict::Passed
 }
 
@@ -386,8 +406,26 @@ pub fn after_check(
     let excess = next.checks.len().saturating_sub(MAX_CHECKS);
     next.checks.drain(..excess);
     let of = settings.steps.len();
-    let at = format!("at step {} ({weight}%)", step + 1);
+    let at = if status.mirroring {
+        "in the mirror stage".to_string()
+    } else {
+        format!("at step {} ({weight}%)", step + 1)
+    };
     match verdict {
+        Verdict::Passed if status.mirroring => {
+            next.failed_checks = 0;
+            next.mirroring = false;
+            next.step_started_unix_ms = now_ms;
+            next.step_started_at = rfc3339(now_ms);
+            let w = settings.weight_at(0);
+            transition(
+                &mut next,
+                PROGRESSING,
+                w,
+                format!("mirror stage passed; step 1 of {of} ({w}%)"),
+                now_ms,
+            );
+        }
         Verdict::Passed => {
             next.failed_checks = 0;
             if step as usize + 1 >= of
@@ -425,6 +463,7 @@ pub fn after_check(
                 } else {
                     format!("{n} checks in a row")
                 };
+                next.mirroring = false;
                 transition(
                     &mut next,
                     ROLLED_BACK,
@@ -478,7 +517,11 @@ pub fn act(
             // The step's window starts again: what happened while paused is not judged.
             next.step_started_unix_ms = now_ms;
             next.step_started_at = rfc3339(now_ms);
-            let w = settings.weight_at(status.current_step);
+            let w = if status.mirroring {
+                0
+            } else {
+                settings.weight_at(status.current_step)
+            };
             transition(
                 &mut next,
                 PROGRESSING,
@@ -488,6 +531,7 @@ pub fn act(
             );
         }
         (Action::Promote, PROGRESSING | PAUSED | PENDING | ROLLED_BACK | ABORTED) => {
+            next.mirroring = false;
             transition(
                 &mut next,
                 PROMOTED,
@@ -497,6 +541,7 @@ pub fn act(
             );
         }
         (Action::Abort, PROGRESSING | PAUSED | PENDING | PROMOTED) => {
+            next.mirroring = false;
             transition(
                 &mut next,
                 ABORTED,
@@ -563,6 +608,15 @@ pub fn weight_in_effect(status: Option<&v1::CanaryStatus>) -> Option<u32> {
         PROGRESSING | PAUSED | PROMOTED | ROLLED_BACK | ABORTED => Some(status.canary_weight),
         _ => None,
     }
+}
+
+/// The share of requests a canary in `status` has copied to its canary subset: in its mirror
+/// stage (running or paused), the spec's `mirrorPercent`.
+pub fn mirror_in_effect(spec: &v1::CanarySpec, status: Option<&v1::CanaryStatus>) -> Option<f64> {
+    let status = status?;
+    (status.mirroring && matches!(status.phase.as_str(), PROGRESSING | PAUSED))
+        .then_some(spec.mirror_percent.clamp(0.0, 100.0))
+        .filter(|p| *p > 0.0)
 }
 
 /// `ms` (Unix milliseconds, UTC) as RFC 3339 with milliseconds, e.g.

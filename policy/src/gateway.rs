@@ -366,6 +366,13 @@ pub fn canary_split(namespace: &str, routes: &mut Vec<v1::Route>, c: &v1::Canary
     let Some(spec) = c.spec.as_ref() else {
         return;
     };
+    // In the mirror stage the split rules also copy requests to the canary subset.
+    let mirror =
+        crate::canary::mirror_in_effect(spec, c.status.as_ref()).map(|percent| v1::Mirror {
+            service: String::new(),
+            subset: spec.canary_subset.clone(),
+            percent,
+        });
     let split = vec![
         v1::WeightedBackend {
             service: String::new(),
@@ -395,6 +402,9 @@ pub fn canary_split(namespace: &str, routes: &mut Vec<v1::Route>, c: &v1::Canary
                             && rule.backends.iter().any(|b| b.subset == spec.stable_subset)));
                 if splits {
                     rule.backends.clone_from(&split);
+                    if mirror.is_some() {
+                        rule.mirror.clone_from(&mirror);
+                    }
                 }
             }
         }
@@ -412,6 +422,7 @@ pub fn canary_split(namespace: &str, routes: &mut Vec<v1::Route>, c: &v1::Canary
                 rules: vec![v1::RouteRule {
                     name: "canary".into(),
                     backends: split,
+                    mirror,
                     ..Default::default()
                 }],
             }),

@@ -326,6 +326,7 @@ fn canary(errors: &mut Vec<FieldError>, r: &v1::Canary, services: &Services<'_>)
             false,
         );
     }
+    fields::percent(errors, "spec.mirrorPercent", spec.mirror_percent);
     fields::unique_names(
         errors,
         "spec.webhooks",

@@ -731,3 +731,61 @@ async fn a_control_plane_killed_mid_canary_resumes_it_at_its_step() {
         "every step once, none repeated"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_canary_is_caught_in_the_mirror_stage_before_any_user_reaches_it() {
+    let hosts = [
+        IpAddr::V4(Ipv4Addr::new(127, 0, 39, 1)),
+        IpAddr::V4(Ipv4Addr::new(127, 0, 39, 2)),
+    ];
+    let failing = Behaviour {
+        fail_percent: 30,
+        ..Default::default()
+    };
+    let m = mesh("canary-dark", hosts, failing).await;
+    // Users on the stable version before the canary, as in any real rollout.
+    m.cp.apply(
+        "apiVersion: quiver.dev/v1
+kind: Route
+metadata: {name: reviews, namespace: default}
+spec:
+  service: reviews
+  rules: [{name: stable, backends: [{subset: v1, weight: 100}]}]
+",
+    )
+    .await;
+    let out = m.web.outbound[0];
+    eventually("users are on v1 only", Duration::from_secs(20), || async move {
+        let s = split(out, 50).await;
+        (s.get("canary-dark-v1") == Some(&50)).then_some(())
+    })
+    .await;
+    let traffic = Traffic::start(out);
+    m.cp.apply(&CANARY.replace("  interval: 3s", "  interval: 3s\n  mirrorPercent: 100"))
+        .await;
+    let c = wait_phase(&m.cp, "RolledBack", Duration::from_secs(60)).await;
+    let seen = traffic.stop().await;
+    let status = c.status.unwrap();
+    assert!(
+        status.message.contains("in the mirror stage"),
+        "{}",
+        status.message
+    );
+    // Judged on the copies: the canary answered them (with its 30% of errors) ...
+    let check = status.checks.last().unwrap();
+    let canary = check.canary.unwrap();
+    assert!(
+        canary.requests >= 10 && canary.success_rate < 95.0,
+        "{check:?}"
+    );
+    // ... while every user request was answered by the stable version.
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["canary-dark-v1"],
+        "{seen:?}"
+    );
+    assert!(
+        quiver_tests::apps::served("canary-dark-v2") >= 10,
+        "the canary app saw the copies"
+    );
+}

@@ -606,6 +606,7 @@ fn mirror_copy(
         head.headers_mut().insert(TARGET_HEADER, v);
     }
     let inputs = inputs.clone();
+    let subset = mirror.subset.clone();
     tokio::spawn(async move {
         let timeout = Duration::from_secs(10).min(inputs.tuning.response_timeout);
         let sent_at = Instant::now();
@@ -615,6 +616,12 @@ fn mirror_copy(
             .unwrap_or(Err(ProxyError::UpstreamTimeout(timeout)));
         let now = Instant::now();
         let service = lease.service().to_string();
+        // Counted in the edge statistics as requests to the mirror's subset: what a canary's
+        // mirror stage is judged by (docs/canary.md).
+        if let Some(telemetry) = inputs.telemetry.as_ref() {
+            let failed = !matches!(&result, Ok(r) if r.status().as_u16() < 500);
+            telemetry.count_edge(&service, &subset, now - sent_at, failed);
+        }
         // Judged like an attempt (no 5xx); the mirror's reported load is not taken.
         let report = match &result {
             Ok(_) => Report::answered(outcome_of(&result).is_success(), now - sent_at, None),

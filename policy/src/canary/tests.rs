@@ -15,6 +15,7 @@ fn settings() -> Settings {
         threshold: 2,
         min_requests: 0,
         webhooks: Vec::new(),
+        mirror_percent: 0.0,
     })
     .unwrap()
 }
@@ -297,4 +298,66 @@ fn webhooks_gate_the_start_every_check_and_the_promotion() {
         T0 + 20_000,
     );
     assert_eq!(done.phase, PROMOTED);
+}
+
+#[test]
+fn the_mirror_stage_comes_first_and_serves_no_user() {
+    let mut s = settings();
+    s.mirror_percent = 50.0;
+    let st = start(
+        &s,
+        &v1::CanaryStatus::default(),
+        "h1",
+        "analysis started",
+        T0,
+    );
+    assert!(st.mirroring);
+    assert_eq!((st.phase.as_str(), st.canary_weight), (PROGRESSING, 0));
+    let spec = v1::CanarySpec {
+        mirror_percent: 50.0,
+        ..Default::default()
+    };
+    assert_eq!(mirror_in_effect(&spec, Some(&st)), Some(50.0));
+    assert!(!would_promote(&s, &st, &measured(100, 0, 20.0)));
+    // Passing the mirror stage starts the first step.
+    let next = after_check(
+        &s,
+        &st,
+        measured(100, 0, 20.0),
+        measured(100, 0, 20.0),
+        &Gates::default(),
+        T0 + 10_000,
+    );
+    assert!(!next.mirroring);
+    assert_eq!((next.current_step, next.canary_weight), (0, 10));
+    assert_eq!(mirror_in_effect(&spec, Some(&next)), None);
+    assert_eq!(next.message, "mirror stage passed; step 1 of 3 (10%)");
+    // Failing it rolls back without a user ever reaching the canary.
+    let bad = measured(100, 30, 20.0);
+    let once = after_check(
+        &s,
+        &st,
+        bad,
+        measured(100, 0, 20.0),
+        &Gates::default(),
+        T0 + 10_000,
+    );
+    let twice = after_check(
+        &s,
+        &once,
+        bad,
+        measured(100, 0, 20.0),
+        &Gates::default(),
+        T0 + 20_000,
+    );
+    assert_eq!(
+        (twice.phase.as_str(), twice.canary_weight),
+        (ROLLED_BACK, 0)
+    );
+    assert!(
+        twice.message.contains("in the mirror stage"),
+        "{}",
+        twice.message
+    );
+    assert!(!twice.mirroring);
 }
