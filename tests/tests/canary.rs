@@ -263,6 +263,16 @@ async fn a_healthy_canary_is_promoted_step_by_step_from_real_traffic() {
         let canary = check.canary.unwrap();
         assert!(canary.requests >= 10, "{check:?}");
         assert_eq!(canary.success_rate, 100.0);
+        // The split observed over the step follows its weight (a report interval that
+        // straddles the step's start carries a little of the step before).
+        let stable = check.stable.unwrap();
+        let share = 100.0 * canary.requests as f64 / (canary.requests + stable.requests) as f64;
+        assert!(
+            (share - f64::from(check.weight)).abs() <= 15.0,
+            "step at {}%: the canary got {share:.1}% of {} requests",
+            check.weight,
+            canary.requests + stable.requests
+        );
     }
     let phases: Vec<&str> = status.events.iter().map(|e| e.phase.as_str()).collect();
     assert_eq!(
@@ -755,10 +765,14 @@ spec:
     )
     .await;
     let out = m.web.outbound[0];
-    eventually("users are on v1 only", Duration::from_secs(20), || async move {
-        let s = split(out, 50).await;
-        (s.get("canary-dark-v1") == Some(&50)).then_some(())
-    })
+    eventually(
+        "users are on v1 only",
+        Duration::from_secs(20),
+        || async move {
+            let s = split(out, 50).await;
+            (s.get("canary-dark-v1") == Some(&50)).then_some(())
+        },
+    )
     .await;
     let traffic = Traffic::start(out);
     m.cp.apply(&CANARY.replace("  interval: 3s", "  interval: 3s\n  mirrorPercent: 100"))
