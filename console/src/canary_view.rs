@@ -149,9 +149,9 @@ fn weight_moves(status: &pb::CanaryStatus) -> bool {
 }
 
 /// A chart's box in SVG units.
-const CHART_W: f64 = 560.0;
+const CHART_W: f64 = 360.0;
 const CHART_H: f64 = 110.0;
-const PAD_L: f64 = 44.0;
+const PAD_L: f64 = 40.0;
 const PAD_B: f64 = 18.0;
 const PAD_T: f64 = 8.0;
 
@@ -210,7 +210,7 @@ fn chart(
                 {title}
                 {lines.iter().map(|(class, legend, _, _)| view! { <span class=format!("legend {class}")>{*legend}</span> }).collect_view()}
             </figcaption>
-            <svg viewBox=format!("0 0 {CHART_W} {CHART_H}") role="img" aria-label=title preserveAspectRatio="none">
+            <svg viewBox=format!("0 0 {CHART_W} {CHART_H}") role="img" aria-label=title>
                 <line class="axis" x1=PAD_L.to_string() y1=base.to_string() x2=(CHART_W - 4.0).to_string() y2=base.to_string() />
                 <line class="axis" x1=PAD_L.to_string() y1=PAD_T.to_string() x2=PAD_L.to_string() y2=base.to_string() />
                 <text class="tick" x=(PAD_L - 4.0).to_string() y=(PAD_T + 8.0).to_string() text-anchor="end">{fmt(y.1)}</text>

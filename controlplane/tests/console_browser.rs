@@ -151,7 +151,7 @@ try {
     await card.locator("ol.step-bar li.current", { hasText: "10%" }).waitFor();
     await card.locator(".weight-now", { hasText: "10% to the canary" }).waitFor();
     await card.locator(".canary-message", { hasText: "step 1 of 3 (10%)" }).waitFor();
-    await card.locator('figure[data-chart="weight"] polyline').waitFor();
+    await card.locator('figure[data-chart="weight"] polyline').waitFor({ state: "attached" });
     await card.locator('ol.events li[data-phase="Progressing"]').first().waitFor();
     assert.deepEqual(await enabled(admin), { Pause: true, Resume: false, Promote: true, Abort: true });
     await card.getByLabel("Reason (optional)").fill("freeze for the demo");
@@ -269,7 +269,10 @@ async fn a_canary_is_followed_and_steered_in_a_real_browser() {
         .into_inner()
         .status
         .unwrap_or_default();
-    assert_eq!((stored.phase.as_str(), stored.canary_weight), ("Aborted", 0));
+    assert_eq!(
+        (stored.phase.as_str(), stored.canary_weight),
+        ("Aborted", 0)
+    );
     assert!(
         stored
             .events
