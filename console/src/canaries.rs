@@ -54,7 +54,7 @@ pub fn CanariesPage() -> impl IntoView {
                                         <td>{spec.service.clone()}</td>
                                         <td>{format!("{} → {}", spec.stable_subset, spec.canary_subset)}</td>
                                         <td><PhaseBadge phase=status.phase.clone() /></td>
-                                        <td><StepBar steps=spec.steps.clone() status=status.clone() /><small class="muted">{format!("every {}", spec.interval)}</small></td>
+                                        <td><StepBar spec=spec.clone() status=status.clone() /><small class="muted">{format!("every {}", spec.interval)}</small></td>
                                         <td class="weight-now">{weight}</td>
                                         <td class="canary-message">{status.message.clone()}</td>
                                     </tr>

@@ -45,12 +45,36 @@ pub fn step_marks(status: &pb::CanaryStatus, steps: usize) -> Vec<StepMark> {
         .map(|i| match status.phase.as_str() {
             PROMOTED => StepMark::Passed,
             "" | PENDING => StepMark::Upcoming,
+            // Still in the mirror stage (dark launch) before the first step.
+            _ if status.mirroring => StepMark::Upcoming,
             _ if i < current => StepMark::Passed,
             ROLLED_BACK | ABORTED if i == current => StepMark::Stopped,
             _ if i == current => StepMark::Current,
             _ => StepMark::Upcoming,
         })
         .collect()
+}
+
+/// The mirror stage (a spec with `mirrorPercent`), drawn before the first step.
+pub fn mirror_mark(status: &pb::CanaryStatus) -> StepMark {
+    match (status.phase.as_str(), status.mirroring) {
+        ("" | PENDING, _) => StepMark::Upcoming,
+        (PROGRESSING | PAUSED, true) => StepMark::Current,
+        (ROLLED_BACK | ABORTED, true) => StepMark::Stopped,
+        _ => StepMark::Passed,
+    }
+}
+
+/// Where the canary is, in words: "step 2 of 3", "mirror stage (5% copied)".
+pub fn position(spec: &pb::CanarySpec, status: &pb::CanaryStatus) -> String {
+    let n = spec.steps.len();
+    if status.phase.is_empty() || n == 0 {
+        String::new()
+    } else if status.mirroring {
+        format!("mirror stage ({}% of requests copied)", spec.mirror_percent)
+    } else {
+        format!("step {} of {n}", (status.current_step as usize + 1).min(n))
+    }
 }
 
 /// The canary is driving its service's split now (what the Topology page marks).
@@ -256,12 +280,23 @@ fn charts(status: &pb::CanaryStatus, now: f64) -> impl IntoView + use<> {
     }
 }
 
-/// The step bar: each of `steps` with its weight, the current one highlighted.
+/// The step bar: each step of `spec` with its weight (after the mirror stage, if any), the
+/// current one highlighted.
 #[component]
-pub fn StepBar(steps: Vec<u32>, status: pb::CanaryStatus) -> impl IntoView {
+pub fn StepBar(spec: pb::CanarySpec, status: pb::CanaryStatus) -> impl IntoView {
+    let steps = spec.steps;
     let marks = step_marks(&status, steps.len());
+    let mirror = (spec.mirror_percent > 0.0).then(|| {
+        let m = mirror_mark(&status);
+        view! {
+            <li class=format!("mirror {}", m.class()) data-step="mirror" aria-current=(m == StepMark::Current).then_some("step")>
+                {format!("mirror {}%", spec.mirror_percent)}
+            </li>
+        }
+    });
     view! {
         <ol class="step-bar" aria-label="Steps">
+            {mirror}
             {steps.iter().zip(marks).enumerate().map(|(i, (w, m))| view! {
                 <li class=m.class() data-step=i.to_string() aria-current=(m == StepMark::Current).then_some("step")>
                     {format!("{w}%")}
@@ -350,9 +385,9 @@ pub fn CanaryProgress(
                 <span class="weight-now" data-weight=move || status().canary_weight.to_string()>
                     {move || { let s = status(); if s.phase.is_empty() { "not started".to_string() } else { format!("{}% to the canary", s.canary_weight) } }}
                 </span>
-                {move || { let s = status(); let n = spec().steps.len(); (!s.phase.is_empty() && n > 0).then(|| format!(" · step {} of {n}", (s.current_step as usize + 1).min(n))) }}
+                {move || { let p = position(&spec(), &status()); (!p.is_empty()).then(|| format!(" · {p}")) }}
             </p>
-            {move || view! { <StepBar steps=spec().steps status=status() /> }}
+            {move || view! { <StepBar spec=spec() status=status() /> }}
             <p class="canary-message">{move || { let s = status(); if s.message.is_empty() { "The controller has not taken this canary yet.".to_string() } else { s.message } }}</p>
             <p class="muted small">
                 {move || { let s = status(); (s.failed_checks > 0).then(|| format!("{} failed check(s) in a row at this step. ", s.failed_checks)) }}

@@ -137,6 +137,18 @@ pub struct RunningCanary {
     pub canary: String,
     pub phase: String,
     pub weight: u32,
+    /// In the mirror stage: the share of requests copied to the canary subset.
+    pub mirror: Option<f64>,
+}
+
+impl RunningCanary {
+    /// "canary 10%", "canary mirror 5%".
+    fn what(&self) -> String {
+        match self.mirror {
+            Some(m) => format!("canary mirror {m}%"),
+            None => format!("canary {}%", self.weight),
+        }
+    }
 }
 
 /// The canaries in `canaries` that are running (Progressing or Paused).
@@ -156,7 +168,12 @@ pub fn running_canaries(canaries: &[pb::Canary]) -> Vec<RunningCanary> {
                 .map(|s| s.service.as_str())
                 .unwrap_or_default();
             let status = c.status.clone().unwrap_or_default();
+            let mirror = c
+                .spec
+                .as_ref()
+                .and_then(|s| quiver_policy::canary::mirror_in_effect(s, Some(&status)));
             RunningCanary {
+                mirror,
                 service: node_key(ns, svc),
                 canary: key_of(&c.metadata),
                 phase: status.phase,
@@ -255,7 +272,7 @@ pub fn TopologyPage() -> impl IntoView {
                         view! {
                             <span class="canary-running" data-canary-running=r.canary.clone() data-service=r.service.clone()>
                                 <Link href=href>{service}</Link>
-                                " "<span class=format!("badge canary-badge phase-{}", r.phase.to_lowercase())>{format!("canary {}% · {}", r.weight, r.phase)}</span>" "
+                                " "<span class=format!("badge canary-badge phase-{}", r.phase.to_lowercase())>{format!("{} · {}", r.what(), r.phase)}</span>" "
                             </span>
                         }
                     }).collect_view()}

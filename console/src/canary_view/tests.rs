@@ -57,6 +57,30 @@ fn the_step_bar_marks_passed_current_and_stopped_steps() {
 }
 
 #[test]
+fn the_mirror_stage_comes_before_the_first_step() {
+    use StepMark::*;
+    let mirroring = |phase: &str| pb::CanaryStatus {
+        mirroring: true,
+        ..status(phase, 0, 0)
+    };
+    assert_eq!(mirror_mark(&mirroring(PROGRESSING)), Current);
+    assert_eq!(step_marks(&mirroring(PROGRESSING), 2), [Upcoming, Upcoming]);
+    assert_eq!(mirror_mark(&mirroring(ROLLED_BACK)), Stopped);
+    assert_eq!(mirror_mark(&status(PROGRESSING, 0, 10)), Passed);
+    assert_eq!(mirror_mark(&status(PENDING, 0, 0)), Upcoming);
+    let spec = pb::CanarySpec {
+        mirror_percent: 5.0,
+        ..spec()
+    };
+    assert_eq!(
+        position(&spec, &mirroring(PAUSED)),
+        "mirror stage (5% of requests copied)"
+    );
+    assert_eq!(position(&spec, &status(PROGRESSING, 1, 50)), "step 2 of 3");
+    assert_eq!(position(&spec, &status("", 0, 0)), "");
+}
+
+#[test]
 fn each_action_applies_in_the_phases_the_control_plane_accepts_it() {
     let want: [(&str, [bool; 4]); 6] = [
         // Pause, Resume, Promote, Abort
