@@ -145,7 +145,16 @@ async fn the_demo_canary_promotes_and_a_misbehaving_v2_rolls_back() {
         .expect("apply canary.yaml again");
     let (rolled_back, _) =
         until_phase(&mut admin, &demo, "RolledBack", "Promoted", ROLL_BACK).await;
-    eprintln!("rolled back after {:?}", started.elapsed());
+    let failed: u64 = rolled_back
+        .checks
+        .iter()
+        .filter_map(|c| c.canary)
+        .map(|m| m.errors)
+        .sum();
+    eprintln!(
+        "rolled back after {:?}; the canary failed {failed} requests in its checks",
+        started.elapsed()
+    );
     assert_eq!(rolled_back.canary_weight, 0);
     assert!(
         rolled_back.message.contains("success rate"),
