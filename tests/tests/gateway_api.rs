@@ -333,3 +333,111 @@ spec:
     )
     .await;
 }
+
+/// A GRPCRoute as users write it, carried out on real gRPC calls through two real proxies:
+/// the method match picks the rule (seen in the response header each rule adds), and the
+/// order is Gateway API's for GRPCRoute (exact method, then header matches, then the bare
+/// service), whatever order the rules are written in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grpcroute_routes_real_grpc_calls_by_method() {
+    use quiver_tests::echo_proto::EchoRequest;
+    use quiver_tests::echo_proto::echo_client::EchoClient;
+
+    quiver_tests::init_log();
+    let dir = temp_dir("gateway-grpc");
+    let db = Db::sqlite(&dir);
+    let cp = ControlPlane::start(&db, &dir, &[]).await;
+    let app = quiver_tests::apps::start_grpc_echo().await;
+    cp.apply(&format!(
+        r#"
+apiVersion: quiver.dev/v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8080, protocol: http1, targetPort: 1}}]
+---
+apiVersion: quiver.dev/v1
+kind: Service
+metadata: {{name: echo, namespace: default}}
+spec:
+  ports: [{{name: grpc, port: 50051, protocol: grpc, targetPort: {}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: echo, namespace: default}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo}}]
+  rules:
+  - matches: [{{method: {{service: quiver.testing.Echo}}}}]
+    filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-rule, value: service}}]}}}}]
+  - matches: [{{method: {{service: quiver.testing.Echo, method: Unary}}}}]
+    filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-rule, value: unary}}]}}}}]
+  - matches: [{{method: {{service: quiver.testing.Echo}}, headers: [{{name: x-tier, value: gold}}]}}]
+    filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-rule, value: gold}}]}}}}]
+"#,
+        app.port()
+    ))
+    .await;
+    let ca = cp.write_ca(&dir).await;
+    let spec = |service, token, outbound| ProxySpec {
+        service,
+        token,
+        labels: &[],
+        outbound,
+        extra: &[],
+    };
+    let _echo = MeshProxy::start(
+        &cp,
+        &ca,
+        &dir,
+        spec(
+            "echo",
+            cp.join_token("default", "echo", 1, "10m").await,
+            &[],
+        ),
+    )
+    .await;
+    let web = MeshProxy::start(
+        &cp,
+        &ca,
+        &dir,
+        spec(
+            "web",
+            cp.join_token("default", "web", 1, "10m").await,
+            &[("echo", "grpc")],
+        ),
+    )
+    .await;
+    let out = web.outbound[0];
+    let call = |method: &'static str, gold: bool| async move {
+        let mut c = EchoClient::connect(format!("http://{out}")).await.ok()?;
+        let mut req = tonic::Request::new(EchoRequest {
+            message: "hi".into(),
+            ..Default::default()
+        });
+        if gold {
+            req.metadata_mut().insert("x-tier", "gold".parse().unwrap());
+        }
+        let rule = |m: &tonic::metadata::MetadataMap| {
+            m.get("x-rule")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        match method {
+            "Unary" => c.unary(req).await.ok().map(|r| rule(r.metadata())),
+            _ => c.stream(req).await.ok().map(|r| rule(r.metadata())),
+        }
+    };
+    eventually(
+        "the GRPCRoute is in effect",
+        Duration::from_secs(20),
+        || async move { (call("Unary", false).await.as_deref() == Some("unary")).then_some(()) },
+    )
+    .await;
+    // The exact method beats the service; the header match beats the bare service match.
+    assert_eq!(call("Unary", false).await.as_deref(), Some("unary"));
+    assert_eq!(call("Stream", false).await.as_deref(), Some("service"));
+    assert_eq!(call("Stream", true).await.as_deref(), Some("gold"));
+    // Exact method (longer method) still beats the header match, as Gateway API orders them.
+    assert_eq!(call("Unary", true).await.as_deref(), Some("unary"));
+}
