@@ -1,4 +1,6 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/config`.
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/config`, and
+//! `POST /quitquitquit` (shut down as on SIGTERM; from a loopback address only, so that only
+//! the pod itself can stop its sidecar: a Job's app calls it when it is done).
 //! Loopback by default; it serves no secrets (the key file's contents never enter the config).
 
 use std::convert::Infallible;
@@ -26,7 +28,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, peer)) => (s, peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -36,11 +38,12 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
             // The admin port stays up while draining so /readyz can report it; it closes
             // with the process.
         };
+        let (stream, peer) = stream;
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req)) }
+                async move { Ok::<_, Infallible>(route(&admin, req, peer)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -49,7 +52,10 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
     }
 }
 
-fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
+fn route(admin: &Admin, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<ProxyBody> {
+    if req.uri().path() == "/quitquitquit" {
+        return quit(admin, req.method(), peer);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -110,6 +116,21 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<ProxyBody> {
             "not found; try /metrics /healthz /readyz /config\n",
         ),
     }
+}
+
+/// `POST /quitquitquit`: begin shutting down (drain, deregister, exit 0), from the pod only.
+fn quit(admin: &Admin, method: &Method, peer: std::net::SocketAddr) -> Response<ProxyBody> {
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    if !peer.ip().to_canonical().is_loopback() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "only the pod itself (a loopback address) may stop its sidecar\n",
+        );
+    }
+    admin.inputs.drain.request_stop();
+    text(StatusCode::OK, "stopping: draining, then exiting\n")
 }
 
 fn text(status: StatusCode, s: &str) -> Response<ProxyBody> {

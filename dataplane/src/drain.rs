@@ -15,6 +15,8 @@ pub struct Drain {
 
 struct Inner {
     signal: watch::Sender<bool>,
+    /// Someone asked the process to stop (`POST /quitquitquit` on the admin listener).
+    stop: watch::Sender<bool>,
     inflight: AtomicUsize,
     idle: Notify,
 }
@@ -43,6 +45,7 @@ impl Drain {
         Self {
             inner: Arc::new(Inner {
                 signal: watch::channel(false).0,
+                stop: watch::channel(false).0,
                 inflight: AtomicUsize::new(0),
                 idle: Notify::new(),
             }),
@@ -63,6 +66,17 @@ impl Drain {
 
     pub fn is_draining(&self) -> bool {
         *self.inner.signal.borrow()
+    }
+
+    /// Ask the process to shut down as it does on SIGTERM (drain, deregister, exit 0).
+    pub fn request_stop(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
+    /// Resolves once [`Drain::request_stop`] was called.
+    pub async fn stop_requested(&self) {
+        let mut rx = self.inner.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Resolves once shutdown has begun.

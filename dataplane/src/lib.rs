@@ -336,6 +336,15 @@ impl Proxy {
     /// finish (up to the drain timeout), and close peer connections with an application code.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let inputs = self.inputs;
+        // SIGTERM (the caller's future) or `POST /quitquitquit` from the pod, whichever
+        // comes first: a Job's pod finishes when its app asks its sidecar to go.
+        let stop = inputs.drain.clone();
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.stop_requested() => tracing::info!("stop requested on /quitquitquit"),
+            }
+        };
         let admin = tokio::spawn(admin::serve(self.admin, self.admin_listener));
         let mut tasks = Vec::new();
         let mut shutdown = std::pin::pin!(shutdown);

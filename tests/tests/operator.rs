@@ -681,3 +681,59 @@ async fn any_replica_answers_for_every_proxy() {
     .await;
     reviews.kill();
 }
+
+/// `POST /quitquitquit` on the admin listener stops a sidecar as SIGTERM does (drain,
+/// deregister, exit 0): how a Job's app lets its pod finish. Other methods are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quitquitquit_stops_the_sidecar_and_takes_its_endpoint_down() {
+    quiver_tests::init_log();
+    let dir = temp_dir("operator-quit");
+    let db = Db::sqlite(&dir);
+    // A long lease: the endpoint goes because the proxy deregistered, not because it lapsed.
+    let cp = ControlPlane::start(&db, &dir, &["--lease-ttl", "120s"]).await;
+    cp.apply(&services_yaml(&["v1"])).await;
+    let ca = cp.write_ca(&dir).await;
+    let mut reviews = join(&cp, &ca, &dir, "reviews", "v1").await;
+    eventually(
+        "reviews is an endpoint",
+        Duration::from_secs(20),
+        || async { (cp.workloads("default", "reviews").await.len() == 1).then_some(()) },
+    )
+    .await;
+    let (status, body) = quiver_tests::mesh::admin_get(reviews.admin, "/quitquitquit")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (405, "POST only\n"));
+    assert!(reviews.exited().is_none(), "a GET stopped it");
+
+    let stream = tokio::net::TcpStream::connect(reviews.admin).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            http::Request::post("/quitquitquit")
+                .header("host", "admin")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let exit = reviews.wait_exit(Duration::from_secs(20)).await;
+    assert!(exit.success(), "exited with {exit}");
+    assert!(
+        reviews.logs().contains("stop requested on /quitquitquit"),
+        "{}",
+        reviews.logs()
+    );
+    eventually("its endpoint is gone", Duration::from_secs(10), || async {
+        cp.workloads("default", "reviews")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
