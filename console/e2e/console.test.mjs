@@ -164,8 +164,16 @@ try {
     await admin.locator("#canary-stable").selectOption("v1");
     await admin.locator("#canary-canary").selectOption("v2");
     await admin.locator("#canary-steps").fill("10, 50, 100");
+    await admin.locator("#canary-threshold").fill("2");
+    await admin.locator("#canary-min-requests").fill("30");
+    await admin.locator("#canary-p50").fill("80ms");
     await admin.getByRole("button", { name: "Create canary" }).click();
     await admin.getByText("Canary shop/reviews-v2 created").waitFor();
+    const stored = JSON.parse(ctl(["get", "canary", "reviews-v2", "-n", "shop", "-o", "json"]));
+    assert.equal(stored.spec.threshold, 2);
+    assert.equal(stored.spec.minRequests, 30);
+    assert.equal(stored.spec.successCriteria.maxP50Latency, "80ms");
+    assert.equal(stored.spec.mirrorPercent, undefined, "no mirror stage unless asked");
     const row = admin.locator('[data-canary="shop/reviews-v2"]');
     // The controller starts it at its first step; the console never rewrites the route.
     await row.locator('[data-phase="Progressing"]').first().waitFor();

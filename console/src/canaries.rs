@@ -1,7 +1,8 @@
 //! Canaries: the live list with each canary's phase, step and weight as the controller
 //! reports them, the detail page (the progress card of `canary_view` with the manual
 //! controls, above the editor) and the editor (service, stable and canary subsets, steps,
-//! interval, success criteria). The console never moves a canary's weight itself: the
+//! interval, success criteria, threshold, minimum requests, the mirror stage; webhooks are
+//! kept as stored and edited in YAML). The console never moves a canary's weight itself: the
 //! controller owns the service's split while a canary runs, and an operator steers it only
 //! through the API's pause / resume / promote / abort actions.
 
@@ -375,6 +376,36 @@ pub fn CanaryEditor(key: Option<(String, String)>) -> impl IntoView {
                                     prop:value=move || spec().success_criteria.map(|c| c.max_p99_latency).unwrap_or_default()
                                     on:input=move |e| { let v = event_target_value(&e); criteria(&|c| c.max_p99_latency = v.clone()) } />
                                 <FieldErr form=form path="spec.successCriteria.maxP99Latency" />
+                            </div>
+                        </div>
+                        <div class="row">
+                            <div class="field">
+                                <label for="canary-threshold">"Failed checks before a rollback"</label>
+                                <input id="canary-threshold" type="number" min="0" step="1" placeholder="1"
+                                    prop:value=move || { let t = spec().threshold; if t == 0 { String::new() } else { t.to_string() } }
+                                    on:input=move |e| { let v = event_target_value(&e); if let Ok(n) = if v.is_empty() { Ok(0) } else { v.parse::<u32>() } { edit(&|s| s.threshold = n) } } />
+                                <FieldErr form=form path="spec.threshold" />
+                            </div>
+                            <div class="field">
+                                <label for="canary-min-requests">"Minimum requests per check"</label>
+                                <input id="canary-min-requests" type="number" min="0" step="1" placeholder="20"
+                                    prop:value=move || { let n = spec().min_requests; if n == 0 { String::new() } else { n.to_string() } }
+                                    on:input=move |e| { let v = event_target_value(&e); if let Ok(n) = if v.is_empty() { Ok(0) } else { v.parse::<u32>() } { edit(&|s| s.min_requests = n) } } />
+                                <FieldErr form=form path="spec.minRequests" />
+                            </div>
+                            <div class="field">
+                                <label for="canary-p50">"Maximum p50 latency"</label>
+                                <input id="canary-p50" type="text" placeholder="(not judged)"
+                                    prop:value=move || spec().success_criteria.map(|c| c.max_p50_latency).unwrap_or_default()
+                                    on:input=move |e| { let v = event_target_value(&e); criteria(&|c| c.max_p50_latency = v.clone()) } />
+                                <FieldErr form=form path="spec.successCriteria.maxP50Latency" />
+                            </div>
+                            <div class="field">
+                                <label for="canary-mirror">"Mirror stage first (% of requests copied)"</label>
+                                <input id="canary-mirror" type="number" min="0" max="100" step="any" placeholder="0 (none)"
+                                    prop:value=move || { let p = spec().mirror_percent; if p == 0.0 { String::new() } else { p.to_string() } }
+                                    on:input=move |e| { let v = event_target_value(&e); if let Ok(p) = if v.is_empty() { Ok(0.0) } else { v.parse::<f64>() } { edit(&|s| s.mirror_percent = p) } } />
+                                <FieldErr form=form path="spec.mirrorPercent" />
                             </div>
                         </div>
                         <FormStatus form=form reload=reload what="This canary" />
