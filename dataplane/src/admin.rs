@@ -26,9 +26,9 @@ pub struct Admin {
 
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, peer)) => (s, peer),
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -38,7 +38,6 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
             // The admin port stays up while draining so /readyz can report it; it closes
             // with the process.
         };
-        let (stream, peer) = stream;
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {

@@ -63,10 +63,10 @@ pub struct Decided {
     /// The QUIC connection of the last attempt ([`crate::mesh::transport::connection_trace_id`]).
     pub connection: Arc<str>,
     pub attempts: u32,
-    /// The subset of the called service the request was sent to ("" for the whole service,
-    /// or when the rule sent it to another service): what edge statistics, and so canary
-    /// checks, are counted by.
-    pub subset: String,
+    /// The backend the plan chose (none for a redirect): its subset is what edge statistics,
+    /// and so canary checks, are counted by. Shared with the plan, so recording it costs no
+    /// allocation.
+    pub backend: Option<Arc<quiver_policy::services::Backend>>,
 }
 
 /// Plan and carry out one outbound HTTP request. Returns the result and what was decided.
@@ -133,11 +133,7 @@ pub async fn forward(
         identity,
         connection,
         attempts: plan.attempts,
-        subset: if plan.backend.service == target.service {
-            plan.backend.subset.clone()
-        } else {
-            String::new()
-        },
+        backend: Some(plan.backend.clone()),
     };
     (result, decided)
 }

@@ -213,7 +213,7 @@ async fn handle(
         });
         let (result, decided) = crate::proxy::dispatch::forward(&inputs, &target, req).await;
         record.set_route(&decided.route);
-        record.set_subset(&decided.subset);
+        record.set_backend(decided.backend.clone());
         if let Some(span) = record.span_mut() {
             span.route = decided.route.clone();
             span.endpoint = decided.endpoint.map(|a| a.to_string()).unwrap_or_default();

@@ -22,8 +22,8 @@ pub struct RequestRecord<'a> {
     /// The calling service (outbound: this proxy's; inbound: the peer's).
     source: String,
     route: String,
-    /// The subset of `service` an outbound request was sent to ("" for none).
-    subset: String,
+    /// The backend an outbound request was sent to (its subset is counted in the edge).
+    backend: Option<std::sync::Arc<quiver_policy::services::Backend>>,
     method: http::Method,
     path: String,
     peer: String,
@@ -60,7 +60,7 @@ impl<'a> RequestRecord<'a> {
             service: String::new(),
             source: String::new(),
             route: String::new(),
-            subset: String::new(),
+            backend: None,
             method,
             path,
             peer: String::new(),
@@ -113,8 +113,11 @@ impl<'a> RequestRecord<'a> {
         self.route = route.to_string();
     }
 
-    pub fn set_subset(&mut self, subset: &str) {
-        self.subset = subset.to_string();
+    pub fn set_backend(
+        &mut self,
+        backend: Option<std::sync::Arc<quiver_policy::services::Backend>>,
+    ) {
+        self.backend = backend;
     }
 
     pub fn set_peer(&mut self, peer: &str) {
@@ -202,7 +205,14 @@ impl<'a> RequestRecord<'a> {
         let failed = status >= 500 || !error.is_empty();
         let (service, peer_service) = match info.kind {
             crate::telemetry::trace::SpanKind::Client => {
-                telemetry.count_edge(&self.service, &self.subset, elapsed, failed);
+                // The subset of the service called ("" for the whole service, or when the
+                // rule sent the request to another service).
+                let subset = self
+                    .backend
+                    .as_deref()
+                    .filter(|b| b.service == self.service)
+                    .map_or("", |b| b.subset.as_str());
+                telemetry.count_edge(&self.service, subset, elapsed, failed);
                 (telemetry.local_service.clone(), self.service.clone())
             }
             crate::telemetry::trace::SpanKind::Server => (self.service.clone(), info.peer_service),
