@@ -552,13 +552,46 @@ async fn mutated_queries_never_panic() {
 }
 
 #[tokio::test]
+async fn a_slow_upstream_does_not_delay_mesh_answers() {
+    let hole = upstream(Behaviour::Silent).await;
+    let r = start(vec![hole.addr], Duration::from_secs(3)).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(r.udp).await.unwrap();
+    for i in 0..10 {
+        client
+            .send(&query(100 + i, "example.com", TYPE_A, false))
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    let reply = udp_ask(
+        r.udp,
+        &query(1, "catalog.demo.mesh", TYPE_A, false),
+        PATIENCE,
+    )
+    .await;
+    assert_eq!(a_records(&reply.unwrap()), vec![(CATALOG, MESH_TTL_SECS)]);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
 async fn serving_stops_on_drain() {
     let r = start(vec![], Duration::from_secs(2)).await;
     answered_once(&r).await;
+    let mut open = Tcp::connect(r.tcp).await;
+    assert!(
+        open.ask(&query(8, "catalog.demo.mesh", TYPE_A, false))
+            .await
+            .is_some()
+    );
     r.drain.drain(Duration::ZERO).await;
     for task in r.tasks {
         timeout(PATIENCE, task).await.expect("stopped").unwrap();
     }
+    assert!(
+        open.read().await.is_none(),
+        "an idle client is closed on drain"
+    );
 }
 
 async fn answered_once(r: &Running) {
