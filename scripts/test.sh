@@ -62,6 +62,58 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   apt_install "the /metrics lint and the dashboard tests (promtool, prometheus)" --no-install-recommends prometheus
 fi
 log "$(promtool --version 2>&1 | head -n 1)"
+
+# --- containers: podman with runc, nftables, kubernetes-validate ------------------------------
+# The image tests (tests/tests/images.rs) build the FROM scratch images with podman and run
+# them; the capture tests drive nft; the Kubernetes manifests are checked with
+# kubernetes-validate (schemas bundled, no cluster). Podman always runs as
+# `podman --runtime runc` (crun fails on this kind of kernel's hybrid cgroups), and runc needs
+# `default_ulimits = []` under [containers] in containers.conf (otherwise it fails on
+# setrlimit). ../shared/TOOLCHAIN.md, "Containers, pods and capture".
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
+need_apt=()
+have podman || need_apt+=(podman)
+have runc || need_apt+=(runc)
+have nft || need_apt+=(nftables)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  apt_install "the container tests (podman, runc, nftables)" "${need_apt[@]}"
+fi
+containers_conf=/etc/containers/containers.conf
+if ! grep -qE '^[[:space:]]*default_ulimits[[:space:]]*=[[:space:]]*\[[[:space:]]*\]' "$containers_conf" 2>/dev/null; then
+  if grep -qE '^[[:space:]]*default_ulimits[[:space:]]*=' "$containers_conf" 2>/dev/null; then
+    echo "$containers_conf sets default_ulimits to something else: make it 'default_ulimits = []' under [containers]" >&2
+    exit 1
+  fi
+  if [ "$(id -u)" -ne 0 ] && [ -z "$SUDO" ]; then
+    echo "missing for the container tests: put 'default_ulimits = []' under [containers] in $containers_conf (as root)" >&2
+    exit 1
+  fi
+  log "setting default_ulimits = [] under [containers] in $containers_conf"
+  $SUDO mkdir -p /etc/containers
+  if grep -qE '^[[:space:]]*\[containers\]' "$containers_conf" 2>/dev/null; then
+    $SUDO sed -i '0,/^[[:space:]]*\[containers\]/s//&\ndefault_ulimits = []/' "$containers_conf"
+  else
+    printf '\n[containers]\ndefault_ulimits = []\n' | $SUDO tee -a "$containers_conf" >/dev/null
+  fi
+fi
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt_install "kubernetes-validate (pip)" python3-pip
+  fi
+  log "installing for the manifest checks: pip install kubernetes-validate"
+  # Debian's own python3 is "externally managed" (PEP 668): its pip installs only with
+  # --break-system-packages (a pip too old to know the flag does not refuse in the first place).
+  python3 -m pip install -q kubernetes-validate 2>/dev/null \
+    || $SUDO python3 -m pip install -q --break-system-packages kubernetes-validate
+  python3 -c 'import kubernetes_validate' \
+    || { echo "kubernetes_validate still does not import: install it with: pip install kubernetes-validate" >&2; exit 1; }
+fi
+if ! podman_info=$(podman --runtime runc info --format '{{.Version.Version}} {{.Host.OCIRuntime.Name}}' 2>&1); then
+  echo "podman --runtime runc info failed: $podman_info" >&2
+  echo "install it with: apt-get install -y podman runc, and put 'default_ulimits = []' under [containers] in $containers_conf" >&2
+  exit 1
+fi
+log "podman $podman_info, $(/usr/sbin/nft --version 2>/dev/null || nft --version)"
 # --- the web console's tests: headless Chromium, node, playwright-core -----------------------
 # The browser tests (controlplane/tests/console_browser.rs, demo/tests/console_traces.rs) drive
 # the console that quiver-control embeds (the committed console/dist) in Debian's Chromium with
