@@ -9,6 +9,7 @@ pub mod canary;
 pub mod cli;
 pub mod console;
 pub mod discovery;
+pub mod inject;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -1,7 +1,8 @@
 //! Start-up wiring of the `quiver-control` server: configuration (and the start-up checks
 //! that refuse an exposed plaintext API or a short admin token), store, CA, first admin
 //! token, change feed, mesh view, revocations in force, lease sweeper and trace retention
-//! sweeper; the API listener (native gRPC, gRPC-web, reflection and `/metrics`; plaintext on
+//! sweeper; the API listener (native gRPC, gRPC-web, reflection, `/metrics` and the sidecar
+//! injector's `/inject`; plaintext on
 //! loopback, else TLS with the operator's certificate or one from the mesh CA) and the
 //! discovery listener
 //! (MeshDiscovery over TLS, client certificates from the mesh CA).
@@ -193,6 +194,9 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "QUIVER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// The sidecar injector (POST /inject on the API port): what it puts in pods.
+    #[command(flatten)]
+    pub inject: crate::inject::InjectConfig,
 }
 
 fn exceptions<S: serde::Serializer>(
@@ -574,8 +578,15 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     .prepare()
     .into_axum_router()
     .layer(tonic_web::GrpcWebLayer::new());
+    // The Kubernetes sidecar injector (a mutating admission webhook): no token, no store.
+    let inject_routes = crate::inject::http::routes(Arc::new(crate::inject::Injector::new(
+        config.inject.clone(),
+        inputs.ca.trust_domain(),
+    )));
     let console = crate::console::Console::new(config.console_dir.as_deref());
-    let routes = tonic::service::Routes::from(console.mount(metrics_routes.merge(grpc)));
+    let routes = tonic::service::Routes::from(
+        console.mount(metrics_routes.merge(inject_routes).merge(grpc)),
+    );
 
     let mut builder = tonic::transport::Server::builder().accept_http1(true);
     let mut api_ca_file = None;
