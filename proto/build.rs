@@ -35,6 +35,7 @@ const DOCUMENT_TYPES: &[&str] = &[
     "CanarySpec",
     "SuccessCriteria",
     "CanaryStatus",
+    "ServiceStatus",
     "CanaryWebhook",
     "CanaryCheck",
     "CanaryMeasure",

@@ -146,6 +146,7 @@ fn report(what: &str, samples: &mut [Duration]) {
 
 fn service() -> v1::Service {
     v1::Service {
+        status: None,
         metadata: Some(v1::ObjectMeta {
             name: "reviews".into(),
             ..Default::default()

@@ -2,6 +2,7 @@
 //! ARCHITECTURE.md at the repository root has the map and the config flow.
 #![forbid(unsafe_code)]
 
+pub mod addresses;
 pub mod api;
 pub mod auth;
 pub mod ca;

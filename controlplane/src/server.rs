@@ -73,6 +73,12 @@ pub struct Config {
     #[arg(long, env = "QUIVER_LEASE_TTL", default_value = "30s", value_parser = lease_ttl)]
     #[serde(with = "quiver_api::duration::serde_human")]
     pub lease_ttl: Duration,
+    /// The IPv4 range Services' virtual IPs come from (ServiceStatus.virtualIp): what captured
+    /// app traffic and the mesh DNS names reach Services by. A Service keeps its address until
+    /// it is deleted, also across a change of this flag.
+    #[arg(long, env = "QUIVER_SERVICE_VIP_RANGE", default_value_t = crate::addresses::AddressRange::default())]
+    #[serde(serialize_with = "display")]
+    pub service_vip_range: crate::addresses::AddressRange,
     /// Postgres URL (postgres://user@host/db). Without it, SQLite in --data-dir is used.
     #[arg(long, env = "QUIVER_DATABASE_URL")]
     #[serde(serialize_with = "redact")]
@@ -197,6 +203,10 @@ pub struct Config {
     /// The sidecar injector (POST /inject on the API port): what it puts in pods.
     #[command(flatten)]
     pub inject: crate::inject::InjectConfig,
+}
+
+fn display<S: serde::Serializer, T: std::fmt::Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
 }
 
 fn exceptions<S: serde::Serializer>(
@@ -521,6 +531,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         metrics,
         svid_ttl: config.svid_ttl,
         lease_ttl: config.lease_ttl,
+        service_vips: config.service_vip_range,
         view,
         revocations,
         started_at: rfc3339(now_ms()),

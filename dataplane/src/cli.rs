@@ -20,8 +20,10 @@ use crate::snapshot::Protocol;
 
 /// Quiver's sidecar proxy.
 #[derive(Debug, Parser)]
-#[command(name = "quiver-proxy", version)]
+#[command(name = "quiver-proxy", version, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Config file (YAML). See docs/proxy-config.md. Optional in control-plane mode.
     #[arg(long, short = 'c', env = "QUIVER_PROXY_CONFIG")]
     config: Option<PathBuf>,
@@ -113,12 +115,126 @@ pub struct Args {
     /// 127.0.0.1:7001=catalog/http1 or 127.0.0.1:7002=ratings:9090/grpc.
     #[arg(long = "outbound", value_parser = parse_outbound, help_heading = "Listeners")]
     outbound: Vec<(SocketAddr, String, Option<u16>, Protocol)>,
+    /// Transparent capture: serve the listeners `quiver-proxy capture install` redirects the
+    /// workload's TCP and DNS to (127.0.0.1:15002 outbound, 0.0.0.0:15006 inbound, DNS on
+    /// 127.0.0.1:15053; the config file's `capture:` section changes them).
+    #[arg(long, env = "QUIVER_CAPTURE", help_heading = "Capture")]
+    capture: bool,
+    /// Captured connections to destinations outside the mesh: allow (passed through as plain
+    /// TCP) or deny; both are counted (quiver_capture_connections_total) [default: allow].
+    #[arg(long, env = "QUIVER_EGRESS", value_parser = ["allow", "deny"], help_heading = "Capture")]
+    egress: Option<String>,
+    /// Plaintext TCP from outside the pod to the workload's ports: refuse (strict: only mTLS
+    /// mesh traffic reaches the app) or allow (permissive) [default: refuse].
+    #[arg(long, env = "QUIVER_INBOUND_PLAINTEXT", value_parser = ["refuse", "allow"], help_heading = "Capture")]
+    inbound_plaintext: Option<String>,
     /// Where this proxy runs, for locality-aware balancing.
     #[arg(long, env = "QUIVER_ZONE")]
     zone: Option<String>,
     /// How long in-flight requests may finish after SIGTERM [default: 10s].
     #[arg(long, value_parser = quiver_api::duration::parse)]
     drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Transparent capture's nftables rules for this network namespace (docs/deploy.md).
+    #[command(subcommand)]
+    Capture(CaptureCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CaptureCommand {
+    /// Redirect the workload's TCP (and DNS) to its sidecar. Run once per pod or network
+    /// namespace, with NET_ADMIN, before the app starts; running it again replaces the rules.
+    Install(CaptureArgs),
+    /// Take the rules out (nothing to do when they are not there).
+    Remove {
+        /// The nft binary [default: nft on PATH, /usr/sbin/nft].
+        #[arg(long, env = "QUIVER_CAPTURE_NFT")]
+        nft: Option<PathBuf>,
+    },
+    /// Print the nftables script `install` would apply, and exit.
+    Show(CaptureArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CaptureArgs {
+    /// The proxy's uid: its own sockets are never captured.
+    #[arg(long, env = "QUIVER_CAPTURE_PROXY_UID", default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The proxy's transparent outbound listener (capture.outbound_listen).
+    #[arg(long, env = "QUIVER_CAPTURE_OUTBOUND_PORT", default_value_t = 15002, value_parser = clap::value_parser!(u16).range(1..))]
+    outbound_port: u16,
+    /// The proxy's transparent inbound listener (capture.inbound_listen).
+    #[arg(long, env = "QUIVER_CAPTURE_INBOUND_PORT", default_value_t = 15006, value_parser = clap::value_parser!(u16).range(1..))]
+    inbound_port: u16,
+    /// The proxy's DNS resolver (capture.dns_listen); 0 leaves DNS alone.
+    #[arg(long, env = "QUIVER_CAPTURE_DNS_PORT", default_value_t = 15053)]
+    dns_port: u16,
+    /// Inbound TCP ports to capture: `*` (all but the excluded) or a list, e.g. 8080,9090.
+    #[arg(long, env = "QUIVER_CAPTURE_INBOUND_PORTS", default_value = "*", value_parser = parse_inbound_ports)]
+    inbound_ports: crate::capture::InboundPorts,
+    /// Inbound ports never captured (the admin port 15020 and the proxy's own always are).
+    #[arg(long, env = "QUIVER_CAPTURE_EXCLUDE_INBOUND_PORTS", default_value = "", value_parser = parse_port_list)]
+    exclude_inbound_ports: PortList,
+    /// Outbound destination ports never captured [the control plane's discovery port, 15010].
+    #[arg(long, env = "QUIVER_CAPTURE_EXCLUDE_OUTBOUND_PORTS", default_value = "15010", value_parser = parse_port_list)]
+    exclude_outbound_ports: PortList,
+    /// Outbound destinations never captured: IPv4 CIDRs, e.g. 10.0.0.5,169.254.0.0/16.
+    #[arg(long, env = "QUIVER_CAPTURE_EXCLUDE_CIDRS", default_value = "", value_parser = parse_cidr_list)]
+    exclude_cidrs: CidrList,
+    /// The nft binary [default: nft on PATH, /usr/sbin/nft].
+    #[arg(long, env = "QUIVER_CAPTURE_NFT")]
+    nft: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct PortList(Vec<u16>);
+#[derive(Debug, Clone)]
+struct CidrList(Vec<(std::net::Ipv4Addr, u8)>);
+
+fn parse_inbound_ports(s: &str) -> Result<crate::capture::InboundPorts, String> {
+    s.parse()
+}
+fn parse_port_list(s: &str) -> Result<PortList, String> {
+    crate::capture::parse_ports(s).map(PortList)
+}
+fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
+    crate::capture::parse_cidrs(s).map(CidrList)
+}
+
+impl CaptureArgs {
+    fn rules(&self) -> crate::capture::Rules {
+        crate::capture::Rules {
+            proxy_uid: self.proxy_uid,
+            outbound_port: self.outbound_port,
+            inbound_port: self.inbound_port,
+            dns_port: (self.dns_port != 0).then_some(self.dns_port),
+            inbound_ports: self.inbound_ports.clone(),
+            exclude_inbound_ports: self.exclude_inbound_ports.0.clone(),
+            exclude_outbound_ports: self.exclude_outbound_ports.0.clone(),
+            exclude_cidrs: self.exclude_cidrs.0.clone(),
+        }
+    }
+}
+
+fn capture(cmd: CaptureCommand) -> ExitCode {
+    let (nft, script) = match cmd {
+        CaptureCommand::Show(a) => {
+            print!("{}", a.rules().install_script());
+            return ExitCode::SUCCESS;
+        }
+        CaptureCommand::Install(a) => (a.nft.clone(), a.rules().install_script()),
+        CaptureCommand::Remove { nft } => (nft, crate::capture::remove_script()),
+    };
+    match crate::capture::apply(nft, &script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: capture: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Exit status for a bad config or flags (EX_USAGE, like linkerd's 64).
@@ -190,6 +306,15 @@ impl Args {
             zone: self.zone.clone(),
             drain_timeout: self.drain_timeout,
             outbound: self.outbound.clone(),
+            capture: self.capture,
+            egress: self.egress.as_deref().map(|e| match e {
+                "deny" => crate::config::Egress::Deny,
+                _ => crate::config::Egress::Allow,
+            }),
+            inbound_plaintext: self.inbound_plaintext.as_deref().map(|p| match p {
+                "allow" => crate::config::Plaintext::Allow,
+                _ => crate::config::Plaintext::Refuse,
+            }),
         }
     }
 }
@@ -212,6 +337,9 @@ where
             return ExitCode::SUCCESS;
         }
     };
+    if let Some(Command::Capture(cmd)) = args.command {
+        return capture(cmd);
+    }
     init_tracing(args.log_json || args.log_format == "json");
     // ring only: if another provider ever enters the graph, implicit builders must not panic.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -73,6 +73,65 @@ struct File {
     revocations: Vec<RevocationFile>,
     #[serde(default)]
     tuning: Tuning,
+    /// Transparent capture's listeners (docs/deploy.md); absent: off.
+    #[serde(default)]
+    capture: Option<CaptureFile>,
+}
+
+/// `capture:`: where the capture rules' redirects arrive and what happens to them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureFile {
+    #[serde(default = "default_capture_outbound")]
+    outbound_listen: SocketAddr,
+    #[serde(default = "default_capture_inbound")]
+    inbound_listen: SocketAddr,
+    /// The local DNS resolver; `null` turns it off.
+    #[serde(default = "default_capture_dns")]
+    dns_listen: Option<SocketAddr>,
+    /// Resolvers for names outside the mesh [default: /etc/resolv.conf's nameservers].
+    #[serde(default)]
+    dns_upstreams: Vec<SocketAddr>,
+    #[serde(default = "default_egress")]
+    egress: Egress,
+    #[serde(default = "default_plaintext")]
+    inbound_plaintext: Plaintext,
+    #[serde(default = "default_detect", with = "serde_human")]
+    detect_timeout: Duration,
+}
+
+impl Default for CaptureFile {
+    fn default() -> Self {
+        Self {
+            outbound_listen: default_capture_outbound(),
+            inbound_listen: default_capture_inbound(),
+            dns_listen: default_capture_dns(),
+            dns_upstreams: Vec::new(),
+            egress: default_egress(),
+            inbound_plaintext: default_plaintext(),
+            detect_timeout: default_detect(),
+        }
+    }
+}
+
+fn default_capture_outbound() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15002))
+}
+fn default_capture_inbound() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15006))
+}
+#[allow(clippy::unnecessary_wraps)] // serde's default for an Option field
+fn default_capture_dns() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 15053)))
+}
+fn default_egress() -> Egress {
+    Egress::Allow
+}
+fn default_plaintext() -> Plaintext {
+    Plaintext::Refuse
+}
+fn default_detect() -> Duration {
+    Duration::from_millis(100)
 }
 
 /// A revoked identity in a static file: certificates of `spiffe_id` whose notBefore is
@@ -154,6 +213,10 @@ pub struct Overrides {
     pub drain_timeout: Option<Duration>,
     /// Added after the file's `outbound` entries: (listen, service, port, protocol).
     pub outbound: Vec<(SocketAddr, String, Option<u16>, Protocol)>,
+    /// Turn the transparent listeners on (with the file's `capture:` settings, or defaults).
+    pub capture: bool,
+    pub egress: Option<Egress>,
+    pub inbound_plaintext: Option<Plaintext>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +267,19 @@ struct ServiceFile {
     subsets: Vec<quiver_policy::Subset>,
     #[serde(default)]
     endpoints: Vec<EndpointFile>,
+    /// Where captured app connections reach it (the control plane assigns these).
+    #[serde(default, rename = "virtualIp")]
+    virtual_ip: Option<std::net::Ipv4Addr>,
+    /// Its ports and what each speaks, for captured connections to `virtualIp`.
+    #[serde(default)]
+    ports: Vec<ServicePortFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServicePortFile {
+    port: u16,
+    protocol: Protocol,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +404,46 @@ pub struct Bootstrap {
     pub drain_timeout: Duration,
     pub outbound: Vec<OutboundListener>,
     pub tuning: Tuning,
+    /// Transparent capture's listeners, when on.
+    pub capture: Option<CaptureSettings>,
+}
+
+/// What happens to captured connections to destinations outside the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// Passed through as plain TCP (counted).
+    Allow,
+    /// Closed (counted).
+    Deny,
+}
+
+/// What happens to plaintext TCP from outside the pod to the workload's ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plaintext {
+    /// Strict: only mesh (mTLS over QUIC) traffic reaches the app.
+    Refuse,
+    /// Permissive: handed to the app as it came (for a migration into the mesh).
+    Allow,
+}
+
+/// The transparent listeners' settings (`capture:` in the config, `--capture` and friends).
+#[derive(Debug, Clone, Serialize)]
+pub struct CaptureSettings {
+    /// Where captured outbound TCP arrives (the rules' `--outbound-port`).
+    pub outbound_listen: SocketAddr,
+    /// Where captured inbound TCP arrives (the rules' `--inbound-port`).
+    pub inbound_listen: SocketAddr,
+    /// The local DNS resolver (UDP and TCP; the rules' `--dns-port`), or none.
+    pub dns_listen: Option<SocketAddr>,
+    /// Where names outside the mesh are resolved (empty: /etc/resolv.conf's nameservers).
+    pub dns_upstreams: Vec<SocketAddr>,
+    pub egress: Egress,
+    pub inbound_plaintext: Plaintext,
+    /// How long a connection about to be denied is read to learn its protocol.
+    #[serde(with = "quiver_api::duration::serde_human")]
+    pub detect_timeout: Duration,
 }
 
 /// Where the identity lives on disk. The key's contents never enter the config (nor `/config`).
@@ -468,6 +584,15 @@ fn apply(mut file: File, o: Overrides) -> File {
     }
     if let Some(d) = o.drain_timeout {
         file.drain_timeout = d;
+    }
+    if o.capture || o.egress.is_some() || o.inbound_plaintext.is_some() {
+        let c = file.capture.get_or_insert_with(CaptureFile::default);
+        if let Some(e) = o.egress {
+            c.egress = e;
+        }
+        if let Some(p) = o.inbound_plaintext {
+            c.inbound_plaintext = p;
+        }
     }
     file.outbound.extend(
         o.outbound
@@ -801,6 +926,27 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     for (i, o) in file.outbound.iter().enumerate() {
         claim(o.listen, format!("outbound[{i}].listen"), &mut tcp_errs);
     }
+    if let Some(c) = &file.capture {
+        claim(
+            c.outbound_listen,
+            "capture.outbound_listen".into(),
+            &mut tcp_errs,
+        );
+        claim(
+            c.inbound_listen,
+            "capture.inbound_listen".into(),
+            &mut tcp_errs,
+        );
+        if let Some(d) = c.dns_listen {
+            claim(d, "capture.dns_listen".into(), &mut tcp_errs);
+        }
+        if c.detect_timeout.is_zero() || c.detect_timeout > Duration::from_secs(10) {
+            tcp_errs.push(FieldError {
+                path: "capture.detect_timeout".into(),
+                reason: "must be more than 0s and at most 10s".into(),
+            });
+        }
+    }
     errs.extend(tcp_errs);
     let mut err = |field: String, reason: String| {
         errs.push(FieldError {
@@ -944,9 +1090,27 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
                 Err(r) => err(format!("{ef}.identity"), format!("{:?}: {r}", e.identity)),
             }
         }
+        let mut ports = BTreeMap::new();
+        for (j, p) in s.ports.iter().enumerate() {
+            if p.port == 0 {
+                err(format!("{f}.ports[{j}].port"), "0 is not 1-65535".into());
+            } else if ports.insert(p.port, p.protocol).is_some() {
+                err(
+                    format!("{f}.ports[{j}].port"),
+                    format!("{} is listed twice", p.port),
+                );
+            }
+        }
+        if s.virtual_ip.is_some() && ports.is_empty() {
+            err(
+                format!("{f}.ports"),
+                "a service with a virtualIp needs its ports (and their protocols)".into(),
+            );
+        }
         services.insert(
             s.name.clone(),
-            RemoteService::new(s.name.clone(), endpoints, s.subsets.clone()),
+            RemoteService::new(s.name.clone(), endpoints, s.subsets.clone())
+                .with_address(s.virtual_ip, ports),
         );
     }
 
@@ -1031,6 +1195,15 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
                 drain_timeout: file.drain_timeout,
                 outbound,
                 tuning: file.tuning,
+                capture: file.capture.map(|c| CaptureSettings {
+                    outbound_listen: c.outbound_listen,
+                    inbound_listen: c.inbound_listen,
+                    dns_listen: c.dns_listen,
+                    dns_upstreams: c.dns_upstreams,
+                    egress: c.egress,
+                    inbound_plaintext: c.inbound_plaintext,
+                    detect_timeout: c.detect_timeout,
+                }),
             },
             snapshot,
         }),

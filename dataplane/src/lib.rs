@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -136,6 +137,8 @@ pub struct Bound {
     pub http_proxy: Option<SocketAddr>,
     /// One per `outbound` listener, in config order.
     pub outbound: Vec<SocketAddr>,
+    /// Transparent capture's TCP listeners (outbound, inbound, DNS), when on.
+    pub capture: Vec<SocketAddr>,
 }
 
 impl Bound {
@@ -145,7 +148,106 @@ impl Bound {
         let mut own = vec![self.admin];
         own.extend(self.http_proxy);
         own.extend(self.outbound.iter().copied());
+        own.extend(self.capture.iter().copied());
         own
+    }
+}
+
+/// Transparent capture's sockets (`proxy/transparent.rs`, `proxy/dns.rs`), bound.
+struct Capture {
+    settings: Arc<config::CaptureSettings>,
+    outbound: TcpListener,
+    inbound: TcpListener,
+    dns: Option<(tokio::net::UdpSocket, TcpListener)>,
+    /// The namespace whose mesh names the resolver answers.
+    namespace: String,
+}
+
+impl Capture {
+    async fn bind(settings: &config::CaptureSettings, namespace: String) -> anyhow::Result<Self> {
+        let outbound = TcpListener::bind(settings.outbound_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding capture.outbound_listen {}",
+                    settings.outbound_listen
+                )
+            })?;
+        let inbound = TcpListener::bind(settings.inbound_listen)
+            .await
+            .with_context(|| {
+                format!("binding capture.inbound_listen {}", settings.inbound_listen)
+            })?;
+        let dns = match settings.dns_listen {
+            Some(a) => {
+                let udp = tokio::net::UdpSocket::bind(a)
+                    .await
+                    .with_context(|| format!("binding capture.dns_listen {a} (UDP)"))?;
+                // The TCP side on the port UDP got (a config's port 0 included).
+                let tcp_at = udp.local_addr()?;
+                let tcp = TcpListener::bind(tcp_at)
+                    .await
+                    .with_context(|| format!("binding capture.dns_listen {tcp_at} (TCP)"))?;
+                Some((udp, tcp))
+            }
+            None => None,
+        };
+        let mut settings = settings.clone();
+        if settings.dns_upstreams.is_empty()
+            && let Some((udp, _)) = &dns
+        {
+            let own = udp.local_addr()?;
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            settings.dns_upstreams = proxy::dns::upstreams_from_resolv_conf(&text, own);
+        }
+        Ok(Self {
+            settings: Arc::new(settings),
+            outbound,
+            inbound,
+            dns,
+            namespace,
+        })
+    }
+
+    fn addresses(&self) -> std::io::Result<Vec<SocketAddr>> {
+        let mut v = vec![self.outbound.local_addr()?, self.inbound.local_addr()?];
+        if let Some((_, tcp)) = &self.dns {
+            v.push(tcp.local_addr()?);
+        }
+        Ok(v)
+    }
+
+    fn spawn(self, inputs: &Arc<Inputs>, tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
+        tasks.push(tokio::spawn(proxy::transparent::serve_outbound(
+            inputs.clone(),
+            self.outbound,
+            self.settings.clone(),
+        )));
+        tasks.push(tokio::spawn(proxy::transparent::serve_inbound(
+            inputs.clone(),
+            self.inbound,
+            self.settings.clone(),
+        )));
+        if let Some((udp, tcp)) = self.dns {
+            let names = inputs.clone();
+            let lookup: proxy::dns::Lookup = Arc::new(move |service: &str| {
+                names
+                    .snapshot()
+                    .services
+                    .get(service)
+                    .and_then(|s| s.virtual_ip)
+            });
+            let resolver = Arc::new(proxy::dns::Resolver::new(
+                self.namespace,
+                lookup,
+                self.settings.dns_upstreams.clone(),
+                std::time::Duration::from_secs(2),
+            ));
+            tasks.push(tokio::spawn(
+                resolver.clone().serve_udp(udp, inputs.drain.clone()),
+            ));
+            tasks.push(tokio::spawn(resolver.serve_tcp(tcp, inputs.drain.clone())));
+        }
     }
 }
 
@@ -156,6 +258,7 @@ pub struct Proxy {
     admin_listener: TcpListener,
     http_proxy: Option<TcpListener>,
     outbound: Vec<(TcpListener, proxy::outbound::Entry, snapshot::Protocol)>,
+    capture: Option<Capture>,
     drain_timeout: std::time::Duration,
     identity_files: Option<config::IdentityPaths>,
     /// Control-plane mode: the joined session.
@@ -231,6 +334,17 @@ impl Proxy {
             });
             outbound.push((l, entry, o.protocol));
         }
+        let capture = match &b.capture {
+            Some(settings) => {
+                let namespace = identity
+                    .spiffe_id
+                    .workload_parts()
+                    .map(|(ns, _)| ns.to_string())
+                    .unwrap_or_default();
+                Some(Capture::bind(settings, namespace).await?)
+            }
+            None => None,
+        };
         let bound = Bound {
             quic,
             admin: admin_listener.local_addr()?,
@@ -242,6 +356,11 @@ impl Proxy {
                 .iter()
                 .map(|(l, _, _)| l.local_addr())
                 .collect::<Result<_, _>>()?,
+            capture: capture
+                .as_ref()
+                .map(Capture::addresses)
+                .transpose()?
+                .unwrap_or_default(),
         };
         let config_json = serde_json::json!({
             "bound": {
@@ -249,6 +368,7 @@ impl Proxy {
                 "admin": bound.admin.to_string(),
                 "http_proxy": bound.http_proxy.map(|a| a.to_string()),
                 "outbound": bound.outbound.iter().map(std::string::ToString::to_string).collect::<Vec<_>>(),
+                "capture": bound.capture.iter().map(std::string::ToString::to_string).collect::<Vec<_>>(),
             },
             "bootstrap": &config.bootstrap,
         });
@@ -302,6 +422,7 @@ impl Proxy {
             admin_listener,
             http_proxy,
             outbound,
+            capture,
             drain_timeout: b.drain_timeout,
             identity_files: b.identity.clone(),
             session,
@@ -410,6 +531,9 @@ impl Proxy {
                 entry,
                 protocol,
             )));
+        }
+        if let Some(capture) = self.capture {
+            capture.spawn(&inputs, &mut tasks);
         }
         // Registered only now that every listener serves: callers never see an endpoint that
         // cannot answer yet.

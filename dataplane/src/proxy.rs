@@ -9,6 +9,7 @@ pub mod dns;
 pub mod http;
 pub mod inbound;
 pub mod outbound;
+pub mod transparent;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;

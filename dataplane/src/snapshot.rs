@@ -6,8 +6,8 @@
 //! maps to) are functions here, without sockets or clocks, so they are tested on their own.
 //! Choosing among a service's endpoints needs runtime state: that is [`crate::proxy::upstream`]'s.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use quiver_api::SpiffeId;
@@ -35,6 +35,17 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The API's name for it (`ServicePort.protocol`).
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Some(match name {
+            "http1" => Protocol::Http1,
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            "tcp" => Protocol::Tcp,
+            _ => return None,
+        })
+    }
+
     pub fn is_http(self) -> bool {
         !matches!(self, Protocol::Tcp)
     }
@@ -71,6 +82,14 @@ pub struct RemoteService {
     /// The endpoints as the balancer sees them (built once per snapshot).
     #[serde(skip)]
     pub workloads: Vec<Workload>,
+    /// The Service's virtual IP: captured app connections to it come here (docs/deploy.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_ip: Option<Ipv4Addr>,
+    /// Its declared ports and what each speaks: how a captured connection to the virtual IP
+    /// is carried (empty when the config does not say; then only explicit listeners and the
+    /// HTTP proxy listener reach it).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<u16, Protocol>,
 }
 
 impl RemoteService {
@@ -88,7 +107,20 @@ impl RemoteService {
             endpoints,
             subsets,
             workloads,
+            virtual_ip: None,
+            ports: BTreeMap::new(),
         }
+    }
+
+    /// The same service reachable at `virtual_ip` on its declared `ports`.
+    pub fn with_address(
+        mut self,
+        virtual_ip: Option<Ipv4Addr>,
+        ports: BTreeMap<u16, Protocol>,
+    ) -> Self {
+        self.virtual_ip = virtual_ip;
+        self.ports = ports;
+        self
     }
 
     pub fn endpoint(&self, address: SocketAddr) -> Option<&Endpoint> {
@@ -113,6 +145,9 @@ pub struct Snapshot {
     /// The deny-list: revoked SPIFFE id -> the notBefore (Unix seconds) below which its
     /// certificates are refused ([`crate::mesh::transport::Transport::set_revocations`]).
     pub revocations: BTreeMap<String, i64>,
+    /// Virtual IP -> service name, for captured connections and mesh DNS.
+    #[serde(skip)]
+    by_address: HashMap<Ipv4Addr, String>,
 }
 
 impl Default for Snapshot {
@@ -131,6 +166,7 @@ impl Default for Snapshot {
             policy_config: PolicyConfig::default(),
             policy: Arc::new(policy),
             revocations: BTreeMap::new(),
+            by_address: HashMap::new(),
         }
     }
 }
@@ -154,16 +190,38 @@ impl Snapshot {
                 .map(|(name, s)| (name.as_str(), s.subsets.as_slice())),
             unknown,
         );
-        let policy = Policy::compile(&policy_config, &index)?;
+        let mut policy = Policy::compile(&policy_config, &index);
+        let mut by_address = HashMap::new();
+        for (i, s) in services.values().enumerate() {
+            let Some(ip) = s.virtual_ip else { continue };
+            if let Some(other) = by_address.insert(ip, s.name.clone()) {
+                let e = FieldError {
+                    path: format!("services[{i}].virtualIp"),
+                    reason: format!("{ip} is also the address of service {other}"),
+                };
+                match &mut policy {
+                    Ok(_) => policy = Err(vec![e]),
+                    Err(errs) => errs.push(e),
+                }
+            }
+        }
         Ok(Self {
             version,
             zone,
             inbound,
             services,
             policy_config,
-            policy: Arc::new(policy),
+            policy: Arc::new(policy?),
             revocations: BTreeMap::new(),
+            by_address,
         })
+    }
+
+    /// The service whose virtual IP is `ip`.
+    pub fn service_at(&self, ip: Ipv4Addr) -> Option<&RemoteService> {
+        self.by_address
+            .get(&ip)
+            .and_then(|name| self.services.get(name))
     }
 }
 

@@ -82,7 +82,9 @@ impl AdminApi {
         obj: R,
         pending: &BTreeMap<(String, String), v1::ServiceSpec>,
     ) -> Result<v1::DryRunApplyResponse, Status> {
-        let p = self.prepare_apply(obj, pending).await?;
+        let p = self
+            .prepare_apply(obj, pending, super::resources::Assign::Nothing)
+            .await?;
         let outcome = put_outcome(
             R::KIND,
             &p.namespace,

@@ -50,6 +50,8 @@ pub struct Inputs {
     pub svid_ttl: Duration,
     /// How long a registered workload stays live without a keep-alive.
     pub lease_ttl: Duration,
+    /// The range Services' virtual IPs are assigned from.
+    pub service_vips: crate::addresses::AddressRange,
     /// This replica's view of what proxies are sent.
     pub view: MeshView,
     /// This replica's revocations in force (the deny-list proxies are sent).

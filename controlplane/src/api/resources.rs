@@ -26,6 +26,10 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>>
 pub trait ApiResource: Resource + Send + Sync + 'static {
     /// Controller-owned state that Apply must not overwrite. Only kinds with a status need it.
     fn keep_status_of(&mut self, _stored: &Self) {}
+    /// Where the kind keeps a virtual IP the control plane assigns (Services only).
+    fn virtual_ip_mut(&mut self) -> Option<&mut String> {
+        None
+    }
     fn into_event_object(self) -> watch_event::Object;
 }
 
@@ -39,13 +43,24 @@ macro_rules! api_resource {
     )*};
 }
 api_resource!(
-    Service => Service,
     Route => Route,
     HttpRoute => HttpRoute,
     GrpcRoute => GrpcRoute,
     AuthorizationPolicy => AuthorizationPolicy,
     MeshConfig => MeshConfig
 );
+
+impl ApiResource for v1::Service {
+    fn keep_status_of(&mut self, stored: &Self) {
+        self.status = stored.status.clone();
+    }
+    fn virtual_ip_mut(&mut self) -> Option<&mut String> {
+        Some(&mut self.status.get_or_insert_default().virtual_ip)
+    }
+    fn into_event_object(self) -> watch_event::Object {
+        watch_event::Object::Service(self)
+    }
+}
 
 impl ApiResource for v1::Canary {
     fn keep_status_of(&mut self, stored: &Self) {
@@ -82,6 +97,14 @@ pub fn decode<R: Resource>(obj: &StoredObject) -> Result<R, Status> {
     crate::stored::decode(obj).map_err(|_| Status::internal("stored object does not decode"))
 }
 
+/// Whether an Apply claims what the control plane assigns (a new Service's virtual IP): a
+/// dry run must leave no trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Assign {
+    Addresses,
+    Nothing,
+}
+
 /// An Apply checked and encoded, ready to be written (or, for a dry run, not).
 pub(super) struct Prepared<R> {
     pub namespace: String,
@@ -106,7 +129,7 @@ impl AdminApi {
             .authorize(req.metadata(), Role::Admin, method)
             .await?;
         let p = self
-            .prepare_apply(req.into_inner(), &BTreeMap::new())
+            .prepare_apply(req.into_inner(), &BTreeMap::new(), Assign::Addresses)
             .await?;
         let _t = self.inputs.metrics.store_timer("put");
         let (stored, outcome) = self
@@ -120,11 +143,13 @@ impl AdminApi {
 
     /// Everything an Apply does before it writes: the default namespace, validation against
     /// the referenced Services (from `pending`, keyed by namespace and name, else the store),
-    /// the stored status kept, the canonical encoding. A dry run stops here.
+    /// the stored status kept (a new Service's virtual IP claimed, unless `assign` says this
+    /// is a dry run), the canonical encoding. A dry run stops here.
     pub(super) async fn prepare_apply<R: ApiResource>(
         &self,
         mut obj: R,
         pending: &BTreeMap<(String, String), v1::ServiceSpec>,
+        assign: Assign,
     ) -> Result<Prepared<R>, Status> {
         let store = self.inputs.store.as_ref();
         let meta = obj.metadata_mut();
@@ -164,6 +189,20 @@ impl AdminApi {
             None => R::default(),
         };
         obj.keep_status_of(&stored);
+        if assign == Assign::Addresses
+            && let Some(slot) = obj.virtual_ip_mut()
+            && slot.is_empty()
+        {
+            let ip = crate::addresses::assign(store, self.inputs.service_vips, &ns, &name)
+                .await
+                .map_err(|e| match e {
+                    crate::addresses::AssignError::Full(_) => {
+                        Status::resource_exhausted(format!("Service {ns}/{name}: {e}"))
+                    }
+                    crate::addresses::AssignError::Store(e) => store_status(e),
+                })?;
+            *slot = ip.to_string();
+        }
         let meta = obj.metadata_mut();
         meta.resource_version = 0;
         meta.created_at.clear();
@@ -337,6 +376,14 @@ impl AdminApi {
             .delete(R::KIND, ns, &req.name, Some(req.resource_version))
             .await
             .map_err(store_status)?;
+        if R::KIND == Kind::Service {
+            // The address is free for another Service once this one is gone.
+            self.inputs
+                .store
+                .release_service_address(ns, &req.name)
+                .await
+                .map_err(store_status)?;
+        }
         Ok(v1::DeleteResponse {
             resource_version: change.resource_version,
         })

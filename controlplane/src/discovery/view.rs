@@ -393,6 +393,11 @@ pub fn build_namespace(trust_domain: &str, namespace: &str, raw: Raw) -> Namespa
                 subsets: spec.subsets,
                 spiffe_id: service_identity(trust_domain, namespace, svc),
                 endpoints: eps,
+                virtual_ip: svc
+                    .status
+                    .as_ref()
+                    .map(|s| s.virtual_ip.clone())
+                    .unwrap_or_default(),
             }
         })
         .collect();

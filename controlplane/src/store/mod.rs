@@ -2,7 +2,7 @@
 //! feed ([`resources`], [`feed`]), API and join tokens (hashed) and the mesh CA
 //! ([`credentials`]), workload leases ([`leases`]), what each proxy runs ([`proxies`]), revoked identities
 //! ([`revocations`]), and
-//! span blocks and edge statistics ([`traces`]).
+//! span blocks and edge statistics ([`traces`]), Services' virtual IPs ([`addresses`]).
 //!
 //! Two engines, one implementation: Postgres (production; several replicas may share one
 //! database, and a write on any of them reaches watchers on all through LISTEN/NOTIFY) and
@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use quiver_api::resource::Kind;
 
+mod addresses;
 mod credentials;
 mod engine;
 pub mod feed;
@@ -31,6 +32,7 @@ mod revocations;
 mod sqlite;
 mod traces;
 
+pub use addresses::Addresses;
 pub use credentials::{
     ApiTokenGrant, ApiTokenRecord, CaRole, Credentials, JoinTokenRecord, NEVER, RedeemError,
     SealedCa, SvidRecord,
@@ -85,7 +87,16 @@ pub enum StoreError {
 
 /// The store, for every engine: every concern, and which engine it runs on.
 pub trait Store:
-    Resources + Credentials + Leases + Revocations + Traces + ProxyStatuses + Send + Sync + 'static
+    Resources
+    + Credentials
+    + Leases
+    + Revocations
+    + Traces
+    + ProxyStatuses
+    + Addresses
+    + Send
+    + Sync
+    + 'static
 {
     /// "postgres" or "sqlite".
     fn engine(&self) -> &'static str;
@@ -93,7 +104,7 @@ pub trait Store:
 
 impl<DB: Engine> Store for SqlStore<DB>
 where
-    Self: Resources + Credentials + Leases + Revocations + Traces + ProxyStatuses,
+    Self: Resources + Credentials + Leases + Revocations + Traces + ProxyStatuses + Addresses,
 {
     fn engine(&self) -> &'static str {
         DB::ENGINE

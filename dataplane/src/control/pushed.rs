@@ -5,7 +5,7 @@
 //! snapshot it runs.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use quiver_api::SpiffeId;
 use quiver_api::v1;
@@ -70,9 +70,40 @@ pub fn snapshot(
                 zone: e.zone.clone(),
             });
         }
+        let virtual_ip = match s.virtual_ip.as_str() {
+            "" => None,
+            ip => match ip.parse::<Ipv4Addr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    err(
+                        format!("{at}.virtualIp"),
+                        format!("{ip:?} is not an IPv4 address"),
+                    );
+                    None
+                }
+            },
+        };
+        let mut ports = BTreeMap::new();
+        for (j, p) in s.ports.iter().enumerate() {
+            let pat = format!("{at}.ports[{j}]");
+            let Some(port) = u16::try_from(p.port).ok().filter(|p| *p > 0) else {
+                err(format!("{pat}.port"), format!("{} is not 1-65535", p.port));
+                continue;
+            };
+            match Protocol::from_name(&p.protocol) {
+                Some(protocol) => {
+                    ports.insert(port, protocol);
+                }
+                None => err(
+                    format!("{pat}.protocol"),
+                    format!("{:?} is not http1, http2, grpc or tcp", p.protocol),
+                ),
+            }
+        }
         services.insert(
             s.name.clone(),
-            RemoteService::new(s.name.clone(), endpoints, s.subsets.clone()),
+            RemoteService::new(s.name.clone(), endpoints, s.subsets.clone())
+                .with_address(virtual_ip, ports),
         );
     }
 
@@ -108,18 +139,12 @@ pub fn snapshot(
                 );
                 continue;
             }
-            let protocol = match p.protocol.as_str() {
-                "http1" => Protocol::Http1,
-                "http2" => Protocol::Http2,
-                "grpc" => Protocol::Grpc,
-                "tcp" => Protocol::Tcp,
-                other => {
-                    err(
-                        format!("{at}.protocol"),
-                        format!("{other:?} is not http1, http2, grpc or tcp"),
-                    );
-                    continue;
-                }
+            let Some(protocol) = Protocol::from_name(&p.protocol) else {
+                err(
+                    format!("{at}.protocol"),
+                    format!("{:?} is not http1, http2, grpc or tcp", p.protocol),
+                );
+                continue;
             };
             inbound.push(LocalPort {
                 service: l.name.clone(),

@@ -93,7 +93,7 @@ pub fn app_connection_builder(
 /// byte at a time) is cut after `tuning.limits.request_header_timeout`: counted from the
 /// accept to the first complete head here (hyper's protocol detection has no timer of its
 /// own), and for each later HTTP/1.1 head by hyper's header timer, set to the same value.
-async fn http_conn(inputs: Arc<Inputs>, stream: TcpStream, entry: Entry) {
+pub(crate) async fn http_conn(inputs: Arc<Inputs>, stream: TcpStream, entry: Entry) {
     let limits = &inputs.tuning.limits;
     let first_head = Arc::new(AtomicBool::new(false));
     let svc_inputs = inputs.clone();
@@ -329,7 +329,7 @@ async fn connect_tunnel(
 }
 
 /// A raw TCP connection on an explicit `tcp` listener.
-async fn tcp(inputs: Arc<Inputs>, stream: TcpStream, target: Target) {
+pub(crate) async fn tcp(inputs: Arc<Inputs>, stream: TcpStream, target: Target) {
     let _inflight = inputs.drain.track();
     match open_tunnel(&inputs, &target).await {
         Ok((_peer, s)) => {

@@ -122,6 +122,17 @@ pub struct Metrics {
     pub spans_dropped: Counter,
     /// Spans handed to the control plane.
     pub spans_shipped: Counter,
+    /// Connections the capture rules redirected to this proxy (proxy/transparent.rs).
+    pub captured: Family<CaptureLabels, Counter>,
+}
+
+/// A captured connection: its direction, what became of it and the protocol it spoke (the
+/// declared one into the mesh, the detected one for egress).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaptureLabels {
+    pub direction: &'static str,
+    pub outcome: &'static str,
+    pub protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -182,6 +193,7 @@ impl Metrics {
             snapshot_version: Gauge::default(),
             spans_dropped: Counter::default(),
             spans_shipped: Counter::default(),
+            captured: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("quiver");
         // Counters are registered without `_total`: the encoder appends it.
@@ -360,6 +372,13 @@ impl Metrics {
             "spans_shipped",
             "Spans sent to the control plane",
             m.spans_shipped.clone(),
+        );
+        r.register(
+            "capture_connections",
+            "Connections the capture rules sent to this proxy, by direction, outcome (mesh, \
+             undeclared-port, egress, egress-denied, egress-failed, plaintext-refused, \
+             plaintext-allowed, app-unreachable, refused) and protocol",
+            m.captured.clone(),
         );
         m
     }

@@ -10,6 +10,7 @@ fn meta(ns: &str, name: &str) -> Option<v1::ObjectMeta> {
 
 fn service(name: &str, subsets: &[&str]) -> v1::Service {
     v1::Service {
+        status: None,
         metadata: meta("shop", name),
         spec: Some(v1::ServiceSpec {
             subsets: subsets

@@ -16,6 +16,7 @@ fn meta(ns: &str, name: &str) -> Option<v1::ObjectMeta> {
 
 fn service(name: &str, sa: &str, port: u32) -> v1::Service {
     v1::Service {
+        status: None,
         metadata: meta("shop", name),
         spec: Some(v1::ServiceSpec {
             ports: vec![v1::ServicePort {
