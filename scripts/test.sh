@@ -75,8 +75,9 @@ need_apt=()
 have podman || need_apt+=(podman)
 have runc || need_apt+=(runc)
 have nft || need_apt+=(nftables)
+[ -f /etc/protocols ] || need_apt+=(netbase) # nft's protocol names, copied into the proxy image
 if [ "${#need_apt[@]}" -gt 0 ]; then
-  apt_install "the container tests (podman, runc, nftables)" "${need_apt[@]}"
+  apt_install "the container tests (podman, runc, nftables, netbase)" "${need_apt[@]}"
 fi
 containers_conf=/etc/containers/containers.conf
 if ! grep -qE '^[[:space:]]*default_ulimits[[:space:]]*=[[:space:]]*\[[[:space:]]*\]' "$containers_conf" 2>/dev/null; then
