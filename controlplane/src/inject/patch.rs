@@ -365,7 +365,7 @@ fn capture_args(
                 cidr(c).ok_or_else(|| {
                     Refusal::field(
                         &annotation_path(EXCLUDE_CIDRS_ANNOTATION),
-                        &format!("{c:?} is not an address or ADDRESS/PREFIX"),
+                        &format!("{c:?} is not an IPv4 address or ADDRESS/PREFIX"),
                     )
                 })
             })
@@ -420,21 +420,13 @@ fn ports(pod: &PodView, key: &str) -> Result<Vec<u16>, Refusal> {
         .collect()
 }
 
+/// An IPv4 address or CIDR, as `capture install --exclude-cidrs` takes them (capture's rules
+/// are IPv4 only).
 fn cidr(s: &str) -> Option<String> {
-    let (addr, prefix) = match s.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (s, None),
-    };
-    let addr: std::net::IpAddr = addr.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    match prefix {
-        None => Some(format!("{addr}/{max}")),
-        Some(p) => p
-            .parse::<u8>()
-            .ok()
-            .filter(|p| *p <= max)
-            .map(|p| format!("{addr}/{p}")),
-    }
+    let (addr, prefix) = s.split_once('/').unwrap_or((s, "32"));
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    Some(format!("{addr}/{prefix}"))
 }
 
 fn annotation_path(key: &str) -> String {

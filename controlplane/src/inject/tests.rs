@@ -491,7 +491,7 @@ fn capture_annotations_are_passed_on_and_checked() {
         "quiver.dev/inbound-ports": "8080, 9090",
         "quiver.dev/exclude-inbound-ports": "9100",
         "quiver.dev/exclude-outbound-ports": "5432,6379",
-        "quiver.dev/exclude-cidrs": "169.254.169.254, 10.96.0.0/12,fd00::/8",
+        "quiver.dev/exclude-cidrs": "169.254.169.254, 10.96.0.0/12",
     });
     let pod = patched(&injector(), object);
     let command = &pod["spec"]["initContainers"][0]["command"];
@@ -500,7 +500,7 @@ fn capture_annotations_are_passed_on_and_checked() {
     assert_eq!(flag(command, "--exclude-outbound-ports"), "15010,5432,6379");
     assert_eq!(
         flag(command, "--exclude-cidrs"),
-        "169.254.169.254/32,10.96.0.0/12,fd00::/8"
+        "169.254.169.254/32,10.96.0.0/12"
     );
     for (key, value) in [
         ("quiver.dev/inbound-ports", "http"),
@@ -508,6 +508,8 @@ fn capture_annotations_are_passed_on_and_checked() {
         ("quiver.dev/exclude-outbound-ports", "70000"),
         ("quiver.dev/exclude-cidrs", "10.0.0.0/33"),
         ("quiver.dev/exclude-cidrs", "example.com"),
+        // Capture's rules are IPv4 only.
+        ("quiver.dev/exclude-cidrs", "fd00::/8"),
     ] {
         let mut object = super::tests::pod();
         object["metadata"]["annotations"] = json!({key: value});
