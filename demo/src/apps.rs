@@ -9,6 +9,14 @@
 //! - `catalog --version v1|v2`: `GET /product/NAME` calls ratings over gRPC and answers with
 //!   its version, the caller it saw and the rating.
 //! - `ratings`: gRPC `quiver.demo.Ratings/Get`.
+//! - `job`: not a service but a batch job, for the demo as pods (deploy/podman/): calls `--url`
+//!   until it answers 2xx (the sidecar may still be starting), prints the answer, POSTs
+//!   `--quit` (the sidecar's `/quitquitquit`, so that the pod completes) and exits 0.
+//!
+//! The upstream URLs come from flags or the environment (`QUIVER_DEMO_CATALOG_URL`,
+//! `QUIVER_DEMO_RATINGS_URL`): the process demo passes its sidecars' outbound listeners, the
+//! pods pass mesh names (`http://catalog.demo.mesh`), which transparent capture and the
+//! sidecar's DNS resolver carry into the mesh.
 //!
 //! frontend and catalog can be told to misbehave at run time, a demo facility for watching a
 //! canary roll back: `POST /demo/misbehave` on the app's own port (not through the mesh) with
@@ -52,6 +60,7 @@ pub enum AppName {
     Frontend,
     Catalog,
     Ratings,
+    Job,
 }
 
 /// `quiver-demo demo-app NAME`: one of the demo's sample services.
@@ -61,18 +70,41 @@ pub struct AppArgs {
     /// Which service to run.
     #[arg(value_enum)]
     pub name: AppName,
-    /// Where to listen (plain HTTP/1.1 for frontend and catalog, gRPC h2c for ratings).
-    #[arg(long)]
-    pub listen: SocketAddr,
+    /// Where to listen (plain HTTP/1.1 for frontend and catalog, gRPC h2c for ratings); not
+    /// for job.
+    #[arg(long, env = "QUIVER_DEMO_LISTEN", required_if_eq_any([
+        ("name", "frontend"), ("name", "catalog"), ("name", "ratings"),
+    ]))]
+    pub listen: Option<SocketAddr>,
     /// catalog only: the version it reports (v1, v2).
     #[arg(long, default_value = "v1")]
     pub version: String,
-    /// frontend only: catalog's base URL (its sidecar's outbound listener).
-    #[arg(long, required_if_eq("name", "frontend"))]
+    /// frontend only: catalog's base URL (its sidecar's outbound listener, or a mesh name
+    /// such as http://catalog.demo.mesh under transparent capture).
+    #[arg(
+        long,
+        env = "QUIVER_DEMO_CATALOG_URL",
+        required_if_eq("name", "frontend")
+    )]
     pub catalog: Option<String>,
-    /// catalog only: ratings' URL (its sidecar's outbound listener, gRPC).
-    #[arg(long, required_if_eq("name", "catalog"))]
+    /// catalog only: ratings' URL, gRPC (its sidecar's outbound listener, or
+    /// http://ratings.demo.mesh:9090 under transparent capture).
+    #[arg(
+        long,
+        env = "QUIVER_DEMO_RATINGS_URL",
+        required_if_eq("name", "catalog")
+    )]
     pub ratings: Option<String>,
+    /// job only: the URL it GETs until it answers 2xx.
+    #[arg(long, env = "QUIVER_DEMO_URL", required_if_eq("name", "job"))]
+    pub url: Option<String>,
+    /// job only: a URL it POSTs once done (the sidecar's
+    /// http://127.0.0.1:15020/quitquitquit), whatever the outcome.
+    #[arg(long, env = "QUIVER_DEMO_QUIT_URL")]
+    pub quit: Option<String>,
+    /// job only: how long it keeps trying --url.
+    #[arg(long, default_value = "60s", value_parser = quiver_api::duration::parse)]
+    pub wait: Duration,
 }
 
 /// What frontend answers on `GET /`.
@@ -125,9 +157,13 @@ pub fn main(args: AppArgs) -> std::process::ExitCode {
 
 /// Run the app until SIGTERM or SIGINT.
 pub async fn run(args: AppArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen)
+    if args.name == AppName::Job {
+        return job(&args).await;
+    }
+    let listen = args.listen.context("--listen is required")?;
+    let listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+        .with_context(|| format!("--listen {listen}: cannot bind"))?;
     let serve = async {
         match args.name {
             AppName::Frontend => {
@@ -165,6 +201,7 @@ pub async fn run(args: AppArgs) -> anyhow::Result<()> {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
                 .context("ratings gRPC server"),
+            AppName::Job => Ok(()),
         }
     };
     tokio::select! {
@@ -490,6 +527,82 @@ async fn frontend(state: Arc<Frontend>, req: Request<Incoming>) -> Response<Full
     }
 }
 
+/// `job`: GET `--url` until it answers 2xx or `--wait` has passed (a first call may find the
+/// sidecar still starting: no DNS answer yet, a refused connection, a 503 before its first
+/// snapshot), print the answer, then POST `--quit` whatever happened, so that the sidecar
+/// exits too and the pod completes. Fails (exit 1) when no call succeeded.
+async fn job(args: &AppArgs) -> anyhow::Result<()> {
+    let url = args.url.clone().context("--url is required")?;
+    let uri: http::Uri = url.parse().with_context(|| format!("--url {url:?}"))?;
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let deadline = tokio::time::Instant::now() + args.wait;
+    let mut attempts = 0u32;
+    let outcome = loop {
+        attempts += 1;
+        let call = async {
+            let resp = client.get(uri.clone()).await.map_err(|e| format!("{e}"))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            let body = String::from_utf8_lossy(&body).into_owned();
+            if status.is_success() {
+                Ok(body)
+            } else {
+                Err(format!("answered {status}: {}", body.trim()))
+            }
+        };
+        let result = match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(r) => r,
+            Err(_) => Err("no answer within 5s".into()),
+        };
+        match result {
+            Ok(body) => break Ok(body),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                break Err(anyhow::anyhow!(
+                    "GET {url}: {e} (attempt {attempts}, giving up after {})",
+                    quiver_api::duration::format(args.wait)
+                ));
+            }
+            Err(e) => {
+                eprintln!("job: GET {url}: {e}; trying again (attempt {attempts})");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    if let Ok(body) = &outcome {
+        println!("{}", body.trim());
+        eprintln!("job: GET {url} answered after {attempts} attempt(s)");
+    }
+    if let Some(quit) = &args.quit {
+        quit_sidecar(quit).await;
+    }
+    outcome.map(|_| ())
+}
+
+/// POST `url` (the sidecar's `/quitquitquit`); a failure is only reported: the job's own
+/// outcome decides its exit status.
+async fn quit_sidecar(url: &str) {
+    let request = match Request::post(url).body(Empty::<Bytes>::new()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("job: --quit {url:?}: {e}");
+            return;
+        }
+    };
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
+        Ok(Ok(resp)) => eprintln!("job: POST {url}: {}", resp.status()),
+        Ok(Err(e)) => eprintln!("job: POST {url}: {e}"),
+        Err(_) => eprintln!("job: POST {url}: no answer within 5s"),
+    }
+}
+
 struct Catalog {
     version: String,
     ratings: RatingsClient<tonic::transport::Channel>,
@@ -661,5 +774,13 @@ mod tests {
         let e = AppArgs::try_parse_from(["x", "catalog", "--listen", "127.0.0.1:1"]).unwrap_err();
         assert!(e.to_string().contains("--ratings"), "{e}");
         AppArgs::try_parse_from(["x", "ratings", "--listen", "127.0.0.1:1"]).unwrap();
+        let e = AppArgs::try_parse_from(["x", "ratings"]).unwrap_err();
+        assert!(e.to_string().contains("--listen"), "{e}");
+        let e = AppArgs::try_parse_from(["x", "job"]).unwrap_err();
+        assert!(e.to_string().contains("--url"), "{e}");
+        let job =
+            AppArgs::try_parse_from(["x", "job", "--url", "http://catalog.demo.mesh/"]).unwrap();
+        assert_eq!(job.wait, Duration::from_secs(60));
+        assert!(job.listen.is_none() && job.quit.is_none());
     }
 }

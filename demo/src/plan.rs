@@ -422,6 +422,23 @@ mod tests {
     }
 
     #[test]
+    fn the_pods_mesh_is_the_demo_mesh() {
+        // deploy/podman/demo.sh applies deploy/podman/mesh.yaml: the same mesh, with the
+        // ports the apps listen on in their pods (each pod has its own loopback).
+        let ports = Ports {
+            frontend_app: 8080,
+            catalog_app: 8080,
+            ratings_app: 9090,
+            sidecars: vec![],
+        };
+        let expected = mesh_yaml(&ports, "mesh.local");
+        assert!(
+            include_str!("../../deploy/podman/mesh.yaml") == expected,
+            "deploy/podman/mesh.yaml is not the demo's mesh; write this into it:\n{expected}"
+        );
+    }
+
+    #[test]
     fn a_taken_port_names_itself_and_the_flag() {
         let held = TcpListener::bind((LOCALHOST, 0)).unwrap();
         let port = held.local_addr().unwrap().port();
