@@ -4,7 +4,9 @@
 //! `json-patch` crate and the mutated Pod validated with kubernetes-validate (PyPI) against
 //! the Kubernetes schemas of [`KUBERNETES_VERSIONS`]; the manifests in deploy/kubernetes/
 //! validated the same way; the sample injected Deployment is what the injector makes of the
-//! sample app; and the webhook served over TLS for the Service name the API server dials.
+//! sample app; the injected sidecar's environment, run by the real quiver-proxy, joins a real
+//! control plane and registers the pod's labels; and the webhook is served over TLS for the
+//! Service name the API server dials.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -469,6 +471,184 @@ async fn the_examples_mesh_resources_and_join_tokens_are_accepted_by_a_real_cont
     let bundle = ctl.ok(&["trust-bundle"]).await;
     assert!(bundle.contains("BEGIN CERTIFICATE"));
     server.stop().await;
+}
+
+/// What kubelet would give the injected `quiver-proxy` container as its environment: each
+/// `value` with `$(VAR)` expanded from the variables before it, `fieldRef`s from the pod,
+/// `secretKeyRef`s from `secrets`.
+fn container_env(
+    container: &Value,
+    fields: &[(&str, &str)],
+    secrets: &[((&str, &str), &str)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for var in container["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap().to_string();
+        let value = if let Some(v) = var["value"].as_str() {
+            let mut v = v.to_string();
+            for (k, earlier) in &env {
+                v = v.replace(&format!("$({k})"), earlier);
+            }
+            v
+        } else if let Some(path) = var.pointer("/valueFrom/fieldRef/fieldPath") {
+            let (_, v) = fields
+                .iter()
+                .find(|(f, _)| path == f)
+                .unwrap_or_else(|| panic!("{name}: no field {path}"));
+            (*v).to_string()
+        } else {
+            let key = &var["valueFrom"]["secretKeyRef"];
+            let wanted = (key["name"].as_str().unwrap(), key["key"].as_str().unwrap());
+            let (_, v) = secrets
+                .iter()
+                .find(|(s, _)| *s == wanted)
+                .unwrap_or_else(|| panic!("{name}: no Secret {wanted:?}"));
+            (*v).to_string()
+        };
+        env.push((name, value));
+    }
+    env
+}
+
+#[tokio::test]
+async fn the_injected_sidecar_environment_joins_a_real_control_plane_and_registers_its_labels() {
+    // The real proxy binary (`cargo test --workspace` builds it) with exactly the
+    // environment the injector wrote, but for what only a pod provides: the control plane's
+    // test address, the mounted trust bundle's path, free ports instead of 15443/15020 (tests
+    // run side by side), and no capture (it needs the pod's own network namespace; its tests
+    // are tests/tests/capture.rs).
+    let proxy = quiver_tests::mesh::binary("quiver-proxy");
+    let db = SqliteTestDb::create();
+    let server = TestServer::start(None, db.dir.path()).await;
+    let ctl = common::ctl::Ctl::new(&server);
+    let mesh = repo().join("deploy/kubernetes/examples/shop-mesh.yaml");
+    ctl.ok(&["apply", "-f", mesh.to_str().unwrap()]).await;
+    let token = ctl
+        .ok(&[
+            "join-token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "catalog",
+            "--uses",
+            "10",
+        ])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ctl.ok(&["trust-bundle"]).await).unwrap();
+
+    let answer = post(server.addr, fixture("deployment-pod.json"))
+        .await
+        .review();
+    let patch = patch_of(&answer, "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f").unwrap();
+    let mut pod = json_fixture("deployment-pod.json")["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    let sidecar = &pod["spec"]["initContainers"][1];
+    assert_eq!(sidecar["command"], json!(["/usr/local/bin/quiver-proxy"]));
+    let env = container_env(
+        sidecar,
+        &[
+            ("metadata.name", "catalog-v1-7c9d8f6b5d-x7k2p"),
+            ("metadata.namespace", "shop"),
+            ("status.podIP", "127.0.0.1"),
+        ],
+        &[(("quiver-join-catalog", "token"), token.trim())],
+    );
+    // Every variable the injector sets is one the proxy reads (or the pod's own).
+    let help = std::process::Command::new(&proxy)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (name, _) in &env {
+        assert!(
+            name.starts_with("POD_") || help.contains(&format!("[env: {name}")),
+            "quiver-proxy --help does not name {name}"
+        );
+    }
+    let quic = quiver_tests::mesh::free_port();
+    let admin = quiver_tests::mesh::free_port();
+    let mut cmd = std::process::Command::new(&proxy);
+    cmd.env_clear();
+    for (name, value) in &env {
+        let value = match name.as_str() {
+            "QUIVER_CONTROL_PLANE" => server.discovery.to_string(),
+            "QUIVER_CA_CERT" => {
+                assert_eq!(value, "/var/run/quiver/trust-bundle/ca.pem");
+                ca.display().to_string()
+            }
+            "QUIVER_ADVERTISE" => {
+                assert_eq!(value, "127.0.0.1:15443", "$(POD_IP) expanded");
+                format!("127.0.0.1:{quic}")
+            }
+            "QUIVER_QUIC_LISTEN" => format!("127.0.0.1:{quic}"),
+            "QUIVER_ADMIN_LISTEN" => format!("127.0.0.1:{admin}"),
+            "QUIVER_CAPTURE" => continue,
+            _ => value.clone(),
+        };
+        cmd.env(name, value);
+    }
+    let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+    cmd.stdout(log.try_clone().unwrap()).stderr(log);
+    let mut child = cmd.spawn().unwrap();
+    let log_path = dir.path().join("proxy.log");
+    // Polled by hand rather than with `eventually`: a proxy that exits (a refused join, a
+    // variable it does not take) must fail the test at once, with its log.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if readyz_status(admin).await == Some(200) {
+            break;
+        }
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!("quiver-proxy exited ({exit}):\n{}", log());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the injected sidecar was not ready within 20 s:\n{}",
+            log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Registered as the Service the pod's app label names, with its workload labels.
+    let workloads = quiver_tests::eventually(
+        "the workload registered",
+        std::time::Duration::from_secs(10),
+        || async {
+            let out = ctl
+                .ok(&["get", "workloads", "-n", "shop", "-o", "yaml"])
+                .await;
+            out.contains("version: v1").then_some(out)
+        },
+    )
+    .await;
+    assert!(workloads.contains("service: catalog"), "{workloads}");
+    assert!(workloads.contains("app: catalog"), "{workloads}");
+    assert!(!workloads.contains("pod-template-hash"), "{workloads}");
+    assert!(!workloads.contains("quiver.dev/inject"), "{workloads}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.stop().await;
+}
+
+/// GET /readyz on the admin port: its status, or None when nothing answers yet.
+async fn readyz_status(admin: u16) -> Option<u16> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", admin))
+        .await
+        .ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/readyz")
+        .header("host", "127.0.0.1")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    Some(resp.status().as_u16())
 }
 
 #[tokio::test]
