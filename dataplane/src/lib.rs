@@ -237,12 +237,15 @@ impl Capture {
                     .get(service)
                     .and_then(|s| s.virtual_ip)
             });
-            let resolver = Arc::new(proxy::dns::Resolver::new(
-                self.namespace,
-                lookup,
-                self.settings.dns_upstreams.clone(),
-                std::time::Duration::from_secs(2),
-            ));
+            let resolver = Arc::new(
+                proxy::dns::Resolver::new(
+                    self.namespace,
+                    lookup,
+                    self.settings.dns_upstreams.clone(),
+                    std::time::Duration::from_secs(2),
+                )
+                .with_counters(proxy::dns::Counters::on(inputs.metrics.dns_queries.clone())),
+            );
             tasks.push(tokio::spawn(
                 resolver.clone().serve_udp(udp, inputs.drain.clone()),
             ));

@@ -3,7 +3,7 @@
 //! `<service>.<namespace>.svc.cluster.local`, with the service's virtual IP; it owns `.mesh`
 //! (unknown names there are NXDOMAIN, never forwarded) and forwards every other query byte for
 //! byte to the upstream resolvers, UDP as UDP and TCP as TCP. Counts its outcomes in
-//! [`Counters`], free of the metrics registry.
+//! [`Counters`] (the proxy's `quiver_dns_queries_total`).
 //!
 //! It must not trust a byte: queries come from any process in the pod. Parsing reads the header
 //! and the one question only (the rest is forwarded as is), never follows a compression
@@ -14,15 +14,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
 use crate::drain::Drain;
+use crate::telemetry::metrics::DnsLabels;
 
 /// The largest query accepted, over UDP or TCP. One question with EDNS options (cookies,
 /// padding) fits in a few hundred bytes; a bigger "query" is refused with FORMERR.
@@ -92,19 +94,33 @@ impl Outcome {
     }
 }
 
-/// Queries by [`Outcome`], for the wiring to expose as a metric.
-#[derive(Debug, Default)]
+/// Queries by [`Outcome`]: the proxy's `quiver_dns_queries_total{outcome}` when built
+/// [`Counters::on`] its family, else a family of their own (tests read them with `get`).
+#[derive(Debug, Default, Clone)]
 pub struct Counters {
-    counts: [AtomicU64; 5],
+    family: Family<DnsLabels, Counter>,
 }
 
 impl Counters {
+    /// Count into `family` (registered by the metrics).
+    pub fn on(family: Family<DnsLabels, Counter>) -> Self {
+        Self { family }
+    }
+
     pub fn get(&self, outcome: Outcome) -> u64 {
-        self.counts[outcome as usize].load(Ordering::Relaxed)
+        self.family
+            .get_or_create(&DnsLabels {
+                outcome: outcome.as_str(),
+            })
+            .get()
     }
 
     fn add(&self, outcome: Outcome) {
-        self.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.family
+            .get_or_create(&DnsLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
     }
 }
 
@@ -167,6 +183,12 @@ impl Resolver {
             counters: Counters::default(),
             forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
         }
+    }
+
+    /// Count into `counters` instead of counters of its own.
+    pub fn with_counters(mut self, counters: Counters) -> Self {
+        self.counters = counters;
+        self
     }
 
     pub fn counters(&self) -> &Counters {

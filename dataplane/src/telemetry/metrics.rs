@@ -124,6 +124,14 @@ pub struct Metrics {
     pub spans_shipped: Counter,
     /// Connections the capture rules redirected to this proxy (proxy/transparent.rs).
     pub captured: Family<CaptureLabels, Counter>,
+    /// Queries the pod's DNS resolver answered, by outcome.
+    pub dns_queries: Family<DnsLabels, Counter>,
+}
+
+/// What the pod's DNS resolver did with a query (`proxy/dns.rs`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    pub outcome: &'static str,
 }
 
 /// A captured connection: its direction, what became of it and the protocol it spoke (the
@@ -194,6 +202,7 @@ impl Metrics {
             spans_dropped: Counter::default(),
             spans_shipped: Counter::default(),
             captured: Family::default(),
+            dns_queries: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("quiver");
         // Counters are registered without `_total`: the encoder appends it.
@@ -379,6 +388,12 @@ impl Metrics {
              undeclared-port, egress, egress-denied, egress-failed, plaintext-refused, \
              plaintext-allowed, app-unreachable, refused) and protocol",
             m.captured.clone(),
+        );
+        r.register(
+            "dns_queries",
+            "DNS queries the pod's resolver handled (--capture), by outcome: mesh (a virtual \
+             IP), nxdomain (an unknown .mesh name), forwarded, servfail, malformed",
+            m.dns_queries.clone(),
         );
         m
     }
