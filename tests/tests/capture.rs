@@ -455,8 +455,25 @@ async fn an_app_that_knows_nothing_of_the_mesh_is_carried_by_it() {
         peers.recv_timeout(Duration::from_millis(500)).is_err(),
         "a denied connection got through"
     );
+    // A client that says nothing (server-speaks-first) is held for the detection bound
+    // (capture.detect_timeout, 100 ms by default), then closed and counted as tcp.
+    let got = ns.python(&format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{}', {}), timeout=5)\n\
+         t = time.monotonic()\n\
+         s.settimeout(5)\n\
+         try:\n  b = s.recv(100)\n\
+         except ConnectionResetError:\n  b = b''\n\
+         print(repr(b), round((time.monotonic() - t) * 1000))",
+        banner.ip(),
+        banner.port()
+    ));
+    let (closed, waited) = got.trim().split_once(' ').expect("two fields");
+    assert_eq!(closed, "b''");
+    eprintln!("a silent denied client was closed after {waited} ms (detect_timeout 100ms)");
     let m = metrics(&ns);
     assert!(captured(&m, "egress-denied", "http1") >= 1, "{m}");
+    assert!(captured(&m, "egress-denied", "tcp") >= 1, "{m}");
     drop(sidecar);
 
     // 7. Remove: no rule of ours left, the rest untouched; removing again is fine.
