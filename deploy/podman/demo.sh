@@ -27,6 +27,7 @@
 #                      (default ./quiver-pods)
 #   QUIVER_PODS_PORT   host port published for frontend's app (default 15100; 0: none)
 #   QUIVER_PODS_BUILD  1: rebuild the images even when they exist
+#   QUIVER_PODS_APPS   0: start the control plane only, mesh applied, secrets made (tests)
 #   PODMAN             the podman command (default: podman --runtime runc; crun fails on this
 #                      kind of kernel)
 # Needs podman and runc (apt-get install -y podman runc, and `default_ulimits = []` under
@@ -151,7 +152,9 @@ metadata:
   name: $name-$pod
   labels: {app: $service, $label: $name}
 spec:
-  restartPolicy: Always
+  # Not Always: podman 4.3 applies the pod's policy to init containers too, restarts the
+  # capture step once it has exited, and then fails to remove it ("once" init containers).
+  restartPolicy: OnFailure
   initContainers:
   # The capture rules in the pod's network namespace, then exit. The proxy's own uid is
   # never captured; nor is the control plane's port or the admin port.
@@ -268,6 +271,10 @@ up() {
       --service-account "$sa" --uses 100 --ttl 24h 2>/dev/null)"
   done
 
+  if [ "${QUIVER_PODS_APPS:-1}" = 0 ]; then
+    log "QUIVER_PODS_APPS=0: the control plane only"
+    return
+  fi
   apps_yaml > apps.yaml
   log "apps: pods ${apps[*]/#/$name-}"
   p kube play --network "$name" apps.yaml >/dev/null
@@ -306,7 +313,7 @@ status() {
     p pod exists "$pod" && printf '%-28s %s\n' "$pod" "$(pod_ip "$pod")"
   done
   quiverctl get workloads
-  if command -v curl >/dev/null; then
+  if command -v curl >/dev/null && p pod exists "$name-frontend"; then
     frontend_answer
     echo
   fi
