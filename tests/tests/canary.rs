@@ -264,11 +264,13 @@ async fn a_healthy_canary_is_promoted_step_by_step_from_real_traffic() {
         assert!(canary.requests >= 10, "{check:?}");
         assert_eq!(canary.success_rate, 100.0);
         // The split observed over the step follows its weight (a report interval that
-        // straddles the step's start carries a little of the step before).
+        // straddles the step's start carries a little of the step before: up to ~17% of a
+        // step's requests on a 2-core machine with other builds running, seen in CI).
+        // Wrong weights would miss by 30 points or more (the steps are 20, 50, 100).
         let stable = check.stable.unwrap();
         let share = 100.0 * canary.requests as f64 / (canary.requests + stable.requests) as f64;
         assert!(
-            (share - f64::from(check.weight)).abs() <= 15.0,
+            (share - f64::from(check.weight)).abs() <= 20.0,
             "step at {}%: the canary got {share:.1}% of {} requests",
             check.weight,
             canary.requests + stable.requests
