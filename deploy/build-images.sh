@@ -44,9 +44,12 @@ bin_dir="$target_dir/$target/release"
 images="$target_dir/images"
 
 # --- 1. static binaries ----------------------------------------------------------------------
+# The demo's binary too (deploy/podman/build-demo-image.sh runs the same command): one cargo
+# invocation with one feature set, so the second is a no-op instead of a second release build
+# of every dependency with other features.
 log "cargo build --release --target $target (static glibc: -C target-feature=+crt-static)"
 RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-  cargo build --release --target "$target" -p quiver-proxy -p quiver-control --bins
+  cargo build --release --target "$target" -p quiver-proxy -p quiver-control -p quiver-demo --bins
 for b in quiver-proxy quiver-control quiverctl; do
   # A binary that asks for a loader or shared libraries would not start in a scratch image.
   if readelf -lW "$bin_dir/$b" | grep -q 'Requesting program interpreter' \

@@ -28,9 +28,11 @@ case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
 bin="$target_dir/$target/release/quiver-demo"
 ctx="$target_dir/images/demo"
 
-log "cargo build --release --target $target -p quiver-demo (static glibc: -C target-feature=+crt-static)"
+# Exactly deploy/build-images.sh's command (the same packages, so the same feature set): after
+# it, this is a no-op rather than a second release build of every dependency.
+log "cargo build --release --target $target (static glibc: -C target-feature=+crt-static)"
 RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-  cargo build --release --target "$target" -p quiver-demo --bin quiver-demo
+  cargo build --release --target "$target" -p quiver-proxy -p quiver-control -p quiver-demo --bins
 if readelf -lW "$bin" | grep -q 'Requesting program interpreter' || readelf -dW "$bin" | grep -q '(NEEDED)'; then
   die "$bin is not statically linked"
 fi

@@ -11,6 +11,7 @@ pub mod harness;
 pub mod lossy;
 pub mod mesh;
 pub mod pki;
+pub mod podman;
 pub mod scratch;
 
 /// Generated code for the test gRPC service (proto/echo.proto).

@@ -12,16 +12,14 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use quiver_tests::pki::{Pki, temp_dir};
+use quiver_tests::podman::{INSTALL, podman, podman_ok, podman_with, repo, target_dir};
 
-const INSTALL: &str = "install it with: apt-get install -y podman runc (and put \
-    `default_ulimits = []` under [containers] in /etc/containers/containers.conf; \
-    scripts/test.sh does both)";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The proxy image's budget, uncompressed (issue 20).
 const PROXY_IMAGE_MAX_BYTES: u64 = 25_000_000;
@@ -30,71 +28,12 @@ const CONTROL_UID: u32 = 1338;
 /// The control plane's admin token in these tests (at least 32 characters).
 const TOKEN: &str = "qvr_images-test-admin-token-0123456789";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn proxy_image() -> String {
     format!("localhost/quiver-proxy:{VERSION}")
 }
 
 fn control_image() -> String {
     format!("localhost/quiver-control:{VERSION}")
-}
-
-/// `podman --runtime runc ARGS` with `stdin`, waited for.
-fn podman_with(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("podman")
-        .args(["--runtime", "runc"])
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run podman: {e}\n{INSTALL}"));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn podman(args: &[&str]) -> Output {
-    podman_with(args, None)
-}
-
-/// `podman ARGS`, which must succeed: its stdout.
-fn podman_ok(args: &[&str]) -> String {
-    let out = podman(args);
-    assert!(
-        out.status.success(),
-        "podman {}: {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The workspace's target dir (where this test was built): the build shares it.
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors()
-        .find(|d| d.join("CACHEDIR.TAG").exists())
-        .unwrap_or_else(|| panic!("no target dir (CACHEDIR.TAG) above {}", exe.display()))
-        .to_path_buf()
 }
 
 /// Run deploy/build-images.sh once for every test here: its output. A failure fails every

@@ -20,16 +20,14 @@
 )]
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use quiver_tests::podman::{INSTALL, podman, podman_ok, podman_with, repo, target_dir, text};
 use serde_json::{Value, json};
 
-const INSTALL: &str = "install it with: apt-get install -y podman runc (and put \
-    `default_ulimits = []` under [containers] in /etc/containers/containers.conf; \
-    scripts/test.sh does both)";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const TRUST_DOMAIN: &str = "mesh.local";
 /// What podman 4.3 answers to the injector's native sidecar (its startup and readiness
@@ -37,74 +35,8 @@ const TRUST_DOMAIN: &str = "mesh.local";
 const PODMAN_PROBE_REFUSAL: &str = "cannot create an init container that has either of \
     lifecycle, livenessProbe, readinessProbe, or startupProbe set";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn spiffe(sa: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/demo/sa/{sa}")
-}
-
-/// `podman --runtime runc ARGS` with `stdin`, waited for.
-fn podman_with(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("podman")
-        .args(["--runtime", "runc"])
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run podman: {e}\n{INSTALL}"));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn podman(args: &[&str]) -> Output {
-    podman_with(args, None)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `podman ARGS`, which must succeed: its stdout.
-fn podman_ok(args: &[&str]) -> String {
-    let out = podman(args);
-    assert!(
-        out.status.success(),
-        "podman {}: {}\n{}",
-        args.join(" "),
-        out.status,
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The workspace's target dir (where this test was built): the image builds share it.
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors()
-        .find(|d| d.join("CACHEDIR.TAG").exists())
-        .unwrap_or_else(|| panic!("no target dir (CACHEDIR.TAG) above {}", exe.display()))
-        .to_path_buf()
 }
 
 /// Build the three images from this tree once for every test here (an image left by an
