@@ -25,48 +25,18 @@ root=$(pwd)
 log() { printf '==> %s\n' "$*"; }
 die() { echo "build-images: $*" >&2; exit 1; }
 
-target=x86_64-unknown-linux-gnu
-read -r -a podman <<< "${PODMAN:-podman --runtime runc}"
-command -v "${podman[0]}" >/dev/null || die "podman is missing: install it with: apt-get install -y podman runc"
+. deploy/lib.sh
 nft=/usr/sbin/nft
 [ -x "$nft" ] || die "$nft is missing (the proxy image carries it): install it with: apt-get install -y nftables"
 for f in /etc/protocols /etc/services; do
   [ -f "$f" ] || die "$f is missing (nft names protocols and ports with it): install it with: apt-get install -y netbase"
 done
-command -v strip >/dev/null && command -v readelf >/dev/null || die "strip or readelf is missing: install it with: apt-get install -y binutils"
-
-version=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
-[ -n "$version" ] || die "no version under [workspace.package] in Cargo.toml"
-
-target_dir=${CARGO_TARGET_DIR:-target}
-case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
-bin_dir="$target_dir/$target/release"
 images="$target_dir/images"
 
 # --- 1. static binaries ----------------------------------------------------------------------
-# The demo's binary too (deploy/podman/build-demo-image.sh runs the same command): one cargo
-# invocation with one feature set, so the second is a no-op instead of a second release build
-# of every dependency with other features.
-log "cargo build --release --target $target (static glibc: -C target-feature=+crt-static)"
-RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-  cargo build --release --target "$target" -p quiver-proxy -p quiver-control -p quiver-demo --bins
-for b in quiver-proxy quiver-control quiverctl; do
-  # A binary that asks for a loader or shared libraries would not start in a scratch image.
-  if readelf -lW "$bin_dir/$b" | grep -q 'Requesting program interpreter' \
-     || readelf -dW "$bin_dir/$b" | grep -q '(NEEDED)'; then
-    die "$bin_dir/$b is not statically linked"
-  fi
-done
+static_build quiver-proxy quiver-control quiverctl
 
 # --- 2. build contexts -----------------------------------------------------------------------
-# passwd/group for a scratch image: root, the image's own user, nobody. No shells exist.
-write_etc() { # DIR UID NAME
-  mkdir -p "$1"
-  printf 'root:x:0:0:root:/root:/sbin/nologin\n%s:x:%s:%s::/nonexistent:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n' \
-    "$3" "$2" "$2" > "$1/passwd"
-  printf 'root:x:0:\n%s:x:%s:\nnogroup:x:65534:\n' "$3" "$2" > "$1/group"
-  chmod 0644 "$1/passwd" "$1/group"
-}
 
 rm -rf "$images"
 proxy_ctx="$images/proxy"
