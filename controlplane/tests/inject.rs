@@ -670,15 +670,7 @@ async fn the_injector_is_served_over_tls_for_the_name_the_api_server_dials() {
         .api_ca_file
         .clone()
         .expect("--tls-mesh-ca writes the CA file");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        quiver_api::certs::certs_from_pem(&std::fs::read_to_string(&ca_file).unwrap()).unwrap()
-    {
-        roots.add(cert).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = quiver_tests::pki::client_trusting(&std::fs::read(&ca_file).unwrap());
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))

@@ -169,3 +169,20 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A TLS client config (ring, safe defaults, no client certificate) that trusts the CA
+/// certificates in `ca_pem`: for tests that call an HTTPS endpoint of ours as its clients do.
+pub fn client_trusting(ca_pem: &[u8]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::str::from_utf8(ca_pem).expect("CA PEM is text");
+    for cert in quiver_api::certs::certs_from_pem(pem).expect("CA PEM parses") {
+        roots.add(cert).expect("CA certificate accepted as a root");
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}

@@ -378,17 +378,7 @@ table inet quiver_images_test {
 /// GET `path` over HTTPS from `addr`, verifying the server against `ca_pem` for the name
 /// `localhost`: (status, body). Blocking: HTTP/1.1 over rustls on a std socket.
 fn https_get(addr: SocketAddr, ca_pem: &[u8], path: &str) -> std::io::Result<(u16, String)> {
-    use rustls_pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = quiver_tests::pki::client_trusting(ca_pem);
     let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
         .map_err(std::io::Error::other)?;
     let sock = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;

@@ -370,17 +370,7 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 
 /// `POST https://ADDR/inject` with `body`, the server verified with `ca_pem` as `name`.
 fn https_post(addr: &str, name: &str, ca_pem: &[u8], body: &str) -> (u16, String) {
-    use rustls_pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = quiver_tests::pki::client_trusting(ca_pem);
     let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), server_name).unwrap();
     let sock = std::net::TcpStream::connect(addr).unwrap();
