@@ -259,17 +259,8 @@ fn parse_outbound(s: &str) -> Result<(SocketAddr, String, Option<u16>, Protocol)
     let (target, protocol) = match target.split_once('/') {
         None => (target, Protocol::Http1),
         Some((t, p)) => {
-            let p = match p {
-                "http1" => Protocol::Http1,
-                "http2" => Protocol::Http2,
-                "grpc" => Protocol::Grpc,
-                "tcp" => Protocol::Tcp,
-                other => {
-                    return Err(format!(
-                        "protocol {other:?} is not http1, http2, grpc or tcp"
-                    ));
-                }
-            };
+            let p = Protocol::from_name(p)
+                .ok_or_else(|| format!("protocol {p:?} is not http1, http2, grpc or tcp"))?;
             (t, p)
         }
     };

@@ -46,6 +46,16 @@ impl Protocol {
         })
     }
 
+    /// The API's name for it: what [`Protocol::from_name`] reads, and the metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        }
+    }
+
     pub fn is_http(self) -> bool {
         !matches!(self, Protocol::Tcp)
     }

@@ -173,12 +173,7 @@ async fn outbound_conn(
             port: Some(dst.port()),
         };
         drop(snapshot);
-        count(
-            &inputs,
-            Direction::Outbound,
-            "mesh",
-            protocol_label(protocol),
-        );
+        count(&inputs, Direction::Outbound, "mesh", protocol.name());
         match protocol {
             Protocol::Tcp => outbound::tcp(inputs, stream, target).await,
             _ => outbound::http_conn(inputs, stream, Entry::Fixed(target)).await,
@@ -189,15 +184,6 @@ async fn outbound_conn(
     match settings.egress {
         Egress::Allow => passthrough(&inputs, stream, dst).await,
         Egress::Deny => deny(&inputs, stream, dst, settings.detect_timeout).await,
-    }
-}
-
-fn protocol_label(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Http1 => "http1",
-        Protocol::Http2 => "http2",
-        Protocol::Grpc => "grpc",
-        Protocol::Tcp => "tcp",
     }
 }
 
