@@ -3,9 +3,10 @@
 //! proxies that redeem a join token.
 //!
 //! A generated CA is two certificates: a root (10 years) that is the trust bundle and signs
-//! only intermediates, and an online intermediate (one year, replaced at start when less than
-//! 90 days are left) that signs SVIDs; a leaf's chain is leaf -> intermediate, and peers trust
-//! the root alone. Both private keys are stored sealed with AES-256-GCM under the
+//! only intermediates, and an online intermediate (one year, replaced when less than 90 days
+//! are left, at start or by the periodic [`keep_refreshed`] task, exactly once across
+//! replicas) that signs SVIDs; a leaf's chain is leaf -> intermediate, and peers trust the
+//! root alone. Both private keys are stored sealed with AES-256-GCM under the
 //! key-encryption key ([`KeyEncryptionKey`], `--ca-key-encryption-key`), never in clear; a
 //! store from before this (one plaintext CA) is migrated at start: that CA becomes the root,
 //! so every certificate it issued stays valid, and the plaintext row is deleted.
@@ -28,9 +29,37 @@ use crate::store::{CaRole, SealedCa, Store, StoreError};
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Validity of the online intermediate that signs SVIDs.
 pub const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
-/// An intermediate with less than this left is replaced at start (leaves live 30 days at
-/// most, so none is ever cut short by its intermediate).
+/// An intermediate with less than this left is replaced (leaves live 30 days at most, so none
+/// is ever cut short by its intermediate).
 const INTERMEDIATE_RENEW_BEFORE: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// How long a generated intermediate lives and how long before its end it is replaced. The
+/// defaults are [`INTERMEDIATE_VALIDITY`] and 90 days; tests shorten both so that a renewal
+/// happens in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntermediatePolicy {
+    pub validity: Duration,
+    pub renew_before: Duration,
+}
+
+impl Default for IntermediatePolicy {
+    fn default() -> Self {
+        Self {
+            validity: INTERMEDIATE_VALIDITY,
+            renew_before: INTERMEDIATE_RENEW_BEFORE,
+        }
+    }
+}
+
+impl IntermediatePolicy {
+    /// Whether an intermediate ending at `not_after` is due for replacement now.
+    fn due(&self, not_after: SystemTime) -> bool {
+        not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            < self.renew_before
+    }
+}
 /// The key-encryption key generated for a SQLite store without `--ca-key-encryption-key`.
 pub const GENERATED_KEK_FILE: &str = "ca-key-encryption.key";
 
@@ -220,6 +249,7 @@ pub struct MeshCa {
     /// The key that opens the stored keys; None for an operator's CA (`--ca-cert`), which is
     /// neither stored nor rotated here.
     kek: Option<KeyEncryptionKey>,
+    policy: IntermediatePolicy,
     state: watch::Sender<Arc<CaState>>,
 }
 
@@ -318,6 +348,25 @@ impl MeshCa {
         operator: Option<(&Path, &Path)>,
         kek: KeyEncryptionKey,
     ) -> Result<Self, CaError> {
+        Self::load_or_create_with(
+            store,
+            trust_domain,
+            operator,
+            kek,
+            IntermediatePolicy::default(),
+        )
+        .await
+    }
+
+    /// [`MeshCa::load_or_create`] with the intermediate's validity and renewal window given
+    /// (tests use seconds).
+    pub async fn load_or_create_with(
+        store: &dyn Store,
+        trust_domain: &str,
+        operator: Option<(&Path, &Path)>,
+        kek: KeyEncryptionKey,
+        policy: IntermediatePolicy,
+    ) -> Result<Self, CaError> {
         SpiffeId::parse(&format!("spiffe://{trust_domain}"))
             .map_err(|e| CaError::TrustDomain(trust_domain.into(), e))?;
         if let Some((cert, key)) = operator {
@@ -326,6 +375,7 @@ impl MeshCa {
             return Ok(Self {
                 trust_domain: trust_domain.into(),
                 kek: None,
+                policy,
                 state: watch::Sender::new(Arc::new(CaState::new(authority, cert_pem, Vec::new()))),
             });
         }
@@ -356,11 +406,12 @@ impl MeshCa {
         )?;
         // The root is sealed now: no plaintext copy stays behind.
         store.delete_certificate_authority().await?;
-        let authority = intermediate(store, trust_domain, &root_ca, &kek).await?;
+        let authority = intermediate(store, trust_domain, &root_ca, &kek, policy).await?;
         let retiring = store.retiring_roots().await?;
         Ok(Self {
             trust_domain: trust_domain.into(),
             kek: Some(kek),
+            policy,
             state: watch::Sender::new(Arc::new(CaState::new(authority, root.cert_pem, retiring))),
         })
     }
@@ -462,6 +513,59 @@ impl MeshCa {
         Ok(true)
     }
 
+    /// Replace the stored intermediate with a new one from the same root when it has less than
+    /// the renewal window left, then adopt whatever the store holds. Replicas racing here
+    /// produce one new intermediate: the store replaces the row only if it still holds the
+    /// certificate this replica read, and the loser adopts the winner's. The bundle does not
+    /// change (same root), and SVIDs signed by the old intermediate stay valid until they or
+    /// it expire. True when this call stored the new intermediate.
+    pub async fn renew_intermediate(&self, store: &dyn Store) -> Result<bool, CaError> {
+        let Some(kek) = &self.kek else {
+            return Ok(false);
+        };
+        // What this replica signs with is not due: nothing to read from the store.
+        if !self.policy.due(self.current().authority.not_after()) {
+            return Ok(false);
+        }
+        let Some(current) = store.ca_key(CaRole::Intermediate).await? else {
+            return Err(CaError::Missing);
+        };
+        let not_after = quiver_api::certs::certs_from_pem(&current.cert_pem)?
+            .first()
+            .map(|der| quiver_api::certs::not_after(der))
+            .transpose()?
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        if !self.policy.due(not_after) {
+            // Another replica renewed it already.
+            self.refresh(store).await?;
+            return Ok(false);
+        }
+        let root = store.ca_key(CaRole::Root).await?.ok_or(CaError::Missing)?;
+        let root = CertificateAuthority::from_pem(
+            &root.cert_pem,
+            &kek.open(CaRole::Root, &root.key_sealed)?,
+        )?;
+        let next = root.issue_intermediate(&self.trust_domain, self.policy.validity)?;
+        let sealed = SealedCa {
+            cert_pem: next.cert_pem().to_string(),
+            key_sealed: kek.seal(CaRole::Intermediate, next.key_pem()),
+        };
+        let stored = store
+            .replace_ca_key(CaRole::Intermediate, &current, &sealed)
+            .await?;
+        let renewed = stored.cert_pem == sealed.cert_pem;
+        if renewed {
+            tracing::info!(
+                old.not_after = %crate::stored::rfc3339(unix_ms(not_after)),
+                new.not_after = %crate::stored::rfc3339(unix_ms(next.not_after())),
+                new.fingerprint = pem_fingerprint(next.cert_pem()).unwrap_or_default(),
+                "renewed the CA intermediate (same root, the trust bundle is unchanged)"
+            );
+        }
+        self.refresh(store).await?;
+        Ok(renewed)
+    }
+
     /// Start a root rotation: a new root and intermediate (sealed like the first), the old
     /// root kept in the bundle as retiring. Refused for an operator CA and while a rotation
     /// is not yet retired.
@@ -475,7 +579,7 @@ impl MeshCa {
         }
         let current = store.ca_key(CaRole::Root).await?.ok_or(CaError::Missing)?;
         let root = CertificateAuthority::generate(&self.trust_domain, ROOT_VALIDITY)?;
-        let signer = root.issue_intermediate(&self.trust_domain, INTERMEDIATE_VALIDITY)?;
+        let signer = root.issue_intermediate(&self.trust_domain, self.policy.validity)?;
         let sealed_root = SealedCa {
             cert_pem: root.cert_pem().to_string(),
             key_sealed: kek.seal(CaRole::Root, root.key_pem()),
@@ -509,12 +613,30 @@ impl MeshCa {
 /// this one's proxies within this).
 pub const REFRESH: Duration = Duration::from_secs(1);
 
-/// Re-read the stored CA every [`REFRESH`] for as long as the task runs.
+/// How often a failing intermediate renewal is logged again (at error) while it keeps failing.
+const RENEW_FAILURE_LOG_EVERY: Duration = Duration::from_secs(600);
+
+/// Every [`REFRESH`], for as long as the task runs: renew the intermediate when it is due
+/// ([`MeshCa::renew_intermediate`]) and re-read the stored CA.
 pub async fn keep_refreshed(ca: Arc<MeshCa>, store: Arc<dyn Store>) {
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_failure_logged: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
+        match ca.renew_intermediate(store.as_ref()).await {
+            Ok(_) => last_failure_logged = None,
+            Err(e) => {
+                if last_failure_logged.is_none_or(|t| t.elapsed() >= RENEW_FAILURE_LOG_EVERY) {
+                    last_failure_logged = Some(tokio::time::Instant::now());
+                    tracing::error!(
+                        error = %e,
+                        intermediate.not_after = %crate::stored::rfc3339(unix_ms(ca.current().authority.not_after())),
+                        "renewing the CA intermediate failed; SVIDs stop being issued when it expires"
+                    );
+                }
+            }
+        }
         if let Err(e) = ca.refresh(store.as_ref()).await {
             tracing::warn!(error = %e, "reading the mesh CA failed; keeping the one in use");
         }
@@ -535,9 +657,10 @@ async fn intermediate(
     trust_domain: &str,
     root: &CertificateAuthority,
     kek: &KeyEncryptionKey,
+    policy: IntermediatePolicy,
 ) -> Result<CertificateAuthority, CaError> {
     let fresh = || -> Result<SealedCa, CaError> {
-        let ca = root.issue_intermediate(trust_domain, INTERMEDIATE_VALIDITY)?;
+        let ca = root.issue_intermediate(trust_domain, policy.validity)?;
         Ok(SealedCa {
             cert_pem: ca.cert_pem().to_string(),
             key_sealed: kek.seal(CaRole::Intermediate, ca.key_pem()),
@@ -547,13 +670,13 @@ async fn intermediate(
         None => store.init_ca_key(CaRole::Intermediate, &fresh()?).await?,
         Some(current) => {
             let ca = open_intermediate(&current, kek)?;
+            if !policy.due(ca.not_after()) {
+                return Ok(ca);
+            }
             let left = ca
                 .not_after()
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
-            if left >= INTERMEDIATE_RENEW_BEFORE {
-                return Ok(ca);
-            }
             tracing::info!(left = ?left, "replacing the CA intermediate");
             store
                 .replace_ca_key(CaRole::Intermediate, &current, &fresh()?)
@@ -561,6 +684,12 @@ async fn intermediate(
         }
     };
     open_intermediate(&stored, kek)
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 fn open_intermediate(

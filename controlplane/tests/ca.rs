@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime};
 use common::{SqliteTestDb, TestServer};
 use quiver_api::certs::{self, CertificateAuthority};
 use quiver_api::v1::{self, mesh_discovery_client::MeshDiscoveryClient};
-use quiver_control::store::CaRole;
+use quiver_control::ca::{IntermediatePolicy, KeyEncryptionKey, MeshCa};
+use quiver_control::store::{CaRole, Store};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::UnixTime;
 use tonic::Code;
@@ -517,4 +518,155 @@ async fn a_shared_store_needs_an_explicit_key_encryption_key() {
         err.contains("--ca-key-encryption-key: required with --database-url"),
         "{err}"
     );
+}
+
+/// A key-encryption key for a CA opened straight on a store (no server), from a file in `dir`.
+fn test_kek(dir: &std::path::Path) -> KeyEncryptionKey {
+    let path = quiver_tests::scratch::ca_key_encryption_key(dir);
+    KeyEncryptionKey::load(Some(&path), dir, true).unwrap()
+}
+
+/// An intermediate that lives 8 s and is due for renewal once less than 6 s are left: a
+/// replica that starts within the first second keeps it, and the window opens about two
+/// seconds after it was made (certificate times are whole seconds).
+const SHORT_LIVED: IntermediatePolicy = IntermediatePolicy {
+    validity: Duration::from_secs(8),
+    renew_before: Duration::from_secs(6),
+};
+
+fn not_after_of(pem: &str) -> SystemTime {
+    certs::not_after(&certs::certs_from_pem(pem).unwrap()[0]).unwrap()
+}
+
+/// Sign an SVID for shop/web with `ca`; its chain PEM.
+fn sign_with(ca: &MeshCa) -> String {
+    let (_, csr) = certs::new_key_and_csr().unwrap();
+    ca.sign(
+        &csr,
+        "shop",
+        "web",
+        Duration::from_secs(600),
+        SystemTime::UNIX_EPOCH,
+    )
+    .unwrap()
+    .chain_pem
+}
+
+/// Two replicas on one store renew a short-lived intermediate while running: exactly one new
+/// intermediate is stored, both sign with it, the bundle (the root) is unchanged, a leaf from
+/// before still verifies and a leaf from after chains to the new intermediate.
+async fn two_replicas_renew_the_intermediate_once(store: Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        MeshCa::load_or_create_with(
+            store.as_ref(),
+            "mesh.local",
+            None,
+            test_kek(dir.path()),
+            SHORT_LIVED,
+        )
+        .await
+        .unwrap()
+    };
+    let a = open().await;
+    let b = open().await;
+    let first = store.ca_key(CaRole::Intermediate).await.unwrap().unwrap();
+    assert_eq!(a.current().signer_pem(), first.cert_pem);
+    assert_eq!(
+        b.current().signer_pem(),
+        first.cert_pem,
+        "b kept a's intermediate"
+    );
+    let bundle = a.bundle_pem();
+    let life = not_after_of(&first.cert_pem)
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        life <= SHORT_LIVED.validity,
+        "the intermediate lives {life:?}"
+    );
+
+    // Not due yet: nothing is replaced.
+    assert!(!a.renew_intermediate(store.as_ref()).await.unwrap());
+    assert!(!b.renew_intermediate(store.as_ref()).await.unwrap());
+    assert_eq!(
+        store.ca_key(CaRole::Intermediate).await.unwrap().unwrap(),
+        first
+    );
+    let before = sign_with(&a);
+    assert!(verifies(&before, &bundle));
+
+    // Wait for the instant the renewal window opens (a known time, not a guess).
+    let opens = not_after_of(&first.cert_pem) - SHORT_LIVED.renew_before;
+    if let Ok(wait) = opens.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(200)).await;
+    }
+
+    // Both replicas race to renew: the store lets one write, the other adopts it.
+    let (ra, rb) = tokio::join!(
+        a.renew_intermediate(store.as_ref()),
+        b.renew_intermediate(store.as_ref())
+    );
+    let renewed = [ra.unwrap(), rb.unwrap()];
+    assert_eq!(
+        renewed.iter().filter(|r| **r).count(),
+        1,
+        "exactly one replica stored a new intermediate: {renewed:?}"
+    );
+    let second = store.ca_key(CaRole::Intermediate).await.unwrap().unwrap();
+    assert_ne!(second.cert_pem, first.cert_pem);
+    assert_eq!(a.current().signer_pem(), second.cert_pem);
+    assert_eq!(b.current().signer_pem(), second.cert_pem);
+    assert!(not_after_of(&second.cert_pem) > not_after_of(&first.cert_pem));
+    // A replica that read the old intermediate before that write and writes its own after it
+    // (whatever the interleaving above was) is refused: the store keeps the winner's.
+    let late = quiver_control::store::SealedCa {
+        cert_pem: CertificateAuthority::generate("mesh.local", Duration::from_secs(60))
+            .unwrap()
+            .cert_pem()
+            .to_string(),
+        key_sealed: "v1:late".into(),
+    };
+    let kept = store
+        .replace_ca_key(CaRole::Intermediate, &first, &late)
+        .await
+        .unwrap();
+    assert_eq!(kept, second, "a write keyed on the old intermediate lost");
+    // A second round changes nothing: the new one is not due.
+    assert!(!a.renew_intermediate(store.as_ref()).await.unwrap());
+    assert!(!b.renew_intermediate(store.as_ref()).await.unwrap());
+    assert_eq!(
+        store.ca_key(CaRole::Intermediate).await.unwrap().unwrap(),
+        second
+    );
+
+    // Same root: the bundle did not change, and the leaf from before still verifies.
+    assert_eq!(a.bundle_pem(), bundle);
+    assert_eq!(b.bundle_pem(), bundle);
+    assert!(
+        verifies(&before, &bundle),
+        "a leaf from the old intermediate"
+    );
+    // New leaves, from either replica, chain to the new intermediate and verify.
+    for ca in [&a, &b] {
+        let after = sign_with(ca);
+        let chain = certs::certs_from_pem(&after).unwrap();
+        assert_eq!(
+            chain[1].as_ref(),
+            certs::certs_from_pem(&second.cert_pem).unwrap()[0].as_ref()
+        );
+        assert!(verifies(&after, &bundle));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_replicas_renew_the_intermediate_once_sqlite() {
+    let db = SqliteTestDb::create();
+    two_replicas_renew_the_intermediate_once(db.store().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_replicas_renew_the_intermediate_once_postgres() {
+    let db = common::PgTestDb::create().await;
+    two_replicas_renew_the_intermediate_once(db.store().await).await;
 }
