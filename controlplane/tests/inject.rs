@@ -201,10 +201,36 @@ async fn labelled_pods_get_the_sidecar_and_the_mutated_pods_validate() {
             expected_inits,
             "{file}"
         );
+        // The app's containers are untouched but for probes to captured ports, which now
+        // ask the sidecar's admin port (the sidecar checks the original from inside the Pod).
+        let without_probes = |containers: &Value| {
+            let mut list = containers.clone();
+            for c in list.as_array_mut().unwrap() {
+                for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                    c.as_object_mut().unwrap().remove(probe);
+                }
+            }
+            list
+        };
         assert_eq!(
-            pod["spec"]["containers"], original["spec"]["containers"],
-            "{file}: the app's containers are untouched"
+            without_probes(&pod["spec"]["containers"]),
+            without_probes(&original["spec"]["containers"]),
+            "{file}: the app's containers are untouched but for their probes"
         );
+        for (c, before) in pod["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(original["spec"]["containers"].as_array().unwrap())
+        {
+            for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                if before.get(probe).is_some() {
+                    assert_eq!(c[probe]["httpGet"]["port"], 15020, "{file}: {probe}");
+                    let path = c[probe]["httpGet"]["path"].as_str().unwrap();
+                    assert!(path.starts_with("/app-health/"), "{file}: {path}");
+                }
+            }
+        }
         let mut volumes = names(&original["spec"]["volumes"]);
         volumes.push("quiver-trust-bundle".into());
         assert_eq!(names(&pod["spec"]["volumes"]), volumes, "{file}");

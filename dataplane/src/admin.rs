@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/config`, and
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/config`,
+//! `/app-health/...` (the app's own probes, checked for kubelet: [`crate::app_health`]), and
 //! `POST /quitquitquit` (shut down as on SIGTERM; from a loopback address only, so that only
 //! the pod itself can stop its sidecar: a Job's app calls it when it is done).
 //! Loopback by default; it serves no secrets (the key file's contents never enter the config).
@@ -22,6 +23,8 @@ pub struct Admin {
     pub registry: Registry,
     /// The effective config and bound addresses (the identity is added per request).
     pub config_json: serde_json::Value,
+    /// The app's probes, rewritten to this listener by the injector.
+    pub app_probes: crate::app_health::AppProbes,
 }
 
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
@@ -42,7 +45,16 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req, peer)) }
+                async move {
+                    let path = req.uri().path();
+                    if path.starts_with(crate::app_health::PREFIX)
+                        && (req.method() == Method::GET || req.method() == Method::HEAD)
+                        && let Some(v) = admin.app_probes.answer(path).await
+                    {
+                        return Ok::<_, Infallible>(text(v.status, &format!("{}\n", v.detail)));
+                    }
+                    Ok::<_, Infallible>(route(&admin, req, peer))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -112,7 +124,8 @@ fn route(admin: &Admin, req: Request<Incoming>, peer: std::net::SocketAddr) -> R
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /healthz /readyz /config\n",
+            "not found; try /metrics /healthz /readyz /config (and /app-health/... when the \
+             injector rewrote the app's probes)\n",
         ),
     }
 }

@@ -128,6 +128,11 @@ pub struct Args {
     /// mesh traffic reaches the app) or allow (permissive) [default: refuse].
     #[arg(long, env = "QUIVER_INBOUND_PLAINTEXT", value_parser = ["refuse", "allow"], help_heading = "Capture")]
     inbound_plaintext: Option<String>,
+    /// The app's probes the admin listener checks for kubelet, as JSON: `/app-health/...`
+    /// paths to Kubernetes probe handlers (`httpGet`, `tcpSocket`, `grpc`, `timeoutSeconds`);
+    /// the sidecar injector sets it (docs/deploy.md, "Probes").
+    #[arg(long, env = "QUIVER_APP_PROBES", value_parser = parse_json)]
+    app_probes: Option<serde_json::Value>,
     /// Where this proxy runs, for locality-aware balancing.
     #[arg(long, env = "QUIVER_ZONE")]
     zone: Option<String>,
@@ -275,6 +280,10 @@ fn parse_outbound(s: &str) -> Result<(SocketAddr, String, Option<u16>, Protocol)
     Ok((listen, service.to_string(), port, protocol))
 }
 
+fn parse_json(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
+}
+
 impl Args {
     fn overrides(&self) -> Overrides {
         Overrides {
@@ -306,6 +315,7 @@ impl Args {
                 "allow" => crate::config::Plaintext::Allow,
                 _ => crate::config::Plaintext::Refuse,
             }),
+            app_probes: self.app_probes.clone(),
         }
     }
 }

@@ -16,6 +16,7 @@ use quiver_api::duration::serde_human;
 use quiver_api::validate::check_dns_label;
 use serde::{Deserialize, Serialize};
 
+use crate::app_health::AppProbes;
 use crate::snapshot::{Endpoint, LocalPort, Protocol, RemoteService, Snapshot};
 
 /// One problem in a config file: where (the field path) and why. The same type the API's
@@ -76,6 +77,10 @@ struct File {
     /// Transparent capture's listeners (docs/deploy.md); absent: off.
     #[serde(default)]
     capture: Option<CaptureFile>,
+    /// The app's probes the admin listener checks for kubelet (`/app-health/...` paths to
+    /// Kubernetes probe handlers; the injector sets them with `--app-probes`).
+    #[serde(default)]
+    app_probes: Option<serde_json::Value>,
 }
 
 /// `capture:`: where the capture rules' redirects arrive and what happens to them.
@@ -217,6 +222,8 @@ pub struct Overrides {
     pub capture: bool,
     pub egress: Option<Egress>,
     pub inbound_plaintext: Option<Plaintext>,
+    /// Replaces the file's `app_probes:`.
+    pub app_probes: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,6 +413,8 @@ pub struct Bootstrap {
     pub tuning: Tuning,
     /// Transparent capture's listeners, when on.
     pub capture: Option<CaptureSettings>,
+    /// The app's probes, checked on the admin listener for kubelet.
+    pub app_probes: AppProbes,
 }
 
 /// What happens to captured connections to destinations outside the mesh.
@@ -593,6 +602,9 @@ fn apply(mut file: File, o: Overrides) -> File {
         if let Some(p) = o.inbound_plaintext {
             c.inbound_plaintext = p;
         }
+    }
+    if let Some(p) = o.app_probes {
+        file.app_probes = Some(p);
     }
     file.outbound.extend(
         o.outbound
@@ -958,6 +970,19 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
     if file.drain_timeout > Duration::from_secs(3600) {
         err("drain_timeout".into(), "must be at most 1h".into());
     }
+    // The app's probes go where inbound requests go: the app's address.
+    let probe_host = control_plane
+        .as_ref()
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.app_host);
+    let app_probes = match &file.app_probes {
+        None => AppProbes::default(),
+        Some(v) => AppProbes::parse(v, probe_host, "app_probes").unwrap_or_else(|e| {
+            for f in e {
+                err(f.path, f.reason);
+            }
+            AppProbes::default()
+        }),
+    };
     let t = &file.tuning;
     if t.max_header_bytes < 1024 {
         err(
@@ -1204,6 +1229,7 @@ fn validate(file: File, base: &Path) -> Result<ProxyConfig, ConfigErrors> {
                     inbound_plaintext: c.inbound_plaintext,
                     detect_timeout: c.detect_timeout,
                 }),
+                app_probes,
             },
             snapshot,
         }),

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app_health;
 pub mod capture;
 pub mod cli;
 pub mod config;
@@ -418,6 +419,7 @@ impl Proxy {
             inputs: inputs.clone(),
             registry,
             config_json,
+            app_probes: b.app_probes.clone(),
         });
         Ok(Self {
             inputs,

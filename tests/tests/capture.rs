@@ -504,3 +504,245 @@ fn plaintext_echo(addr: &str) -> std::io::Result<String> {
     let n = s.read(&mut buf).unwrap_or(0);
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
+
+/// kubelet's GET of `http://addr{path}` from outside the pod: the status, and the body;
+/// status 0 when no HTTP answer came (refused, reset, closed).
+fn kubelet_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s =
+        match TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(5)) {
+            Ok(s) => s,
+            Err(e) => return (0, e.to_string()),
+        };
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    if let Err(e) = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.33\r\nConnection: close\r\n\r\n"
+    ) {
+        return (0, e.to_string());
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// An injected Pod's probes, end to end: the injector rewrites the app's probes to the
+/// sidecar's admin port and hands the originals to the sidecar; with capture installed and
+/// strict mode on, kubelet's plaintext probe of the app's port is refused, while the rewritten
+/// probe reaches the app through the sidecar and reports what the app said: an HTTP status,
+/// a TCP connect, a gRPC health answer (tonic-health, not ours), a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelets_probes_reach_the_app_through_the_sidecar_under_strict_capture() {
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("setpriv", "util-linux"),
+        ("python3", "python3"),
+    ] {
+        need(tool, package);
+    }
+    let ns = Netns::new(42);
+    let pki = Pki::new();
+    let dir = temp_dir("capture-probes");
+
+    // The Pod as a user writes it: three containers' probes (only their probes matter here).
+    let container = |name: &str, probes: [(&str, serde_json::Value, u64); 3]| {
+        let mut c = serde_json::json!({"name": name, "image": "example/shop:1"});
+        for (kind, mut probe, timeout) in probes {
+            probe["timeoutSeconds"] = timeout.into();
+            c[kind] = probe;
+        }
+        c
+    };
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "shop-0", "namespace": "demo",
+                     "labels": {"app": "shop", "quiver.dev/inject": "enabled"}},
+        "spec": {"containers": [
+            container("shop", [
+                ("readinessProbe", serde_json::json!({"httpGet": {"path": "/ready", "port": 18080}}), 2),
+                ("livenessProbe", serde_json::json!({"tcpSocket": {"port": 18081}}), 2),
+                ("startupProbe", serde_json::json!({"grpc": {"port": 18090}}), 2),
+            ]),
+            container("sick", [
+                ("readinessProbe", serde_json::json!({"httpGet": {"path": "/status/418", "port": 18080}}), 2),
+                ("livenessProbe", serde_json::json!({"tcpSocket": {"port": 18099}}), 2),
+                ("startupProbe", serde_json::json!({"grpc": {"port": 18090, "service": "quiver.test.Down"}}), 2),
+            ]),
+            container("slow", [
+                ("readinessProbe", serde_json::json!({"httpGet": {"path": "/sleep/3000", "port": 18080}}), 1),
+                ("livenessProbe", serde_json::json!({"grpc": {"port": 18099}}), 1),
+                ("startupProbe", serde_json::json!({"httpGet": {"path": "/", "port": 18099}}), 1),
+            ]),
+        ]},
+    });
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {"uid": "1", "namespace": "demo", "operation": "CREATE", "object": pod,
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"}},
+    });
+    let injector = quiver_control::inject::Injector::new(
+        quiver_control::inject::InjectConfig::default(),
+        &pki.trust_domain,
+    );
+    let answer = injector
+        .review(&serde_json::to_vec(&review).expect("json"))
+        .expect("a readable review")
+        .document;
+    assert!(answer["response"].get("warnings").is_none(), "{answer}");
+    let patch = base64_decode(answer["response"]["patch"].as_str().expect("a patch"));
+    let ops: Vec<serde_json::Value> = serde_json::from_slice(&patch).expect("JSON patch");
+    // What kubelet will ask, per container and probe: the rewritten paths on port 15020.
+    let rewritten: Vec<String> = ops
+        .iter()
+        .filter(|o| o["op"] == "replace")
+        .map(|o| {
+            assert_eq!(o["value"]["httpGet"]["port"], 15020, "{o}");
+            o["value"]["httpGet"]["path"]
+                .as_str()
+                .expect("path")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(rewritten.len(), 9, "{ops:?}");
+    let app_probes = ops
+        .iter()
+        .filter_map(|o| o["value"].as_array())
+        .flatten()
+        .filter(|c| c["name"] == "quiver-proxy")
+        .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["name"] == "QUIVER_APP_PROBES")
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+        .expect("the sidecar is given the original probes");
+
+    // The app in the pod: HTTP and TCP echo, and a gRPC health service (nothing on 18099).
+    let _app = Kid(ns
+        .exec()
+        .arg(binary("quiver-echo"))
+        .args([
+            "--http",
+            "0.0.0.0:18080",
+            "--tcp",
+            "0.0.0.0:18081",
+            "--grpc-health",
+            "0.0.0.0:18090",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn quiver-echo"));
+    let app_port = format!("{}:18080", ns.workload());
+    eventually(
+        "the app answers kubelet before capture",
+        Duration::from_secs(10),
+        || {
+            let app_port = app_port.clone();
+            async move { (kubelet_get(&app_port, "/ready").0 == 200).then_some(()) }
+        },
+    )
+    .await;
+
+    // The sidecar, as injected: capture, strict mode, the admin port open to the node, and
+    // the original probes from the injector's patch.
+    let sidecar_dir = dir.join("shop");
+    std::fs::create_dir_all(&sidecar_dir).expect("mkdir");
+    let id = {
+        let f = pki.issue_in("demo", "shop");
+        let mut moved = f.clone();
+        for (from, to) in [
+            (&f.cert, &mut moved.cert),
+            (&f.key, &mut moved.key),
+            (&f.bundle, &mut moved.bundle),
+        ] {
+            *to = sidecar_dir.join(from.file_name().expect("file name"));
+            std::fs::copy(from, &*to).expect("copy identity");
+        }
+        moved
+    };
+    let config = sidecar_dir.join("shop.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}listen: {{quic: \"0.0.0.0:0\", admin: \"0.0.0.0:15020\"}}\n\
+             capture:\n  dns_upstreams: [\"{}:53\"]\n",
+            identity_yaml(&id),
+            ns.host()
+        ),
+    )
+    .expect("write config");
+    give_to_proxy(&sidecar_dir);
+    ok(ns
+        .exec()
+        .arg(binary("quiver-proxy"))
+        .args(["capture", "install"]));
+    let _sidecar = start_sidecar(&ns, &config, &["--app-probes", &app_probes]);
+    wait_ready(&ns).await;
+
+    // kubelet's original probe of the app's port: strict mode refuses it.
+    assert_eq!(
+        kubelet_get(&app_port, "/ready").0,
+        0,
+        "plaintext from the node reached the app under strict capture"
+    );
+    let admin = format!("{}:15020", ns.workload());
+    let mut seen = Vec::new();
+    for path in &rewritten {
+        let started = std::time::Instant::now();
+        let (status, body) = kubelet_get(&admin, path);
+        seen.push((path.clone(), status, body.clone(), started.elapsed()));
+    }
+    for (path, status, body, took) in &seen {
+        eprintln!("{path}: {status} in {took:?}: {body}");
+    }
+    let status_of = |path: &str| {
+        seen.iter()
+            .find(|(p, ..)| p == path)
+            .map(|(_, s, b, t)| (*s, b.clone(), *t))
+            .unwrap_or_else(|| panic!("{path} was not rewritten: {rewritten:?}"))
+    };
+    // The healthy container: the app answered GET /ready, took a connection, is SERVING.
+    assert_eq!(status_of("/app-health/shop/readyz").0, 200);
+    assert_eq!(status_of("/app-health/shop/livez").0, 200);
+    let (status, body, _) = status_of("/app-health/shop/startupz");
+    assert_eq!((status, body.contains("SERVING")), (200, true), "{body}");
+    // The sick one: the app's own 418 comes back (the sidecar reached it with the path),
+    // nothing listens on 18099, and the gRPC service says NOT_SERVING.
+    assert_eq!(status_of("/app-health/sick/readyz").0, 418);
+    assert_eq!(status_of("/app-health/sick/livez").0, 503);
+    let (status, body, _) = status_of("/app-health/sick/startupz");
+    assert_eq!(
+        (status, body.contains("NOT_SERVING")),
+        (503, true),
+        "{body}"
+    );
+    // The slow one: no answer within its 1 s timeout is a failure, reported at the bound
+    // (the app would answer after 3 s).
+    let (status, body, took) = status_of("/app-health/slow/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no answer within 1s"), "{body}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert_eq!(status_of("/app-health/slow/livez").0, 503);
+    assert_eq!(status_of("/app-health/slow/startupz").0, 503);
+    // Only the listed probes are served: nothing else of the app is reachable this way.
+    assert_eq!(kubelet_get(&admin, "/app-health/shop/other").0, 404);
+    assert_eq!(kubelet_get(&admin, "/app-health/../metrics").0, 404);
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64")
+}

@@ -35,6 +35,9 @@ pub const INBOUND_PORTS_ANNOTATION: &str = "quiver.dev/inbound-ports";
 pub const EXCLUDE_INBOUND_PORTS_ANNOTATION: &str = "quiver.dev/exclude-inbound-ports";
 pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "quiver.dev/exclude-outbound-ports";
 pub const EXCLUDE_CIDRS_ANNOTATION: &str = "quiver.dev/exclude-cidrs";
+/// `"false"` keeps the app's probes as they are (the injector rewrites those to captured
+/// ports to the sidecar's admin port by default; docs/deploy.md, "Probes").
+pub const REWRITE_PROBES_ANNOTATION: &str = "quiver.dev/rewrite-app-probes";
 /// The key of the join-token Secret that holds the token.
 pub const JOIN_TOKEN_KEY: &str = "token";
 /// The key of the trust-bundle ConfigMap that holds the mesh CA (PEM).

@@ -14,8 +14,8 @@ use super::pod::PodView;
 use super::{
     APP_LABEL, EXCLUDE_CIDRS_ANNOTATION, EXCLUDE_INBOUND_PORTS_ANNOTATION,
     EXCLUDE_OUTBOUND_PORTS_ANNOTATION, INBOUND_PORTS_ANNOTATION, INJECTED_ANNOTATION, InjectConfig,
-    JOIN_TOKEN_KEY, Refusal, SERVICE_LABEL, TRUST_BUNDLE_KEY, check_subdomain, pointer_token,
-    port_of,
+    JOIN_TOKEN_KEY, REWRITE_PROBES_ANNOTATION, Refusal, SERVICE_LABEL, TRUST_BUNDLE_KEY,
+    check_subdomain, pointer_token, port_of,
 };
 
 /// The proxy's uid (the image's user): capture lets its own traffic out uncaptured.
@@ -68,6 +68,9 @@ pub(super) struct Plan<'a> {
     labels: String,
     secret: String,
     capture_args: Vec<String>,
+    /// The app's probes rewritten to the sidecar's admin port (JSON patch operations), and
+    /// the originals the sidecar checks for them (`QUIVER_APP_PROBES`).
+    probes: Rewrites,
     /// For the AdmissionReview's `warnings` (kubectl shows them).
     pub warnings: Vec<String>,
 }
@@ -162,11 +165,12 @@ impl<'a> Plan<'a> {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        let (capture_args, warnings) = if config.capture {
+        let (capture_args, probes) = if config.capture {
             capture_args(config, pod)?
         } else {
-            (Vec::new(), Vec::new())
+            (Vec::new(), Rewrites::default())
         };
+        let warnings = probes.warnings.clone();
         Ok(Self {
             config,
             trust_domain,
@@ -174,19 +178,21 @@ impl<'a> Plan<'a> {
             labels,
             secret,
             capture_args,
+            probes,
             warnings,
         })
     }
 
-    /// The JSON patch: init containers (created, or inserted at the front), the volume
-    /// (created or appended), the annotation (created or added).
+    /// The JSON patch: rewritten probes (first: their pointers count the Pod's own
+    /// containers), init containers (created, or inserted at the front), the volume (created
+    /// or appended), the annotation (created or added).
     pub fn operations(&self, pod: &PodView) -> Vec<Value> {
         let mut front = Vec::new();
         if self.config.capture {
             front.push(self.capture_container());
         }
         front.push(self.proxy_container());
-        let mut ops = Vec::new();
+        let mut ops = self.probes.ops.clone();
         match pod.init_containers {
             None => ops.push(add("/spec/initContainers", Value::Array(front))),
             Some(_) => {
@@ -275,6 +281,12 @@ impl<'a> Plan<'a> {
         if self.config.capture {
             env.push(env_var("QUIVER_CAPTURE", "true"));
         }
+        if !self.probes.originals.is_empty() {
+            env.push(env_var(
+                "QUIVER_APP_PROBES",
+                &Value::Object(self.probes.originals.clone()).to_string(),
+            ));
+        }
         json!({
             "name": PROXY_CONTAINER,
             "image": self.config.proxy_image,
@@ -320,26 +332,24 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// `quiver-proxy capture install` flags for this Pod, and warnings about them.
-fn capture_args(
-    config: &InjectConfig,
-    pod: &PodView,
-) -> Result<(Vec<String>, Vec<String>), Refusal> {
+/// `quiver-proxy capture install` flags for this Pod, and what becomes of the app's probes.
+fn capture_args(config: &InjectConfig, pod: &PodView) -> Result<(Vec<String>, Rewrites), Refusal> {
     let annotation = |key: &str| pod.annotations.as_ref().and_then(|a| a.get(key));
     let inbound = match annotation(INBOUND_PORTS_ANNOTATION).map(|s| s.trim()) {
         None | Some("*") => "*".to_string(),
         Some(_) => join(&ports(pod, INBOUND_PORTS_ANNOTATION)?),
     };
-    // The admin port: kubelet probes the sidecar there, in plaintext from the node. The
-    // app's probe ports are not excluded on their own: that would open them to plaintext
-    // from anywhere, around strict mode and authorization ([`probe_warnings`]).
+    // The admin port: kubelet probes the sidecar there, in plaintext from the node, and the
+    // app's probes are rewritten to it. The app's probe ports are not excluded on their own:
+    // that would open them to plaintext from anywhere, around strict mode and authorization.
     let mut exclude_inbound = vec![ADMIN_PORT];
     exclude_inbound.extend(ports(pod, EXCLUDE_INBOUND_PORTS_ANNOTATION)?);
     // The control plane's port: app containers talking to the control plane (quiverctl in a
     // Job) go to it directly, as the proxy itself does.
     let mut exclude_outbound: Vec<u16> = port_of(&config.control_plane).into_iter().collect();
     exclude_outbound.extend(ports(pod, EXCLUDE_OUTBOUND_PORTS_ANNOTATION)?);
-    let warnings = probe_warnings(pod, &inbound, &exclude_inbound);
+    let rewrite = annotation(REWRITE_PROBES_ANNOTATION).map(|s| s.trim()) != Some("false");
+    let probes = probes(pod, &inbound, &exclude_inbound, rewrite);
     let mut args = vec![
         "--proxy-uid".to_string(),
         PROXY_UID.to_string(),
@@ -374,31 +384,106 @@ fn capture_args(
             args.extend(["--exclude-cidrs".to_string(), list.join(",")]);
         }
     }
-    Ok((args, warnings))
+    Ok((args, probes))
 }
 
-/// Warnings for the app's HTTP and gRPC probes to ports inbound capture covers: kubelet
-/// sends them in plaintext from the node, and strict mode (the proxy's default) refuses
-/// plaintext from outside the pod, so the probe fails. (A `tcpSocket` probe passes: the
-/// proxy's inbound listener takes the connection.) The fix is the operator's: serve health
-/// on a port of its own and list it in `quiver.dev/exclude-inbound-ports`, or run the
-/// workload in permissive mode.
-fn probe_warnings(pod: &PodView, inbound: &str, excluded: &[u16]) -> Vec<String> {
+/// The app's probes on captured ports, and what the injector does with them.
+#[derive(Debug, Default)]
+struct Rewrites {
+    /// `replace` operations: each probe now asks the sidecar's admin port.
+    ops: Vec<Value>,
+    /// `/app-health/<container>/<kind>` to the original probe, for `QUIVER_APP_PROBES`.
+    originals: serde_json::Map<String, Value>,
+    warnings: Vec<String>,
+}
+
+/// kubelet probes in plaintext from the node, and strict mode (the proxy's default) refuses
+/// plaintext from outside the pod: a probe to a captured port would fail (`httpGet`,
+/// `grpc`) or pass without reaching the app (`tcpSocket`: the proxy's inbound listener takes
+/// the connection). So each such probe becomes an `httpGet` of
+/// `/app-health/<container>/<livez|readyz|startupz>` on the admin port, keeping its timings,
+/// and the sidecar runs the original check from inside the Pod (`quiver_proxy::app_health`).
+/// Not rewritten: probes to another `host` (they do not reach this Pod), `HTTPS` probes (the
+/// sidecar probes over plain HTTP only) and, with `quiver.dev/rewrite-app-probes: "false"`,
+/// every probe; those to captured ports are named in a warning.
+fn probes(pod: &PodView, inbound: &str, excluded: &[u16], rewrite: bool) -> Rewrites {
     let captured = |port: u16| {
         !excluded.contains(&port)
             && (inbound == "*" || inbound.split(',').any(|p| p == port.to_string()))
     };
-    pod.all_containers()
-        .flat_map(|c| c.probes.iter().map(move |p| (c, p)))
-        .filter(|(_, p)| p.handler != "tcpSocket" && captured(p.port))
-        .map(|(c, p)| {
-            format!(
-                "quiver: {:?} {} ({}) to captured port {}: strict mode refuses kubelet's \
-                 plaintext; see {EXCLUDE_INBOUND_PORTS_ANNOTATION}",
-                c.name, p.probe, p.handler, p.port
-            )
-        })
-        .collect()
+    let mut out = Rewrites::default();
+    for c in pod.all_containers() {
+        for p in c.probes.iter().filter(|p| captured(p.port)) {
+            let handler = p
+                .raw
+                .get(p.handler)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let text = |key: &str| handler.get(key).and_then(Value::as_str).unwrap_or("");
+            if !text("host").is_empty() {
+                continue;
+            }
+            let https = p.handler == "httpGet" && !matches!(text("scheme"), "" | "HTTP");
+            if !rewrite || https {
+                if p.handler != "tcpSocket" {
+                    out.warnings.push(format!(
+                        "quiver: {:?} {} ({}{}) to captured port {}: not rewritten{}, and \
+                         strict mode refuses kubelet's plaintext; see \
+                         {EXCLUDE_INBOUND_PORTS_ANNOTATION}",
+                        c.name,
+                        p.probe,
+                        p.handler,
+                        if https { ", HTTPS" } else { "" },
+                        p.port,
+                        if https {
+                            " (the sidecar probes over plain HTTP only)"
+                        } else {
+                            ""
+                        },
+                    ));
+                }
+                continue;
+            }
+            let kind = match p.probe {
+                "startupProbe" => "startupz",
+                "livenessProbe" => "livez",
+                _ => "readyz",
+            };
+            let path = format!("/app-health/{}/{kind}", c.name);
+            let mut original = handler.clone();
+            original.insert("port".into(), json!(p.port));
+            original.remove("scheme");
+            if p.handler == "httpGet" {
+                // kubelet puts a missing leading slash back; so does the sidecar's copy.
+                let given = text("path");
+                let path = if given.starts_with('/') {
+                    given.to_string()
+                } else {
+                    format!("/{given}")
+                };
+                original.insert("path".into(), json!(path));
+            }
+            let mut check = serde_json::Map::new();
+            check.insert(p.handler.into(), Value::Object(original));
+            if let Some(t) = p.raw.get("timeoutSeconds") {
+                check.insert("timeoutSeconds".into(), t.clone());
+            }
+            out.originals.insert(path.clone(), Value::Object(check));
+            let mut probe = p.raw.clone();
+            probe.remove(p.handler);
+            probe.insert(
+                "httpGet".into(),
+                json!({"path": path, "port": ADMIN_PORT, "scheme": "HTTP"}),
+            );
+            out.ops.push(json!({
+                "op": "replace",
+                "path": format!("{}/{}", c.pointer, p.probe),
+                "value": probe,
+            }));
+        }
+    }
+    out
 }
 
 /// A port list annotation (`8080,9090`); empty when absent.

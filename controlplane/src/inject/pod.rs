@@ -35,16 +35,20 @@ pub(super) struct ContainerView {
     /// What kubelet probes: the startup, liveness and readiness probes' `httpGet`,
     /// `tcpSocket` and `grpc` handlers, named ports resolved against `ports`.
     pub probes: Vec<Probe>,
+    /// Where the container is in the Pod, as a JSON pointer (`/spec/containers/0`).
+    pub pointer: String,
 }
 
 /// One probe kubelet sends to a port of the Pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Probe {
     /// `readinessProbe`, ...
     pub probe: &'static str,
     /// `httpGet`, `tcpSocket` or `grpc`.
     pub handler: &'static str,
     pub port: u16,
+    /// The whole probe as the Pod gives it (timings, the handler's other fields).
+    pub raw: Map<String, Value>,
 }
 
 /// Where the Pod is in an AdmissionReview.
@@ -212,12 +216,12 @@ fn read_containers(
     as_array(v, &path)?
         .iter()
         .enumerate()
-        .map(|(i, c)| container(c, &format!("{path}[{i}]")))
+        .map(|(i, c)| container(c, &format!("{path}[{i}]"), format!("/spec/{key}/{i}")))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
 
-fn container(v: &Value, path: &str) -> Result<ContainerView, Refusal> {
+fn container(v: &Value, path: &str, pointer: String) -> Result<ContainerView, Refusal> {
     let map = as_object(v, path)?;
     let name = required_string(map, "name", path)?;
     let mut ports = Vec::new();
@@ -272,6 +276,7 @@ fn container(v: &Value, path: &str) -> Result<ContainerView, Refusal> {
                 probe,
                 handler,
                 port: number,
+                raw: probe_map.clone(),
             });
         }
     }
@@ -279,6 +284,7 @@ fn container(v: &Value, path: &str) -> Result<ContainerView, Refusal> {
         name,
         ports,
         probes,
+        pointer,
     })
 }
 

@@ -136,9 +136,18 @@ fn flag<'a>(command: &'a Value, name: &str) -> &'a str {
     list[i + 1].as_str().unwrap()
 }
 
+/// [`pod`] without probes (the operations that concern probes are tested on their own).
+fn pod_without_probes() -> Value {
+    let mut object = pod();
+    let app = object["spec"]["containers"][0].as_object_mut().unwrap();
+    app.remove("readinessProbe");
+    app.remove("livenessProbe");
+    object
+}
+
 #[test]
 fn a_labelled_pod_without_init_containers_volumes_or_annotations_gets_three_operations() {
-    let r = review(&injector(), &review_of(pod()));
+    let r = review(&injector(), &review_of(pod_without_probes()));
     let ops = ops(&r).expect("a patch");
     let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
     assert_eq!(
@@ -225,11 +234,15 @@ fn the_proxy_is_a_native_sidecar_that_gates_the_app_on_readyz() {
     let order: Vec<&str> = names(&proxy["env"]);
     let at = |n: &str| order.iter().position(|e| *e == n).unwrap();
     assert!(at("POD_IP") < at("QUIVER_ADVERTISE"));
-    // The app's own container is untouched.
-    assert_eq!(
-        pod["spec"]["containers"],
-        super::tests::pod()["spec"]["containers"]
-    );
+    // The app's own container is untouched but for its probes (tested below).
+    let mut app = pod["spec"]["containers"][0].clone();
+    let mut before = super::tests::pod()["spec"]["containers"][0].clone();
+    for probe in ["readinessProbe", "livenessProbe"] {
+        app.as_object_mut().unwrap().remove(probe);
+        before.as_object_mut().unwrap().remove(probe);
+    }
+    assert_eq!(app, before);
+    assert_eq!(pod["spec"]["containers"].as_array().unwrap().len(), 1);
 }
 
 #[test]
@@ -275,41 +288,194 @@ fn the_capture_step_runs_first_as_root_with_net_admin_and_excludes_what_must_not
     assert_eq!(sc["allowPrivilegeEscalation"], false);
 }
 
+/// The rewritten probe the app's container gets.
+fn asks_sidecar(path: &str, rest: Value) -> Value {
+    let mut probe = rest;
+    probe["httpGet"] = json!({"path": path, "port": 15020, "scheme": "HTTP"});
+    probe
+}
+
+/// The originals the sidecar is given (`QUIVER_APP_PROBES`), or None.
+fn originals(pod: &Value) -> Option<Value> {
+    let proxy = &pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "quiver-proxy")
+        .unwrap();
+    let e = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "QUIVER_APP_PROBES")?;
+    Some(serde_json::from_str(e["value"].as_str().unwrap()).unwrap())
+}
+
 #[test]
-fn http_probes_to_captured_ports_are_warned_about_and_tcp_probes_are_not() {
-    let warnings = |annotations: Value| {
-        let mut object = pod();
-        object["metadata"]["annotations"] = annotations;
-        let r = review(&injector(), &review_of(object));
-        assert!(ops(&r).is_some());
-        response(&r).get("warnings").cloned()
-    };
-    // readinessProbe httpGet on the named port "http" (8080): refused in strict mode;
-    // livenessProbe tcpSocket on 8081: the inbound listener accepts it.
+fn probes_to_captured_ports_ask_the_sidecar_which_checks_the_app_from_inside_the_pod() {
+    let mut object = pod();
+    let app = &mut object["spec"]["containers"][0];
+    app["readinessProbe"] = json!({
+        "httpGet": {"path": "ready", "port": "http", "scheme": "HTTP",
+                    "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
+        "periodSeconds": 3,
+        "timeoutSeconds": 2,
+    });
+    app["startupProbe"] =
+        json!({"grpc": {"port": 9090, "service": "catalog"}, "failureThreshold": 30});
+    let r = review(&injector(), &review_of(object.clone()));
+    assert!(
+        response(&r).get("warnings").is_none(),
+        "every probe is taken care of: {}",
+        response(&r)
+    );
+    let pod = patched(&injector(), object);
+    let app = &pod["spec"]["containers"][0];
+    // Same timings, same kind of probe; kubelet now asks the admin port (never captured).
     assert_eq!(
-        warnings(json!({})),
+        app["readinessProbe"],
+        asks_sidecar(
+            "/app-health/catalog/readyz",
+            json!({"periodSeconds": 3, "timeoutSeconds": 2})
+        )
+    );
+    assert_eq!(
+        app["livenessProbe"],
+        asks_sidecar("/app-health/catalog/livez", json!({}))
+    );
+    assert_eq!(
+        app["startupProbe"],
+        asks_sidecar(
+            "/app-health/catalog/startupz",
+            json!({"failureThreshold": 30})
+        )
+    );
+    // The sidecar gets each original, its named port resolved and its path made absolute as
+    // kubelet would, with the probe's own timeout.
+    assert_eq!(
+        originals(&pod),
+        Some(json!({
+            "/app-health/catalog/readyz": {
+                "httpGet": {"path": "/ready", "port": 8080,
+                            "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
+                "timeoutSeconds": 2,
+            },
+            "/app-health/catalog/livez": {"tcpSocket": {"port": 8081}},
+            "/app-health/catalog/startupz": {"grpc": {"port": 9090, "service": "catalog"}},
+        }))
+    );
+}
+
+#[test]
+fn a_probe_of_an_init_container_is_rewritten_where_it_ends_up() {
+    // The Pod's own native sidecar: our two containers go in front of it, so the rewrite must
+    // address it before they are inserted.
+    let mut object = pod_without_probes();
+    object["spec"]["initContainers"] = json!([{
+        "name": "log-shipper",
+        "image": "example/shipper:1",
+        "restartPolicy": "Always",
+        "ports": [{"containerPort": 9000}],
+        "readinessProbe": {"httpGet": {"path": "/ok", "port": 9000}},
+    }]);
+    let pod = patched(&injector(), object);
+    let init = &pod["spec"]["initContainers"];
+    assert_eq!(
+        names(init),
+        ["quiver-capture", "quiver-proxy", "log-shipper"]
+    );
+    assert_eq!(
+        init[2]["readinessProbe"],
+        asks_sidecar("/app-health/log-shipper/readyz", json!({}))
+    );
+    assert_eq!(
+        originals(&pod),
+        Some(json!({"/app-health/log-shipper/readyz": {"httpGet": {"path": "/ok", "port": 9000}}}))
+    );
+}
+
+#[test]
+fn probes_that_are_not_rewritten_are_left_alone_and_named_when_strict_mode_refuses_them() {
+    let warnings_and_pod = |f: &dyn Fn(&mut Value), injector: &Injector| {
+        let mut object = pod();
+        f(&mut object);
+        let r = review(injector, &review_of(object.clone()));
+        let w = response(&r).get("warnings").cloned();
+        (w, patched(injector, object))
+    };
+    let untouched = |pod: &Value| {
+        assert_eq!(
+            pod["spec"]["containers"][0]["readinessProbe"],
+            json!({"httpGet": {"path": "/ready", "port": "http"}})
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["livenessProbe"],
+            json!({"tcpSocket": {"port": 8081}})
+        );
+    };
+    // Opted out: kept; the HTTP probe is refused in strict mode, so it is named (a tcpSocket
+    // probe passes, the inbound listener takes the connection).
+    let (w, pod) = warnings_and_pod(
+        &|o| o["metadata"]["annotations"] = json!({"quiver.dev/rewrite-app-probes": "false"}),
+        &injector(),
+    );
+    untouched(&pod);
+    assert_eq!(originals(&pod), None);
+    assert_eq!(
+        w,
         Some(json!([
-            "quiver: \"catalog\" readinessProbe (httpGet) to captured port 8080: strict mode \
-             refuses kubelet's plaintext; see quiver.dev/exclude-inbound-ports"
+            "quiver: \"catalog\" readinessProbe (httpGet) to captured port 8080: not \
+             rewritten, and strict mode refuses kubelet's plaintext; see \
+             quiver.dev/exclude-inbound-ports"
         ]))
     );
-    assert_eq!(
-        warnings(json!({"quiver.dev/exclude-inbound-ports": "8080"})),
-        None
-    );
-    assert_eq!(warnings(json!({"quiver.dev/inbound-ports": "9090"})), None);
-    let mut object = pod();
-    object["spec"]["containers"][0]["startupProbe"] = json!({"grpc": {"port": 9090}});
-    let r = review(&injector(), &review_of(object));
-    assert_eq!(response(&r)["warnings"].as_array().unwrap().len(), 2);
+    // Ports capture does not cover: nothing to do.
+    for annotations in [
+        json!({"quiver.dev/exclude-inbound-ports": "8080,8081"}),
+        json!({"quiver.dev/inbound-ports": "9090"}),
+    ] {
+        let (w, pod) = warnings_and_pod(
+            &|o| o["metadata"]["annotations"] = annotations.clone(),
+            &injector(),
+        );
+        untouched(&pod);
+        assert_eq!((w, originals(&pod)), (None, None));
+    }
     // Without capture nothing is refused.
-    let r = review(&injector_with(|c| c.capture = false), &review_of(pod()));
-    assert!(response(&r).get("warnings").is_none());
+    let (w, pod) = warnings_and_pod(&|_| {}, &injector_with(|c| c.capture = false));
+    untouched(&pod);
+    assert_eq!((w, originals(&pod)), (None, None));
+    // HTTPS: the sidecar probes over plain HTTP only; named. Another host: not this Pod.
+    let (w, pod) = warnings_and_pod(
+        &|o| {
+            o["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"] = json!("HTTPS");
+            o["spec"]["containers"][0]["livenessProbe"]["tcpSocket"]["host"] = json!("10.0.0.9");
+        },
+        &injector(),
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
+        "HTTPS"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["livenessProbe"]["tcpSocket"]["host"],
+        "10.0.0.9"
+    );
+    assert_eq!(originals(&pod), None);
+    let w = w.unwrap();
+    assert_eq!(w.as_array().unwrap().len(), 1, "{w}");
+    assert!(
+        w[0].as_str().unwrap().contains(
+            "(httpGet, HTTPS) to captured port 8080: not rewritten \
+             (the sidecar probes over plain HTTP only)"
+        ),
+        "{w}"
+    );
 }
 
 #[test]
 fn existing_init_containers_volumes_and_annotations_are_kept_and_ours_go_first() {
-    let mut object = pod();
+    let mut object = pod_without_probes();
     object["metadata"]["annotations"] = json!({"owner": "team-a", "a/b~c": "x"});
     object["spec"]["initContainers"] = json!([{"name": "migrate", "image": "example/migrate:1"}]);
     object["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);

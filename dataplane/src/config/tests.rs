@@ -166,6 +166,38 @@ fn unbounded_durations_are_refused_not_overflowed() {
 }
 
 #[test]
+fn app_probes_are_read_from_the_file_and_flags_and_refused_by_field() {
+    let dir = identity_dir();
+    let probes = r#"{"/app-health/web/readyz": {"httpGet": {"path": "/ready", "port": 8080}}}"#;
+    let c = ProxyConfig::parse_with(
+        &format!("{GOOD}app_probes: {probes}\n"),
+        &dir,
+        Overrides::default(),
+    )
+    .unwrap();
+    assert!(!c.bootstrap.app_probes.is_empty());
+    // The flag replaces the file's value.
+    let o = Overrides {
+        app_probes: Some(serde_json::json!({"/app-health/web/livez": {"tcpSocket": {"port": 0}}})),
+        ..Default::default()
+    };
+    let e = ProxyConfig::parse_with(&format!("{GOOD}app_probes: {probes}\n"), &dir, o)
+        .unwrap_err()
+        .0;
+    assert!(
+        has(
+            &e,
+            "app_probes[\"/app-health/web/livez\"].tcpSocket.port",
+            "not a port number"
+        ),
+        "{e:#?}"
+    );
+    assert_eq!(e.len(), 1, "{e:#?}");
+    let e = errors(&format!("{GOOD}app_probes: [1]\n"), &dir);
+    assert!(has(&e, "app_probes", "not an object"), "{e:#?}");
+}
+
+#[test]
 fn limits_are_bounded_and_name_their_field() {
     let dir = identity_dir();
     let yaml = format!(

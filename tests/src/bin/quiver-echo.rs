@@ -1,5 +1,7 @@
 //! quiver-echo: the sample app for the demo and manual testing. An HTTP/1.1 + h2c echo (see
-//! `quiver_tests::apps::start_http_echo` for its routes) and a TCP echo that honours half-close.
+//! `quiver_tests::apps::start_http_echo` for its routes), a TCP echo that honours half-close,
+//! and optionally a gRPC health service (`grpc.health.v1`, the tonic-health crate): the
+//! server as a whole (`""`) is SERVING, the service `quiver.test.Down` NOT_SERVING.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -20,6 +22,9 @@ struct Args {
     /// Where to serve the TCP echo.
     #[arg(long, default_value = "127.0.0.1:9000")]
     tcp: SocketAddr,
+    /// Where to serve the gRPC health service (h2c); off when absent.
+    #[arg(long)]
+    grpc_health: Option<SocketAddr>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -31,6 +36,25 @@ async fn main() -> anyhow::Result<()> {
     let tcp = quiver_tests::apps::serve_tcp_echo(args.tcp)
         .await
         .with_context(|| format!("binding {}", args.tcp))?;
+    if let Some(addr) = args.grpc_health {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("quiver.test.Down", tonic_health::ServingStatus::NotServing)
+            .await;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        eprintln!("quiver-echo: grpc health on {addr}");
+        tokio::spawn(async move {
+            // Keep the reporter: dropping it would not change the statuses, but it is the
+            // handle a test would use.
+            let _reporter = reporter;
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+    }
     eprintln!("quiver-echo: http on {http}, tcp on {tcp}");
     tokio::signal::ctrl_c().await?;
     Ok(())
