@@ -49,14 +49,28 @@ async fn raw_get(addr: SocketAddr, target: &str) -> (u16, String, String) {
     (status, error, path)
 }
 
-const POLICY: &str = "authorization:
+const DENY_ADMIN: &str = "authorization:
   - name: no-admin
     service: reviews
     deny:
       - paths: [\"/admin\", \"/admin/*\"]
 ";
 
-async fn mesh(pki: &Pki, tag: &str, caller_extra: &str) -> (RunningProxy, RunningProxy) {
+/// Only `/public/*` may be called: everything else is denied by the allow list.
+const ALLOW_PUBLIC: &str = "authorization:
+  - name: public-only
+    service: reviews
+    allow:
+      - paths: [\"/public/*\"]
+";
+
+/// A caller's proxy -> the serving proxy (with `policy`) -> an echo app tagged `tag`.
+async fn mesh(
+    pki: &Pki,
+    tag: &str,
+    policy: &str,
+    caller_extra: &str,
+) -> (RunningProxy, RunningProxy) {
     let app = start_tagged_echo(Behaviour {
         tag: tag.into(),
         ..Default::default()
@@ -64,7 +78,7 @@ async fn mesh(pki: &Pki, tag: &str, caller_extra: &str) -> (RunningProxy, Runnin
     .await;
     let server = RunningProxy::start(
         &format!(
-            "{}listen: {{quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}}\ninbound:\n  - {{service: reviews, port: 8080, protocol: http1, app: \"{app}\"}}\n{POLICY}",
+            "{}listen: {{quic: \"127.0.0.1:0\", admin: \"127.0.0.1:0\"}}\ninbound:\n  - {{service: reviews, port: 8080, protocol: http1, app: \"{app}\"}}\n{policy}",
             identity_yaml(&pki.issue("reviews"))
         ),
         &pki.dir,
@@ -94,7 +108,7 @@ services:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spelling_of_a_denied_path_is_refused_and_the_app_gets_the_normal_form() {
     let pki = Pki::new();
-    let (_server, caller) = mesh(&pki, "paths", "").await;
+    let (_server, caller) = mesh(&pki, "paths", DENY_ADMIN, "").await;
     let listener = caller.bound.outbound[0];
 
     // Ways to say /admin: none may reach the app.
@@ -167,12 +181,110 @@ async fn every_spelling_of_a_denied_path_is_refused_and_the_app_gets_the_normal_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spelling_escapes_an_allow_list_and_the_app_gets_the_normal_form() {
+    // The other direction: `allow /public/*` and nothing else. A path that climbs out of
+    // /public, or only looks like /public, must not be admitted by the prefix.
+    let pki = Pki::new();
+    let (_server, caller) = mesh(&pki, "paths-allow", ALLOW_PUBLIC, "").await;
+    let listener = caller.bound.outbound[0];
+
+    let escapes = [
+        // Dot segments, plain and escaped.
+        "/public/../admin",
+        "/public/../admin/x",
+        "/public/x/../../admin",
+        "/public/./../admin",
+        "/public//../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2E/admin",
+        "/public/.%2e/admin",
+        "/public/%2e./admin",
+        "/publi%63/../admin",
+        "/public/..",
+        "/public/../",
+        // Escaped separators (refused by default) and backslashes (separators).
+        "/public/..%2fadmin",
+        "/public/..%2Fadmin",
+        "/public%2f..%2fadmin",
+        "/public/%2e%2e%2fadmin",
+        "/public/..%5cadmin",
+        "/public\\..\\admin",
+        "/public\\../admin",
+        "/public/..\\admin",
+        // Path parameters.
+        "/public/..;/admin",
+        "/public;/x",
+        "/public;x=1/../admin",
+        // Overlong UTF-8 for '/' is not a separator: this is no /public/ prefix.
+        "/public%c0%af..%c0%afadmin",
+        // Case: paths are case-sensitive, the rule has no ignoreCase.
+        "/PUBLIC/x",
+        "/Public/x",
+        "/%50ublic/x",
+        // The prefix is "/public/": neither the bare name nor a longer one is under it.
+        "/public",
+        "/publicx",
+        "/public.x/y",
+        "/",
+        "/admin",
+        // Bad escapes.
+        "/public/%",
+        "/public/%zz",
+    ];
+    for target in escapes {
+        let (status, error, _) = raw_get(listener, target).await;
+        assert!(
+            (status == 403 && error == "denied") || (status == 400 && error == "bad-request"),
+            "{target:?} escaped the allow list: {status} {error:?}"
+        );
+    }
+    assert_eq!(
+        served("paths-allow"),
+        0,
+        "a path outside /public reached the app"
+    );
+
+    // Genuine /public paths, including ones that only normalize into it, arrive in the form
+    // the policy judged.
+    let inside = [
+        ("/public/x", "/public/x"),
+        ("/public/", "/public/"),
+        ("/public/x/", "/public/x/"),
+        ("/public/a/../b", "/public/b"),
+        ("/public/x/..", "/public/"),
+        ("//public/x", "/public/x"),
+        ("/public//x", "/public/x"),
+        ("/public/./x", "/public/x"),
+        ("/public/%61", "/public/a"),
+        ("/%70ublic/x", "/public/x"),
+        ("/../public/x", "/public/x"),
+        ("/%2e%2e/public/x", "/public/x"),
+        ("/admin/../public/x", "/public/x"),
+        ("/public/a%20b", "/public/a%20b"),
+        // Overlong UTF-8 dots are not dots: kept escaped (upper-case hex), still under /public.
+        ("/public/%c0%ae%c0%ae/admin", "/public/%C0%AE%C0%AE/admin"),
+        // The query is not the path: neither matched nor rewritten.
+        ("/public/x?next=/../admin", "/public/x?next=/../admin"),
+    ];
+    for (target, want) in inside {
+        let (status, error, path) = raw_get(listener, target).await;
+        assert_eq!(
+            (status, error.as_str(), path.as_str()),
+            (200, "", want),
+            "{target:?}"
+        );
+    }
+    assert_eq!(served("paths-allow"), inside.len() as u64);
+    assert!(escapes.len() >= 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_serving_proxy_normalizes_too() {
     // A caller that keeps escaped slashes and path parameters passes them on; the serving
     // proxy, on its defaults, refuses them itself.
     let pki = Pki::new();
     let lenient = "tuning: {request_paths: {escaped_slashes: keep, parameters: keep}}\n";
-    let (_server, caller) = mesh(&pki, "paths-inbound", lenient).await;
+    let (_server, caller) = mesh(&pki, "paths-inbound", DENY_ADMIN, lenient).await;
     let listener = caller.bound.outbound[0];
     for target in ["/public%2Fx", "/admin%2Fx", "/public;v=1/x", "/admin;x/y"] {
         let (status, error, _) = raw_get(listener, target).await;
@@ -190,7 +302,7 @@ async fn a_request_target_without_a_path_is_refused() {
     // is for CONNECT only) was matched by routes as the path "" while the app received "/".
     // Now the caller's proxy refuses it and the app is never reached.
     let pki = Pki::new();
-    let (_server, caller) = mesh(&pki, "paths-authority", "").await;
+    let (_server, caller) = mesh(&pki, "paths-authority", DENY_ADMIN, "").await;
     let listener = caller.bound.outbound[0];
     for target in ["reviews:8080", "reviews"] {
         let (status, error, _) = raw_get(listener, target).await;
