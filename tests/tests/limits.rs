@@ -1,7 +1,7 @@
 //! Resource limits (`tuning.limits`) against hostile callers, through real proxies: slow or
 //! silent app connections, bodies that never start, idle tunnels, peers' request streams
-//! without a head, too many connections from one address, and a flood of half-open QUIC
-//! handshakes, each while a normal caller keeps working.
+//! without a head, too many connections from one address or in total, and a flood of
+//! half-open QUIC handshakes, each while a normal caller keeps working.
 #![allow(
     clippy::unwrap_used,
     reason = "test code: a failed step fails the test"
@@ -327,6 +327,91 @@ async fn the_connection_after_the_per_peer_limit_is_refused() {
         }
     })
     .await;
+}
+
+/// With `max_connections: 2`, a third connection is refused however many addresses the
+/// peers use (each comes from its own loopback address, under its per-peer limit of 1), and
+/// counted under `max_connections`; the two within the limit keep being served, and once one
+/// closes its place is taken by a new one, and the limit holds again after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_after_the_total_limit_is_refused() {
+    let (pki, _a, b, _apps) = pair(
+        "{}",
+        "{limits: {max_connections: 2, max_connections_per_peer: 1}}",
+    )
+    .await;
+    let config = raw_peer_config(&pki.issue("many"));
+    // Linux routes all of 127.0.0.0/8 to loopback: one address per peer.
+    let peer_at = |host: u8| {
+        let mut ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, host], 0))).unwrap();
+        ep.set_default_client_config(config.clone());
+        ep
+    };
+    let refused_by = |limit: &'static str| {
+        let b = &b;
+        async move { limit_count(b, limit).await }
+    };
+    let (ep1, ep2, ep3) = (peer_at(2), peer_at(3), peer_at(4));
+    let (c1, mut s1) = h3_peer(&ep1, b.bound.quic).await.unwrap();
+    let (_c2, mut s2) = h3_peer(&ep2, b.bound.quic).await.unwrap();
+    assert_eq!(h3_get(&mut s1).await.unwrap(), 200);
+    assert_eq!(h3_get(&mut s2).await.unwrap(), 200);
+
+    // The third, from a third address: refused before any handshake work.
+    let third = tokio::time::timeout(BOUND, async {
+        ep3.connect(b.bound.quic, "quiver.mesh").unwrap().await
+    })
+    .await
+    .expect("an answer in time");
+    match third {
+        Ok(_) => panic!("a third connection was taken with max_connections: 2"),
+        Err(e) => {
+            eprintln!("the third connection was refused: {e}");
+            assert!(e.to_string().contains("refused"), "{e}");
+        }
+    }
+    assert_eq!(refused_by("max_connections").await, 1.0);
+    assert_eq!(refused_by("max_connections_per_peer").await, 0.0);
+    // The two within the limit are still served.
+    assert_eq!(h3_get(&mut s1).await.unwrap(), 200);
+    assert_eq!(h3_get(&mut s2).await.unwrap(), 200);
+
+    // Closing one frees its place (once B has seen the close): a new peer gets in and is
+    // served. The connection is kept, so it holds the place it took.
+    c1.close(0u32.into(), b"done");
+    drop(s1);
+    let ep4 = peer_at(5);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    let (_c4, mut s4) = loop {
+        match h3_peer(&ep4, b.bound.quic).await {
+            Ok(taken) => break taken,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no new connection was taken after one closed: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(h3_get(&mut s4).await.unwrap(), 200);
+    assert_eq!(h3_get(&mut s2).await.unwrap(), 200);
+
+    // The freed place was one place: full again, the next is refused again.
+    let before = refused_by("max_connections").await;
+    let ep5 = peer_at(6);
+    let fifth = tokio::time::timeout(BOUND, async {
+        ep5.connect(b.bound.quic, "quiver.mesh").unwrap().await
+    })
+    .await
+    .expect("an answer in time");
+    assert!(
+        fifth.is_err(),
+        "a connection past the limit was taken after a place was freed"
+    );
+    assert_eq!(refused_by("max_connections").await, before + 1.0);
+    assert_eq!(refused_by("max_connections_per_peer").await, 0.0);
+    assert_eq!(h3_get(&mut s4).await.unwrap(), 200);
 }
 
 /// With `retry_above_handshakes: 0` every attempt must first prove its address (a Retry),
