@@ -29,7 +29,6 @@ spec:
 ";
 
 /// What the flood's answers were.
-#[derive(Default)]
 struct Answers {
     sent: AtomicU64,
     unauthenticated: AtomicU64,
@@ -38,6 +37,34 @@ struct Answers {
     other: AtomicU64,
     /// The first few answers of any other kind, for the failure message.
     samples: std::sync::Mutex<Vec<String>>,
+    /// Calls sent in each second since the flood started (the last slot: any later).
+    per_second: Vec<AtomicU64>,
+    /// When the last call was sent, in milliseconds since the flood started.
+    last_sent_ms: AtomicU64,
+}
+
+impl Answers {
+    fn new() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            unauthenticated: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            other: AtomicU64::new(0),
+            samples: std::sync::Mutex::new(Vec::new()),
+            per_second: (0..2 * SECONDS).map(|_| AtomicU64::new(0)).collect(),
+            last_sent_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Count a call sent now, `since` the flood started.
+    fn sent_at(&self, since: Duration) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let second = (since.as_secs() as usize).min(self.per_second.len() - 1);
+        self.per_second[second].fetch_add(1, Ordering::Relaxed);
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
+        self.last_sent_ms.fetch_max(ms, Ordering::Relaxed);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,7 +126,7 @@ async fn a_bogus_token_flood_does_not_cost_a_single_endpoint() {
     };
 
     // The flood: open loop at RATE, every call with a fresh 47-character token.
-    let answers = Arc::new(Answers::default());
+    let answers = Arc::new(Answers::new());
     let mut channels = Vec::new();
     for _ in 0..8 {
         channels.push(
@@ -127,7 +154,7 @@ async fn a_bogus_token_flood_does_not_cost_a_single_endpoint() {
                 let mut req = tonic::Request::new(v1::StatusRequest {});
                 req.metadata_mut()
                     .insert("authorization", format!("Bearer {bogus}").parse().unwrap());
-                answers.sent.fetch_add(1, Ordering::Relaxed);
+                answers.sent_at(started.elapsed());
                 let counter = match MeshAdminClient::new(channel).status(req).await {
                     Err(s) if s.code() == Code::Unauthenticated => &answers.unauthenticated,
                     Err(s) if s.code() == Code::ResourceExhausted => &answers.throttled,
@@ -161,6 +188,49 @@ async fn a_bogus_token_flood_does_not_cost_a_single_endpoint() {
          {accepted} accepted, {other} other {samples:?}"
     );
     assert_eq!(sent, RATE * SECONDS);
+    // The flood was a flood: spread over the 30 s at about RATE, not a burst and not a
+    // trickle. The ticks cannot run ahead of the clock, so it took at least 30 s; the
+    // generator only falls behind when the control plane cannot keep up (4,096 calls in
+    // flight), so the rate achieved is also what the control plane answered.
+    let per_second: Vec<u64> = answers
+        .per_second
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect();
+    let secs = answers.last_sent_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+    let achieved = sent as f64 / secs;
+    let window = &per_second[..(secs.ceil() as usize).min(per_second.len())];
+    let (quietest, busiest) = (
+        window[..window.len().saturating_sub(1)]
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(0),
+        window.iter().max().copied().unwrap_or(0),
+    );
+    eprintln!(
+        "sent in {secs:.1} s ({achieved:.0} calls/s), all answered after {:.1} s; per second: \
+         quietest {quietest}, busiest {busiest}: {per_second:?}",
+        flooded.as_secs_f64()
+    );
+    assert!(
+        (29.5..=40.0).contains(&secs),
+        "the flood took {secs:.1} s to send, not ~{SECONDS} s"
+    );
+    assert!(
+        achieved >= 1_500.0,
+        "{achieved:.0} calls/s: the flood did not reach 1,500 calls/s"
+    );
+    // Every whole second of the window carried a share of it (no stall, no catch-up burst
+    // carrying the load).
+    assert!(
+        quietest >= RATE / 4,
+        "a second with only {quietest} calls: {per_second:?}"
+    );
+    assert!(
+        busiest <= 2 * RATE,
+        "a second with {busiest} calls: {per_second:?}"
+    );
     assert_eq!(accepted, 0, "a bogus token was accepted");
     assert_eq!(
         other, 0,
