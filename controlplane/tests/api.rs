@@ -199,6 +199,124 @@ async fn invalid_documents_are_refused_with_field_paths() {
     server.stop().await;
 }
 
+/// Durations past their maximums are refused over the real API (issue 17, item 5): before
+/// the bounds, `defaultTimeout: 9999999999999999999d` was stored and panicked every outbound
+/// request of every proxy. Each refusal names its field, and nothing of it is stored.
+#[tokio::test]
+async fn overflowing_durations_are_refused_and_nothing_is_stored() {
+    let (_db, server) = sqlite_server().await;
+    let mut c = server.admin().await;
+    c.apply_service(doc::<v1::Service>(REVIEWS_SERVICE))
+        .await
+        .unwrap();
+
+    // MeshConfig: a good value first, then an overflowing one.
+    let good: v1::MeshConfig = doc(
+        "apiVersion: quiver.dev/v1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {defaultTimeout: 15s, svidTtl: 24h}\n",
+    );
+    c.apply_mesh_config(good).await.unwrap();
+    let stored = c
+        .get_mesh_config(get("default", "mesh"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut huge = stored.clone();
+    huge.spec.as_mut().unwrap().default_timeout = "9999999999999999999d".into();
+    let err = c.apply_mesh_config(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains(
+            "spec.defaultTimeout: \"9999999999999999999d\" is longer than the maximum, 1h"
+        ),
+        "{}",
+        err.message()
+    );
+    let mut long_svid = stored.clone();
+    long_svid.spec.as_mut().unwrap().svid_ttl = "31d".into();
+    let err = c.apply_mesh_config(long_svid).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("spec.svidTtl: \"31d\" is longer than the maximum"),
+        "{}",
+        err.message()
+    );
+    let now = c
+        .get_mesh_config(get("default", "mesh"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now, stored, "a refused MeshConfig changed what is stored");
+    assert_eq!(now.spec.unwrap().default_timeout, "15s");
+
+    // Route: the rule's timeout (2s in the good one) at 100000000h.
+    c.apply_route(doc::<v1::Route>(&route_yaml("r", 90)))
+        .await
+        .unwrap();
+    let stored = c.get_route(get("shop", "r")).await.unwrap().into_inner();
+    let mut slow = stored.clone();
+    slow.spec.as_mut().unwrap().rules[0].timeout = "100000000h".into();
+    let err = c.apply_route(slow).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("spec.rules[0].timeout: \"100000000h\" is longer than the maximum, 1h"),
+        "{}",
+        err.message()
+    );
+    let now = c.get_route(get("shop", "r")).await.unwrap().into_inner();
+    assert_eq!(now, stored, "a refused Route changed what is stored");
+    assert_eq!(now.spec.unwrap().rules[0].timeout, "2s");
+
+    // A join token for 1000 days (the maximum is 90).
+    let tokens_before = c
+        .list_tokens(v1::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let err = c
+        .create_join_token(v1::CreateJoinTokenRequest {
+            namespace: "shop".into(),
+            service_account: "reviews".into(),
+            ttl: "1000d".into(),
+            uses: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("ttl: \"1000d\" is longer than the maximum, 2160h"),
+        "{}",
+        err.message()
+    );
+    let tokens_after = c
+        .list_tokens(v1::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(
+        tokens_after, tokens_before,
+        "a refused join token was stored"
+    );
+    assert!(
+        tokens_after.iter().all(|t| t.kind != "join"),
+        "{tokens_after:?}"
+    );
+    // The maximum itself is accepted.
+    c.create_join_token(v1::CreateJoinTokenRequest {
+        namespace: "shop".into(),
+        service_account: "reviews".into(),
+        ttl: "90d".into(),
+        uses: 1,
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn tokens_and_roles() {
     let (_db, server) = sqlite_server().await;

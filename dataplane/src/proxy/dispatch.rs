@@ -34,6 +34,15 @@ use quiver_policy::retry::{self, Attempt, BodyState, Outcome, RetryDecision};
 use quiver_policy::route::RequestHead;
 use quiver_policy::services::Backend;
 
+/// When a request with `timeout` started at `now` must be done. Validated timeouts are at
+/// most a day, but a timeout from anywhere else (a snapshot, a future field) must not panic
+/// the request path: past what the clock can hold, a day from now.
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(now)
+}
+
 /// An app's request body, which must start within `tuning.limits.request_body_timeout`.
 pub type AppBody = body::StartBy<hyper::body::Incoming>;
 
@@ -178,11 +187,7 @@ impl Exchange<'_> {
             .plan
             .timeout
             .unwrap_or(self.inputs.tuning.response_timeout);
-        // Validated timeouts are at most a day; saturate anyway rather than panic.
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(overall)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400));
+        let deadline = deadline_after(Instant::now(), overall);
         let budget_owner = self.routing.upstream(&self.plan.service).cloned();
         let tuning = &self.inputs.tuning.retries;
         if let (Some(_), Some(up)) = (self.plan.retries(), &budget_owner) {
@@ -631,4 +636,30 @@ fn mirror_copy(
             let _ = resp.into_body().collect().await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        // The largest allowed: a Route's or MeshConfig's timeout (1h), tuning.response_timeout
+        // (24h). Exact.
+        for allowed in [Duration::from_secs(3600), Duration::from_secs(86_400)] {
+            assert_eq!(deadline_after(now, allowed), now + allowed);
+        }
+        // What `9999999999999999999d` parses to, and the largest Duration: no overflow panic,
+        // and a deadline that is still in the future.
+        let huge = quiver_api::duration::parse("9999999999999999999d").unwrap();
+        for unbounded in [huge, Duration::MAX] {
+            let deadline = deadline_after(now, unbounded);
+            assert!(
+                deadline >= now + Duration::from_secs(86_400),
+                "{unbounded:?}"
+            );
+            assert!(deadline.saturating_duration_since(Instant::now()) > Duration::ZERO);
+        }
+    }
 }
