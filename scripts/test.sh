@@ -109,6 +109,7 @@ if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
   python3 -c 'import kubernetes_validate' \
     || { echo "kubernetes_validate still does not import: install it with: pip install kubernetes-validate" >&2; exit 1; }
 fi
+python3 -c 'import aioquic' 2>/dev/null || { log "installing for the receiver tests (an independent HTTP/3 client): pip install aioquic"; python3 -m pip install -q aioquic 2>/dev/null || $SUDO python3 -m pip install -q --break-system-packages aioquic; }
 if ! podman_info=$(podman --runtime runc info --format '{{.Version.Version}} {{.Host.OCIRuntime.Name}}' 2>&1); then
   echo "podman --runtime runc info failed: $podman_info" >&2
   echo "install it with: apt-get install -y podman runc, and put 'default_ulimits = []' under [containers] in $containers_conf" >&2

@@ -255,6 +255,42 @@ impl ControlPlane {
             .token
     }
 
+    /// A certificate for `namespace/service_account` from the mesh CA, got the way a joining
+    /// proxy gets one (a join token, then Join with a fresh key's CSR), written under `dir`
+    /// as identity files (cert chain, 0600 key, trust bundle): for clients that are not
+    /// Quiver proxies.
+    pub async fn issue_identity(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        dir: &Path,
+    ) -> crate::pki::IdentityFiles {
+        use quiver_api::v1::mesh_discovery_client::MeshDiscoveryClient;
+        let token = self.join_token(namespace, service_account, 1, "10m").await;
+        let (key_pem, csr_der) = quiver_api::certs::new_key_and_csr().expect("key and CSR");
+        let joined = MeshDiscoveryClient::connect(format!("http://{}", self.api))
+            .await
+            .expect("connect to the discovery API")
+            .join(v1::JoinRequest {
+                join_token: token,
+                csr_der,
+            })
+            .await
+            .expect("join")
+            .into_inner();
+        let d = dir.join(format!("{namespace}.{service_account}"));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let files = crate::pki::IdentityFiles {
+            cert: d.join("cert.pem"),
+            key: d.join("key.pem"),
+            bundle: d.join("bundle.pem"),
+        };
+        std::fs::write(&files.cert, &joined.cert_chain_pem).expect("write cert");
+        crate::pki::write_private(&files.key, &key_pem);
+        std::fs::write(&files.bundle, &joined.trust_bundle_pem).expect("write bundle");
+        files
+    }
+
     /// Apply YAML documents (`---`-separated, as `quiverctl apply` reads them) through the API.
     pub async fn apply(&self, yaml: &str) {
         use quiver_api::resource::AnyResource;
