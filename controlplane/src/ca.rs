@@ -11,6 +11,14 @@
 //! store from before this (one plaintext CA) is migrated at start: that CA becomes the root,
 //! so every certificate it issued stays valid, and the plaintext row is deleted.
 //!
+//! The root can be taken offline: [`export_root`] (`quiver-control ca export-root --out DIR
+//! --remove-key`) writes its certificate and key to files and deletes the sealed key from the
+//! store, keeping the certificate (the trust anchor). The control plane then signs with the
+//! intermediate it has but cannot renew it or rotate the root, and says so at error level; it
+//! gets the root back when started with the exported files as `--ca-cert`/`--ca-key` (a
+//! certificate equal to the stored root's is the mesh root given back, not an operator CA),
+//! holding the key in memory only.
+//!
 //! The SPIFFE id of an SVID comes from the join token's scope, never from the CSR.
 
 use std::io::Write;
@@ -107,7 +115,30 @@ pub enum CaError {
     RotationInProgress,
     #[error("the store holds no mesh root")]
     Missing,
+    #[error(
+        "the mesh root's private key is offline (taken out of the store by `quiver-control ca \
+         export-root --remove-key`): the intermediate (valid until {intermediate_not_after}) \
+         cannot be renewed and the root cannot be rotated; restart the control plane with the \
+         exported root given back: --ca-cert DIR/{ROOT_CERT_FILE} --ca-key DIR/{ROOT_KEY_FILE}"
+    )]
+    RootOffline { intermediate_not_after: String },
+    #[error("{path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} exists: export-root never overwrites a file (move it away or choose another --out)"
+    )]
+    Exists { path: String },
+    #[error("{cert}: the key in {key} is not this certificate's key")]
+    KeyMismatch { cert: String, key: String },
 }
+
+/// The root certificate file [`export_root`] writes (PEM).
+pub const ROOT_CERT_FILE: &str = "mesh-root.pem";
+/// The root private key file [`export_root`] writes (PKCS#8 PEM, mode 0600).
+pub const ROOT_KEY_FILE: &str = "mesh-root.key";
 
 /// The key that seals the CA's private keys in the store (AES-256-GCM). Each sealed key is
 /// bound to its role, so a root's ciphertext cannot be passed off as an intermediate's.
@@ -250,6 +281,9 @@ pub struct MeshCa {
     /// neither stored nor rotated here.
     kek: Option<KeyEncryptionKey>,
     policy: IntermediatePolicy,
+    /// The exported root given back as `--ca-cert`/`--ca-key` while its key is offline in the
+    /// store: it renews the intermediate, from memory only.
+    given_root: Option<CertificateAuthority>,
     state: watch::Sender<Arc<CaState>>,
 }
 
@@ -263,10 +297,18 @@ pub struct CaState {
     retiring: Vec<String>,
     /// The current root, then the retiring ones.
     bundle_pem: String,
+    /// The root's private key is neither in the store nor given back: nothing can renew the
+    /// intermediate.
+    root_key_offline: bool,
 }
 
 impl CaState {
-    fn new(authority: CertificateAuthority, root_pem: String, retiring: Vec<String>) -> Self {
+    fn new(
+        authority: CertificateAuthority,
+        root_pem: String,
+        retiring: Vec<String>,
+        root_key_offline: bool,
+    ) -> Self {
         let mut bundle_pem = root_pem.clone();
         for old in &retiring {
             if !bundle_pem.ends_with('\n') {
@@ -279,7 +321,19 @@ impl CaState {
             root_pem,
             retiring,
             bundle_pem,
+            root_key_offline,
         }
+    }
+
+    /// Whether the root's key is offline (exported and removed, not given back): the
+    /// intermediate cannot be renewed until the operator brings the root back.
+    pub fn root_key_offline(&self) -> bool {
+        self.root_key_offline
+    }
+
+    /// When the certificate that signs SVIDs expires.
+    pub fn signer_not_after(&self) -> SystemTime {
+        self.authority.not_after()
     }
 
     /// The PEM certificates a peer's chain must lead to.
@@ -369,15 +423,35 @@ impl MeshCa {
     ) -> Result<Self, CaError> {
         SpiffeId::parse(&format!("spiffe://{trust_domain}"))
             .map_err(|e| CaError::TrustDomain(trust_domain.into(), e))?;
+        let mut given_root = None;
         if let Some((cert, key)) = operator {
             let cert_pem = read(cert)?;
             let authority = CertificateAuthority::from_pem(&cert_pem, &read_private(key)?)?;
-            return Ok(Self {
-                trust_domain: trust_domain.into(),
-                kek: None,
-                policy,
-                state: watch::Sender::new(Arc::new(CaState::new(authority, cert_pem, Vec::new()))),
-            });
+            let stored = store.ca_key(CaRole::Root).await?;
+            if stored.is_some_and(|s| same_cert(&s.cert_pem, &cert_pem)) {
+                // The mesh root, exported, given back: it renews the intermediate from memory.
+                if !signs_for(&authority) {
+                    return Err(CaError::KeyMismatch {
+                        cert: cert.display().to_string(),
+                        key: key.display().to_string(),
+                    });
+                }
+                tracing::info!(cert = %cert.display(), "the exported mesh root is given back; it renews the intermediate and stays out of the store");
+                given_root = Some(authority);
+            } else {
+                return Ok(Self {
+                    trust_domain: trust_domain.into(),
+                    kek: None,
+                    policy,
+                    given_root: None,
+                    state: watch::Sender::new(Arc::new(CaState::new(
+                        authority,
+                        cert_pem,
+                        Vec::new(),
+                        false,
+                    ))),
+                });
+            }
         }
         let root = match store.ca_key(CaRole::Root).await? {
             Some(stored) => stored,
@@ -400,19 +474,32 @@ impl MeshCa {
                 store.init_ca_key(CaRole::Root, &sealed).await?
             }
         };
-        let root_ca = CertificateAuthority::from_pem(
-            &root.cert_pem,
-            &kek.open(CaRole::Root, &root.key_sealed)?,
-        )?;
+        let opened;
+        let root_ca = if root.key_offline() {
+            given_root.as_ref()
+        } else {
+            opened = CertificateAuthority::from_pem(
+                &root.cert_pem,
+                &kek.open(CaRole::Root, &root.key_sealed)?,
+            )?;
+            Some(&opened)
+        };
         // The root is sealed now: no plaintext copy stays behind.
         store.delete_certificate_authority().await?;
-        let authority = intermediate(store, trust_domain, &root_ca, &kek, policy).await?;
+        let authority = intermediate(store, trust_domain, root_ca, &kek, policy).await?;
         let retiring = store.retiring_roots().await?;
+        let offline = root_ca.is_none();
         Ok(Self {
             trust_domain: trust_domain.into(),
             kek: Some(kek),
             policy,
-            state: watch::Sender::new(Arc::new(CaState::new(authority, root.cert_pem, retiring))),
+            given_root,
+            state: watch::Sender::new(Arc::new(CaState::new(
+                authority,
+                root.cert_pem,
+                retiring,
+                offline,
+            ))),
         })
     }
 
@@ -496,21 +583,42 @@ impl MeshCa {
             return Ok(false);
         };
         let retiring = store.retiring_roots().await?;
+        let offline = root.key_offline() && self.given(&root.cert_pem).is_none();
         let now = self.current();
         if now.root_pem == root.cert_pem
             && now.authority.cert_pem() == signer.cert_pem
             && now.retiring == retiring
+            && now.root_key_offline == offline
         {
             return Ok(false);
         }
         let authority = open_intermediate(&signer, kek)?;
+        if offline && !now.root_key_offline {
+            tracing::warn!(
+                intermediate.not_after = %crate::stored::rfc3339(unix_ms(authority.not_after())),
+                "the mesh root's key left the store (export-root --remove-key): the intermediate \
+                 can no longer be renewed here until the root is given back"
+            );
+        }
         tracing::info!(
             retiring_roots = retiring.len(),
+            root_key_offline = offline,
             "the mesh CA changed; signing and trusting what the store holds now"
         );
-        self.state
-            .send_replace(Arc::new(CaState::new(authority, root.cert_pem, retiring)));
+        self.state.send_replace(Arc::new(CaState::new(
+            authority,
+            root.cert_pem,
+            retiring,
+            offline,
+        )));
         Ok(true)
+    }
+
+    /// The given-back root when it is the one stored as `root_pem`.
+    fn given(&self, root_pem: &str) -> Option<&CertificateAuthority> {
+        self.given_root
+            .as_ref()
+            .filter(|g| same_cert(g.cert_pem(), root_pem))
     }
 
     /// Replace the stored intermediate with a new one from the same root when it has less than
@@ -540,11 +648,20 @@ impl MeshCa {
             self.refresh(store).await?;
             return Ok(false);
         }
-        let root = store.ca_key(CaRole::Root).await?.ok_or(CaError::Missing)?;
-        let root = CertificateAuthority::from_pem(
-            &root.cert_pem,
-            &kek.open(CaRole::Root, &root.key_sealed)?,
-        )?;
+        let stored_root = store.ca_key(CaRole::Root).await?.ok_or(CaError::Missing)?;
+        let opened;
+        let root = if stored_root.key_offline() {
+            self.given(&stored_root.cert_pem)
+                .ok_or_else(|| CaError::RootOffline {
+                    intermediate_not_after: crate::stored::rfc3339(unix_ms(not_after)),
+                })?
+        } else {
+            opened = CertificateAuthority::from_pem(
+                &stored_root.cert_pem,
+                &kek.open(CaRole::Root, &stored_root.key_sealed)?,
+            )?;
+            &opened
+        };
         let next = root.issue_intermediate(&self.trust_domain, self.policy.validity)?;
         let sealed = SealedCa {
             cert_pem: next.cert_pem().to_string(),
@@ -578,6 +695,14 @@ impl MeshCa {
             return Err(CaError::RotationInProgress);
         }
         let current = store.ca_key(CaRole::Root).await?.ok_or(CaError::Missing)?;
+        // A rotation would put a new root key online without the operator.
+        if current.key_offline() && self.given(&current.cert_pem).is_none() {
+            return Err(CaError::RootOffline {
+                intermediate_not_after: crate::stored::rfc3339(unix_ms(
+                    self.current().authority.not_after(),
+                )),
+            });
+        }
         let root = CertificateAuthority::generate(&self.trust_domain, ROOT_VALIDITY)?;
         let signer = root.issue_intermediate(&self.trust_domain, self.policy.validity)?;
         let sealed_root = SealedCa {
@@ -655,11 +780,16 @@ fn read(path: &Path) -> Result<String, CaError> {
 async fn intermediate(
     store: &dyn Store,
     trust_domain: &str,
-    root: &CertificateAuthority,
+    root: Option<&CertificateAuthority>,
     kek: &KeyEncryptionKey,
     policy: IntermediatePolicy,
 ) -> Result<CertificateAuthority, CaError> {
-    let fresh = || -> Result<SealedCa, CaError> {
+    let fresh = |expiring: Option<SystemTime>| -> Result<SealedCa, CaError> {
+        let root = root.ok_or_else(|| CaError::RootOffline {
+            intermediate_not_after: expiring
+                .map(|t| crate::stored::rfc3339(unix_ms(t)))
+                .unwrap_or_else(|| "none stored".into()),
+        })?;
         let ca = root.issue_intermediate(trust_domain, policy.validity)?;
         Ok(SealedCa {
             cert_pem: ca.cert_pem().to_string(),
@@ -667,7 +797,11 @@ async fn intermediate(
         })
     };
     let stored = match store.ca_key(CaRole::Intermediate).await? {
-        None => store.init_ca_key(CaRole::Intermediate, &fresh()?).await?,
+        None => {
+            store
+                .init_ca_key(CaRole::Intermediate, &fresh(None)?)
+                .await?
+        }
         Some(current) => {
             let ca = open_intermediate(&current, kek)?;
             if !policy.due(ca.not_after()) {
@@ -677,13 +811,68 @@ async fn intermediate(
                 .not_after()
                 .duration_since(SystemTime::now())
                 .unwrap_or_default();
+            if root.is_none() && !left.is_zero() {
+                // Keep signing with it while it lasts; the operator must bring the root back.
+                tracing::error!(
+                    error = %CaError::RootOffline {
+                        intermediate_not_after: crate::stored::rfc3339(unix_ms(ca.not_after())),
+                    },
+                    "the CA intermediate is due for renewal"
+                );
+                return Ok(ca);
+            }
             tracing::info!(left = ?left, "replacing the CA intermediate");
             store
-                .replace_ca_key(CaRole::Intermediate, &current, &fresh()?)
+                .replace_ca_key(
+                    CaRole::Intermediate,
+                    &current,
+                    &fresh(Some(ca.not_after()))?,
+                )
                 .await?
         }
     };
     open_intermediate(&stored, kek)
+}
+
+/// Whether two PEM texts hold the same first certificate (line endings and trailing text
+/// aside).
+fn same_cert(a: &str, b: &str) -> bool {
+    matches!((pem_fingerprint(a), pem_fingerprint(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Whether `ca`'s key is its certificate's: a certificate it issues verifies against it.
+fn signs_for(ca: &CertificateAuthority) -> bool {
+    let Ok(probe_id) = SpiffeId::parse("spiffe://key-check.invalid/probe") else {
+        return false;
+    };
+    let Ok(probe) = ca.issue(&probe_id, Duration::from_secs(60)) else {
+        return false;
+    };
+    let (Ok(roots), Ok(chain)) = (
+        quiver_api::certs::certs_from_pem(ca.cert_pem()),
+        quiver_api::certs::certs_from_pem(&probe.chain_pem),
+    ) else {
+        return false;
+    };
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        if store.add(root).is_err() {
+            return false;
+        }
+    }
+    let Ok(verifier) = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(store),
+        quiver_api::tls::provider(),
+    )
+    .build() else {
+        return false;
+    };
+    let Some((leaf, rest)) = chain.split_first() else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(leaf, rest, rustls_pki_types::UnixTime::now())
+        .is_ok()
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -715,4 +904,93 @@ fn read_private(path: &Path) -> Result<String, CaError> {
         });
     }
     read(path)
+}
+
+/// What [`export_root`] wrote.
+#[derive(Debug)]
+pub struct ExportedRoot {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Whether the sealed key was deleted from the store.
+    pub removed: bool,
+    /// When the stored intermediate expires (what the operator must renew before).
+    pub intermediate_not_after: Option<SystemTime>,
+}
+
+/// Write the stored root's certificate and private key into `out` ([`ROOT_CERT_FILE`], and
+/// [`ROOT_KEY_FILE`] mode 0600), never over an existing file; with `remove_key`, then delete
+/// the sealed key from the store (the certificate stays the trust anchor). Refused when the
+/// key is offline already.
+pub async fn export_root(
+    store: &dyn Store,
+    kek: &KeyEncryptionKey,
+    out: &Path,
+    remove_key: bool,
+) -> Result<ExportedRoot, CaError> {
+    let root = store.ca_key(CaRole::Root).await?.ok_or(CaError::Missing)?;
+    let intermediate_not_after = match store.ca_key(CaRole::Intermediate).await? {
+        Some(i) => quiver_api::certs::certs_from_pem(&i.cert_pem)?
+            .first()
+            .map(|der| quiver_api::certs::not_after(der))
+            .transpose()?,
+        None => None,
+    };
+    if root.key_offline() {
+        return Err(CaError::RootOffline {
+            intermediate_not_after: intermediate_not_after
+                .map(|t| crate::stored::rfc3339(unix_ms(t)))
+                .unwrap_or_else(|| "none stored".into()),
+        });
+    }
+    let key_pem = kek.open(CaRole::Root, &root.key_sealed)?;
+    let (cert, key) = (out.join(ROOT_CERT_FILE), out.join(ROOT_KEY_FILE));
+    // Both refused before either is written.
+    for path in [&cert, &key] {
+        if path.exists() {
+            return Err(CaError::Exists {
+                path: path.display().to_string(),
+            });
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|source| CaError::Write {
+        path: out.display().to_string(),
+        source,
+    })?;
+    write_new(&key, &key_pem, 0o600)?;
+    write_new(&cert, &root.cert_pem, 0o644)?;
+    let removed = remove_key && store.remove_ca_key(CaRole::Root).await?;
+    if removed {
+        tracing::info!(out = %out.display(), "exported the mesh root and removed its key from the store");
+    }
+    Ok(ExportedRoot {
+        cert,
+        key,
+        removed,
+        intermediate_not_after,
+    })
+}
+
+/// Create `path` (failing if it exists) with `mode` from the start, and write `text`.
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), CaError> {
+    let failed = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => CaError::Exists {
+            path: path.display().to_string(),
+        },
+        _ => CaError::Write {
+            path: path.display().to_string(),
+            source,
+        },
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path).map_err(failed)?;
+    file.write_all(text.as_bytes()).map_err(failed)?;
+    file.sync_all().map_err(failed)
 }

@@ -670,3 +670,253 @@ async fn running_replicas_renew_the_intermediate_once_postgres() {
     let db = common::PgTestDb::create().await;
     two_replicas_renew_the_intermediate_once(db.store().await).await;
 }
+
+/// Run `quiver-control ca export-root` on a SQLite store; (success, stdout + stderr).
+fn export_root(
+    data_dir: &std::path::Path,
+    kek: &std::path::Path,
+    out: &std::path::Path,
+    remove: bool,
+) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quiver-control"));
+    cmd.args(["ca", "export-root"])
+        .arg(format!("--out={}", out.display()))
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .arg(format!("--ca-key-encryption-key={}", kek.display()))
+        .env_remove("QUIVER_DATABASE_URL");
+    if remove {
+        cmd.arg("--remove-key");
+    }
+    let done = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+    (done.status.success(), text)
+}
+
+/// The generated root taken offline: `quiver-control ca export-root` writes the root's
+/// certificate and key (0600, never over a file), `--remove-key` takes the key out of the
+/// store, the running CA then refuses to renew its intermediate (naming why and the expiry),
+/// and a CA started with the exported files given back renews it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_can_be_exported_and_taken_offline() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = SqliteTestDb::create();
+    let store = db.store().await;
+    let kek_dir = tempfile::tempdir().unwrap();
+    let kek_path = quiver_tests::scratch::ca_key_encryption_key(kek_dir.path());
+    let open = |operator: Option<(std::path::PathBuf, std::path::PathBuf)>| {
+        let store = store.clone();
+        let kek = KeyEncryptionKey::load(Some(&kek_path), kek_dir.path(), true).unwrap();
+        async move {
+            MeshCa::load_or_create_with(
+                store.as_ref(),
+                "mesh.local",
+                operator.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                kek,
+                SHORT_LIVED,
+            )
+            .await
+        }
+    };
+    let running = open(None).await.unwrap();
+    let root = store.ca_key(CaRole::Root).await.unwrap().unwrap();
+    let first = store.ca_key(CaRole::Intermediate).await.unwrap().unwrap();
+    let bundle = running.bundle_pem();
+
+    // Export, keeping the key in the store.
+    let out = tempfile::tempdir().unwrap();
+    let (ok, text) = export_root(db.dir.path(), &kek_path, out.path(), false);
+    assert!(ok, "{text}");
+    let (cert, key) = (
+        out.path().join("mesh-root.pem"),
+        out.path().join("mesh-root.key"),
+    );
+    assert_eq!(std::fs::read_to_string(&cert).unwrap(), root.cert_pem);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The key is the root certificate's: what it signs verifies against the bundle.
+    let exported = CertificateAuthority::from_pem(
+        &std::fs::read_to_string(&cert).unwrap(),
+        &std::fs::read_to_string(&key).unwrap(),
+    )
+    .unwrap();
+    let id = quiver_api::SpiffeId::parse("spiffe://mesh.local/ns/shop/sa/web").unwrap();
+    let probe = exported.issue(&id, Duration::from_secs(60)).unwrap();
+    assert!(verifies(&probe.chain_pem, &bundle));
+    assert!(
+        !store
+            .ca_key(CaRole::Root)
+            .await
+            .unwrap()
+            .unwrap()
+            .key_offline()
+    );
+
+    // Exporting into the same directory again is refused, and removes nothing.
+    let written = std::fs::read(&key).unwrap();
+    let (ok, text) = export_root(db.dir.path(), &kek_path, out.path(), true);
+    assert!(!ok, "a second export overwrote: {text}");
+    assert!(
+        text.contains("mesh-root") && text.contains("never overwrites"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), written);
+    assert_eq!(store.ca_key(CaRole::Root).await.unwrap().unwrap(), root);
+
+    // Into an empty directory with --remove-key: the key leaves the store, the certificate
+    // stays, and no copy of the sealed key is left in the database files.
+    let offline = tempfile::tempdir().unwrap();
+    let (ok, text) = export_root(db.dir.path(), &kek_path, offline.path(), true);
+    assert!(ok, "{text}");
+    assert!(text.contains("no longer in the store"), "{text}");
+    let stored = store.ca_key(CaRole::Root).await.unwrap().unwrap();
+    assert!(stored.key_offline() && stored.key_sealed.is_empty());
+    assert_eq!(stored.cert_pem, root.cert_pem);
+    assert!(!contains(&all_bytes_under(db.dir.path()), &root.key_sealed));
+    // Nothing left to export.
+    let (ok, text) = export_root(
+        db.dir.path(),
+        &kek_path,
+        tempfile::tempdir().unwrap().path(),
+        false,
+    );
+    assert!(!ok && text.contains("offline"), "{text}");
+
+    // The running CA notices, keeps signing with its intermediate, and once the renewal is
+    // due refuses it loudly, naming the cause, the expiry and the way back.
+    assert!(running.refresh(store.as_ref()).await.unwrap());
+    assert!(running.current().root_key_offline());
+    let opens = not_after_of(&first.cert_pem) - SHORT_LIVED.renew_before;
+    if let Ok(wait) = opens.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(200)).await;
+    }
+    let err = running
+        .renew_intermediate(store.as_ref())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("offline") && err.contains("export-root") && err.contains("--ca-cert"),
+        "{err}"
+    );
+    let expiry = quiver_control::stored::rfc3339(
+        i64::try_from(
+            not_after_of(&first.cert_pem)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap(),
+    );
+    assert!(err.contains(&expiry), "{err} names {expiry}");
+    assert_eq!(
+        store.ca_key(CaRole::Intermediate).await.unwrap().unwrap(),
+        first
+    );
+    assert!(verifies(&sign_with(&running), &bundle), "still signing");
+    // A root rotation would put a new root key online: refused too.
+    let err = running
+        .rotate(store.as_ref())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("offline"), "{err}");
+
+    // Started again without the root: it runs on the intermediate it has.
+    let again = open(None).await.unwrap();
+    assert!(again.current().root_key_offline());
+    assert_eq!(again.current().signer_pem(), first.cert_pem);
+
+    // Started with the exported root given back: the mesh root, not an operator CA; it
+    // renews the intermediate from memory and the store still holds no root key.
+    let given = (
+        offline.path().join("mesh-root.pem"),
+        offline.path().join("mesh-root.key"),
+    );
+    let back = open(Some(given.clone())).await.unwrap();
+    assert!(!back.is_operator());
+    assert!(!back.current().root_key_offline());
+    assert_eq!(back.bundle_pem(), bundle);
+    // (Started inside the window, so it renewed at start already.)
+    let second = store.ca_key(CaRole::Intermediate).await.unwrap().unwrap();
+    assert_ne!(second.cert_pem, first.cert_pem);
+    assert_eq!(back.current().signer_pem(), second.cert_pem);
+    let after = sign_with(&back);
+    assert!(verifies(&after, &bundle));
+    assert!(
+        store
+            .ca_key(CaRole::Root)
+            .await
+            .unwrap()
+            .unwrap()
+            .key_offline()
+    );
+    // The other replica adopts it.
+    assert!(running.refresh(store.as_ref()).await.unwrap());
+    assert_eq!(running.current().signer_pem(), second.cert_pem);
+
+    // A key that is not the root's is refused, naming both files.
+    let wrong = CertificateAuthority::generate("mesh.local", Duration::from_secs(60)).unwrap();
+    let wrong_key = offline.path().join("other.key");
+    std::fs::write(&wrong_key, wrong.key_pem()).unwrap();
+    std::fs::set_permissions(&wrong_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = open(Some((given.0.clone(), wrong_key)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not this certificate's key"), "{err}");
+}
+
+/// A running control plane whose root key is exported and removed says so in `GetCaStatus`
+/// (what `quiverctl ca status` prints): the root as "root-offline", with the intermediate's
+/// expiry beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_status_shows_an_offline_root_key() {
+    let db = SqliteTestDb::create();
+    let server = TestServer::start(None, db.dir.path()).await;
+    let status = server
+        .admin()
+        .await
+        .get_ca_status(v1::GetCaStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let roles: Vec<&str> = status
+        .certificates
+        .iter()
+        .map(|c| c.role.as_str())
+        .collect();
+    assert_eq!(roles, ["root", "intermediate"]);
+
+    let out = tempfile::tempdir().unwrap();
+    let kek = db.dir.path().join(quiver_control::ca::GENERATED_KEK_FILE);
+    let (ok, text) = export_root(db.dir.path(), &kek, out.path(), true);
+    assert!(ok, "{text}");
+    let status = quiver_tests::eventually(
+        "the root shown offline",
+        Duration::from_secs(10),
+        || async {
+            let status = server
+                .admin()
+                .await
+                .get_ca_status(v1::GetCaStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            (status.certificates[0].role == "root-offline").then_some(status)
+        },
+    )
+    .await;
+    let intermediate = &status.certificates[1];
+    assert_eq!(intermediate.role, "intermediate");
+    assert!(!intermediate.not_after.is_empty());
+    // Signing goes on with the intermediate.
+    let (chain, bundle) = join(&server).await;
+    assert!(verifies(&chain, &bundle));
+    server.stop().await;
+}

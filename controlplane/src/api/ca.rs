@@ -15,7 +15,7 @@ use crate::stored::rfc3339;
 
 fn ca_status(e: CaError) -> Status {
     match e {
-        CaError::OperatorCa | CaError::RotationInProgress => {
+        CaError::OperatorCa | CaError::RotationInProgress | CaError::RootOffline { .. } => {
             Status::failed_precondition(e.to_string())
         }
         CaError::Store(e) => store_status(e),
@@ -143,7 +143,14 @@ async fn status_of(inputs: &Inputs, state: &CaState, retired: u64) -> Result<v1:
     } else {
         "overlap"
     };
-    let mut certificates = vec![describe("root", state.root_pem())];
+    // "root-offline": its key was exported and removed (`quiver-control ca export-root
+    // --remove-key`), so the intermediate cannot be renewed until it is given back.
+    let root_role = if state.root_key_offline() {
+        "root-offline"
+    } else {
+        "root"
+    };
+    let mut certificates = vec![describe(root_role, state.root_pem())];
     if !inputs.ca.is_operator() {
         certificates.push(describe("intermediate", state.signer_pem()));
     }

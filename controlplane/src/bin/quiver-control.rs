@@ -1,4 +1,5 @@
-//! quiver-control: the Quiver control plane server. The flags are [`Config`]'s.
+//! quiver-control: the Quiver control plane server. The flags are [`Config`]'s;
+//! `quiver-control ca export-root` is the one subcommand (`cli::control_ca`).
 //! (The demo, which runs this control plane next to sidecars, is the `quiver-demo` crate.)
 #![forbid(unsafe_code)]
 
@@ -8,6 +9,10 @@ use clap::Parser;
 use quiver_control::server::{self, Config};
 
 fn main() -> ExitCode {
+    // `quiver-control ca ...`: operator commands on the store (export-root), not the server.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ca") {
+        return quiver_control::cli::control_ca::main(std::env::args_os().skip(1));
+    }
     let config = match Config::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {

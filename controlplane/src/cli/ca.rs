@@ -101,6 +101,18 @@ async fn retire(conn: &Connection, force: bool) -> anyhow::Result<()> {
 
 fn print_status(s: &v1::CaStatus) {
     println!("phase: {}", s.phase);
+    if s.certificates.iter().any(|c| c.role == "root-offline") {
+        let until = s
+            .certificates
+            .iter()
+            .find(|c| c.role == "intermediate")
+            .map_or("-", |c| c.not_after.as_str());
+        println!(
+            "root key: OFFLINE (exported): the intermediate expires {until} and cannot be \
+             renewed until the control plane is started with the root given back \
+             (--ca-cert/--ca-key)"
+        );
+    }
     println!(
         "{:<14} {:<24} {:<20} SUBJECT",
         "ROLE", "NOT AFTER", "SHA-256"

@@ -11,6 +11,7 @@ pub mod certs;
 mod check;
 pub mod client;
 mod completions;
+pub mod control_ca;
 mod diff;
 pub mod profiles;
 mod proxies;

@@ -64,7 +64,16 @@ impl CaRole {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SealedCa {
     pub cert_pem: String,
+    /// Empty when the key was taken offline ([`Credentials::remove_ca_key`]).
     pub key_sealed: String,
+}
+
+impl SealedCa {
+    /// Whether the private key was taken out of the store (`quiver-control ca export-root
+    /// --remove-key`): the certificate stays, as the trust anchor.
+    pub fn key_offline(&self) -> bool {
+        self.key_sealed.is_empty()
+    }
 }
 
 /// An SVID the control plane issued, as `svids` keeps it.
@@ -142,6 +151,10 @@ pub trait Credentials: Send + Sync {
         current: &SealedCa,
         next: &SealedCa,
     ) -> Result<SealedCa, StoreError>;
+    /// Delete the sealed private key of `role`, keeping its certificate (an offline root: it
+    /// stays the trust anchor, signs nothing here), and scrub the freed pages; whether there
+    /// was a key to delete.
+    async fn remove_ca_key(&self, role: CaRole) -> Result<bool, StoreError>;
     /// Root rotation in one transaction: if the stored root is still `current`, store `root`
     /// and `intermediate` in place of the root and intermediate and keep `current`'s
     /// certificate as a retiring root. False when another caller rotated first.
@@ -195,6 +208,8 @@ const INSERT_CA_KEY: &str = "INSERT INTO ca_keys (role, cert_pem, key_sealed, cr
      VALUES ($1, $2, $3, $4) ON CONFLICT (role) DO NOTHING";
 const REPLACE_CA_KEY: &str = "UPDATE ca_keys SET cert_pem = $1, key_sealed = $2, created_at = $3 \
      WHERE role = $4 AND cert_pem = $5";
+const REMOVE_CA_KEY: &str =
+    "UPDATE ca_keys SET key_sealed = '' WHERE role = $1 AND key_sealed <> ''";
 const INSERT_RETIRING_ROOT: &str =
     "INSERT INTO ca_retiring_roots (cert_pem, created_at) VALUES ($1, $2)";
 const RETIRING_ROOTS: &str = "SELECT cert_pem FROM ca_retiring_roots ORDER BY created_at, cert_pem";
@@ -380,6 +395,22 @@ where
             .bind(role.as_str())
             .fetch_one(&self.pool)
             .await?)
+    }
+
+    async fn remove_ca_key(&self, role: CaRole) -> Result<bool, StoreError> {
+        let removed = sqlx::query(REMOVE_CA_KEY)
+            .bind(role.as_str())
+            .execute(&self.pool)
+            .await?;
+        if DB::rows_affected(&removed) == 0 {
+            return Ok(false);
+        }
+        // The old row's bytes (sealed, but openable with the key-encryption key) must not
+        // linger in free pages or the journal.
+        for statement in DB::SCRUB_DELETED {
+            sqlx::query(*statement).execute(&self.pool).await?;
+        }
+        Ok(true)
     }
 
     async fn rotate_ca(

@@ -31,7 +31,8 @@ impl Engine for Postgres {
          WHERE schemaname = current_schema() AND tablename = 'spans_legacy'";
     /// A new file for the table; the server's WAL and older backups are beyond reach
     /// (docs/control-plane.md says so).
-    const SCRUB_DELETED: &'static [&'static str] = &["VACUUM FULL certificate_authority"];
+    const SCRUB_DELETED: &'static [&'static str] =
+        &["VACUUM FULL certificate_authority", "VACUUM FULL ca_keys"];
 
     fn rows_affected(result: &PgQueryResult) -> u64 {
         result.rows_affected()
