@@ -1,5 +1,6 @@
 //! Who may call what on the discovery listener: Renew signs exactly the caller's id, and
-//! Renew/Register/Watch are refused without a client certificate or with a foreign one.
+//! Renew/Register/Watch are refused without a client certificate, with a foreign one, or with
+//! an expired one offered on a resumed TLS session.
 #![allow(
     clippy::unwrap_used,
     reason = "test code: a failed step fails the test"
@@ -7,7 +8,13 @@
 
 mod common;
 
-use std::time::Duration;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use common::mesh::{self, registration};
 use common::{REVIEWS_SERVICE, SqliteTestDb, TestServer, doc};
@@ -29,6 +36,32 @@ fn greedy_csr() -> (String, Vec<u8>) {
     )];
     let csr = params.serialize_request(&key).unwrap().der().to_vec();
     (key.serialize_pem(), csr)
+}
+
+/// A control plane signing with an operator CA the test holds, so the test can mint
+/// certificates the control plane would issue (with any validity it likes).
+async fn with_operator_ca(dir: &Path) -> (CertificateAuthority, TestServer) {
+    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    std::fs::write(&cert, ca.cert_pem()).unwrap();
+    std::fs::write(&key, ca.key_pem()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let server = TestServer::start_with(
+        None,
+        dir,
+        &[
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    (ca, server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,26 +210,7 @@ async fn register_is_refused_for_services_the_caller_cannot_front() {
 async fn the_control_planes_namespace_is_reserved() {
     // The operator's CA, so the test can mint what a join token for quiver-system would give.
     let db = SqliteTestDb::create();
-    let ca = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
-    let (cert, key) = (db.dir.path().join("ca.pem"), db.dir.path().join("ca.key"));
-    std::fs::write(&cert, ca.cert_pem()).unwrap();
-    std::fs::write(&key, ca.key_pem()).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let server = TestServer::start_with(
-        None,
-        db.dir.path(),
-        &[
-            "--ca-cert",
-            cert.to_str().unwrap(),
-            "--ca-key",
-            key.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (ca, server) = with_operator_ca(db.dir.path()).await;
     let mut admin = server.admin().await;
 
     // No Service (nor any other resource) in quiver-system.
@@ -254,6 +268,139 @@ async fn the_control_planes_namespace_is_reserved() {
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{sa}: {err:?}");
         assert!(err.message().contains("reserved"), "{sa}: {err:?}");
+    }
+    server.stop().await;
+}
+
+/// Dials one address with one rustls config, whatever URI tonic asks for. Every dial shares
+/// the config's session cache, so a second dial offers the ticket the first one was given.
+#[derive(Clone)]
+struct ResumingDialer {
+    addr: SocketAddr,
+    tls: tokio_rustls::TlsConnector,
+}
+
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower_service::Service<http::Uri> for ResumingDialer {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<TlsIo, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let (addr, tls) = (self.addr, self.tls.clone());
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("quiver-control")
+                .map_err(std::io::Error::other)?;
+            Ok(hyper_util::rt::TokioIo::new(tls.connect(name, tcp).await?))
+        })
+    }
+}
+
+/// An error and its sources, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+/// A hostile proxy keeps the TLS session of a connection made while its SVID was valid and
+/// offers it after the SVID has expired. The discovery listener must judge the certificate
+/// again (it keeps no session and sends no ticket), so the second Renew is refused. The
+/// client is the proxy's own pinned config with rustls' default session cache put back, as
+/// an attacker would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_svid_cannot_resume_a_session_on_the_discovery_listener() {
+    let db = SqliteTestDb::create();
+    let (ca, server) = with_operator_ca(db.dir.path()).await;
+    server
+        .admin()
+        .await
+        .apply_service(doc::<v1::Service>(REVIEWS_SERVICE))
+        .await
+        .unwrap();
+    let now = SystemTime::now();
+    let not_after = now + Duration::from_secs(3);
+    let leaf = ca
+        .issue_between(
+            &SpiffeId::parse("spiffe://mesh.local/ns/shop/sa/reviews").unwrap(),
+            now - Duration::from_secs(60),
+            not_after,
+        )
+        .unwrap();
+    let id = MeshIdentity::from_pem(&leaf.chain_pem, &leaf.key_pem, ca.cert_pem()).unwrap();
+    let mut tls = id
+        .pinned_client_config(&mesh::control_plane(), &[b"h2"])
+        .unwrap()
+        .into_inner();
+    // rustls' default: an in-memory cache storing the tickets servers send, offered on the
+    // next connection to the same server name.
+    tls.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let dialer = ResumingDialer {
+        addr: server.discovery,
+        tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+    };
+    let renew = || {
+        let dialer = dialer.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_static("http://quiver-control")
+                .connect_with_connector(dialer)
+                .await
+                .map_err(|e| chain(&e))?;
+            let (_, csr_der) = certs::new_key_and_csr().unwrap();
+            MeshDiscoveryClient::new(channel)
+                .renew(v1::RenewRequest { csr_der })
+                .await
+                .map(|r| r.into_inner().spiffe_id)
+                .map_err(|e| chain(&e))
+        }
+    };
+
+    // While the SVID is valid: renewed (and, with resumption on, handed a ticket).
+    let first = tokio::time::timeout(Duration::from_secs(10), renew())
+        .await
+        .expect("first Renew in time")
+        .expect("a valid SVID renews");
+    assert_eq!(first, "spiffe://mesh.local/ns/shop/sa/reviews");
+    // Wait until the leaf has expired (a wait on the clock, not an assertion about time).
+    let left = not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_secs(1)).await;
+    match tokio::time::timeout(Duration::from_secs(10), renew()).await {
+        // TLS 1.3 lets the client finish first: the server's alert reaches the channel or
+        // the call, which tonic reports either as the alert or as a closed connection.
+        Ok(Err(e)) => eprintln!("Renew refused to the expired client: {e}"),
+        Ok(Ok(id)) => panic!("an expired SVID renewed {id} on a resumed session"),
+        Err(_) => panic!("no answer within 10 s"),
+    }
+    // Why, read straight off TLS with the same session cache: the certificate_expired alert
+    // (RFC 8446 §6.2), where a resumed session would have read the server's HTTP/2 SETTINGS.
+    let probe = async {
+        use tokio::io::AsyncReadExt;
+        let tcp = tokio::net::TcpStream::connect(server.discovery).await?;
+        let name = rustls_pki_types::ServerName::try_from("quiver-control").unwrap();
+        let mut stream = dialer.tls.connect(name, tcp).await?;
+        let mut buf = [0u8; 64];
+        stream.read(&mut buf).await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), probe).await {
+        Ok(Err(e)) => assert!(
+            e.to_string().contains("CertificateExpired"),
+            "unexpected refusal: {e}"
+        ),
+        Ok(Ok(n)) => panic!("the server spoke to an expired SVID ({n} bytes)"),
+        Err(_) => panic!("no answer within 10 s"),
     }
     server.stop().await;
 }

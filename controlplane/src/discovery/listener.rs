@@ -1,8 +1,9 @@
 //! TLS for the discovery listener: a server certificate issued by the mesh CA for
 //! `spiffe://<td>/ns/quiver-system/sa/control-plane`, and client certificates that are
 //! optional in the handshake (Join comes before a proxy has one) but, when sent, must chain
-//! to a root of the current trust bundle. Handlers that need an identity insist on it
-//! ([`crate::api`]).
+//! to a root of the current trust bundle and be within its validity, on every connection:
+//! the listener resumes no TLS session, so an expired or retired SVID cannot ride on a ticket.
+//! Handlers that need an identity insist on it ([`crate::api`]).
 //!
 //! The rustls config follows the CA: when the bundle changes (a root rotation or retirement,
 //! here or on another replica), the next handshake trusts exactly the new bundle's roots. The
@@ -155,6 +156,12 @@ fn build(
         .with_single_cert(chain, key)
         .map_err(|e| bad("server certificate", e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session to resume (rustls' default keeps a session cache and sends TLS 1.3 tickets):
+    // a resumed handshake skips the client verifier, so a proxy whose SVID has expired could
+    // go on calling Renew and Watch on a ticket from when it was valid. Every connection shows
+    // its certificate again, as between proxies (`quiver_api::tls`).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
