@@ -2,8 +2,9 @@
 //! processes over real TLS. The control plane here is a scripted `MeshDiscovery` server (the
 //! generated tonic service, on TLS with a certificate of the test's mesh CA), so a test can make
 //! it what an attacker would run: an impostor holding a stolen workload certificate, or a
-//! control plane that pushes a foreign trust bundle. The control plane's own side (the
-//! reserved namespace) is tested against a real `quiver-control` in
+//! control plane that hands out a foreign trust bundle (in the Join answer, a Renew answer or a
+//! pushed snapshot). The pinned control-plane id is also checked against a real
+//! `quiver-control`; the control plane's own side (the reserved namespace) is tested in
 //! `controlplane/tests/auth_mtls.rs`.
 #![allow(
     clippy::unwrap_used,
@@ -21,7 +22,7 @@ use quiver_api::SpiffeId;
 use quiver_api::certs::{CertificateAuthority, IssuedCert};
 use quiver_api::v1;
 use quiver_api::v1::mesh_discovery_server::{MeshDiscovery, MeshDiscoveryServer};
-use quiver_tests::mesh::{MeshProxy, ProxySpec, admin_get};
+use quiver_tests::mesh::{ControlPlane, Db, MeshProxy, ProxySpec, admin_get};
 use quiver_tests::pki::Pki;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
@@ -198,13 +199,38 @@ async fn serve(script: &Arc<Script>, presents: &IssuedCert) -> SocketAddr {
     addr
 }
 
+/// A TCP relay: the first connection goes to `first`, every later one to `then`. One address
+/// (what the proxy is told) with two servers behind it, so the Join and the calls after it
+/// can be answered under different certificates.
+async fn switch(first: SocketAddr, then: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut to = first;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = std::mem::replace(&mut to, then);
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 fn spec() -> ProxySpec<'static> {
+    spec_with(&[])
+}
+
+/// [`spec`] with more flags.
+fn spec_with<'a>(extra: &'a [&'a str]) -> ProxySpec<'a> {
     ProxySpec {
         service: "web",
         token: "qjt_a-secret-join-token".into(),
         labels: &[],
         outbound: &[],
-        extra: &[],
+        extra,
     }
 }
 
@@ -401,4 +427,139 @@ async fn a_renew_answer_that_drops_every_known_root_is_refused() {
     )
     .await;
     assert_eq!(roots(&proxy).await, vec![describe(&pki.ca)]);
+}
+
+/// The Join answer comes over the pinned channel, from a server proving the control plane's id
+/// under the mesh CA, but its trust bundle holds only a foreign root (and its certificate is
+/// from that foreign CA); every later connection is then served under the foreign CA, with
+/// snapshots carrying the foreign bundle. A proxy that took the Join answer's bundle would be
+/// ready and run entirely under the attacker's CA; it must refuse the Join answer instead, say
+/// why, and stop (a refusal is final, like a spent token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_answer_that_drops_every_known_root_is_refused() {
+    let pki = Pki::new();
+    let foreign = CertificateAuthority::generate("mesh.local", Duration::from_secs(3600)).unwrap();
+    // Signs the Join CSR and puts its own root alone in the Join answer and the snapshots.
+    let script = Script::new(
+        CertificateAuthority::from_pem(foreign.cert_pem(), foreign.key_pem()).unwrap(),
+        Duration::from_secs(3600),
+    );
+    let control_plane = SpiffeId::parse(CONTROL_PLANE).unwrap();
+    let genuine = pki
+        .ca
+        .issue(&control_plane, Duration::from_secs(3600))
+        .unwrap();
+    let under_foreign = foreign
+        .issue(&control_plane, Duration::from_secs(3600))
+        .unwrap();
+    let join_server = serve(&script, &genuine).await;
+    let later = serve(&script, &under_foreign).await;
+    let addr = switch(join_server, later).await;
+    let mut proxy = MeshProxy::spawn_to(addr, &pki.dir.join("ca.pem"), &pki.dir, spec());
+
+    let status = proxy.wait_exit(Duration::from_secs(30)).await;
+    let logs = proxy.logs();
+    assert!(!status.success(), "{status}\n{logs}");
+    assert!(
+        logs.contains("the trust bundle in the Join answer is refused")
+            && logs.contains("keeps none of the roots trusted now")
+            && logs.contains(&describe(&foreign)),
+        "the proxy does not say why:\n{logs}"
+    );
+    // The Join was answered (over the pinned channel) and its bundle still not taken.
+    assert_eq!(script.joins.load(Ordering::SeqCst), 1, "{logs}");
+}
+
+/// `--control-plane-id` is what the proxy pins, against a real `quiver-control` (which always
+/// proves `spiffe://<td>/ns/quiver-system/sa/control-plane`): a proxy told to expect another
+/// id refuses it, says why, and never sends its token, so the same one-use token then joins
+/// when the proxy is told the right id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_pins_the_control_plane_id_it_is_given() {
+    let dir = quiver_tests::pki::temp_dir("trust-pinned-id");
+    let db = Db::sqlite(&dir);
+    let cp = ControlPlane::start(&db, &dir, &[]).await;
+    cp.apply(
+        r#"
+apiVersion: quiver.dev/v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  ports: [{name: http, port: 8080, protocol: http1, targetPort: 1}]
+"#,
+    )
+    .await;
+    let ca = cp.write_ca(&dir).await;
+    let token = cp.join_token("default", "web", 1, "10m").await;
+    let other = "spiffe://mesh.local/ns/quiver-system/sa/control-plane-b";
+
+    let mut proxy = MeshProxy::spawn(
+        &cp,
+        &ca,
+        &dir,
+        ProxySpec {
+            token: token.clone(),
+            ..spec_with(&["--control-plane-id", other])
+        },
+    );
+    let why = format!("the server presented {CONTROL_PLANE}, not the control plane's id {other}");
+    quiver_tests::eventually(
+        "the proxy says why it refuses the control plane",
+        Duration::from_secs(20),
+        || async { proxy.logs().contains(&why).then_some(()) },
+    )
+    .await;
+    assert!(proxy.exited().is_none(), "{}", proxy.logs());
+    assert_ne!(proxy.readyz().await.map(|r| r.0).unwrap_or(0), 200);
+    proxy.kill();
+
+    let mut proxy = MeshProxy::spawn(
+        &cp,
+        &ca,
+        &dir,
+        ProxySpec {
+            token,
+            ..spec_with(&["--control-plane-id", CONTROL_PLANE])
+        },
+    );
+    proxy.ready(Duration::from_secs(30)).await;
+    assert_eq!(identity(&proxy).await["spiffe_id"], WEB, "{}", proxy.logs());
+}
+
+/// A control plane under a non-default id: a proxy told that id joins it, a proxy left on the
+/// default refuses it (the default is a pin too, not "any control-plane-looking id").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_default_control_plane_id_is_the_only_one_accepted() {
+    let pki = Pki::new();
+    let other = "spiffe://mesh.local/ns/quiver-system/sa/control-plane-b";
+    let script = Script::new(
+        CertificateAuthority::from_pem(pki.ca.cert_pem(), pki.ca.key_pem()).unwrap(),
+        Duration::from_secs(3600),
+    );
+    let presents = pki
+        .ca
+        .issue(&SpiffeId::parse(other).unwrap(), Duration::from_secs(3600))
+        .unwrap();
+    let addr = serve(&script, &presents).await;
+    let ca = pki.dir.join("ca.pem");
+
+    let mut proxy = MeshProxy::spawn_to(addr, &ca, &pki.dir, spec());
+    let why = format!("the server presented {other}, not the control plane's id {CONTROL_PLANE}");
+    quiver_tests::eventually(
+        "a proxy on the default id refuses it",
+        Duration::from_secs(20),
+        || async { proxy.logs().contains(&why).then_some(()) },
+    )
+    .await;
+    assert_eq!(script.joins.load(Ordering::SeqCst), 0, "{}", proxy.logs());
+    proxy.kill();
+
+    let mut proxy = MeshProxy::spawn_to(
+        addr,
+        &ca,
+        &pki.dir,
+        spec_with(&["--control-plane-id", other]),
+    );
+    proxy.ready(Duration::from_secs(30)).await;
+    assert_eq!(script.joins.load(Ordering::SeqCst), 1);
 }
