@@ -21,17 +21,22 @@
 //!
 //! The SPIFFE id of an SVID comes from the join token's scope, never from the CSR.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use quiver_api::SpiffeId;
 use quiver_api::certs::{CertError, CertificateAuthority, IssuedCert};
-use ring::aead;
 use tokio::sync::watch;
 
 use crate::store::{CaRole, SealedCa, Store, StoreError};
+
+mod export;
+mod kek;
+
+pub use export::{ExportedRoot, ROOT_CERT_FILE, ROOT_KEY_FILE, export_root};
+use kek::to_hex;
+pub use kek::{GENERATED_KEK_FILE, KeyEncryptionKey};
 
 /// Validity of a generated mesh root.
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -68,8 +73,6 @@ impl IntermediatePolicy {
             < self.renew_before
     }
 }
-/// The key-encryption key generated for a SQLite store without `--ca-key-encryption-key`.
-pub const GENERATED_KEK_FILE: &str = "ca-key-encryption.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -133,143 +136,6 @@ pub enum CaError {
     Exists { path: String },
     #[error("{cert}: the key in {key} is not this certificate's key")]
     KeyMismatch { cert: String, key: String },
-}
-
-/// The root certificate file [`export_root`] writes (PEM).
-pub const ROOT_CERT_FILE: &str = "mesh-root.pem";
-/// The root private key file [`export_root`] writes (PKCS#8 PEM, mode 0600).
-pub const ROOT_KEY_FILE: &str = "mesh-root.key";
-
-/// The key that seals the CA's private keys in the store (AES-256-GCM). Each sealed key is
-/// bound to its role, so a root's ciphertext cannot be passed off as an intermediate's.
-pub struct KeyEncryptionKey {
-    key: aead::LessSafeKey,
-    /// Where it came from, for `/config`-style reports and errors.
-    pub source: PathBuf,
-}
-
-impl std::fmt::Debug for KeyEncryptionKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyEncryptionKey")
-            .field("source", &self.source)
-            .finish_non_exhaustive()
-    }
-}
-
-impl KeyEncryptionKey {
-    /// The operator's key file when given; otherwise, for SQLite only, `data_dir/`
-    /// [`GENERATED_KEK_FILE`], created (mode 0600) on first start. A Postgres store is shared
-    /// by replicas, which must all hold the same key: there the flag is required.
-    pub fn load(
-        given: Option<&Path>,
-        data_dir: &Path,
-        shared_store: bool,
-    ) -> Result<Self, CaError> {
-        let path = match given {
-            Some(p) => p.to_path_buf(),
-            None if shared_store => return Err(CaError::KekRequired),
-            None => {
-                let p = data_dir.join(GENERATED_KEK_FILE);
-                if !p.exists() {
-                    generate_kek_file(&p)?;
-                    tracing::info!(path = %p.display(), "generated the CA key-encryption key (keep it with the database's backups, apart from them)");
-                }
-                p
-            }
-        };
-        let bad = |reason: String| CaError::BadKek {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = read_private(&path)?;
-        let bytes = from_hex(text.trim()).ok_or_else(|| bad("not hex".into()))?;
-        if bytes.len() != 32 {
-            return Err(bad(format!("{} bytes; it must be 32", bytes.len())));
-        }
-        let key = aead::UnboundKey::new(&aead::AES_256_GCM, &bytes)
-            .map_err(|_| bad("not an AES-256 key".into()))?;
-        Ok(Self {
-            key: aead::LessSafeKey::new(key),
-            source: path,
-        })
-    }
-
-    /// `v1:<nonce hex>:<ciphertext and tag hex>`.
-    fn seal(&self, role: CaRole, key_pem: &str) -> String {
-        let nonce: [u8; aead::NONCE_LEN] = rand::random();
-        let mut data = key_pem.as_bytes().to_vec();
-        // Sealing in memory with a fresh nonce cannot fail (ring errors only on lengths
-        // beyond 2^36 bytes); a failure would leave `data` empty and fail to open later.
-        let _ = self.key.seal_in_place_append_tag(
-            aead::Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(role.as_str().as_bytes()),
-            &mut data,
-        );
-        format!("v1:{}:{}", to_hex(&nonce), to_hex(&data))
-    }
-
-    fn open(&self, role: CaRole, sealed: &str) -> Result<String, CaError> {
-        let unseal = || CaError::Unseal {
-            role: role.as_str(),
-        };
-        let mut parts = sealed.split(':');
-        let (Some("v1"), Some(nonce), Some(data), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(unseal());
-        };
-        let nonce: [u8; aead::NONCE_LEN] = from_hex(nonce)
-            .and_then(|n| n.try_into().ok())
-            .ok_or_else(unseal)?;
-        let mut data = from_hex(data).ok_or_else(unseal)?;
-        let plain = self
-            .key
-            .open_in_place(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(role.as_str().as_bytes()),
-                &mut data,
-            )
-            .map_err(|_| unseal())?;
-        String::from_utf8(plain.to_vec()).map_err(|_| unseal())
-    }
-}
-
-fn generate_kek_file(path: &Path) -> Result<(), CaError> {
-    let failed = |source: std::io::Error| CaError::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(failed)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let key: [u8; 32] = rand::random();
-    let mut file = options.open(path).map_err(failed)?;
-    writeln!(file, "{}", to_hex(&key)).map_err(failed)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The mesh CA and its trust bundle. Cheap to read from many tasks: the signing intermediate
@@ -875,7 +741,7 @@ fn signs_for(ca: &CertificateAuthority) -> bool {
         .is_ok()
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
+pub(super) fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or_default()
@@ -892,7 +758,7 @@ fn open_intermediate(
 }
 
 /// Read a private key, refusing one that group or others can read.
-fn read_private(path: &Path) -> Result<String, CaError> {
+pub(super) fn read_private(path: &Path) -> Result<String, CaError> {
     let shared = quiver_api::certs::shared_key_mode(path).map_err(|source| CaError::Read {
         path: path.display().to_string(),
         source,
@@ -904,93 +770,4 @@ fn read_private(path: &Path) -> Result<String, CaError> {
         });
     }
     read(path)
-}
-
-/// What [`export_root`] wrote.
-#[derive(Debug)]
-pub struct ExportedRoot {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// Whether the sealed key was deleted from the store.
-    pub removed: bool,
-    /// When the stored intermediate expires (what the operator must renew before).
-    pub intermediate_not_after: Option<SystemTime>,
-}
-
-/// Write the stored root's certificate and private key into `out` ([`ROOT_CERT_FILE`], and
-/// [`ROOT_KEY_FILE`] mode 0600), never over an existing file; with `remove_key`, then delete
-/// the sealed key from the store (the certificate stays the trust anchor). Refused when the
-/// key is offline already.
-pub async fn export_root(
-    store: &dyn Store,
-    kek: &KeyEncryptionKey,
-    out: &Path,
-    remove_key: bool,
-) -> Result<ExportedRoot, CaError> {
-    let root = store.ca_key(CaRole::Root).await?.ok_or(CaError::Missing)?;
-    let intermediate_not_after = match store.ca_key(CaRole::Intermediate).await? {
-        Some(i) => quiver_api::certs::certs_from_pem(&i.cert_pem)?
-            .first()
-            .map(|der| quiver_api::certs::not_after(der))
-            .transpose()?,
-        None => None,
-    };
-    if root.key_offline() {
-        return Err(CaError::RootOffline {
-            intermediate_not_after: intermediate_not_after
-                .map(|t| crate::stored::rfc3339(unix_ms(t)))
-                .unwrap_or_else(|| "none stored".into()),
-        });
-    }
-    let key_pem = kek.open(CaRole::Root, &root.key_sealed)?;
-    let (cert, key) = (out.join(ROOT_CERT_FILE), out.join(ROOT_KEY_FILE));
-    // Both refused before either is written.
-    for path in [&cert, &key] {
-        if path.exists() {
-            return Err(CaError::Exists {
-                path: path.display().to_string(),
-            });
-        }
-    }
-    std::fs::create_dir_all(out).map_err(|source| CaError::Write {
-        path: out.display().to_string(),
-        source,
-    })?;
-    write_new(&key, &key_pem, 0o600)?;
-    write_new(&cert, &root.cert_pem, 0o644)?;
-    let removed = remove_key && store.remove_ca_key(CaRole::Root).await?;
-    if removed {
-        tracing::info!(out = %out.display(), "exported the mesh root and removed its key from the store");
-    }
-    Ok(ExportedRoot {
-        cert,
-        key,
-        removed,
-        intermediate_not_after,
-    })
-}
-
-/// Create `path` (failing if it exists) with `mode` from the start, and write `text`.
-fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), CaError> {
-    let failed = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::AlreadyExists => CaError::Exists {
-            path: path.display().to_string(),
-        },
-        _ => CaError::Write {
-            path: path.display().to_string(),
-            source,
-        },
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(path).map_err(failed)?;
-    file.write_all(text.as_bytes()).map_err(failed)?;
-    file.sync_all().map_err(failed)
 }
