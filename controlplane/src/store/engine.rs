@@ -30,8 +30,9 @@ pub trait Engine: Database + HasStatementCache {
     const SPAN_COMMIT: Option<&'static str>;
     /// Counts tables named `spans_legacy` (spans from before migration 0005).
     const HAS_LEGACY: &'static str;
-    /// Run after the plaintext CA row is deleted, so its bytes do not linger in free pages
-    /// of the database file.
+    /// Run after the plaintext CA row is deleted, and after a root key is taken offline
+    /// (`quiver-control ca export-root --remove-key`), so the key's bytes do not linger in
+    /// free pages of the database file.
     const SCRUB_DELETED: &'static [&'static str];
 
     /// Rows a statement changed (each driver has its own result type).
