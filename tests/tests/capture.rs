@@ -270,19 +270,7 @@ async fn an_app_that_knows_nothing_of_the_mesh_is_carried_by_it() {
     // The caller: frontend's sidecar in the namespace, told where catalog's virtual IP is.
     let caller_dir = dir.join("frontend");
     std::fs::create_dir_all(&caller_dir).expect("mkdir");
-    let caller_id = {
-        let f = pki.issue_in("demo", "frontend");
-        let mut moved = f.clone();
-        for (from, to) in [
-            (&f.cert, &mut moved.cert),
-            (&f.key, &mut moved.key),
-            (&f.bundle, &mut moved.bundle),
-        ] {
-            *to = caller_dir.join(from.file_name().expect("file name"));
-            std::fs::copy(from, &*to).expect("copy identity");
-        }
-        moved
-    };
+    let caller_id = identity_in(&pki, "frontend", &caller_dir);
     let config = caller_dir.join("frontend.yaml");
     std::fs::write(
         &config,
@@ -491,6 +479,22 @@ async fn an_app_that_knows_nothing_of_the_mesh_is_carried_by_it() {
     callee.stop().await;
 }
 
+/// An identity of `demo/<sa>` with its files in `dir` (the directory the sidecar is given,
+/// uid 1337 after [`give_to_proxy`]).
+fn identity_in(pki: &Pki, sa: &str, dir: &Path) -> quiver_tests::pki::IdentityFiles {
+    let f = pki.issue_in("demo", sa);
+    let mut moved = f.clone();
+    for (from, to) in [
+        (&f.cert, &mut moved.cert),
+        (&f.key, &mut moved.key),
+        (&f.bundle, &mut moved.bundle),
+    ] {
+        *to = dir.join(from.file_name().expect("file name"));
+        std::fs::copy(from, &*to).expect("copy identity");
+    }
+    moved
+}
+
 fn id_of(pki: &Pki, sa: &str) -> String {
     format!("spiffe://{}/ns/demo/sa/{sa}", pki.trust_domain)
 }
@@ -658,19 +662,7 @@ async fn kubelets_probes_reach_the_app_through_the_sidecar_under_strict_capture(
     // the original probes from the injector's patch.
     let sidecar_dir = dir.join("shop");
     std::fs::create_dir_all(&sidecar_dir).expect("mkdir");
-    let id = {
-        let f = pki.issue_in("demo", "shop");
-        let mut moved = f.clone();
-        for (from, to) in [
-            (&f.cert, &mut moved.cert),
-            (&f.key, &mut moved.key),
-            (&f.bundle, &mut moved.bundle),
-        ] {
-            *to = sidecar_dir.join(from.file_name().expect("file name"));
-            std::fs::copy(from, &*to).expect("copy identity");
-        }
-        moved
-    };
+    let id = identity_in(&pki, "shop", &sidecar_dir);
     let config = sidecar_dir.join("shop.yaml");
     std::fs::write(
         &config,

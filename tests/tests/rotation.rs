@@ -209,41 +209,6 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// An SVID for `sa` from a join token, written as static-mode identity files whose bundle is
-/// `bundle_pem`.
-async fn joined_files(
-    cp: &quiver_tests::mesh::ControlPlane,
-    dir: &std::path::Path,
-    name: &str,
-    sa: &str,
-) -> (IdentityFiles, String) {
-    use quiver_api::v1::mesh_discovery_client::MeshDiscoveryClient;
-    let token = cp.join_token("default", sa, 1, "10m").await;
-    let (key_pem, csr_der) = quiver_api::certs::new_key_and_csr().unwrap();
-    let mut client = MeshDiscoveryClient::connect(format!("http://{}", cp.api))
-        .await
-        .unwrap();
-    let joined = client
-        .join(quiver_api::v1::JoinRequest {
-            join_token: token,
-            csr_der,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    let files = IdentityFiles {
-        cert: d.join("cert.pem"),
-        key: d.join("key.pem"),
-        bundle: d.join("bundle.pem"),
-    };
-    std::fs::write(&files.cert, &joined.cert_chain_pem).unwrap();
-    quiver_tests::pki::write_private(&files.key, &key_pem);
-    std::fs::write(&files.bundle, &joined.trust_bundle_pem).unwrap();
-    (files, joined.cert_chain_pem)
-}
-
 /// Rotate the mesh root on replica B while proxies follow replica A (same Postgres) and web
 /// calls reviews without pause: the new bundle reaches both proxies (A read B's rotation
 /// from the store), they renew onto the new root (svid-ttl 12 s), retiring is refused while
@@ -317,7 +282,9 @@ spec:
     )
     .await;
     // A certificate from the old root, kept for the end.
-    let (old_files, _) = joined_files(&cp, &dir, "old-root", "reviews-client").await;
+    let old_files = cp
+        .issue_identity("default", "reviews-client", &dir.join("old-root"))
+        .await;
 
     // Continuous traffic web -> reviews, one request every few milliseconds.
     let stop = Arc::new(AtomicBool::new(false));
@@ -488,7 +455,9 @@ spec:
         || async { call_mesh(late.outbound[0]).await.ok() },
     )
     .await;
-    let (new_files, _) = joined_files(&cp, &dir, "new-root", "reviews-client").await;
+    let new_files = cp
+        .issue_identity("default", "reviews-client", &dir.join("new-root"))
+        .await;
     let peer = "spiffe://mesh.local/ns/default/sa/reviews";
     let old_client = RunningProxy::start(&client_yaml(&old_files, reviews_addr, peer), &dir)
         .await
