@@ -62,7 +62,10 @@ pub enum Check {
     HttpGet {
         port: u16,
         path: String,
-        /// `httpHeaders`, in order (a `Host` among them replaces the default).
+        /// `httpHeaders`, in order (a `Host` among them replaces the default). `/config`
+        /// shows their names only: a probe header may carry a credential, and the admin
+        /// port is open to the node in a pod.
+        #[serde(serialize_with = "header_names")]
         headers: Vec<(String, String)>,
     },
     /// A TCP connection opens.
@@ -173,6 +176,13 @@ impl AppProbes {
                 }),
         )
     }
+}
+
+fn header_names<S: serde::Serializer>(
+    headers: &[(String, String)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(headers.iter().map(|(name, _)| name))
 }
 
 fn check_path(path: &str) -> Result<(), String> {
@@ -604,6 +614,12 @@ mod tests {
             if path == "/healthz?full=1" && headers == &[("X-Probe".to_string(), "1".to_string())])
         );
         assert_eq!(p.probes["/app-health/web/livez"].timeout, DEFAULT_TIMEOUT);
+        // /config shows header names, never their values.
+        let shown = serde_json::to_string(&p).unwrap();
+        assert!(
+            shown.contains("X-Probe") && !shown.contains("\"1\""),
+            "{shown}"
+        );
         assert!(matches!(&p.probes["/app-health/api/startupz"].check,
             Check::Grpc { port: 9090, service } if service == "shop.v1"));
     }
