@@ -192,8 +192,15 @@ async fn request(
             }
             record.finish(status, error);
             if let Some((on_upgrade, rx)) = switched {
-                crate::proxy::upgrade::pump_to_app(&inputs, &port.service, on_upgrade, tx, rx)
-                    .await;
+                crate::proxy::upgrade::pump(
+                    &inputs,
+                    Direction::Inbound,
+                    &port.service,
+                    on_upgrade,
+                    tx,
+                    rx,
+                )
+                .await;
                 return;
             }
             let sent = Metrics::bytes(

@@ -26,8 +26,8 @@ use tokio::net::TcpStream;
 
 use crate::Inputs;
 use crate::errors::{Direction, ProxyError};
-use crate::mesh::body::{self, ProxyBody, SendHalf};
-use crate::mesh::stream::{ClientRecv, ClientSend, ServerRecv, ServerSend};
+use crate::mesh::body::{self, ProxyBody, RecvHalf, SendHalf};
+use crate::mesh::stream::{ClientRecv, ClientSend};
 use crate::mesh::transport::PeerConn;
 use crate::proxy::http::{
     PEER_IDENTITY_HEADER, TARGET_HEADER, check_header_size, strip_hop_by_hop,
@@ -171,24 +171,8 @@ pub fn switched(
         let _inflight = inputs.drain.track();
         // Holding the connection handle keeps the QUIC connection open for the tunnel's life.
         let _peer = peer;
-        let (mut tx, rx) = stream;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let idle = inputs.tuning.limits.tunnel_idle_timeout;
-                let (bytes, err) = tunnel::pump(TokioIo::new(upgraded), tx, rx, idle).await;
-                tunnel::record(
-                    &inputs.metrics,
-                    Direction::Outbound,
-                    &service,
-                    bytes,
-                    err.as_ref(),
-                );
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "the app's connection was not handed over");
-                tx.reset();
-            }
-        }
+        let (tx, rx) = stream;
+        pump(&inputs, Direction::Outbound, &service, on_upgrade, tx, rx).await;
     });
     Response::from_parts(parts, body::empty())
 }
@@ -318,29 +302,26 @@ pub async fn to_app(
     Ok(Response::from_parts(parts, body))
 }
 
-/// On the callee's proxy, after the 200 went to the caller: pump between the app's switched
-/// connection and the CONNECT stream until both directions end.
-pub async fn pump_to_app(
+/// Once the app's connection has switched protocols (on the caller's proxy, after its 101 went
+/// to the app; on the callee's, after the 200 went to the caller): pump between it and the
+/// CONNECT stream until both directions end, and record the tunnel. A connection hyper never
+/// hands over resets the stream, so the other side sees a failure, not an end.
+pub async fn pump(
     inputs: &Inputs,
+    direction: Direction,
     service: &str,
     on_upgrade: OnUpgrade,
-    mut tx: ServerSend,
-    rx: ServerRecv,
+    mut tx: impl SendHalf,
+    rx: impl RecvHalf,
 ) {
     match on_upgrade.await {
         Ok(upgraded) => {
             let idle = inputs.tuning.limits.tunnel_idle_timeout;
             let (bytes, err) = tunnel::pump(TokioIo::new(upgraded), tx, rx, idle).await;
-            tunnel::record(
-                &inputs.metrics,
-                Direction::Inbound,
-                service,
-                bytes,
-                err.as_ref(),
-            );
+            tunnel::record(&inputs.metrics, direction, service, bytes, err.as_ref());
         }
         Err(e) => {
-            tracing::debug!(error = %e, "the app's switched connection was lost");
+            tracing::debug!(error = %e, ?direction, "the app's switched connection was lost");
             tx.reset();
         }
     }
