@@ -358,18 +358,12 @@ async fn the_connection_after_the_total_limit_is_refused() {
     assert_eq!(h3_get(&mut s2).await.unwrap(), 200);
 
     // The third, from a third address: refused before any handshake work.
-    let third = tokio::time::timeout(BOUND, async {
-        ep3.connect(b.bound.quic, "quiver.mesh").unwrap().await
-    })
-    .await
-    .expect("an answer in time");
-    match third {
-        Ok(_) => panic!("a third connection was taken with max_connections: 2"),
-        Err(e) => {
-            eprintln!("the third connection was refused: {e}");
-            assert!(e.to_string().contains("refused"), "{e}");
-        }
-    }
+    refused_before_handshake(
+        &ep3,
+        b.bound.quic,
+        "a third connection was taken with max_connections: 2",
+    )
+    .await;
     assert_eq!(refused_by("max_connections").await, 1.0);
     assert_eq!(refused_by("max_connections_per_peer").await, 0.0);
     // The two within the limit are still served.
@@ -400,15 +394,12 @@ async fn the_connection_after_the_total_limit_is_refused() {
     // The freed place was one place: full again, the next is refused again.
     let before = refused_by("max_connections").await;
     let ep5 = peer_at(6);
-    let fifth = tokio::time::timeout(BOUND, async {
-        ep5.connect(b.bound.quic, "quiver.mesh").unwrap().await
-    })
-    .await
-    .expect("an answer in time");
-    assert!(
-        fifth.is_err(),
-        "a connection past the limit was taken after a place was freed"
-    );
+    refused_before_handshake(
+        &ep5,
+        b.bound.quic,
+        "a connection past the limit was taken after a place was freed",
+    )
+    .await;
     assert_eq!(refused_by("max_connections").await, before + 1.0);
     assert_eq!(refused_by("max_connections_per_peer").await, 0.0);
     assert_eq!(h3_get(&mut s4).await.unwrap(), 200);
@@ -435,18 +426,12 @@ async fn a_proven_address_over_its_limit_is_refused_before_the_handshake() {
     let (_c2, mut s2) = h3_peer(&ep2, b.bound.quic).await.unwrap();
     assert_eq!(h3_get(&mut s1).await.unwrap(), 200);
     assert_eq!(h3_get(&mut s2).await.unwrap(), 200);
-    let third = tokio::time::timeout(BOUND, async {
-        ep3.connect(b.bound.quic, "quiver.mesh").unwrap().await
-    })
-    .await
-    .expect("an answer in time");
-    match third {
-        Ok(_) => panic!("a third proven connection from one address completed its handshake"),
-        Err(e) => {
-            eprintln!("the third connection was refused: {e}");
-            assert!(e.to_string().contains("refused"), "{e}");
-        }
-    }
+    refused_before_handshake(
+        &ep3,
+        b.bound.quic,
+        "a third proven connection from one address completed its handshake",
+    )
+    .await;
     let (_, m) = b.admin_get("/metrics").await;
     assert!(
         metric_sum(&m, "quiver_quic_retries_total", &[]) >= 3.0,
@@ -610,4 +595,21 @@ async fn half_open_flood(server: SocketAddr, sockets: usize, per_socket: usize) 
         }
     }
     sent
+}
+
+/// A connection attempt from `ep` to `to` that the proxy must refuse (QUIC
+/// CONNECTION_REFUSED) rather than take; `taken` is the failure message if it is taken.
+async fn refused_before_handshake(ep: &quinn::Endpoint, to: std::net::SocketAddr, taken: &str) {
+    let attempt = tokio::time::timeout(BOUND, async {
+        ep.connect(to, "quiver.mesh").unwrap().await
+    })
+    .await
+    .expect("an answer in time");
+    match attempt {
+        Ok(_) => panic!("{taken}"),
+        Err(e) => {
+            eprintln!("the connection was refused: {e}");
+            assert!(e.to_string().contains("refused"), "{e}");
+        }
+    }
 }
