@@ -707,8 +707,8 @@ async fn the_root_can_be_exported_and_taken_offline() {
     let store = db.store().await;
     let kek_dir = tempfile::tempdir().unwrap();
     let kek_path = quiver_tests::scratch::ca_key_encryption_key(kek_dir.path());
-    let open = |operator: Option<(std::path::PathBuf, std::path::PathBuf)>| {
-        let store = store.clone();
+    let open = |store: Arc<dyn Store>,
+                operator: Option<(std::path::PathBuf, std::path::PathBuf)>| {
         let kek = KeyEncryptionKey::load(Some(&kek_path), kek_dir.path(), true).unwrap();
         async move {
             MeshCa::load_or_create_with(
@@ -721,7 +721,7 @@ async fn the_root_can_be_exported_and_taken_offline() {
             .await
         }
     };
-    let running = open(None).await.unwrap();
+    let running = open(store.clone(), None).await.unwrap();
     let root = store.ca_key(CaRole::Root).await.unwrap().unwrap();
     let first = store.ca_key(CaRole::Intermediate).await.unwrap().unwrap();
     let bundle = running.bundle_pem();
@@ -771,9 +771,14 @@ async fn the_root_can_be_exported_and_taken_offline() {
     // Into an empty directory with --remove-key: the key leaves the store, the certificate
     // stays, and no copy of the sealed key is left in the database files.
     let offline = tempfile::tempdir().unwrap();
+    // With SQLite the file has one owner: the control plane is stopped for --remove-key
+    // (its scrub rewrites the file under other connections; docs/security.md) and opens it
+    // afresh afterwards. The CA object below stands for the replica restarted.
+    drop(store);
     let (ok, text) = export_root(db.dir.path(), &kek_path, offline.path(), true);
     assert!(ok, "{text}");
     assert!(text.contains("no longer in the store"), "{text}");
+    let store = db.store().await;
     let stored = store.ca_key(CaRole::Root).await.unwrap().unwrap();
     assert!(stored.key_offline() && stored.key_sealed.is_empty());
     assert_eq!(stored.cert_pem, root.cert_pem);
@@ -828,7 +833,7 @@ async fn the_root_can_be_exported_and_taken_offline() {
     assert!(err.contains("offline"), "{err}");
 
     // Started again without the root: it runs on the intermediate it has.
-    let again = open(None).await.unwrap();
+    let again = open(store.clone(), None).await.unwrap();
     assert!(again.current().root_key_offline());
     assert_eq!(again.current().signer_pem(), first.cert_pem);
 
@@ -838,7 +843,7 @@ async fn the_root_can_be_exported_and_taken_offline() {
         offline.path().join("mesh-root.pem"),
         offline.path().join("mesh-root.key"),
     );
-    let back = open(Some(given.clone())).await.unwrap();
+    let back = open(store.clone(), Some(given.clone())).await.unwrap();
     assert!(!back.is_operator());
     assert!(!back.current().root_key_offline());
     assert_eq!(back.bundle_pem(), bundle);
@@ -865,7 +870,7 @@ async fn the_root_can_be_exported_and_taken_offline() {
     let wrong_key = offline.path().join("other.key");
     std::fs::write(&wrong_key, wrong.key_pem()).unwrap();
     std::fs::set_permissions(&wrong_key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let err = open(Some((given.0.clone(), wrong_key)))
+    let err = open(store.clone(), Some((given.0.clone(), wrong_key)))
         .await
         .unwrap_err()
         .to_string();
