@@ -448,6 +448,17 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         store.clone(),
     )));
 
+    // Services stored before virtual IPs existed get theirs now, not on their next Apply.
+    match crate::addresses::backfill(store.as_ref(), config.service_vip_range).await {
+        Ok(done) if done.assigned > 0 => {
+            tracing::info!(services = done.assigned, range = %config.service_vip_range, "virtual IPs given to Services stored without one");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "Services stored without a virtual IP keep none until their next Apply");
+        }
+    }
+
     let new_admin_token = match &config.admin_token {
         Some(secret) => {
             auth::ensure_admin_token(store.as_ref(), secret).await?;

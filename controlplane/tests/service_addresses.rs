@@ -103,3 +103,79 @@ async fn addresses(server: TestServer) {
     assert_eq!(address(&charlie.service.unwrap()), a_ip);
     server.stop().await;
 }
+
+/// Services stored before virtual IPs existed (migration 0012) have no address and no claim;
+/// the control plane gives each one at start, as an Apply would have.
+async fn stored_without_addresses(store: std::sync::Arc<dyn quiver_control::store::Store>) {
+    for name in ["alpha", "bravo"] {
+        let svc = doc::<v1::Service>(&service_like_reviews(name));
+        assert!(svc.status.is_none());
+        store
+            .put(
+                quiver_api::resource::Kind::Service,
+                "shop",
+                name,
+                prost::Message::encode_to_vec(&svc),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    assert!(store.service_addresses().await.unwrap().is_empty());
+}
+
+async fn backfilled(server: TestServer) {
+    let mut c = server.admin().await;
+    let listed = c
+        .list_services(v1::ListRequest {
+            namespace: "shop".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: BTreeSet<Ipv4Addr> = listed.items.iter().map(address).collect();
+    assert_eq!(
+        got,
+        [Ipv4Addr::new(10, 250, 0, 1), Ipv4Addr::new(10, 250, 0, 2)]
+            .into_iter()
+            .collect(),
+        "each stored Service got its own address in the range: {listed:?}"
+    );
+    // The claims were recorded: the range is full for a third.
+    let full = c
+        .apply_service(doc::<v1::Service>(&service_like_reviews("charlie")))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    // And a re-apply of a backfilled Service keeps its address, unchanged.
+    let before = listed
+        .items
+        .iter()
+        .find(|s| s.metadata.as_ref().unwrap().name == "alpha");
+    let again = c
+        .apply_service(doc::<v1::Service>(&service_like_reviews("alpha")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.outcome, v1::ApplyOutcome::Unchanged as i32);
+    assert_eq!(address(&again.service.unwrap()), address(before.unwrap()));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn services_stored_without_an_address_get_one_at_start_on_sqlite() {
+    let db = SqliteTestDb::create();
+    stored_without_addresses(db.store().await).await;
+    let server = TestServer::start_with(None, db.dir.path(), &["--service-vip-range", TINY]).await;
+    backfilled(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_stored_without_an_address_get_one_at_start_on_postgres() {
+    let db = common::PgTestDb::create().await;
+    stored_without_addresses(db.store().await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        TestServer::start_with(Some(&db.url), dir.path(), &["--service-vip-range", TINY]).await;
+    backfilled(server).await;
+}
