@@ -43,6 +43,39 @@ pub async fn serve_http_echo(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     serve_http_echo_with(addr, Behaviour::default()).await
 }
 
+/// The HTTP echo ([`start_http_echo`]'s routes) over TLS with `tls`'s certificate: an app
+/// that serves HTTPS itself (the sidecar's HTTPS probes, `tests/tests/capture.rs`).
+pub async fn serve_https_echo(
+    addr: SocketAddr,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+) -> std::io::Result<SocketAddr> {
+    let b = std::sync::Arc::new(Behaviour::default());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let l = TcpListener::bind(addr).await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let (b, acceptor) = (b.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(s) = acceptor.accept(s).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req| {
+                    let b = b.clone();
+                    async move { Ok::<_, Infallible>(behave(&b, req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
 /// How a tagged echo app behaves (for traffic-policy tests: which version answered, a slow
 /// or a flaky instance).
 #[derive(Debug, Clone, Default)]

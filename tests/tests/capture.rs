@@ -559,11 +559,12 @@ async fn kubelets_probes_reach_the_app_through_the_sidecar_under_strict_capture(
     let dir = temp_dir("capture-probes");
 
     // The Pod as a user writes it: three containers' probes (only their probes matter here).
-    let container = |name: &str, probes: [(&str, serde_json::Value, u64); 3]| {
+    let container = |name: &str, probes: &[(&str, serde_json::Value, u64)]| {
         let mut c = serde_json::json!({"name": name, "image": "example/shop:1"});
-        for (kind, mut probe, timeout) in probes {
-            probe["timeoutSeconds"] = timeout.into();
-            c[kind] = probe;
+        for (kind, probe, timeout) in probes {
+            let mut probe = probe.clone();
+            probe["timeoutSeconds"] = (*timeout).into();
+            c[*kind] = probe;
         }
         c
     };
@@ -573,20 +574,26 @@ async fn kubelets_probes_reach_the_app_through_the_sidecar_under_strict_capture(
         "metadata": {"name": "shop-0", "namespace": "demo",
                      "labels": {"app": "shop", "quiver.dev/inject": "enabled"}},
         "spec": {"containers": [
-            container("shop", [
+            container("shop", &[
                 ("readinessProbe", serde_json::json!({"httpGet": {"path": "/ready", "port": 18080}}), 2),
                 ("livenessProbe", serde_json::json!({"tcpSocket": {"port": 18081}}), 2),
                 ("startupProbe", serde_json::json!({"grpc": {"port": 18090}}), 2),
             ]),
-            container("sick", [
+            container("sick", &[
                 ("readinessProbe", serde_json::json!({"httpGet": {"path": "/status/418", "port": 18080}}), 2),
                 ("livenessProbe", serde_json::json!({"tcpSocket": {"port": 18099}}), 2),
                 ("startupProbe", serde_json::json!({"grpc": {"port": 18090, "service": "quiver.test.Down"}}), 2),
             ]),
-            container("slow", [
+            container("slow", &[
                 ("readinessProbe", serde_json::json!({"httpGet": {"path": "/sleep/3000", "port": 18080}}), 1),
                 ("livenessProbe", serde_json::json!({"grpc": {"port": 18099}}), 1),
                 ("startupProbe", serde_json::json!({"httpGet": {"path": "/", "port": 18099}}), 1),
+            ]),
+            // An app that serves HTTPS itself: the sidecar probes it over TLS without
+            // verifying its certificate, as kubelet does; TLS to a plaintext port fails.
+            container("secure", &[
+                ("readinessProbe", serde_json::json!({"httpGet": {"path": "/status/204", "port": 18443, "scheme": "HTTPS"}}), 2),
+                ("livenessProbe", serde_json::json!({"httpGet": {"path": "/", "port": 18080, "scheme": "HTTPS"}}), 2),
             ]),
         ]},
     });
@@ -620,7 +627,7 @@ async fn kubelets_probes_reach_the_app_through_the_sidecar_under_strict_capture(
                 .to_string()
         })
         .collect();
-    assert_eq!(rewritten.len(), 9, "{ops:?}");
+    assert_eq!(rewritten.len(), 11, "{ops:?}");
     let app_probes = ops
         .iter()
         .filter_map(|o| o["value"].as_array())
@@ -631,7 +638,9 @@ async fn kubelets_probes_reach_the_app_through_the_sidecar_under_strict_capture(
         .and_then(|e| e["value"].as_str().map(str::to_string))
         .expect("the sidecar is given the original probes");
 
-    // The app in the pod: HTTP and TCP echo, and a gRPC health service (nothing on 18099).
+    // The app in the pod: HTTP and TCP echo, a gRPC health service, and the HTTP echo over
+    // TLS with a certificate nobody in the pod trusts (nothing on 18099).
+    let app_tls = pki.issue("shop-app");
     let _app = Kid(ns
         .exec()
         .arg(binary("quiver-echo"))
@@ -642,7 +651,13 @@ async fn kubelets_probes_reach_the_app_through_the_sidecar_under_strict_capture(
             "0.0.0.0:18081",
             "--grpc-health",
             "0.0.0.0:18090",
+            "--https",
+            "0.0.0.0:18443",
         ])
+        .arg("--tls-cert")
+        .arg(&app_tls.cert)
+        .arg("--tls-key")
+        .arg(&app_tls.key)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -727,6 +742,20 @@ async fn kubelets_probes_reach_the_app_through_the_sidecar_under_strict_capture(
     assert!(took < Duration::from_millis(2500), "{took:?}");
     assert_eq!(status_of("/app-health/slow/livez").0, 503);
     assert_eq!(status_of("/app-health/slow/startupz").0, 503);
+    // The HTTPS app: its 204 came back over TLS, in HTTP/2 as ALPN chose; TLS to the
+    // plaintext port failed the handshake and says so.
+    let (status, body, _) = status_of("/app-health/secure/readyz");
+    assert_eq!(
+        (status, body.contains("204"), body.contains("HTTP/2.0")),
+        (200, true, true),
+        "{body}"
+    );
+    let (status, body, _) = status_of("/app-health/secure/livez");
+    assert_eq!(
+        (status, body.contains("TLS handshake")),
+        (503, true),
+        "{body}"
+    );
     // Only the listed probes are served: nothing else of the app is reachable this way.
     assert_eq!(kubelet_get(&admin, "/app-health/shop/other").0, 404);
     assert_eq!(kubelet_get(&admin, "/app-health/../metrics").0, 404);

@@ -403,8 +403,9 @@ struct Rewrites {
 /// the connection). So each such probe becomes an `httpGet` of
 /// `/app-health/<container>/<livez|readyz|startupz>` on the admin port, keeping its timings,
 /// and the sidecar runs the original check from inside the Pod (`quiver_proxy::app_health`).
-/// Not rewritten: probes to another `host` (they do not reach this Pod), `HTTPS` probes (the
-/// sidecar probes over plain HTTP only) and, with `quiver.dev/rewrite-app-probes: "false"`,
+/// An `HTTPS` probe stays HTTPS between the sidecar and the app (unverified, as kubelet makes
+/// it); kubelet's own probe of the admin port is plain HTTP. Not rewritten: probes to another
+/// `host` (they do not reach this Pod) and, with `quiver.dev/rewrite-app-probes: "false"`,
 /// every probe; those to captured ports are named in a warning.
 fn probes(pod: &PodView, inbound: &str, excluded: &[u16], rewrite: bool) -> Rewrites {
     let captured = |port: u16| {
@@ -424,23 +425,13 @@ fn probes(pod: &PodView, inbound: &str, excluded: &[u16], rewrite: bool) -> Rewr
             if !text("host").is_empty() {
                 continue;
             }
-            let https = p.handler == "httpGet" && !matches!(text("scheme"), "" | "HTTP");
-            if !rewrite || https {
+            if !rewrite {
                 if p.handler != "tcpSocket" {
                     out.warnings.push(format!(
-                        "quiver: {:?} {} ({}{}) to captured port {}: not rewritten{}, and \
-                         strict mode refuses kubelet's plaintext; see \
+                        "quiver: {:?} {} ({}) to captured port {}: not rewritten, and strict \
+                         mode refuses kubelet's plaintext; see \
                          {EXCLUDE_INBOUND_PORTS_ANNOTATION}",
-                        c.name,
-                        p.probe,
-                        p.handler,
-                        if https { ", HTTPS" } else { "" },
-                        p.port,
-                        if https {
-                            " (the sidecar probes over plain HTTP only)"
-                        } else {
-                            ""
-                        },
+                        c.name, p.probe, p.handler, p.port,
                     ));
                 }
                 continue;
@@ -453,7 +444,6 @@ fn probes(pod: &PodView, inbound: &str, excluded: &[u16], rewrite: bool) -> Rewr
             let path = format!("/app-health/{}/{kind}", c.name);
             let mut original = handler.clone();
             original.insert("port".into(), json!(p.port));
-            original.remove("scheme");
             if p.handler == "httpGet" {
                 // kubelet puts a missing leading slash back; so does the sidecar's copy.
                 let given = text("path");

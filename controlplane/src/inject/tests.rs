@@ -350,13 +350,13 @@ fn probes_to_captured_ports_ask_the_sidecar_which_checks_the_app_from_inside_the
             json!({"failureThreshold": 30})
         )
     );
-    // The sidecar gets each original, its named port resolved and its path made absolute as
-    // kubelet would, with the probe's own timeout.
+    // The sidecar gets each original (its scheme kept), its named port resolved and its path
+    // made absolute as kubelet would, with the probe's own timeout.
     assert_eq!(
         originals(&pod),
         Some(json!({
             "/app-health/catalog/readyz": {
-                "httpGet": {"path": "/ready", "port": 8080,
+                "httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTP",
                             "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
                 "timeoutSeconds": 2,
             },
@@ -445,7 +445,8 @@ fn probes_that_are_not_rewritten_are_left_alone_and_named_when_strict_mode_refus
     let (w, pod) = warnings_and_pod(&|_| {}, &injector_with(|c| c.capture = false));
     untouched(&pod);
     assert_eq!((w, originals(&pod)), (None, None));
-    // HTTPS: the sidecar probes over plain HTTP only; named. Another host: not this Pod.
+    // Another host: not this Pod, left alone and not named. HTTPS: rewritten like HTTP; the
+    // sidecar's check keeps the scheme (it probes the app over TLS, as kubelet would).
     let (w, pod) = warnings_and_pod(
         &|o| {
             o["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"] = json!("HTTPS");
@@ -453,23 +454,19 @@ fn probes_that_are_not_rewritten_are_left_alone_and_named_when_strict_mode_refus
         },
         &injector(),
     );
+    assert_eq!(w, None);
     assert_eq!(
-        pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
-        "HTTPS"
+        pod["spec"]["containers"][0]["readinessProbe"],
+        asks_sidecar("/app-health/catalog/readyz", json!({}))
     );
     assert_eq!(
-        pod["spec"]["containers"][0]["livenessProbe"]["tcpSocket"]["host"],
-        "10.0.0.9"
+        pod["spec"]["containers"][0]["livenessProbe"],
+        json!({"tcpSocket": {"port": 8081, "host": "10.0.0.9"}})
     );
-    assert_eq!(originals(&pod), None);
-    let w = w.unwrap();
-    assert_eq!(w.as_array().unwrap().len(), 1, "{w}");
-    assert!(
-        w[0].as_str().unwrap().contains(
-            "(httpGet, HTTPS) to captured port 8080: not rewritten \
-             (the sidecar probes over plain HTTP only)"
-        ),
-        "{w}"
+    assert_eq!(
+        originals(&pod),
+        Some(json!({"/app-health/catalog/readyz":
+            {"httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTPS"}}}))
     );
 }
 
