@@ -634,6 +634,40 @@ pub async fn keep_refreshed(ca: Arc<MeshCa>, store: Arc<dyn Store>) {
     }
 }
 
+/// Keep `quiver_ca_certificate_expiry_timestamp_seconds` at the CA in use: set now, and again
+/// whenever the CA changes (a renewed intermediate, a rotated root), until the CA is dropped.
+pub async fn report_expiry(
+    mut ca: watch::Receiver<Arc<CaState>>,
+    gauges: prometheus_client::metrics::family::Family<
+        crate::metrics::CaCertificateLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+) {
+    let set = |certificate: &'static str, at: SystemTime| {
+        let secs = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        gauges
+            .get_or_create(&crate::metrics::CaCertificateLabels { certificate })
+            .set(secs);
+    };
+    loop {
+        let state = ca.borrow_and_update().clone();
+        set("signer", state.signer_not_after());
+        match quiver_api::certs::certs_from_pem(state.root_pem())
+            .ok()
+            .and_then(|certs| certs.into_iter().next())
+            .map(|der| quiver_api::certs::not_after(&der))
+        {
+            Some(Ok(at)) => set("root", at),
+            _ => tracing::warn!("the CA root does not parse; its expiry is not reported"),
+        }
+        if ca.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn read(path: &Path) -> Result<String, CaError> {
     std::fs::read_to_string(path).map_err(|source| CaError::Read {
         path: path.display().to_string(),

@@ -35,6 +35,13 @@ pub struct DropLabels {
     pub reason: &'static str,
 }
 
+/// Which CA certificate: `root` (the trust anchor proxies hold) or `signer` (the online
+/// intermediate that signs SVIDs, or the operator's CA).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaCertificateLabels {
+    pub certificate: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: &'static str,
@@ -60,6 +67,7 @@ pub struct Metrics {
     watchers: Gauge,
     revocations: Gauge,
     revoked_refusals: Family<MethodLabels, Counter>,
+    ca_expiry: Family<CaCertificateLabels, Gauge>,
     telemetry: TelemetryMetrics,
     otlp: OtlpMetrics,
 }
@@ -234,6 +242,15 @@ impl Metrics {
              covered by a revocation, by method",
             revoked_refusals.clone(),
         );
+        let ca_expiry = Family::<CaCertificateLabels, Gauge>::default();
+        quiver.register_with_unit(
+            "ca_certificate_expiry_timestamp",
+            "Unix time at which the mesh CA's certificates expire: certificate=\"root\" (the \
+             trust anchor), certificate=\"signer\" (the intermediate, renewed 90 days before it \
+             ends, or the operator's CA)",
+            Unit::Seconds,
+            ca_expiry.clone(),
+        );
         let telemetry = TelemetryMetrics::default();
         let t = quiver.sub_registry_with_prefix("telemetry");
         t.register(
@@ -276,9 +293,15 @@ impl Metrics {
             watchers,
             revocations,
             revoked_refusals,
+            ca_expiry,
             telemetry,
             otlp,
         }
+    }
+
+    /// The CA certificates' expiry times (`quiver_ca_certificate_expiry_timestamp_seconds`).
+    pub fn ca_expiry(&self) -> Family<CaCertificateLabels, Gauge> {
+        self.ca_expiry.clone()
     }
 
     /// The gauge of revocations proxies are sent (`quiver_revocations`).

@@ -358,6 +358,7 @@ pub struct Running {
     _sweeper: AbortOnDrop,
     /// Re-reads the stored CA (rotations made on other replicas); stopped with the server.
     _ca_refresh: AbortOnDrop,
+    _ca_expiry: AbortOnDrop,
     /// Rebuilds the discovery listener's TLS when the CA changes.
     _discovery_tls: AbortOnDrop,
     /// The trace retention sweeper; stopped with the server.
@@ -496,6 +497,10 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let registry = Arc::new(registry);
+    let ca_expiry = AbortOnDrop(tokio::spawn(crate::ca::report_expiry(
+        ca.subscribe(),
+        metrics.ca_expiry(),
+    )));
     let trace_sweeper = AbortOnDrop(tokio::spawn(crate::telemetry::sweeper::run(
         store.clone(),
         crate::telemetry::sweeper::Retention {
@@ -663,6 +668,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         discovery_addr,
         _sweeper: sweeper,
         _ca_refresh: ca_refresh,
+        _ca_expiry: ca_expiry,
         _discovery_tls: discovery_tls_task,
         _trace_sweeper: trace_sweeper,
         _canaries: canaries,

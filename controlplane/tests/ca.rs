@@ -328,6 +328,11 @@ async fn join(server: &TestServer) -> (String, String) {
 }
 
 /// Every file under `dir`, read whole (the SQLite database, its journal, the key file).
+/// Every byte of every file under `dir`, read by another process (`cat`): closing a file
+/// descriptor of the database (or its -wal/-shm) in this process would drop every POSIX lock
+/// this process's SQLite connections hold on it, and a later connection of another process
+/// would then take itself for the only one and checkpoint the WAL from under them (seen as
+/// SQLite error 522, a short read, on this process's next write).
 fn all_bytes_under(dir: &std::path::Path) -> Vec<u8> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -335,7 +340,8 @@ fn all_bytes_under(dir: &std::path::Path) -> Vec<u8> {
         if path.is_dir() {
             out.extend(all_bytes_under(&path));
         } else {
-            out.extend(std::fs::read(&path).unwrap_or_default());
+            let read = std::process::Command::new("cat").arg(&path).output().unwrap();
+            out.extend(read.stdout);
         }
     }
     out
@@ -352,6 +358,7 @@ async fn svids_chain_through_a_sealed_intermediate_to_the_root() {
     let db = SqliteTestDb::create();
     let server = TestServer::start(None, db.dir.path()).await;
     let (chain_pem, bundle_pem) = join(&server).await;
+    let metrics = common::http_get(server.addr, "/metrics").await;
     server.stop().await;
 
     // Leaf -> intermediate; the bundle is the root alone.
@@ -371,6 +378,17 @@ async fn svids_chain_through_a_sealed_intermediate_to_the_root() {
     assert!(inter.subject().to_string().contains("intermediate"));
     let life = inter.validity().not_after.timestamp() - inter.validity().not_before.timestamp();
     assert!(life <= 366 * 24 * 3600, "intermediate lives {life} s");
+    // /metrics reports both ends, for the expiry alert (deploy/observability/rules.yml).
+    for (certificate, cert) in [("signer", &inter), ("root", &root)] {
+        let line = format!(
+            "quiver_ca_certificate_expiry_timestamp_seconds{{certificate=\"{certificate}\"}} {}",
+            cert.validity().not_after.timestamp()
+        );
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in /metrics:\n{metrics}"
+        );
+    }
     assert!(verifies(&chain_pem, &bundle_pem));
     // The intermediate alone is not a trust anchor anywhere: a chain without it fails.
     let leaf_only = chain_pem
@@ -570,7 +588,36 @@ async fn two_replicas_renew_the_intermediate_once(store: Arc<dyn Store>) {
     };
     let a = open().await;
     let b = open().await;
+    // What replica a's /metrics would report (`quiver_ca_certificate_expiry_timestamp_seconds`).
+    let gauges = prometheus_client::metrics::family::Family::default();
+    let reporter = tokio::spawn(quiver_control::ca::report_expiry(
+        a.subscribe(),
+        gauges.clone(),
+    ));
+    // The reporter runs beside this test: wait (a bounded time) for it to show `want`.
+    let signer_expiry_becomes = |want: i64| {
+        let gauges = gauges.clone();
+        async move {
+            let label = quiver_control::metrics::CaCertificateLabels {
+                certificate: "signer",
+            };
+            for _ in 0..100 {
+                if gauges.get_or_create(&label).get() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!(
+                "the signer's expiry metric is {}, not {want}",
+                gauges.get_or_create(&label).get()
+            );
+        }
+    };
+    let unix = |t: SystemTime| {
+        i64::try_from(t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()).unwrap()
+    };
     let first = store.ca_key(CaRole::Intermediate).await.unwrap().unwrap();
+    signer_expiry_becomes(unix(not_after_of(&first.cert_pem))).await;
     assert_eq!(a.current().signer_pem(), first.cert_pem);
     assert_eq!(
         b.current().signer_pem(),
@@ -618,6 +665,8 @@ async fn two_replicas_renew_the_intermediate_once(store: Arc<dyn Store>) {
     assert_eq!(a.current().signer_pem(), second.cert_pem);
     assert_eq!(b.current().signer_pem(), second.cert_pem);
     assert!(not_after_of(&second.cert_pem) > not_after_of(&first.cert_pem));
+    // The expiry metric follows the renewed intermediate.
+    signer_expiry_becomes(unix(not_after_of(&second.cert_pem))).await;
     // A replica that read the old intermediate before that write and writes its own after it
     // (whatever the interleaving above was) is refused: the store keeps the winner's.
     let late = quiver_control::store::SealedCa {
@@ -657,6 +706,7 @@ async fn two_replicas_renew_the_intermediate_once(store: Arc<dyn Store>) {
         );
         assert!(verifies(&after, &bundle));
     }
+    reporter.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,7 +754,13 @@ fn export_root(
 async fn the_root_can_be_exported_and_taken_offline() {
     use std::os::unix::fs::PermissionsExt;
     let db = SqliteTestDb::create();
-    let store = db.store().await;
+    // Kept as what it is: it is closed (not only dropped) before --remove-key, below.
+    let sqlite = Arc::new(
+        quiver_control::store::SqliteStore::open_dir(db.dir.path())
+            .await
+            .unwrap(),
+    );
+    let store: Arc<dyn Store> = sqlite.clone();
     let kek_dir = tempfile::tempdir().unwrap();
     let kek_path = quiver_tests::scratch::ca_key_encryption_key(kek_dir.path());
     let open = |store: Arc<dyn Store>,
@@ -773,8 +829,12 @@ async fn the_root_can_be_exported_and_taken_offline() {
     let offline = tempfile::tempdir().unwrap();
     // With SQLite the file has one owner: the control plane is stopped for --remove-key
     // (its scrub rewrites the file under other connections; docs/security.md) and opens it
-    // afresh afterwards. The CA object below stands for the replica restarted.
+    // afresh afterwards. The CA object below stands for the replica restarted. Dropping the
+    // store closes its connections in the background, maybe after the scrub began (a CI
+    // run failed so, with SQLite's error 522): closed and waited for, as a stopped process.
     drop(store);
+    sqlite.close().await;
+    drop(sqlite);
     let (ok, text) = export_root(db.dir.path(), &kek_path, offline.path(), true);
     assert!(ok, "{text}");
     assert!(text.contains("no longer in the store"), "{text}");

@@ -72,6 +72,14 @@ impl<DB: Database> SqlStore<DB> {
         &self.pool
     }
 
+    /// Close both pools and wait until every connection is closed (dropping a store closes
+    /// them in the background, a little later). With SQLite, what must not run beside open
+    /// connections (`quiver-control ca export-root --remove-key`'s scrub) runs after this.
+    pub async fn close(&self) {
+        self.pool.close().await;
+        self.span_pool.close().await;
+    }
+
     /// Held by every writer on SQLite (see [`SqlStore::write_lock`]).
     pub(super) async fn write_guard(&self) -> Option<MutexGuard<'_, ()>> {
         match &self.write_lock {

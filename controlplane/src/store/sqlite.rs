@@ -70,12 +70,22 @@ impl SqlStore<Sqlite> {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                     .map_err(data_dir_err)?;
             }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&file)
-                .map_err(data_dir_err)?;
+            // Created here, owner-only from the start, when it does not exist yet. An existing
+            // file is not opened: closing a descriptor of it would drop every POSIX lock this
+            // process's SQLite connections hold on it (another store open on the same file).
+            if !file.exists() {
+                match std::fs::OpenOptions::new()
+                    .create_new(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&file)
+                {
+                    Ok(_) => {}
+                    // Another process made it in between: theirs is as good.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(data_dir_err(e)),
+                }
+            }
         }
         let options = SqliteConnectOptions::new()
             .filename(&file)
