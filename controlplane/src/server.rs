@@ -361,6 +361,7 @@ pub struct Running {
     _ca_expiry: AbortOnDrop,
     /// Rebuilds the discovery listener's TLS when the CA changes.
     _discovery_tls: AbortOnDrop,
+    _api_tls: Option<AbortOnDrop>,
     /// The trace retention sweeper; stopped with the server.
     _trace_sweeper: AbortOnDrop,
     /// The canary controller; stopped with the server.
@@ -615,39 +616,46 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         console.mount(metrics_routes.merge(inject_routes).merge(grpc)),
     );
 
-    let mut builder = tonic::transport::Server::builder().accept_http1(true);
+    // TLS on the API is done by `listener::incoming` (certificates replaced while running),
+    // not by tonic, whose config is fixed at start.
     let mut api_ca_file = None;
-    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        let read =
-            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-        builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .context("--tls-cert/--tls-key")?;
+    let api_tls = if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        Some(
+            listener::ListenerTls::from_files(inputs.ca.clone(), cert.clone(), key.clone())
+                .context("--tls-cert/--tls-key")?,
+        )
     } else if config.tls_mesh_ca {
-        let id = listener::control_plane_id(inputs.ca.trust_domain())?;
-        let issued = inputs
-            .ca
-            .issue_for_hosts(&id, &config.tls_names(addr), listener::SERVER_CERT_TTL)
-            .context("--tls-mesh-ca: issuing the API certificate")?;
         let path = config.data_dir.join(API_CA_FILE);
-        std::fs::create_dir_all(&config.data_dir)
-            .and_then(|()| std::fs::write(&path, inputs.ca.bundle_pem().as_bytes()))
-            .with_context(|| format!("--tls-mesh-ca: writing {}", path.display()))?;
+        let tls =
+            listener::ListenerTls::for_api(inputs.ca.clone(), config.tls_names(addr), path.clone())
+                .context("--tls-mesh-ca: the API certificate")?;
         api_ca_file = Some(path);
-        let identity = tonic::transport::Identity::from_pem(issued.chain_pem, issued.key_pem);
-        builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .context("--tls-mesh-ca")?;
-    }
+        Some(tls)
+    } else {
+        None
+    };
+    let api_tls_task = api_tls
+        .clone()
+        .map(|tls| AbortOnDrop(tokio::spawn(tls.keep_current())));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let server = builder
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
         .layer(cors(config.cors_origins.clone()))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), stopped(shutdown_rx.clone()));
+        .add_routes(routes);
+    let server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match api_tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            listener::incoming(listener, tls),
+            stopped(shutdown_rx.clone()),
+        )),
+        None => Box::pin(
+            router.serve_with_incoming_shutdown(incoming(listener), stopped(shutdown_rx.clone())),
+        ),
+    };
     let discovery = tonic::transport::Server::builder()
         // Find proxies that vanished without closing their Watch.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -670,6 +678,7 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
         _ca_refresh: ca_refresh,
         _ca_expiry: ca_expiry,
         _discovery_tls: discovery_tls_task,
+        _api_tls: api_tls_task,
         _trace_sweeper: trace_sweeper,
         _canaries: canaries,
         _otlp: otlp_task,

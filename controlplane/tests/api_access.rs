@@ -241,6 +241,17 @@ async fn the_api_serves_tls_from_the_mesh_ca_that_quiverctl_verifies() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("your role:            admin"));
     }
+    // HTTP/2 and HTTP/1.1-only TLS clients alike verify it with the written bundle.
+    let bundle = std::fs::read(&ca_file).unwrap();
+    for (alpn, chosen) in [
+        (&[&b"h2"[..], b"http/1.1"][..], "h2"),
+        (&[&b"http/1.1"[..]][..], "http/1.1"),
+    ] {
+        assert_eq!(
+            tls_get(port, &bundle, alpn).await,
+            Ok((chosen.to_string(), 200))
+        );
+    }
     // Without the bundle the certificate is not trusted.
     let out = quiverctl(format!("https://127.0.0.1:{port}"), None).await;
     assert!(!out.status.success(), "an unverified server was accepted");
@@ -256,6 +267,136 @@ async fn the_api_serves_tls_from_the_mesh_ca_that_quiverctl_verifies() {
         assert!(client.status(v1::StatusRequest {}).await.is_err());
     }
     running.shutdown().await.unwrap();
+}
+
+/// GET `/metrics` over TLS from `port` on 127.0.0.1, trusting `ca_pem`, offering `alpn`:
+/// (the protocol the server chose, the status), or why it failed.
+async fn tls_get(port: u16, ca_pem: &[u8], alpn: &[&[u8]]) -> Result<(String, u16), String> {
+    let mut tls = quiver_tests::pki::client_trusting(ca_pem);
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let chosen =
+        String::from_utf8_lossy(stream.get_ref().1.alpn_protocol().unwrap_or(b"none")).into_owned();
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let req = http::Request::get("/metrics")
+        .header("host", format!("127.0.0.1:{port}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let status = if chosen == "h2" {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("https://127.0.0.1:{port}/metrics"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        send.send_request(req)
+            .await
+            .map_err(|e| e.to_string())?
+            .status()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        send.send_request(req)
+            .await
+            .map_err(|e| e.to_string())?
+            .status()
+    };
+    Ok((chosen, status.as_u16()))
+}
+
+/// With `--tls-cert`/`--tls-key` the operator's files are taken again when they change (as
+/// cert-manager replaces a Secret's files): new handshakes get the new certificate without a
+/// restart. HTTP/1.1-only TLS clients are served too (ALPN `http/1.1`).
+#[tokio::test]
+async fn the_api_takes_a_replaced_certificate_without_a_restart() {
+    use quiver_api::certs::CertificateAuthority;
+    let db = SqliteTestDb::create();
+    let data = db.dir.path().join("data");
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = (files.path().join("tls.crt"), files.path().join("tls.key"));
+    let id = quiver_api::SpiffeId::parse("spiffe://corp.example/ns/ops/sa/api").unwrap();
+    let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    // Written as cert-manager does: the new files renamed into place.
+    let write = |ca: &CertificateAuthority| {
+        let issued = ca
+            .issue_for_hosts(&id, &hosts, Duration::from_secs(3600))
+            .unwrap();
+        for (path, text) in [(&cert, &issued.chain_pem), (&key, &issued.key_pem)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+    };
+    let first = CertificateAuthority::generate("corp.example", Duration::from_secs(3600)).unwrap();
+    let second = CertificateAuthority::generate("corp.example", Duration::from_secs(3600)).unwrap();
+    write(&first);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = server::start_on(
+        &config(&[
+            format!("--data-dir={}", data.display()),
+            format!("--admin-token={ADMIN_TOKEN}"),
+            format!("--tls-cert={}", cert.display()),
+            format!("--tls-key={}", key.display()),
+        ]),
+        listener,
+    )
+    .await
+    .expect("starts with the operator's certificate");
+    let port = running.addr.port();
+    let (first_pem, second_pem) = (first.cert_pem().as_bytes(), second.cert_pem().as_bytes());
+
+    assert_eq!(
+        tls_get(port, first_pem, &[b"h2", b"http/1.1"]).await,
+        Ok(("h2".to_string(), 200))
+    );
+    // An HTTP/1.1-only client (curl --http1.1) is served, not refused in the handshake.
+    assert_eq!(
+        tls_get(port, first_pem, &[b"http/1.1"]).await,
+        Ok(("http/1.1".to_string(), 200))
+    );
+    assert!(tls_get(port, second_pem, &[b"h2"]).await.is_err());
+
+    write(&second);
+    let deadline = tokio::time::Instant::now() + 3 * server_tls_check_every();
+    loop {
+        if tls_get(port, second_pem, &[b"h2"]).await == Ok(("h2".to_string(), 200)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replaced certificate was not taken"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let old = tls_get(port, first_pem, &[b"h2"]).await;
+    assert!(old.is_err(), "the old certificate is still served: {old:?}");
+
+    // A broken pair (the key of another certificate) is not taken: the last good one stays.
+    let other = second
+        .issue_for_hosts(&id, &hosts, Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(&key, other.key_pem).unwrap();
+    tokio::time::sleep(server_tls_check_every() + Duration::from_secs(1)).await;
+    assert_eq!(
+        tls_get(port, second_pem, &[b"h2"]).await,
+        Ok(("h2".to_string(), 200))
+    );
+    running.shutdown().await.unwrap();
+}
+
+fn server_tls_check_every() -> Duration {
+    quiver_control::discovery::listener::CHECK_EVERY
 }
 
 async fn status_with(server: &TestServer, token: &str) -> Result<String, tonic::Status> {

@@ -340,7 +340,10 @@ fn all_bytes_under(dir: &std::path::Path) -> Vec<u8> {
         if path.is_dir() {
             out.extend(all_bytes_under(&path));
         } else {
-            let read = std::process::Command::new("cat").arg(&path).output().unwrap();
+            let read = std::process::Command::new("cat")
+                .arg(&path)
+                .output()
+                .unwrap();
             out.extend(read.stdout);
         }
     }
@@ -984,4 +987,84 @@ async fn ca_status_shows_an_offline_root_key() {
     let (chain, bundle) = join(&server).await;
     assert!(verifies(&chain, &bundle));
     server.stop().await;
+}
+
+/// The listeners' certificates follow the intermediate: once it is renewed (same root), the
+/// discovery and API listeners present certificates from the new one (a certificate never
+/// outlives its signer, so one kept from the old intermediate would end with it and take the
+/// listener down), and `api-ca.pem` holds the bundle. A certificate that already ends with
+/// its signer is not replaced again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listeners_take_a_certificate_from_the_renewed_intermediate() {
+    use quiver_control::discovery::listener::{self, ListenerTls};
+    use tokio_stream::StreamExt;
+    let db = SqliteTestDb::create();
+    let store = db.store().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(
+        MeshCa::load_or_create_with(
+            store.as_ref(),
+            "mesh.local",
+            None,
+            test_kek(dir.path()),
+            SHORT_LIVED,
+        )
+        .await
+        .unwrap(),
+    );
+    let discovery = ListenerTls::new(ca.clone()).unwrap();
+    let bundle_file = dir.path().join("api").join("api-ca.pem");
+    let api =
+        ListenerTls::for_api(ca.clone(), vec!["127.0.0.1".into()], bundle_file.clone()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&bundle_file).unwrap(),
+        ca.bundle_pem()
+    );
+    let signer_of = |chain: String| certs::certs_from_pem(&chain).unwrap()[1].to_vec();
+    let der = |pem: &str| certs::certs_from_pem(pem).unwrap()[0].to_vec();
+    let first = store.ca_key(CaRole::Intermediate).await.unwrap().unwrap();
+    for tls in [&discovery, &api] {
+        assert_eq!(signer_of(tls.chain_pem()), der(&first.cert_pem));
+        // Nothing changed (seen from long before the certificate's end): kept.
+        assert!(!tls.follow(&ca.current(), SystemTime::UNIX_EPOCH).unwrap());
+    }
+
+    let opens = not_after_of(&first.cert_pem) - SHORT_LIVED.renew_before;
+    if let Ok(wait) = opens.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(200)).await;
+    }
+    assert!(ca.renew_intermediate(store.as_ref()).await.unwrap());
+    let second = store.ca_key(CaRole::Intermediate).await.unwrap().unwrap();
+    assert_ne!(second.cert_pem, first.cert_pem);
+    for tls in [&discovery, &api] {
+        assert!(tls.follow(&ca.current(), SystemTime::UNIX_EPOCH).unwrap());
+        assert_eq!(signer_of(tls.chain_pem()), der(&second.cert_pem));
+        // It ends with its signer already: no new one at every look.
+        assert!(!tls.follow(&ca.current(), SystemTime::now()).unwrap());
+    }
+
+    // A real handshake with the API listener gets the new chain, verified by the bundle file.
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let mut accepted = listener::incoming(tcp, api.clone());
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(Ok(stream)) = accepted.next().await {
+            held.push(stream);
+        }
+    });
+    let bundle = std::fs::read(&bundle_file).unwrap();
+    let client = quiver_tests::pki::client_trusting(&bundle);
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(
+            rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        )
+        .await
+        .expect("the API listener's certificate verifies against api-ca.pem");
+    let presented = tls.get_ref().1.peer_certificates().unwrap().to_vec();
+    assert_eq!(presented[1].to_vec(), der(&second.cert_pem));
+    server.abort();
 }
