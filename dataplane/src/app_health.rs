@@ -525,7 +525,7 @@ fn probe_tls() -> Result<Arc<rustls::ClientConfig>, String> {
                 .with_safe_default_protocol_versions()
                 .map_err(|e| format!("TLS client for HTTPS probes: {e}"))?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyAppCertificate(provider)))
+                .with_custom_certificate_verifier(Arc::new(UnverifiedServer(provider)))
                 .with_no_client_auth();
             // As kubelet's Go client offers them.
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -534,12 +534,14 @@ fn probe_tls() -> Result<Arc<rustls::ClientConfig>, String> {
         .clone()
 }
 
-/// Accepts whatever certificate the app shows (its identity is not what a probe checks), and
-/// checks the handshake's signatures with it as usual.
+/// A server verifier that accepts whatever certificate the server shows and checks the
+/// handshake's signatures with it as usual: for a probe of the app (its identity is not what
+/// a probe checks, as kubelet's `InsecureSkipVerify`). The test kit plays hostile peers with
+/// it too (`quiver_tests::pki::AnyServer`). Never for mesh connections.
 #[derive(Debug)]
-struct AnyAppCertificate(Arc<rustls::crypto::CryptoProvider>);
+pub struct UnverifiedServer(pub Arc<rustls::crypto::CryptoProvider>);
 
-impl rustls::client::danger::ServerCertVerifier for AnyAppCertificate {
+impl rustls::client::danger::ServerCertVerifier for UnverifiedServer {
     fn verify_server_cert(
         &self,
         _end_entity: &rustls_pki_types::CertificateDer<'_>,

@@ -49,31 +49,12 @@ pub async fn serve_https_echo(
     addr: SocketAddr,
     tls: std::sync::Arc<rustls::ServerConfig>,
 ) -> std::io::Result<SocketAddr> {
-    let b = std::sync::Arc::new(Behaviour::default());
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let l = TcpListener::bind(addr).await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else {
-                continue;
-            };
-            let (b, acceptor) = (b.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                let Ok(s) = acceptor.accept(s).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req| {
-                    let b = b.clone();
-                    async move { Ok::<_, Infallible>(behave(&b, req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
+    serve_echo(
+        addr,
+        Behaviour::default(),
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+    )
+    .await
 }
 
 /// How a tagged echo app behaves (for traffic-policy tests: which version answered, a slow
@@ -125,6 +106,15 @@ pub async fn start_tagged_echo(b: Behaviour) -> SocketAddr {
 
 /// The echo app on `addr` with behaviour `b`.
 pub async fn serve_http_echo_with(addr: SocketAddr, b: Behaviour) -> std::io::Result<SocketAddr> {
+    serve_echo(addr, b, None).await
+}
+
+/// The echo app on `addr`, in plaintext or, with `tls`, over TLS.
+async fn serve_echo(
+    addr: SocketAddr,
+    b: Behaviour,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<SocketAddr> {
     let b = std::sync::Arc::new(b);
     let l = TcpListener::bind(addr).await?;
     let addr = l.local_addr()?;
@@ -134,19 +124,34 @@ pub async fn serve_http_echo_with(addr: SocketAddr, b: Behaviour) -> std::io::Re
                 continue;
             };
             let _ = s.set_nodelay(true);
-            let b = b.clone();
+            let (b, tls) = (b.clone(), tls.clone());
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let b = b.clone();
-                    async move { Ok::<_, Infallible>(behave(&b, req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
+                match tls {
+                    None => echo_connection(s, b).await,
+                    Some(tls) => {
+                        if let Ok(s) = tls.accept(s).await {
+                            echo_connection(s, b).await;
+                        }
+                    }
+                }
             });
         }
     });
     Ok(addr)
+}
+
+/// One connection of the echo app, HTTP/1.1 or h2c (or either over TLS).
+async fn echo_connection<IO>(io: IO, b: std::sync::Arc<Behaviour>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let b = b.clone();
+        async move { Ok::<_, Infallible>(behave(&b, req).await) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 async fn behave(b: &Behaviour, req: Request<Incoming>) -> Response<Body> {
