@@ -11,8 +11,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use quiver_api::document;
-use quiver_api::resource::{Kind, Resource};
+use quiver_api::resource::Kind;
 use quiver_api::v1;
 
 use crate::store::{Store, StoreError};
@@ -150,15 +149,6 @@ pub async fn assign(
     Err(AssignError::Full(range))
 }
 
-/// What [`backfill`] did at start.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Backfilled {
-    /// Services given an address.
-    pub assigned: usize,
-    /// Services that changed while this ran (whoever changed them assigned one).
-    pub raced: usize,
-}
-
 /// Give every stored Service without a virtual IP one, as an Apply would have: Services
 /// stored before addresses existed (migration 0012) would otherwise get one only on their
 /// next Apply, and mesh DNS could not answer for them. Each is rewritten with its address in
@@ -166,9 +156,10 @@ pub struct Backfilled {
 /// changed by an Apply (which assigned an address) or deleted (its claim is released here).
 /// Replicas starting together claim the same address for a Service (the store's claim
 /// decides) and only one rewrite succeeds.
-pub async fn backfill(store: &dyn Store, range: AddressRange) -> Result<Backfilled, AssignError> {
+/// Returns how many it gave one.
+pub async fn backfill(store: &dyn Store, range: AddressRange) -> Result<usize, AssignError> {
     let (services, _) = store.list(Kind::Service, None).await?;
-    let mut done = Backfilled::default();
+    let mut assigned = 0;
     for obj in services {
         // A body that does not decode is logged by `decode` and left as it is.
         let Ok(mut svc) = crate::stored::decode::<v1::Service>(&obj) else {
@@ -183,23 +174,17 @@ pub async fn backfill(store: &dyn Store, range: AddressRange) -> Result<Backfill
         }
         let ip = assign(store, range, &obj.namespace, &obj.name).await?;
         svc.status.get_or_insert_default().virtual_ip = ip.to_string();
-        let meta = svc.metadata_mut();
-        meta.resource_version = 0;
-        meta.created_at.clear();
-        meta.updated_at.clear();
-        let Ok(canonical) = document::canonicalize(&svc) else {
+        let Ok(body) = crate::stored::encode(svc) else {
             tracing::error!(service = %format!("{}/{}", obj.namespace, obj.name), "stored Service does not render; left without a virtual IP");
             continue;
         };
-        let body = prost::Message::encode_to_vec(&canonical);
         let at = Some(obj.resource_version);
         match store
             .put(Kind::Service, &obj.namespace, &obj.name, body, at)
             .await
         {
-            Ok(_) => done.assigned += 1,
+            Ok(_) => assigned += 1,
             Err(StoreError::Conflict { .. }) => {
-                done.raced += 1;
                 if store
                     .get(Kind::Service, &obj.namespace, &obj.name)
                     .await?
@@ -213,7 +198,7 @@ pub async fn backfill(store: &dyn Store, range: AddressRange) -> Result<Backfill
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(done)
+    Ok(assigned)
 }
 
 #[cfg(test)]

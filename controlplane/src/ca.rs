@@ -250,6 +250,11 @@ pub fn pem_fingerprint(pem: &str) -> Option<String> {
         .map(|c| fingerprint(c))
 }
 
+/// When the first certificate in `pem` expires, if it holds one that parses.
+pub fn pem_not_after(pem: &str) -> Option<SystemTime> {
+    quiver_api::certs::not_after(quiver_api::certs::certs_from_pem(pem).ok()?.first()?).ok()
+}
+
 impl std::fmt::Debug for MeshCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshCa")
@@ -654,13 +659,9 @@ pub async fn report_expiry(
     loop {
         let state = ca.borrow_and_update().clone();
         set("signer", state.signer_not_after());
-        match quiver_api::certs::certs_from_pem(state.root_pem())
-            .ok()
-            .and_then(|certs| certs.into_iter().next())
-            .map(|der| quiver_api::certs::not_after(&der))
-        {
-            Some(Ok(at)) => set("root", at),
-            _ => tracing::warn!("the CA root does not parse; its expiry is not reported"),
+        match pem_not_after(state.root_pem()) {
+            Some(at) => set("root", at),
+            None => tracing::warn!("the CA root does not parse; its expiry is not reported"),
         }
         if ca.changed().await.is_err() {
             return;

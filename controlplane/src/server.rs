@@ -452,8 +452,8 @@ pub async fn start_on(config: &Config, listener: TcpListener) -> anyhow::Result<
 
     // Services stored before virtual IPs existed get theirs now, not on their next Apply.
     match crate::addresses::backfill(store.as_ref(), config.service_vip_range).await {
-        Ok(done) if done.assigned > 0 => {
-            tracing::info!(services = done.assigned, range = %config.service_vip_range, "virtual IPs given to Services stored without one");
+        Ok(assigned) if assigned > 0 => {
+            tracing::info!(services = assigned, range = %config.service_vip_range, "virtual IPs given to Services stored without one");
         }
         Ok(_) => {}
         Err(e) => {

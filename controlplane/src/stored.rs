@@ -8,6 +8,20 @@ use quiver_api::resource::Resource;
 
 use crate::store::StoredObject;
 
+/// The body the store holds for `obj`: its canonical form ([`quiver_api::document::canonicalize`],
+/// so a re-apply of the same meaning is recognised as unchanged) without the metadata the
+/// store owns (version, timestamps), protobuf-encoded. Every write of a resource body goes
+/// through here.
+pub fn encode<R: Resource + 'static>(mut obj: R) -> Result<Vec<u8>, serde_yaml::Error> {
+    let meta = obj.metadata_mut();
+    meta.resource_version = 0;
+    meta.created_at.clear();
+    meta.updated_at.clear();
+    Ok(prost::Message::encode_to_vec(
+        &quiver_api::document::canonicalize(&obj)?,
+    ))
+}
+
 /// Decode a stored object, filling metadata the store owns (version, timestamps). A body
 /// that does not decode is logged here, once, for every caller.
 pub fn decode<R: Resource>(obj: &StoredObject) -> Result<R, prost::DecodeError> {

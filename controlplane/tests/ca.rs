@@ -555,6 +555,14 @@ const SHORT_LIVED: IntermediatePolicy = IntermediatePolicy {
     renew_before: Duration::from_secs(6),
 };
 
+/// The generated CA of `store` with [`SHORT_LIVED`] intermediates, its keys sealed with a
+/// key-encryption key in `dir`.
+async fn short_lived_ca(store: &dyn Store, dir: &std::path::Path) -> MeshCa {
+    MeshCa::load_or_create_with(store, "mesh.local", None, test_kek(dir), SHORT_LIVED)
+        .await
+        .unwrap()
+}
+
 fn not_after_of(pem: &str) -> SystemTime {
     certs::not_after(&certs::certs_from_pem(pem).unwrap()[0]).unwrap()
 }
@@ -578,17 +586,7 @@ fn sign_with(ca: &MeshCa) -> String {
 /// before still verifies and a leaf from after chains to the new intermediate.
 async fn two_replicas_renew_the_intermediate_once(store: Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let open = || async {
-        MeshCa::load_or_create_with(
-            store.as_ref(),
-            "mesh.local",
-            None,
-            test_kek(dir.path()),
-            SHORT_LIVED,
-        )
-        .await
-        .unwrap()
-    };
+    let open = || short_lived_ca(store.as_ref(), dir.path());
     let a = open().await;
     let b = open().await;
     // What replica a's /metrics would report (`quiver_ca_certificate_expiry_timestamp_seconds`).
@@ -1001,17 +999,7 @@ async fn the_listeners_take_a_certificate_from_the_renewed_intermediate() {
     let db = SqliteTestDb::create();
     let store = db.store().await;
     let dir = tempfile::tempdir().unwrap();
-    let ca = Arc::new(
-        MeshCa::load_or_create_with(
-            store.as_ref(),
-            "mesh.local",
-            None,
-            test_kek(dir.path()),
-            SHORT_LIVED,
-        )
-        .await
-        .unwrap(),
-    );
+    let ca = Arc::new(short_lived_ca(store.as_ref(), dir.path()).await);
     let discovery = ListenerTls::new(ca.clone()).unwrap();
     let bundle_file = dir.path().join("api").join("api-ca.pem");
     let api =

@@ -43,6 +43,16 @@ async fn addresses_on_postgres() {
     addresses(server).await;
 }
 
+/// The Services of namespace `shop`.
+async fn shop_services(c: &mut common::Client) -> v1::ServiceList {
+    c.list_services(v1::ListRequest {
+        namespace: "shop".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 async fn addresses(server: TestServer) {
     let mut c = server.admin().await;
     let apply = |name: &str| doc::<v1::Service>(&service_like_reviews(name));
@@ -78,13 +88,7 @@ async fn addresses(server: TestServer) {
         full.message().contains("--service-vip-range 10.250.0.0/30"),
         "{full:?}"
     );
-    let listed = c
-        .list_services(v1::ListRequest {
-            namespace: "shop".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = shop_services(&mut c).await;
     assert_eq!(listed.items.len(), 2);
 
     // Deleting one frees its address for the next.
@@ -126,13 +130,7 @@ async fn stored_without_addresses(store: std::sync::Arc<dyn quiver_control::stor
 
 async fn backfilled(server: TestServer) {
     let mut c = server.admin().await;
-    let listed = c
-        .list_services(v1::ListRequest {
-            namespace: "shop".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = shop_services(&mut c).await;
     let got: BTreeSet<Ipv4Addr> = listed.items.iter().map(address).collect();
     assert_eq!(
         got,

@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use quiver_api::document;
 use quiver_api::resource::AnyResource;
 use quiver_api::resource::{DEFAULT_NAMESPACE, Kind, Resource};
 use quiver_api::v1::{self, watch_event};
@@ -203,17 +202,13 @@ impl AdminApi {
                 })?;
             *slot = ip.to_string();
         }
-        let meta = obj.metadata_mut();
-        meta.resource_version = 0;
-        meta.created_at.clear();
-        meta.updated_at.clear();
-        let canonical = document::canonicalize(&obj)
+        let body = crate::stored::encode(obj)
             .map_err(|e| Status::invalid_argument(format!("{} {ns}/{name}: {e}", R::KIND)))?;
         Ok(Prepared {
             namespace: ns,
             name,
             expect,
-            body: prost::Message::encode_to_vec(&canonical),
+            body,
             live,
             _kind: std::marker::PhantomData,
         })

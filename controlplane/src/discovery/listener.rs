@@ -64,13 +64,15 @@ pub enum ListenerTlsError {
     Config(String),
 }
 
-/// The server certificate in use, the root it chains to and the signer that issued it.
+/// The server certificate in use, the root it chains to and the signer that issued it, and
+/// the trust bundle the config in use was built with.
 struct ServerCert {
     chain_pem: String,
     key_pem: String,
     root_pem: String,
     signer_pem: String,
     not_after: SystemTime,
+    bundle_pem: String,
 }
 
 /// Which listener, and where its certificate comes from.
@@ -184,12 +186,17 @@ impl ListenerTls {
                 }
             }
         };
+        // The periodic look with nothing new: the config in use stays (not rebuilt).
+        if fresh.is_none() && cert.bundle_pem == state.bundle_pem() {
+            return Ok(false);
+        }
         // Nothing is changed unless the new config builds (a key that is not the
         // certificate's, say): the last good one stays in use.
         let config = build(&self.kind, fresh.as_ref().unwrap_or(&cert), state)?;
         let replace = fresh.is_some();
-        if let Some(fresh) = fresh {
-            *cert = fresh;
+        match fresh {
+            Some(fresh) => *cert = fresh,
+            None => cert.bundle_pem = state.bundle_pem().to_string(),
         }
         *self
             .config
@@ -270,12 +277,7 @@ fn issue(ca: &MeshCa, kind: &Kind, state: &CaState) -> Result<ServerCert, Listen
             (read(cert)?, read(key)?)
         }
     };
-    let not_after = quiver_api::certs::certs_from_pem(&chain_pem)
-        .ok()
-        .and_then(|c| {
-            c.first()
-                .and_then(|der| quiver_api::certs::not_after(der).ok())
-        })
+    let not_after = crate::ca::pem_not_after(&chain_pem)
         .ok_or_else(|| ListenerTlsError::Config("the server certificate does not parse".into()))?;
     Ok(ServerCert {
         chain_pem,
@@ -283,6 +285,7 @@ fn issue(ca: &MeshCa, kind: &Kind, state: &CaState) -> Result<ServerCert, Listen
         root_pem: state.root_pem().to_string(),
         signer_pem: state.signer_pem().to_string(),
         not_after,
+        bundle_pem: state.bundle_pem().to_string(),
     })
 }
 
